@@ -1,0 +1,346 @@
+//! The input tables: where their files are, whether their schema and rows are acceptable, and
+//! registering them with DataFusion.
+//!
+//! `interactions`: `user_id: Utf8, item_id: Utf8, event_type: Utf8, value: Float64 (nullable),
+//! ts: Timestamp(ms)`. `items`: `item_id: Utf8, title: Utf8, genres: List<Utf8>,
+//! available_countries: List<Utf8> (null = everywhere), maturity: Utf8 (nullable)`. Either may be
+//! one Parquet file or a directory of them, optionally Hive-partitioned (`date=2026-11-01/…`).
+//!
+//! Every row is checked before any job runs, so a bad row is reported with its file, row number
+//! and column, and nothing is trained or published from input that was partly unreadable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMillisecondType};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+use recsys_shared::ids::id_problem;
+use recsys_shared::SharedError;
+
+use crate::{OfflineError, Result};
+
+/// An input table on disk.
+#[derive(Debug, Clone)]
+pub struct InputTable {
+    /// What the user named: a file or a directory.
+    pub path: PathBuf,
+    /// Its Parquet files, sorted.
+    pub files: Vec<PathBuf>,
+    /// Hive partition columns found in the directory names (`date=…`).
+    pub partition_columns: Vec<String>,
+}
+
+/// What validating the interactions found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InteractionStats {
+    pub rows: u64,
+    pub first_ts_ms: Option<i64>,
+    pub last_ts_ms: Option<i64>,
+}
+
+/// Kinds of column the input schema allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnKind {
+    Text,
+    Float64,
+    TimestampMillis,
+    TextList,
+}
+
+impl ColumnKind {
+    fn accepts(self, data_type: &DataType) -> bool {
+        match self {
+            ColumnKind::Text => matches!(
+                data_type,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ),
+            ColumnKind::Float64 => matches!(data_type, DataType::Float64),
+            ColumnKind::TimestampMillis => {
+                matches!(data_type, DataType::Timestamp(TimeUnit::Millisecond, _))
+            }
+            ColumnKind::TextList => match data_type {
+                DataType::List(f) | DataType::LargeList(f) => ColumnKind::Text.accepts(f.data_type()),
+                _ => false,
+            },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ColumnKind::Text => "Utf8",
+            ColumnKind::Float64 => "Float64",
+            ColumnKind::TimestampMillis => "Timestamp(ms)",
+            ColumnKind::TextList => "List<Utf8>",
+        }
+    }
+}
+
+const INTERACTION_COLUMNS: [(&str, ColumnKind); 5] = [
+    ("user_id", ColumnKind::Text),
+    ("item_id", ColumnKind::Text),
+    ("event_type", ColumnKind::Text),
+    ("value", ColumnKind::Float64),
+    ("ts", ColumnKind::TimestampMillis),
+];
+
+const ITEM_COLUMNS: [(&str, ColumnKind); 5] = [
+    ("item_id", ColumnKind::Text),
+    ("title", ColumnKind::Text),
+    ("genres", ColumnKind::TextList),
+    ("available_countries", ColumnKind::TextList),
+    ("maturity", ColumnKind::Text),
+];
+
+impl InputTable {
+    /// Finds the Parquet files at `path` (a file, or a directory searched recursively).
+    pub fn discover(path: &Path) -> Result<InputTable> {
+        let meta = std::fs::metadata(path).map_err(|e| SharedError::io(path, e))?;
+        if meta.is_file() {
+            return Ok(InputTable {
+                path: path.to_path_buf(),
+                files: vec![path.to_path_buf()],
+                partition_columns: Vec::new(),
+            });
+        }
+        let mut files = Vec::new();
+        let mut partition_columns = Vec::new();
+        collect_parquet(path, 0, &mut files, &mut partition_columns)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(OfflineError::input(path, "no .parquet files in this directory"));
+        }
+        Ok(InputTable {
+            path: path.to_path_buf(),
+            files,
+            partition_columns,
+        })
+    }
+
+    fn check_schema(&self, file: &Path, schema: &Schema, columns: &[(&str, ColumnKind)]) -> Result<()> {
+        for (name, kind) in columns {
+            let field = schema.field_with_name(name).map_err(|_| SharedError::Schema {
+                path: file.to_path_buf(),
+                column: name.to_string(),
+                problem: format!(
+                    "missing (found columns: {})",
+                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+            if !kind.accepts(field.data_type()) {
+                return Err(SharedError::Schema {
+                    path: file.to_path_buf(),
+                    column: name.to_string(),
+                    problem: format!("has type {}, expected {}", field.data_type(), kind.name()),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the schema and every row of an interactions table.
+    pub fn validate_interactions(
+        &self,
+        event_weights: &BTreeMap<String, f64>,
+    ) -> Result<InteractionStats> {
+        let mut stats = InteractionStats::default();
+        for file in &self.files {
+            let mut row = 0u64;
+            for batch in read_columns(self, file, &INTERACTION_COLUMNS)? {
+                let batch = batch?;
+                let users = text_column(file, &batch, "user_id")?;
+                let items = text_column(file, &batch, "item_id")?;
+                let events = text_column(file, &batch, "event_type")?;
+                let values = batch.column_by_name("value").expect("projected").as_primitive::<arrow::datatypes::Float64Type>().clone();
+                let ts = batch.column_by_name("ts").expect("projected").as_primitive::<TimestampMillisecondType>().clone();
+                for i in 0..batch.num_rows() {
+                    let bad = |column: &str, problem: String| -> OfflineError {
+                        SharedError::Row {
+                            path: file.clone(),
+                            row: row + i as u64,
+                            column: column.to_string(),
+                            problem,
+                        }
+                        .into()
+                    };
+                    for (column, ids) in [("user_id", &users), ("item_id", &items)] {
+                        match ids.value(i) {
+                            None => return Err(bad(column, "null id".into())),
+                            Some(id) => {
+                                if let Some(problem) = id_problem(id) {
+                                    return Err(bad(column, problem));
+                                }
+                            }
+                        }
+                    }
+                    match events.value(i) {
+                        None => return Err(bad("event_type", "null event type".into())),
+                        Some(event) if !event_weights.contains_key(event) => {
+                            return Err(bad(
+                                "event_type",
+                                format!(
+                                    "unknown event type {event:?} (known: {}; add it to offline.features.event_weights)",
+                                    event_weights.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                    if values.is_valid(i) && !values.value(i).is_finite() {
+                        return Err(bad("value", format!("{} is not a finite number", values.value(i))));
+                    }
+                    if ts.is_null(i) {
+                        return Err(bad("ts", "null timestamp".into()));
+                    }
+                    let t = ts.value(i);
+                    stats.first_ts_ms = Some(stats.first_ts_ms.map_or(t, |m| m.min(t)));
+                    stats.last_ts_ms = Some(stats.last_ts_ms.map_or(t, |m| m.max(t)));
+                }
+                row += batch.num_rows() as u64;
+            }
+            stats.rows += row;
+        }
+        if stats.rows == 0 {
+            return Err(OfflineError::input(&self.path, "the interactions table has no rows"));
+        }
+        Ok(stats)
+    }
+
+    /// Checks the schema and every row of an items table; returns the number of items.
+    pub fn validate_items(&self) -> Result<u64> {
+        let mut seen = HashSet::new();
+        for file in &self.files {
+            let mut row = 0u64;
+            for batch in read_columns(self, file, &ITEM_COLUMNS)? {
+                let batch = batch?;
+                let items = text_column(file, &batch, "item_id")?;
+                for i in 0..batch.num_rows() {
+                    let bad = |problem: String| -> OfflineError {
+                        SharedError::Row {
+                            path: file.clone(),
+                            row: row + i as u64,
+                            column: "item_id".to_string(),
+                            problem,
+                        }
+                        .into()
+                    };
+                    let id = items.value(i).ok_or_else(|| bad("null id".into()))?;
+                    if let Some(problem) = id_problem(id) {
+                        return Err(bad(problem));
+                    }
+                    if !seen.insert(id.to_string()) {
+                        return Err(bad(format!("item {id:?} appears more than once")));
+                    }
+                }
+                row += batch.num_rows() as u64;
+            }
+        }
+        if seen.is_empty() {
+            return Err(OfflineError::input(&self.path, "the items table has no rows"));
+        }
+        Ok(seen.len() as u64)
+    }
+
+    /// Registers the table with DataFusion under `name`.
+    pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
+        let partitions = self
+            .partition_columns
+            .iter()
+            .map(|c| (c.clone(), DataType::Utf8))
+            .collect::<Vec<_>>();
+        let options = ParquetReadOptions::default().table_partition_cols(partitions);
+        let location = self.path.to_str().ok_or_else(|| {
+            OfflineError::input(&self.path, "the path is not valid UTF-8")
+        })?;
+        ctx.register_parquet(name, location, options)
+            .await
+            .map_err(OfflineError::datafusion(format!("registering {}", self.path.display())))
+    }
+}
+
+fn collect_parquet(
+    dir: &Path,
+    depth: usize,
+    files: &mut Vec<PathBuf>,
+    partition_columns: &mut Vec<String>,
+) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| SharedError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| SharedError::io(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        if path.is_dir() {
+            let Some((column, _)) = name.split_once('=') else {
+                return Err(OfflineError::input(
+                    &path,
+                    "sub-directories of an input table must be Hive partitions named column=value",
+                ));
+            };
+            match partition_columns.get(depth) {
+                Some(known) if known != column => {
+                    return Err(OfflineError::input(
+                        &path,
+                        format!("partition column {column:?} where {known:?} was expected"),
+                    ))
+                }
+                Some(_) => {}
+                None => partition_columns.push(column.to_string()),
+            }
+            collect_parquet(&path, depth + 1, files, partition_columns)?;
+        } else if name.ends_with(".parquet") {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+type BatchResult = std::result::Result<arrow::array::RecordBatch, OfflineError>;
+
+/// Reads only `columns` of `file` after checking the file's schema.
+fn read_columns(
+    table: &InputTable,
+    file: &Path,
+    columns: &[(&str, ColumnKind)],
+) -> Result<impl Iterator<Item = BatchResult>> {
+    let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(handle)
+        .map_err(|e| SharedError::parquet(file, e))?;
+    table.check_schema(file, builder.schema(), columns)?;
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|(name, _)| builder.schema().index_of(name).expect("checked"))
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| SharedError::parquet(file, e))?;
+    let file = file.to_path_buf();
+    Ok(reader.map(move |batch| batch.map_err(|e| SharedError::arrow(&file, e).into())))
+}
+
+/// A text column as plain `Utf8`, whichever string type the file used.
+struct TextColumn(ArrayRef);
+
+impl TextColumn {
+    fn value(&self, i: usize) -> Option<&str> {
+        let strings = self.0.as_string::<i32>();
+        strings.is_valid(i).then(|| strings.value(i))
+    }
+}
+
+fn text_column(file: &Path, batch: &arrow::array::RecordBatch, name: &str) -> Result<TextColumn> {
+    let column = batch.column_by_name(name).expect("projected");
+    let cast = arrow::compute::cast(column, &DataType::Utf8).map_err(|e| SharedError::arrow(file, e))?;
+    Ok(TextColumn(Arc::new(cast)))
+}

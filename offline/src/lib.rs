@@ -1,0 +1,27 @@
+//! # recsys-offline
+//!
+//! The offline tier: scheduled batch jobs that turn the interaction log into a published model.
+//!
+//! ```text
+//! interactions.parquet ─┐   input (validate)   features (DataFusion SQL)   als (iALS + CG)
+//! items.parquet ────────┴──────────────────────▶ training table ─────────▶ factors
+//!                                                      │                      │
+//!                                               evaluate (fold-in)      publish (artifact,
+//!                                                      └──── metrics ───▶ gate, CURRENT)
+//! ```
+//!
+//! It owns: reading and validating the input tables, the SQL feature jobs, training, evaluation,
+//! the publish gate, the importers and the synthetic generator, and the training benchmark.
+//!
+//! It must not: serve requests, consume streams, or write a model root except through
+//! [`recsys_shared::artifact::ModelRoot`] (so every publish is atomic and locked).
+
+pub mod als;
+mod error;
+pub mod evaluate;
+pub mod features;
+pub mod input;
+pub mod matrix;
+pub mod metrics;
+
+pub use error::{OfflineError, Result};

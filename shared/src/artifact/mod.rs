@@ -1,0 +1,43 @@
+//! The model artifact: what the offline tier publishes and the nearline and online tiers load.
+//!
+//! ```text
+//! <model-root>/
+//!   CURRENT                    one line: the version readers should use
+//!   .lock                      held by the one writer (train, rollback) at a time
+//!   20261122T223015Z-3fa2/     one directory per version, never modified once renamed into place
+//!     manifest.json            version, created-at, hyper-parameters, data window, row counts,
+//!                              evaluation metrics, sha256 and size of every file below
+//!     item_factors.parquet     item_id: Utf8, vector: FixedSizeList<Float32, k>
+//!     user_factors.parquet     user_id: Utf8, vector: FixedSizeList<Float32, k>
+//!     item_popularity.parquet  item_id: Utf8, members: UInt64, score: Float32
+//!     items.parquet            the catalog: item_id, title, genres, available_countries, maturity
+//!     user_history.parquet     user_id, item_id, strength: Float32, ts: Timestamp(ms) — each
+//!                              member's newest training positives, for the feature store
+//! ```
+//!
+//! A version is written under `.tmp-<version>/`, every file fsynced, the manifest written last, the
+//! directory renamed into place and the root fsynced; only then is `CURRENT` replaced, by writing
+//! `CURRENT.tmp` and renaming it. A crash at any point leaves `CURRENT` naming a complete version.
+
+mod manifest;
+mod root;
+mod tables;
+
+pub use manifest::{
+    AlgorithmParams, DataWindow, Evaluation, FileEntry, Manifest, RowCounts, FORMAT_VERSION,
+};
+pub use root::{ModelRoot, StagedVersion, WriterLock};
+pub use tables::{
+    read_factors, read_history, read_popularity, write_batches, write_factors, write_history,
+    write_popularity, FactorTable, HistoryRow, PopularityRow,
+};
+
+/// File names inside a version directory.
+pub mod files {
+    pub const MANIFEST: &str = "manifest.json";
+    pub const ITEM_FACTORS: &str = "item_factors.parquet";
+    pub const USER_FACTORS: &str = "user_factors.parquet";
+    pub const ITEM_POPULARITY: &str = "item_popularity.parquet";
+    pub const ITEMS: &str = "items.parquet";
+    pub const USER_HISTORY: &str = "user_history.parquet";
+}

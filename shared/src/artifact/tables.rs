@@ -1,0 +1,332 @@
+//! Reading and writing the Parquet tables of a model version.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+    TimestampMillisecondArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, TimeUnit, UInt64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::{Result, SharedError};
+
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// A factor matrix with the id of every row: row `i` is `vectors[i*k .. (i+1)*k]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FactorTable {
+    pub ids: Vec<String>,
+    pub vectors: Vec<f32>,
+    pub factors: usize,
+}
+
+/// One row of `item_popularity.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PopularityRow {
+    pub item_id: String,
+    /// Distinct members with a positive interaction.
+    pub members: u64,
+    /// `members` scaled to (0, 1] by the most popular item.
+    pub score: f32,
+}
+
+/// One row of `user_history.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    pub user_id: String,
+    pub item_id: String,
+    /// Interaction strength `r` (confidence is `1 + α r`).
+    pub strength: f32,
+    /// Milliseconds since the epoch of the newest event behind this pair.
+    pub ts_ms: i64,
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build()
+}
+
+/// Writes record batches to a new Parquet file (the caller fsyncs when it publishes).
+pub fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+    let file = File::create(path).map_err(|e| SharedError::io(path, e))?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
+        .map_err(|e| SharedError::parquet(path, e))?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| SharedError::parquet(path, e))?;
+    }
+    writer.close().map_err(|e| SharedError::parquet(path, e))?;
+    Ok(())
+}
+
+fn vector_type(k: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), k as i32)
+}
+
+/// Writes a factor table with id column `id_column` (`item_id` or `user_id`).
+pub fn write_factors(path: &Path, id_column: &str, table: &FactorTable) -> Result<()> {
+    let k = table.factors;
+    assert_eq!(table.vectors.len(), table.ids.len() * k, "factor table shape");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(id_column, DataType::Utf8, false),
+        Field::new("vector", vector_type(k), false),
+    ]));
+    let mut batches = Vec::new();
+    for start in (0..table.ids.len()).step_by(BATCH_ROWS) {
+        let end = (start + BATCH_ROWS).min(table.ids.len());
+        let ids = StringArray::from_iter_values(&table.ids[start..end]);
+        let values = Float32Array::from(table.vectors[start * k..end * k].to_vec());
+        let vectors = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            k as i32,
+            Arc::new(values),
+            None,
+        )
+        .map_err(|e| SharedError::arrow(path, e))?;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(ids) as ArrayRef, Arc::new(vectors) as ArrayRef],
+        )
+        .map_err(|e| SharedError::arrow(path, e))?;
+        batches.push(batch);
+    }
+    write_batches(path, schema, &batches)
+}
+
+fn open_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+    let file = File::open(path).map_err(|e| SharedError::io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| SharedError::parquet(path, e))?
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| SharedError::parquet(path, e))?;
+    reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| SharedError::arrow(path, e))
+}
+
+fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| SharedError::Schema {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            problem: "missing".to_string(),
+        })
+}
+
+fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>> {
+    let array = column(path, batch, name)?;
+    let array = arrow::compute::cast(array, &DataType::Utf8).map_err(|e| SharedError::Schema {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        problem: format!("not a string column: {e}"),
+    })?;
+    let array = array.as_string::<i32>();
+    if array.null_count() > 0 {
+        return Err(SharedError::Schema {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            problem: "contains nulls".to_string(),
+        });
+    }
+    Ok(array.iter().map(|s| s.unwrap_or_default().to_string()).collect())
+}
+
+/// Reads a factor table written by [`write_factors`].
+pub fn read_factors(path: &Path, id_column: &str) -> Result<FactorTable> {
+    let mut table = FactorTable::default();
+    for batch in open_batches(path)? {
+        table.ids.extend(strings(path, &batch, id_column)?);
+        let vectors = column(path, &batch, "vector")?;
+        let list = vectors.as_fixed_size_list_opt().ok_or_else(|| SharedError::Schema {
+            path: path.to_path_buf(),
+            column: "vector".to_string(),
+            problem: format!("expected FixedSizeList<Float32>, found {}", vectors.data_type()),
+        })?;
+        let k = list.value_length() as usize;
+        if table.factors != 0 && table.factors != k {
+            return Err(SharedError::Schema {
+                path: path.to_path_buf(),
+                column: "vector".to_string(),
+                problem: format!("width changes from {} to {k}", table.factors),
+            });
+        }
+        table.factors = k;
+        let values = list
+            .values()
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| SharedError::Schema {
+                path: path.to_path_buf(),
+                column: "vector".to_string(),
+                problem: "values are not Float32".to_string(),
+            })?;
+        let offset = list.offset() * k;
+        table
+            .vectors
+            .extend_from_slice(&values.values()[offset..offset + list.len() * k]);
+    }
+    if let Some(bad) = table.vectors.iter().position(|v| !v.is_finite()) {
+        return Err(SharedError::Row {
+            path: path.to_path_buf(),
+            row: (bad / table.factors.max(1)) as u64,
+            column: "vector".to_string(),
+            problem: "not a finite number".to_string(),
+        });
+    }
+    Ok(table)
+}
+
+/// Writes `item_popularity.parquet`.
+pub fn write_popularity(path: &Path, rows: &[PopularityRow]) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("members", DataType::UInt64, false),
+        Field::new("score", DataType::Float32, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.item_id))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.members))),
+            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.score))),
+        ],
+    )
+    .map_err(|e| SharedError::arrow(path, e))?;
+    write_batches(path, schema, &[batch])
+}
+
+/// Reads `item_popularity.parquet`.
+pub fn read_popularity(path: &Path) -> Result<Vec<PopularityRow>> {
+    let mut rows = Vec::new();
+    for batch in open_batches(path)? {
+        let ids = strings(path, &batch, "item_id")?;
+        let members = column(path, &batch, "members")?
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| schema_error(path, "members", "expected UInt64"))?;
+        let scores = column(path, &batch, "score")?
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| schema_error(path, "score", "expected Float32"))?;
+        for (i, item_id) in ids.into_iter().enumerate() {
+            rows.push(PopularityRow {
+                item_id,
+                members: members.value(i),
+                score: scores.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn schema_error(path: &Path, column: &str, problem: &str) -> SharedError {
+    SharedError::Schema {
+        path: path.to_path_buf(),
+        column: column.to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+fn history_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("strength", DataType::Float32, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+    ]))
+}
+
+/// Writes `user_history.parquet`.
+pub fn write_history(path: &Path, rows: &[HistoryRow]) -> Result<()> {
+    let schema = history_schema();
+    let mut batches = Vec::new();
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| &r.user_id))),
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| &r.item_id))),
+                Arc::new(Float32Array::from_iter_values(chunk.iter().map(|r| r.strength))),
+                Arc::new(
+                    TimestampMillisecondArray::from_iter_values(chunk.iter().map(|r| r.ts_ms))
+                        .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .map_err(|e| SharedError::arrow(path, e))?;
+        batches.push(batch);
+    }
+    write_batches(path, schema, &batches)
+}
+
+/// Reads `user_history.parquet`.
+pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
+    let mut rows = Vec::new();
+    for batch in open_batches(path)? {
+        let users = strings(path, &batch, "user_id")?;
+        let items = strings(path, &batch, "item_id")?;
+        let strength = column(path, &batch, "strength")?
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| schema_error(path, "strength", "expected Float32"))?;
+        let ts = column(path, &batch, "ts")?
+            .as_primitive_opt::<arrow::datatypes::TimestampMillisecondType>()
+            .ok_or_else(|| schema_error(path, "ts", "expected Timestamp(ms)"))?;
+        for (i, (user_id, item_id)) in users.into_iter().zip(items).enumerate() {
+            rows.push(HistoryRow {
+                user_id,
+                item_id,
+                strength: strength.value(i),
+                ts_ms: ts.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let factors = FactorTable {
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            vectors: (0..12).map(|v| v as f32 * 0.5).collect(),
+            factors: 4,
+        };
+        let path = dir.path().join("f.parquet");
+        write_factors(&path, "item_id", &factors).unwrap();
+        assert_eq!(read_factors(&path, "item_id").unwrap(), factors);
+        let err = read_factors(&path, "user_id").unwrap_err().to_string();
+        assert!(err.contains("user_id") && err.contains("missing"), "{err}");
+
+        let pop = vec![PopularityRow {
+            item_id: "a".into(),
+            members: 7,
+            score: 1.0,
+        }];
+        let path = dir.path().join("p.parquet");
+        write_popularity(&path, &pop).unwrap();
+        assert_eq!(read_popularity(&path).unwrap(), pop);
+
+        let hist = vec![HistoryRow {
+            user_id: "u".into(),
+            item_id: "a".into(),
+            strength: 2.0,
+            ts_ms: 1_700_000_000_000,
+        }];
+        let path = dir.path().join("h.parquet");
+        write_history(&path, &hist).unwrap();
+        assert_eq!(read_history(&path).unwrap(), hist);
+    }
+}

@@ -1,0 +1,377 @@
+//! The configuration file: one TOML document, every field optional with a documented default, and
+//! every field overridable from the environment.
+//!
+//! An environment variable `RECSYS__<SECTION>__<KEY>=<value>` overrides `[section] key` (the path is
+//! lower-cased; `__` separates levels, so `RECSYS__OFFLINE__ALS__FACTORS=32` sets
+//! `[offline.als] factors = 32`). The value is read as a TOML value when it parses as one (`32`,
+//! `0.5`, `true`, `["a"]`) and as a string otherwise. Unknown keys are errors, in the file and in the
+//! environment alike, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, SharedError};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "RECSYS__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where model versions are published.
+    pub model: ModelConfig,
+    /// The offline tier's jobs.
+    pub offline: OfflineConfig,
+}
+
+/// The model root shared by every tier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Directory holding `<version>/` directories and the `CURRENT` pointer. Default `var/models`.
+    pub root: PathBuf,
+    /// How many versions to keep after a publish (the current one is always kept). Default 5.
+    pub keep_versions: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            root: PathBuf::from("var/models"),
+            keep_versions: 5,
+        }
+    }
+}
+
+/// The offline tier: feature jobs, training, evaluation and the publish gate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    pub features: FeatureConfig,
+    pub als: AlsConfig,
+    pub evaluation: EvaluationConfig,
+    pub publish: PublishConfig,
+}
+
+/// How raw events become the training table (member × item → interaction strength).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureConfig {
+    /// Strength each event type contributes; an event type missing here is refused as unknown.
+    /// Default: play 1.0, add_to_list 0.5, click 0.25, rating 1.0. Setting this table (in the file
+    /// or by one `RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__<TYPE>` variable) replaces the whole
+    /// default table: list every event type you accept.
+    pub event_weights: BTreeMap<String, f64>,
+    /// The event type whose `value` is a rating. Default `rating`.
+    pub rating_event_type: String,
+    /// A rating counts as a positive when its value is at least this. Default 4.0.
+    pub rating_threshold: f64,
+    /// Half-life of the time decay in days (`weight × 0.5^(age / half-life)`, age measured from
+    /// `--as-of` or the newest event); absent or 0 turns decay off. Default off.
+    pub decay_half_life_days: Option<f64>,
+    /// Members with fewer distinct positive items are dropped. Default 1.
+    pub min_user_interactions: u32,
+    /// Items with fewer distinct members are dropped. Default 1.
+    pub min_item_interactions: u32,
+    /// The newest history items published per member with a model. Default 500.
+    pub history_cap: usize,
+    /// A SQL file replacing the built-in training-table query (`offline/sql/training_table.sql`).
+    pub training_table_sql: Option<PathBuf>,
+    /// A SQL file replacing the built-in popularity query (`offline/sql/item_popularity.sql`).
+    pub popularity_sql: Option<PathBuf>,
+    /// A SQL file replacing the built-in history query (`offline/sql/user_history.sql`).
+    pub user_history_sql: Option<PathBuf>,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            event_weights: [
+                ("play", 1.0),
+                ("add_to_list", 0.5),
+                ("click", 0.25),
+                ("rating", 1.0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            rating_event_type: "rating".to_string(),
+            rating_threshold: 4.0,
+            decay_half_life_days: None,
+            min_user_interactions: 1,
+            min_item_interactions: 1,
+            history_cap: 500,
+            training_table_sql: None,
+            popularity_sql: None,
+            user_history_sql: None,
+        }
+    }
+}
+
+/// Implicit-feedback ALS hyper-parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlsConfig {
+    /// Latent factors. Default 64.
+    pub factors: usize,
+    /// λ, L2 regularisation. Default 0.1.
+    pub regularization: f32,
+    /// α, confidence per unit of strength (`c = 1 + α r`). Default 10.
+    pub alpha: f32,
+    /// Alternations (item step + member step). Default 15.
+    pub iterations: usize,
+    /// Conjugate-gradient steps per solve. Default 3.
+    pub cg_steps: usize,
+    /// Worker threads; 0 means every core. Default 0.
+    pub threads: usize,
+    /// Seed of the factor initialisation. Default 42.
+    pub seed: u64,
+    /// Compute the training loss every iteration (shown on the progress bar; costs ~10 %).
+    /// Default true.
+    pub compute_loss: bool,
+}
+
+impl Default for AlsConfig {
+    fn default() -> Self {
+        AlsConfig {
+            factors: 64,
+            regularization: 0.1,
+            alpha: 10.0,
+            iterations: 15,
+            cg_steps: 3,
+            threads: 0,
+            seed: 42,
+            compute_loss: true,
+        }
+    }
+}
+
+/// Evaluation protocol.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Held-out members folded in (Liang et al. 2018).
+    #[default]
+    StrongGeneralization,
+    /// Each member's latest interaction is the target.
+    LeaveLastOut,
+}
+
+/// How models are evaluated before publishing and by `recsys offline evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    /// Default strong-generalization.
+    pub protocol: Protocol,
+    /// Fraction of eligible members held out (strong generalization). Default 0.2.
+    pub heldout_fraction: f64,
+    /// Members need at least this many positives to be evaluated (strong generalization). Default 5.
+    pub min_positives: usize,
+    /// Seed of the split. Default 42.
+    pub seed: u64,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig {
+            protocol: Protocol::StrongGeneralization,
+            heldout_fraction: 0.2,
+            min_positives: 5,
+            seed: 42,
+        }
+    }
+}
+
+/// The publish gate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// `CURRENT` does not move when the new model's NDCG is below the current model's by more
+    /// than this fraction of it. Default 0.05.
+    pub gate_margin: f64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig { gate_margin: 0.05 }
+    }
+}
+
+impl Config {
+    /// Reads the file (when given) and applies the process environment's overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Reads the file (when given) and applies the overrides among `env`.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| SharedError::io(path, e))?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| SharedError::Config {
+                    origin: path.display().to_string(),
+                    problem: e.to_string(),
+                })?;
+                (table, path.display().to_string())
+            }
+            None => (toml::Table::new(), "defaults".to_string()),
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (name, value) in &overrides {
+            apply_override(&mut table, name, value)?;
+        }
+        let origin = if overrides.is_empty() {
+            origin
+        } else {
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            format!("{origin} with {}", names.join(", "))
+        };
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| SharedError::Config {
+                    origin: origin.clone(),
+                    problem: e.to_string(),
+                })?;
+        config.validate().map_err(|problem| SharedError::Config { origin, problem })?;
+        Ok(config)
+    }
+
+    /// Checks ranges the types cannot express; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let als = &self.offline.als;
+        let f = &self.offline.features;
+        let e = &self.offline.evaluation;
+        let checks: [(bool, &str, String); 11] = [
+            (self.model.keep_versions >= 1, "model.keep_versions", "must be at least 1".into()),
+            (als.factors >= 1 && als.factors <= 1024, "offline.als.factors", "must be 1..=1024".into()),
+            (als.regularization > 0.0 && als.regularization.is_finite(), "offline.als.regularization", "must be positive".into()),
+            (als.alpha >= 0.0 && als.alpha.is_finite(), "offline.als.alpha", "must be non-negative".into()),
+            (als.iterations >= 1, "offline.als.iterations", "must be at least 1".into()),
+            (als.cg_steps >= 1, "offline.als.cg_steps", "must be at least 1".into()),
+            (e.heldout_fraction > 0.0 && e.heldout_fraction < 1.0, "offline.evaluation.heldout_fraction", "must be in (0, 1)".into()),
+            (e.min_positives >= 2, "offline.evaluation.min_positives", "must be at least 2".into()),
+            (f.rating_threshold.is_finite(), "offline.features.rating_threshold", "must be finite".into()),
+            (f.decay_half_life_days.is_none_or(|d| d >= 0.0 && d.is_finite()), "offline.features.decay_half_life_days", "must be non-negative".into()),
+            (self.offline.publish.gate_margin >= 0.0 && self.offline.publish.gate_margin < 1.0, "offline.publish.gate_margin", "must be in [0, 1)".into()),
+        ];
+        for (ok, field, why) in checks {
+            if !ok {
+                return Err(format!("`{field}` {why}"));
+            }
+        }
+        for (event_type, weight) in &f.event_weights {
+            if !(weight.is_finite() && *weight >= 0.0) {
+                return Err(format!(
+                    "`offline.features.event_weights.{event_type}` must be a non-negative number"
+                ));
+            }
+        }
+        if !f.event_weights.contains_key(&f.rating_event_type) {
+            return Err(format!(
+                "`offline.features.rating_event_type` is {:?}, which has no entry in `offline.features.event_weights`",
+                f.rating_event_type
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(SharedError::Config {
+            origin: format!("environment variable {name}"),
+            problem: "empty path segment".into(),
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut cursor = table;
+    for segment in parents {
+        let entry = cursor
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| SharedError::Config {
+            origin: format!("environment variable {name}"),
+            problem: format!("`{segment}` is a value, not a section"),
+        })?;
+    }
+    cursor.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recsys.toml");
+        std::fs::write(
+            &file,
+            "[model]\nroot = \"/data/models\"\n[offline.als]\nfactors = 16\niterations = 3\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("RECSYS__OFFLINE__ALS__FACTORS", "32"),
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__PURCHASE", "2.5"),
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__RATING", "1.0"),
+                ("RECSYS__MODEL__ROOT", "/elsewhere"),
+                ("RECSYS_TEST_CASSANDRA", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.offline.als.factors, 32);
+        assert_eq!(config.offline.als.iterations, 3);
+        assert_eq!(config.offline.features.event_weights["purchase"], 2.5);
+        assert_eq!(config.model.root, PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn typos_and_out_of_range_values_name_the_field() {
+        let typo = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTOSR", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("factosr") && typo.contains("RECSYS__OFFLINE__ALS__FACTOSR"), "{typo}");
+        let range = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTORS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(range.contains("offline.als.factors"), "{range}");
+        let kind = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__ALPHA", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(kind.contains("alpha"), "{kind}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::load_with_env(None, env(&[])).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,24 @@
+//! # recsys-shared
+//!
+//! What every tier of recsys agrees on: the domain types (member and item ids, interactions), the
+//! configuration file, the **model artifact** (a versioned directory of Parquet tables plus a
+//! manifest, published atomically behind a `CURRENT` pointer) and the **fold-in** — the exact ALS
+//! solve for one member against fixed item factors, used by the offline evaluator, the nearline
+//! workers and the online server alike so that all three compute the same vector from the same
+//! history.
+//!
+//! ## Invariants
+//! - No tier-specific logic lives here: no DataFusion, no Kafka, no gRPC server. Tiers depend on
+//!   this crate and never on each other.
+//! - A reader of a model root never observes a half-written version: [`artifact::ModelRoot`] is the
+//!   only code that writes one, and it publishes by rename.
+//! - Errors name the file, column and row they concern.
+
+pub mod artifact;
+pub mod config;
+pub mod error;
+pub mod foldin;
+pub mod ids;
+pub mod kernels;
+
+pub use error::{Result, SharedError};
