@@ -17,11 +17,17 @@
 //! [`recsys_shared::artifact::ModelRoot`] (so every publish is atomic and locked).
 
 pub mod als;
+pub mod bench;
 mod error;
 pub mod evaluate;
 pub mod features;
 pub mod input;
 pub mod matrix;
 pub mod metrics;
+pub mod movielens;
+mod progress;
+pub mod synth;
+pub mod tables;
+pub mod train;
 
 pub use error::{OfflineError, Result};
