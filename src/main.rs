@@ -15,7 +15,11 @@ use recsys_shared::artifact::ModelRoot;
 use recsys_shared::config::{Config, Protocol};
 
 #[derive(Parser)]
-#[command(name = "recsys", version, about = "Three-tier recommendation platform: offline training, nearline fold-in, online ranking")]
+#[command(
+    name = "recsys",
+    version,
+    about = "Three-tier recommendation platform: offline training, nearline fold-in, online ranking"
+)]
 struct Cli {
     /// TOML configuration file; `RECSYS__SECTION__KEY` environment variables override it.
     #[arg(long, global = true, env = "RECSYS_CONFIG")]
@@ -121,9 +125,6 @@ struct AlsArgs {
     /// Threads, 0 = all cores [offline.als.threads, default 0].
     #[arg(long)]
     threads: Option<usize>,
-    /// Seed of the initialisation [offline.als.seed, default 42].
-    #[arg(long)]
-    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -146,6 +147,9 @@ struct TrainArgs {
     /// Move CURRENT even when the publish gate refuses.
     #[arg(long)]
     force: bool,
+    /// Seed of the factor initialisation [offline.als.seed, default 42].
+    #[arg(long)]
+    seed: Option<u64>,
     #[command(flatten)]
     als: AlsArgs,
 }
@@ -162,8 +166,8 @@ struct EvaluateArgs {
     #[arg(long)]
     heldout_fraction: Option<f64>,
     /// Seed of the split [offline.evaluation.seed, default 42].
-    #[arg(long = "split-seed", alias = "seed")]
-    split_seed: Option<u64>,
+    #[arg(long)]
+    seed: Option<u64>,
     /// Write the exact split to DIR/{train,foldin,target}.parquet.
     #[arg(long)]
     export_split: Option<PathBuf>,
@@ -200,21 +204,38 @@ fn parse_instant(s: &str) -> std::result::Result<i64, String> {
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         // A date means the end of that day: its events are included.
-        return Ok(d.and_hms_milli_opt(23, 59, 59, 999).expect("valid").and_utc().timestamp_millis());
+        return Ok(d
+            .and_hms_milli_opt(23, 59, 59, 999)
+            .expect("valid")
+            .and_utc()
+            .timestamp_millis());
     }
-    Err(format!("{s:?} is not RFC 3339 (2026-11-01T00:00:00Z), a date (2026-11-01) or epoch milliseconds"))
+    Err(format!(
+        "{s:?} is not RFC 3339 (2026-11-01T00:00:00Z), a date (2026-11-01) or epoch milliseconds"
+    ))
 }
 
 impl AlsArgs {
     fn apply(&self, config: &mut Config) {
         let als = &mut config.offline.als;
-        if let Some(v) = self.factors { als.factors = v; }
-        if let Some(v) = self.regularization { als.regularization = v; }
-        if let Some(v) = self.alpha { als.alpha = v; }
-        if let Some(v) = self.iterations { als.iterations = v; }
-        if let Some(v) = self.cg_steps { als.cg_steps = v; }
-        if let Some(v) = self.threads { als.threads = v; }
-        if let Some(v) = self.seed { als.seed = v; }
+        if let Some(v) = self.factors {
+            als.factors = v;
+        }
+        if let Some(v) = self.regularization {
+            als.regularization = v;
+        }
+        if let Some(v) = self.alpha {
+            als.alpha = v;
+        }
+        if let Some(v) = self.iterations {
+            als.iterations = v;
+        }
+        if let Some(v) = self.cg_steps {
+            als.cg_steps = v;
+        }
+        if let Some(v) = self.threads {
+            als.threads = v;
+        }
     }
 }
 
@@ -223,7 +244,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 fn validated(config: Config) -> Result<Config> {
-    config.validate().map_err(|problem| anyhow::anyhow!("command-line options: {problem}"))?;
+    config
+        .validate()
+        .map_err(|problem| anyhow::anyhow!("command-line options: {problem}"))?;
     Ok(config)
 }
 
@@ -246,14 +269,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })
             );
         }
-        Command::Offline(OfflineCommand::Synth { users, items, interactions, seed, output }) => {
-            let spec = SynthSpec { users: *users, items: *items, interactions: *interactions, seed: *seed };
+        Command::Offline(OfflineCommand::Synth {
+            users,
+            items,
+            interactions,
+            seed,
+            output,
+        }) => {
+            let spec = SynthSpec {
+                users: *users,
+                items: *items,
+                interactions: *interactions,
+                seed: *seed,
+            };
             SynthWorld::new(spec)?.write(output)?;
-            println!("{}", serde_json::json!({"output": output, "users": users, "items": items, "interactions": interactions, "seed": seed}));
+            println!(
+                "{}",
+                serde_json::json!({"output": output, "users": users, "items": items, "interactions": interactions, "seed": seed})
+            );
         }
         Command::Offline(OfflineCommand::Train(args)) => {
             let mut config = load_config(&cli)?;
             args.als.apply(&mut config);
+            if let Some(seed) = args.seed {
+                config.offline.als.seed = seed;
+            }
             if let Some(root) = &args.model_root {
                 config.model.root = root.clone();
             }
@@ -286,8 +326,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ProtocolArg::LeaveLastOut => Protocol::LeaveLastOut,
                 };
             }
-            if let Some(f) = args.heldout_fraction { evaluation.heldout_fraction = f; }
-            if let Some(s) = args.split_seed { evaluation.seed = s; }
+            if let Some(f) = args.heldout_fraction {
+                evaluation.heldout_fraction = f;
+            }
+            if let Some(s) = args.seed {
+                evaluation.seed = s;
+            }
             let config = validated(config)?;
             let result = evaluate_only(&args.interactions, &config, args.export_split.as_deref())?;
             println!("{}", serde_json::to_string(&result)?);
@@ -297,20 +341,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root));
             let lock = root.lock()?;
             let previous = root.rollback(&lock, to)?;
-            println!("{}", serde_json::json!({"current": to, "previous": previous}));
+            println!(
+                "{}",
+                serde_json::json!({"current": to, "previous": previous})
+            );
         }
         Command::Offline(OfflineCommand::Versions { model_root }) => {
             let config = load_config(&cli)?;
             let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root));
             let current = root.current_version()?;
             for version in root.versions()? {
-                let marker = if Some(&version) == current.as_ref() { "*" } else { " " };
+                let marker = if Some(&version) == current.as_ref() {
+                    "*"
+                } else {
+                    " "
+                };
                 let summary = match root.manifest(&version) {
                     Ok(m) => format!(
                         "{} members, {} items{}",
                         m.rows.members,
                         m.rows.items,
-                        m.evaluation.map(|e| format!(", {:?}", e.metrics)).unwrap_or_default()
+                        m.evaluation
+                            .map(|e| format!(", {:?}", e.metrics))
+                            .unwrap_or_default()
                     ),
                     Err(e) => format!("unreadable: {e}"),
                 };
@@ -331,7 +384,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECSYS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

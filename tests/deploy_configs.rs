@@ -17,14 +17,22 @@ fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn deploy_configs_match_the_config_structs() {
     let mut files = Vec::new();
-    toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"), &mut files);
+    toml_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"),
+        &mut files,
+    );
     assert!(!files.is_empty());
     for file in files {
         let config = recsys_shared::config::Config::load_with_env(Some(&file), Vec::new())
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         if file.ends_with("single-machine/recsys.toml") {
             // The single-machine file documents the defaults; keep it true.
-            assert_eq!(config, recsys_shared::config::Config::default(), "{}", file.display());
+            assert_eq!(
+                config,
+                recsys_shared::config::Config::default(),
+                "{}",
+                file.display()
+            );
         }
     }
 }

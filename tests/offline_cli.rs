@@ -25,7 +25,10 @@ fn stderr(o: &Output) -> String {
 
 fn last_json(o: &Output) -> serde_json::Value {
     let out = String::from_utf8_lossy(&o.stdout);
-    let line = out.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
+    let line = out
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
@@ -38,7 +41,20 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let o = recsys(
-            &["offline", "synth", "--users", "400", "--items", "150", "--interactions", "20000", "--seed", "3", "--output", data.to_str().unwrap()],
+            &[
+                "offline",
+                "synth",
+                "--users",
+                "400",
+                "--items",
+                "150",
+                "--interactions",
+                "20000",
+                "--seed",
+                "3",
+                "--output",
+                data.to_str().unwrap(),
+            ],
             &[],
         );
         assert!(o.status.success(), "{}", stderr(&o));
@@ -55,11 +71,24 @@ impl Fixture {
 
     fn train_with(&self, interactions: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let mut args = vec![
-            "offline", "train",
-            "--interactions", interactions.to_str().unwrap(),
-            "--items", self.dir.path().join("data/items.parquet").to_str().unwrap().to_owned().leak(),
-            "--model-root", self.root().to_str().unwrap().to_owned().leak(),
-            "--factors", "16", "--iterations", "6",
+            "offline",
+            "train",
+            "--interactions",
+            interactions.to_str().unwrap(),
+            "--items",
+            self.dir
+                .path()
+                .join("data/items.parquet")
+                .to_str()
+                .unwrap()
+                .to_owned()
+                .leak(),
+            "--model-root",
+            self.root().to_str().unwrap().to_owned().leak(),
+            "--factors",
+            "16",
+            "--iterations",
+            "6",
         ];
         args.extend_from_slice(extra);
         recsys(&args, env)
@@ -70,12 +99,21 @@ impl Fixture {
     }
 
     fn current(&self) -> Option<String> {
-        fs::read_to_string(self.root().join("CURRENT")).ok().map(|s| s.trim().to_string())
+        fs::read_to_string(self.root().join("CURRENT"))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     fn versions(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.root())
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| self.root().join(n).join("manifest.json").exists() && !n.starts_with('.')).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| {
+                        self.root().join(n).join("manifest.json").exists() && !n.starts_with('.')
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -95,29 +133,58 @@ fn train_publishes_a_complete_version_and_beats_popularity() {
     let model = &result["metrics"]["model"];
     let popularity = &result["metrics"]["popularity"];
     for key in ["recall@20", "recall@50", "ndcg@100"] {
-        assert!(model[key].as_f64().unwrap() > popularity[key].as_f64().unwrap(), "{key}: {result}");
+        assert!(
+            model[key].as_f64().unwrap() > popularity[key].as_f64().unwrap(),
+            "{key}: {result}"
+        );
     }
-    let manifest: serde_json::Value = serde_json::from_str(&fs::read_to_string(f.root().join(version).join("manifest.json")).unwrap()).unwrap();
-    for file in ["item_factors.parquet", "user_factors.parquet", "item_popularity.parquet", "items.parquet", "user_history.parquet"] {
-        assert_eq!(manifest["files"][file]["sha256"].as_str().unwrap().len(), 64, "{file}");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(f.root().join(version).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    for file in [
+        "item_factors.parquet",
+        "user_factors.parquet",
+        "item_popularity.parquet",
+        "items.parquet",
+        "user_history.parquet",
+    ] {
+        assert_eq!(
+            manifest["files"][file]["sha256"].as_str().unwrap().len(),
+            64,
+            "{file}"
+        );
     }
     assert_eq!(manifest["algorithm"]["factors"], 16);
     assert_eq!(manifest["rows"]["catalog_items"], 150);
-    let items = recsys_shared::artifact::read_factors(&f.root().join(version).join("item_factors.parquet"), "item_id").unwrap();
+    let items = recsys_shared::artifact::read_factors(
+        &f.root().join(version).join("item_factors.parquet"),
+        "item_id",
+    )
+    .unwrap();
     assert_eq!(items.factors, 16);
-    assert_eq!(items.ids.len() as u64, manifest["rows"]["items"].as_u64().unwrap());
+    assert_eq!(
+        items.ids.len() as u64,
+        manifest["rows"]["items"].as_u64().unwrap()
+    );
 }
 
 #[test]
 fn the_gate_refuses_a_worse_model_unless_forced_and_rollback_moves_current() {
     let f = Fixture::new();
-    let good = last_json(&f.train(&[]))["version"].as_str().unwrap().to_string();
+    let good = last_json(&f.train(&[]))["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // An absurd regularisation shrinks every vector to ~0: the ranking is noise.
     let o = f.train(&["--regularization", "100000"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let refused = last_json(&o);
     assert_eq!(refused["published"], false);
-    assert!(refused["gate"].as_str().unwrap().starts_with("refused"), "{refused}");
+    assert!(
+        refused["gate"].as_str().unwrap().starts_with("refused"),
+        "{refused}"
+    );
     assert_eq!(f.current().as_deref(), Some(good.as_str()));
 
     let forced = f.train(&["--regularization", "100000", "--force"]);
@@ -127,10 +194,30 @@ fn the_gate_refuses_a_worse_model_unless_forced_and_rollback_moves_current() {
     assert_eq!(f.current().as_deref(), forced["version"].as_str());
 
     let root = f.root();
-    let o = recsys(&["offline", "rollback", "--model-root", root.to_str().unwrap(), "--to", &good], &[]);
+    let o = recsys(
+        &[
+            "offline",
+            "rollback",
+            "--model-root",
+            root.to_str().unwrap(),
+            "--to",
+            &good,
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(f.current().as_deref(), Some(good.as_str()));
-    let o = recsys(&["offline", "rollback", "--model-root", root.to_str().unwrap(), "--to", "19700101T000000.000Z-dead"], &[]);
+    let o = recsys(
+        &[
+            "offline",
+            "rollback",
+            "--model-root",
+            root.to_str().unwrap(),
+            "--to",
+            "19700101T000000.000Z-dead",
+        ],
+        &[],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no such version"), "{}", stderr(&o));
     assert_eq!(f.current().as_deref(), Some(good.as_str()));
@@ -140,7 +227,11 @@ fn the_gate_refuses_a_worse_model_unless_forced_and_rollback_moves_current() {
 fn retention_keeps_the_newest_versions() {
     let f = Fixture::new();
     for _ in 0..3 {
-        let o = f.train_with(&f.path("data/interactions.parquet"), &["--skip-eval"], &[("RECSYS__MODEL__KEEP_VERSIONS", "2")]);
+        let o = f.train_with(
+            &f.path("data/interactions.parquet"),
+            &["--skip-eval"],
+            &[("RECSYS__MODEL__KEEP_VERSIONS", "2")],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let versions = f.versions();
@@ -151,19 +242,39 @@ fn retention_keeps_the_newest_versions() {
 #[test]
 fn a_crash_mid_publish_leaves_current_on_the_previous_version() {
     let f = Fixture::new();
-    let first = last_json(&f.train(&["--skip-eval"]))["version"].as_str().unwrap().to_string();
+    let first = last_json(&f.train(&["--skip-eval"]))["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for failpoint in ["publish-mid-write", "publish-before-current"] {
-        let o = f.train_with(&f.path("data/interactions.parquet"), &["--skip-eval"], &[("RECSYS_FAILPOINT", failpoint)]);
-        assert!(!o.status.success(), "{failpoint}: the process should have died");
-        assert!(stderr(&o).contains(&format!("failpoint {failpoint}")), "{}", stderr(&o));
+        let o = f.train_with(
+            &f.path("data/interactions.parquet"),
+            &["--skip-eval"],
+            &[("RECSYS_FAILPOINT", failpoint)],
+        );
+        assert!(
+            !o.status.success(),
+            "{failpoint}: the process should have died"
+        );
+        assert!(
+            stderr(&o).contains(&format!("failpoint {failpoint}")),
+            "{}",
+            stderr(&o)
+        );
         assert_eq!(f.current().as_deref(), Some(first.as_str()), "{failpoint}");
         // The current version is still intact.
-        recsys_shared::artifact::ModelRoot::new(f.root()).current().unwrap().unwrap();
+        recsys_shared::artifact::ModelRoot::new(f.root())
+            .current()
+            .unwrap()
+            .unwrap();
     }
     // The mid-write crash left a staging directory, which the next publish removes.
     let o = f.train(&["--skip-eval"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!fs::read_dir(f.root()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-")));
+    assert!(!fs::read_dir(f.root())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-")));
 }
 
 fn write_parquet(path: &Path, batch: RecordBatch) {
@@ -178,24 +289,61 @@ fn text(values: &[&str]) -> Arc<StringArray> {
 #[test]
 fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
     let f = Fixture::new();
-    let first = last_json(&f.train(&["--skip-eval"]))["version"].as_str().unwrap().to_string();
+    let first = last_json(&f.train(&["--skip-eval"]))["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let good = f.path("data/interactions.parquet");
 
     let missing_ts = f.path("missing_ts.parquet");
-    write_parquet(&missing_ts, RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("user_id", DataType::Utf8, false), Field::new("item_id", DataType::Utf8, false), Field::new("event_type", DataType::Utf8, false), Field::new("value", DataType::Float64, true)])),
-        vec![text(&["u"]), text(&["i"]), text(&["play"]), Arc::new(arrow::array::Float64Array::from(vec![None]))],
-    ).unwrap());
+    write_parquet(
+        &missing_ts,
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Utf8, false),
+                Field::new("item_id", DataType::Utf8, false),
+                Field::new("event_type", DataType::Utf8, false),
+                Field::new("value", DataType::Float64, true),
+            ])),
+            vec![
+                text(&["u"]),
+                text(&["i"]),
+                text(&["play"]),
+                Arc::new(arrow::array::Float64Array::from(vec![None])),
+            ],
+        )
+        .unwrap(),
+    );
 
     let int_ts = f.path("int_ts.parquet");
-    write_parquet(&int_ts, RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("user_id", DataType::Utf8, false), Field::new("item_id", DataType::Utf8, false), Field::new("event_type", DataType::Utf8, false), Field::new("value", DataType::Float64, true), Field::new("ts", DataType::Int64, false)])),
-        vec![text(&["u"]), text(&["i"]), text(&["play"]), Arc::new(arrow::array::Float64Array::from(vec![None])), Arc::new(Int64Array::from(vec![1]))],
-    ).unwrap());
+    write_parquet(
+        &int_ts,
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Utf8, false),
+                Field::new("item_id", DataType::Utf8, false),
+                Field::new("event_type", DataType::Utf8, false),
+                Field::new("value", DataType::Float64, true),
+                Field::new("ts", DataType::Int64, false),
+            ])),
+            vec![
+                text(&["u"]),
+                text(&["i"]),
+                text(&["play"]),
+                Arc::new(arrow::array::Float64Array::from(vec![None])),
+                Arc::new(Int64Array::from(vec![1])),
+            ],
+        )
+        .unwrap(),
+    );
 
     let empty = f.path("empty.parquet");
     {
-        let w = recsys_offline::tables::TableWriter::create(&empty, recsys_offline::tables::interactions_schema()).unwrap();
+        let w = recsys_offline::tables::TableWriter::create(
+            &empty,
+            recsys_offline::tables::interactions_schema(),
+        )
+        .unwrap();
         w.finish().unwrap();
     }
 
@@ -205,9 +353,23 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
 
     let rows = |user: &str, event: &'static str| {
         let path = f.path(&format!("rows_{}.parquet", event.len() + user.len()));
-        let mut w = recsys_offline::tables::TableWriter::create(&path, recsys_offline::tables::interactions_schema()).unwrap();
-        let ok = recsys_offline::tables::InteractionRow { user_id: "u0000001".into(), item_id: "i000001".into(), event_type: "play", value: None, ts_ms: 1 };
-        let bad = recsys_offline::tables::InteractionRow { user_id: user.into(), event_type: event, ..ok.clone() };
+        let mut w = recsys_offline::tables::TableWriter::create(
+            &path,
+            recsys_offline::tables::interactions_schema(),
+        )
+        .unwrap();
+        let ok = recsys_offline::tables::InteractionRow {
+            user_id: "u0000001".into(),
+            item_id: "i000001".into(),
+            event_type: "play",
+            value: None,
+            ts_ms: 1,
+        };
+        let bad = recsys_offline::tables::InteractionRow {
+            user_id: user.into(),
+            event_type: event,
+            ..ok.clone()
+        };
         w.write_interactions(&[ok.clone(), ok, bad]).unwrap();
         w.finish().unwrap();
         path
@@ -216,12 +378,28 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
     let bad_id = rows("bad\nid", "play");
 
     let cases: Vec<(&str, &Path, Vec<&str>)> = vec![
-        ("missing column", &missing_ts, vec!["missing_ts.parquet", "`ts`", "missing"]),
-        ("mistyped column", &int_ts, vec!["int_ts.parquet", "`ts`", "Int64", "Timestamp(ms)"]),
+        (
+            "missing column",
+            &missing_ts,
+            vec!["missing_ts.parquet", "`ts`", "missing"],
+        ),
+        (
+            "mistyped column",
+            &int_ts,
+            vec!["int_ts.parquet", "`ts`", "Int64", "Timestamp(ms)"],
+        ),
         ("empty table", &empty, vec!["empty.parquet", "no rows"]),
         ("truncated file", &truncated, vec!["truncated.parquet"]),
-        ("unknown event type", &unknown_event, vec!["row 2", "`event_type`", "\"purchase\""]),
-        ("unknown id format", &bad_id, vec!["row 2", "`user_id`", "control character"]),
+        (
+            "unknown event type",
+            &unknown_event,
+            vec!["row 2", "`event_type`", "\"purchase\""],
+        ),
+        (
+            "unknown id format",
+            &bad_id,
+            vec!["row 2", "`user_id`", "control character"],
+        ),
     ];
     for (case, input, expected) in cases {
         let o = f.train_with(input, &["--skip-eval"], &[]);
@@ -236,12 +414,28 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
     // An unwritable model root: its parent is a regular file.
     let blocker = f.path("blocker");
     fs::write(&blocker, "").unwrap();
-    let o = recsys(&["offline", "train", "--interactions", good.to_str().unwrap(), "--items", f.path("data/items.parquet").to_str().unwrap(), "--model-root", blocker.join("models").to_str().unwrap(), "--skip-eval"], &[]);
+    let o = recsys(
+        &[
+            "offline",
+            "train",
+            "--interactions",
+            good.to_str().unwrap(),
+            "--items",
+            f.path("data/items.parquet").to_str().unwrap(),
+            "--model-root",
+            blocker.join("models").to_str().unwrap(),
+            "--skip-eval",
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("blocker/models"), "{}", stderr(&o));
 
     // A second writer: another process holds the lock.
-    let lock = fs::OpenOptions::new().write(true).open(f.root().join(".lock")).unwrap();
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .open(f.root().join(".lock"))
+        .unwrap();
     lock.lock().unwrap();
     let o = f.train(&["--skip-eval"]);
     assert_eq!(o.status.code(), Some(1));
@@ -255,29 +449,86 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
     let f = Fixture::new();
     let interactions = f.path("data/interactions.parquet");
     let split = f.path("split");
-    let o = recsys(&["offline", "evaluate", "--interactions", interactions.to_str().unwrap(), "--protocol", "strong-generalization", "--heldout-fraction", "0.25", "--seed", "9", "--factors", "16", "--iterations", "6", "--export-split", split.to_str().unwrap()], &[]);
+    let o = recsys(
+        &[
+            "offline",
+            "evaluate",
+            "--interactions",
+            interactions.to_str().unwrap(),
+            "--protocol",
+            "strong-generalization",
+            "--heldout-fraction",
+            "0.25",
+            "--seed",
+            "9",
+            "--factors",
+            "16",
+            "--iterations",
+            "6",
+            "--export-split",
+            split.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let result = last_json(&o);
     for key in ["recall@20", "recall@50", "ndcg@100", "coverage@20"] {
-        assert!(result["metrics"][key].as_f64().unwrap() > 0.0, "{key}: {result}");
+        assert!(
+            result["metrics"][key].as_f64().unwrap() > 0.0,
+            "{key}: {result}"
+        );
         assert!(result["popularity"][key].is_number(), "{key}");
     }
     for file in ["train", "foldin", "target"] {
-        let rows = recsys_offline::input::InputTable::discover(&split.join(format!("{file}.parquet"))).unwrap();
+        let rows =
+            recsys_offline::input::InputTable::discover(&split.join(format!("{file}.parquet")))
+                .unwrap();
         assert_eq!(rows.files.len(), 1);
     }
-    let o = recsys(&["offline", "evaluate", "--interactions", interactions.to_str().unwrap(), "--protocol", "leave-last-out", "--factors", "16", "--iterations", "6"], &[]);
+    let o = recsys(
+        &[
+            "offline",
+            "evaluate",
+            "--interactions",
+            interactions.to_str().unwrap(),
+            "--protocol",
+            "leave-last-out",
+            "--factors",
+            "16",
+            "--iterations",
+            "6",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let result = last_json(&o);
-    assert!(result["metrics"]["hr@10"].as_f64().unwrap() > result["popularity"]["hr@10"].as_f64().unwrap(), "{result}");
+    assert!(
+        result["metrics"]["hr@10"].as_f64().unwrap()
+            > result["popularity"]["hr@10"].as_f64().unwrap(),
+        "{result}"
+    );
 }
 
 #[test]
 fn imports_movielens_latest_small_from_shared_data() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ml-latest-small");
-    assert!(source.join("ratings.csv").exists(), "MovieLens latest-small is expected at {}", source.display());
+    assert!(
+        source.join("ratings.csv").exists(),
+        "MovieLens latest-small is expected at {}",
+        source.display()
+    );
     let out = tempfile::tempdir().unwrap();
-    let o = recsys(&["import", "movielens", "--input", source.to_str().unwrap(), "--output", out.path().to_str().unwrap()], &[]);
+    let o = recsys(
+        &[
+            "import",
+            "movielens",
+            "--input",
+            source.to_str().unwrap(),
+            "--output",
+            out.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let result = last_json(&o);
     assert_eq!(result["interactions"], 100_836);
@@ -286,10 +537,21 @@ fn imports_movielens_latest_small_from_shared_data() {
 
 #[test]
 fn every_command_has_help_and_unbuilt_tiers_say_so() {
-    for args in [vec!["--help"], vec!["offline", "--help"], vec!["offline", "train", "--help"], vec!["import", "movielens", "--help"], vec!["offline", "bench", "--help"], vec!["nearline", "--help"], vec!["online", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["offline", "--help"],
+        vec!["offline", "train", "--help"],
+        vec!["import", "movielens", "--help"],
+        vec!["offline", "bench", "--help"],
+        vec!["nearline", "--help"],
+        vec!["online", "--help"],
+    ] {
         let o = recsys(&args, &[]);
         assert!(o.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage"),
+            "{args:?}"
+        );
     }
     let o = recsys(&["online", "serve"], &[]);
     assert_eq!(o.status.code(), Some(1));

@@ -80,12 +80,13 @@ pub fn train(
         .num_threads(params.threads)
         .thread_name(|i| format!("als-{i}"))
         .build()
-        .map_err(|e| OfflineError::Usage(format!("cannot start {} threads: {e}", params.threads)))?;
+        .map_err(|e| {
+            OfflineError::Usage(format!("cannot start {} threads: {e}", params.threads))
+        })?;
     let by_item = matrix.transpose();
     let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
-    let mut init = |n: usize| -> Vec<f32> {
-        (0..n * k).map(|_| rng.random::<f32>() * 0.01).collect()
-    };
+    let mut init =
+        |n: usize| -> Vec<f32> { (0..n * k).map(|_| rng.random::<f32>() * 0.01).collect() };
     let mut user_factors = init(matrix.rows);
     let mut item_factors = init(matrix.cols);
     for iteration in 1..=params.iterations {
@@ -114,7 +115,10 @@ pub fn train(
 /// `YᵀY` of a row-major factor matrix, computed in parallel.
 pub fn parallel_gram(factors: &[f32], k: usize) -> Vec<f32> {
     // Partial sums are added in chunk order so the result does not depend on thread timing.
-    let partials: Vec<Vec<f32>> = factors.par_chunks(k * 4096).map(|chunk| gram(chunk, k)).collect();
+    let partials: Vec<Vec<f32>> = factors
+        .par_chunks(k * 4096)
+        .map(|chunk| gram(chunk, k))
+        .collect();
     let mut total = vec![0.0f32; k * k];
     for partial in partials {
         total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
@@ -142,7 +146,16 @@ pub fn solve_side(
             || CgScratch::new(k),
             |scratch, (row, x)| {
                 let (cols, strengths) = matrix.row(row);
-                cg_solve(x, &a, fixed, cols, strengths, params.alpha, params.cg_steps, scratch);
+                cg_solve(
+                    x,
+                    &a,
+                    fixed,
+                    cols,
+                    strengths,
+                    params.alpha,
+                    params.cg_steps,
+                    scratch,
+                );
             },
         );
 }
@@ -218,7 +231,13 @@ pub fn cg_solve(
 
 /// The HKV objective `Σ_u Σ_i c_ui (p_ui − x_u·y_i)² + λ(‖X‖² + ‖Y‖²)`, normalised as `implicit`
 /// does by `Σ c_ui` over all cells (`users × items + Σ α r`), so figures compare across data sets.
-pub fn loss(matrix: &SparseMatrix, users: &[f32], items: &[f32], k: usize, params: &AlsParams) -> f64 {
+pub fn loss(
+    matrix: &SparseMatrix,
+    users: &[f32],
+    items: &[f32],
+    k: usize,
+    params: &AlsParams,
+) -> f64 {
     let g = parallel_gram(items, k);
     let alpha = params.alpha;
     let (data_loss, extra_confidence) = users
@@ -290,13 +309,22 @@ mod tests {
         for trial in 0..20 {
             let (n, k) = (40, 6);
             let y: Vec<f32> = (0..n * k).map(|_| rng.random::<f32>() - 0.5).collect();
-            let cols: Vec<u32> = (0..n as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
-            let strengths: Vec<f32> = cols.iter().map(|_| 0.5 + rng.random::<f32>() * 3.0).collect();
+            let cols: Vec<u32> = (0..n as u32)
+                .filter(|_| rng.random::<f32>() < 0.3)
+                .collect();
+            let strengths: Vec<f32> = cols
+                .iter()
+                .map(|_| 0.5 + rng.random::<f32>() * 3.0)
+                .collect();
             let fp = FoldInParams {
                 regularization: 0.05 + trial as f32 * 0.01,
                 alpha: 4.0,
             };
-            let history: Vec<(u32, f32)> = cols.iter().copied().zip(strengths.iter().copied()).collect();
+            let history: Vec<(u32, f32)> = cols
+                .iter()
+                .copied()
+                .zip(strengths.iter().copied())
+                .collect();
             let exact = FoldIn::new(&y, k, fp).solve(&history).unwrap();
             let mut a = gram(&y, k);
             for d in 0..k {
@@ -305,9 +333,21 @@ mod tests {
             let mut x = vec![0.0f32; k];
             let mut scratch = CgScratch::new(k);
             // CG on a k-dimensional SPD system converges in k steps in exact arithmetic.
-            cg_solve(&mut x, &a, &y, &cols, &strengths, fp.alpha, 2 * k, &mut scratch);
+            cg_solve(
+                &mut x,
+                &a,
+                &y,
+                &cols,
+                &strengths,
+                fp.alpha,
+                2 * k,
+                &mut scratch,
+            );
             for (got, want) in x.iter().zip(&exact) {
-                assert!((got - want).abs() < 1e-3 * (1.0 + want.abs()), "trial {trial}: {x:?} vs {exact:?}");
+                assert!(
+                    (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                    "trial {trial}: {x:?} vs {exact:?}"
+                );
             }
         }
     }
@@ -319,9 +359,15 @@ mod tests {
         train(&m, &params(12, 3), |r| losses.push(r.loss.unwrap())).unwrap();
         assert_eq!(losses.len(), 12);
         for pair in losses.windows(2) {
-            assert!(pair[1] <= pair[0] * (1.0 + 1e-5), "loss went up: {losses:?}");
+            assert!(
+                pair[1] <= pair[0] * (1.0 + 1e-5),
+                "loss went up: {losses:?}"
+            );
         }
-        assert!(losses[11] < losses[0] * 0.9, "loss barely moved: {losses:?}");
+        assert!(
+            losses[11] < losses[0] * 0.9,
+            "loss barely moved: {losses:?}"
+        );
     }
 
     #[test]
@@ -340,12 +386,24 @@ mod tests {
         );
         for u in [0usize, 7, 31, 49] {
             let (cols, strengths) = m.row(u);
-            let history: Vec<(u32, f32)> = cols.iter().copied().zip(strengths.iter().copied()).collect();
+            let history: Vec<(u32, f32)> = cols
+                .iter()
+                .copied()
+                .zip(strengths.iter().copied())
+                .collect();
             let folded = fold_in.solve(&history).unwrap();
             let trained = &model.user_factors[u * k..(u + 1) * k];
-            let diff: f32 = folded.iter().zip(trained).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt();
+            let diff: f32 = folded
+                .iter()
+                .zip(trained)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt();
             let size: f32 = trained.iter().map(|v| v * v).sum::<f32>().sqrt();
-            assert!(diff <= 0.02 * size, "member {u}: |diff| {diff} vs |x| {size}");
+            assert!(
+                diff <= 0.02 * size,
+                "member {u}: |diff| {diff} vs |x| {size}"
+            );
         }
     }
 

@@ -72,7 +72,13 @@ fn peer(args: &BenchArgs, script: &str, extra: &[String]) -> Result<serde_json::
         .arg(&path)
         .args(extra)
         .output()
-        .map_err(|e| OfflineError::Peer(format!("cannot run {} {}: {e}", args.python, path.display())))?;
+        .map_err(|e| {
+            OfflineError::Peer(format!(
+                "cannot run {} {}: {e}",
+                args.python,
+                path.display()
+            ))
+        })?;
     if !output.status.success() {
         return Err(OfflineError::Peer(format!(
             "{} failed ({}); is implicit installed (pip install -r deploy/bench/requirements.txt)?\n{}",
@@ -83,7 +89,12 @@ fn peer(args: &BenchArgs, script: &str, extra: &[String]) -> Result<serde_json::
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).map_err(|e| OfflineError::Peer(format!("{}: unreadable output {last:?}: {e}", path.display())))
+    serde_json::from_str(last).map_err(|e| {
+        OfflineError::Peer(format!(
+            "{}: unreadable output {last:?}: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// The training matrix of the synthetic events, aggregated as `training_table.sql` does.
@@ -94,7 +105,11 @@ pub fn synthetic_matrix(spec: SynthSpec, features: &FeatureConfig) -> Result<Spa
         for &(u, i, event, value, _) in chunk {
             let weight = features.event_weights.get(event).copied().unwrap_or(0.0);
             let strength = if event == features.rating_event_type {
-                if value.is_some_and(|v| v >= features.rating_threshold) { weight } else { 0.0 }
+                if value.is_some_and(|v| v >= features.rating_threshold) {
+                    weight
+                } else {
+                    0.0
+                }
             } else {
                 weight
             };
@@ -104,18 +119,43 @@ pub fn synthetic_matrix(spec: SynthSpec, features: &FeatureConfig) -> Result<Spa
         }
         Ok(())
     })?;
-    Ok(SparseMatrix::from_triplets(spec.users, spec.items, triplets))
+    Ok(SparseMatrix::from_triplets(
+        spec.users, spec.items, triplets,
+    ))
 }
 
 fn write_matrix(dir: &Path, m: &SparseMatrix, alpha: f32) -> Result<()> {
     let io = |e| OfflineError::from(recsys_shared::SharedError::io(dir, e));
     std::fs::create_dir_all(dir).map_err(io)?;
     let bytes = |v: Vec<u8>, name: &str| std::fs::write(dir.join(name), v).map_err(io);
-    bytes(m.indptr.iter().flat_map(|&p| (p as i64).to_le_bytes()).collect(), "indptr.i64")?;
-    bytes(m.indices.iter().flat_map(|&i| (i as i32).to_le_bytes()).collect(), "indices.i32")?;
+    bytes(
+        m.indptr
+            .iter()
+            .flat_map(|&p| (p as i64).to_le_bytes())
+            .collect(),
+        "indptr.i64",
+    )?;
+    bytes(
+        m.indices
+            .iter()
+            .flat_map(|&i| (i as i32).to_le_bytes())
+            .collect(),
+        "indices.i32",
+    )?;
     // implicit's confidence is the stored value: give it c = 1 + α r.
-    bytes(m.values.iter().flat_map(|&r| (1.0 + alpha * r).to_le_bytes()).collect(), "data.f32")?;
-    bytes(serde_json::json!({"rows": m.rows, "cols": m.cols, "nnz": m.nnz()}).to_string().into_bytes(), "meta.json")
+    bytes(
+        m.values
+            .iter()
+            .flat_map(|&r| (1.0 + alpha * r).to_le_bytes())
+            .collect(),
+        "data.f32",
+    )?;
+    bytes(
+        serde_json::json!({"rows": m.rows, "cols": m.cols, "nnz": m.nnz()})
+            .to_string()
+            .into_bytes(),
+        "meta.json",
+    )
 }
 
 /// Runs the benchmark, printing figures as it goes and a JSON summary last.
@@ -131,7 +171,12 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
         seed: args.seed,
         compute_loss: false,
     };
-    let spec = SynthSpec { users: args.users, items: args.items, interactions: args.interactions, seed: args.seed };
+    let spec = SynthSpec {
+        users: args.users,
+        items: args.items,
+        interactions: args.interactions,
+        seed: args.seed,
+    };
     println!("== training: synthetic {} members x {} items x {} events, {} factors, {} iterations, {} CG steps, {} threads",
         spec.users, spec.items, spec.interactions, params.factors, params.iterations, params.cg_steps, params.threads);
     let matrix = synthetic_matrix(spec, &defaults.offline.features)?;
@@ -143,7 +188,10 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
     progress.finish();
     let ours_per_iteration = ours_seconds / params.iterations as f64;
     let ours_peak = peak_rss_mib();
-    println!("recsys:   {ours_per_iteration:.3} s/iteration, peak RSS {:.0} MiB", ours_peak.unwrap_or(f64::NAN));
+    println!(
+        "recsys:   {ours_per_iteration:.3} s/iteration, peak RSS {:.0} MiB",
+        ours_peak.unwrap_or(f64::NAN)
+    );
 
     let mut summary = serde_json::json!({
         "training": {
@@ -152,21 +200,34 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
         }
     });
     if !args.skip_peer {
-        let dir = tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
+        let dir = tempfile::tempdir()
+            .map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
         write_matrix(dir.path(), &matrix, params.alpha)?;
         drop(matrix);
-        let implicit = peer(args, "implicit_als.py", &[
-            dir.path().display().to_string(),
-            format!("--factors={}", params.factors),
-            format!("--iterations={}", params.iterations),
-            format!("--cg-steps={}", params.cg_steps),
-            format!("--regularization={}", params.regularization),
-            format!("--threads={}", params.threads),
-            format!("--seed={}", params.seed),
-        ])?;
-        let theirs = implicit["seconds_per_iteration"].as_f64().unwrap_or(f64::NAN);
-        println!("implicit: {theirs:.3} s/iteration, peak RSS {:.0} MiB", implicit["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
-        println!("ratio recsys/implicit time: {:.2} (target <= 1.0); peak memory target <= 1024 MiB", ours_per_iteration / theirs);
+        let implicit = peer(
+            args,
+            "implicit_als.py",
+            &[
+                dir.path().display().to_string(),
+                format!("--factors={}", params.factors),
+                format!("--iterations={}", params.iterations),
+                format!("--cg-steps={}", params.cg_steps),
+                format!("--regularization={}", params.regularization),
+                format!("--threads={}", params.threads),
+                format!("--seed={}", params.seed),
+            ],
+        )?;
+        let theirs = implicit["seconds_per_iteration"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        println!(
+            "implicit: {theirs:.3} s/iteration, peak RSS {:.0} MiB",
+            implicit["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "ratio recsys/implicit time: {:.2} (target <= 1.0); peak memory target <= 1024 MiB",
+            ours_per_iteration / theirs
+        );
         summary["training"]["implicit"] = implicit;
         summary["training"]["time_ratio"] = serde_json::json!(ours_per_iteration / theirs);
     }
@@ -180,14 +241,25 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
 
 fn movielens_accuracy(args: &BenchArgs, params: &AlsParams) -> Result<serde_json::Value> {
     let source = PathBuf::from(&args.movielens);
-    println!("== accuracy: {} , strong generalization, seed 42", source.display());
-    let work = tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
+    println!(
+        "== accuracy: {} , strong generalization, seed 42",
+        source.display()
+    );
+    let work =
+        tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
     crate::movielens::import(&source, work.path())?;
     let config = Config::default();
-    let job = FeatureJob { config: &config.offline.features, as_of_ms: None, threads: params.threads };
+    let job = FeatureJob {
+        config: &config.offline.features,
+        as_of_ms: None,
+        threads: params.threads,
+    };
     let input = InputTable::discover(&work.path().join("interactions.parquet"))?;
     let features = run_features(&job, &input, None)?;
-    let eval_config = EvaluationConfig { seed: 42, ..Default::default() };
+    let eval_config = EvaluationConfig {
+        seed: 42,
+        ..Default::default()
+    };
     let (ours, split) = evaluate::evaluate(&features.training, params, &eval_config, |_| {})?;
     let split_dir = work.path().join("split");
     evaluate::export_split(&split_dir, &features.training, &split)?;
@@ -197,19 +269,26 @@ fn movielens_accuracy(args: &BenchArgs, params: &AlsParams) -> Result<serde_json
         println!("recsys   {key}: {:.4}", ours.metrics[key]);
     }
     if !args.skip_peer {
-        let implicit = peer(args, "implicit_eval.py", &[
-            split_dir.display().to_string(),
-            format!("--factors={}", params.factors),
-            format!("--iterations={}", params.iterations),
-            format!("--cg-steps={}", params.cg_steps),
-            format!("--regularization={}", params.regularization),
-            format!("--alpha={}", params.alpha),
-            format!("--threads={}", params.threads),
-            format!("--seed={}", params.seed),
-        ])?;
+        let implicit = peer(
+            args,
+            "implicit_eval.py",
+            &[
+                split_dir.display().to_string(),
+                format!("--factors={}", params.factors),
+                format!("--iterations={}", params.iterations),
+                format!("--cg-steps={}", params.cg_steps),
+                format!("--regularization={}", params.regularization),
+                format!("--alpha={}", params.alpha),
+                format!("--threads={}", params.threads),
+                format!("--seed={}", params.seed),
+            ],
+        )?;
         for key in keys {
             let theirs = implicit[key].as_f64().unwrap_or(f64::NAN);
-            println!("implicit {key}: {theirs:.4}  (recsys - implicit = {:+.4}, target >= -0.01)", ours.metrics[key] - theirs);
+            println!(
+                "implicit {key}: {theirs:.4}  (recsys - implicit = {:+.4}, target >= -0.01)",
+                ours.metrics[key] - theirs
+            );
         }
         result["implicit"] = implicit;
     }

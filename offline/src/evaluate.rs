@@ -41,6 +41,14 @@ struct Case {
     target: Vec<u32>,
 }
 
+/// What one member's rankings scored, model and baseline side by side.
+struct CaseResult {
+    model: Vec<f64>,
+    popularity: Vec<f64>,
+    model_top: Vec<u32>,
+    popularity_top: Vec<u32>,
+}
+
 /// The exact split, as `(member index, item index)` pairs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Split {
@@ -57,7 +65,9 @@ pub fn evaluate(
     on_iteration: impl FnMut(IterationReport),
 ) -> Result<(Evaluation, Split)> {
     match config.protocol {
-        Protocol::StrongGeneralization => strong_generalization(table, params, config, on_iteration),
+        Protocol::StrongGeneralization => {
+            strong_generalization(table, params, config, on_iteration)
+        }
         Protocol::LeaveLastOut => leave_last_out(table, params, on_iteration),
     }
 }
@@ -105,7 +115,10 @@ fn strong_generalization(
         let n_target = ((pairs.len() as f64 * 0.2).round() as usize).max(1);
         let mut target: Vec<u32> = pairs[..n_target].iter().map(|p| p.item).collect();
         target.sort_unstable();
-        let history: Vec<(u32, f32)> = pairs[n_target..].iter().map(|p| (p.item, p.strength)).collect();
+        let history: Vec<(u32, f32)> = pairs[n_target..]
+            .iter()
+            .map(|p| (p.item, p.strength))
+            .collect();
         split.target.extend(target.iter().map(|&i| (u, i)));
         split.foldin.extend(history.iter().map(|&(i, _)| (u, i)));
         foldin_histories.push(history);
@@ -143,7 +156,13 @@ fn strong_generalization(
         .collect::<std::result::Result<Vec<_>, SharedError>>()?;
     let popularity = popularity_scores(&matrix.indices, table.item_ids.len());
     Ok((
-        score_cases(&cases, &model.item_factors, model.factors, &popularity, Protocol::StrongGeneralization),
+        score_cases(
+            &cases,
+            &model.item_factors,
+            model.factors,
+            &popularity,
+            Protocol::StrongGeneralization,
+        ),
         split,
     ))
 }
@@ -183,7 +202,11 @@ fn leave_last_out(
             keep.push((pair.user, pair.item, pair.strength));
         }
     }
-    let matrix = crate::matrix::SparseMatrix::from_triplets(table.user_ids.len(), table.item_ids.len(), keep);
+    let matrix = crate::matrix::SparseMatrix::from_triplets(
+        table.user_ids.len(),
+        table.item_ids.len(),
+        keep,
+    );
     let model = als::train(&matrix, params, on_iteration)?;
     let k = model.factors;
     let cases: Vec<Case> = members
@@ -195,7 +218,16 @@ fn leave_last_out(
         })
         .collect();
     let popularity = popularity_scores(&matrix.indices, table.item_ids.len());
-    Ok((score_cases(&cases, &model.item_factors, k, &popularity, Protocol::LeaveLastOut), split))
+    Ok((
+        score_cases(
+            &cases,
+            &model.item_factors,
+            k,
+            &popularity,
+            Protocol::LeaveLastOut,
+        ),
+        split,
+    ))
 }
 
 /// Members per item among the training rows (the baseline's scores).
@@ -218,7 +250,11 @@ fn score_cases(
         Protocol::StrongGeneralization => (&["recall@20", "recall@50", "ndcg@100"], 100),
         Protocol::LeaveLastOut => (&["hr@10", "ndcg@10"], 10),
     };
-    let coverage_k = if protocol == Protocol::LeaveLastOut { 10 } else { 20 };
+    let coverage_k = if protocol == Protocol::LeaveLastOut {
+        10
+    } else {
+        20
+    };
     let metric = |name: &str, ranked: &[u32], target: &[u32]| -> f64 {
         match name {
             "recall@20" => recall_at(ranked, target, 20),
@@ -230,7 +266,7 @@ fn score_cases(
         }
     };
     let n_items = popularity.len();
-    let per_case: Vec<(Vec<f64>, Vec<f64>, Vec<u32>, Vec<u32>)> = cases
+    let per_case: Vec<CaseResult> = cases
         .par_iter()
         .map_init(
             || vec![0f32; n_items],
@@ -240,11 +276,20 @@ fn score_cases(
                 }
                 let ranked = top_k(scores, depth, &case.exclude);
                 let baseline = top_k(popularity, depth, &case.exclude);
-                let model: Vec<f64> = metric_names.iter().map(|m| metric(m, &ranked, &case.target)).collect();
-                let pop: Vec<f64> = metric_names.iter().map(|m| metric(m, &baseline, &case.target)).collect();
-                let top_model = ranked.iter().take(coverage_k).copied().collect();
-                let top_pop = baseline.iter().take(coverage_k).copied().collect();
-                (model, pop, top_model, top_pop)
+                let model: Vec<f64> = metric_names
+                    .iter()
+                    .map(|m| metric(m, &ranked, &case.target))
+                    .collect();
+                let pop: Vec<f64> = metric_names
+                    .iter()
+                    .map(|m| metric(m, &baseline, &case.target))
+                    .collect();
+                CaseResult {
+                    model,
+                    popularity: pop,
+                    model_top: ranked.iter().take(coverage_k).copied().collect(),
+                    popularity_top: baseline.iter().take(coverage_k).copied().collect(),
+                }
             },
         )
         .collect();
@@ -252,10 +297,16 @@ fn score_cases(
     let mut metrics = BTreeMap::new();
     let mut baseline = BTreeMap::new();
     for (j, name) in metric_names.iter().enumerate() {
-        metrics.insert(name.to_string(), per_case.iter().map(|c| c.0[j]).sum::<f64>() / n);
-        baseline.insert(name.to_string(), per_case.iter().map(|c| c.1[j]).sum::<f64>() / n);
+        metrics.insert(
+            name.to_string(),
+            per_case.iter().map(|c| c.model[j]).sum::<f64>() / n,
+        );
+        baseline.insert(
+            name.to_string(),
+            per_case.iter().map(|c| c.popularity[j]).sum::<f64>() / n,
+        );
     }
-    let coverage = |pick: &dyn Fn(&(Vec<f64>, Vec<f64>, Vec<u32>, Vec<u32>)) -> &Vec<u32>| {
+    let coverage = |pick: &dyn Fn(&CaseResult) -> &Vec<u32>| {
         let mut seen = vec![false; n_items];
         for case in &per_case {
             for &i in pick(case) {
@@ -265,8 +316,8 @@ fn score_cases(
         seen.iter().filter(|s| **s).count() as f64 / n_items.max(1) as f64
     };
     let coverage_key = format!("coverage@{coverage_k}");
-    metrics.insert(coverage_key.clone(), coverage(&|c| &c.2));
-    baseline.insert(coverage_key, coverage(&|c| &c.3));
+    metrics.insert(coverage_key.clone(), coverage(&|c| &c.model_top));
+    baseline.insert(coverage_key, coverage(&|c| &c.popularity_top));
     Evaluation {
         protocol: match protocol {
             Protocol::StrongGeneralization => "strong-generalization",
@@ -287,12 +338,20 @@ pub fn export_split(dir: &Path, table: &TrainingTable, split: &Split) -> Result<
         Field::new("user_id", DataType::Utf8, false),
         Field::new("item_id", DataType::Utf8, false),
     ]));
-    for (name, pairs) in [("train", &split.train), ("foldin", &split.foldin), ("target", &split.target)] {
+    for (name, pairs) in [
+        ("train", &split.train),
+        ("foldin", &split.foldin),
+        ("target", &split.target),
+    ] {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values(pairs.iter().map(|(u, _)| &table.user_ids[*u as usize]))),
-                Arc::new(StringArray::from_iter_values(pairs.iter().map(|(_, i)| &table.item_ids[*i as usize]))),
+                Arc::new(StringArray::from_iter_values(
+                    pairs.iter().map(|(u, _)| &table.user_ids[*u as usize]),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    pairs.iter().map(|(_, i)| &table.item_ids[*i as usize]),
+                )),
             ],
         )
         .map_err(|e| SharedError::arrow(dir.join(name), e))?;
@@ -308,18 +367,18 @@ pub fn export_split(dir: &Path, table: &TrainingTable, split: &Split) -> Result<
 mod tests {
     use super::*;
 
-    /// Members in three taste groups over 30 items; item popularity is flat so only a model that
+    /// Members in three taste groups over 200 items; item popularity is flat so only a model that
     /// learns the groups can beat the baseline.
     fn clustered_table() -> TrainingTable {
         let mut rng = StdRng::seed_from_u64(11);
         let mut rows = Vec::new();
-        let users: Vec<String> = (0..90).map(|u| format!("u{u:03}")).collect();
-        let items: Vec<String> = (0..30).map(|i| format!("i{i:03}")).collect();
+        let users: Vec<String> = (0..150).map(|u| format!("u{u:03}")).collect();
+        let items: Vec<String> = (0..200).map(|i| format!("i{i:03}")).collect();
         for (u, user) in users.iter().enumerate() {
             for (i, item) in items.iter().enumerate() {
-                let p = if i % 3 == u % 3 { 0.6 } else { 0.03 };
+                let p = if i % 3 == u % 3 { 0.2 } else { 0.01 };
                 if rng.random::<f64>() < p {
-                    rows.push((user.as_str(), item.as_str(), 1.0f32, (u * 100 + i) as i64));
+                    rows.push((user.as_str(), item.as_str(), 1.0f32, (u * 1000 + i) as i64));
                 }
             }
         }
@@ -345,12 +404,27 @@ mod tests {
         let config = EvaluationConfig::default();
         let (eval, split) = evaluate(&table, &params(), &config, |_| {}).unwrap();
         assert_eq!(eval.protocol, "strong-generalization");
-        assert_eq!(eval.evaluated_members, 18); // 20 % of 90 eligible members
+        let eligible = table
+            .member_ranges()
+            .iter()
+            .filter(|r| r.len() >= config.min_positives)
+            .count();
+        assert!(eligible > 50, "fixture too sparse: {eligible}");
+        assert_eq!(
+            eval.evaluated_members as usize,
+            (eligible as f64 * 0.2).round() as usize
+        );
         for key in ["recall@20", "recall@50", "ndcg@100"] {
-            assert!(eval.metrics[key] > eval.popularity[key] + 0.1, "{key}: {eval:?}");
+            assert!(
+                eval.metrics[key] > eval.popularity[key] + 0.1,
+                "{key}: {eval:?}"
+            );
         }
         // The split partitions the pairs: held-out members are absent from train.
-        assert_eq!(split.train.len() + split.foldin.len() + split.target.len(), table.pairs.len());
+        assert_eq!(
+            split.train.len() + split.foldin.len() + split.target.len(),
+            table.pairs.len()
+        );
         let held: std::collections::HashSet<u32> = split.target.iter().map(|p| p.0).collect();
         assert!(split.train.iter().all(|(u, _)| !held.contains(u)));
         // Same seed, same split and figures.
@@ -370,7 +444,13 @@ mod tests {
         assert_eq!(split.target.len(), eval.evaluated_members as usize);
         // Per construction the newest pair of member u is its largest item index.
         for (u, i) in &split.target {
-            let newest = table.pairs.iter().filter(|p| p.user == *u).map(|p| p.item).max().unwrap();
+            let newest = table
+                .pairs
+                .iter()
+                .filter(|p| p.user == *u)
+                .map(|p| p.item)
+                .max()
+                .unwrap();
             assert_eq!(*i, newest);
         }
         assert!(eval.metrics["hr@10"] > eval.popularity["hr@10"], "{eval:?}");

@@ -55,10 +55,16 @@ impl TrainingTable {
             ids.sort_unstable();
             ids.dedup();
         }
-        let user_index: HashMap<&str, u32> =
-            user_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
-        let item_index: HashMap<&str, u32> =
-            item_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
+        let user_index: HashMap<&str, u32> = user_ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i as u32))
+            .collect();
+        let item_index: HashMap<&str, u32> = item_ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i as u32))
+            .collect();
         let mut pairs: Vec<Pair> = rows
             .iter()
             .map(|(u, i, strength, ts)| Pair {
@@ -126,7 +132,11 @@ pub struct FeatureJob<'a> {
 
 impl FeatureJob<'_> {
     /// Validates the inputs and runs the queries.
-    pub async fn run(&self, interactions: &InputTable, items: Option<&InputTable>) -> Result<Features> {
+    pub async fn run(
+        &self,
+        interactions: &InputTable,
+        items: Option<&InputTable>,
+    ) -> Result<Features> {
         let stats = interactions.validate_interactions(&self.config.event_weights)?;
         if let Some(items) = items {
             items.validate_items()?;
@@ -138,7 +148,10 @@ impl FeatureJob<'_> {
         };
         let session = SessionConfig::new()
             .with_target_partitions(threads)
-            .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+            .set_bool(
+                "datafusion.execution.parquet.schema_force_view_types",
+                false,
+            )
             .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
         let ctx = SessionContext::new_with_config(session);
         interactions.register(&ctx, "interactions").await?;
@@ -160,7 +173,12 @@ impl FeatureJob<'_> {
                 Some((schema, batches))
             }
             None => {
-                query(&ctx, "defining the catalog", "CREATE VIEW items AS SELECT DISTINCT item_id FROM interactions").await?;
+                query(
+                    &ctx,
+                    "defining the catalog",
+                    "CREATE VIEW items AS SELECT DISTINCT item_id FROM interactions",
+                )
+                .await?;
                 None
             }
         };
@@ -172,14 +190,29 @@ impl FeatureJob<'_> {
             ("as_of_ms", self.as_of_ms.unwrap_or(i64::MAX).to_string()),
             ("reference_ms", reference_ms.to_string()),
             ("half_life_ms", format!("{half_life_ms:.1}")),
-            ("rating_event_type", string_literal(&self.config.rating_event_type)),
-            ("rating_threshold", format!("{:?}", self.config.rating_threshold)),
-            ("min_user_interactions", self.config.min_user_interactions.to_string()),
-            ("min_item_interactions", self.config.min_item_interactions.to_string()),
+            (
+                "rating_event_type",
+                string_literal(&self.config.rating_event_type),
+            ),
+            (
+                "rating_threshold",
+                format!("{:?}", self.config.rating_threshold),
+            ),
+            (
+                "min_user_interactions",
+                self.config.min_user_interactions.to_string(),
+            ),
+            (
+                "min_item_interactions",
+                self.config.min_item_interactions.to_string(),
+            ),
             ("history_cap", self.config.history_cap.to_string()),
         ];
 
-        let training_sql = load_sql(self.config.training_table_sql.as_deref(), TRAINING_TABLE_SQL)?;
+        let training_sql = load_sql(
+            self.config.training_table_sql.as_deref(),
+            TRAINING_TABLE_SQL,
+        )?;
         let training = query(&ctx, "training-table job", &render(&training_sql, &params)?).await?;
         let training_table = training_table(&training)?;
         if training_table.pairs.is_empty() {
@@ -196,9 +229,12 @@ impl FeatureJob<'_> {
             .map_err(OfflineError::datafusion("registering the training table"))?;
 
         let popularity_sql = load_sql(self.config.popularity_sql.as_deref(), ITEM_POPULARITY_SQL)?;
-        let popularity = popularity_rows(&query(&ctx, "popularity job", &render(&popularity_sql, &params)?).await?)?;
+        let popularity = popularity_rows(
+            &query(&ctx, "popularity job", &render(&popularity_sql, &params)?).await?,
+        )?;
         let history_sql = load_sql(self.config.user_history_sql.as_deref(), USER_HISTORY_SQL)?;
-        let history = history_rows(&query(&ctx, "history job", &render(&history_sql, &params)?).await?)?;
+        let history =
+            history_rows(&query(&ctx, "history job", &render(&history_sql, &params)?).await?)?;
 
         Ok(Features {
             training: training_table,
@@ -211,15 +247,24 @@ impl FeatureJob<'_> {
 }
 
 async fn query(ctx: &SessionContext, job: &str, sql: &str) -> Result<Vec<RecordBatch>> {
-    let df = ctx.sql(sql).await.map_err(OfflineError::datafusion(format!("{job}: planning")))?;
-    df.collect().await.map_err(OfflineError::datafusion(format!("{job}: running")))
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(OfflineError::datafusion(format!("{job}: planning")))?;
+    df.collect()
+        .await
+        .map_err(OfflineError::datafusion(format!("{job}: running")))
 }
 
 async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
     let batches = query(ctx, "counting", sql).await?;
     Ok(batches
         .first()
-        .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>().map(|c| c.value(0)))
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<Int64Type>()
+                .map(|c| c.value(0))
+        })
         .unwrap_or(0))
 }
 
@@ -232,7 +277,9 @@ fn register_event_weights(ctx: &SessionContext, config: &FeatureConfig) -> Resul
         schema,
         vec![
             Arc::new(StringArray::from_iter_values(config.event_weights.keys())),
-            Arc::new(Float64Array::from_iter_values(config.event_weights.values().copied())),
+            Arc::new(Float64Array::from_iter_values(
+                config.event_weights.values().copied(),
+            )),
         ],
     )
     .map_err(|e| SharedError::arrow("event_weights", e))?;
@@ -263,7 +310,9 @@ pub fn render(template: &str, params: &[(&str, String)]) -> Result<String> {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v)
-            .ok_or_else(|| OfflineError::Usage(format!("unknown SQL template parameter ${{{name}}}")))?;
+            .ok_or_else(|| {
+                OfflineError::Usage(format!("unknown SQL template parameter ${{{name}}}"))
+            })?;
         out.push_str(value);
         rest = &after[end + 1..];
     }
@@ -275,7 +324,11 @@ fn string_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn required_column<'a>(batch: &'a RecordBatch, job: &str, name: &str) -> Result<&'a Arc<dyn Array>> {
+fn required_column<'a>(
+    batch: &'a RecordBatch,
+    job: &str,
+    name: &str,
+) -> Result<&'a Arc<dyn Array>> {
     batch.column_by_name(name).ok_or_else(|| {
         SharedError::Schema {
             path: PathBuf::from(format!("<{job} output>")),
@@ -298,7 +351,17 @@ fn cast(array: &Arc<dyn Array>, to: &DataType, job: &str, name: &str) -> Result<
 }
 
 /// Reads `(user_id, item_id, strength, last_ts_ms)` batches.
-fn pair_columns(batches: &[RecordBatch], job: &str) -> Result<Vec<(StringArray, StringArray, Float64Array, arrow::array::Int64Array)>> {
+fn pair_columns(
+    batches: &[RecordBatch],
+    job: &str,
+) -> Result<
+    Vec<(
+        StringArray,
+        StringArray,
+        Float64Array,
+        arrow::array::Int64Array,
+    )>,
+> {
     batches
         .iter()
         .map(|b| {
@@ -308,8 +371,12 @@ fn pair_columns(batches: &[RecordBatch], job: &str) -> Result<Vec<(StringArray, 
             Ok((
                 get("user_id", &DataType::Utf8)?.as_string::<i32>().clone(),
                 get("item_id", &DataType::Utf8)?.as_string::<i32>().clone(),
-                get("strength", &DataType::Float64)?.as_primitive::<Float64Type>().clone(),
-                get("last_ts_ms", &DataType::Int64)?.as_primitive::<Int64Type>().clone(),
+                get("strength", &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+                get("last_ts_ms", &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
             ))
         })
         .collect()
@@ -342,9 +409,24 @@ fn popularity_rows(batches: &[RecordBatch]) -> Result<Vec<PopularityRow>> {
     let job = "popularity job";
     let mut rows = Vec::new();
     for b in batches {
-        let ids = cast(required_column(b, job, "item_id")?, &DataType::Utf8, job, "item_id")?;
-        let members = cast(required_column(b, job, "members")?, &DataType::UInt64, job, "members")?;
-        let score = cast(required_column(b, job, "score")?, &DataType::Float64, job, "score")?;
+        let ids = cast(
+            required_column(b, job, "item_id")?,
+            &DataType::Utf8,
+            job,
+            "item_id",
+        )?;
+        let members = cast(
+            required_column(b, job, "members")?,
+            &DataType::UInt64,
+            job,
+            "members",
+        )?;
+        let score = cast(
+            required_column(b, job, "score")?,
+            &DataType::Float64,
+            job,
+            "score",
+        )?;
         let (ids, members, score) = (
             ids.as_string::<i32>(),
             members.as_primitive::<UInt64Type>(),
@@ -367,7 +449,11 @@ mod tests {
 
     #[test]
     fn render_substitutes_and_refuses_unknown_parameters() {
-        let sql = render("a ${x} b ${y}", &[("x", "1".into()), ("y", string_literal("it's"))]).unwrap();
+        let sql = render(
+            "a ${x} b ${y}",
+            &[("x", "1".into()), ("y", string_literal("it's"))],
+        )
+        .unwrap();
         assert_eq!(sql, "a 1 b 'it''s'");
         let err = render("${nope}", &[]).unwrap_err().to_string();
         assert!(err.contains("nope"), "{err}");

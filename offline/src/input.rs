@@ -65,7 +65,9 @@ impl ColumnKind {
                 matches!(data_type, DataType::Timestamp(TimeUnit::Millisecond, _))
             }
             ColumnKind::TextList => match data_type {
-                DataType::List(f) | DataType::LargeList(f) => ColumnKind::Text.accepts(f.data_type()),
+                DataType::List(f) | DataType::LargeList(f) => {
+                    ColumnKind::Text.accepts(f.data_type())
+                }
                 _ => false,
             },
         }
@@ -113,7 +115,10 @@ impl InputTable {
         collect_parquet(path, 0, &mut files, &mut partition_columns)?;
         files.sort();
         if files.is_empty() {
-            return Err(OfflineError::input(path, "no .parquet files in this directory"));
+            return Err(OfflineError::input(
+                path,
+                "no .parquet files in this directory",
+            ));
         }
         Ok(InputTable {
             path: path.to_path_buf(),
@@ -122,16 +127,28 @@ impl InputTable {
         })
     }
 
-    fn check_schema(&self, file: &Path, schema: &Schema, columns: &[(&str, ColumnKind)]) -> Result<()> {
+    fn check_schema(
+        &self,
+        file: &Path,
+        schema: &Schema,
+        columns: &[(&str, ColumnKind)],
+    ) -> Result<()> {
         for (name, kind) in columns {
-            let field = schema.field_with_name(name).map_err(|_| SharedError::Schema {
-                path: file.to_path_buf(),
-                column: name.to_string(),
-                problem: format!(
-                    "missing (found columns: {})",
-                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            })?;
+            let field = schema
+                .field_with_name(name)
+                .map_err(|_| SharedError::Schema {
+                    path: file.to_path_buf(),
+                    column: name.to_string(),
+                    problem: format!(
+                        "missing (found columns: {})",
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })?;
             if !kind.accepts(field.data_type()) {
                 return Err(SharedError::Schema {
                     path: file.to_path_buf(),
@@ -157,8 +174,16 @@ impl InputTable {
                 let users = text_column(file, &batch, "user_id")?;
                 let items = text_column(file, &batch, "item_id")?;
                 let events = text_column(file, &batch, "event_type")?;
-                let values = batch.column_by_name("value").expect("projected").as_primitive::<arrow::datatypes::Float64Type>().clone();
-                let ts = batch.column_by_name("ts").expect("projected").as_primitive::<TimestampMillisecondType>().clone();
+                let values = batch
+                    .column_by_name("value")
+                    .expect("projected")
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .clone();
+                let ts = batch
+                    .column_by_name("ts")
+                    .expect("projected")
+                    .as_primitive::<TimestampMillisecondType>()
+                    .clone();
                 for i in 0..batch.num_rows() {
                     let bad = |column: &str, problem: String| -> OfflineError {
                         SharedError::Row {
@@ -193,7 +218,10 @@ impl InputTable {
                         Some(_) => {}
                     }
                     if values.is_valid(i) && !values.value(i).is_finite() {
-                        return Err(bad("value", format!("{} is not a finite number", values.value(i))));
+                        return Err(bad(
+                            "value",
+                            format!("{} is not a finite number", values.value(i)),
+                        ));
                     }
                     if ts.is_null(i) {
                         return Err(bad("ts", "null timestamp".into()));
@@ -207,7 +235,10 @@ impl InputTable {
             stats.rows += row;
         }
         if stats.rows == 0 {
-            return Err(OfflineError::input(&self.path, "the interactions table has no rows"));
+            return Err(OfflineError::input(
+                &self.path,
+                "the interactions table has no rows",
+            ));
         }
         Ok(stats)
     }
@@ -242,7 +273,10 @@ impl InputTable {
             }
         }
         if seen.is_empty() {
-            return Err(OfflineError::input(&self.path, "the items table has no rows"));
+            return Err(OfflineError::input(
+                &self.path,
+                "the items table has no rows",
+            ));
         }
         Ok(seen.len() as u64)
     }
@@ -255,12 +289,16 @@ impl InputTable {
             .map(|c| (c.clone(), DataType::Utf8))
             .collect::<Vec<_>>();
         let options = ParquetReadOptions::default().table_partition_cols(partitions);
-        let location = self.path.to_str().ok_or_else(|| {
-            OfflineError::input(&self.path, "the path is not valid UTF-8")
-        })?;
+        let location = self
+            .path
+            .to_str()
+            .ok_or_else(|| OfflineError::input(&self.path, "the path is not valid UTF-8"))?;
         ctx.register_parquet(name, location, options)
             .await
-            .map_err(OfflineError::datafusion(format!("registering {}", self.path.display())))
+            .map_err(OfflineError::datafusion(format!(
+                "registering {}",
+                self.path.display()
+            )))
     }
 }
 
@@ -341,6 +379,7 @@ impl TextColumn {
 
 fn text_column(file: &Path, batch: &arrow::array::RecordBatch, name: &str) -> Result<TextColumn> {
     let column = batch.column_by_name(name).expect("projected");
-    let cast = arrow::compute::cast(column, &DataType::Utf8).map_err(|e| SharedError::arrow(file, e))?;
+    let cast =
+        arrow::compute::cast(column, &DataType::Utf8).map_err(|e| SharedError::arrow(file, e))?;
     Ok(TextColumn(Arc::new(cast)))
 }

@@ -20,7 +20,10 @@ impl SparseMatrix {
         let mut values: Vec<f32> = Vec::with_capacity(triplets.len());
         let mut last: Option<(u32, u32)> = None;
         for (r, c, v) in triplets {
-            assert!((r as usize) < rows && (c as usize) < cols, "triplet out of shape");
+            assert!(
+                (r as usize) < rows && (c as usize) < cols,
+                "triplet out of shape"
+            );
             if last == Some((r, c)) {
                 *values.last_mut().expect("a previous value") += v;
                 continue;
@@ -95,7 +98,13 @@ mod tests {
         let m = SparseMatrix::from_triplets(
             3,
             4,
-            vec![(2, 1, 1.0), (0, 3, 2.0), (0, 0, 1.0), (2, 1, 0.5), (1, 2, 4.0)],
+            vec![
+                (2, 1, 1.0),
+                (0, 3, 2.0),
+                (0, 0, 1.0),
+                (2, 1, 0.5),
+                (1, 2, 4.0),
+            ],
         );
         assert_eq!(m.indptr, vec![0, 2, 3, 4]);
         assert_eq!(m.row(0), (&[0u32, 3][..], &[1.0f32, 2.0][..]));

@@ -57,7 +57,10 @@ pub fn ndcg_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
 /// 1 when any target is in the first `k`, else 0.
 pub fn hit_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
     f64::from(u8::from(
-        ranked.iter().take(k).any(|i| target.binary_search(i).is_ok()),
+        ranked
+            .iter()
+            .take(k)
+            .any(|i| target.binary_search(i).is_ok()),
     ))
 }
 

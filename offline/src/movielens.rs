@@ -22,9 +22,25 @@ pub enum Release {
 }
 
 const ML100K_GENRES: [&str; 19] = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ];
 
 /// Counts of what was imported.
@@ -71,7 +87,8 @@ pub fn import(input: &Path, output: &Path) -> Result<ImportSummary> {
     let text = read_text(&ratings_path, release)?;
     let lines = text.lines().count() as u64;
     let mut progress = Progress::new("import", lines);
-    let mut interactions = TableWriter::create(&output.join("interactions.parquet"), interactions_schema())?;
+    let mut interactions =
+        TableWriter::create(&output.join("interactions.parquet"), interactions_schema())?;
     let mut batch = Vec::with_capacity(64 * 1024);
     let mut count = 0u64;
     for (n, line) in text.lines().enumerate() {
@@ -168,14 +185,29 @@ fn read_items(release: Release, path: &Path) -> Result<Vec<ItemRow>> {
     let mut items = Vec::new();
     match release {
         Release::Csv => {
-            let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_reader(text.as_bytes());
             for (n, record) in reader.records().enumerate() {
                 let line = n as u64 + 2;
                 let record = record.map_err(|e| line_error(path, line, e.to_string()))?;
                 if record.len() != 3 {
-                    return Err(line_error(path, line, format!("expected 3 fields (movieId, title, genres), found {}", record.len())));
+                    return Err(line_error(
+                        path,
+                        line,
+                        format!(
+                            "expected 3 fields (movieId, title, genres), found {}",
+                            record.len()
+                        ),
+                    ));
                 }
-                items.push(item(path, line, &record[0], &record[1], record[2].split('|'))?);
+                items.push(item(
+                    path,
+                    line,
+                    &record[0],
+                    &record[1],
+                    record[2].split('|'),
+                )?);
             }
         }
         Release::Ml1m => {
@@ -183,9 +215,22 @@ fn read_items(release: Release, path: &Path) -> Result<Vec<ItemRow>> {
                 let line = n as u64 + 1;
                 let fields: Vec<&str> = line_text.trim_end_matches('\r').split("::").collect();
                 if fields.len() != 3 {
-                    return Err(line_error(path, line, format!("expected 3 fields (MovieID::Title::Genres), found {}", fields.len())));
+                    return Err(line_error(
+                        path,
+                        line,
+                        format!(
+                            "expected 3 fields (MovieID::Title::Genres), found {}",
+                            fields.len()
+                        ),
+                    ));
                 }
-                items.push(item(path, line, fields[0], fields[1], fields[2].split('|'))?);
+                items.push(item(
+                    path,
+                    line,
+                    fields[0],
+                    fields[1],
+                    fields[2].split('|'),
+                )?);
             }
         }
         Release::Ml100k => {
@@ -197,7 +242,15 @@ fn read_items(release: Release, path: &Path) -> Result<Vec<ItemRow>> {
                 }
                 let fields: Vec<&str> = line_text.split('|').collect();
                 if fields.len() != 5 + ML100K_GENRES.len() {
-                    return Err(line_error(path, line, format!("expected {} fields, found {}", 5 + ML100K_GENRES.len(), fields.len())));
+                    return Err(line_error(
+                        path,
+                        line,
+                        format!(
+                            "expected {} fields, found {}",
+                            5 + ML100K_GENRES.len(),
+                            fields.len()
+                        ),
+                    ));
                 }
                 let genres = ML100K_GENRES
                     .iter()
@@ -222,7 +275,13 @@ fn line_error(path: &Path, line: u64, problem: String) -> OfflineError {
     }
 }
 
-fn item<'a>(path: &Path, line: u64, id: &str, title: &str, genres: impl Iterator<Item = &'a str>) -> Result<ItemRow> {
+fn item<'a>(
+    path: &Path,
+    line: u64,
+    id: &str,
+    title: &str,
+    genres: impl Iterator<Item = &'a str>,
+) -> Result<ItemRow> {
     let id = id.trim();
     if let Some(p) = recsys_shared::ids::id_problem(id) {
         return Err(line_error(path, line, format!("movie id: {p}")));
@@ -302,16 +361,28 @@ mod tests {
     #[test]
     fn malformed_lines_name_file_and_line() {
         let input = fixture(&[
-            ("ratings.csv", b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,four,964981247\n"),
-            ("movies.csv", b"movieId,title,genres\n1,Toy Story (1995),Animation\n"),
+            (
+                "ratings.csv",
+                b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,four,964981247\n",
+            ),
+            (
+                "movies.csv",
+                b"movieId,title,genres\n1,Toy Story (1995),Animation\n",
+            ),
         ]);
         let out = tempfile::tempdir().unwrap();
         let err = import(input.path(), out.path()).unwrap_err().to_string();
-        assert!(err.contains("ratings.csv: line 3") && err.contains("four"), "{err}");
+        assert!(
+            err.contains("ratings.csv: line 3") && err.contains("four"),
+            "{err}"
+        );
         // Nothing half-written is left visible.
         assert!(!out.path().join("interactions.parquet").exists());
         assert!(!out.path().join("items.parquet").exists());
         let empty = tempfile::tempdir().unwrap();
-        assert!(import(empty.path(), out.path()).unwrap_err().to_string().contains("not a MovieLens directory"));
+        assert!(import(empty.path(), out.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not a MovieLens directory"));
     }
 }

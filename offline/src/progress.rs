@@ -47,7 +47,12 @@ impl Progress {
             }
             None => {
                 if self.last_log.elapsed() >= Duration::from_secs(5) || self.done >= self.total {
-                    tracing::info!(done = self.done, total = self.total, "{}: {message}", self.what);
+                    tracing::info!(
+                        done = self.done,
+                        total = self.total,
+                        "{}: {message}",
+                        self.what
+                    );
                     self.last_log = Instant::now();
                 }
             }

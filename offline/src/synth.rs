@@ -53,7 +53,8 @@ fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
 
 fn sample(cdf: &[f64], rng: &mut StdRng) -> usize {
     let x = rng.random::<f64>() * cdf.last().copied().unwrap_or(0.0);
-    cdf.partition_point(|&c| c < x).min(cdf.len().saturating_sub(1))
+    cdf.partition_point(|&c| c < x)
+        .min(cdf.len().saturating_sub(1))
 }
 
 impl SynthWorld {
@@ -68,7 +69,8 @@ impl SynthWorld {
         let item_genres: Vec<(u16, Option<u16>)> = (0..spec.items)
             .map(|_| {
                 let g = rng.random_range(0..genres) as u16;
-                let second = (rng.random::<f32>() < 0.3).then(|| rng.random_range(0..genres) as u16);
+                let second =
+                    (rng.random::<f32>() < 0.3).then(|| rng.random_range(0..genres) as u16);
                 (g, second.filter(|s| *s != g))
             })
             .collect();
@@ -77,7 +79,10 @@ impl SynthWorld {
         for i in (1..ranks.len()).rev() {
             ranks.swap(i, rng.random_range(0..=i));
         }
-        let popularity: Vec<f64> = ranks.iter().map(|r| 1.0 / ((r + 10) as f64).powf(0.9)).collect();
+        let popularity: Vec<f64> = ranks
+            .iter()
+            .map(|r| 1.0 / ((r + 10) as f64).powf(0.9))
+            .collect();
         let mut genre_members: Vec<Vec<u32>> = vec![Vec::new(); genres];
         for (i, (g, second)) in item_genres.iter().enumerate() {
             genre_members[*g as usize].push(i as u32);
@@ -95,7 +100,11 @@ impl SynthWorld {
         let user_tastes = (0..spec.users)
             .map(|_| {
                 let a = rng.random_range(0..genres) as u16;
-                let b = if rng.random::<f32>() < 0.5 { a } else { rng.random_range(0..genres) as u16 };
+                let b = if rng.random::<f32>() < 0.5 {
+                    a
+                } else {
+                    rng.random_range(0..genres) as u16
+                };
                 (a, b)
             })
             .collect();
@@ -103,7 +112,8 @@ impl SynthWorld {
         for i in (1..user_ranks.len()).rev() {
             user_ranks.swap(i, rng.random_range(0..=i));
         }
-        let user_activity_cdf = cumulative(user_ranks.iter().map(|r| 1.0 / ((r + 5) as f64).powf(0.8)));
+        let user_activity_cdf =
+            cumulative(user_ranks.iter().map(|r| 1.0 / ((r + 5) as f64).powf(0.8)));
         Ok(SynthWorld {
             spec,
             genres,
@@ -186,7 +196,11 @@ impl SynthWorld {
                 ("click", None)
             } else if kind < 0.92 {
                 let high = rng.random::<f32>() < if preferred { 0.8 } else { 0.2 };
-                let stars = if high { rng.random_range(4..=5) } else { rng.random_range(1..=3) };
+                let stars = if high {
+                    rng.random_range(4..=5)
+                } else {
+                    rng.random_range(1..=3)
+                };
                 ("rating", Some(f64::from(stars)))
             } else {
                 ("add_to_list", None)
@@ -209,7 +223,8 @@ impl SynthWorld {
         let mut items = TableWriter::create(&dir.join("items.parquet"), items_schema())?;
         items.write_items(&self.items())?;
         items.finish()?;
-        let mut writer = TableWriter::create(&dir.join("interactions.parquet"), interactions_schema())?;
+        let mut writer =
+            TableWriter::create(&dir.join("interactions.parquet"), interactions_schema())?;
         let mut progress = Progress::new("synth", self.spec.interactions as u64);
         self.events(256 * 1024, |chunk| {
             let rows: Vec<InteractionRow> = chunk

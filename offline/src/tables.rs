@@ -48,7 +48,11 @@ pub fn interactions_schema() -> SchemaRef {
         Field::new("item_id", DataType::Utf8, false),
         Field::new("event_type", DataType::Utf8, false),
         Field::new("value", DataType::Float64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
@@ -97,11 +101,19 @@ impl TableWriter {
 
     pub fn write_interactions(&mut self, rows: &[InteractionRow]) -> Result<()> {
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.user_id))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.item_id))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.event_type))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.user_id),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.item_id),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.event_type),
+            )),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.value))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.ts_ms))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.ts_ms),
+            )),
         ];
         self.write(columns)
     }
@@ -123,11 +135,17 @@ impl TableWriter {
             Arc::new(builder.finish())
         };
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.item_id))),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| Some(r.title.as_str())))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.item_id),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| Some(r.title.as_str())),
+            )),
             list(&mut rows.iter().map(|r| Some(&r.genres))),
             list(&mut rows.iter().map(|r| r.available_countries.as_ref())),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.maturity.as_deref()))),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.maturity.as_deref()),
+            )),
         ];
         self.write(columns)
     }

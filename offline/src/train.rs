@@ -62,7 +62,10 @@ pub fn run_features(
 }
 
 /// A progress callback for training iterations.
-pub fn iteration_display(what: &str, iterations: usize) -> (Progress, impl FnMut(&mut Progress, IterationReport)) {
+pub fn iteration_display(
+    what: &str,
+    iterations: usize,
+) -> (Progress, impl FnMut(&mut Progress, IterationReport)) {
     let progress = Progress::new(what, iterations as u64);
     let report = |progress: &mut Progress, r: IterationReport| {
         let message = match r.loss {
@@ -136,7 +139,8 @@ impl TrainJob {
         let evaluation = if self.skip_eval {
             None
         } else {
-            let (evaluation, _) = evaluate_with_progress(table, &params, &config.offline.evaluation)?;
+            let (evaluation, _) =
+                evaluate_with_progress(table, &params, &config.offline.evaluation)?;
             tracing::info!(metrics = ?evaluation.metrics, popularity = ?evaluation.popularity, "evaluated");
             Some(evaluation)
         };
@@ -168,8 +172,15 @@ impl TrainJob {
         )?;
         write_popularity(&staged.path(files::ITEM_POPULARITY), &features.popularity)?;
         write_history(&staged.path(files::USER_HISTORY), &features.history)?;
-        let (catalog_schema, catalog) = features.items.clone().expect("train always reads the catalog");
-        recsys_shared::artifact::write_batches(&staged.path(files::ITEMS), catalog_schema, &catalog)?;
+        let (catalog_schema, catalog) = features
+            .items
+            .clone()
+            .expect("train always reads the catalog");
+        recsys_shared::artifact::write_batches(
+            &staged.path(files::ITEMS),
+            catalog_schema,
+            &catalog,
+        )?;
         let catalog_items = catalog.iter().map(|b| b.num_rows() as u64).sum();
 
         let als_config = &config.offline.als;
@@ -189,7 +200,12 @@ impl TrainJob {
             features: serde_json::to_value(&config.offline.features).expect("serialisable"),
             data_window: DataWindow {
                 first_event: ms_to_time(features.interactions.first_ts_ms),
-                last_event: ms_to_time(features.interactions.last_ts_ms.map(|l| self.as_of_ms.map_or(l, |a| a.min(l)))),
+                last_event: ms_to_time(
+                    features
+                        .interactions
+                        .last_ts_ms
+                        .map(|l| self.as_of_ms.map_or(l, |a| a.min(l))),
+                ),
                 as_of: ms_to_time(self.as_of_ms),
             },
             rows: RowCounts {
@@ -227,7 +243,11 @@ impl TrainJob {
             published: publish,
             train_seconds,
             metrics,
-            gate: if publish && !gate_ok { format!("{gate} (overridden by --force)") } else { gate },
+            gate: if publish && !gate_ok {
+                format!("{gate} (overridden by --force)")
+            } else {
+                gate
+            },
             gate_refused: !publish,
         })
     }
@@ -239,7 +259,10 @@ impl TrainJob {
             Ok(None) => return Ok((true, "passed: no current model".into())),
             Err(SharedError::Artifact { problem, .. }) => {
                 tracing::warn!(%problem, "the current model is unusable; the gate lets the new one through");
-                return Ok((true, format!("passed: the current model is unusable ({problem})")));
+                return Ok((
+                    true,
+                    format!("passed: the current model is unusable ({problem})"),
+                ));
             }
             Err(e) => return Err(e.into()),
         };
@@ -247,13 +270,28 @@ impl TrainJob {
             return Ok((true, "skipped: --skip-eval".into()));
         };
         let Some(old) = current.evaluation.as_ref() else {
-            return Ok((true, format!("passed: current model {} has no evaluation", current.version)));
+            return Ok((
+                true,
+                format!(
+                    "passed: current model {} has no evaluation",
+                    current.version
+                ),
+            ));
         };
         if old.protocol != new.protocol {
-            return Ok((true, format!("skipped: current model {} was evaluated with {}", current.version, old.protocol)));
+            return Ok((
+                true,
+                format!(
+                    "skipped: current model {} was evaluated with {}",
+                    current.version, old.protocol
+                ),
+            ));
         }
         let key = gate_metric(&new.protocol);
-        let (new_value, old_value) = (new.metrics[key], old.metrics.get(key).copied().unwrap_or(0.0));
+        let (new_value, old_value) = (
+            new.metrics[key],
+            old.metrics.get(key).copied().unwrap_or(0.0),
+        );
         let margin = self.config.offline.publish.gate_margin;
         let floor = old_value * (1.0 - margin);
         if new_value < floor {
@@ -263,7 +301,10 @@ impl TrainJob {
                 margin * 100.0
             )))
         } else {
-            Ok((true, format!("passed: {key} {new_value:.4} vs current {old_value:.4}")))
+            Ok((
+                true,
+                format!("passed: {key} {new_value:.4} vs current {old_value:.4}"),
+            ))
         }
     }
 }
@@ -282,7 +323,8 @@ pub fn evaluate_only(
         threads: params.threads,
     };
     let features = run_features(&job, &input, None)?;
-    let (evaluation, split) = evaluate_with_progress(&features.training, &params, &config.offline.evaluation)?;
+    let (evaluation, split) =
+        evaluate_with_progress(&features.training, &params, &config.offline.evaluation)?;
     if let Some(dir) = export_split {
         evaluate::export_split(dir, &features.training, &split)?;
     }

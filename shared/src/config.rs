@@ -214,10 +214,11 @@ impl Config {
         let (mut table, origin) = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| SharedError::io(path, e))?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| SharedError::Config {
-                    origin: path.display().to_string(),
-                    problem: e.to_string(),
-                })?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| SharedError::Config {
+                        origin: path.display().to_string(),
+                        problem: e.to_string(),
+                    })?;
                 (table, path.display().to_string())
             }
             None => (toml::Table::new(), "defaults".to_string()),
@@ -243,7 +244,9 @@ impl Config {
                     origin: origin.clone(),
                     problem: e.to_string(),
                 })?;
-        config.validate().map_err(|problem| SharedError::Config { origin, problem })?;
+        config
+            .validate()
+            .map_err(|problem| SharedError::Config { origin, problem })?;
         Ok(config)
     }
 
@@ -253,17 +256,62 @@ impl Config {
         let f = &self.offline.features;
         let e = &self.offline.evaluation;
         let checks: [(bool, &str, String); 11] = [
-            (self.model.keep_versions >= 1, "model.keep_versions", "must be at least 1".into()),
-            (als.factors >= 1 && als.factors <= 1024, "offline.als.factors", "must be 1..=1024".into()),
-            (als.regularization > 0.0 && als.regularization.is_finite(), "offline.als.regularization", "must be positive".into()),
-            (als.alpha >= 0.0 && als.alpha.is_finite(), "offline.als.alpha", "must be non-negative".into()),
-            (als.iterations >= 1, "offline.als.iterations", "must be at least 1".into()),
-            (als.cg_steps >= 1, "offline.als.cg_steps", "must be at least 1".into()),
-            (e.heldout_fraction > 0.0 && e.heldout_fraction < 1.0, "offline.evaluation.heldout_fraction", "must be in (0, 1)".into()),
-            (e.min_positives >= 2, "offline.evaluation.min_positives", "must be at least 2".into()),
-            (f.rating_threshold.is_finite(), "offline.features.rating_threshold", "must be finite".into()),
-            (f.decay_half_life_days.is_none_or(|d| d >= 0.0 && d.is_finite()), "offline.features.decay_half_life_days", "must be non-negative".into()),
-            (self.offline.publish.gate_margin >= 0.0 && self.offline.publish.gate_margin < 1.0, "offline.publish.gate_margin", "must be in [0, 1)".into()),
+            (
+                self.model.keep_versions >= 1,
+                "model.keep_versions",
+                "must be at least 1".into(),
+            ),
+            (
+                als.factors >= 1 && als.factors <= 1024,
+                "offline.als.factors",
+                "must be 1..=1024".into(),
+            ),
+            (
+                als.regularization > 0.0 && als.regularization.is_finite(),
+                "offline.als.regularization",
+                "must be positive".into(),
+            ),
+            (
+                als.alpha >= 0.0 && als.alpha.is_finite(),
+                "offline.als.alpha",
+                "must be non-negative".into(),
+            ),
+            (
+                als.iterations >= 1,
+                "offline.als.iterations",
+                "must be at least 1".into(),
+            ),
+            (
+                als.cg_steps >= 1,
+                "offline.als.cg_steps",
+                "must be at least 1".into(),
+            ),
+            (
+                e.heldout_fraction > 0.0 && e.heldout_fraction < 1.0,
+                "offline.evaluation.heldout_fraction",
+                "must be in (0, 1)".into(),
+            ),
+            (
+                e.min_positives >= 2,
+                "offline.evaluation.min_positives",
+                "must be at least 2".into(),
+            ),
+            (
+                f.rating_threshold.is_finite(),
+                "offline.features.rating_threshold",
+                "must be finite".into(),
+            ),
+            (
+                f.decay_half_life_days
+                    .is_none_or(|d| d >= 0.0 && d.is_finite()),
+                "offline.features.decay_half_life_days",
+                "must be non-negative".into(),
+            ),
+            (
+                self.offline.publish.gate_margin >= 0.0 && self.offline.publish.gate_margin < 1.0,
+                "offline.publish.gate_margin",
+                "must be in [0, 1)".into(),
+            ),
         ];
         for (ok, field, why) in checks {
             if !ok {
@@ -359,7 +407,10 @@ mod tests {
         let typo = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTOSR", "3")]))
             .unwrap_err()
             .to_string();
-        assert!(typo.contains("factosr") && typo.contains("RECSYS__OFFLINE__ALS__FACTOSR"), "{typo}");
+        assert!(
+            typo.contains("factosr") && typo.contains("RECSYS__OFFLINE__ALS__FACTOSR"),
+            "{typo}"
+        );
         let range = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTORS", "0")]))
             .unwrap_err()
             .to_string();
@@ -372,6 +423,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        assert_eq!(Config::load_with_env(None, env(&[])).unwrap(), Config::default());
+        assert_eq!(
+            Config::load_with_env(None, env(&[])).unwrap(),
+            Config::default()
+        );
     }
 }

@@ -35,7 +35,7 @@ pub enum SharedError {
         problem: String,
     },
     /// One row holds a value the platform cannot accept.
-    #[error("{path}: row {row}, column `{column}`: {problem}")]
+    #[error("{path}: row {row} (counting from 0), column `{column}`: {problem}")]
     Row {
         path: PathBuf,
         row: u64,

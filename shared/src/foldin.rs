@@ -43,8 +43,16 @@ impl<'a> FoldIn<'a> {
     }
 
     /// Prepares the fold-in with a `YᵀY` (without λ) the caller already has.
-    pub fn with_gram(item_factors: &'a [f32], k: usize, params: FoldInParams, gram: Vec<f32>) -> Self {
-        assert!(k > 0 && item_factors.len() % k == 0, "item factors are not n × {k}");
+    pub fn with_gram(
+        item_factors: &'a [f32],
+        k: usize,
+        params: FoldInParams,
+        gram: Vec<f32>,
+    ) -> Self {
+        assert!(
+            k > 0 && item_factors.len().is_multiple_of(k),
+            "item factors are not n × {k}"
+        );
         assert_eq!(gram.len(), k * k, "gram matrix is not {k} × {k}");
         let mut regularized_gram = gram;
         for d in 0..k {
@@ -162,7 +170,9 @@ mod tests {
     use super::*;
 
     fn factors(n: usize, k: usize) -> Vec<f32> {
-        (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
+        (0..n * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
     }
 
     /// The member objective the fold-in minimises.

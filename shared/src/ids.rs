@@ -44,7 +44,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_ids_and_refuses_malformed_ones() {
-        for ok in ["1", "member-42", "tt0114709", "ユーザー", &"x".repeat(MAX_ID_BYTES)] {
+        for ok in [
+            "1",
+            "member-42",
+            "tt0114709",
+            "ユーザー",
+            &"x".repeat(MAX_ID_BYTES),
+        ] {
             assert_eq!(id_problem(ok), None, "{ok}");
         }
         let cases = [

@@ -222,7 +222,11 @@ impl ModelRoot {
     fn remove_stale_staging(&self) -> Result<()> {
         let entries = fs::read_dir(&self.root).map_err(|e| SharedError::io(&self.root, e))?;
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
                 tracing::warn!(dir = %entry.path().display(), "removing a crashed writer's staging directory");
                 fs::remove_dir_all(entry.path()).map_err(|e| SharedError::io(entry.path(), e))?;
             }
@@ -419,7 +423,10 @@ mod tests {
         let v1 = publish(&root, &lock, "good");
         fs::write(root.version_dir(&v1).join(files::ITEMS), "evil").unwrap();
         let err = root.verify(&v1).unwrap_err().to_string();
-        assert!(err.contains("items.parquet") && err.contains("sha256"), "{err}");
+        assert!(
+            err.contains("items.parquet") && err.contains("sha256"),
+            "{err}"
+        );
         assert!(root.set_current(&lock, &v1).is_err());
     }
 

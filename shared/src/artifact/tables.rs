@@ -59,20 +59,29 @@ pub fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) ->
     let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
         .map_err(|e| SharedError::parquet(path, e))?;
     for batch in batches {
-        writer.write(batch).map_err(|e| SharedError::parquet(path, e))?;
+        writer
+            .write(batch)
+            .map_err(|e| SharedError::parquet(path, e))?;
     }
     writer.close().map_err(|e| SharedError::parquet(path, e))?;
     Ok(())
 }
 
 fn vector_type(k: usize) -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), k as i32)
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        k as i32,
+    )
 }
 
 /// Writes a factor table with id column `id_column` (`item_id` or `user_id`).
 pub fn write_factors(path: &Path, id_column: &str, table: &FactorTable) -> Result<()> {
     let k = table.factors;
-    assert_eq!(table.vectors.len(), table.ids.len() * k, "factor table shape");
+    assert_eq!(
+        table.vectors.len(),
+        table.ids.len() * k,
+        "factor table shape"
+    );
     let schema = Arc::new(Schema::new(vec![
         Field::new(id_column, DataType::Utf8, false),
         Field::new("vector", vector_type(k), false),
@@ -136,7 +145,10 @@ fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>> 
             problem: "contains nulls".to_string(),
         });
     }
-    Ok(array.iter().map(|s| s.unwrap_or_default().to_string()).collect())
+    Ok(array
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect())
 }
 
 /// Reads a factor table written by [`write_factors`].
@@ -145,11 +157,16 @@ pub fn read_factors(path: &Path, id_column: &str) -> Result<FactorTable> {
     for batch in open_batches(path)? {
         table.ids.extend(strings(path, &batch, id_column)?);
         let vectors = column(path, &batch, "vector")?;
-        let list = vectors.as_fixed_size_list_opt().ok_or_else(|| SharedError::Schema {
-            path: path.to_path_buf(),
-            column: "vector".to_string(),
-            problem: format!("expected FixedSizeList<Float32>, found {}", vectors.data_type()),
-        })?;
+        let list = vectors
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| SharedError::Schema {
+                path: path.to_path_buf(),
+                column: "vector".to_string(),
+                problem: format!(
+                    "expected FixedSizeList<Float32>, found {}",
+                    vectors.data_type()
+                ),
+            })?;
         let k = list.value_length() as usize;
         if table.factors != 0 && table.factors != k {
             return Err(SharedError::Schema {
@@ -193,8 +210,12 @@ pub fn write_popularity(path: &Path, rows: &[PopularityRow]) -> Result<()> {
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.item_id))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.members))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.item_id),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.members),
+            )),
             Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.score))),
         ],
     )
@@ -253,9 +274,15 @@ pub fn write_history(path: &Path, rows: &[HistoryRow]) -> Result<()> {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| &r.user_id))),
-                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| &r.item_id))),
-                Arc::new(Float32Array::from_iter_values(chunk.iter().map(|r| r.strength))),
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|r| &r.user_id),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|r| &r.item_id),
+                )),
+                Arc::new(Float32Array::from_iter_values(
+                    chunk.iter().map(|r| r.strength),
+                )),
                 Arc::new(
                     TimestampMillisecondArray::from_iter_values(chunk.iter().map(|r| r.ts_ms))
                         .with_timezone("UTC"),
