@@ -295,46 +295,35 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
         .to_string();
     let good = f.path("data/interactions.parquet");
 
-    let missing_ts = f.path("missing_ts.parquet");
-    write_parquet(
-        &missing_ts,
-        RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("user_id", DataType::Utf8, false),
-                Field::new("item_id", DataType::Utf8, false),
-                Field::new("event_type", DataType::Utf8, false),
-                Field::new("value", DataType::Float64, true),
-            ])),
-            vec![
-                text(&["u"]),
-                text(&["i"]),
-                text(&["play"]),
-                Arc::new(arrow::array::Float64Array::from(vec![None])),
-            ],
-        )
-        .unwrap(),
-    );
-
-    let int_ts = f.path("int_ts.parquet");
-    write_parquet(
-        &int_ts,
-        RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("user_id", DataType::Utf8, false),
-                Field::new("item_id", DataType::Utf8, false),
-                Field::new("event_type", DataType::Utf8, false),
-                Field::new("value", DataType::Float64, true),
-                Field::new("ts", DataType::Int64, false),
-            ])),
-            vec![
-                text(&["u"]),
-                text(&["i"]),
-                text(&["play"]),
-                Arc::new(arrow::array::Float64Array::from(vec![None])),
-                Arc::new(Int64Array::from(vec![1])),
-            ],
-        )
-        .unwrap(),
+    // One event whose `ts` column is dropped or replaced by `ts_column`.
+    let one_event = |name: &str, ts_column: Option<(DataType, Arc<dyn arrow::array::Array>)>| {
+        let mut fields = vec![
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new("item_id", DataType::Utf8, false),
+            Field::new("event_type", DataType::Utf8, false),
+            Field::new("value", DataType::Float64, true),
+        ];
+        let mut columns: Vec<Arc<dyn arrow::array::Array>> = vec![
+            text(&["u"]),
+            text(&["i"]),
+            text(&["play"]),
+            Arc::new(arrow::array::Float64Array::from(vec![None])),
+        ];
+        if let Some((data_type, column)) = ts_column {
+            fields.push(Field::new("ts", data_type, false));
+            columns.push(column);
+        }
+        let path = f.path(name);
+        write_parquet(
+            &path,
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap(),
+        );
+        path
+    };
+    let missing_ts = one_event("missing_ts.parquet", None);
+    let int_ts = one_event(
+        "int_ts.parquet",
+        Some((DataType::Int64, Arc::new(Int64Array::from(vec![1])))),
     );
 
     let empty = f.path("empty.parquet");
@@ -351,8 +340,8 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
     let bytes = fs::read(&good).unwrap();
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
 
-    let rows = |user: &str, event: &'static str| {
-        let path = f.path(&format!("rows_{}.parquet", event.len() + user.len()));
+    let rows = |name: &str, user: &str, event: &'static str| {
+        let path = f.path(name);
         let mut w = recsys_offline::tables::TableWriter::create(
             &path,
             recsys_offline::tables::interactions_schema(),
@@ -374,8 +363,8 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
         w.finish().unwrap();
         path
     };
-    let unknown_event = rows("u0000002", "purchase");
-    let bad_id = rows("bad\nid", "play");
+    let unknown_event = rows("unknown_event.parquet", "u0000002", "purchase");
+    let bad_id = rows("bad_id.parquet", "bad\nid", "play");
 
     let cases: Vec<(&str, &Path, Vec<&str>)> = vec![
         (

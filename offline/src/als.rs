@@ -17,34 +17,8 @@ use recsys_shared::kernels::{axpy, dot, gram, symv};
 use crate::matrix::SparseMatrix;
 use crate::{OfflineError, Result};
 
-/// Hyper-parameters of one training run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlsParams {
-    pub factors: usize,
-    pub regularization: f32,
-    pub alpha: f32,
-    pub iterations: usize,
-    pub cg_steps: usize,
-    /// 0 = every core.
-    pub threads: usize,
-    pub seed: u64,
-    pub compute_loss: bool,
-}
-
-impl From<&recsys_shared::config::AlsConfig> for AlsParams {
-    fn from(c: &recsys_shared::config::AlsConfig) -> Self {
-        AlsParams {
-            factors: c.factors,
-            regularization: c.regularization,
-            alpha: c.alpha,
-            iterations: c.iterations,
-            cg_steps: c.cg_steps,
-            threads: c.threads,
-            seed: c.seed,
-            compute_loss: c.compute_loss,
-        }
-    }
-}
+/// Hyper-parameters of a training run: the config section itself (`[offline.als]`).
+pub use recsys_shared::config::AlsConfig as AlsParams;
 
 /// Trained factors: row-major, `factors` wide.
 #[derive(Debug, Clone, PartialEq)]

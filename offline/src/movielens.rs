@@ -376,9 +376,13 @@ mod tests {
             err.contains("ratings.csv: line 3") && err.contains("four"),
             "{err}"
         );
-        // Nothing half-written is left visible.
-        assert!(!out.path().join("interactions.parquet").exists());
-        assert!(!out.path().join("items.parquet").exists());
+        // Nothing half-written is left behind, not even under a temporary name.
+        let left: Vec<_> = std::fs::read_dir(out.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         let empty = tempfile::tempdir().unwrap();
         assert!(import(empty.path(), out.path())
             .unwrap_err()

@@ -76,7 +76,16 @@ pub struct TableWriter {
     path: PathBuf,
     tmp: PathBuf,
     schema: SchemaRef,
-    writer: ArrowWriter<File>,
+    /// `None` once finished; a writer dropped before that deletes its temporary file.
+    writer: Option<ArrowWriter<File>>,
+}
+
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl TableWriter {
@@ -95,7 +104,7 @@ impl TableWriter {
             path: path.to_path_buf(),
             tmp,
             schema,
-            writer,
+            writer: Some(writer),
         })
     }
 
@@ -154,14 +163,18 @@ impl TableWriter {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| SharedError::arrow(&self.tmp, e))?;
         self.writer
+            .as_mut()
+            .expect("not finished")
             .write(&batch)
             .map_err(|e| SharedError::parquet(&self.tmp, e).into())
     }
 
     /// Closes, syncs and renames the file into place.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
         let file = self
             .writer
+            .take()
+            .expect("not finished")
             .into_inner()
             .map_err(|e| SharedError::parquet(&self.tmp, e))?;
         file.sync_all().map_err(|e| SharedError::io(&self.tmp, e))?;

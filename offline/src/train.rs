@@ -118,7 +118,7 @@ impl TrainJob {
         let lock = root.lock()?;
         let interactions = InputTable::discover(&self.interactions)?;
         let items = InputTable::discover(&self.items)?;
-        let params = AlsParams::from(&config.offline.als);
+        let params = config.offline.als.clone();
         let feature_job = FeatureJob {
             config: &config.offline.features,
             as_of_ms: self.as_of_ms,
@@ -316,7 +316,7 @@ pub fn evaluate_only(
     export_split: Option<&std::path::Path>,
 ) -> Result<Evaluation> {
     let input = InputTable::discover(interactions)?;
-    let params = AlsParams::from(&config.offline.als);
+    let params = config.offline.als.clone();
     let job = FeatureJob {
         config: &config.offline.features,
         as_of_ms: None,
