@@ -137,10 +137,17 @@ impl FeatureJob<'_> {
         interactions: &InputTable,
         items: Option<&InputTable>,
     ) -> Result<Features> {
+        let started = std::time::Instant::now();
         let stats = interactions.validate_interactions(&self.config.event_weights)?;
         if let Some(items) = items {
             items.validate_items()?;
         }
+        tracing::info!(
+            rows = stats.rows,
+            files = interactions.files.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "input validated"
+        );
         let threads = if self.threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -247,13 +254,22 @@ impl FeatureJob<'_> {
 }
 
 async fn query(ctx: &SessionContext, job: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+    let started = std::time::Instant::now();
     let df = ctx
         .sql(sql)
         .await
         .map_err(OfflineError::datafusion(format!("{job}: planning")))?;
-    df.collect()
+    let batches = df
+        .collect()
         .await
-        .map_err(OfflineError::datafusion(format!("{job}: running")))
+        .map_err(OfflineError::datafusion(format!("{job}: running")))?;
+    tracing::info!(
+        job,
+        rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        seconds = started.elapsed().as_secs_f64(),
+        "query done"
+    );
+    Ok(batches)
 }
 
 async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
