@@ -319,11 +319,7 @@ fn score_cases(
     metrics.insert(coverage_key.clone(), coverage(&|c| &c.model_top));
     baseline.insert(coverage_key, coverage(&|c| &c.popularity_top));
     Evaluation {
-        protocol: match protocol {
-            Protocol::StrongGeneralization => "strong-generalization",
-            Protocol::LeaveLastOut => "leave-last-out",
-        }
-        .to_string(),
+        protocol: protocol.name().to_string(),
         metrics,
         popularity: baseline,
         evaluated_members: cases.len() as u64,

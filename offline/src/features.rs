@@ -340,30 +340,21 @@ fn string_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn required_column<'a>(
-    batch: &'a RecordBatch,
-    job: &str,
-    name: &str,
-) -> Result<&'a Arc<dyn Array>> {
-    batch.column_by_name(name).ok_or_else(|| {
+/// Column `name` of a query's output, cast to `to`; errors name the job and the column.
+fn column_as(batch: &RecordBatch, job: &str, name: &str, to: &DataType) -> Result<Arc<dyn Array>> {
+    let schema_error = |problem: String| -> OfflineError {
         SharedError::Schema {
             path: PathBuf::from(format!("<{job} output>")),
             column: name.into(),
-            problem: "missing".into(),
+            problem,
         }
         .into()
-    })
-}
-
-fn cast(array: &Arc<dyn Array>, to: &DataType, job: &str, name: &str) -> Result<Arc<dyn Array>> {
-    arrow::compute::cast(array, to).map_err(|e| {
-        SharedError::Schema {
-            path: PathBuf::from(format!("<{job} output>")),
-            column: name.into(),
-            problem: format!("cannot be read as {to}: {e}"),
-        }
-        .into()
-    })
+    };
+    let column = batch
+        .column_by_name(name)
+        .ok_or_else(|| schema_error("missing".into()))?;
+    arrow::compute::cast(column, to)
+        .map_err(|e| schema_error(format!("cannot be read as {to}: {e}")))
 }
 
 /// Reads `(user_id, item_id, strength, last_ts_ms)` batches.
@@ -381,9 +372,7 @@ fn pair_columns(
     batches
         .iter()
         .map(|b| {
-            let get = |name: &str, to: &DataType| -> Result<Arc<dyn Array>> {
-                cast(required_column(b, job, name)?, to, job, name)
-            };
+            let get = |name: &str, to: &DataType| column_as(b, job, name, to);
             Ok((
                 get("user_id", &DataType::Utf8)?.as_string::<i32>().clone(),
                 get("item_id", &DataType::Utf8)?.as_string::<i32>().clone(),
@@ -425,24 +414,9 @@ fn popularity_rows(batches: &[RecordBatch]) -> Result<Vec<PopularityRow>> {
     let job = "popularity job";
     let mut rows = Vec::new();
     for b in batches {
-        let ids = cast(
-            required_column(b, job, "item_id")?,
-            &DataType::Utf8,
-            job,
-            "item_id",
-        )?;
-        let members = cast(
-            required_column(b, job, "members")?,
-            &DataType::UInt64,
-            job,
-            "members",
-        )?;
-        let score = cast(
-            required_column(b, job, "score")?,
-            &DataType::Float64,
-            job,
-            "score",
-        )?;
+        let ids = column_as(b, job, "item_id", &DataType::Utf8)?;
+        let members = column_as(b, job, "members", &DataType::UInt64)?;
+        let score = column_as(b, job, "score", &DataType::Float64)?;
         let (ids, members, score) = (
             ids.as_string::<i32>(),
             members.as_primitive::<UInt64Type>(),

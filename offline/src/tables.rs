@@ -13,8 +13,6 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use recsys_shared::SharedError;
 
@@ -95,11 +93,12 @@ impl TableWriter {
         }
         let tmp = path.with_extension("parquet.tmp");
         let file = File::create(&tmp).map_err(|e| SharedError::io(&tmp, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| SharedError::parquet(&tmp, e))?;
+        let writer = ArrowWriter::try_new(
+            file,
+            schema.clone(),
+            Some(recsys_shared::artifact::writer_properties()),
+        )
+        .map_err(|e| SharedError::parquet(&tmp, e))?;
         Ok(TableWriter {
             path: path.to_path_buf(),
             tmp,

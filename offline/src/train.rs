@@ -99,7 +99,7 @@ pub fn evaluate_with_progress(
 }
 
 fn gate_metric(protocol: &str) -> &'static str {
-    if protocol == "leave-last-out" {
+    if protocol == Protocol::LeaveLastOut.name() {
         "ndcg@10"
     } else {
         "ndcg@100"
@@ -329,12 +329,4 @@ pub fn evaluate_only(
         evaluate::export_split(dir, &features.training, &split)?;
     }
     Ok(evaluation)
-}
-
-/// The protocol name used in JSON output.
-pub fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::StrongGeneralization => "strong-generalization",
-        Protocol::LeaveLastOut => "leave-last-out",
-    }
 }

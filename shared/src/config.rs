@@ -160,6 +160,16 @@ pub enum Protocol {
     LeaveLastOut,
 }
 
+impl Protocol {
+    /// The name used on the command line, in the config and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::StrongGeneralization => "strong-generalization",
+            Protocol::LeaveLastOut => "leave-last-out",
+        }
+    }
+}
+
 /// How models are evaluated before publishing and by `recsys offline evaluate`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

@@ -29,7 +29,7 @@ pub use manifest::{
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{
     read_factors, read_history, read_popularity, write_batches, write_factors, write_history,
-    write_popularity, FactorTable, HistoryRow, PopularityRow,
+    write_popularity, writer_properties, FactorTable, HistoryRow, PopularityRow,
 };
 
 /// File names inside a version directory.

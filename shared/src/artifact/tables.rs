@@ -47,7 +47,8 @@ pub struct HistoryRow {
     pub ts_ms: i64,
 }
 
-fn writer_properties() -> WriterProperties {
+/// The Parquet writer settings of every table the platform writes (zstd).
+pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build()
