@@ -45,10 +45,10 @@ enum Command {
     /// Offline tier: batch jobs that build features, train, evaluate and publish models.
     #[command(subcommand)]
     Offline(OfflineCommand),
-    /// Nearline tier: Kafka workers folding member events into their vectors (not built yet).
+    /// Nearline tier: Kafka workers folding member events into their vectors.
     #[command(subcommand)]
     Nearline(NearlineCommand),
-    /// Online tier: the gRPC ranking API (not built yet).
+    /// Online tier: the gRPC ranking API.
     #[command(subcommand)]
     Online(OnlineCommand),
     /// Run the whole platform on embedded defaults (not built yet).
@@ -103,6 +103,18 @@ enum OfflineCommand {
     },
     /// Training benchmark against the Python library `implicit`, and accuracy on MovieLens.
     Bench(recsys_offline::bench::BenchArgs),
+    /// Load a published model's member vectors and histories into the feature store
+    /// ([store] in the config). Run after each publish; idempotent.
+    LoadStore {
+        #[arg(long)]
+        model_root: Option<PathBuf>,
+        /// The version to load [default: CURRENT].
+        #[arg(long)]
+        version: Option<String>,
+        /// Load even if the store records that this version was loaded already.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -183,16 +195,81 @@ enum ProtocolArg {
 
 #[derive(Subcommand)]
 enum NearlineCommand {
-    /// Consume member events and fold them into member vectors (not built yet).
-    Run,
-    /// Send events from JSON lines or Parquet to Kafka (not built yet).
-    Produce,
+    /// Consume member events (one member of a consumer group) and fold them into member vectors,
+    /// until Ctrl-C / SIGTERM; the batch in hand is finished and committed first.
+    Run {
+        /// [config: model.root]
+        #[arg(long)]
+        model_root: Option<PathBuf>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// [config: nearline.group_id]
+        #[arg(long)]
+        group_id: Option<String>,
+        /// /metrics, /healthz, /readyz address [config: nearline.metrics_listen].
+        #[arg(long)]
+        metrics_listen: Option<String>,
+        /// Stop after consuming this many events (for tests and benchmarks).
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
+    /// Send events from JSON lines (.jsonl) or Parquet (.parquet, the interactions schema) to the
+    /// events topic, keyed by member. Rows without an event_id get one derived from their fields.
+    Produce {
+        /// The events file.
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Encode records as JSON instead of protobuf.
+        #[arg(long)]
+        json: bool,
+        /// Events per second (0 = as fast as the broker takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long)]
+        partitions: Option<i32>,
+    },
+}
+
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers [config: nearline.brokers, default 127.0.0.1:9092].
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The events topic [config: nearline.topic, default recsys.events].
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+impl KafkaArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(b) = &self.brokers {
+            config.nearline.brokers = b.clone();
+        }
+        if let Some(t) = &self.topic {
+            config.nearline.topic = t.clone();
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum OnlineCommand {
-    /// Serve the gRPC ranking API (not built yet).
-    Serve,
+    /// Serve recsys.v1.Ranking until Ctrl-C / SIGTERM, hot-swapping models as CURRENT moves.
+    Serve {
+        /// [config: model.root]
+        #[arg(long)]
+        model_root: Option<PathBuf>,
+        /// gRPC address [config: online.listen, default 127.0.0.1:50051].
+        #[arg(long)]
+        listen: Option<String>,
+        /// /metrics, /healthz, /readyz address [config: online.metrics_listen, default 127.0.0.1:9464].
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+    /// Load generator and scoring benchmark against NumPy (prints figures and ratios).
+    Bench(recsys_online::bench::BenchArgs),
 }
 
 fn parse_instant(s: &str) -> std::result::Result<i64, String> {
@@ -252,6 +329,76 @@ fn validated(config: Config) -> Result<Config> {
 
 fn not_built(what: &str, issue: u32) -> Result<ExitCode> {
     anyhow::bail!("{what} is not built yet (tracked in issue {issue}); see README.md, \"What is not done yet\"")
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn load_store(
+    config: &Config,
+    root: &ModelRoot,
+    version: Option<&str>,
+    force: bool,
+) -> Result<()> {
+    use recsys_shared::store::{bulk, features::FeatureStore};
+    let kv = recsys_shared::store::open(&config.store)
+        .await
+        .with_context(|| format!("opening the {} store", config.store.backend.name()))?;
+    let store = FeatureStore::new(kv, config.store.history_cap);
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => root
+            .current_version()?
+            .with_context(|| format!("{}: no CURRENT version", root.path().display()))?,
+    };
+    if !force && bulk::is_loaded(&store, &version).await? {
+        tracing::info!(%version, "already loaded; nothing to do (--force reloads)");
+        println!(
+            "{}",
+            serde_json::json!({"model_version": version, "already_loaded": true})
+        );
+        return Ok(());
+    }
+    let mut progress: Option<recsys_shared::progress::Progress> = None;
+    let mut last = 0;
+    let report = bulk::load_model_features(root, Some(&version), &store, |done, total| {
+        let p = progress.get_or_insert_with(|| {
+            recsys_shared::progress::Progress::new("load-store", total as u64)
+        });
+        p.advance((done - last) as u64, "members");
+        last = done;
+    })
+    .await?;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    tracing::info!(
+        members = report.members,
+        backend = store.backend(),
+        "store loaded"
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -373,8 +520,122 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Offline(OfflineCommand::Bench(args)) => {
             recsys_offline::bench::run(args)?;
         }
-        Command::Nearline(_) => return not_built("the nearline tier", 4),
-        Command::Online(_) => return not_built("the online tier", 3),
+        Command::Nearline(NearlineCommand::Run {
+            model_root,
+            kafka,
+            group_id,
+            metrics_listen,
+            max_events,
+        }) => {
+            let mut config = load_config(&cli)?;
+            kafka.apply(&mut config);
+            if let Some(root) = model_root {
+                config.model.root = root.clone();
+            }
+            if let Some(g) = group_id {
+                config.nearline.group_id = g.clone();
+            }
+            if let Some(l) = metrics_listen {
+                config.nearline.metrics_listen = l.clone();
+            }
+            let config = validated(config)?;
+            let report = runtime()?.block_on(recsys_nearline::worker::serve(
+                &config,
+                recsys_nearline::worker::WorkerOptions {
+                    model_root: config.model.root.clone(),
+                    max_events: *max_events,
+                },
+                shutdown_signal(),
+            ))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": report.events,
+                    "applied": report.applied,
+                    "dead_lettered": report.dead_lettered,
+                    "batches": report.batches,
+                })
+            );
+        }
+        Command::Nearline(NearlineCommand::Produce {
+            input,
+            kafka,
+            json,
+            rate,
+            partitions,
+        }) => {
+            use recsys_nearline::produce;
+            let mut config = load_config(&cli)?;
+            kafka.apply(&mut config);
+            let config = validated(config)?;
+            let events = produce::read_events(input)?;
+            let encoding = if *json {
+                produce::Encoding::Json
+            } else {
+                produce::Encoding::Protobuf
+            };
+            let seconds = runtime()?.block_on(async {
+                if let Some(p) = partitions {
+                    produce::ensure_topics(&config, &[(config.nearline.topic.as_str(), *p)])
+                        .await?;
+                }
+                let producer = recsys_nearline::worker::producer(&config)?;
+                produce::produce_all(
+                    &producer,
+                    &config.nearline.topic,
+                    &events,
+                    encoding,
+                    *rate,
+                    10_000,
+                )
+                .await
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": events.len(),
+                    "topic": config.nearline.topic,
+                    "seconds": seconds,
+                    "events_per_second": events.len() as f64 / seconds.max(1e-9),
+                })
+            );
+        }
+        Command::Offline(OfflineCommand::LoadStore {
+            model_root,
+            version,
+            force,
+        }) => {
+            let config = load_config(&cli)?;
+            let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root.clone()));
+            runtime()?.block_on(load_store(&config, &root, version.as_deref(), *force))?;
+        }
+        Command::Online(OnlineCommand::Serve {
+            model_root,
+            listen,
+            metrics_listen,
+        }) => {
+            let mut config = load_config(&cli)?;
+            if let Some(root) = model_root {
+                config.model.root = root.clone();
+            }
+            if let Some(l) = listen {
+                config.online.listen = l.clone();
+            }
+            if let Some(l) = metrics_listen {
+                config.online.metrics_listen = l.clone();
+            }
+            let config = validated(config)?;
+            runtime()?.block_on(async {
+                let server = recsys_online::server::start(&config).await?;
+                server.run_until(shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Online(OnlineCommand::Bench(args)) => {
+            runtime()?
+                .block_on(recsys_online::bench::run(args))
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
         Command::Quickstart => return not_built("quickstart", 5),
     }
     Ok(ExitCode::SUCCESS)

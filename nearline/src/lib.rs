@@ -1,9 +1,25 @@
-//! # recsys-nearline — not built yet
+//! # recsys-nearline — the streaming workers
 //!
-//! The nearline tier will consume member events from Kafka (rdkafka consumer groups), fold each
-//! member's whole history into their vector with [`recsys_shared::foldin::FoldIn`] — the function
-//! the offline evaluator already uses — and write vector and history to the feature store and
-//! cache, at least once and idempotently. Tracked in issue 4; the `recsys nearline` commands say
-//! so when run.
+//! Members' events arrive on a Kafka topic keyed by member. Each worker of a consumer group takes
+//! a batch of records, dead-letters those it cannot apply ([`event`]), folds each member's whole
+//! history into a new vector with the offline evaluator's fold-in and writes history, vector and
+//! cache ([`apply`]), then commits the batch's offsets ([`worker`]). `recsys nearline produce`
+//! sends events from a file ([`produce`]).
 //!
-//! It must not train models or serve requests, and depends on `recsys-shared` only.
+//! This crate owns event decoding and validation, the apply step and the Kafka loop. It must not
+//! train models (it loads the published item factors, [`model`]) or serve requests, and depends on
+//! `recsys-shared` only. Other event sources (a local file or channel, as the quickstart uses)
+//! call [`apply::Applier`] directly: the same code path after decoding.
+
+pub mod apply;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod model;
+pub mod produce;
+pub mod worker;
+
+#[cfg(test)]
+mod testing;
+
+pub use error::NearlineError;

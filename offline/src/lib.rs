@@ -25,7 +25,7 @@ pub mod input;
 pub mod matrix;
 pub mod metrics;
 pub mod movielens;
-mod progress;
+pub use recsys_shared::progress;
 pub mod synth;
 pub mod tables;
 pub mod train;

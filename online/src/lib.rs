@@ -1,8 +1,27 @@
-//! # recsys-online — not built yet
+//! # recsys-online
 //!
-//! The online tier will serve the `recsys.v1.Ranking` gRPC API: the current model's item factors in
-//! memory (hot-swapped when `CURRENT` moves, read through
-//! [`recsys_shared::artifact::ModelRoot`]), member features from the cache and store, whole-catalog
-//! scoring. Tracked in issue 3; `recsys online serve` says so when run.
+//! The online tier: the `recsys.v1.Ranking` gRPC service the homepage calls on every page load.
 //!
-//! It must never write model artifacts, and depends on `recsys-shared` only.
+//! - [`catalog`]: the current model held in memory as one immutable value (item factors in one
+//!   contiguous matrix, ids, titles, availability, popularity), loaded and validated in the
+//!   background when `CURRENT` moves and swapped in atomically; a corrupt version is refused and
+//!   the served one kept.
+//! - [`scoring`]: whole-catalog scoring — quantised `i8` scan, exact `f32` re-scoring of the
+//!   candidate pool, partial top-k.
+//! - [`service`]: validation, the member's vector (cache → store → fold-in → cold start, degraded
+//!   when the store is down), `Rank`, `Homepage` and `SimilarItems`.
+//! - [`server`]: wiring with gRPC health and reflection, and [`metrics`] on HTTP.
+//! - [`bench`]: the load generator and the scoring benchmark against NumPy.
+//!
+//! It must never write model artifacts, and it writes to the feature store only when it owns an
+//! embedded one (the bulk load of a new model's members). It depends on `recsys-shared` only.
+
+pub mod bench;
+pub mod catalog;
+pub mod error;
+pub mod metrics;
+pub mod scoring;
+pub mod server;
+pub mod service;
+
+pub use error::OnlineError;

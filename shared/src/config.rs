@@ -25,6 +25,14 @@ pub struct Config {
     pub model: ModelConfig,
     /// The offline tier's jobs.
     pub offline: OfflineConfig,
+    /// Where member features live (read by the online tier, written by nearline and load-store).
+    pub store: StoreConfig,
+    /// The cache in front of the store.
+    pub cache: CacheConfig,
+    /// The ranking API.
+    pub online: OnlineConfig,
+    /// The streaming workers.
+    pub nearline: NearlineConfig,
 }
 
 /// The model root shared by every tier.
@@ -210,6 +218,250 @@ impl Default for PublishConfig {
     }
 }
 
+/// Which key-value backend holds member features.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// redb in a local directory; one process at a time. The default.
+    #[default]
+    Embedded,
+    /// A Redis server, shared by the processes of one machine.
+    Redis,
+    /// A Cassandra (or ScyllaDB) cluster.
+    Cassandra,
+}
+
+impl StoreBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreBackend::Embedded => "embedded",
+            StoreBackend::Redis => "redis",
+            StoreBackend::Cassandra => "cassandra",
+        }
+    }
+}
+
+/// The feature store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` (default), `redis` or `cassandra`.
+    pub backend: StoreBackend,
+    /// The newest history entries kept per member. Default 500.
+    pub history_cap: usize,
+    /// A read of the store that takes longer fails (the caller degrades). Default 250 ms.
+    pub read_timeout_ms: u64,
+    pub embedded: EmbeddedConfig,
+    pub redis: RedisConfig,
+    pub cassandra: CassandraConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            history_cap: 500,
+            read_timeout_ms: 250,
+            embedded: EmbeddedConfig::default(),
+            redis: RedisConfig {
+                url: "redis://127.0.0.1:6379/".into(),
+                timeout_ms: 250,
+            },
+            cassandra: CassandraConfig::default(),
+        }
+    }
+}
+
+/// The embedded store's directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// Default `var/features`.
+    pub path: PathBuf,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            path: PathBuf::from("var/features"),
+        }
+    }
+}
+
+/// A Redis server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Connect and response timeout of each command.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/".into(),
+            timeout_ms: 20,
+        }
+    }
+}
+
+/// A Cassandra cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CassandraConfig {
+    /// `host:port` of one or more nodes. Default `["127.0.0.1:9042"]`.
+    pub contact_points: Vec<String>,
+    /// Default `recsys`.
+    pub keyspace: String,
+    /// CQL replication map used when the keyspace is created.
+    pub replication: String,
+    /// Consistency level of every statement. Default `LOCAL_QUORUM`.
+    pub consistency: String,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        CassandraConfig {
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "recsys".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            consistency: "LOCAL_QUORUM".into(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Which cache sits in front of the store.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheBackend {
+    /// No cache: every read goes to the store.
+    None,
+    /// A bounded map inside the process. The default.
+    #[default]
+    InProcess,
+    /// A Redis server (the role EVCache plays at Netflix).
+    Redis,
+}
+
+/// The read-through cache of member features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `none`, `in_process` (default) or `redis`.
+    pub backend: CacheBackend,
+    /// Entries live this long. Default 300 s.
+    pub ttl_seconds: u64,
+    /// Each entry's TTL is drawn from ±this fraction of `ttl_seconds`, so entries written together
+    /// do not expire together. Default 0.1.
+    pub ttl_jitter: f64,
+    /// Members held by the in-process cache. Default 100000.
+    pub capacity: usize,
+    /// After this many failed cache calls in a row the cache is bypassed... Default 5.
+    pub breaker_failures: u32,
+    /// ...for this long, then tried again. Default 2000 ms.
+    pub breaker_open_ms: u64,
+    /// The Redis cache; its `timeout_ms` is the short timeout of every cache call (default 20 ms).
+    pub redis: RedisConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            backend: CacheBackend::InProcess,
+            ttl_seconds: 300,
+            ttl_jitter: 0.1,
+            capacity: 100_000,
+            breaker_failures: 5,
+            breaker_open_ms: 2000,
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// The ranking API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnlineConfig {
+    /// gRPC address. Default `127.0.0.1:50051`.
+    pub listen: String,
+    /// HTTP address of `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9464`.
+    pub metrics_listen: String,
+    /// How often `CURRENT` is checked for a new model. Default 1000 ms.
+    pub model_poll_ms: u64,
+    /// With the embedded store (which only this process can open), load a newly published model's
+    /// member vectors and histories into it before swapping the model in. Default true.
+    pub load_store_on_swap: bool,
+    /// Upper bound on any request's run time, whatever deadline the client sets. Default 5000 ms.
+    pub max_request_ms: u64,
+}
+
+impl Default for OnlineConfig {
+    fn default() -> Self {
+        OnlineConfig {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            model_poll_ms: 1000,
+            load_store_on_swap: true,
+            max_request_ms: 5000,
+        }
+    }
+}
+
+/// The nearline workers: Kafka, batching, event validation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearlineConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port…]`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// The member events. Default `recsys.events`.
+    pub topic: String,
+    /// Where events that cannot be applied go, with the reason in a header.
+    /// Default `recsys.events.dead-letter`.
+    pub dead_letter_topic: String,
+    /// Consumer group; scale out by starting more workers with the same group. Default
+    /// `recsys-nearline`.
+    pub group_id: String,
+    /// At most this many events are applied (and committed) together. Default 1000.
+    pub max_batch: usize,
+    /// A batch closes this long after its first event at the latest. Default 5 ms.
+    pub batch_wait_ms: u64,
+    /// Members folded in concurrently within a batch. Default 32.
+    pub concurrency: usize,
+    /// Events stamped further than this into the future are dead-lettered. Default 5 min.
+    pub max_future_skew_ms: i64,
+    /// Events older than this are dead-lettered. Default 365 days.
+    pub max_past_skew_ms: i64,
+    /// HTTP address of `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9465`.
+    pub metrics_listen: String,
+    /// How often `CURRENT` is checked for a new model. Default 1000 ms.
+    pub model_poll_ms: u64,
+    /// Extra librdkafka properties for consumer and producer (`security.protocol`, …).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for NearlineConfig {
+    fn default() -> Self {
+        NearlineConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "recsys.events".into(),
+            dead_letter_topic: "recsys.events.dead-letter".into(),
+            group_id: "recsys-nearline".into(),
+            max_batch: 1000,
+            batch_wait_ms: 5,
+            concurrency: 32,
+            max_future_skew_ms: 5 * 60 * 1000,
+            max_past_skew_ms: 365 * 24 * 3600 * 1000,
+            metrics_listen: "127.0.0.1:9465".into(),
+            model_poll_ms: 1000,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
 impl Config {
     /// Reads the file (when given) and applies the process environment's overrides.
     pub fn load(file: Option<&Path>) -> Result<Config> {
@@ -326,6 +578,82 @@ impl Config {
         for (ok, field, why) in checks {
             if !ok {
                 return Err(format!("`{field}` {why}"));
+            }
+        }
+        let cache = &self.cache;
+        let n = &self.nearline;
+        let more: [(bool, &str, &str); 12] = [
+            (n.max_batch >= 1, "nearline.max_batch", "must be at least 1"),
+            (
+                n.concurrency >= 1,
+                "nearline.concurrency",
+                "must be at least 1",
+            ),
+            (
+                n.max_future_skew_ms >= 0,
+                "nearline.max_future_skew_ms",
+                "must be non-negative",
+            ),
+            (
+                n.max_past_skew_ms >= 0,
+                "nearline.max_past_skew_ms",
+                "must be non-negative",
+            ),
+            (
+                n.model_poll_ms >= 10,
+                "nearline.model_poll_ms",
+                "must be at least 10",
+            ),
+            (
+                !n.topic.is_empty() && n.topic != n.dead_letter_topic,
+                "nearline.dead_letter_topic",
+                "must differ from nearline.topic",
+            ),
+            (
+                self.store.history_cap >= 1,
+                "store.history_cap",
+                "must be at least 1",
+            ),
+            (
+                self.store.read_timeout_ms >= 1,
+                "store.read_timeout_ms",
+                "must be at least 1",
+            ),
+            (
+                cache.ttl_jitter >= 0.0 && cache.ttl_jitter < 1.0,
+                "cache.ttl_jitter",
+                "must be in [0, 1)",
+            ),
+            (
+                cache.ttl_seconds >= 1,
+                "cache.ttl_seconds",
+                "must be at least 1",
+            ),
+            (
+                cache.breaker_failures >= 1,
+                "cache.breaker_failures",
+                "must be at least 1",
+            ),
+            (
+                self.online.model_poll_ms >= 10,
+                "online.model_poll_ms",
+                "must be at least 10",
+            ),
+        ];
+        for (ok, field, why) in more {
+            if !ok {
+                return Err(format!("`{field}` {why}"));
+            }
+        }
+        for (field, addr) in [
+            ("online.listen", &self.online.listen),
+            ("online.metrics_listen", &self.online.metrics_listen),
+            ("nearline.metrics_listen", &self.nearline.metrics_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!(
+                    "`{field}` is {addr:?}, not an address like 127.0.0.1:50051"
+                ));
             }
         }
         for (event_type, weight) in &f.event_weights {

@@ -7,8 +7,12 @@
 //! workers and the online server alike so that all three compute the same vector from the same
 //! history.
 //!
+//! It also holds the protobuf API (`recsys.v1`, in [`proto`]) and the **key-value feature store**
+//! ([`store`]) that the nearline tier writes and the online tier reads.
+//!
 //! ## Invariants
-//! - No tier-specific logic lives here: no DataFusion, no Kafka, no gRPC server. Tiers depend on
+//! - No tier-specific logic lives here: no DataFusion, no Kafka, no gRPC server (only the generated
+//!   message and service types). Tiers depend on
 //!   this crate and never on each other.
 //! - A reader of a model root never observes a half-written version: [`artifact::ModelRoot`] is the
 //!   only code that writes one, and it publishes by rename.
@@ -20,5 +24,11 @@ pub mod error;
 pub mod foldin;
 pub mod ids;
 pub mod kernels;
+pub mod ops;
+pub mod progress;
+pub mod proto;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{Result, SharedError};

@@ -21,6 +21,7 @@
 
 mod manifest;
 mod root;
+pub mod synthetic;
 mod tables;
 
 pub use manifest::{
@@ -28,8 +29,9 @@ pub use manifest::{
 };
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{
-    read_factors, read_history, read_popularity, write_batches, write_factors, write_history,
-    write_popularity, writer_properties, FactorTable, HistoryRow, PopularityRow,
+    read_catalog, read_factors, read_history, read_popularity, write_batches, write_catalog,
+    write_factors, write_history, write_popularity, writer_properties, CatalogRow, FactorTable,
+    HistoryRow, PopularityRow,
 };
 
 /// File names inside a version directory.

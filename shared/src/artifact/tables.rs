@@ -358,3 +358,116 @@ mod tests {
         assert_eq!(read_history(&path).unwrap(), hist);
     }
 }
+
+/// One row of a version's `items.parquet` (the catalog as the offline tier read it): what the
+/// online tier needs to show and filter an item.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CatalogRow {
+    pub item_id: String,
+    pub title: Option<String>,
+    /// ISO country codes the item may be shown in; `None` (or a null) means everywhere.
+    pub available_countries: Option<Vec<String>>,
+}
+
+/// Reads `items.parquet`. `title` and `available_countries` are optional columns.
+pub fn read_catalog(path: &Path) -> Result<Vec<CatalogRow>> {
+    let mut rows = Vec::new();
+    for batch in open_batches(path)? {
+        let ids = strings(path, &batch, "item_id")?;
+        let titles =
+            match batch.column_by_name("title") {
+                Some(array) => Some(arrow::compute::cast(array, &DataType::Utf8).map_err(|e| {
+                    schema_error(path, "title", &format!("not a string column: {e}"))
+                })?),
+                None => None,
+            };
+        let countries = batch.column_by_name("available_countries");
+        let countries = match countries {
+            Some(array) => Some(
+                array
+                    .as_list_opt::<i32>()
+                    .ok_or_else(|| {
+                        schema_error(path, "available_countries", "expected a list of strings")
+                    })?
+                    .clone(),
+            ),
+            None => None,
+        };
+        for (i, item_id) in ids.into_iter().enumerate() {
+            let title = titles
+                .as_ref()
+                .map(|t| t.as_string::<i32>())
+                .filter(|t| t.is_valid(i))
+                .map(|t| t.value(i).to_string());
+            let available_countries = match &countries {
+                Some(list) if list.is_valid(i) => {
+                    let values =
+                        arrow::compute::cast(&list.value(i), &DataType::Utf8).map_err(|e| {
+                            schema_error(path, "available_countries", &format!("not strings: {e}"))
+                        })?;
+                    let values = values.as_string::<i32>();
+                    Some(
+                        values
+                            .iter()
+                            .flatten()
+                            .map(|c| c.to_ascii_uppercase())
+                            .collect(),
+                    )
+                }
+                _ => None,
+            };
+            rows.push(CatalogRow {
+                item_id,
+                title,
+                available_countries,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes an `items.parquet` with the columns [`read_catalog`] reads (the offline tier copies its
+/// input catalog instead; this serves tools and tests that build a model without one).
+pub fn write_catalog(path: &Path, rows: &[CatalogRow]) -> Result<()> {
+    use arrow::array::{ListBuilder, StringBuilder};
+    let list_field = Field::new("item", DataType::Utf8, true);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, true),
+        Field::new(
+            "available_countries",
+            DataType::List(Arc::new(list_field.clone())),
+            true,
+        ),
+    ]));
+    let mut batches = Vec::new();
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut countries = ListBuilder::new(StringBuilder::new()).with_field(list_field.clone());
+        for row in chunk {
+            match &row.available_countries {
+                Some(list) => {
+                    for c in list {
+                        countries.values().append_value(c);
+                    }
+                    countries.append(true);
+                }
+                None => countries.append(false),
+            }
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|r| &r.item_id),
+                )),
+                Arc::new(StringArray::from_iter(
+                    chunk.iter().map(|r| r.title.as_deref()),
+                )),
+                Arc::new(countries.finish()),
+            ],
+        )
+        .map_err(|e| SharedError::arrow(path, e))?;
+        batches.push(batch);
+    }
+    write_batches(path, schema, &batches)
+}

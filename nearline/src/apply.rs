@@ -1,0 +1,309 @@
+//! Applying events to member state: the one code path every event source (Kafka, a local file,
+//! a channel) goes through after decoding.
+//!
+//! For each member in a batch: read their stored history, merge the batch's events into it, write
+//! the new entries, fold the **whole** merged history (the model's training positives, loaded by
+//! `load-store`, plus every event since) into a vector with the current model, write the vector
+//! with its model version, and write both through to the cache.
+//!
+//! Applying is idempotent, so at-least-once delivery gives effectively-once state: a history entry
+//! is keyed by `(timestamp, item)` and merging keeps the larger strength, so re-applying an event
+//! (a redelivery after a crash or a rebalance) writes nothing new, and the vector is a function of
+//! the stored history alone. Two distinct events of one member on one item in the same
+//! millisecond count once, at the larger strength.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use recsys_shared::store::cache::FeatureReader;
+use recsys_shared::store::features::{HistoryEntry, MemberFeatures, MemberVector};
+use recsys_shared::store::IdempotencyToken;
+
+use crate::error::NearlineError;
+use crate::event::{Event, EventRules, RejectReason, Rejection};
+use crate::metrics;
+use crate::model::{FoldInModel, ModelHandle};
+
+/// What happened to one member in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberOutcome {
+    /// New history entries were written and the vector recomputed.
+    Updated,
+    /// Every event was already in the history and the vector is the current model's: nothing
+    /// was written.
+    Unchanged,
+    /// Nothing new in the history, but the stored vector belonged to an older model: re-folded.
+    Refolded,
+}
+
+/// Counts of one applied batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub events: usize,
+    pub members: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub refolded: usize,
+}
+
+/// Folds events into member state in the feature store and the cache.
+pub struct Applier {
+    features: Arc<FeatureReader>,
+    model: Arc<ModelHandle>,
+    rules: EventRules,
+    concurrency: usize,
+}
+
+impl Applier {
+    pub fn new(
+        features: Arc<FeatureReader>,
+        model: Arc<ModelHandle>,
+        rules: EventRules,
+        concurrency: usize,
+    ) -> Self {
+        Applier {
+            features,
+            model,
+            rules,
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<ModelHandle> {
+        &self.model
+    }
+
+    pub fn features(&self) -> &Arc<FeatureReader> {
+        &self.features
+    }
+
+    /// Whether the event can be applied under the current model: its fields (see
+    /// [`EventRules::validate`]) and its item. `key` is the Kafka record key, if any.
+    pub fn check(&self, event: &Event, key: Option<&[u8]>, now_ms: i64) -> Result<(), Rejection> {
+        self.rules.validate(event, key, now_ms)?;
+        match self.model.get() {
+            Some(model) if !model.knows(&event.item_id) => Err(Rejection::new(
+                RejectReason::UnknownItem,
+                format!(
+                    "`item_id` {:?} is not in model {}",
+                    event.item_id, model.version
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies checked events. Either every member's state is written durably, or an error is
+    /// returned and the caller applies the same batch again (which is safe: applying is
+    /// idempotent). Fails with [`NearlineError::NoModel`] before any model is loaded.
+    pub async fn apply(&self, events: &[Event]) -> Result<BatchReport, NearlineError> {
+        let model = self.model.get().ok_or(NearlineError::NoModel)?;
+        let mut by_member: HashMap<&str, Vec<&Event>> = HashMap::new();
+        for event in events {
+            by_member.entry(&event.user_id).or_default().push(event);
+        }
+        let mut report = BatchReport {
+            events: events.len(),
+            members: by_member.len(),
+            ..Default::default()
+        };
+        let outcomes: Vec<Result<MemberOutcome, NearlineError>> = futures::stream::iter(by_member)
+            .map(|(user, events)| {
+                let model = model.clone();
+                async move { self.apply_member(&model, user, &events).await }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome? {
+                MemberOutcome::Updated => report.updated += 1,
+                MemberOutcome::Unchanged => report.unchanged += 1,
+                MemberOutcome::Refolded => report.refolded += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    async fn apply_member(
+        &self,
+        model: &FoldInModel,
+        user_id: &str,
+        events: &[&Event],
+    ) -> Result<MemberOutcome, NearlineError> {
+        let store = self.features.store();
+        let stored = store.get(user_id).await?;
+        let mut history: BTreeMap<(i64, String), f32> = stored
+            .history
+            .into_iter()
+            .map(|e| ((e.ts_ms, e.item_id), e.strength))
+            .collect();
+        let mut new_entries: BTreeMap<(i64, String), f32> = BTreeMap::new();
+        for event in events {
+            let key = (event.ts, event.item_id.clone());
+            let strength = self.rules.strength(event);
+            let known = history.get(&key).copied();
+            if known.is_none_or(|s| strength > s) {
+                history.insert(key.clone(), strength);
+                new_entries.insert(key, strength);
+            }
+        }
+        let vector_current = stored
+            .vector
+            .as_ref()
+            .is_some_and(|v| v.model_version == model.version);
+        if new_entries.is_empty() && vector_current {
+            return Ok(MemberOutcome::Unchanged);
+        }
+        let token = IdempotencyToken::now();
+        let had_new = !new_entries.is_empty();
+        if had_new {
+            let entries: Vec<HistoryEntry> = new_entries
+                .into_iter()
+                .map(|((ts_ms, item_id), strength)| HistoryEntry {
+                    item_id,
+                    ts_ms,
+                    strength,
+                })
+                .collect();
+            store.append_history(user_id, &entries, token).await?;
+        }
+        let skip = history.len().saturating_sub(store.history_cap());
+        let history: Vec<HistoryEntry> = history
+            .into_iter()
+            .skip(skip)
+            .map(|((ts_ms, item_id), strength)| HistoryEntry {
+                item_id,
+                ts_ms,
+                strength,
+            })
+            .collect();
+        let started = Instant::now();
+        let values = model.fold_in(&history)?;
+        metrics::FOLD_IN_SECONDS.observe(started.elapsed().as_secs_f64());
+        let vector = values.map(|values| MemberVector {
+            model_version: model.version.clone(),
+            values,
+        });
+        if let Some(vector) = &vector {
+            store.put_vector(user_id, vector, token).await?;
+        }
+        self.features
+            .write_through(user_id, &MemberFeatures { vector, history })
+            .await;
+        Ok(if had_new {
+            MemberOutcome::Updated
+        } else {
+            MemberOutcome::Refolded
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use recsys_shared::config::Config;
+    use recsys_shared::store::features::FeatureStore;
+
+    use crate::testing::tiny_model;
+
+    fn event(id: &str, user: &str, item: &str, ts: i64) -> Event {
+        Event {
+            event_id: id.into(),
+            user_id: user.into(),
+            item_id: item.into(),
+            event_type: "play".into(),
+            value: 0.0,
+            ts,
+        }
+    }
+
+    async fn new_applier(dir: &std::path::Path) -> (Applier, tempfile::TempDir) {
+        let (root_dir, version) = tiny_model();
+        let applier = applier_for(dir, root_dir.path(), &version).await;
+        (applier, root_dir)
+    }
+
+    async fn applier_for(dir: &std::path::Path, root: &std::path::Path, version: &str) -> Applier {
+        let model = ModelHandle::new();
+        model.set(
+            FoldInModel::load(&recsys_shared::artifact::ModelRoot::new(root), version).unwrap(),
+        );
+        let mut config = Config::default();
+        config.store.embedded.path = dir.to_path_buf();
+        config.cache.backend = recsys_shared::config::CacheBackend::None;
+        let kv = recsys_shared::store::open(&config.store).await.unwrap();
+        let store = FeatureStore::new(kv, 4);
+        let reader =
+            FeatureReader::from_config(store, &config.cache, std::time::Duration::from_secs(1));
+        Applier::new(Arc::new(reader), model, EventRules::from_config(&config), 4)
+    }
+
+    #[tokio::test]
+    async fn reapplying_a_batch_changes_nothing_and_order_does_not_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, version) = tiny_model();
+        let applier = applier_for(dir.path(), root.path(), &version).await;
+        let events = vec![
+            event("a", "u1", "i0", 10),
+            event("b", "u1", "i1", 20),
+            event("c", "u2", "i2", 30),
+        ];
+        let first = applier.apply(&events).await.unwrap();
+        assert_eq!((first.members, first.updated), (2, 2));
+        let state = applier.features.store().get("u1").await.unwrap();
+        assert_eq!(state.history.len(), 2);
+        let vector = state.vector.clone().expect("a vector");
+
+        let again = applier.apply(&events).await.unwrap();
+        assert_eq!((again.updated, again.unchanged), (0, 2));
+        assert_eq!(applier.features.store().get("u1").await.unwrap(), state);
+
+        // A second store fed the same events one at a time, in reverse, ends in the same state.
+        let dir2 = tempfile::tempdir().unwrap();
+        let other = applier_for(dir2.path(), root.path(), &version).await;
+        for e in events.iter().rev() {
+            other.apply(std::slice::from_ref(e)).await.unwrap();
+        }
+        let state2 = other.features.store().get("u1").await.unwrap();
+        assert_eq!(state2.history, state.history);
+        let v2 = state2.vector.unwrap();
+        assert_eq!(v2.model_version, vector.model_version);
+        for (a, b) in v2.values.iter().zip(&vector.values) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_vector_uses_the_whole_capped_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (applier, _model) = new_applier(dir.path()).await;
+        // History cap is 4: six events leave the newest four, and the vector is their fold-in.
+        let events: Vec<Event> = (0..6)
+            .map(|i| event(&format!("e{i}"), "u", &format!("i{i}"), 100 + i))
+            .collect();
+        for e in &events {
+            applier.apply(std::slice::from_ref(e)).await.unwrap();
+        }
+        let state = applier.features.store().get("u").await.unwrap();
+        let items: Vec<&str> = state.history.iter().map(|e| e.item_id.as_str()).collect();
+        assert_eq!(items, ["i2", "i3", "i4", "i5"]);
+        let model = applier.model.get().unwrap();
+        let expected = model.fold_in(&state.history).unwrap().unwrap();
+        assert_eq!(state.vector.unwrap().values, expected);
+    }
+
+    #[tokio::test]
+    async fn unknown_items_are_rejected_by_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let (applier, _model) = new_applier(dir.path()).await;
+        let e = event("x", "u", "no-such-item", 1_700_000_000_000);
+        let r = applier.check(&e, None, 1_700_000_000_000).unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownItem);
+        assert!(r.detail.contains("no-such-item"));
+    }
+}

@@ -1,0 +1,29 @@
+//! Errors of the nearline tier.
+
+/// What can stop a worker or fail a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum NearlineError {
+    #[error(transparent)]
+    Shared(#[from] recsys_shared::SharedError),
+    #[error(transparent)]
+    Store(#[from] recsys_shared::store::StoreError),
+    #[error("model version {version} cannot be used: {problem}")]
+    InvalidModel { version: String, problem: String },
+    #[error(
+        "no model is loaded yet: publish one (recsys offline train) before events can be folded in"
+    )]
+    NoModel,
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Input { path: String, problem: String },
+    #[error("dead-letter topic {topic}: {problem}; the batch is retried, not skipped")]
+    DeadLetter { topic: String, problem: String },
+}

@@ -1,0 +1,428 @@
+//! The event contract: decoding a Kafka record into an [`Event`] and deciding whether it can be
+//! applied. Anything that cannot is a [`Rejection`] with a machine-readable reason (the
+//! dead-letter header) and a human-readable detail naming the field.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use recsys_shared::config::Config;
+use recsys_shared::ids::id_problem;
+use recsys_shared::proto::v1;
+
+/// The `content-type` header of a protobuf-encoded [`v1::Event`].
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+/// The `content-type` header of a JSON-encoded event.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// One member interaction, decoded and validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub event_id: String,
+    pub user_id: String,
+    pub item_id: String,
+    pub event_type: String,
+    /// The rating of `rating` events; otherwise informational.
+    #[serde(default)]
+    pub value: f64,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+}
+
+impl Event {
+    /// The protobuf encoding (the record value under [`CONTENT_TYPE_PROTOBUF`]).
+    pub fn to_protobuf(&self) -> Vec<u8> {
+        v1::Event {
+            event_id: self.event_id.clone(),
+            user_id: self.user_id.clone(),
+            item_id: self.item_id.clone(),
+            event_type: self.event_type.clone(),
+            value: self.value,
+            ts: self.ts,
+        }
+        .encode_to_vec()
+    }
+
+    /// The JSON encoding (the record value under [`CONTENT_TYPE_JSON`]).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event serializes")
+    }
+}
+
+/// Why an event was not applied; [`RejectReason::name`] is the dead-letter header's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The bytes are not an event in the announced encoding.
+    Undecodable,
+    /// A required field is empty or missing.
+    MissingField,
+    /// An id breaks the id rules (length, control characters, white space).
+    InvalidId,
+    /// The record key is not the event's `user_id` (the member's events would lose their order).
+    KeyMismatch,
+    /// The event type has no weight in `offline.features.event_weights`.
+    UnknownEventType,
+    /// The current model does not know the item.
+    UnknownItem,
+    /// The timestamp is too far in the future or the past.
+    TimestampSkew,
+}
+
+impl RejectReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::Undecodable => "undecodable",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::InvalidId => "invalid_id",
+            RejectReason::KeyMismatch => "key_mismatch",
+            RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::UnknownItem => "unknown_item",
+            RejectReason::TimestampSkew => "timestamp_skew",
+        }
+    }
+
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::Undecodable,
+        RejectReason::MissingField,
+        RejectReason::InvalidId,
+        RejectReason::KeyMismatch,
+        RejectReason::UnknownEventType,
+        RejectReason::UnknownItem,
+        RejectReason::TimestampSkew,
+    ];
+}
+
+/// An event that cannot be applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason.name(), self.detail)
+    }
+}
+
+/// Decodes a record value. `content_type` is the record's `content-type` header; without one, a
+/// value starting with `{` is read as JSON and anything else as protobuf.
+pub fn decode(payload: Option<&[u8]>, content_type: Option<&str>) -> Result<Event, Rejection> {
+    let payload = payload
+        .ok_or_else(|| Rejection::new(RejectReason::Undecodable, "the record has no value"))?;
+    let json = match content_type.map(|c| c.split(';').next().unwrap_or("").trim()) {
+        Some(CONTENT_TYPE_JSON) => true,
+        Some(CONTENT_TYPE_PROTOBUF) | Some("application/protobuf") => false,
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::Undecodable,
+                format!(
+                "content-type {other:?} is neither {CONTENT_TYPE_PROTOBUF} nor {CONTENT_TYPE_JSON}"
+            ),
+            ))
+        }
+        None => payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+    };
+    if json {
+        serde_json::from_slice::<Event>(payload)
+            .map_err(|e| Rejection::new(RejectReason::Undecodable, format!("JSON: {e}")))
+    } else {
+        let e = v1::Event::decode(payload)
+            .map_err(|e| Rejection::new(RejectReason::Undecodable, format!("protobuf: {e}")))?;
+        Ok(Event {
+            event_id: e.event_id,
+            user_id: e.user_id,
+            item_id: e.item_id,
+            event_type: e.event_type,
+            value: e.value,
+            ts: e.ts,
+        })
+    }
+}
+
+/// What makes an event applicable, from the configuration: event weights, the rating threshold
+/// and the allowed clock skew.
+#[derive(Debug, Clone)]
+pub struct EventRules {
+    weights: BTreeMap<String, f64>,
+    rating_event_type: String,
+    rating_threshold: f64,
+    max_future_skew_ms: i64,
+    max_past_skew_ms: i64,
+}
+
+impl EventRules {
+    pub fn from_config(config: &Config) -> Self {
+        let f = &config.offline.features;
+        EventRules {
+            weights: f.event_weights.clone(),
+            rating_event_type: f.rating_event_type.clone(),
+            rating_threshold: f.rating_threshold,
+            max_future_skew_ms: config.nearline.max_future_skew_ms,
+            max_past_skew_ms: config.nearline.max_past_skew_ms,
+        }
+    }
+
+    /// Checks the fields that do not depend on the model; `key` is the record key, if any.
+    pub fn validate(
+        &self,
+        event: &Event,
+        key: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<(), Rejection> {
+        for (field, value) in [
+            ("event_id", &event.event_id),
+            ("user_id", &event.user_id),
+            ("item_id", &event.item_id),
+            ("event_type", &event.event_type),
+        ] {
+            if value.is_empty() {
+                return Err(Rejection::new(
+                    RejectReason::MissingField,
+                    format!("`{field}` is missing or empty"),
+                ));
+            }
+            if let Some(problem) = id_problem(value) {
+                return Err(Rejection::new(
+                    RejectReason::InvalidId,
+                    format!("`{field}`: {problem}"),
+                ));
+            }
+        }
+        if let Some(key) = key {
+            if key != event.user_id.as_bytes() {
+                return Err(Rejection::new(
+                    RejectReason::KeyMismatch,
+                    format!(
+                        "the record key {:?} is not the event's user_id {:?}",
+                        String::from_utf8_lossy(key),
+                        event.user_id
+                    ),
+                ));
+            }
+        }
+        if !self.weights.contains_key(&event.event_type) {
+            return Err(Rejection::new(
+                RejectReason::UnknownEventType,
+                format!(
+                    "`event_type` {:?} has no weight in offline.features.event_weights",
+                    event.event_type
+                ),
+            ));
+        }
+        if !event.value.is_finite() {
+            return Err(Rejection::new(
+                RejectReason::MissingField,
+                "`value` is not a finite number",
+            ));
+        }
+        if event.ts == 0 {
+            return Err(Rejection::new(
+                RejectReason::MissingField,
+                "`ts` is missing (0)",
+            ));
+        }
+        if event.ts > now_ms.saturating_add(self.max_future_skew_ms) {
+            return Err(Rejection::new(
+                RejectReason::TimestampSkew,
+                format!(
+                    "`ts` {} is {} ms in the future, more than nearline.max_future_skew_ms = {}",
+                    event.ts,
+                    event.ts - now_ms,
+                    self.max_future_skew_ms
+                ),
+            ));
+        }
+        if event.ts < now_ms.saturating_sub(self.max_past_skew_ms) {
+            return Err(Rejection::new(
+                RejectReason::TimestampSkew,
+                format!(
+                    "`ts` {} is {} ms in the past, more than nearline.max_past_skew_ms = {}",
+                    event.ts,
+                    now_ms - event.ts,
+                    self.max_past_skew_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The interaction strength the event adds, as the offline training table computes it (the
+    /// event type's weight; a rating below the threshold adds 0). Time decay is the offline job's
+    /// business: it is applied when a model is trained, not per event.
+    pub fn strength(&self, event: &Event) -> f32 {
+        let weight = self.weights.get(&event.event_type).copied().unwrap_or(0.0);
+        if event.event_type == self.rating_event_type && event.value < self.rating_threshold {
+            0.0
+        } else {
+            weight as f32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            event_id: "e1".into(),
+            user_id: "u1".into(),
+            item_id: "i1".into(),
+            event_type: "play".into(),
+            value: 0.0,
+            ts: 1_700_000_000_000,
+        }
+    }
+
+    fn rules() -> EventRules {
+        EventRules::from_config(&Config::default())
+    }
+
+    #[test]
+    fn both_encodings_decode_to_the_same_event() {
+        let e = event();
+        assert_eq!(
+            decode(Some(&e.to_protobuf()), Some(CONTENT_TYPE_PROTOBUF)),
+            Ok(e.clone())
+        );
+        assert_eq!(
+            decode(Some(&e.to_json()), Some(CONTENT_TYPE_JSON)),
+            Ok(e.clone())
+        );
+        // Without the header the encoding is recognised.
+        assert_eq!(decode(Some(&e.to_json()), None), Ok(e.clone()));
+        assert_eq!(decode(Some(&e.to_protobuf()), None), Ok(e));
+    }
+
+    #[test]
+    fn garbage_is_undecodable_with_the_reason() {
+        let r = decode(Some(b"{not json"), Some(CONTENT_TYPE_JSON)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Undecodable);
+        assert!(r.detail.starts_with("JSON"), "{r}");
+        let r = decode(Some(&[0xff, 0xff, 0xff]), Some(CONTENT_TYPE_PROTOBUF)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Undecodable);
+        let r = decode(Some(b"x"), Some("text/csv")).unwrap_err();
+        assert!(r.detail.contains("text/csv"), "{r}");
+        assert_eq!(
+            decode(None, None).unwrap_err().reason,
+            RejectReason::Undecodable
+        );
+        // An unknown JSON field is refused rather than ignored.
+        let r = decode(
+            Some(br#"{"event_id":"e","user_id":"u","item_id":"i","event_type":"play","ts":1,"usr":"x"}"#),
+            None,
+        )
+        .unwrap_err();
+        assert!(r.detail.contains("usr"), "{r}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let now = 1_700_000_000_000;
+        let rules = rules();
+        assert_eq!(rules.validate(&event(), Some(b"u1"), now), Ok(()));
+        let cases: Vec<(Event, Option<&[u8]>, RejectReason, &str)> = vec![
+            (
+                Event {
+                    event_id: "".into(),
+                    ..event()
+                },
+                None,
+                RejectReason::MissingField,
+                "event_id",
+            ),
+            (
+                Event {
+                    item_id: "".into(),
+                    ..event()
+                },
+                None,
+                RejectReason::MissingField,
+                "item_id",
+            ),
+            (
+                Event {
+                    user_id: " u".into(),
+                    ..event()
+                },
+                None,
+                RejectReason::InvalidId,
+                "user_id",
+            ),
+            (event(), Some(b"u2"), RejectReason::KeyMismatch, "u2"),
+            (
+                Event {
+                    event_type: "buy".into(),
+                    ..event()
+                },
+                None,
+                RejectReason::UnknownEventType,
+                "buy",
+            ),
+            (
+                Event {
+                    ts: now + 3_600_000,
+                    ..event()
+                },
+                None,
+                RejectReason::TimestampSkew,
+                "future",
+            ),
+            (
+                Event {
+                    ts: now - 400 * 86_400_000,
+                    ..event()
+                },
+                None,
+                RejectReason::TimestampSkew,
+                "past",
+            ),
+            (
+                Event { ts: 0, ..event() },
+                None,
+                RejectReason::MissingField,
+                "ts",
+            ),
+        ];
+        for (e, key, reason, needle) in cases {
+            let r = rules.validate(&e, key, now).unwrap_err();
+            assert_eq!(r.reason, reason, "{e:?}");
+            assert!(r.detail.contains(needle), "{r} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn strengths_follow_the_training_table() {
+        let rules = rules();
+        assert_eq!(rules.strength(&event()), 1.0);
+        let click = Event {
+            event_type: "click".into(),
+            ..event()
+        };
+        assert_eq!(rules.strength(&click), 0.25);
+        let good = Event {
+            event_type: "rating".into(),
+            value: 4.5,
+            ..event()
+        };
+        let bad = Event {
+            event_type: "rating".into(),
+            value: 2.0,
+            ..event()
+        };
+        assert_eq!(rules.strength(&good), 1.0);
+        assert_eq!(rules.strength(&bad), 0.0);
+    }
+}

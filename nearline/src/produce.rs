@@ -1,0 +1,255 @@
+//! `recsys nearline produce`: sends events from a file (JSON lines, or Parquet with the offline
+//! tier's interactions schema) to the events topic, keyed by member, for demos, tests and
+//! benchmarks. Also creates topics.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Float64Array, StringArray, TimestampMillisecondArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, TimeUnit};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use sha2::{Digest, Sha256};
+
+use recsys_shared::config::Config;
+use recsys_shared::progress::Progress;
+
+use crate::error::NearlineError;
+use crate::event::{Event, CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF};
+use crate::worker::client_config;
+
+/// The record encoding `produce` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    #[default]
+    Protobuf,
+    Json,
+}
+
+/// A deterministic event id for input rows without one, so producing a file twice sends the
+/// same ids.
+pub fn derived_event_id(e: &Event) -> String {
+    let mut h = Sha256::new();
+    for part in [&e.user_id, &e.item_id, &e.event_type] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(e.ts.to_le_bytes());
+    h.update(e.value.to_le_bytes());
+    hex::encode(&h.finalize()[..12])
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRow {
+    event_id: Option<String>,
+    user_id: String,
+    item_id: String,
+    event_type: String,
+    #[serde(default)]
+    value: Option<f64>,
+    ts: i64,
+}
+
+/// Reads events from JSON lines (`.json`, `.jsonl`, `.ndjson`) or Parquet (`.parquet`). A bad row
+/// is an error naming the file and line or row.
+pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
+    let input_error = |problem: String| NearlineError::Input {
+        path: path.display().to_string(),
+        problem,
+    };
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut events = Vec::new();
+    if ext == "parquet" {
+        let file = std::fs::File::open(path).map_err(|e| input_error(e.to_string()))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| input_error(e.to_string()))?;
+        let mut row = 0usize;
+        for batch in reader {
+            let batch = batch.map_err(|e| input_error(e.to_string()))?;
+            let column = |name: &str, ty: &DataType| {
+                let c = batch
+                    .column_by_name(name)
+                    .ok_or_else(|| input_error(format!("no column `{name}`")))?;
+                cast(c, ty).map_err(|e| input_error(format!("column `{name}`: {e}")))
+            };
+            let strings = |name: &str| -> Result<StringArray, NearlineError> {
+                Ok(column(name, &DataType::Utf8)?
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8")
+                    .clone())
+            };
+            let users = strings("user_id")?;
+            let items = strings("item_id")?;
+            let types = strings("event_type")?;
+            let ids = batch
+                .column_by_name("event_id")
+                .map(|_| strings("event_id"))
+                .transpose()?;
+            let values = column("value", &DataType::Float64)?;
+            let values = values
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64");
+            let ts = column("ts", &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+            let ts = ts
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("cast to Timestamp(ms)");
+            for i in 0..batch.num_rows() {
+                for (name, array) in [
+                    ("user_id", &users),
+                    ("item_id", &items),
+                    ("event_type", &types),
+                ] {
+                    if array.is_null(i) {
+                        return Err(input_error(format!("row {}: `{name}` is null", row + i)));
+                    }
+                }
+                if ts.is_null(i) {
+                    return Err(input_error(format!("row {}: `ts` is null", row + i)));
+                }
+                let mut e = Event {
+                    event_id: String::new(),
+                    user_id: users.value(i).to_string(),
+                    item_id: items.value(i).to_string(),
+                    event_type: types.value(i).to_string(),
+                    value: if values.is_null(i) {
+                        0.0
+                    } else {
+                        values.value(i)
+                    },
+                    ts: ts.value(i),
+                };
+                e.event_id = match &ids {
+                    Some(ids) if !ids.is_null(i) => ids.value(i).to_string(),
+                    _ => derived_event_id(&e),
+                };
+                events.push(e);
+            }
+            row += batch.num_rows();
+        }
+    } else if matches!(ext, "json" | "jsonl" | "ndjson") {
+        let file = std::fs::File::open(path).map_err(|e| input_error(e.to_string()))?;
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| input_error(e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: JsonRow = serde_json::from_str(&line)
+                .map_err(|e| input_error(format!("line {}: {e}", n + 1)))?;
+            let mut e = Event {
+                event_id: row.event_id.unwrap_or_default(),
+                user_id: row.user_id,
+                item_id: row.item_id,
+                event_type: row.event_type,
+                value: row.value.unwrap_or(0.0),
+                ts: row.ts,
+            };
+            if e.event_id.is_empty() {
+                e.event_id = derived_event_id(&e);
+            }
+            events.push(e);
+        }
+    } else {
+        return Err(input_error(
+            "unknown format: name the file .jsonl, .json, .ndjson or .parquet".into(),
+        ));
+    }
+    Ok(events)
+}
+
+/// Creates `topics` (name, partitions) unless they exist.
+pub async fn ensure_topics(config: &Config, topics: &[(&str, i32)]) -> Result<(), NearlineError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(NearlineError::Kafka(rdkafka::error::KafkaError::AdminOp(
+                    code,
+                )))
+                .inspect_err(|_| tracing::error!(%topic, "topic not created"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one event, keyed by member, and waits for the broker's acknowledgement.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &Event,
+    encoding: Encoding,
+) -> Result<(), NearlineError> {
+    let (payload, content_type) = match encoding {
+        Encoding::Protobuf => (event.to_protobuf(), CONTENT_TYPE_PROTOBUF),
+        Encoding::Json => (event.to_json(), CONTENT_TYPE_JSON),
+    };
+    let record = FutureRecord::to(topic)
+        .key(event.user_id.as_bytes())
+        .payload(&payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(content_type),
+        }));
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| NearlineError::Kafka(e))
+}
+
+/// Sends `events` in order with up to `in_flight` unacknowledged at a time; `rate` caps events per
+/// second (0 = as fast as possible). Returns the seconds taken.
+pub async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    events: &[Event],
+    encoding: Encoding,
+    rate: f64,
+    in_flight: usize,
+) -> Result<f64, NearlineError> {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let mut progress = Progress::new("producing events", events.len() as u64);
+    let mut sent = futures::stream::iter(events.iter().enumerate())
+        .map(|(i, e)| async move {
+            if rate > 0.0 {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            send(producer, topic, e, encoding).await
+        })
+        .buffered(in_flight.max(1));
+    let mut done = 0u64;
+    while let Some(result) = sent.next().await {
+        result?;
+        done += 1;
+        if done.is_multiple_of(1000) {
+            progress.advance(1000, "");
+        }
+    }
+    progress.advance(done % 1000, "");
+    progress.finish();
+    Ok(started.elapsed().as_secs_f64())
+}

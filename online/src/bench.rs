@@ -1,0 +1,394 @@
+//! `recsys online bench`: the scoring kernel next to NumPy on the same matrix, and a gRPC load
+//! generator against a real `recsys online serve` process on loopback.
+//!
+//! Figures are printed, never asserted. Rounds alternate recsys and the peer so that CPU steal on a
+//! shared machine hits both alike; the fastest round of each is reported.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+pub use recsys_shared::artifact::synthetic::{random_factors, synthetic_model};
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::RankRequest;
+
+use crate::scoring::ItemMatrix;
+
+/// Options of `recsys online bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Catalog sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
+    pub items: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub factors: usize,
+    /// Items returned per query (the top-k of both recsys and NumPy).
+    #[arg(long, default_value_t = 100)]
+    pub top: usize,
+    /// Member vectors scored per kernel round.
+    #[arg(long, default_value_t = 500)]
+    pub queries: usize,
+    /// Alternating kernel rounds (recsys, NumPy, recsys, ...); the fastest of each is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Members in the served model (vectors and histories in the embedded store).
+    #[arg(long, default_value_t = 20_000)]
+    pub members: usize,
+    /// Concurrent requests in flight from the load generator.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the load generator spreads requests over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Seconds of load per catalog size (after 2 s of warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Measure only the kernel.
+    #[arg(long)]
+    pub skip_server: bool,
+    /// Do not run the NumPy peer.
+    #[arg(long)]
+    pub skip_peer: bool,
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Directory of `numpy_scoring.py`.
+    #[arg(long, default_value = "deploy/bench")]
+    pub peer_dir: PathBuf,
+    /// Scratch directory [default: a temporary one].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+struct KernelFigures {
+    recsys_us: f64,
+    exact_us: f64,
+    numpy_us: Option<f64>,
+    recall: f64,
+}
+
+fn time_queries(queries: &[Vec<f32>], mut f: impl FnMut(&[f32]) -> usize) -> f64 {
+    let started = Instant::now();
+    let mut sink = 0usize;
+    for q in queries {
+        sink = sink.wrapping_add(f(q));
+    }
+    std::hint::black_box(sink);
+    started.elapsed().as_secs_f64() * 1e6 / queries.len() as f64
+}
+
+fn run_numpy(args: &BenchArgs, dir: &Path) -> Result<f64, String> {
+    let script = args.peer_dir.join("numpy_scoring.py");
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg(dir)
+        .args(["--k", &args.top.to_string(), "--rounds", "1"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{} {}: {e}", args.python, script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} exited with {}", script.display(), out.status));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(line.trim()).map_err(|e| format!("peer output {line:?}: {e}"))?;
+    json["us_per_query"]
+        .as_f64()
+        .ok_or_else(|| format!("peer output {line:?} has no us_per_query"))
+}
+
+fn write_f32(path: &Path, values: &[f32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes)
+}
+
+fn kernel(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+) -> Result<KernelFigures, Box<dyn std::error::Error>> {
+    let k = args.factors;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ n as u64);
+    let factors = random_factors(&mut rng, n, k);
+    let queries: Vec<Vec<f32>> = (0..args.queries)
+        .map(|_| random_factors(&mut rng, 1, k))
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    write_f32(&dir.join("items.f32"), &factors)?;
+    write_f32(&dir.join("queries.f32"), &queries.concat())?;
+    std::fs::write(
+        dir.join("meta.json"),
+        serde_json::json!({"items": n, "factors": k, "queries": args.queries}).to_string(),
+    )?;
+    let matrix = ItemMatrix::new(factors, k);
+    // Agreement of the quantised pool with the exact top-k.
+    let mut hits = 0usize;
+    for q in &queries {
+        let exact: std::collections::HashSet<u32> = matrix
+            .top_k_exact(q, args.top, |_| true)
+            .iter()
+            .map(|s| s.index)
+            .collect();
+        hits += matrix
+            .top_k(q, args.top, |_| true)
+            .iter()
+            .filter(|s| exact.contains(&s.index))
+            .count();
+    }
+    let recall = hits as f64 / (queries.len() * args.top) as f64;
+    let mut figures = KernelFigures {
+        recsys_us: f64::INFINITY,
+        exact_us: f64::INFINITY,
+        numpy_us: None,
+        recall,
+    };
+    for round in 0..args.rounds {
+        let r = time_queries(&queries, |q| matrix.top_k(q, args.top, |_| true).len());
+        let e = time_queries(&queries, |q| {
+            matrix.top_k_exact(q, args.top, |_| true).len()
+        });
+        figures.recsys_us = figures.recsys_us.min(r);
+        figures.exact_us = figures.exact_us.min(e);
+        let mut line = format!(
+            "  round {}: recsys {r:.1} µs/query (exact f32 path {e:.1})",
+            round + 1
+        );
+        if !args.skip_peer {
+            match run_numpy(args, dir) {
+                Ok(us) => {
+                    figures.numpy_us = Some(figures.numpy_us.map_or(us, |b: f64| b.min(us)));
+                    line.push_str(&format!(", NumPy {us:.1} µs/query"));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "  NumPy peer failed ({e}); pip install -r deploy/bench/requirements.txt"
+                    );
+                }
+            }
+        }
+        eprintln!("{line}");
+    }
+    Ok(figures)
+}
+
+struct ServerFigures {
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    errors: u64,
+    rss_mib: f64,
+    peak_rss_mib: f64,
+    limit_mib: f64,
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn wait_ready(metrics: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(metrics).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn server(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+) -> Result<ServerFigures, Box<dyn std::error::Error>> {
+    let models = dir.join("models");
+    let store = dir.join("features");
+    synthetic_model(&models, n, args.members, args.factors, args.seed)?;
+    let grpc_port = free_port();
+    let metrics_port = free_port();
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["online", "serve"])
+        .env("RECSYS__MODEL__ROOT", &models)
+        .env("RECSYS__STORE__EMBEDDED__PATH", &store)
+        .env("RECSYS__ONLINE__LISTEN", format!("127.0.0.1:{grpc_port}"))
+        .env(
+            "RECSYS__ONLINE__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env("RECSYS_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let result = async {
+        if !wait_ready(
+            &format!("127.0.0.1:{metrics_port}"),
+            Duration::from_secs(300),
+        )
+        .await
+        {
+            return Err("server did not become ready".into());
+        }
+        let endpoint = format!("http://127.0.0.1:{grpc_port}");
+        let mut clients = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            clients.push(RankingClient::connect(endpoint.clone()).await?);
+        }
+        let load = |seconds: u64| {
+            let stop = Instant::now() + Duration::from_secs(seconds);
+            let tasks: Vec<_> = (0..args.concurrency.max(1))
+                .map(|t| {
+                    let mut client = clients[t % clients.len()].clone();
+                    let members = args.members;
+                    let top = args.top as u32;
+                    tokio::spawn(async move {
+                        let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                        let mut latencies = Vec::new();
+                        let mut errors = 0u64;
+                        while Instant::now() < stop {
+                            let request = RankRequest {
+                                user_id: format!("m{}", rng.random_range(0..members)),
+                                k: top,
+                                exclude_seen: true,
+                                ..Default::default()
+                            };
+                            let started = Instant::now();
+                            match client.rank(request).await {
+                                Ok(_) => latencies.push(started.elapsed().as_micros() as u32),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        (latencies, errors)
+                    })
+                })
+                .collect();
+            async move {
+                let mut all = Vec::new();
+                let mut errors = 0;
+                for t in tasks {
+                    let (l, e) = t.await.expect("load task");
+                    all.extend(l);
+                    errors += e;
+                }
+                (all, errors)
+            }
+        };
+        load(2).await; // warm-up: caches, connections
+        let started = Instant::now();
+        let (mut latencies, errors) = load(args.seconds).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let factor_bytes = (n * args.factors * 4) as f64;
+        Ok(ServerFigures {
+            qps: latencies.len() as f64 / elapsed,
+            p50_ms: percentile(&latencies, 0.50),
+            p99_ms: percentile(&latencies, 0.99),
+            p999_ms: percentile(&latencies, 0.999),
+            errors,
+            rss_mib: proc_status_kib(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
+            peak_rss_mib: proc_status_kib(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+            limit_mib: 2.0 * factor_bytes / (1 << 20) as f64 + 200.0,
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs the benchmark and prints its figures (a table on stderr, one JSON line per size on stdout).
+pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let scratch;
+    let work: PathBuf = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            scratch =
+                std::env::temp_dir().join(format!("recsys-online-bench-{}", std::process::id()));
+            scratch.clone()
+        }
+    };
+    let args = Arc::new(args.clone());
+    for &n in &args.items {
+        eprintln!(
+            "== {n} items × {} factors, top {} ==",
+            args.factors, args.top
+        );
+        let dir = work.join(format!("n{n}"));
+        let kernel = kernel(&args, n, &dir).map_err(|e| e.to_string())?;
+        let ratio = kernel.numpy_us.map(|np| kernel.recsys_us / np);
+        eprintln!(
+            "scoring: recsys {:.1} µs/query (quantised scan + exact re-score; recall of the exact top-{} {:.4}), exact f32 {:.1} µs/query, NumPy {} → ratio recsys/NumPy {}",
+            kernel.recsys_us,
+            args.top,
+            kernel.recall,
+            kernel.exact_us,
+            kernel.numpy_us.map_or("n/a".into(), |v| format!("{v:.1} µs/query")),
+            ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+        );
+        let mut summary = serde_json::json!({
+            "items": n,
+            "factors": args.factors,
+            "top": args.top,
+            "recsys_us_per_query": kernel.recsys_us,
+            "recsys_exact_us_per_query": kernel.exact_us,
+            "numpy_us_per_query": kernel.numpy_us,
+            "ratio_vs_numpy": ratio,
+            "recall_vs_exact": kernel.recall,
+        });
+        if !args.skip_server {
+            let s = server(&args, n, &dir).await.map_err(|e| e.to_string())?;
+            eprintln!(
+                "server: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, {} errors; RSS {:.0} MiB (peak {:.0}; target ≤ {:.0} MiB)",
+                s.qps, args.concurrency, s.p50_ms, s.p99_ms, s.p999_ms, s.errors, s.rss_mib, s.peak_rss_mib, s.limit_mib
+            );
+            summary["qps"] = s.qps.into();
+            summary["p50_ms"] = s.p50_ms.into();
+            summary["p99_ms"] = s.p99_ms.into();
+            summary["p999_ms"] = s.p999_ms.into();
+            summary["errors"] = s.errors.into();
+            summary["rss_mib"] = s.rss_mib.into();
+            summary["peak_rss_mib"] = s.peak_rss_mib.into();
+            summary["rss_target_mib"] = s.limit_mib.into();
+            summary["concurrency"] = args.concurrency.into();
+        }
+        println!("{summary}");
+    }
+    if args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}

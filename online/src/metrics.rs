@@ -1,0 +1,65 @@
+//! Prometheus metrics of the online tier, served with the health probes by
+//! [`recsys_shared::ops::serve_http`] (`/readyz` is ready once a model is loaded).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+};
+
+/// Requests by RPC and gRPC status code name.
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_rpc_requests_total",
+        "gRPC requests by method and status code",
+        &["rpc", "code"]
+    )
+    .expect("registers once")
+});
+
+/// Server-side latency by RPC and status.
+pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "recsys_rpc_latency_seconds",
+        "gRPC handler latency by method and status code",
+        &["rpc", "code"],
+        vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+    )
+    .expect("registers once")
+});
+
+/// Where member vectors came from (`cache`, `store`, `fold_in`, `cold_start`) and `degraded`.
+pub static VECTOR_SOURCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_member_vector_source_total",
+        "Ranked members by where their vector came from",
+        &["source"]
+    )
+    .expect("registers once")
+});
+
+/// 1 for the model version being served.
+pub static MODEL_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "recsys_model_version_info",
+        "The model version being served (value 1)",
+        &["version"]
+    )
+    .expect("registers once")
+});
+
+pub static CATALOG_ITEMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("recsys_catalog_items", "Items in the served catalog")
+        .expect("registers once")
+});
+
+/// Model loads by result: `swapped`, `refused` (invalid or corrupt version).
+pub static MODEL_SWAPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_model_swaps_total",
+        "Model versions loaded and swapped in, or refused",
+        &["result"]
+    )
+    .expect("registers once")
+});

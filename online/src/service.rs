@@ -1,0 +1,492 @@
+//! The `recsys.v1.Ranking` service: request validation, the member's vector (cache → store →
+//! fold-in → cold start), whole-catalog scoring and the homepage rows.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use recsys_shared::ids::id_problem;
+use recsys_shared::proto::v1::ranking_server::Ranking;
+use recsys_shared::proto::v1::{
+    HomepageRequest, HomepageResponse, RankRequest, RankResponse, Row, ScoredItem,
+    SimilarItemsRequest, SimilarItemsResponse, VectorSource,
+};
+use recsys_shared::store::cache::{FeatureReader, Source};
+use recsys_shared::store::features::HistoryEntry;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::Catalog;
+use crate::metrics::{LATENCY, REQUESTS, VECTOR_SOURCES};
+use crate::scoring::Scored;
+
+/// Request limits; a request beyond one is answered `INVALID_ARGUMENT` naming the field.
+pub mod limits {
+    pub const MAX_K: u32 = 1000;
+    pub const DEFAULT_K: u32 = 20;
+    pub const MAX_EXCLUDED: usize = 1000;
+    pub const MAX_ROWS: u32 = 20;
+    pub const DEFAULT_ROWS: u32 = 3;
+    pub const MAX_ITEMS_PER_ROW: u32 = 100;
+    pub const DEFAULT_ITEMS_PER_ROW: u32 = 10;
+}
+
+/// State shared by every request: the catalog being served and the feature read path.
+pub struct Ranker {
+    catalog: ArcSwapOption<Catalog>,
+    reader: FeatureReader,
+    max_request: Duration,
+}
+
+/// A member as the ranking sees them.
+struct Member {
+    vector: Option<Vec<f32>>,
+    history: Vec<HistoryEntry>,
+    source: VectorSource,
+    degraded: bool,
+}
+
+/// A short, stable, non-reversible tag for a member id in logs.
+pub fn member_tag(user_id: &str) -> String {
+    hex::encode(&Sha256::digest(user_id.as_bytes())[..6])
+}
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    match id_problem(id) {
+        Some(problem) => Err(invalid(field, problem)),
+        None => Ok(()),
+    }
+}
+
+fn check_country(country: &str) -> Result<Option<String>, Status> {
+    if country.is_empty() {
+        return Ok(None);
+    }
+    if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(invalid(
+            "country",
+            format!("{country:?} is not an ISO 3166-1 alpha-2 code such as \"US\""),
+        ));
+    }
+    Ok(Some(country.to_ascii_uppercase()))
+}
+
+fn bounded(field: &str, value: u32, default: u32, max: u32) -> Result<usize, Status> {
+    match value {
+        0 => Ok(default as usize),
+        v if v > max => Err(invalid(
+            field,
+            format!("{v} is more than the limit of {max}"),
+        )),
+        v => Ok(v as usize),
+    }
+}
+
+/// The client's deadline (`grpc-timeout`), capped by the server's own limit.
+fn deadline_of<T>(request: &Request<T>, max: Duration) -> Duration {
+    let Some(value) = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return max;
+    };
+    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+    let Ok(amount) = digits.parse::<u64>() else {
+        return max;
+    };
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return max,
+    };
+    timeout.min(max)
+}
+
+fn scored(catalog: &Catalog, items: impl IntoIterator<Item = Scored>) -> Vec<ScoredItem> {
+    items
+        .into_iter()
+        .map(|s| ScoredItem {
+            item_id: catalog.item_ids[s.index as usize].clone(),
+            score: s.score,
+            title: catalog.title(s.index).to_string(),
+        })
+        .collect()
+}
+
+impl Ranker {
+    pub fn new(reader: FeatureReader, max_request: Duration) -> Self {
+        Ranker {
+            catalog: ArcSwapOption::empty(),
+            reader,
+            max_request,
+        }
+    }
+
+    /// The catalog being served, if any.
+    pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        self.catalog.load_full()
+    }
+
+    /// Swaps in a new catalog; requests in flight finish on the one they hold.
+    pub fn swap(&self, catalog: Arc<Catalog>) -> Option<Arc<Catalog>> {
+        self.catalog.swap(Some(catalog))
+    }
+
+    pub fn reader(&self) -> &FeatureReader {
+        &self.reader
+    }
+
+    fn serving(&self) -> Result<Arc<Catalog>, Status> {
+        self.catalog
+            .load_full()
+            .ok_or_else(|| Status::unavailable("no model loaded yet"))
+    }
+
+    /// The member's vector for `catalog`: a stored one of this model, else folded in from the
+    /// history, else none (cold start). A store failure degrades to cold start.
+    async fn member(&self, catalog: &Catalog, user_id: &str) -> Member {
+        let (features, source) = match self.reader.get(user_id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(member = %member_tag(user_id), error = %e,
+                    "feature store unavailable: popularity ranking, degraded");
+                VECTOR_SOURCES.with_label_values(&["degraded"]).inc();
+                return Member {
+                    vector: None,
+                    history: Vec::new(),
+                    source: VectorSource::ColdStart,
+                    degraded: true,
+                };
+            }
+        };
+        let history = features.history.clone();
+        if let Some(v) = &features.vector {
+            if v.model_version == catalog.version && v.values.len() == catalog.factors() {
+                let source = match source {
+                    Source::Cache => VectorSource::Cache,
+                    Source::Store => VectorSource::Store,
+                };
+                return Member {
+                    vector: Some(v.values.clone()),
+                    history,
+                    source,
+                    degraded: false,
+                };
+            }
+        }
+        match catalog.fold_in(&history) {
+            Ok(Some(vector)) => Member {
+                vector: Some(vector),
+                history,
+                source: VectorSource::FoldIn,
+                degraded: false,
+            },
+            Ok(None) => Member {
+                vector: None,
+                history,
+                source: VectorSource::ColdStart,
+                degraded: false,
+            },
+            Err(e) => {
+                tracing::error!(member = %member_tag(user_id), error = %e, "fold-in failed");
+                Member {
+                    vector: None,
+                    history,
+                    source: VectorSource::ColdStart,
+                    degraded: true,
+                }
+            }
+        }
+    }
+
+    fn count_source(member: &Member) {
+        let label = match member.source {
+            VectorSource::Cache => "cache",
+            VectorSource::Store => "store",
+            VectorSource::FoldIn => "fold_in",
+            _ => "cold_start",
+        };
+        VECTOR_SOURCES.with_label_values(&[label]).inc();
+    }
+
+    /// The popularity ranking among `allowed` items.
+    fn popular(catalog: &Catalog, k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
+        catalog
+            .popularity
+            .iter()
+            .filter(|(i, _)| allowed(*i))
+            .take(k)
+            .map(|&(index, score)| Scored { index, score })
+            .collect()
+    }
+
+    fn seen(catalog: &Catalog, history: &[HistoryEntry]) -> HashSet<u32> {
+        history
+            .iter()
+            .filter_map(|e| catalog.index.get(&e.item_id).copied())
+            .collect()
+    }
+
+    async fn rank(&self, request: RankRequest) -> Result<RankResponse, Status> {
+        check_id("user_id", &request.user_id)?;
+        let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
+        let country = check_country(&request.country)?;
+        if request.exclude_item_ids.len() > limits::MAX_EXCLUDED {
+            return Err(invalid(
+                "exclude_item_ids",
+                format!(
+                    "{} ids, at most {} are allowed",
+                    request.exclude_item_ids.len(),
+                    limits::MAX_EXCLUDED
+                ),
+            ));
+        }
+        for id in &request.exclude_item_ids {
+            check_id("exclude_item_ids", id)?;
+        }
+        let catalog = self.serving()?;
+        let member = self.member(&catalog, &request.user_id).await;
+        Self::count_source(&member);
+        let mut excluded: HashSet<u32> = request
+            .exclude_item_ids
+            .iter()
+            .filter_map(|id| catalog.index.get(id).copied())
+            .collect();
+        if request.exclude_seen {
+            excluded.extend(Self::seen(&catalog, &member.history));
+        }
+        let country = country.as_deref();
+        let allowed = |i: u32| !excluded.contains(&i) && catalog.available(i, country);
+        let items = match &member.vector {
+            Some(vector) => catalog.items.top_k(vector, k, allowed),
+            None => Self::popular(&catalog, k, allowed),
+        };
+        tracing::debug!(member = %member_tag(&request.user_id), source = ?member.source, k, "rank");
+        Ok(RankResponse {
+            items: scored(&catalog, items),
+            model_version: catalog.version.clone(),
+            vector_source: member.source as i32,
+            degraded: member.degraded,
+        })
+    }
+
+    async fn homepage(&self, request: HomepageRequest) -> Result<HomepageResponse, Status> {
+        check_id("user_id", &request.user_id)?;
+        let rows = bounded("rows", request.rows, limits::DEFAULT_ROWS, limits::MAX_ROWS)?;
+        let per_row = bounded(
+            "items_per_row",
+            request.items_per_row,
+            limits::DEFAULT_ITEMS_PER_ROW,
+            limits::MAX_ITEMS_PER_ROW,
+        )?;
+        let country = check_country(&request.country)?;
+        let country = country.as_deref();
+        let catalog = self.serving()?;
+        let member = self.member(&catalog, &request.user_id).await;
+        Self::count_source(&member);
+        // Titles the member has seen, and titles already placed in a row, are not shown again.
+        let mut used = Self::seen(&catalog, &member.history);
+        let mut out = Vec::new();
+        let mut row =
+            |title: String, kind: &str, seed: &str, items: Vec<Scored>, used: &mut HashSet<u32>| {
+                used.extend(items.iter().map(|s| s.index));
+                if !items.is_empty() {
+                    out.push(Row {
+                        title,
+                        kind: kind.into(),
+                        seed_item_id: seed.into(),
+                        items: scored(&catalog, items),
+                    });
+                }
+            };
+        let personal = member.vector.is_some();
+        if let Some(vector) = &member.vector {
+            let items = catalog.items.top_k(vector, per_row, |i| {
+                !used.contains(&i) && catalog.available(i, country)
+            });
+            row(
+                "Top picks for you".into(),
+                "top_picks",
+                "",
+                items,
+                &mut used,
+            );
+        }
+        // "Because you watched": seeded from the newest distinct history items.
+        let seed_rows = rows.saturating_sub(if personal { 2 } else { 1 });
+        let mut seeds = Vec::new();
+        for e in member.history.iter().rev() {
+            if seeds.len() == seed_rows {
+                break;
+            }
+            if let Some(&i) = catalog.index.get(&e.item_id) {
+                if !seeds.contains(&i) {
+                    seeds.push(i);
+                }
+            }
+        }
+        for seed in seeds {
+            let items = catalog.items.similar(seed as usize, per_row, |i| {
+                !used.contains(&i) && catalog.available(i, country)
+            });
+            let name = match catalog.title(seed) {
+                "" => catalog.item_ids[seed as usize].as_str(),
+                t => t,
+            };
+            let seed_id = catalog.item_ids[seed as usize].clone();
+            row(
+                format!("Because you watched {name}"),
+                "because_you_watched",
+                &seed_id,
+                items,
+                &mut used,
+            );
+        }
+        let items = Self::popular(&catalog, per_row, |i| {
+            !used.contains(&i) && catalog.available(i, country)
+        });
+        row("Trending now".into(), "trending", "", items, &mut used);
+        out.truncate(rows);
+        Ok(HomepageResponse {
+            rows: out,
+            model_version: catalog.version.clone(),
+            vector_source: member.source as i32,
+            degraded: member.degraded,
+        })
+    }
+
+    async fn similar_items(
+        &self,
+        request: SimilarItemsRequest,
+    ) -> Result<SimilarItemsResponse, Status> {
+        check_id("item_id", &request.item_id)?;
+        let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
+        let catalog = self.serving()?;
+        let Some(&index) = catalog.index.get(&request.item_id) else {
+            return Err(Status::not_found(format!(
+                "item_id: {:?} is not in model {}",
+                request.item_id, catalog.version
+            )));
+        };
+        let items = catalog.items.similar(index as usize, k, |_| true);
+        Ok(SimilarItemsResponse {
+            items: scored(&catalog, items),
+            model_version: catalog.version.clone(),
+        })
+    }
+
+    /// Runs one RPC under the request's deadline and records its status and latency.
+    async fn observe<T>(
+        &self,
+        rpc: &'static str,
+        deadline: Duration,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "deadline of {} ms exceeded",
+                deadline.as_millis()
+            ))),
+        };
+        let code = match &result {
+            Ok(_) => "Ok".to_string(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        REQUESTS.with_label_values(&[rpc, &code]).inc();
+        LATENCY
+            .with_label_values(&[rpc, &code])
+            .observe(started.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+}
+
+/// The tonic service over a shared [`Ranker`].
+#[derive(Clone)]
+pub struct RankingService(pub Arc<Ranker>);
+
+#[tonic::async_trait]
+impl Ranking for RankingService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        self.0
+            .observe("Rank", deadline, self.0.rank(request.into_inner()))
+            .await
+    }
+
+    async fn homepage(
+        &self,
+        request: Request<HomepageRequest>,
+    ) -> Result<Response<HomepageResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        self.0
+            .observe("Homepage", deadline, self.0.homepage(request.into_inner()))
+            .await
+    }
+
+    async fn similar_items(
+        &self,
+        request: Request<SimilarItemsRequest>,
+    ) -> Result<Response<SimilarItemsResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        self.0
+            .observe(
+                "SimilarItems",
+                deadline,
+                self.0.similar_items(request.into_inner()),
+            )
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_parse_from_grpc_timeout() {
+        let max = Duration::from_secs(5);
+        let mut r = Request::new(());
+        assert_eq!(deadline_of(&r, max), max);
+        r.metadata_mut()
+            .insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(deadline_of(&r, max), Duration::from_millis(250));
+        r.metadata_mut()
+            .insert("grpc-timeout", "2H".parse().unwrap());
+        assert_eq!(deadline_of(&r, max), max, "capped by the server");
+        r.metadata_mut()
+            .insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(deadline_of(&r, max), max);
+    }
+
+    #[test]
+    fn limits_name_the_field() {
+        assert_eq!(bounded("k", 0, 20, 1000).unwrap(), 20);
+        let e = bounded("k", 1001, 20, 1000).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("k: "), "{}", e.message());
+        assert_eq!(check_country("us").unwrap().as_deref(), Some("US"));
+        assert!(check_country("USA")
+            .unwrap_err()
+            .message()
+            .starts_with("country: "));
+        assert!(check_id("user_id", "")
+            .unwrap_err()
+            .message()
+            .starts_with("user_id: "));
+        assert_eq!(member_tag("m1"), member_tag("m1"));
+        assert_ne!(member_tag("m1"), member_tag("m2"));
+    }
+}

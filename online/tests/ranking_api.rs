@@ -1,0 +1,653 @@
+//! The ranking API through a real tonic client against a real server: RPCs, bad requests,
+//! deadlines, health and reflection, the hot swap under load, a corrupt model, and Redis and the
+//! store failing under load (real `redis-server` processes of the test's own).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recsys_online::bench::synthetic_model;
+use recsys_online::server::{start, RunningServer};
+use recsys_shared::artifact::{files, ModelRoot};
+use recsys_shared::config::{CacheBackend, Config, StoreBackend};
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::{
+    HomepageRequest, RankRequest, RankResponse, SimilarItemsRequest, VectorSource,
+};
+use recsys_shared::testkit::RedisServer;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const ITEMS: usize = 2000;
+const MEMBERS: usize = 300;
+const K: usize = 16;
+
+fn config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.model.root = dir.join("models");
+    config.store.embedded.path = dir.join("features");
+    config.online.listen = "127.0.0.1:0".into();
+    config.online.metrics_listen = "127.0.0.1:0".into();
+    config.online.model_poll_ms = 50;
+    config
+}
+
+async fn client(server: &RunningServer) -> RankingClient<Channel> {
+    RankingClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap()
+}
+
+fn rank(user: &str) -> RankRequest {
+    RankRequest {
+        user_id: user.into(),
+        k: 20,
+        ..Default::default()
+    }
+}
+
+fn ids(response: &RankResponse) -> Vec<String> {
+    response.items.iter().map(|i| i.item_id.clone()).collect()
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The items of member `m{i}`'s synthetic history, read from the store the server loaded.
+async fn history_of(server: &RunningServer, user: &str) -> HashSet<String> {
+    let (features, _) = server.ranker.reader().get(user).await.unwrap();
+    features.history.iter().map(|e| e.item_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_homepage_and_similar_items_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let version = synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 1).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+
+    // A known member: their stored vector of this model, then the cache.
+    let first = c.rank(rank("m1")).await.unwrap().into_inner();
+    assert_eq!(first.model_version, version);
+    assert_eq!(first.vector_source, VectorSource::Store as i32);
+    assert_eq!(first.items.len(), 20);
+    assert!(!first.degraded);
+    assert!(
+        first.items.windows(2).all(|w| w[0].score >= w[1].score),
+        "best first"
+    );
+    assert!(first.items.iter().all(|i| i.title.starts_with("Title ")));
+    let mut second = None;
+    for _ in 0..50 {
+        let r = c.rank(rank("m1")).await.unwrap().into_inner();
+        if r.vector_source == VectorSource::Cache as i32 {
+            second = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = second.expect("the second read comes from the cache");
+    assert_eq!(ids(&second), ids(&first), "same vector, same ranking");
+
+    // Exclusions: the member's history, explicit ids, and items not available in a country.
+    let seen = history_of(&server, "m1").await;
+    assert!(!seen.is_empty());
+    let r = c
+        .rank(RankRequest {
+            user_id: "m1".into(),
+            k: 200,
+            exclude_seen: true,
+            exclude_item_ids: vec![first.items[0].item_id.clone()],
+            country: "fr".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.items.len(), 200);
+    for item in &r.items {
+        assert!(!seen.contains(&item.item_id), "{} was seen", item.item_id);
+        assert_ne!(item.item_id, first.items[0].item_id);
+        let j: usize = item.item_id[1..].parse().unwrap();
+        assert!(j % 10 != 0, "{} is US-only", item.item_id);
+    }
+
+    // An unknown member gets the popularity ranking, not an error.
+    let cold = c.rank(rank("nobody")).await.unwrap().into_inner();
+    assert_eq!(cold.vector_source, VectorSource::ColdStart as i32);
+    assert_eq!(ids(&cold)[..3], ["i0", "i1", "i2"]);
+
+    // A member with a history but a vector of another model is folded in.
+    server
+        .ranker
+        .reader()
+        .store()
+        .put_vector(
+            "m2",
+            &recsys_shared::store::features::MemberVector {
+                model_version: "an-older-model".into(),
+                values: vec![0.0; K],
+            },
+            recsys_shared::store::IdempotencyToken::now(),
+        )
+        .await
+        .unwrap();
+    server.ranker.reader().invalidate("m2").await;
+    let folded = c.rank(rank("m2")).await.unwrap().into_inner();
+    assert_eq!(folded.vector_source, VectorSource::FoldIn as i32);
+
+    // The homepage: titled rows, no title twice, nothing already seen.
+    let page = c
+        .homepage(HomepageRequest {
+            user_id: "m1".into(),
+            rows: 4,
+            items_per_row: 10,
+            country: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<&str> = page.rows.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "top_picks",
+            "because_you_watched",
+            "because_you_watched",
+            "trending"
+        ]
+    );
+    assert_eq!(page.rows[0].title, "Top picks for you");
+    assert!(page.rows[1].title.starts_with("Because you watched Title "));
+    assert!(seen.contains(&page.rows[1].seed_item_id));
+    let mut shown = HashSet::new();
+    for row in &page.rows {
+        assert_eq!(row.items.len(), 10, "{}", row.title);
+        for item in &row.items {
+            assert!(
+                shown.insert(item.item_id.clone()),
+                "{} repeated",
+                item.item_id
+            );
+            assert!(!seen.contains(&item.item_id));
+        }
+    }
+    let cold_page = c
+        .homepage(HomepageRequest {
+            user_id: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cold_page.rows.len(), 1);
+    assert_eq!(cold_page.rows[0].kind, "trending");
+
+    // Similar items: cosine neighbours, never the item itself; unknown items are NOT_FOUND.
+    let similar = c
+        .similar_items(SimilarItemsRequest {
+            item_id: "i5".into(),
+            k: 7,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(similar.items.len(), 7);
+    assert!(similar.items.iter().all(|i| i.item_id != "i5"));
+    assert!(similar.items.iter().all(|i| i.score <= 1.0001));
+    let missing = c
+        .similar_items(SimilarItemsRequest {
+            item_id: "no-such-item".into(),
+            k: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Metrics and probes.
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("recsys_rpc_requests_total{code=\"Ok\",rpc=\"Rank\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("recsys_rpc_latency_seconds_bucket"));
+    assert!(metrics.contains(&format!(
+        "recsys_model_version_info{{version=\"{version}\"}} 1"
+    )));
+    assert!(metrics.contains(&format!("recsys_catalog_items {ITEMS}")));
+    assert!(metrics.contains("recsys_cache_requests_total{result=\"hit\"}"));
+    assert!(http_get(server.metrics_addr, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_invalid_argument_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    synthetic_model(&config.model.root, 100, 10, 4, 2).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+    let cases: Vec<(RankRequest, &str)> = vec![
+        (
+            RankRequest {
+                k: 1001,
+                ..rank("m1")
+            },
+            "k: ",
+        ),
+        (rank(""), "user_id: "),
+        (rank(&"x".repeat(257)), "user_id: "),
+        (rank("tab\there"), "user_id: "),
+        (
+            RankRequest {
+                exclude_item_ids: vec!["i1".into(); 1001],
+                ..rank("m1")
+            },
+            "exclude_item_ids: ",
+        ),
+        (
+            RankRequest {
+                exclude_item_ids: vec![String::new()],
+                ..rank("m1")
+            },
+            "exclude_item_ids: ",
+        ),
+        (
+            RankRequest {
+                country: "USA".into(),
+                ..rank("m1")
+            },
+            "country: ",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = c.rank(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    let status = c
+        .homepage(HomepageRequest {
+            user_id: "m1".into(),
+            rows: 21,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().starts_with("rows: "),
+        "{}",
+        status.message()
+    );
+    let status = c
+        .similar_items(SimilarItemsRequest {
+            item_id: "i1".into(),
+            k: 5000,
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().starts_with("k: "), "{}", status.message());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_no_model_yet() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    // No model published: the server starts, is not ready, and answers UNAVAILABLE.
+    let server = start(&config).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |health: &mut HealthClient<Channel>| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "recsys.v1.Ranking".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    assert_eq!(check(&mut health).await, ServingStatus::NotServing as i32);
+    let mut c = RankingClient::new(channel.clone());
+    assert_eq!(
+        c.rank(rank("m1")).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    assert!(http_get(server.metrics_addr, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 503"));
+
+    // Publishing a model makes it ready without a restart.
+    let version = synthetic_model(&config.model.root, 100, 10, 4, 3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while check(&mut health).await != ServingStatus::Serving as i32 {
+        assert!(Instant::now() < deadline, "never became SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c.rank(rank("m1")).await.unwrap().into_inner().model_version,
+        version
+    );
+
+    // Reflection, both versions of the protocol, lists the service.
+    for v1 in [true, false] {
+        let names = if v1 {
+            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::v1::ServerReflectionRequest;
+            let mut r = ServerReflectionClient::new(channel.clone());
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream = r
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await
+                .unwrap()
+                .into_inner();
+            match stream.message().await.unwrap().unwrap().message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
+        } else {
+            use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+            let mut r = ServerReflectionClient::new(channel.clone());
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream = r
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await
+                .unwrap()
+                .into_inner();
+            match stream.message().await.unwrap().unwrap().message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
+        };
+        assert!(
+            names.iter().any(|n| n == "recsys.v1.Ranking"),
+            "v1={v1}: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_deadlines_are_honoured() {
+    // The store is a Redis server made slow with DEBUG SLEEP; the request's deadline is shorter.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = redis.url();
+    config.store.read_timeout_ms = 5000;
+    config.store.redis.timeout_ms = 5000;
+    config.cache.backend = CacheBackend::None;
+    synthetic_model(&config.model.root, 100, 10, 4, 4).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+    c.rank(rank("m1")).await.unwrap();
+    let sleeper = redis.sleep(1.5);
+    let mut request = tonic::Request::new(rank("m1"));
+    request.set_timeout(Duration::from_millis(150));
+    let started = Instant::now();
+    let status = c.rank(request).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1000),
+        "answered after {took:?}"
+    );
+    sleeper.join().unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// Runs `tasks` clients sending Rank for random members until `stop` is set; returns
+/// (successes, failures, versions seen, sources seen).
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::Mutex<(HashSet<String>, HashSet<i32>, bool)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(client: RankingClient<Channel>, tasks: usize, members: usize) -> Load {
+        let load = Load {
+            ok: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            seen: Arc::new(std::sync::Mutex::new(Default::default())),
+            tasks: Vec::new(),
+        };
+        let mut load = load;
+        for t in 0..tasks {
+            let mut c = client.clone();
+            let (ok, failed, stop, seen) = (
+                load.ok.clone(),
+                load.failed.clone(),
+                load.stop.clone(),
+                load.seen.clone(),
+            );
+            load.tasks.push(tokio::spawn(async move {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i * 7919 + 13) % members;
+                    match c.rank(rank(&format!("m{i}"))).await {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            let mut s = seen.lock().unwrap();
+                            s.0.insert(r.model_version);
+                            s.1.insert(r.vector_source);
+                            s.2 |= r.degraded;
+                        }
+                        Err(e) => {
+                            eprintln!("request failed: {e:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        load
+    }
+
+    async fn finish(self) -> (u64, u64, HashSet<String>, HashSet<i32>, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let s = self.seen.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            s.0,
+            s.1,
+            s.2,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_fails_no_request_and_refuses_a_corrupt_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let v1 = synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 5).unwrap();
+    let server = start(&config).await.unwrap();
+    let load = Load::start(client(&server).await, 16, MEMBERS);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let v2 = synthetic_model(&config.model.root, ITEMS + 10, MEMBERS, K, 6).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.ranker.catalog().unwrap().version != v2 {
+        assert!(Instant::now() < deadline, "v2 never swapped in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A version whose item factors were damaged on disk (set_current itself refuses a version
+    // that fails verification, so CURRENT is rewritten by hand, as a bad copy or tool would).
+    let elsewhere = dir.path().join("elsewhere");
+    let v3 = synthetic_model(&elsewhere, ITEMS, MEMBERS, K, 7).unwrap();
+    let root = ModelRoot::new(&config.model.root);
+    std::fs::rename(elsewhere.join(&v3), root.version_dir(&v3)).unwrap();
+    let factors = root.version_dir(&v3).join(files::ITEM_FACTORS);
+    let mut bytes = std::fs::read(&factors).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&factors, bytes).unwrap();
+    std::fs::write(config.model.root.join("CURRENT.tmp"), format!("{v3}\n")).unwrap();
+    std::fs::rename(
+        config.model.root.join("CURRENT.tmp"),
+        config.model.root.join("CURRENT"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.ranker.catalog().unwrap().version,
+        v2,
+        "corrupt v3 refused"
+    );
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("recsys_model_swaps_total{result=\"refused\"} 1"),
+        "{metrics}"
+    );
+
+    let (ok, failed, versions, _, _) = load.finish().await;
+    assert_eq!(failed, 0, "no request failed across the swap");
+    assert!(ok > 100, "only {ok} requests ran");
+    assert!(
+        versions.contains(&v1) && versions.contains(&v2),
+        "{versions:?}"
+    );
+    assert!(!versions.contains(&v3));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_killed_or_slowed_under_load_fails_no_request() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.cache.backend = CacheBackend::Redis;
+    config.cache.redis.url = redis.url();
+    config.cache.breaker_open_ms = 200;
+    synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 8).unwrap();
+    let server = start(&config).await.unwrap();
+    let load = Load::start(client(&server).await, 16, MEMBERS);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Slowed: Redis stops answering for a second.
+    let sleeper = redis.sleep(1.0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sleeper.join().unwrap();
+    // Stopped: kill -9.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (ok, failed, _, sources, degraded) = load.finish().await;
+    assert_eq!(failed, 0, "no request failed while Redis was slow or dead");
+    assert!(ok > 100, "only {ok} requests ran");
+    assert!(
+        sources.contains(&(VectorSource::Cache as i32)),
+        "{sources:?}"
+    );
+    assert!(
+        sources.contains(&(VectorSource::Store as i32)),
+        "{sources:?}"
+    );
+    assert!(!degraded, "the store was up: nothing degraded");
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("recsys_cache_requests_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_serves_cached_members_and_degrades_the_rest() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = redis.url();
+    config.store.read_timeout_ms = 200;
+    config.cache.backend = CacheBackend::InProcess;
+    // The Redis store is loaded the way a deployment loads it: the load-store step.
+    synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 9).unwrap();
+    {
+        let kv = recsys_shared::store::open(&config.store).await.unwrap();
+        let store = recsys_shared::store::features::FeatureStore::new(kv, 500);
+        recsys_shared::store::bulk::load_model_features(
+            &ModelRoot::new(&config.model.root),
+            None,
+            &store,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    }
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+    let warm = c.rank(rank("m1")).await.unwrap().into_inner();
+    assert_eq!(warm.vector_source, VectorSource::Store as i32);
+    tokio::time::sleep(Duration::from_millis(100)).await; // cache fill
+    redis.kill();
+    let load = Load::start(c.clone(), 8, MEMBERS);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let cached = c.rank(rank("m1")).await.unwrap().into_inner();
+    assert_eq!(cached.vector_source, VectorSource::Cache as i32);
+    assert!(!cached.degraded);
+    assert_eq!(ids(&cached), ids(&warm));
+    let cold = c.rank(rank("m2")).await.unwrap().into_inner();
+    assert!(cold.degraded, "store down: popularity, marked degraded");
+    assert_eq!(cold.vector_source, VectorSource::ColdStart as i32);
+    assert_eq!(cold.items.len(), 20);
+    let (ok, failed, _, _, degraded) = load.finish().await;
+    assert_eq!(failed, 0);
+    assert!(ok > 10 && degraded);
+    server.shutdown().await.unwrap();
+}

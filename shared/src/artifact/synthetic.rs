@@ -1,0 +1,117 @@
+//! A synthetic published model for benchmarks, tests and demos that need a model of a given size
+//! without training one: random factors, titles, popularity and histories, written through the
+//! same staging and publish path as a trained model.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+
+use super::{
+    files, write_catalog, write_factors, write_history, write_popularity, AlgorithmParams,
+    CatalogRow, DataWindow, FactorTable, HistoryRow, Manifest, ModelRoot, PopularityRow, RowCounts,
+};
+use crate::Result;
+
+/// Uniform factors in ±0.3, roughly the scale of trained iALS factors.
+pub fn random_factors(rng: &mut impl Rng, rows: usize, k: usize) -> Vec<f32> {
+    // Roughly the scale of trained iALS factors.
+    (0..rows * k)
+        .map(|_| rng.random_range(-0.3f32..0.3))
+        .collect()
+}
+
+/// Publishes a synthetic model (random factors, titles, 10% of items restricted to `US`,
+/// popularity, and a 20-item history per member) into `root` and makes it `CURRENT`. Member ids
+/// are `m{i}`, item ids `i{j}`. Returns the version id.
+pub fn synthetic_model(
+    root: &Path,
+    items: usize,
+    members: usize,
+    k: usize,
+    seed: u64,
+) -> Result<String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let root = ModelRoot::new(root);
+    let lock = root.lock()?;
+    let version = ModelRoot::new_version_id();
+    let staged = root.stage(&lock, &version)?;
+    let item_ids: Vec<String> = (0..items).map(|j| format!("i{j}")).collect();
+    write_factors(
+        &staged.path(files::ITEM_FACTORS),
+        "item_id",
+        &FactorTable {
+            ids: item_ids.clone(),
+            vectors: random_factors(&mut rng, items, k),
+            factors: k,
+        },
+    )?;
+    write_factors(
+        &staged.path(files::USER_FACTORS),
+        "user_id",
+        &FactorTable {
+            ids: (0..members).map(|i| format!("m{i}")).collect(),
+            vectors: random_factors(&mut rng, members, k),
+            factors: k,
+        },
+    )?;
+    let popularity: Vec<PopularityRow> = item_ids
+        .iter()
+        .enumerate()
+        .map(|(j, id)| PopularityRow {
+            item_id: id.clone(),
+            members: (items - j) as u64,
+            score: 1.0 / (j + 1) as f32,
+        })
+        .collect();
+    write_popularity(&staged.path(files::ITEM_POPULARITY), &popularity)?;
+    let catalog: Vec<CatalogRow> = item_ids
+        .iter()
+        .enumerate()
+        .map(|(j, id)| CatalogRow {
+            item_id: id.clone(),
+            title: Some(format!("Title {j}")),
+            available_countries: (j % 10 == 0).then(|| vec!["US".to_string()]),
+        })
+        .collect();
+    write_catalog(&staged.path(files::ITEMS), &catalog)?;
+    let history: Vec<HistoryRow> = (0..members)
+        .flat_map(|i| {
+            let picks: Vec<usize> = (0..20).map(|_| rng.random_range(0..items)).collect();
+            picks.into_iter().enumerate().map(move |(t, j)| HistoryRow {
+                user_id: format!("m{i}"),
+                item_id: format!("i{j}"),
+                strength: 1.0,
+                ts_ms: 1_700_000_000_000 + t as i64 * 60_000,
+            })
+        })
+        .collect();
+    write_history(&staged.path(files::USER_HISTORY), &history)?;
+    let manifest = Manifest {
+        format_version: 0,
+        version: version.clone(),
+        created_at: chrono::Utc::now(),
+        algorithm: AlgorithmParams {
+            name: "synthetic".into(),
+            factors: k,
+            regularization: 0.1,
+            alpha: 10.0,
+            iterations: 0,
+            cg_steps: 0,
+            seed,
+        },
+        features: serde_json::json!({}),
+        data_window: DataWindow::default(),
+        rows: RowCounts {
+            interactions: history.len() as u64,
+            training_pairs: history.len() as u64,
+            members: members as u64,
+            items: items as u64,
+            catalog_items: items as u64,
+        },
+        evaluation: None,
+        files: Default::default(),
+    };
+    staged.commit(manifest)?;
+    root.set_current(&lock, &version)?;
+    Ok(version)
+}

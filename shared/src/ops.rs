@@ -1,0 +1,71 @@
+//! The operations endpoint every long-running process exposes: Prometheus metrics at `/metrics`,
+//! liveness at `/healthz` (the process is up) and readiness at `/readyz` (it can do its work: the
+//! online server has a model, a nearline worker has a model and its consumer is running).
+//!
+//! It serves the process-wide default Prometheus registry; it must not hold any state of its own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` resolves; returns the
+/// bound address (`addr` may use port 0). `/readyz` answers 503 with `not_ready` while `ready` is
+/// false.
+pub async fn serve_http(
+    addr: &str,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, not_ready)
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics_text() -> (StatusCode, [(&'static str, String); 1], Vec<u8>) {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    let families = prometheus::gather();
+    match encoder.encode(&families, &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", encoder.format_type().to_string())],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain".into())],
+            e.to_string().into_bytes(),
+        ),
+    }
+}

@@ -1,0 +1,404 @@
+//! What is stored per member, and how it maps onto the key-value abstraction.
+//!
+//! - namespace `member_vector`, id = member, one item `vector`: the member's vector and the model
+//!   version it was computed against. A reader compares that version with the model it serves and
+//!   folds in afresh when they differ, so one model's member vector never meets another model's
+//!   item factors.
+//! - namespace `member_history`, id = member, one item per interaction keyed by
+//!   `timestamp ‖ item id`: the sorted map keeps the history in time order, re-writing the same
+//!   interaction is idempotent, and trimming to the newest `history_cap` is a range delete.
+
+use std::sync::Arc;
+
+use super::{get_all, IdempotencyToken, Item, KvStore, Predicate, StoreError, StoreResult};
+
+pub const VECTOR_NAMESPACE: &str = "member_vector";
+pub const HISTORY_NAMESPACE: &str = "member_history";
+const VECTOR_KEY: &[u8] = b"vector";
+
+/// A member's vector and the model it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberVector {
+    pub model_version: String,
+    pub values: Vec<f32>,
+}
+
+/// One interaction in a member's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub item_id: String,
+    pub ts_ms: i64,
+    /// Interaction strength, as in the training table (the fold-in's `r`).
+    pub strength: f32,
+}
+
+/// Everything the online tier reads for one member.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberFeatures {
+    pub vector: Option<MemberVector>,
+    /// Oldest first, at most `history_cap` entries.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl MemberFeatures {
+    /// Neither a vector nor a history: a cold-start member.
+    pub fn is_empty(&self) -> bool {
+        self.vector.is_none() && self.history.is_empty()
+    }
+
+    /// A compact binary form (the cache's value).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.history.len() * 32);
+        out.push(1u8); // format
+        match &self.vector {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&encode_vector(v));
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&(self.history.len() as u32).to_le_bytes());
+        for entry in &self.history {
+            let key = history_key(entry.ts_ms, &entry.item_id);
+            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            out.extend_from_slice(&key);
+            out.extend_from_slice(&entry.strength.to_le_bytes());
+        }
+        out
+    }
+
+    /// Inverse of [`MemberFeatures::encode`]; `None` when the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<MemberFeatures> {
+        let mut r = Reader(bytes);
+        if r.take(1)? != [1] {
+            return None;
+        }
+        let vector = match r.take(1)?[0] {
+            0 => None,
+            1 => {
+                let len = vector_len(r.0)?;
+                Some(decode_vector(r.take(len)?)?)
+            }
+            _ => return None,
+        };
+        let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+        let mut history = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            let key_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+            let (ts_ms, item_id) = parse_history_key(r.take(key_len)?)?;
+            let strength = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
+            history.push(HistoryEntry {
+                item_id,
+                ts_ms,
+                strength,
+            });
+        }
+        r.0.is_empty().then_some(MemberFeatures { vector, history })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+}
+
+fn encode_vector(v: &MemberVector) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + v.model_version.len() + 4 * v.values.len());
+    out.extend_from_slice(&(v.model_version.len() as u16).to_le_bytes());
+    out.extend_from_slice(v.model_version.as_bytes());
+    out.extend_from_slice(&(v.values.len() as u32).to_le_bytes());
+    for x in &v.values {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Length of the encoded vector at the start of `bytes`.
+fn vector_len(bytes: &[u8]) -> Option<usize> {
+    let version_len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+    let k_at = 2 + version_len;
+    let k = u32::from_le_bytes(bytes.get(k_at..k_at + 4)?.try_into().ok()?) as usize;
+    Some(k_at + 4 + 4 * k)
+}
+
+fn decode_vector(bytes: &[u8]) -> Option<MemberVector> {
+    let mut r = Reader(bytes);
+    let version_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+    let model_version = String::from_utf8(r.take(version_len)?.to_vec()).ok()?;
+    let k = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+    let values = r
+        .take(4 * k)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    r.0.is_empty().then_some(MemberVector {
+        model_version,
+        values,
+    })
+}
+
+/// `timestamp ‖ item id`; the timestamp is big-endian with the sign bit flipped, so byte order is
+/// time order for negative times too.
+pub fn history_key(ts_ms: i64, item_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + item_id.len());
+    key.extend_from_slice(&((ts_ms as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(item_id.as_bytes());
+    key
+}
+
+fn parse_history_key(key: &[u8]) -> Option<(i64, String)> {
+    let ts = u64::from_be_bytes(key.get(..8)?.try_into().ok()?) ^ (1 << 63);
+    let item_id = String::from_utf8(key[8..].to_vec()).ok()?;
+    Some((ts as i64, item_id))
+}
+
+/// Member features over any [`KvStore`].
+#[derive(Clone)]
+pub struct FeatureStore {
+    kv: Arc<dyn KvStore>,
+    history_cap: usize,
+}
+
+impl std::fmt::Debug for FeatureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureStore")
+            .field("backend", &self.kv.backend())
+            .field("history_cap", &self.history_cap)
+            .finish()
+    }
+}
+
+impl FeatureStore {
+    pub fn new(kv: Arc<dyn KvStore>, history_cap: usize) -> Self {
+        assert!(history_cap >= 1, "history_cap must be at least 1");
+        FeatureStore { kv, history_cap }
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.kv.backend()
+    }
+
+    pub fn history_cap(&self) -> usize {
+        self.history_cap
+    }
+
+    fn corrupt(namespace: &str, id: &str, problem: &str) -> StoreError {
+        StoreError::Corrupt {
+            namespace: namespace.into(),
+            id: id.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The member's vector and newest `history_cap` history entries. A member the store has never
+    /// seen reads as empty.
+    pub async fn get(&self, user_id: &str) -> StoreResult<MemberFeatures> {
+        let (vector, history) = futures::future::try_join(
+            self.kv.get_items(
+                VECTOR_NAMESPACE,
+                user_id,
+                &Predicate::MatchKeys(vec![VECTOR_KEY.to_vec()]),
+                &Default::default(),
+            ),
+            get_all(
+                self.kv.as_ref(),
+                HISTORY_NAMESPACE,
+                user_id,
+                &Predicate::MatchAll,
+            ),
+        )
+        .await?;
+        let vector =
+            match vector.items.first() {
+                Some(item) => Some(decode_vector(&item.value).ok_or_else(|| {
+                    Self::corrupt(VECTOR_NAMESPACE, user_id, "undecodable vector")
+                })?),
+                None => None,
+            };
+        let skip = history.len().saturating_sub(self.history_cap);
+        let history = history[skip..]
+            .iter()
+            .map(|item| {
+                let (ts_ms, item_id) = parse_history_key(&item.key).ok_or_else(|| {
+                    Self::corrupt(HISTORY_NAMESPACE, user_id, "undecodable history key")
+                })?;
+                let strength = item
+                    .value
+                    .get(..4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .ok_or_else(|| {
+                        Self::corrupt(HISTORY_NAMESPACE, user_id, "history value is not an f32")
+                    })?;
+                Ok(HistoryEntry {
+                    item_id,
+                    ts_ms,
+                    strength,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(MemberFeatures { vector, history })
+    }
+
+    fn vector_item(vector: &MemberVector) -> Item {
+        Item::new(VECTOR_KEY, encode_vector(vector))
+    }
+
+    fn history_items(history: &[HistoryEntry]) -> Vec<Item> {
+        history
+            .iter()
+            .map(|e| Item::new(history_key(e.ts_ms, &e.item_id), e.strength.to_le_bytes()))
+            .collect()
+    }
+
+    /// Stores the member's vector.
+    pub async fn put_vector(
+        &self,
+        user_id: &str,
+        vector: &MemberVector,
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        self.kv
+            .put_items(
+                VECTOR_NAMESPACE,
+                user_id,
+                &[Self::vector_item(vector)],
+                token,
+            )
+            .await
+    }
+
+    /// Adds entries to the member's history and drops all but the newest `history_cap`.
+    pub async fn append_history(
+        &self,
+        user_id: &str,
+        entries: &[HistoryEntry],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        self.kv
+            .put_items(
+                HISTORY_NAMESPACE,
+                user_id,
+                &Self::history_items(entries),
+                token,
+            )
+            .await?;
+        self.trim_history(user_id).await
+    }
+
+    /// Deletes history entries older than the newest `history_cap`.
+    pub async fn trim_history(&self, user_id: &str) -> StoreResult<()> {
+        let all = get_all(
+            self.kv.as_ref(),
+            HISTORY_NAMESPACE,
+            user_id,
+            &Predicate::MatchAll,
+        )
+        .await?;
+        if all.len() > self.history_cap {
+            let first_kept = all[all.len() - self.history_cap].key.clone();
+            self.kv
+                .delete_items(
+                    HISTORY_NAMESPACE,
+                    user_id,
+                    &Predicate::MatchRange {
+                        start: None,
+                        end: Some(first_kept),
+                    },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes many members' vectors and histories in bulk (the model's training output). Histories
+    /// are merged into what the store holds, not trimmed here; readers see the newest
+    /// `history_cap` and the next append trims.
+    pub async fn put_members(
+        &self,
+        members: &[(String, Option<MemberVector>, Vec<HistoryEntry>)],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        let vectors: Vec<(String, Vec<Item>)> = members
+            .iter()
+            .filter_map(|(id, v, _)| v.as_ref().map(|v| (id.clone(), vec![Self::vector_item(v)])))
+            .collect();
+        let histories: Vec<(String, Vec<Item>)> = members
+            .iter()
+            .filter(|(_, _, h)| !h.is_empty())
+            .map(|(id, _, h)| (id.clone(), Self::history_items(h)))
+            .collect();
+        self.kv
+            .put_records(VECTOR_NAMESPACE, &vectors, token)
+            .await?;
+        self.kv
+            .put_records(HISTORY_NAMESPACE, &histories, token)
+            .await
+    }
+
+    /// Removes everything stored for the member.
+    pub async fn delete_member(&self, user_id: &str) -> StoreResult<()> {
+        self.kv
+            .delete_items(VECTOR_NAMESPACE, user_id, &Predicate::MatchAll)
+            .await?;
+        self.kv
+            .delete_items(HISTORY_NAMESPACE, user_id, &Predicate::MatchAll)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_round_trip_through_their_encoding() {
+        let features = MemberFeatures {
+            vector: Some(MemberVector {
+                model_version: "20261123T000000Z-abc".into(),
+                values: vec![0.5, -1.25, 3.0],
+            }),
+            history: vec![
+                HistoryEntry {
+                    item_id: "i1".into(),
+                    ts_ms: -5,
+                    strength: 1.0,
+                },
+                HistoryEntry {
+                    item_id: "ï2".into(),
+                    ts_ms: 1_700_000_000_000,
+                    strength: 2.5,
+                },
+            ],
+        };
+        let bytes = features.encode();
+        assert_eq!(MemberFeatures::decode(&bytes), Some(features));
+        assert_eq!(
+            MemberFeatures::decode(&MemberFeatures::default().encode()),
+            Some(MemberFeatures::default())
+        );
+        assert_eq!(MemberFeatures::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(MemberFeatures::decode(b"junk"), None);
+    }
+
+    #[test]
+    fn history_keys_sort_by_time_including_before_1970() {
+        assert!(history_key(-1, "z") < history_key(0, "a"));
+        assert!(history_key(5, "a") < history_key(6, "a"));
+        assert_eq!(
+            parse_history_key(&history_key(-7, "x")),
+            Some((-7, "x".into()))
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Redis as a store (as Feast uses it for its online store): state that the nearline workers and the
+//! online servers on one machine share without Cassandra.
+//!
+//! A record is two Redis keys with one hash tag, so a cluster keeps them on one slot: a sorted set
+//! of the item keys (all scores 0, ordered by bytes with `ZRANGEBYLEX`) and a hash of item key →
+//! token-framed value. Puts and deletes are Lua scripts, atomic per record.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::{
+    fill_page, frame, unframe, validate_id, validate_namespace, validate_put, IdempotencyToken,
+    Item, KvStore, Page, PageRequest, Predicate, StoreError, StoreResult,
+};
+use crate::config::RedisConfig;
+
+const BACKEND: &str = "redis";
+/// Item keys fetched per round trip while filling a page.
+const SCAN_BATCH: usize = 256;
+
+const PUT_SCRIPT: &str = r#"
+local token = ARGV[1]
+local function older(stored)
+  for i = 1, 16 do
+    local a = string.byte(stored, i) or -1
+    local b = string.byte(token, i)
+    if a ~= b then return a < b end
+  end
+  return false
+end
+for i = 2, #ARGV, 2 do
+  local current = redis.call('HGET', KEYS[2], ARGV[i])
+  if (not current) or older(current) then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[1], 0, ARGV[i])
+  end
+end
+return 1
+"#;
+
+const DELETE_SCRIPT: &str = r#"
+local mode = ARGV[1]
+if mode == 'all' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+local keys
+if mode == 'keys' then
+  keys = {}
+  for i = 2, #ARGV do keys[#keys + 1] = ARGV[i] end
+else
+  keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3])
+end
+for _, key in ipairs(keys) do
+  redis.call('HDEL', KEYS[2], key)
+  redis.call('ZREM', KEYS[1], key)
+end
+return #keys
+"#;
+
+/// A Redis server used as the feature store.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    timeout: Duration,
+    put: Script,
+    delete: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+/// Opens a reconnecting, multiplexed connection with the configured timeouts.
+pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManager> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| StoreError::Invalid {
+        field: "redis.url",
+        problem: format!("{:?}: {e}", config.url),
+    })?;
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2);
+    tokio::time::timeout(
+        timeout * 4,
+        client.get_connection_manager_with_config(manager_config),
+    )
+    .await
+    .map_err(|_| StoreError::Timeout {
+        backend: BACKEND,
+        millis: config.timeout_ms * 4,
+    })?
+    .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", config.url)))
+}
+
+fn record_keys(namespace: &str, id: &str) -> (String, String) {
+    // One hash tag for both keys: `{namespace:id}`.
+    (
+        format!("kv:{{{namespace}:{id}}}:keys"),
+        format!("kv:{{{namespace}:{id}}}:values"),
+    )
+}
+
+/// `ZRANGEBYLEX` bounds of a range predicate.
+fn lex_bounds(start: Option<&[u8]>, end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    let low = match start {
+        Some(s) => [b"[".as_slice(), s].concat(),
+        None => b"-".to_vec(),
+    };
+    let high = match end {
+        Some(e) => [b"(".as_slice(), e].concat(),
+        None => b"+".to_vec(),
+    };
+    (low, high)
+}
+
+impl RedisStore {
+    /// Connects to `config.url`.
+    pub async fn connect(config: &RedisConfig) -> StoreResult<Self> {
+        Ok(RedisStore {
+            connection: connect(config).await?,
+            timeout: Duration::from_millis(config.timeout_ms),
+            put: Script::new(PUT_SCRIPT),
+            delete: Script::new(DELETE_SCRIPT),
+        })
+    }
+
+    async fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(|e| StoreError::backend(BACKEND, e)),
+            Err(_) => Err(StoreError::Timeout {
+                backend: BACKEND,
+                millis: self.timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl KvStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn put_items(
+        &self,
+        namespace: &str,
+        id: &str,
+        items: &[Item],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        validate_put(namespace, id, items)?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (keys, values) = record_keys(namespace, id);
+        let mut invocation = self.put.prepare_invoke();
+        invocation
+            .key(keys)
+            .key(values)
+            .arg(token.to_bytes().as_slice());
+        for item in items {
+            invocation
+                .arg(item.key.as_slice())
+                .arg(frame(token, &item.value));
+        }
+        let mut connection = self.connection.clone();
+        self.run(invocation.invoke_async::<i64>(&mut connection))
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_records(
+        &self,
+        namespace: &str,
+        records: &[(String, Vec<Item>)],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        // The connection is multiplexed: many scripts in flight pipeline on one socket.
+        let puts: Vec<_> = records
+            .iter()
+            .map(|(id, items)| self.put_items(namespace, id, items, token))
+            .collect();
+        let results: Vec<StoreResult<()>> = futures::stream::iter(puts)
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn get_items(
+        &self,
+        namespace: &str,
+        id: &str,
+        predicate: &Predicate,
+        page: &PageRequest,
+    ) -> StoreResult<Page> {
+        validate_namespace(namespace)?;
+        validate_id(id)?;
+        let predicate = predicate.after(page.page_token.as_deref());
+        let (keys_key, values_key) = record_keys(namespace, id);
+        let mut connection = self.connection.clone();
+        let mut out = Page::default();
+        let mut used = 0;
+
+        let decode = |keys: Vec<Vec<u8>>, stored: Vec<Option<Vec<u8>>>| -> StoreResult<Vec<Item>> {
+            keys.into_iter()
+                .zip(stored)
+                .filter_map(|(key, value)| value.map(|v| (key, v)))
+                .map(|(key, stored)| {
+                    let value = unframe(namespace, id, &stored)?.1.to_vec();
+                    Ok(Item { key, value })
+                })
+                .collect()
+        };
+
+        match &predicate {
+            Predicate::MatchKeys(keys) => {
+                for chunk in Predicate::sorted_keys(keys).chunks(SCAN_BATCH) {
+                    let stored: Vec<Option<Vec<u8>>> = self
+                        .run(
+                            redis::cmd("HMGET")
+                                .arg(&values_key)
+                                .arg(chunk)
+                                .query_async(&mut connection),
+                        )
+                        .await?;
+                    let items = decode(chunk.to_vec(), stored)?;
+                    if fill_page(items, page.page_size_bytes, &mut out, &mut used) {
+                        break;
+                    }
+                }
+            }
+            Predicate::MatchAll | Predicate::MatchRange { .. } => {
+                let (mut start, end) = match &predicate {
+                    Predicate::MatchRange { start, end } => (start.clone(), end.clone()),
+                    _ => (None, None),
+                };
+                loop {
+                    let (low, high) = lex_bounds(start.as_deref(), end.as_deref());
+                    let keys: Vec<Vec<u8>> = self
+                        .run(
+                            redis::cmd("ZRANGEBYLEX")
+                                .arg(&keys_key)
+                                .arg(low)
+                                .arg(high)
+                                .arg("LIMIT")
+                                .arg(0)
+                                .arg(SCAN_BATCH)
+                                .query_async(&mut connection),
+                        )
+                        .await?;
+                    if keys.is_empty() {
+                        break;
+                    }
+                    let full_batch = keys.len() == SCAN_BATCH;
+                    let mut next = keys.last().cloned().expect("non-empty");
+                    next.push(0);
+                    let stored: Vec<Option<Vec<u8>>> = self
+                        .run(
+                            redis::cmd("HMGET")
+                                .arg(&values_key)
+                                .arg(&keys)
+                                .query_async(&mut connection),
+                        )
+                        .await?;
+                    let items = decode(keys, stored)?;
+                    if fill_page(items, page.page_size_bytes, &mut out, &mut used) || !full_batch {
+                        break;
+                    }
+                    start = Some(next);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_items(
+        &self,
+        namespace: &str,
+        id: &str,
+        predicate: &Predicate,
+    ) -> StoreResult<()> {
+        validate_namespace(namespace)?;
+        validate_id(id)?;
+        let (keys_key, values_key) = record_keys(namespace, id);
+        let mut invocation = self.delete.prepare_invoke();
+        invocation.key(keys_key).key(values_key);
+        match predicate {
+            Predicate::MatchAll => {
+                invocation.arg("all");
+            }
+            Predicate::MatchKeys(keys) => {
+                invocation.arg("keys");
+                for key in keys {
+                    invocation.arg(key.as_slice());
+                }
+            }
+            Predicate::MatchRange { start, end } => {
+                let (low, high) = lex_bounds(start.as_deref(), end.as_deref());
+                invocation.arg("range").arg(low).arg(high);
+            }
+        }
+        let mut connection = self.connection.clone();
+        self.run(invocation.invoke_async::<i64>(&mut connection))
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,121 @@
+//! Real servers for tests (feature `testkit`): a `redis-server` of the test's own on a free port,
+//! stopped when dropped. Never a fake.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A `redis-server` process (no persistence) owned by a test.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port. Panics with a clear message if `redis-server` is not installed.
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port` (to restart a killed server where clients expect it).
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                // Tests slow the server down with DEBUG SLEEP.
+                "--enable-debug-command",
+                "local",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt install redis-server)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "redis-server did not listen on {port}"
+        );
+        RedisServer {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `kill -9`s the server.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Makes the server unresponsive for `seconds` (`DEBUG SLEEP` from another thread) and
+    /// returns once it has stopped answering; join the handle to wait for it to wake.
+    pub fn sleep(&self, seconds: f64) -> std::thread::JoinHandle<()> {
+        let port = self.port.to_string();
+        let sleeper = {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port, "DEBUG", "SLEEP", &seconds.to_string()])
+                    .output()
+                    .expect("redis-cli must be installed");
+                assert!(
+                    String::from_utf8_lossy(&out.stdout).contains("OK"),
+                    "DEBUG SLEEP refused: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ping = Command::new("timeout")
+                .args(["0.1", "redis-cli", "-p", &port, "PING"])
+                .output()
+                .expect("redis-cli must be installed");
+            if !ping.status.success() {
+                return sleeper;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never went to sleep"
+            );
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,535 @@
+//! One conformance suite for every feature-store backend: the key-value contract (ordering,
+//! predicates, pagination by bytes, idempotency tokens, deletes) and the member-features layer with
+//! each cache in front. Redis runs as a real `redis-server` of the test's own; Cassandra runs when
+//! `RECSYS_TEST_CASSANDRA` names a contact point and is reported skipped otherwise.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use recsys_shared::config::{CacheBackend, CacheConfig, CassandraConfig, RedisConfig};
+use recsys_shared::store::cache::{FeatureReader, Source};
+use recsys_shared::store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
+use recsys_shared::store::{
+    get_all, CassandraStore, EmbeddedStore, IdempotencyToken, Item, KvStore, Page, PageRequest,
+    Predicate, RedisStore, StoreError, StoreResult,
+};
+use recsys_shared::testkit::RedisServer;
+
+fn token(ms: u64, nonce: u64) -> IdempotencyToken {
+    IdempotencyToken {
+        generation_ms: ms,
+        nonce,
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+async fn keys_of(store: &dyn KvStore, ns: &str, id: &str, p: &Predicate) -> Vec<Vec<u8>> {
+    get_all(store, ns, id, p)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect()
+}
+
+/// The key-value contract every backend must meet.
+async fn kv_conformance(store: Arc<dyn KvStore>) {
+    let s = store.as_ref();
+    let ns = "conformance";
+    let id = unique("member");
+
+    // A record never written reads as empty, not as an error.
+    let empty = s
+        .get_items(ns, &id, &Predicate::MatchAll, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(empty, Page::default());
+
+    // Items come back in key-byte order whatever order they were written in.
+    let items: Vec<Item> = ["c", "a", "b", "a\u{0}", "ab"]
+        .iter()
+        .map(|k| Item::new(k.as_bytes(), format!("v-{k}").into_bytes()))
+        .collect();
+    s.put_items(ns, &id, &items, token(10, 1)).await.unwrap();
+    assert_eq!(
+        keys_of(s, ns, &id, &Predicate::MatchAll).await,
+        vec![
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"ab".to_vec(),
+            b"b".to_vec(),
+            b"c".to_vec()
+        ]
+    );
+
+    // Idempotency: a retry with the same token is a no-op even with other bytes; an older token
+    // loses; a newer one wins.
+    s.put_items(ns, &id, &[Item::new("a", "retry")], token(10, 1))
+        .await
+        .unwrap();
+    s.put_items(ns, &id, &[Item::new("a", "stale")], token(9, 99))
+        .await
+        .unwrap();
+    let a = get_all(s, ns, &id, &Predicate::MatchKeys(vec![b"a".to_vec()]))
+        .await
+        .unwrap();
+    assert_eq!(a, vec![Item::new("a", "v-a")]);
+    s.put_items(ns, &id, &[Item::new("a", "newer")], token(10, 2))
+        .await
+        .unwrap();
+    let a = get_all(s, ns, &id, &Predicate::MatchKeys(vec![b"a".to_vec()]))
+        .await
+        .unwrap();
+    assert_eq!(a, vec![Item::new("a", "newer")]);
+
+    // Predicates.
+    assert_eq!(
+        keys_of(
+            s,
+            ns,
+            &id,
+            &Predicate::MatchKeys(vec![b"c".to_vec(), b"zz".to_vec(), b"ab".to_vec()])
+        )
+        .await,
+        vec![b"ab".to_vec(), b"c".to_vec()],
+        "match_keys returns present keys, sorted"
+    );
+    assert_eq!(
+        keys_of(
+            s,
+            ns,
+            &id,
+            &Predicate::MatchRange {
+                start: Some(b"a\0".to_vec()),
+                end: Some(b"b".to_vec())
+            }
+        )
+        .await,
+        vec![b"a\0".to_vec(), b"ab".to_vec()],
+        "start inclusive, end exclusive"
+    );
+    assert_eq!(
+        keys_of(
+            s,
+            ns,
+            &id,
+            &Predicate::MatchRange {
+                start: Some(b"b".to_vec()),
+                end: None
+            }
+        )
+        .await,
+        vec![b"b".to_vec(), b"c".to_vec()]
+    );
+
+    // Pagination by bytes: 60 items of 10 + 100 bytes, pages of at most 1000 bytes.
+    let big = unique("paged");
+    let many: Vec<Item> = (0..60)
+        .map(|i| Item::new(format!("key-{i:04}"), vec![i as u8; 100]))
+        .collect();
+    s.put_items(ns, &big, &many, token(1, 1)).await.unwrap();
+    for predicate in [
+        Predicate::MatchAll,
+        Predicate::MatchRange {
+            start: Some(b"key-0005".to_vec()),
+            end: Some(b"key-0050".to_vec()),
+        },
+        Predicate::MatchKeys(many.iter().step_by(3).map(|i| i.key.clone()).collect()),
+    ] {
+        let mut request = PageRequest::first(1000);
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = s.get_items(ns, &big, &predicate, &request).await.unwrap();
+            pages += 1;
+            let bytes: usize = page.items.iter().map(|i| i.key.len() + i.value.len()).sum();
+            assert!(!page.items.is_empty(), "{predicate:?}: empty page {pages}");
+            assert!(bytes <= 1000, "{predicate:?}: page of {bytes} bytes");
+            seen.extend(page.items);
+            match page.next_page_token {
+                Some(t) => request.page_token = Some(t),
+                None => break,
+            }
+        }
+        let expected: Vec<Item> = many
+            .iter()
+            .filter(|i| predicate.matches(&i.key))
+            .cloned()
+            .collect();
+        assert_eq!(
+            seen, expected,
+            "{predicate:?}: pages concatenate to the whole"
+        );
+        assert!(pages > 1, "{predicate:?}: budget forced several pages");
+    }
+    // An item bigger than the budget still comes back, alone.
+    let one = s
+        .get_items(ns, &big, &Predicate::MatchAll, &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1);
+    assert!(one.next_page_token.is_some());
+
+    // Deletes with each predicate.
+    s.delete_items(ns, &id, &Predicate::MatchKeys(vec![b"c".to_vec()]))
+        .await
+        .unwrap();
+    s.delete_items(
+        ns,
+        &id,
+        &Predicate::MatchRange {
+            start: Some(b"a\0".to_vec()),
+            end: Some(b"b".to_vec()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        keys_of(s, ns, &id, &Predicate::MatchAll).await,
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+    s.delete_items(ns, &id, &Predicate::MatchAll).await.unwrap();
+    assert!(keys_of(s, ns, &id, &Predicate::MatchAll).await.is_empty());
+
+    // Bulk writes.
+    let records: Vec<(String, Vec<Item>)> = (0..25)
+        .map(|i| {
+            (
+                unique(&format!("bulk{i}")),
+                vec![Item::new("x", vec![i as u8])],
+            )
+        })
+        .collect();
+    s.put_records(ns, &records, token(5, 5)).await.unwrap();
+    for (id, items) in &records {
+        assert_eq!(
+            &get_all(s, ns, id, &Predicate::MatchAll).await.unwrap(),
+            items
+        );
+    }
+
+    // Bad arguments are typed errors naming the field.
+    match s
+        .put_items("Bad-Namespace", &id, &[Item::new("k", "v")], token(1, 1))
+        .await
+    {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "namespace"),
+        other => panic!("expected an invalid namespace, got {other:?}"),
+    }
+    match s
+        .get_items(ns, "", &Predicate::MatchAll, &PageRequest::default())
+        .await
+    {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "id"),
+        other => panic!("expected an invalid id, got {other:?}"),
+    }
+}
+
+fn vector(version: &str, values: &[f32]) -> MemberVector {
+    MemberVector {
+        model_version: version.into(),
+        values: values.to_vec(),
+    }
+}
+
+fn entry(item: &str, ts_ms: i64) -> HistoryEntry {
+    HistoryEntry {
+        item_id: item.into(),
+        ts_ms,
+        strength: 1.0,
+    }
+}
+
+/// The member-features layer, through a reader with a cache (or none) in front.
+async fn feature_conformance(reader: FeatureReader) {
+    let store = reader.store().clone();
+    let user = unique("u");
+    let (features, _) = reader.get(&user).await.unwrap();
+    assert!(features.is_empty(), "an unknown member reads as empty");
+
+    let user = unique("u");
+    store
+        .put_vector(&user, &vector("v1", &[1.0, 2.0]), IdempotencyToken::now())
+        .await
+        .unwrap();
+    let history: Vec<HistoryEntry> = (0..(store.history_cap() as i64 + 5))
+        .map(|t| entry(&format!("i{t}"), 1_000 + t))
+        .collect();
+    store
+        .append_history(&user, &history, IdempotencyToken::now())
+        .await
+        .unwrap();
+    let (features, source) = reader.get(&user).await.unwrap();
+    assert_eq!(source, Source::Store, "first read is a miss");
+    assert_eq!(features.vector, Some(vector("v1", &[1.0, 2.0])));
+    assert_eq!(
+        features.history,
+        history[5..].to_vec(),
+        "newest history_cap kept, oldest first"
+    );
+    let trimmed = get_all(
+        store.kv().as_ref(),
+        "member_history",
+        &user,
+        &Predicate::MatchAll,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        trimmed.len(),
+        store.history_cap(),
+        "the store itself is trimmed"
+    );
+
+    if reader.cache_name() != "none" {
+        // The cache fill happens off the request path; wait for it.
+        let mut source = Source::Store;
+        for _ in 0..50 {
+            source = reader.get(&user).await.unwrap().1;
+            if source == Source::Cache {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(source, Source::Cache, "second read is a hit");
+        // Write-through replaces the cached entry.
+        let fresh = MemberFeatures {
+            vector: Some(vector("v2", &[3.0])),
+            history: vec![entry("x", 5)],
+        };
+        reader.write_through(&user, &fresh).await;
+        let (cached, source) = reader.get(&user).await.unwrap();
+        assert_eq!((cached.as_ref(), source), (&fresh, Source::Cache));
+        reader.invalidate(&user).await;
+        assert_eq!(reader.get(&user).await.unwrap().1, Source::Store);
+    }
+
+    // Bulk member writes are idempotent per token and never clobber a newer write.
+    let bulk = unique("bulk");
+    let load = IdempotencyToken {
+        generation_ms: 100,
+        nonce: 1,
+    };
+    let members = vec![(
+        bulk.clone(),
+        Some(vector("model-a", &[0.5])),
+        vec![entry("i1", 1), entry("i2", 2)],
+    )];
+    store.put_members(&members, load).await.unwrap();
+    store.put_members(&members, load).await.unwrap();
+    store
+        .put_vector(&bulk, &vector("model-a", &[9.0]), token(200, 0))
+        .await
+        .unwrap();
+    store.put_members(&members, load).await.unwrap();
+    let read = store.get(&bulk).await.unwrap();
+    assert_eq!(read.vector, Some(vector("model-a", &[9.0])));
+    assert_eq!(read.history, vec![entry("i1", 1), entry("i2", 2)]);
+    store.delete_member(&bulk).await.unwrap();
+    assert!(store.get(&bulk).await.unwrap().is_empty());
+}
+
+fn cache_config(backend: CacheBackend, redis: Option<&RedisServer>) -> CacheConfig {
+    CacheConfig {
+        backend,
+        redis: RedisConfig {
+            url: redis.map(|r| r.url()).unwrap_or_default(),
+            timeout_ms: 200,
+        },
+        ..CacheConfig::default()
+    }
+}
+
+fn reader(store: Arc<dyn KvStore>, cache: CacheConfig) -> FeatureReader {
+    FeatureReader::from_config(FeatureStore::new(store, 20), &cache, Duration::from_secs(2))
+}
+
+async fn redis_store(server: &RedisServer) -> Arc<dyn KvStore> {
+    Arc::new(
+        RedisStore::connect(&RedisConfig {
+            url: server.url(),
+            timeout_ms: 2000,
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn embedded_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KvStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    kv_conformance(store.clone()).await;
+    feature_conformance(reader(
+        store.clone(),
+        cache_config(CacheBackend::None, None),
+    ))
+    .await;
+    feature_conformance(reader(store, cache_config(CacheBackend::InProcess, None))).await;
+}
+
+#[tokio::test]
+async fn embedded_store_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .put_items("ns", "id", &[Item::new("k", "v")], token(1, 1))
+            .await
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        get_all(&store, "ns", "id", &Predicate::MatchAll)
+            .await
+            .unwrap(),
+        vec![Item::new("k", "v")]
+    );
+}
+
+#[tokio::test]
+async fn redis_store_conforms() {
+    let server = RedisServer::start();
+    kv_conformance(redis_store(&server).await).await;
+}
+
+#[tokio::test]
+async fn redis_cached_stores_conform() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn KvStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    feature_conformance(reader(
+        embedded,
+        cache_config(CacheBackend::Redis, Some(&server)),
+    ))
+    .await;
+    feature_conformance(reader(
+        redis_store(&server).await,
+        cache_config(CacheBackend::Redis, Some(&server)),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn cassandra_store_conforms_when_a_cluster_is_named() {
+    let Ok(contact) = std::env::var("RECSYS_TEST_CASSANDRA") else {
+        eprintln!(
+            "SKIPPED: cassandra_store_conforms_when_a_cluster_is_named \
+             (set RECSYS_TEST_CASSANDRA=host:9042 to run it)"
+        );
+        return;
+    };
+    let store = CassandraStore::connect(&CassandraConfig {
+        contact_points: vec![contact],
+        keyspace: "recsys_conformance".into(),
+        consistency: "ONE".into(),
+        ..CassandraConfig::default()
+    })
+    .await
+    .unwrap();
+    let store: Arc<dyn KvStore> = Arc::new(store);
+    kv_conformance(store.clone()).await;
+    feature_conformance(reader(store, cache_config(CacheBackend::InProcess, None))).await;
+}
+
+/// Counts store reads of member vectors, and makes each one slow so concurrent misses overlap.
+struct CountingStore {
+    inner: EmbeddedStore,
+    vector_reads: AtomicUsize,
+}
+
+#[async_trait]
+impl KvStore for CountingStore {
+    fn backend(&self) -> &'static str {
+        "counting"
+    }
+    async fn put_items(
+        &self,
+        ns: &str,
+        id: &str,
+        items: &[Item],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        self.inner.put_items(ns, id, items, token).await
+    }
+    async fn get_items(
+        &self,
+        ns: &str,
+        id: &str,
+        predicate: &Predicate,
+        page: &PageRequest,
+    ) -> StoreResult<Page> {
+        if ns == "member_vector" {
+            self.vector_reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.inner.get_items(ns, id, predicate, page).await
+    }
+    async fn delete_items(&self, ns: &str, id: &str, predicate: &Predicate) -> StoreResult<()> {
+        self.inner.delete_items(ns, id, predicate).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_member_make_one_store_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let counting = Arc::new(CountingStore {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        vector_reads: AtomicUsize::new(0),
+    });
+    let reader = Arc::new(reader(
+        counting.clone(),
+        cache_config(CacheBackend::InProcess, None),
+    ));
+    reader
+        .store()
+        .put_vector("hot", &vector("v", &[1.0]), IdempotencyToken::now())
+        .await
+        .unwrap();
+    let requests: Vec<_> = (0..64)
+        .map(|_| {
+            let reader = reader.clone();
+            tokio::spawn(async move { reader.get("hot").await.unwrap() })
+        })
+        .collect();
+    for r in requests {
+        let (features, _) = r.await.unwrap();
+        assert_eq!(features.vector, Some(vector("v", &[1.0])));
+    }
+    assert_eq!(
+        counting.vector_reads.load(Ordering::SeqCst),
+        1,
+        "64 concurrent misses made one store read"
+    );
+    // A different member is a different flight.
+    reader.get("cold").await.unwrap();
+    assert_eq!(counting.vector_reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_dead_cache_falls_back_to_the_store_and_opens_the_breaker() {
+    let mut server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KvStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let reader = reader(store, cache_config(CacheBackend::Redis, Some(&server)));
+    reader
+        .store()
+        .put_vector("m", &vector("v", &[2.0]), IdempotencyToken::now())
+        .await
+        .unwrap();
+    server.kill();
+    for _ in 0..20 {
+        let (features, source) = reader.get("m").await.unwrap();
+        assert_eq!(source, Source::Store);
+        assert_eq!(features.vector, Some(vector("v", &[2.0])));
+    }
+    assert!(
+        reader.breaker_open(),
+        "consecutive failures open the breaker"
+    );
+}

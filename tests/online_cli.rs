@@ -1,0 +1,236 @@
+//! The online tier through the real `recsys` binary, across processes: train → `offline
+//! load-store` into a Redis store (a `redis-server` of the test's own) → `online serve` → Rank over
+//! gRPC reads the loaded vector → SIGTERM stops the server cleanly. Also the CLI's errors.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::{RankRequest, VectorSource};
+use recsys_shared::testkit::{free_port, wait_for_port, RedisServer};
+
+fn recsys(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
+    cmd.args(args).env("RECSYS_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("recsys runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no stdout: {}", stderr(o)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn train(dir: &Path) -> String {
+    let data = dir.join("data");
+    let models = dir.join("models");
+    let o = recsys(
+        &[
+            "offline",
+            "synth",
+            "--users",
+            "300",
+            "--items",
+            "120",
+            "--interactions",
+            "15000",
+            "--seed",
+            "5",
+            "--output",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = recsys(
+        &[
+            "offline",
+            "train",
+            "--interactions",
+            data.join("interactions.parquet").to_str().unwrap(),
+            "--items",
+            data.join("items.parquet").to_str().unwrap(),
+            "--model-root",
+            models.to_str().unwrap(),
+            "--factors",
+            "8",
+            "--iterations",
+            "3",
+            "--skip-eval",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    json(&o)["version"].as_str().unwrap().to_string()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn load_store_then_serve_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = train(dir.path());
+    let models = dir.path().join("models");
+    let redis = RedisServer::start();
+    let store_env = vec![
+        ("RECSYS__STORE__BACKEND", "redis".to_string()),
+        ("RECSYS__STORE__REDIS__URL", redis.url()),
+    ];
+
+    let o = recsys(
+        &[
+            "offline",
+            "load-store",
+            "--model-root",
+            models.to_str().unwrap(),
+        ],
+        &store_env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = json(&o);
+    assert_eq!(report["model_version"], version.as_str());
+    assert!(report["vectors"].as_u64().unwrap() > 100, "{report}");
+    // Idempotent: a second run finds the version loaded.
+    let o = recsys(
+        &[
+            "offline",
+            "load-store",
+            "--model-root",
+            models.to_str().unwrap(),
+        ],
+        &store_env,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["already_loaded"], true);
+
+    let grpc = free_port();
+    let metrics = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
+    cmd.args([
+        "online",
+        "serve",
+        "--model-root",
+        models.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics}"),
+    ])
+    .env("RECSYS_LOG", "warn")
+    .env("RECSYS__CACHE__BACKEND", "none")
+    .stdout(Stdio::null());
+    for (k, v) in &store_env {
+        cmd.env(k, v);
+    }
+    let mut server = Server(cmd.spawn().unwrap());
+    assert!(
+        wait_for_port(grpc, Duration::from_secs(30)),
+        "server did not listen"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let response = runtime.block_on(async {
+        let mut client = RankingClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client
+                .rank(RankRequest {
+                    user_id: "u0000001".into(),
+                    k: 10,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner(),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    assert_eq!(response.model_version, version);
+    assert_eq!(
+        response.vector_source,
+        VectorSource::Store as i32,
+        "the vector load-store wrote"
+    );
+    assert_eq!(response.items.len(), 10);
+
+    // SIGTERM: a graceful stop with exit status 0.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn online_cli_errors_name_what_is_wrong() {
+    let o = recsys(&["online", "serve", "--help"], &[]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--model-root"));
+
+    let o = recsys(&["online", "serve", "--listen", "not-an-address"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("online.listen"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let o = recsys(
+        &[
+            "offline",
+            "load-store",
+            "--model-root",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no CURRENT"), "{}", stderr(&o));
+
+    let o = recsys(
+        &[
+            "offline",
+            "load-store",
+            "--model-root",
+            dir.path().to_str().unwrap(),
+        ],
+        &[
+            ("RECSYS__STORE__BACKEND", "redis".to_string()),
+            ("RECSYS__STORE__REDIS__URL", "nonsense".to_string()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("redis.url"), "{}", stderr(&o));
+}
