@@ -202,6 +202,88 @@ impl Applier {
     }
 }
 
+/// Rebuilds member state from scratch in a fresh embedded store at `dir`: the model's published
+/// training histories (what `load-store` writes), then `events` in one batch. The reference the
+/// failure tests compare a worker's state with, and a way to audit a store.
+pub async fn from_scratch(
+    config: &recsys_shared::config::Config,
+    root: &std::path::Path,
+    version: &str,
+    dir: &std::path::Path,
+    events: &[Event],
+) -> Result<recsys_shared::store::features::FeatureStore, NearlineError> {
+    use recsys_shared::artifact::ModelRoot;
+    use recsys_shared::config::{CacheBackend, StoreBackend};
+    use recsys_shared::store::features::FeatureStore;
+
+    let mut config = config.clone();
+    config.store.backend = StoreBackend::Embedded;
+    config.store.embedded.path = dir.to_path_buf();
+    config.cache.backend = CacheBackend::None;
+    let store = FeatureStore::new(
+        recsys_shared::store::open(&config.store).await?,
+        config.store.history_cap,
+    );
+    recsys_shared::store::bulk::load_model_features(
+        &ModelRoot::new(root),
+        Some(version),
+        &store,
+        |_, _| {},
+    )
+    .await
+    .map_err(|e| NearlineError::InvalidModel {
+        version: version.to_string(),
+        problem: e.to_string(),
+    })?;
+    let model = ModelHandle::new();
+    model.set(FoldInModel::load(&ModelRoot::new(root), version)?);
+    let applier = Applier::new(
+        Arc::new(FeatureReader::from_config(
+            store.clone(),
+            &config.cache,
+            std::time::Duration::from_secs(10),
+        )),
+        model,
+        EventRules::from_config(&config),
+        config.nearline.concurrency,
+    );
+    applier.apply(events).await?;
+    Ok(store)
+}
+
+/// Whether two member states agree: the same history, and vectors of the same model within
+/// `tolerance` per component (the solve runs in a different order of additions).
+pub fn same_state(a: &MemberFeatures, b: &MemberFeatures, tolerance: f32) -> Result<(), String> {
+    if a.history != b.history {
+        return Err(format!(
+            "histories differ: {} vs {} entries",
+            a.history.len(),
+            b.history.len()
+        ));
+    }
+    match (&a.vector, &b.vector) {
+        (None, None) => Ok(()),
+        (Some(x), Some(y)) => {
+            if x.model_version != y.model_version {
+                return Err(format!(
+                    "vectors of models {} and {}",
+                    x.model_version, y.model_version
+                ));
+            }
+            match x
+                .values
+                .iter()
+                .zip(&y.values)
+                .find(|(p, q)| (*p - *q).abs() > tolerance)
+            {
+                Some((p, q)) => Err(format!("vectors differ: {p} vs {q}")),
+                None => Ok(()),
+            }
+        }
+        _ => Err("one has a vector, the other not".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,3 +119,91 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Where the `tansu` binary is: `$RECSYS_TANSU`, else `~/.cache/recsys/tansu/bin/tansu` (where
+/// `.ci/run` installs it), else `tansu` on `PATH`.
+pub fn tansu_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("RECSYS_TANSU") {
+        return path.into();
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let cached = std::path::Path::new(&home).join(".cache/recsys/tansu/bin/tansu");
+        if cached.exists() {
+            return cached;
+        }
+    }
+    "tansu".into()
+}
+
+/// A Tansu broker (the Kafka protocol) owned by a test, on a free port; stopped when dropped.
+pub struct TansuBroker {
+    pub port: u16,
+    storage: String,
+    child: Option<Child>,
+}
+
+impl TansuBroker {
+    /// A broker keeping everything in memory.
+    pub fn start_in_memory() -> TansuBroker {
+        Self::start(free_port(), "memory://tansu/".to_string())
+    }
+
+    /// A broker on `port` with `storage` (`memory://tansu/` or `sqlite://DIR/tansu.db`, which
+    /// survives a restart). Panics with the install command if `tansu` is missing.
+    pub fn start(port: u16, storage: String) -> TansuBroker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &storage,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "tansu must be installed: cargo install tansu --locked --features dynostore,libsql \
+                 (.ci/run does it), or set RECSYS_TANSU",
+            );
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "tansu did not listen on {port}"
+        );
+        TansuBroker {
+            port,
+            storage,
+            child: Some(child),
+        }
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`s the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the broker and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let again = Self::start(self.port, self.storage.clone());
+        *self = again;
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

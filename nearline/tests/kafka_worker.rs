@@ -1,0 +1,232 @@
+//! The worker against a real Kafka-protocol broker (Tansu) and a real redis-server as the feature
+//! store: events are folded in, poison events land in the dead-letter topic with their reason, and
+//! the final state equals folding every valid event in from scratch.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+
+use recsys_nearline::apply::{from_scratch, same_state};
+use recsys_nearline::event::Event;
+use recsys_nearline::produce::{ensure_topics, send, Encoding};
+use recsys_nearline::worker::{self, WorkerOptions, HEADER_REASON};
+use recsys_shared::artifact::synthetic::synthetic_model;
+use recsys_shared::artifact::ModelRoot;
+use recsys_shared::config::{CacheBackend, Config, StoreBackend};
+use recsys_shared::store::bulk::load_model_features;
+use recsys_shared::store::features::{FeatureStore, MemberFeatures};
+use recsys_shared::testkit::{free_port, RedisServer, TansuBroker};
+
+const ITEMS: usize = 60;
+const MEMBERS: usize = 12;
+
+fn events(n: usize, now_ms: i64) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            event_id: format!("e{i}"),
+            user_id: format!("m{}", i % MEMBERS),
+            item_id: format!("i{}", (i * 7) % ITEMS),
+            event_type: ["play", "click", "add_to_list", "rating"][i % 4].into(),
+            value: (i % 5) as f64 + 1.0,
+            ts: now_ms - 60_000 + i as i64,
+        })
+        .collect()
+}
+
+async fn reference_state(
+    root: &Path,
+    version: &str,
+    config: &Config,
+    events: &[Event],
+) -> HashMap<String, MemberFeatures> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = from_scratch(config, root, version, &dir.path().join("features"), events)
+        .await
+        .unwrap();
+    let mut state = HashMap::new();
+    for m in 0..MEMBERS {
+        let id = format!("m{m}");
+        state.insert(id.clone(), store.get(&id).await.unwrap());
+    }
+    state
+}
+
+fn assert_same_state(actual: &MemberFeatures, expected: &MemberFeatures, member: &str) {
+    assert!(actual.vector.is_some(), "{member}: a vector");
+    if let Err(e) = same_state(actual, expected, 1e-4) {
+        panic!("{member}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
+    let broker = TansuBroker::start_in_memory();
+    let redis = RedisServer::start();
+    let models = tempfile::tempdir().unwrap();
+    let version = synthetic_model(models.path(), ITEMS, MEMBERS, 8, 11).unwrap();
+
+    let mut config = Config::default();
+    config.model.root = models.path().to_path_buf();
+    config.nearline.brokers = broker.brokers();
+    config.nearline.metrics_listen = format!("127.0.0.1:{}", free_port());
+    config.nearline.group_id = "test-workers".into();
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = redis.url();
+    config.cache.backend = CacheBackend::Redis;
+    config.cache.redis.url = redis.url();
+    config.store.history_cap = 30;
+
+    // The model's training histories are in the store, as `load-store` leaves them.
+    let store = FeatureStore::new(
+        recsys_shared::store::open(&config.store).await.unwrap(),
+        config.store.history_cap,
+    );
+    load_model_features(&ModelRoot::new(models.path()), None, &store, |_, _| {})
+        .await
+        .unwrap();
+
+    ensure_topics(&config, &[(config.nearline.topic.as_str(), 4)])
+        .await
+        .unwrap();
+    let producer = worker::producer(&config).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let good = events(240, now);
+    // Poison in the middle of the stream: garbage bytes, an unknown item, a missing field and a
+    // timestamp a day in the future.
+    for e in &good[..120] {
+        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+            .await
+            .unwrap();
+    }
+    let poison: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "m1",
+            b"\xff\xfe not an event".to_vec(),
+            "application/x-protobuf",
+        ),
+        (
+            "m2",
+            Event {
+                item_id: "no-such-item".into(),
+                ..good[2].clone()
+            }
+            .to_json(),
+            "application/json",
+        ),
+        (
+            "m3",
+            br#"{"event_id":"x","user_id":"m3","item_id":"i1","event_type":"play"}"#.to_vec(),
+            "application/json",
+        ),
+        (
+            "m4",
+            Event {
+                ts: now + 86_400_000,
+                ..good[4].clone()
+            }
+            .to_protobuf(),
+            "application/x-protobuf",
+        ),
+    ];
+    for (key, payload, content_type) in &poison {
+        producer
+            .send(
+                FutureRecord::to(&config.nearline.topic)
+                    .key(key.as_bytes())
+                    .payload(payload)
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "content-type",
+                        value: Some(*content_type),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    for (i, e) in good[120..].iter().enumerate() {
+        let encoding = if i % 2 == 0 {
+            Encoding::Json
+        } else {
+            Encoding::Protobuf
+        };
+        send(&producer, &config.nearline.topic, e, encoding)
+            .await
+            .unwrap();
+    }
+
+    let total = (good.len() + poison.len()) as u64;
+    let run = worker::serve(
+        &config,
+        WorkerOptions {
+            model_root: models.path().to_path_buf(),
+            max_events: Some(total),
+        },
+        std::future::pending(),
+    );
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the worker consumed every event within 2 minutes")
+        .unwrap();
+    assert_eq!(report.events, total);
+    assert_eq!(report.applied, good.len() as u64);
+    assert_eq!(report.dead_lettered, poison.len() as u64);
+
+    // The dead-letter topic holds the four, with their reasons.
+    let reader: StreamConsumer = worker::client_config(&config)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&config.nearline.dead_letter_topic])
+        .unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < poison.len() {
+        let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+            .await
+            .expect("dead letters arrive")
+            .unwrap();
+        let reason = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == HEADER_REASON))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+            .expect("a reason header");
+        reasons.push((
+            String::from_utf8_lossy(m.key().unwrap()).to_string(),
+            reason,
+        ));
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("m1".to_string(), "undecodable".to_string()),
+            ("m2".into(), "unknown_item".into()),
+            ("m3".into(), "undecodable".into()),
+            ("m4".into(), "timestamp_skew".into()),
+        ]
+    );
+
+    // Every member's state equals folding the training history and all valid events in at once.
+    let expected = reference_state(models.path(), &version, &config, &good).await;
+    for (member, want) in &expected {
+        let got = store.get(member).await.unwrap();
+        assert!(got.history.len() > 20, "{member}: training history kept");
+        assert_same_state(&got, want, member);
+    }
+    // And the cache was written through with the same state.
+    let cache = recsys_shared::store::cache::RedisCache::new(&config.cache.redis);
+    let cached = recsys_shared::store::cache::MemberCache::get(
+        &recsys_shared::store::cache::SharedRedisCache(cache),
+        "m5",
+    )
+    .await
+    .unwrap()
+    .expect("m5 is cached");
+    assert_same_state(&cached, &expected["m5"], "m5 (cache)");
+}

@@ -1,0 +1,336 @@
+//! The nearline tier's failure cases, across processes: real `recsys nearline run` workers, a real
+//! Tansu broker and a real redis-server as the shared feature store.
+//!
+//! - a worker `kill -9`ed in the middle of a stream and started again;
+//! - two workers in one group, the second joining mid-stream (a rebalance);
+//! - the broker (sqlite storage) restarted mid-stream.
+//!
+//! Each ends with every member's state equal to folding all events in from scratch: every event
+//! reflected exactly once, nothing lost.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use recsys_nearline::apply::{from_scratch, same_state};
+use recsys_nearline::event::Event;
+use recsys_shared::artifact::synthetic::synthetic_model;
+use recsys_shared::config::{Config, StoreBackend};
+use recsys_shared::store::features::FeatureStore;
+use recsys_shared::testkit::{free_port, RedisServer, TansuBroker};
+
+const ITEMS: usize = 80;
+const MEMBERS: usize = 40;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    models: PathBuf,
+    version: String,
+    events_file: PathBuf,
+    events: Vec<Event>,
+    redis: RedisServer,
+    broker: TansuBroker,
+}
+
+impl Setup {
+    fn new(n_events: usize, broker: TansuBroker) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        let version = synthetic_model(&models, ITEMS, MEMBERS, 8, 21).unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let events: Vec<Event> = (0..n_events)
+            .map(|i| Event {
+                event_id: format!("e{i}"),
+                user_id: format!("m{}", (i * 13) % MEMBERS),
+                item_id: format!("i{}", (i * 7 + i / 11) % ITEMS),
+                event_type: ["play", "click", "add_to_list"][i % 3].into(),
+                value: 0.0,
+                ts: now - 600_000 + i as i64,
+            })
+            .collect();
+        let events_file = dir.path().join("events.jsonl");
+        let mut f = std::fs::File::create(&events_file).unwrap();
+        for e in &events {
+            f.write_all(&e.to_json()).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        let setup = Setup {
+            _dir: dir,
+            models,
+            version,
+            events_file,
+            events,
+            redis: RedisServer::start(),
+            broker,
+        };
+        // The model's training histories reach the shared store, as after a publish.
+        let o = setup.command(&["offline", "load-store"]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        setup
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("RECSYS_LOG", "warn".to_string()),
+            (
+                "RECSYS__MODEL__ROOT",
+                self.models.to_string_lossy().to_string(),
+            ),
+            ("RECSYS__STORE__BACKEND", "redis".into()),
+            ("RECSYS__STORE__REDIS__URL", self.redis.url()),
+            ("RECSYS__STORE__HISTORY_CAP", "1000".into()),
+            ("RECSYS__CACHE__BACKEND", "none".into()),
+            ("RECSYS__NEARLINE__BROKERS", self.broker.brokers()),
+            ("RECSYS__NEARLINE__GROUP_ID", "failure-tests".into()),
+            ("RECSYS__NEARLINE__MAX_BATCH", "40".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config::default();
+        config.store.backend = StoreBackend::Redis;
+        config.store.redis.url = self.redis.url();
+        config.store.history_cap = 1000;
+        config
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
+        cmd.args(args);
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// `recsys nearline produce` of the events file at `rate` events/s, in the background.
+    fn produce(&self, file: &Path, rate: u32) -> Child {
+        self.command(&[
+            "nearline",
+            "produce",
+            "--input",
+            file.to_str().unwrap(),
+            "--partitions",
+            "4",
+            "--rate",
+            &rate.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+    }
+
+    fn worker(&self, metrics_port: u16) -> Child {
+        self.command(&[
+            "nearline",
+            "run",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+    }
+
+    /// Polls the store until every member's state equals folding all events in from scratch.
+    async fn converges(&self, within: Duration) -> Result<(), String> {
+        let scratch = tempfile::tempdir().unwrap();
+        let expected = from_scratch(
+            &self.config(),
+            &self.models,
+            &self.version,
+            &scratch.path().join("features"),
+            &self.events,
+        )
+        .await
+        .unwrap();
+        let actual = FeatureStore::new(
+            recsys_shared::store::open(&self.config().store)
+                .await
+                .unwrap(),
+            1000,
+        );
+        let deadline = Instant::now() + within;
+        loop {
+            let mut problem = None;
+            for m in 0..MEMBERS {
+                let id = format!("m{m}");
+                let want = expected.get(&id).await.unwrap();
+                let got = actual.get(&id).await.unwrap();
+                if let Err(e) = same_state(&got, &want, 1e-4) {
+                    problem = Some(format!("{id}: {e}"));
+                    break;
+                }
+            }
+            match problem {
+                None => return Ok(()),
+                Some(p) if Instant::now() > deadline => return Err(p),
+                Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+}
+
+/// A counter's value from a worker's `/metrics` (0 while unreachable).
+fn metric(port: u16, name: &str) -> f64 {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a child whose output went to the test's own stderr.
+fn finished(mut child: Child) -> Output {
+    Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: b"(see the test's stderr)".to_vec(),
+    }
+}
+
+fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+const APPLIED: &str = "recsys_nearline_events_total{outcome=\"applied\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_and_restarted_reflects_every_event_once() {
+    let s = Setup::new(3000, TansuBroker::start_in_memory());
+    let producer = s.produce(&s.events_file, 1500);
+    let port = free_port();
+    let mut worker = s.worker(port);
+    wait_until(
+        "a third of the events applied",
+        Duration::from_secs(90),
+        || metric(port, APPLIED) >= 1000.0,
+    );
+    // kill -9: whatever was applied but not committed is replayed by the next worker.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let port = free_port();
+    let mut worker = s.worker(port);
+    let produced = finished(producer);
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let converged = s.converges(Duration::from_secs(90)).await;
+    // Graceful stop: SIGTERM ends the worker cleanly.
+    sigterm(&mut worker);
+    let status = worker.wait().unwrap();
+    converged.unwrap();
+    assert!(status.success(), "worker exit after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_with_a_rebalance_mid_stream_reflect_every_event_once() {
+    let s = Setup::new(3000, TansuBroker::start_in_memory());
+    let producer = s.produce(&s.events_file, 1500);
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = s.worker(port_a);
+    wait_until(
+        "a third of the events applied",
+        Duration::from_secs(90),
+        || metric(port_a, APPLIED) >= 1000.0,
+    );
+    let mut b = s.worker(port_b);
+    wait_until(
+        "the second worker's assignment",
+        Duration::from_secs(90),
+        || metric(port_b, "recsys_nearline_rebalances_total{kind=\"assign\"}") >= 1.0,
+    );
+    let produced = finished(producer);
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let converged = s.converges(Duration::from_secs(90)).await;
+    let applied_a = metric(port_a, APPLIED);
+    let applied_b = metric(port_b, APPLIED);
+    sigterm(&mut a);
+    sigterm(&mut b);
+    let (sa, sb) = (a.wait().unwrap(), b.wait().unwrap());
+    converged.unwrap();
+    assert!(
+        applied_b > 0.0,
+        "the second worker took partitions and applied events"
+    );
+    assert!(
+        applied_a + applied_b >= 3000.0,
+        "{applied_a} + {applied_b} applied"
+    );
+    assert!(sa.success() && sb.success(), "{sa} {sb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_restarted_mid_stream_loses_nothing() {
+    let storage = tempfile::tempdir().unwrap();
+    let broker = TansuBroker::start(
+        free_port(),
+        format!("sqlite://{}/tansu.db", storage.path().display()),
+    );
+    let s = Setup::new(2000, broker);
+    // First half, then the broker restarts, then the second half.
+    let half = s.events.len() / 2;
+    let write = |name: &str, events: &[Event]| {
+        let path = s.events_file.with_file_name(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        for e in events {
+            f.write_all(&e.to_json()).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        path
+    };
+    let first = write("first.jsonl", &s.events[..half]);
+    let second = write("second.jsonl", &s.events[half..]);
+    let produced = finished(s.produce(&first, 0));
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let port = free_port();
+    let mut worker = s.worker(port);
+    wait_until("some events applied", Duration::from_secs(90), || {
+        metric(port, APPLIED) >= 200.0
+    });
+    let mut s = s;
+    s.broker.restart();
+    let produced = finished(s.produce(&second, 0));
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let converged = s.converges(Duration::from_secs(120)).await;
+    sigterm(&mut worker);
+    let status = worker.wait().unwrap();
+    converged.unwrap();
+    assert!(status.success(), "{status}");
+}
