@@ -231,6 +231,9 @@ enum NearlineCommand {
         #[arg(long)]
         partitions: Option<i32>,
     },
+    /// Throughput with one and two workers, and freshness against the online tier (starts its
+    /// own Tansu broker, redis-server, workers and server; prints figures).
+    Bench(recsys_nearline::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -556,6 +559,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "batches": report.batches,
                 })
             );
+        }
+        Command::Nearline(NearlineCommand::Bench(args)) => {
+            runtime()?
+                .block_on(recsys_nearline::bench::run(args))
+                .map_err(|e| anyhow::anyhow!(e))?;
         }
         Command::Nearline(NearlineCommand::Produce {
             input,

@@ -8,7 +8,7 @@
 //! Each ends with every member's state equal to folding all events in from scratch: every event
 //! reflected exactly once, nothing lost.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,8 +17,9 @@ use recsys_nearline::apply::{from_scratch, same_state};
 use recsys_nearline::event::Event;
 use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::{Config, StoreBackend};
+use recsys_shared::ops::scrape;
 use recsys_shared::store::features::FeatureStore;
-use recsys_shared::testkit::{free_port, RedisServer, TansuBroker};
+use recsys_shared::testkit::{free_port, RedisServer, TansuBroker, TansuStorage};
 
 const ITEMS: usize = 80;
 const MEMBERS: usize = 40;
@@ -177,21 +178,6 @@ impl Setup {
     }
 }
 
-/// A counter's value from a worker's `/metrics` (0 while unreachable).
-fn metric(port: u16, name: &str) -> f64 {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0.0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -220,13 +206,13 @@ const APPLIED: &str = "recsys_nearline_events_total{outcome=\"applied\"}";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_stream_and_restarted_reflects_every_event_once() {
     let s = Setup::new(3000, TansuBroker::start_in_memory());
-    let producer = s.produce(&s.events_file, 1500);
+    let producer = s.produce(&s.events_file, 300);
     let port = free_port();
     let mut worker = s.worker(port);
     wait_until(
         "a third of the events applied",
         Duration::from_secs(90),
-        || metric(port, APPLIED) >= 1000.0,
+        || scrape(port, APPLIED) >= 1000.0,
     );
     // kill -9: whatever was applied but not committed is replayed by the next worker.
     worker.kill().unwrap();
@@ -250,19 +236,19 @@ async fn a_worker_killed_mid_stream_and_restarted_reflects_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_with_a_rebalance_mid_stream_reflect_every_event_once() {
     let s = Setup::new(3000, TansuBroker::start_in_memory());
-    let producer = s.produce(&s.events_file, 1500);
+    let producer = s.produce(&s.events_file, 300);
     let (port_a, port_b) = (free_port(), free_port());
     let mut a = s.worker(port_a);
     wait_until(
         "a third of the events applied",
         Duration::from_secs(90),
-        || metric(port_a, APPLIED) >= 1000.0,
+        || scrape(port_a, APPLIED) >= 1000.0,
     );
     let mut b = s.worker(port_b);
     wait_until(
         "the second worker's assignment",
         Duration::from_secs(90),
-        || metric(port_b, "recsys_nearline_rebalances_total{kind=\"assign\"}") >= 1.0,
+        || scrape(port_b, "recsys_nearline_rebalances_total{kind=\"assign\"}") >= 1.0,
     );
     let produced = finished(producer);
     assert!(
@@ -271,8 +257,8 @@ async fn two_workers_with_a_rebalance_mid_stream_reflect_every_event_once() {
         String::from_utf8_lossy(&produced.stderr)
     );
     let converged = s.converges(Duration::from_secs(90)).await;
-    let applied_a = metric(port_a, APPLIED);
-    let applied_b = metric(port_b, APPLIED);
+    let applied_a = scrape(port_a, APPLIED);
+    let applied_b = scrape(port_b, APPLIED);
     sigterm(&mut a);
     sigterm(&mut b);
     let (sa, sb) = (a.wait().unwrap(), b.wait().unwrap());
@@ -293,7 +279,7 @@ async fn the_broker_restarted_mid_stream_loses_nothing() {
     let storage = tempfile::tempdir().unwrap();
     let broker = TansuBroker::start(
         free_port(),
-        format!("sqlite://{}/tansu.db", storage.path().display()),
+        TansuStorage::Sqlite(storage.path().to_path_buf()),
     );
     let s = Setup::new(2000, broker);
     // First half, then the broker restarts, then the second half.
@@ -318,7 +304,7 @@ async fn the_broker_restarted_mid_stream_loses_nothing() {
     let port = free_port();
     let mut worker = s.worker(port);
     wait_until("some events applied", Duration::from_secs(90), || {
-        metric(port, APPLIED) >= 200.0
+        scrape(port, APPLIED) >= 200.0
     });
     let mut s = s;
     s.broker.restart();

@@ -160,17 +160,7 @@ impl Applier {
         }
         let token = IdempotencyToken::now();
         let had_new = !new_entries.is_empty();
-        if had_new {
-            let entries: Vec<HistoryEntry> = new_entries
-                .into_iter()
-                .map(|((ts_ms, item_id), strength)| HistoryEntry {
-                    item_id,
-                    ts_ms,
-                    strength,
-                })
-                .collect();
-            store.append_history(user_id, &entries, token).await?;
-        }
+        let over_cap = history.len() > store.history_cap();
         let skip = history.len().saturating_sub(store.history_cap());
         let history: Vec<HistoryEntry> = history
             .into_iter()
@@ -188,8 +178,27 @@ impl Applier {
             model_version: model.version.clone(),
             values,
         });
+        // The vector first, then the history: a crash in between leaves history without the new
+        // entries, so the replay finds them new and writes both again. (The other order would
+        // leave a replay finding nothing new and keeping the stale vector.)
         if let Some(vector) = &vector {
             store.put_vector(user_id, vector, token).await?;
+        }
+        if had_new {
+            let entries: Vec<HistoryEntry> = new_entries
+                .into_iter()
+                .map(|((ts_ms, item_id), strength)| HistoryEntry {
+                    item_id,
+                    ts_ms,
+                    strength,
+                })
+                .collect();
+            store.put_history(user_id, &entries, token).await?;
+        }
+        // The stored history is at most what was read (capped) plus the new entries; trim only
+        // when that can exceed the cap.
+        if over_cap {
+            store.trim_history(user_id).await?;
         }
         self.features
             .write_through(user_id, &MemberFeatures { vector, history })

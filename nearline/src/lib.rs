@@ -12,6 +12,7 @@
 //! call [`apply::Applier`] directly: the same code path after decoding.
 
 pub mod apply;
+pub mod bench;
 pub mod error;
 pub mod event;
 pub mod metrics;

@@ -96,14 +96,22 @@ pub fn client_config(config: &Config) -> ClientConfig {
     client
 }
 
+fn with_overrides(mut client: ClientConfig, config: &Config) -> ClientConfig {
+    for (key, value) in &config.nearline.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
 /// The producer that writes dead letters (and `recsys nearline produce`): idempotent, acks=all.
 pub fn producer(config: &Config) -> Result<FutureProducer, NearlineError> {
-    Ok(client_config(config)
+    let mut producer_config = client_config(config);
+    producer_config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()?)
+        .set("message.timeout.ms", "30000");
+    Ok(with_overrides(producer_config, config).create()?)
 }
 
 /// A running worker's handles.
@@ -125,7 +133,8 @@ pub async fn run(
 ) -> Result<RunReport, NearlineError> {
     let n = &config.nearline;
     let assigned = Arc::new(AtomicBool::new(false));
-    let consumer: StreamConsumer<WorkerContext> = client_config(config)
+    let mut consumer_config = client_config(config);
+    consumer_config
         .set("group.id", &n.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -135,6 +144,10 @@ pub async fn run(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000")
+        // A catching-up consumer must not idle between fetches (Tansu 0.6 answers a fetch with
+        // little data per partition and waits the full time when there is none).
+        .set("fetch.wait.max.ms", "20");
+    let consumer: StreamConsumer<WorkerContext> = with_overrides(consumer_config, config)
         .create_with_context(WorkerContext {
             assigned: assigned.clone(),
         })?;
@@ -294,7 +307,16 @@ async fn process_batch(
         }
     }
     for (m, rejection) in &rejected {
-        dead_letter(config, producer, m, rejection).await?;
+        // The record is only skipped once the dead-letter topic has it.
+        let mut backoff = Duration::from_millis(200);
+        while let Err(e) = dead_letter(config, producer, m, rejection).await {
+            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "dead letter not written; retrying (offsets stay uncommitted)");
+            if *shutdown.borrow() {
+                return Err(e);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
         metrics::DEAD_LETTERS
             .with_label_values(&[rejection.reason.name()])
             .inc();

@@ -220,13 +220,9 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
         assert_same_state(&got, want, member);
     }
     // And the cache was written through with the same state.
-    let cache = recsys_shared::store::cache::RedisCache::new(&config.cache.redis);
-    let cached = recsys_shared::store::cache::MemberCache::get(
-        &recsys_shared::store::cache::SharedRedisCache(cache),
-        "m5",
-    )
-    .await
-    .unwrap()
-    .expect("m5 is cached");
+    use recsys_shared::store::cache::{MemberCache, RedisCache, SharedRedisCache};
+    let cache = SharedRedisCache(RedisCache::new(&config.cache.redis));
+    cache.warm().await;
+    let cached = cache.get("m5").await.unwrap().expect("m5 is cached");
     assert_same_state(&cached, &expected["m5"], "m5 (cache)");
 }

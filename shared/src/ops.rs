@@ -69,3 +69,21 @@ async fn metrics_text() -> (StatusCode, [(&'static str, String); 1], Vec<u8>) {
         ),
     }
 }
+
+/// The sum of the samples whose line starts with `prefix` (a metric name, optionally with its
+/// labels) on the `/metrics` of `127.0.0.1:port`; 0 while the endpoint is unreachable. For
+/// benches and tests watching a child process.
+pub fn scrape(port: u16, prefix: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -135,24 +135,40 @@ pub fn tansu_binary() -> std::path::PathBuf {
     "tansu".into()
 }
 
+/// Where a Tansu broker keeps its data.
+#[derive(Debug, Clone)]
+pub enum TansuStorage {
+    Memory,
+    /// `DIR/tansu.db`: survives a restart.
+    Sqlite(std::path::PathBuf),
+}
+
 /// A Tansu broker (the Kafka protocol) owned by a test, on a free port; stopped when dropped.
 pub struct TansuBroker {
     pub port: u16,
-    storage: String,
+    storage: TansuStorage,
     child: Option<Child>,
 }
 
 impl TansuBroker {
     /// A broker keeping everything in memory.
     pub fn start_in_memory() -> TansuBroker {
-        Self::start(free_port(), "memory://tansu/".to_string())
+        Self::start(free_port(), TansuStorage::Memory)
     }
 
-    /// A broker on `port` with `storage` (`memory://tansu/` or `sqlite://DIR/tansu.db`, which
-    /// survives a restart). Panics with the install command if `tansu` is missing.
-    pub fn start(port: u16, storage: String) -> TansuBroker {
+    /// A broker on `port` with `storage`. Panics with the install command if `tansu` is missing.
+    pub fn start(port: u16, storage: TansuStorage) -> TansuBroker {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
+        let mut command = Command::new(tansu_binary());
+        // Tansu 0.6 resolves a sqlite path against its working directory.
+        let engine = match &storage {
+            TansuStorage::Memory => "memory://tansu/".to_string(),
+            TansuStorage::Sqlite(dir) => {
+                command.current_dir(dir);
+                "sqlite://tansu.db".to_string()
+            }
+        };
+        let child = command
             .args([
                 "broker",
                 "--listener-url",
@@ -160,7 +176,7 @@ impl TansuBroker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &storage,
+                &engine,
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

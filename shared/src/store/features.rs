@@ -286,6 +286,18 @@ impl FeatureStore {
         entries: &[HistoryEntry],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
+        self.put_history(user_id, entries, token).await?;
+        self.trim_history(user_id).await
+    }
+
+    /// Adds entries to the member's history without trimming it (for a caller that knows the
+    /// history's length and calls [`FeatureStore::trim_history`] only when it is over the cap).
+    pub async fn put_history(
+        &self,
+        user_id: &str,
+        entries: &[HistoryEntry],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
         self.kv
             .put_items(
                 HISTORY_NAMESPACE,
@@ -293,8 +305,7 @@ impl FeatureStore {
                 &Self::history_items(entries),
                 token,
             )
-            .await?;
-        self.trim_history(user_id).await
+            .await
     }
 
     /// Deletes history entries older than the newest `history_cap`.
