@@ -91,6 +91,88 @@ fn dot_i8(a: &[i8], b: &[i16]) -> i32 {
     sum
 }
 
+/// The quantised scan with AVX2 for `k` a multiple of 32: per 32 bytes of a row, `vpsignb` moves
+/// the user's signs onto the row, `vpmaddubsw` multiplies by the user's magnitudes into i16 pairs
+/// (at most 2 × 127 × 127, no saturation since values are in ±127) and `vpmaddwd` widens to i32.
+/// One pass over the i8 matrix, a quarter of the f32 matrix's bytes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx2")]
+fn scan_i8_avx2(
+    matrix: &[i8],
+    k: usize,
+    user: &[i8],
+    scales: &[f32],
+    user_scale: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(k.is_multiple_of(32) && user.len() == k);
+    let mut signs = Vec::with_capacity(k / 32);
+    let mut magnitudes = Vec::with_capacity(k / 32);
+    for chunk in user.chunks_exact(32) {
+        let u = load32(chunk);
+        signs.push(u);
+        magnitudes.push(_mm256_abs_epi8(u));
+    }
+    let ones = _mm256_set1_epi16(1);
+    let row_sum = |row: &[i8]| -> __m256i {
+        let mut acc = _mm256_setzero_si256();
+        for ((chunk, &u), &m) in row.chunks_exact(32).zip(&signs).zip(&magnitudes) {
+            let x = _mm256_sign_epi8(load32(chunk), u);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(m, x), ones));
+        }
+        acc
+    };
+    // Eight rows at a time: their partial sums reduce together (`vphaddd`, one lane swap), and
+    // the eight scores are scaled and stored with one instruction each.
+    let scale8 = _mm256_set1_ps(user_scale);
+    let mut rows = matrix.chunks_exact(8 * k);
+    let mut outs = out.chunks_exact_mut(8);
+    let mut scale_chunks = scales.chunks_exact(8);
+    for ((block, o), sc) in (&mut rows).zip(&mut outs).zip(&mut scale_chunks) {
+        let a: [__m256i; 8] = std::array::from_fn(|r| row_sum(&block[r * k..(r + 1) * k]));
+        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+        let sums = _mm256_add_epi32(
+            _mm256_permute2x128_si256(h0123, h4567, 0x20),
+            _mm256_permute2x128_si256(h0123, h4567, 0x31),
+        );
+        assert!(sc.len() == 8 && o.len() == 8);
+        // SAFETY: `sc` and `o` hold eight f32 each (asserted); loads and stores are unaligned.
+        unsafe {
+            let factors = _mm256_mul_ps(_mm256_loadu_ps(sc.as_ptr()), scale8);
+            _mm256_storeu_ps(
+                o.as_mut_ptr(),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(sums), factors),
+            );
+        }
+    }
+    for ((row, scale), o) in rows
+        .remainder()
+        .chunks_exact(k)
+        .zip(scale_chunks.remainder())
+        .zip(outs.into_remainder())
+    {
+        let acc = row_sum(row);
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256(acc, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        *o = _mm_cvtsi128_si32(s) as f32 * (scale * user_scale);
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load32(bytes: &[i8]) -> std::arch::x86_64::__m256i {
+    assert!(bytes.len() >= 32);
+    // SAFETY: `bytes` holds at least 32 bytes (asserted); the load is unaligned.
+    unsafe { std::arch::x86_64::_mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
 /// Size of the candidate pool re-scored exactly for a top-`k`.
 pub fn candidates(k: usize) -> usize {
     (4 * k).max(k + 200)
@@ -169,6 +251,22 @@ impl ItemMatrix {
         assert_eq!(user.len(), self.k);
         let mut q_user = vec![0i8; self.k];
         let user_scale = quantize(user, &mut q_user);
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        if self.k.is_multiple_of(32) {
+            // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
+            // runs on has it.
+            unsafe {
+                scan_i8_avx2(
+                    &self.quantized,
+                    self.k,
+                    &q_user,
+                    &self.scales,
+                    user_scale,
+                    out,
+                );
+            }
+            return;
+        }
         let q_user: Vec<i16> = q_user.into_iter().map(i16::from).collect();
         for ((row, scale), o) in self
             .quantized
@@ -343,6 +441,25 @@ mod tests {
         m.score_all_quantized(&user, &mut approx);
         for (e, a) in exact.iter().zip(&approx) {
             assert!((e - a).abs() < 0.05 * (1.0 + e.abs()), "{e} vs {a}");
+        }
+    }
+
+    #[test]
+    fn the_simd_scan_equals_the_integer_dot_product() {
+        // k = 96 takes the AVX2 path (k a multiple of 32) when built for it; the integer dot
+        // product is the reference, and the two must agree exactly.
+        for k in [32, 96] {
+            let (m, user) = random_matrix(302, k, 5);
+            let mut fast = vec![0.0; 302];
+            m.score_all_quantized(&user, &mut fast);
+            let mut q_user = vec![0i8; k];
+            let user_scale = quantize(&user, &mut q_user);
+            let q_user: Vec<i16> = q_user.into_iter().map(i16::from).collect();
+            for (i, f) in fast.iter().enumerate() {
+                let row = &m.quantized[i * k..(i + 1) * k];
+                let want = dot_i8(row, &q_user) as f32 * (m.scales[i] * user_scale);
+                assert_eq!(*f, want, "row {i}, k {k}");
+            }
         }
     }
 
