@@ -3,6 +3,8 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error, 3 the publish gate refused a model.
 
+mod quickstart;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,8 +53,9 @@ enum Command {
     /// Online tier: the gRPC ranking API.
     #[command(subcommand)]
     Online(OnlineCommand),
-    /// Run the whole platform on embedded defaults (not built yet).
-    Quickstart,
+    /// The whole platform in one process on embedded defaults, no services: train, serve, fold a
+    /// member's events in, print their homepage before and after; serves until Ctrl-C.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 #[derive(Subcommand)]
@@ -328,10 +331,6 @@ fn validated(config: Config) -> Result<Config> {
         .validate()
         .map_err(|problem| anyhow::anyhow!("command-line options: {problem}"))?;
     Ok(config)
-}
-
-fn not_built(what: &str, issue: u32) -> Result<ExitCode> {
-    anyhow::bail!("{what} is not built yet (tracked in issue {issue}); see README.md, \"What is not done yet\"")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -644,15 +643,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .block_on(recsys_online::bench::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
-        Command::Quickstart => return not_built("quickstart", 5),
+        Command::Quickstart(args) => {
+            let config = load_config(&cli)?;
+            quickstart::run(args, config, shutdown_signal())?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The quickstart prints its own narrative on stdout; its logs default to warnings only.
+    let default_filter = match cli.command {
+        Command::Quickstart(_) => "warn",
+        _ => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECSYS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -525,7 +525,7 @@ fn imports_movielens_latest_small_from_shared_data() {
 }
 
 #[test]
-fn every_command_has_help_and_unbuilt_tiers_say_so() {
+fn every_command_has_help() {
     for args in [
         vec!["--help"],
         vec!["offline", "--help"],
@@ -539,6 +539,8 @@ fn every_command_has_help_and_unbuilt_tiers_say_so() {
         vec!["offline", "load-store", "--help"],
         vec!["nearline", "run", "--help"],
         vec!["nearline", "produce", "--help"],
+        vec!["nearline", "bench", "--help"],
+        vec!["quickstart", "--help"],
     ] {
         let o = recsys(&args, &[]);
         assert!(o.status.success(), "{args:?}");
@@ -547,7 +549,4 @@ fn every_command_has_help_and_unbuilt_tiers_say_so() {
             "{args:?}"
         );
     }
-    let o = recsys(&["quickstart"], &[]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not built yet"));
 }

@@ -23,7 +23,7 @@ use recsys_shared::store::features::{HistoryEntry, MemberFeatures, MemberVector}
 use recsys_shared::store::IdempotencyToken;
 
 use crate::error::NearlineError;
-use crate::event::{Event, EventRules, RejectReason, Rejection};
+use crate::event::{decode, Event, EventRules, RejectReason, Rejection};
 use crate::metrics;
 use crate::model::{FoldInModel, ModelHandle};
 
@@ -94,6 +94,20 @@ impl Applier {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Decodes a record value (see [`decode`]) and checks the event: what every event source does
+    /// before [`Applier::apply`]. `key` is the record key, if the source has one.
+    pub fn admit(
+        &self,
+        payload: Option<&[u8]>,
+        content_type: Option<&str>,
+        key: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<Event, Rejection> {
+        let event = decode(payload, content_type)?;
+        self.check(&event, key, now_ms)?;
+        Ok(event)
     }
 
     /// Applies checked events. Either every member's state is written durably, or an error is
@@ -300,7 +314,7 @@ mod tests {
     use recsys_shared::config::Config;
     use recsys_shared::store::features::FeatureStore;
 
-    use crate::testing::tiny_model;
+    use crate::testing::{applier_for, tiny_model};
 
     fn event(id: &str, user: &str, item: &str, ts: i64) -> Event {
         Event {
@@ -317,21 +331,6 @@ mod tests {
         let (root_dir, version) = tiny_model();
         let applier = applier_for(dir, root_dir.path(), &version).await;
         (applier, root_dir)
-    }
-
-    async fn applier_for(dir: &std::path::Path, root: &std::path::Path, version: &str) -> Applier {
-        let model = ModelHandle::new();
-        model.set(
-            FoldInModel::load(&recsys_shared::artifact::ModelRoot::new(root), version).unwrap(),
-        );
-        let mut config = Config::default();
-        config.store.embedded.path = dir.to_path_buf();
-        config.cache.backend = recsys_shared::config::CacheBackend::None;
-        let kv = recsys_shared::store::open(&config.store).await.unwrap();
-        let store = FeatureStore::new(kv, 4);
-        let reader =
-            FeatureReader::from_config(store, &config.cache, std::time::Duration::from_secs(1));
-        Applier::new(Arc::new(reader), model, EventRules::from_config(&config), 4)
     }
 
     #[tokio::test]

@@ -8,13 +8,14 @@
 //!
 //! This crate owns event decoding and validation, the apply step and the Kafka loop. It must not
 //! train models (it loads the published item factors, [`model`]) or serve requests, and depends on
-//! `recsys-shared` only. Other event sources (a local file or channel, as the quickstart uses)
-//! call [`apply::Applier`] directly: the same code path after decoding.
+//! `recsys-shared` only. Without a broker, [`local`] feeds records from a channel (the quickstart)
+//! through the same admit → apply path.
 
 pub mod apply;
 pub mod bench;
 pub mod error;
 pub mod event;
+pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod produce;

@@ -7,3 +7,34 @@ pub fn tiny_model() -> (tempfile::TempDir, String) {
         .expect("a synthetic model");
     (dir, version)
 }
+
+/// An applier over an embedded store in `dir` (no cache, history cap 4) with `version` of the
+/// model root `root` loaded.
+pub async fn applier_for(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    version: &str,
+) -> crate::apply::Applier {
+    use recsys_shared::config::{CacheBackend, Config};
+    use recsys_shared::store::cache::FeatureReader;
+    use recsys_shared::store::features::FeatureStore;
+
+    let model = crate::model::ModelHandle::new();
+    model.set(
+        crate::model::FoldInModel::load(&recsys_shared::artifact::ModelRoot::new(root), version)
+            .unwrap(),
+    );
+    let mut config = Config::default();
+    config.store.embedded.path = dir.to_path_buf();
+    config.cache.backend = CacheBackend::None;
+    let kv = recsys_shared::store::open(&config.store).await.unwrap();
+    let store = FeatureStore::new(kv, 4);
+    let reader =
+        FeatureReader::from_config(store, &config.cache, std::time::Duration::from_secs(1));
+    crate::apply::Applier::new(
+        std::sync::Arc::new(reader),
+        model,
+        crate::event::EventRules::from_config(&config),
+        4,
+    )
+}

@@ -31,7 +31,7 @@ use recsys_shared::config::Config;
 
 use crate::apply::Applier;
 use crate::error::NearlineError;
-use crate::event::{decode, Event, Rejection};
+use crate::event::{Event, Rejection};
 use crate::metrics;
 
 /// Dead-letter headers: why, and where the record came from.
@@ -299,9 +299,7 @@ async fn process_batch(
                 .and_then(|h| h.value)
                 .and_then(|v| std::str::from_utf8(v).ok())
         });
-        match decode(m.payload(), content_type)
-            .and_then(|e| applier.check(&e, m.key(), now_ms).map(|()| e))
-        {
+        match applier.admit(m.payload(), content_type, m.key(), now_ms) {
             Ok(e) => events.push(e),
             Err(r) => rejected.push((m, r)),
         }

@@ -147,11 +147,21 @@ pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
     let kv = recsys_shared::store::open(&config.store).await?;
     let features = FeatureStore::new(kv, config.store.history_cap);
     let reader = FeatureReader::from_config(
-        features.clone(),
+        features,
         &config.cache,
         Duration::from_millis(config.store.read_timeout_ms),
     );
     reader.warm_cache().await;
+    start_with_reader(config, reader).await
+}
+
+/// [`start`] with a feature reader the caller opened: one process that also writes features
+/// (the quickstart's in-process nearline path) shares its embedded store and cache this way.
+pub async fn start_with_reader(
+    config: &Config,
+    reader: FeatureReader,
+) -> Result<RunningServer, OnlineError> {
+    let features = reader.store().clone();
     tracing::info!(
         store = features.backend(),
         cache = reader.cache_name(),

@@ -371,7 +371,9 @@ pub enum Source {
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<MemberFeatures>, Arc<StoreError>>>>;
 
-/// The online tier's read path: cache, then the store through a single flight.
+/// The online tier's read path: cache, then the store through a single flight. Clones share the
+/// cache, the breaker and the flights (one process can hand one reader to several components).
+#[derive(Clone)]
 pub struct FeatureReader {
     store: FeatureStore,
     cache: Option<Arc<dyn MemberCache>>,

@@ -1,0 +1,396 @@
+//! The platform end to end: the three tiers as separate processes of the real `recsys` binary,
+//! against a real redis-server (the shared feature store, and the cache in another database) and a
+//! real Tansu broker.
+//!
+//! synthetic data → `offline train` → `offline load-store` → `online serve` + `nearline run` →
+//! `nearline produce` a member's events → within a bounded wait, `Rank` for that member reflects
+//! them (the items they played are gone from the unseen ranking, and the ranking moved toward
+//! them) → `offline train` publishes a new version → the online tier switches to it under a
+//! concurrent load with no failed request, and the member's events still count under the new
+//! model (their vector is re-folded from the stored history).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recsys_nearline::event::Event;
+use recsys_shared::ops::scrape;
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::{RankRequest, RankResponse};
+use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker};
+use tonic::transport::Channel;
+
+const MEMBER: &str = "u0000007";
+const APPLIED: &str = "recsys_nearline_events_total{outcome=\"applied\"}";
+
+/// A child process killed when the test ends, however it ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Platform {
+    dir: tempfile::TempDir,
+    redis: RedisServer,
+    broker: TansuBroker,
+}
+
+impl Platform {
+    fn models(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
+        cmd.args(args)
+            .env("RECSYS_LOG", "warn")
+            .env("RECSYS__MODEL__ROOT", self.models())
+            .env("RECSYS__STORE__BACKEND", "redis")
+            .env("RECSYS__STORE__REDIS__URL", self.redis.url())
+            .env("RECSYS__CACHE__BACKEND", "redis")
+            .env(
+                "RECSYS__CACHE__REDIS__URL",
+                format!("{}1", self.redis.url()),
+            )
+            .env("RECSYS__CACHE__REDIS__TIMEOUT_MS", "200")
+            .env("RECSYS__ONLINE__MODEL_POLL_MS", "200")
+            .env("RECSYS__NEARLINE__MODEL_POLL_MS", "200")
+            .env("RECSYS__NEARLINE__BROKERS", self.broker.brokers())
+            .env("RECSYS__NEARLINE__GROUP_ID", "e2e");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let o = self.command(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "recsys {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    fn train(&self, seed: &str) -> String {
+        let data = self.dir.path().join("data");
+        let o = self.run(&[
+            "offline",
+            "train",
+            "--interactions",
+            data.join("interactions.parquet").to_str().unwrap(),
+            "--items",
+            data.join("items.parquet").to_str().unwrap(),
+            "--factors",
+            "16",
+            "--iterations",
+            "8",
+            "--seed",
+            seed,
+            "--skip-eval",
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let outcome: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        outcome["version"].as_str().unwrap().to_string()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Process {
+        Process(
+            self.command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn produce(&self, name: &str, events: &[Event]) {
+        let file = self.dir.path().join(name);
+        let mut f = std::fs::File::create(&file).unwrap();
+        for e in events {
+            f.write_all(&e.to_json()).unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        self.run(&[
+            "nearline",
+            "produce",
+            "--input",
+            file.to_str().unwrap(),
+            "--partitions",
+            "4",
+        ]);
+    }
+}
+
+fn play(id: String, user: &str, item: &str, ts: i64) -> Event {
+    Event {
+        event_id: id,
+        user_id: user.into(),
+        item_id: item.into(),
+        event_type: "play".into(),
+        value: 0.0,
+        ts,
+    }
+}
+
+async fn rank(
+    client: &mut RankingClient<Channel>,
+    k: u32,
+    exclude_seen: bool,
+) -> Result<RankResponse, tonic::Status> {
+    client
+        .rank(RankRequest {
+            user_id: MEMBER.into(),
+            k,
+            exclude_seen,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn positions(r: &RankResponse) -> HashMap<String, usize> {
+    r.items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (item.item_id.clone(), i))
+        .collect()
+}
+
+fn mean_position(all: &HashMap<String, usize>, items: &[String]) -> f64 {
+    items.iter().map(|i| all[i] as f64).sum::<f64>() / items.len() as f64
+}
+
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
+    let platform = Platform {
+        dir: tempfile::tempdir().unwrap(),
+        redis: RedisServer::start(),
+        broker: TansuBroker::start_in_memory(),
+    };
+    let data = platform.dir.path().join("data");
+    platform.run(&[
+        "offline",
+        "synth",
+        "--users",
+        "400",
+        "--items",
+        "200",
+        "--interactions",
+        "30000",
+        "--seed",
+        "11",
+        "--output",
+        data.to_str().unwrap(),
+    ]);
+    let v1 = platform.train("1");
+    platform.run(&["offline", "load-store"]);
+
+    let grpc = free_port();
+    let online_metrics = free_port();
+    let _online = platform.spawn(&[
+        "online",
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{online_metrics}"),
+    ]);
+    assert!(wait_for_port(grpc, Duration::from_secs(30)));
+    let mut client = RankingClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before_all = loop {
+        match rank(&mut client, 200, false).await {
+            Ok(r) => break r,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("online not ready: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(before_all.model_version, v1);
+    let before_unseen = rank(&mut client, 20, true).await.unwrap();
+
+    // The member's new plays: two titles from the top of their unseen ranking and four from the
+    // bottom of the whole catalog.
+    let top: Vec<String> = before_unseen.items[..2]
+        .iter()
+        .map(|i| i.item_id.clone())
+        .collect();
+    let tail: Vec<String> = before_all.items[before_all.items.len() - 4..]
+        .iter()
+        .map(|i| i.item_id.clone())
+        .collect();
+    let now = chrono::Utc::now().timestamp_millis();
+
+    // The topic exists (and the worker is consuming) before the member's events are sent.
+    platform.produce(
+        "warmup.jsonl",
+        &[play("warmup".into(), "u0000001", &tail[0], now - 60_000)],
+    );
+    let worker_metrics = free_port();
+    let _worker = platform.spawn(&[
+        "nearline",
+        "run",
+        "--metrics-listen",
+        &format!("127.0.0.1:{worker_metrics}"),
+    ]);
+    wait_for(
+        "the worker to apply the warm-up event",
+        Duration::from_secs(60),
+        || scrape(worker_metrics, APPLIED) >= 1.0,
+    );
+
+    let mut events = Vec::new();
+    for (n, item) in top.iter().chain(&tail).enumerate() {
+        for r in 0..5 {
+            let i = n * 5 + r;
+            events.push(play(
+                format!("e2e-{i}"),
+                MEMBER,
+                item,
+                now - 30_000 + i as i64 * 100,
+            ));
+        }
+    }
+    let sent = Instant::now();
+    platform.produce("member.jsonl", &events);
+
+    // Within a bounded wait, the ranking reflects the events.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after_unseen = loop {
+        let r = rank(&mut client, 20, true).await.unwrap();
+        if !r.items.iter().any(|i| top.contains(&i.item_id)) {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the played titles {top:?} are still ranked as unseen: {:?}",
+            r.items.iter().map(|i| &i.item_id).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "events reflected in Rank {} ms after produce returned",
+        sent.elapsed().as_millis()
+    );
+    assert_eq!(after_unseen.model_version, v1);
+    assert_eq!(after_unseen.items.len(), 20);
+    let after_all = rank(&mut client, 200, false).await.unwrap();
+    let (tail_before, tail_after) = (
+        mean_position(&positions(&before_all), &tail),
+        mean_position(&positions(&after_all), &tail),
+    );
+    assert!(
+        tail_after < tail_before / 2.0,
+        "the ranking did not move toward the played titles: mean position {tail_before} → {tail_after}"
+    );
+
+    // A new model version, published while the online tier is under load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let saw_v1 = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for t in 0..4 {
+        let (stop, ok, failed, saw_v1) = (stop.clone(), ok.clone(), failed.clone(), saw_v1.clone());
+        let mut client = client.clone();
+        let v1 = v1.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            let mut last = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let member = format!("u{:07}", (t * 97 + n * 13) % 400);
+                n += 1;
+                match client
+                    .rank(RankRequest {
+                        user_id: member,
+                        k: 10,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        if r.items.len() != 10 || r.degraded {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if r.model_version == v1 {
+                            saw_v1.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = r.model_version;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("request failed during the swap: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            last
+        }));
+    }
+    let v2 = {
+        let platform = &platform;
+        tokio::task::block_in_place(|| platform.train("2"))
+    };
+    assert_ne!(v2, v1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rank(&mut client, 20, true).await.unwrap();
+        if r.model_version == v2 {
+            // Re-folded under the new model from the stored history: the plays still count.
+            assert!(
+                !r.items.iter().any(|i| top.contains(&i.item_id)),
+                "under {v2} the played titles came back: {:?}",
+                r.items
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the online tier did not switch to {v2}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut last_versions = Vec::new();
+    for task in load {
+        last_versions.push(task.await.unwrap());
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests during the swap, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during the model swap");
+    assert!(
+        saw_v1.load(Ordering::Relaxed) > 0,
+        "the load started after the swap"
+    );
+    assert!(ok > 20, "too little load to say anything: {ok} requests");
+    assert!(last_versions.iter().all(|v| *v == v2), "{last_versions:?}");
+    assert_eq!(
+        scrape(
+            online_metrics,
+            "recsys_model_swaps_total{result=\"swapped\"}"
+        ),
+        2.0
+    );
+}
