@@ -311,9 +311,6 @@ pub fn same_state(a: &MemberFeatures, b: &MemberFeatures, tolerance: f32) -> Res
 mod tests {
     use super::*;
 
-    use recsys_shared::config::Config;
-    use recsys_shared::store::features::FeatureStore;
-
     use crate::testing::{applier_for, tiny_model};
 
     fn event(id: &str, user: &str, item: &str, ts: i64) -> Event {

@@ -110,7 +110,6 @@ async fn rank_homepage_and_similar_items_over_grpc() {
             exclude_seen: true,
             exclude_item_ids: vec![first.items[0].item_id.clone()],
             country: "fr".into(),
-            ..Default::default()
         })
         .await
         .unwrap()
@@ -120,7 +119,7 @@ async fn rank_homepage_and_similar_items_over_grpc() {
         assert!(!seen.contains(&item.item_id), "{} was seen", item.item_id);
         assert_ne!(item.item_id, first.items[0].item_id);
         let j: usize = item.item_id[1..].parse().unwrap();
-        assert!(j % 10 != 0, "{} is US-only", item.item_id);
+        assert!(!j.is_multiple_of(10), "{} is US-only", item.item_id);
     }
 
     // An unknown member gets the popularity ranking, not an error.
@@ -443,13 +442,16 @@ async fn client_deadlines_are_honoured() {
     server.shutdown().await.unwrap();
 }
 
+/// Model versions and vector sources seen by the load, and whether any answer was degraded.
+type Seen = (HashSet<String>, HashSet<i32>, bool);
+
 /// Runs `tasks` clients sending Rank for random members until `stop` is set; returns
 /// (successes, failures, versions seen, sources seen).
 struct Load {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    seen: Arc<std::sync::Mutex<(HashSet<String>, HashSet<i32>, bool)>>,
+    seen: Arc<std::sync::Mutex<Seen>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 

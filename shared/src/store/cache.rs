@@ -83,9 +83,12 @@ pub trait MemberCache: Send + Sync + 'static {
 /// A bounded in-process map with per-entry expiry. When full, an insert evicts expired entries of
 /// its shard, or an arbitrary one if none has expired.
 pub struct LocalCache {
-    shards: Vec<Mutex<HashMap<String, (Instant, Arc<MemberFeatures>)>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
+
+/// Member id → (expiry, features).
+type Shard = HashMap<String, (Instant, Arc<MemberFeatures>)>;
 
 const SHARDS: usize = 16;
 
