@@ -381,19 +381,7 @@ async fn load_store(
         );
         return Ok(());
     }
-    let mut progress: Option<recsys_shared::progress::Progress> = None;
-    let mut last = 0;
-    let report = bulk::load_model_features(root, Some(&version), &store, |done, total| {
-        let p = progress.get_or_insert_with(|| {
-            recsys_shared::progress::Progress::new("load-store", total as u64)
-        });
-        p.advance((done - last) as u64, "members");
-        last = done;
-    })
-    .await?;
-    if let Some(p) = progress {
-        p.finish();
-    }
+    let report = bulk::load_model_features_with_progress(root, &version, &store).await?;
     tracing::info!(
         members = report.members,
         backend = store.backend(),

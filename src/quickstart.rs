@@ -213,24 +213,9 @@ async fn serve_and_stream(
             )
         })?;
     let store = FeatureStore::new(kv, config.store.history_cap);
-    if bulk::is_loaded(&store, version).await? {
-        println!("      already loaded");
-    } else {
-        let mut progress: Option<recsys_shared::progress::Progress> = None;
-        let mut last = 0;
-        let report = bulk::load_model_features(&root, Some(version), &store, |done, total| {
-            let p = progress.get_or_insert_with(|| {
-                recsys_shared::progress::Progress::new("load-store", total as u64)
-            });
-            p.advance((done - last) as u64, "members");
-            last = done;
-        })
-        .await?;
-        if let Some(p) = progress {
-            p.finish();
-        }
-        println!("      {} members", report.members);
-    }
+    // The store was removed at the start of the run, so the version is never loaded yet.
+    let report = bulk::load_model_features_with_progress(&root, version, &store).await?;
+    println!("      {} members", report.members);
     let reader = FeatureReader::from_config(
         store,
         &config.cache,
@@ -257,22 +242,7 @@ async fn serve_and_stream(
         Some(m) => m.clone(),
         None => typical_member(&root, version)?,
     };
-    let homepage = |client: &mut RankingClient<Channel>, member: String| {
-        let mut client = client.clone();
-        async move {
-            client
-                .homepage(HomepageRequest {
-                    user_id: member,
-                    rows: 4,
-                    items_per_row: 6,
-                    country: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner())
-                .context("Homepage")
-        }
-    };
-    let before = homepage(&mut client, member.clone()).await?;
+    let before = homepage(&mut client, &member).await?;
     let (interest, related) = new_interest(&mut client, &member, &before).await?;
     let top_before = top_picks(&mut client, &member).await?;
 
@@ -302,7 +272,7 @@ async fn serve_and_stream(
                 break;
             }
             progress.advance(1, "sent");
-            // A member's session, sped up: a few events per millisecond of wall time.
+            // A member's session, sped up: two events per millisecond of wall time.
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         progress.finish();
@@ -319,7 +289,7 @@ async fn serve_and_stream(
     );
 
     step(6, &format!("Homepage of {member}, before and after"));
-    let after = homepage(&mut client, member.clone()).await?;
+    let after = homepage(&mut client, &member).await?;
     let top_after = top_picks(&mut client, &member).await?;
     print_homepage("before", &before, &related);
     print_homepage("after", &after, &related);
@@ -367,6 +337,20 @@ fn typical_member(root: &ModelRoot, version: &str) -> Result<String> {
         .get(members.len() / 2)
         .map(|(_, u)| u.to_string())
         .with_context(|| format!("{}: no member histories", path.display()))
+}
+
+/// The member's homepage as the API serves it.
+async fn homepage(client: &mut RankingClient<Channel>, member: &str) -> Result<HomepageResponse> {
+    Ok(client
+        .homepage(HomepageRequest {
+            user_id: member.to_string(),
+            rows: 4,
+            items_per_row: 6,
+            country: String::new(),
+        })
+        .await
+        .context("Homepage")?
+        .into_inner())
 }
 
 /// The member's top 20 item ids (seen items excluded).

@@ -311,18 +311,7 @@ pub fn same_state(a: &MemberFeatures, b: &MemberFeatures, tolerance: f32) -> Res
 mod tests {
     use super::*;
 
-    use crate::testing::{applier_for, tiny_model};
-
-    fn event(id: &str, user: &str, item: &str, ts: i64) -> Event {
-        Event {
-            event_id: id.into(),
-            user_id: user.into(),
-            item_id: item.into(),
-            event_type: "play".into(),
-            value: 0.0,
-            ts,
-        }
-    }
+    use crate::testing::{applier_for, play, tiny_model};
 
     async fn new_applier(dir: &std::path::Path) -> (Applier, tempfile::TempDir) {
         let (root_dir, version) = tiny_model();
@@ -336,9 +325,9 @@ mod tests {
         let (root, version) = tiny_model();
         let applier = applier_for(dir.path(), root.path(), &version).await;
         let events = vec![
-            event("a", "u1", "i0", 10),
-            event("b", "u1", "i1", 20),
-            event("c", "u2", "i2", 30),
+            play("a", "u1", "i0", 10),
+            play("b", "u1", "i1", 20),
+            play("c", "u2", "i2", 30),
         ];
         let first = applier.apply(&events).await.unwrap();
         assert_eq!((first.members, first.updated), (2, 2));
@@ -371,7 +360,7 @@ mod tests {
         let (applier, _model) = new_applier(dir.path()).await;
         // History cap is 4: six events leave the newest four, and the vector is their fold-in.
         let events: Vec<Event> = (0..6)
-            .map(|i| event(&format!("e{i}"), "u", &format!("i{i}"), 100 + i))
+            .map(|i| play(&format!("e{i}"), "u", &format!("i{i}"), 100 + i))
             .collect();
         for e in &events {
             applier.apply(std::slice::from_ref(e)).await.unwrap();
@@ -388,7 +377,7 @@ mod tests {
     async fn unknown_items_are_rejected_by_check() {
         let dir = tempfile::tempdir().unwrap();
         let (applier, _model) = new_applier(dir.path()).await;
-        let e = event("x", "u", "no-such-item", 1_700_000_000_000);
+        let e = play("x", "u", "no-such-item", 1_700_000_000_000);
         let r = applier.check(&e, None, 1_700_000_000_000).unwrap_err();
         assert_eq!(r.reason, RejectReason::UnknownItem);
         assert!(r.detail.contains("no-such-item"));

@@ -110,18 +110,7 @@ async fn apply_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{applier_for, tiny_model};
-
-    fn play(id: &str, user: &str, item: &str, ts: i64) -> Event {
-        Event {
-            event_id: id.into(),
-            user_id: user.into(),
-            item_id: item.into(),
-            event_type: "play".into(),
-            value: 0.0,
-            ts,
-        }
-    }
+    use crate::testing::{applier_for, play, tiny_model};
 
     #[tokio::test]
     async fn records_from_a_channel_are_admitted_and_applied_like_kafka_records() {

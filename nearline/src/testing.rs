@@ -38,3 +38,15 @@ pub async fn applier_for(
         4,
     )
 }
+
+/// A `play` event.
+pub fn play(id: &str, user: &str, item: &str, ts: i64) -> crate::event::Event {
+    crate::event::Event {
+        event_id: id.into(),
+        user_id: user.into(),
+        item_id: item.into(),
+        event_type: "play".into(),
+        value: 0.0,
+        ts,
+    }
+}

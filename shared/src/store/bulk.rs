@@ -62,6 +62,28 @@ pub fn load_token(version: &str, created_at_ms: i64) -> IdempotencyToken {
     }
 }
 
+/// [`load_model_features`] with its progress shown as `load-store` (a bar on a terminal, log
+/// lines otherwise): what the CLI's `load-store` and the quickstart run.
+pub async fn load_model_features_with_progress(
+    root: &ModelRoot,
+    version: &str,
+    store: &FeatureStore,
+) -> Result<LoadReport, LoadError> {
+    let mut progress: Option<crate::progress::Progress> = None;
+    let mut last = 0;
+    let report = load_model_features(root, Some(version), store, |done, total| {
+        let p = progress
+            .get_or_insert_with(|| crate::progress::Progress::new("load-store", total as u64));
+        p.advance((done - last) as u64, "members");
+        last = done;
+    })
+    .await?;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    Ok(report)
+}
+
 /// Loads version `version` (or `CURRENT`) of `root` into `store`, calling `progress(done, total)`
 /// after each batch of members.
 pub async fn load_model_features(
