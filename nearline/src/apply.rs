@@ -1,10 +1,11 @@
 //! Applying events to member state: the one code path every event source (Kafka, a local file,
 //! a channel) goes through after decoding.
 //!
-//! For each member in a batch: read their stored history, merge the batch's events into it, write
-//! the new entries, fold the **whole** merged history (the model's training positives, loaded by
-//! `load-store`, plus every event since) into a vector with the current model, write the vector
-//! with its model version, and write both through to the cache.
+//! For each member in a batch: read their stored history, merge the batch's events into it, fold
+//! the **whole** merged history (the model's training positives, loaded by `load-store`, plus every
+//! event since) into a vector with the current model, write the vector with its model version,
+//! then the new history entries, and write both through to the cache. Each step runs for the whole
+//! batch at once, so the store sees a few batched requests per batch.
 //!
 //! Applying is idempotent, so at-least-once delivery gives effectively-once state: a history entry
 //! is keyed by `(timestamp, item)` and merging keeps the larger strength, so re-applying an event
@@ -16,38 +17,35 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use recsys_shared::store::cache::FeatureReader;
-use recsys_shared::store::features::{HistoryEntry, MemberFeatures, MemberVector};
-use recsys_shared::store::IdempotencyToken;
+use recsys_shared::store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
+use recsys_shared::store::{IdempotencyToken, StoreError};
 
 use crate::error::NearlineError;
 use crate::event::{decode, Event, EventRules, RejectReason, Rejection};
 use crate::metrics;
 use crate::model::{FoldInModel, ModelHandle};
 
-/// What happened to one member in a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberOutcome {
-    /// New history entries were written and the vector recomputed.
-    Updated,
-    /// Every event was already in the history and the vector is the current model's: nothing
-    /// was written.
-    Unchanged,
-    /// Nothing new in the history, but the stored vector belonged to an older model: re-folded.
-    Refolded,
-}
-
 /// Counts of one applied batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchReport {
     pub events: usize,
     pub members: usize,
+    /// Members with new history entries: written, and their vector recomputed.
     pub updated: usize,
+    /// Members whose every event was already in the history and whose vector is the current
+    /// model's: nothing written.
     pub unchanged: usize,
+    /// Members with nothing new in the history but a vector of an older model: re-folded.
     pub refolded: usize,
 }
+
+/// A batch is split into at most `concurrency` shards, but none smaller than this many members
+/// (a smaller one would cost more in round trips than its overlap wins).
+const MIN_SHARD_MEMBERS: usize = 64;
 
 /// Folds events into member state in the feature store and the cache.
 pub struct Applier {
@@ -113,6 +111,11 @@ impl Applier {
     /// Applies checked events. Either every member's state is written durably, or an error is
     /// returned and the caller applies the same batch again (which is safe: applying is
     /// idempotent). Fails with [`NearlineError::NoModel`] before any model is loaded.
+    ///
+    /// The store sees the batch, not its members one by one: one read of every member's state,
+    /// then the fold-ins (off the async threads), then one write of every vector, one of every
+    /// history and one of the cache — a handful of round trips per batch rather than several per
+    /// member.
     pub async fn apply(&self, events: &[Event]) -> Result<BatchReport, NearlineError> {
         let model = self.model.get().ok_or(NearlineError::NoModel)?;
         let mut by_member: HashMap<&str, Vec<&Event>> = HashMap::new();
@@ -124,32 +127,128 @@ impl Applier {
             members: by_member.len(),
             ..Default::default()
         };
-        let outcomes: Vec<Result<MemberOutcome, NearlineError>> = futures::stream::iter(by_member)
-            .map(|(user, events)| {
-                let model = model.clone();
-                async move { self.apply_member(&model, user, &events).await }
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for outcome in outcomes {
-            match outcome? {
-                MemberOutcome::Updated => report.updated += 1,
-                MemberOutcome::Unchanged => report.unchanged += 1,
-                MemberOutcome::Refolded => report.refolded += 1,
-            }
+        // Members are split into shards applied concurrently, so one shard's fold-ins run while
+        // another waits on the store. Shards share no member, so each keeps the per-member write
+        // order on its own.
+        let members: Vec<(&str, Vec<&Event>)> = by_member.into_iter().collect();
+        let shard_size = members
+            .len()
+            .div_ceil(self.concurrency)
+            .max(MIN_SHARD_MEMBERS);
+        let shards: Vec<BoxFuture<'_, Result<BatchReport, NearlineError>>> = members
+            .chunks(shard_size)
+            .map(|shard| self.apply_members(&model, shard).boxed())
+            .collect();
+        for shard in futures::future::try_join_all(shards).await? {
+            report.updated += shard.updated;
+            report.unchanged += shard.unchanged;
+            report.refolded += shard.refolded;
         }
         Ok(report)
     }
 
-    async fn apply_member(
+    /// Applies the events of a set of members (one shard of a batch): one read of all their
+    /// states, the fold-ins, then one write of every vector, one of every history and one of the
+    /// cache.
+    async fn apply_members(
         &self,
-        model: &FoldInModel,
-        user_id: &str,
-        events: &[&Event],
-    ) -> Result<MemberOutcome, NearlineError> {
+        model: &Arc<FoldInModel>,
+        members: &[(&str, Vec<&Event>)],
+    ) -> Result<BatchReport, NearlineError> {
+        let mut report = BatchReport::default();
         let store = self.features.store();
-        let stored = store.get(user_id).await?;
+        let user_ids: Vec<String> = members.iter().map(|(u, _)| u.to_string()).collect();
+        let stored = store.get_many(&user_ids).await?;
+        let mut updates = Vec::with_capacity(user_ids.len());
+        for ((user_id, stored), (_, events)) in user_ids.into_iter().zip(stored).zip(members) {
+            match MemberUpdate::merge(user_id, stored, events, &self.rules, model, store) {
+                Some(update) => updates.push(update),
+                None => report.unchanged += 1,
+            }
+        }
+        if updates.is_empty() {
+            return Ok(report);
+        }
+        let fold_model = model.clone();
+        let updates = tokio::task::spawn_blocking(move || {
+            updates
+                .into_iter()
+                .map(|update| update.fold_in(&fold_model))
+                .collect::<Result<Vec<MemberUpdate>, NearlineError>>()
+        })
+        .await
+        .map_err(|e| NearlineError::FoldIn(format!("fold-in task failed: {e}")))??;
+
+        let token = IdempotencyToken::now();
+        let writes: Vec<(String, Option<MemberVector>, Vec<HistoryEntry>)> = updates
+            .iter()
+            .map(|u| {
+                let vector = u.features.vector.clone();
+                (u.user_id.clone(), vector, u.new_entries.clone())
+            })
+            .collect();
+        store.put_members(&writes, token).await?;
+        // The stored history is at most what was read (capped) plus the new entries, so a member
+        // whose merged history is over the cap is trimmed below its oldest kept entry, unread.
+        let trims: Vec<BoxFuture<'_, Result<(), StoreError>>> = updates
+            .iter()
+            .filter(|u| u.over_cap)
+            .map(|u| {
+                let oldest_kept = u.features.history.first().expect("over the cap");
+                store.drop_history_before(&u.user_id, oldest_kept).boxed()
+            })
+            .collect();
+        futures::stream::iter(trims)
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let cached: Vec<(&str, &MemberFeatures)> = updates
+            .iter()
+            .map(|u| (u.user_id.as_str(), &u.features))
+            .collect();
+        self.features.write_through_many(&cached).await;
+        for update in &updates {
+            if update.new_entries.is_empty() {
+                report.refolded += 1;
+            } else {
+                report.updated += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// One member's change in a batch: the merged history and what is new in it, then the vector.
+struct MemberUpdate {
+    user_id: String,
+    /// The whole merged history, capped to the newest `history_cap`, oldest first; then the
+    /// vector folded from it.
+    features: MemberFeatures,
+    /// Entries the store does not hold yet (or holds at a smaller strength).
+    new_entries: Vec<HistoryEntry>,
+    /// Whether the merged history was longer than the cap (the store needs a trim).
+    over_cap: bool,
+}
+
+fn entry(((ts_ms, item_id), strength): ((i64, String), f32)) -> HistoryEntry {
+    HistoryEntry {
+        item_id,
+        ts_ms,
+        strength,
+    }
+}
+
+impl MemberUpdate {
+    /// Merges a member's events into their stored state; `None` when that changes nothing (every
+    /// event already known, and the vector is the current model's).
+    fn merge(
+        user_id: String,
+        stored: MemberFeatures,
+        events: &[&Event],
+        rules: &EventRules,
+        model: &FoldInModel,
+        store: &FeatureStore,
+    ) -> Option<MemberUpdate> {
         let mut history: BTreeMap<(i64, String), f32> = stored
             .history
             .into_iter()
@@ -158,7 +257,7 @@ impl Applier {
         let mut new_entries: BTreeMap<(i64, String), f32> = BTreeMap::new();
         for event in events {
             let key = (event.ts, event.item_id.clone());
-            let strength = self.rules.strength(event);
+            let strength = rules.strength(event);
             let known = history.get(&key).copied();
             if known.is_none_or(|s| strength > s) {
                 history.insert(key.clone(), strength);
@@ -170,58 +269,30 @@ impl Applier {
             .as_ref()
             .is_some_and(|v| v.model_version == model.version);
         if new_entries.is_empty() && vector_current {
-            return Ok(MemberOutcome::Unchanged);
+            return None;
         }
-        let token = IdempotencyToken::now();
-        let had_new = !new_entries.is_empty();
-        let over_cap = history.len() > store.history_cap();
         let skip = history.len().saturating_sub(store.history_cap());
-        let history: Vec<HistoryEntry> = history
-            .into_iter()
-            .skip(skip)
-            .map(|((ts_ms, item_id), strength)| HistoryEntry {
-                item_id,
-                ts_ms,
-                strength,
-            })
-            .collect();
+        Some(MemberUpdate {
+            user_id,
+            over_cap: skip > 0,
+            features: MemberFeatures {
+                vector: None,
+                history: history.into_iter().skip(skip).map(entry).collect(),
+            },
+            new_entries: new_entries.into_iter().map(entry).collect(),
+        })
+    }
+
+    /// Folds the merged history into the member's vector with `model` (CPU only).
+    fn fold_in(mut self, model: &FoldInModel) -> Result<MemberUpdate, NearlineError> {
         let started = Instant::now();
-        let values = model.fold_in(&history)?;
+        let values = model.fold_in(&self.features.history)?;
         metrics::FOLD_IN_SECONDS.observe(started.elapsed().as_secs_f64());
-        let vector = values.map(|values| MemberVector {
+        self.features.vector = values.map(|values| MemberVector {
             model_version: model.version.clone(),
             values,
         });
-        // The vector first, then the history: a crash in between leaves history without the new
-        // entries, so the replay finds them new and writes both again. (The other order would
-        // leave a replay finding nothing new and keeping the stale vector.)
-        if let Some(vector) = &vector {
-            store.put_vector(user_id, vector, token).await?;
-        }
-        if had_new {
-            let entries: Vec<HistoryEntry> = new_entries
-                .into_iter()
-                .map(|((ts_ms, item_id), strength)| HistoryEntry {
-                    item_id,
-                    ts_ms,
-                    strength,
-                })
-                .collect();
-            store.put_history(user_id, &entries, token).await?;
-        }
-        // The stored history is at most what was read (capped) plus the new entries; trim only
-        // when that can exceed the cap.
-        if over_cap {
-            store.trim_history(user_id).await?;
-        }
-        self.features
-            .write_through(user_id, &MemberFeatures { vector, history })
-            .await;
-        Ok(if had_new {
-            MemberOutcome::Updated
-        } else {
-            MemberOutcome::Refolded
-        })
+        Ok(self)
     }
 }
 
@@ -371,6 +442,50 @@ mod tests {
         let model = applier.model.get().unwrap();
         let expected = model.fold_in(&state.history).unwrap().unwrap();
         assert_eq!(state.vector.unwrap().values, expected);
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_concurrent_shards_ends_as_one_event_at_a_time() {
+        // 300 members in one batch: four shards of 75 (concurrency 4), each member over the
+        // history cap of 4, so the trims run too.
+        let (root, version) = tiny_model();
+        let events: Vec<Event> = (0..300)
+            .flat_map(|m| {
+                (0..6).map(move |e| {
+                    play(
+                        &format!("e{m}-{e}"),
+                        &format!("u{m}"),
+                        &format!("i{}", (m + e) % 10),
+                        1_000 + e,
+                    )
+                })
+            })
+            .collect();
+        let batched_dir = tempfile::tempdir().unwrap();
+        let batched = applier_for(batched_dir.path(), root.path(), &version).await;
+        let report = batched.apply(&events).await.unwrap();
+        assert_eq!((report.members, report.updated), (300, 300));
+        let single_dir = tempfile::tempdir().unwrap();
+        let single = applier_for(single_dir.path(), root.path(), &version).await;
+        for e in &events {
+            single.apply(std::slice::from_ref(e)).await.unwrap();
+        }
+        for m in 0..300 {
+            let user = format!("u{m}");
+            let a = batched.features.store().get(&user).await.unwrap();
+            let b = single.features.store().get(&user).await.unwrap();
+            assert_eq!(a.history.len(), 4, "{user}");
+            same_state(&a, &b, 1e-5).unwrap_or_else(|e| panic!("{user}: {e}"));
+            let stored = recsys_shared::store::get_all(
+                batched.features.store().kv().as_ref(),
+                "member_history",
+                &user,
+                &recsys_shared::store::Predicate::MatchAll,
+            )
+            .await
+            .unwrap();
+            assert_eq!(stored.len(), 4, "{user}: the store itself is trimmed");
+        }
     }
 
     #[tokio::test]

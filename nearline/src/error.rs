@@ -13,6 +13,9 @@ pub enum NearlineError {
         "no model is loaded yet: publish one (recsys offline train) before events can be folded in"
     )]
     NoModel,
+    /// The fold-in of a batch could not run (its task panicked or was cancelled).
+    #[error("fold-in: {0}")]
+    FoldIn(String),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{what} {addr}: {source}")]

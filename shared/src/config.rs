@@ -429,7 +429,10 @@ pub struct NearlineConfig {
     pub max_batch: usize,
     /// A batch closes this long after its first event at the latest. Default 5 ms.
     pub batch_wait_ms: u64,
-    /// Members folded in concurrently within a batch. Default 32.
+    /// A batch's members are split into at most this many shards (of at least 64 members) that
+    /// are applied concurrently, each read, folded in and written together, so one shard's
+    /// fold-ins overlap another's store round trips. Also bounds the history trims in flight.
+    /// Default 32.
     pub concurrency: usize,
     /// Events stamped further than this into the future are dead-lettered. Default 5 min.
     pub max_future_skew_ms: i64,
@@ -473,23 +476,54 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config> {
-        let (mut table, origin) = match file {
+        // The defaults as a table, with the file merged over them key by key: a section the file
+        // names only in part keeps `Config::default()`'s values for the rest (not the section
+        // type's own defaults, which differ where one type serves two roles, as `RedisConfig`
+        // does for the store and the cache).
+        let mut table =
+            toml::Table::try_from(Config::default()).map_err(|e| SharedError::Config {
+                origin: "defaults".into(),
+                problem: e.to_string(),
+            })?;
+        let from_file = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| SharedError::io(path, e))?;
-                let table: toml::Table =
+                let from_file: toml::Table =
                     toml::from_str(&text).map_err(|e| SharedError::Config {
                         origin: path.display().to_string(),
                         problem: e.to_string(),
                     })?;
-                (table, path.display().to_string())
+                Some((from_file, path.display().to_string()))
             }
-            None => (toml::Table::new(), "defaults".to_string()),
+            None => None,
         };
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
         overrides.sort();
+        // Tables that are set whole: naming them in the file or the environment drops the default
+        // entries instead of adding to them.
+        for path in REPLACED_WHOLE {
+            let in_file = from_file
+                .as_ref()
+                .is_some_and(|(t, _)| lookup(t, path).is_some());
+            let prefix = format!("{ENV_PREFIX}{}__", path.join("__").to_uppercase());
+            let in_env = overrides.iter().any(|(k, _)| k.starts_with(&prefix));
+            if in_file || in_env {
+                let (last, parents) = path.split_last().expect("non-empty path");
+                if let Some(parent) = lookup_mut(&mut table, parents) {
+                    parent.remove(*last);
+                }
+            }
+        }
+        let origin = match from_file {
+            Some((from_file, origin)) => {
+                merge_into(&mut table, from_file);
+                origin
+            }
+            None => "defaults".to_string(),
+        };
         for (name, value) in &overrides {
             apply_override(&mut table, name, value)?;
         }
@@ -673,6 +707,38 @@ impl Config {
     }
 }
 
+/// Tables of the configuration that a file or the environment sets whole, not merged into the
+/// defaults (see [`FeatureConfig::event_weights`]).
+const REPLACED_WHOLE: &[&[&str]] = &[&["offline", "features", "event_weights"]];
+
+fn lookup<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(*first)?;
+    match rest {
+        [] => Some(value),
+        _ => lookup(value.as_table()?, rest),
+    }
+}
+
+fn lookup_mut<'a>(table: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml::Table> {
+    match path.split_first() {
+        None => Some(table),
+        Some((first, rest)) => lookup_mut(table.get_mut(*first)?.as_table_mut()?, rest),
+    }
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge_into(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_into(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()> {
     let path: Vec<String> = name[ENV_PREFIX.len()..]
         .split("__")
@@ -738,6 +804,68 @@ mod tests {
         assert_eq!(config.offline.als.iterations, 3);
         assert_eq!(config.offline.features.event_weights["purchase"], 2.5);
         assert_eq!(config.model.root, PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn a_section_set_in_part_keeps_the_other_defaults_of_its_role() {
+        // `RedisConfig` serves the store (250 ms by default) and the cache (20 ms): naming only
+        // the store's URL must not give the store the cache's timeout.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recsys.toml");
+        std::fs::write(&file, "[store.redis]\nurl = \"redis://a:1/\"\n").unwrap();
+        let defaults = Config::default();
+        for config in [
+            Config::load_with_env(Some(&file), env(&[])).unwrap(),
+            Config::load_with_env(None, env(&[("RECSYS__STORE__REDIS__URL", "redis://a:1/")]))
+                .unwrap(),
+        ] {
+            assert_eq!(config.store.redis.url, "redis://a:1/");
+            assert_eq!(
+                config.store.redis.timeout_ms,
+                defaults.store.redis.timeout_ms
+            );
+            assert_eq!(
+                config.cache.redis.timeout_ms,
+                defaults.cache.redis.timeout_ms
+            );
+            assert_ne!(
+                defaults.store.redis.timeout_ms,
+                defaults.cache.redis.timeout_ms
+            );
+        }
+        // Event weights are set whole, by the file or by the environment.
+        std::fs::write(
+            &file,
+            "[offline.features]\nrating_event_type = \"stars\"\n[offline.features.event_weights]\nstars = 1.0\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config
+                .offline
+                .features
+                .event_weights
+                .keys()
+                .collect::<Vec<_>>(),
+            ["stars"]
+        );
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__RATING", "1.0"),
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__BUY", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config
+                .offline
+                .features
+                .event_weights
+                .keys()
+                .collect::<Vec<_>>(),
+            ["buy", "rating"]
+        );
     }
 
     #[test]

@@ -213,6 +213,27 @@ async fn kv_conformance(store: Arc<dyn KvStore>) {
         );
     }
 
+    // Batch reads: whole records in the order asked, unknown ones empty, the same as reading each.
+    let mut ids: Vec<String> = records.iter().rev().map(|(id, _)| id.clone()).collect();
+    ids.insert(3, unique("never-written"));
+    ids.push(big.clone());
+    let batch = s.get_records(ns, &ids).await.unwrap();
+    assert_eq!(batch.len(), ids.len());
+    assert!(batch[3].is_empty(), "a record never written reads as empty");
+    for (id, items) in ids.iter().zip(&batch) {
+        assert_eq!(
+            items,
+            &get_all(s, ns, id, &Predicate::MatchAll).await.unwrap(),
+            "{id}"
+        );
+    }
+    assert_eq!(batch.last().unwrap().len(), many.len());
+    assert!(s.get_records(ns, &[]).await.unwrap().is_empty());
+    match s.get_records("Bad-Namespace", &ids).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "namespace"),
+        other => panic!("expected an invalid namespace, got {other:?}"),
+    }
+
     // Bad arguments are typed errors naming the field.
     match s
         .put_items("Bad-Namespace", &id, &[Item::new("k", "v")], token(1, 1))
@@ -307,7 +328,35 @@ async fn feature_conformance(reader: FeatureReader) {
         assert_eq!((cached.as_ref(), source), (&fresh, Source::Cache));
         reader.invalidate(&user).await;
         assert_eq!(reader.get(&user).await.unwrap().1, Source::Store);
+        // A batch write-through puts every member in one go.
+        let (a, b) = (unique("wa"), unique("wb"));
+        let fb = MemberFeatures {
+            vector: None,
+            history: vec![entry("y", 6)],
+        };
+        reader
+            .write_through_many(&[(a.as_str(), &fresh), (b.as_str(), &fb)])
+            .await;
+        let (ca, sa) = reader.get(&a).await.unwrap();
+        let (cb, sb) = reader.get(&b).await.unwrap();
+        assert_eq!((ca.as_ref(), sa), (&fresh, Source::Cache));
+        assert_eq!((cb.as_ref(), sb), (&fb, Source::Cache));
     }
+
+    // A batch read answers each member as a single read does.
+    let stranger = unique("u");
+    let many = store
+        .get_many(&[user.clone(), stranger.clone(), user.clone()])
+        .await
+        .unwrap();
+    assert_eq!(many[0], store.get(&user).await.unwrap());
+    assert!(many[1].is_empty());
+    assert_eq!(many[2], many[0]);
+
+    // A writer that knows the newest entries trims below them without a read.
+    let kept = store.get(&user).await.unwrap().history;
+    store.drop_history_before(&user, &kept[2]).await.unwrap();
+    assert_eq!(store.get(&user).await.unwrap().history, kept[2..].to_vec());
 
     // Bulk member writes are idempotent per token and never clobber a newer write.
     let bulk = unique("bulk");

@@ -74,6 +74,14 @@ pub trait MemberCache: Send + Sync + 'static {
     async fn get(&self, user_id: &str) -> StoreResult<Option<MemberFeatures>>;
     async fn put(&self, user_id: &str, features: &MemberFeatures, ttl: Duration)
         -> StoreResult<()>;
+    /// Puts many members at once (a nearline batch), each with its own TTL. Backends batch where
+    /// they can; the default puts them one by one.
+    async fn put_many(&self, entries: &[(&str, &MemberFeatures, Duration)]) -> StoreResult<()> {
+        for (user_id, features, ttl) in entries {
+            self.put(user_id, features, *ttl).await?;
+        }
+        Ok(())
+    }
     async fn invalidate(&self, user_id: &str) -> StoreResult<()>;
     /// Connects now (at startup) rather than on first use. A failure is logged, not returned:
     /// the cache is optional.
@@ -272,6 +280,34 @@ impl MemberCache for SharedRedisCache {
                     .query_async::<()>(&mut c),
             )
             .await
+    }
+
+    async fn put_many(&self, entries: &[(&str, &MemberFeatures, Duration)]) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // One pipeline: one write and one read on the socket for the whole batch.
+        let mut pipe = redis::pipe();
+        for (user_id, features, ttl) in entries {
+            pipe.cmd("SET")
+                .arg(RedisCache::key(user_id))
+                .arg(features.encode())
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .ignore();
+        }
+        let mut c = self.0.connection()?;
+        let timeout = super::redis_store::pipeline_timeout(
+            Duration::from_millis(self.0.config.timeout_ms),
+            entries.len(),
+        );
+        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
+            Ok(r) => r.map_err(|e| StoreError::backend(BACKEND, e)),
+            Err(_) => Err(StoreError::Timeout {
+                backend: BACKEND,
+                millis: timeout.as_millis() as u64,
+            }),
+        }
     }
 
     async fn warm(&self) {
@@ -544,6 +580,26 @@ impl FeatureReader {
             return;
         }
         match cache.put(user_id, features, self.ttl()).await {
+            Ok(()) => self.breaker.success(),
+            Err(e) => {
+                self.breaker.failure();
+                tracing::debug!(error = %e, "cache write-through failed");
+            }
+        }
+    }
+
+    /// [`FeatureReader::write_through`] for a batch of members, in one request where the cache
+    /// can batch.
+    pub async fn write_through_many(&self, entries: &[(&str, &MemberFeatures)]) {
+        let Some(cache) = &self.cache else { return };
+        if entries.is_empty() || !self.breaker.allow() {
+            return;
+        }
+        let entries: Vec<(&str, &MemberFeatures, Duration)> = entries
+            .iter()
+            .map(|(user_id, features)| (*user_id, *features, self.ttl()))
+            .collect();
+        match cache.put_many(&entries).await {
             Ok(()) => self.breaker.success(),
             Err(e) => {
                 self.breaker.failure();

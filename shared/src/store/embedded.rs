@@ -176,6 +176,30 @@ impl KvStore for EmbeddedStore {
             .map_err(err)?
     }
 
+    async fn get_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
+        validate_namespace(namespace)?;
+        // One read transaction for the whole batch.
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(ITEMS).map_err(err)?;
+        ids.iter()
+            .map(|id| {
+                validate_id(id)?;
+                let mut items = Vec::new();
+                Self::scan(
+                    &table,
+                    &record_prefix(namespace, id),
+                    &Predicate::MatchAll,
+                    |key, stored| {
+                        let value = unframe(namespace, id, &stored)?.1.to_vec();
+                        items.push(Item { key, value });
+                        Ok(true)
+                    },
+                )?;
+                Ok(items)
+            })
+            .collect()
+    }
+
     async fn get_items(
         &self,
         namespace: &str,

@@ -205,23 +205,35 @@ impl FeatureStore {
     /// The member's vector and newest `history_cap` history entries. A member the store has never
     /// seen reads as empty.
     pub async fn get(&self, user_id: &str) -> StoreResult<MemberFeatures> {
-        let (vector, history) = futures::future::try_join(
-            self.kv.get_items(
-                VECTOR_NAMESPACE,
-                user_id,
-                &Predicate::MatchKeys(vec![VECTOR_KEY.to_vec()]),
-                &Default::default(),
-            ),
-            get_all(
-                self.kv.as_ref(),
-                HISTORY_NAMESPACE,
-                user_id,
-                &Predicate::MatchAll,
-            ),
+        let mut one = self.get_many(&[user_id.to_string()]).await?;
+        Ok(one.pop().expect("one member read, one answer"))
+    }
+
+    /// [`FeatureStore::get`] for a batch of members at once, in the order of `user_ids`: the
+    /// backend reads all their vectors in one batch and all their histories in another (one round
+    /// trip each on Redis) instead of a round trip or more per member.
+    pub async fn get_many(&self, user_ids: &[String]) -> StoreResult<Vec<MemberFeatures>> {
+        let (vectors, histories) = futures::future::try_join(
+            self.kv.get_records(VECTOR_NAMESPACE, user_ids),
+            self.kv.get_records(HISTORY_NAMESPACE, user_ids),
         )
         .await?;
+        user_ids
+            .iter()
+            .zip(vectors.into_iter().zip(histories))
+            .map(|(user_id, (vector, history))| self.decode(user_id, &vector, &history))
+            .collect()
+    }
+
+    /// A member's features from the items of their two records.
+    fn decode(
+        &self,
+        user_id: &str,
+        vector: &[Item],
+        history: &[Item],
+    ) -> StoreResult<MemberFeatures> {
         let vector =
-            match vector.items.first() {
+            match vector.iter().find(|item| item.key == VECTOR_KEY) {
                 Some(item) => Some(decode_vector(&item.value).ok_or_else(|| {
                     Self::corrupt(VECTOR_NAMESPACE, user_id, "undecodable vector")
                 })?),
@@ -308,6 +320,25 @@ impl FeatureStore {
             .await
     }
 
+    /// Deletes the member's history entries older than `oldest_kept`, for a writer that knows the
+    /// newest `history_cap` entries (it just merged them) and so needs no read to trim.
+    pub async fn drop_history_before(
+        &self,
+        user_id: &str,
+        oldest_kept: &HistoryEntry,
+    ) -> StoreResult<()> {
+        self.kv
+            .delete_items(
+                HISTORY_NAMESPACE,
+                user_id,
+                &Predicate::MatchRange {
+                    start: None,
+                    end: Some(history_key(oldest_kept.ts_ms, &oldest_kept.item_id)),
+                },
+            )
+            .await
+    }
+
     /// Deletes history entries older than the newest `history_cap`.
     pub async fn trim_history(&self, user_id: &str) -> StoreResult<()> {
         let all = get_all(
@@ -333,9 +364,11 @@ impl FeatureStore {
         Ok(())
     }
 
-    /// Writes many members' vectors and histories in bulk (the model's training output). Histories
-    /// are merged into what the store holds, not trimmed here; readers see the newest
-    /// `history_cap` and the next append trims.
+    /// Writes many members' vectors and histories in bulk: the model's training output, or a
+    /// nearline batch. Every vector is written before any history entry, so a crash in between
+    /// leaves histories without their new entries, which a replay then finds new. Histories are
+    /// merged into what the store holds, not trimmed here; readers see the newest `history_cap`
+    /// and the next append trims.
     pub async fn put_members(
         &self,
         members: &[(String, Option<MemberVector>, Vec<HistoryEntry>)],

@@ -30,6 +30,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 pub use cassandra::CassandraStore;
 pub use embedded::EmbeddedStore;
@@ -281,6 +283,38 @@ pub trait KvStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Reads every item of many records of `namespace` at once (a batch of members): one `Vec` per
+    /// id, in the order of `ids`, each in key order; a record that does not exist reads as empty.
+    /// There is no page budget, so this is for records the caller keeps bounded (a capped
+    /// history). Backends answer in one round trip where they can; the default reads the records
+    /// page by page, a few at a time.
+    async fn get_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
+        let reads: Vec<BoxFuture<'_, StoreResult<Vec<Item>>>> = ids
+            .iter()
+            .map(|id| {
+                async move {
+                    let mut request = PageRequest::default();
+                    let mut items = Vec::new();
+                    loop {
+                        let page = self
+                            .get_items(namespace, id, &Predicate::MatchAll, &request)
+                            .await?;
+                        items.extend(page.items);
+                        match page.next_page_token {
+                            Some(token) => request.page_token = Some(token),
+                            None => return Ok(items),
+                        }
+                    }
+                }
+                .boxed()
+            })
+            .collect();
+        futures::stream::iter(reads)
+            .buffered(RECORDS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
     /// Reads the items of record `id` selected by `predicate`, one page at a time in key order. A
     /// record that does not exist reads as empty.
     async fn get_items(
@@ -299,6 +333,9 @@ pub trait KvStore: Send + Sync + 'static {
         predicate: &Predicate,
     ) -> StoreResult<()>;
 }
+
+/// Records a default [`KvStore::get_records`] reads concurrently.
+const RECORDS_IN_FLIGHT: usize = 32;
 
 /// Reads every page of a record.
 pub async fn get_all(

@@ -5,10 +5,12 @@
 //! of the item keys (all scores 0, ordered by bytes with `ZRANGEBYLEX`) and a hash of item key →
 //! token-framed value. Puts and deletes are Lua scripts, atomic per record.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
@@ -21,6 +23,10 @@ use crate::config::RedisConfig;
 const BACKEND: &str = "redis";
 /// Item keys fetched per round trip while filling a page.
 const SCAN_BATCH: usize = 256;
+/// Records written or read per pipeline by the batch operations.
+const RECORDS_PER_PIPELINE: usize = 256;
+/// Pipelines of one batch operation in flight at once on the multiplexed connection.
+const PIPELINES_IN_FLIGHT: usize = 4;
 
 const PUT_SCRIPT: &str = r#"
 local token = ARGV[1]
@@ -86,7 +92,9 @@ pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManag
     let timeout = Duration::from_millis(config.timeout_ms);
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
+        // Every call has its own deadline (`timeout` for one request, longer for a pipeline of
+        // many), so the connection itself sets none.
+        .set_response_timeout(None)
         .set_number_of_retries(2);
     tokio::time::timeout(
         timeout * 4,
@@ -98,6 +106,12 @@ pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManag
         millis: config.timeout_ms * 4,
     })?
     .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", config.url)))
+}
+
+/// The time a pipeline of `commands` requests may take: the configured per-request timeout, plus
+/// that again for every 64 requests in it (the timeout is set for one request, not a batch).
+pub(crate) fn pipeline_timeout(timeout: Duration, commands: usize) -> Duration {
+    timeout * (1 + commands / 64) as u32
 }
 
 fn record_keys(namespace: &str, id: &str) -> (String, String) {
@@ -136,11 +150,19 @@ impl RedisStore {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        self.run_within(self.timeout, fut).await
+    }
+
+    async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(result) => result.map_err(|e| StoreError::backend(BACKEND, e)),
             Err(_) => Err(StoreError::Timeout {
                 backend: BACKEND,
-                millis: self.timeout.as_millis() as u64,
+                millis: timeout.as_millis() as u64,
             }),
         }
     }
@@ -186,16 +208,100 @@ impl KvStore for RedisStore {
         records: &[(String, Vec<Item>)],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        // The connection is multiplexed: many scripts in flight pipeline on one socket.
-        let puts: Vec<_> = records
+        for (id, items) in records {
+            validate_put(namespace, id, items)?;
+        }
+        // One pipeline per chunk of records: one write and one read on the socket for the chunk,
+        // instead of one round trip per record. Each record is still its own atomic script. The
+        // script is (re)loaded at the head of every pipeline, so a restarted Redis that lost its
+        // script cache costs nothing.
+        let pipelines = records
+            .chunks(RECORDS_PER_PIPELINE)
+            .map(|chunk| {
+                let mut pipe = redis::pipe();
+                pipe.load_script(&self.put).ignore();
+                for (id, items) in chunk.iter().filter(|(_, items)| !items.is_empty()) {
+                    let (keys, values) = record_keys(namespace, id);
+                    let mut invocation = self.put.prepare_invoke();
+                    invocation
+                        .key(keys)
+                        .key(values)
+                        .arg(token.to_bytes().as_slice());
+                    for item in items {
+                        invocation
+                            .arg(item.key.as_slice())
+                            .arg(frame(token, &item.value));
+                    }
+                    pipe.invoke_script(&invocation).ignore();
+                }
+                pipe
+            })
+            .collect::<Vec<_>>();
+        let runs: Vec<BoxFuture<'_, StoreResult<()>>> = pipelines
             .iter()
-            .map(|(id, items)| self.put_items(namespace, id, items, token))
+            .zip(records.chunks(RECORDS_PER_PIPELINE))
+            .map(|(pipe, chunk)| {
+                let mut connection = self.connection.clone();
+                let timeout = pipeline_timeout(self.timeout, chunk.len());
+                async move {
+                    self.run_within(timeout, pipe.query_async::<()>(&mut connection))
+                        .await
+                }
+                .boxed()
+            })
             .collect();
-        let results: Vec<StoreResult<()>> = futures::stream::iter(puts)
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        results.into_iter().collect()
+        futures::stream::iter(runs)
+            .buffer_unordered(PIPELINES_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
+        validate_namespace(namespace)?;
+        for id in ids {
+            validate_id(id)?;
+        }
+        // The values hash holds every item of a record, so one HGETALL per record answers it; a
+        // pipeline per chunk of records makes that one round trip per chunk.
+        type Records = StoreResult<Vec<Vec<Item>>>;
+        let runs: Vec<BoxFuture<'_, Records>> = ids
+            .chunks(RECORDS_PER_PIPELINE)
+            .map(|chunk| {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.cmd("HGETALL").arg(record_keys(namespace, id).1);
+                }
+                let mut connection = self.connection.clone();
+                async move {
+                    let records: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = self
+                        .run_within(
+                            pipeline_timeout(self.timeout, chunk.len()),
+                            pipe.query_async(&mut connection),
+                        )
+                        .await?;
+                    chunk
+                        .iter()
+                        .zip(records)
+                        .map(|(id, record)| {
+                            record
+                                .into_iter()
+                                .map(|(key, stored)| {
+                                    let value = unframe(namespace, id, &stored)?.1.to_vec();
+                                    Ok(Item { key, value })
+                                })
+                                .collect::<StoreResult<Vec<Item>>>()
+                        })
+                        .collect::<StoreResult<Vec<Vec<Item>>>>()
+                }
+                .boxed()
+            })
+            .collect();
+        let chunks: Vec<Vec<Vec<Item>>> = futures::stream::iter(runs)
+            .buffered(PIPELINES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(chunks.into_iter().flatten().collect())
     }
 
     async fn get_items(
