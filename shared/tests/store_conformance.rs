@@ -524,6 +524,18 @@ impl KvStore for CountingStore {
     }
 }
 
+#[tokio::test]
+async fn the_default_batch_operations_conform() {
+    // A store that implements only the required methods gets the trait's own `get_records` and
+    // `put_records` (what the Cassandra backend uses).
+    let dir = tempfile::tempdir().unwrap();
+    kv_conformance(Arc::new(CountingStore {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        vector_reads: AtomicUsize::new(0),
+    }))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_member_make_one_store_read() {
     let dir = tempfile::tempdir().unwrap();

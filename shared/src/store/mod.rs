@@ -270,17 +270,23 @@ pub trait KvStore: Send + Sync + 'static {
         token: IdempotencyToken,
     ) -> StoreResult<()>;
 
-    /// Writes many records with one token (bulk loads). Backends batch where they can.
+    /// Writes many records with one token (bulk loads, a nearline batch). Backends batch where
+    /// they can; the default writes a few records at a time concurrently.
     async fn put_records(
         &self,
         namespace: &str,
         records: &[(String, Vec<Item>)],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        for (id, items) in records {
-            self.put_items(namespace, id, items, token).await?;
-        }
-        Ok(())
+        let puts: Vec<BoxFuture<'_, StoreResult<()>>> = records
+            .iter()
+            .map(|(id, items)| self.put_items(namespace, id, items, token))
+            .collect();
+        futures::stream::iter(puts)
+            .buffer_unordered(RECORDS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
     }
 
     /// Reads every item of many records of `namespace` at once (a batch of members): one `Vec` per
@@ -334,7 +340,7 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
 }
 
-/// Records a default [`KvStore::get_records`] reads concurrently.
+/// Records a default [`KvStore::get_records`] or [`KvStore::put_records`] handles concurrently.
 const RECORDS_IN_FLIGHT: usize = 32;
 
 /// Reads every page of a record.
