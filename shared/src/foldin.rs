@@ -231,21 +231,30 @@ mod tests {
 
     #[test]
     fn solution_is_the_minimum_of_the_member_objective() {
-        let (n, k) = (30, 4);
-        let y = factors(n, k);
-        let params = FoldInParams {
-            regularization: 0.1,
-            alpha: 3.0,
-        };
-        let hist = [(1, 1.0), (5, 2.0), (17, 0.5)];
-        let x = FoldIn::new(&y, k, params).solve(&hist).unwrap();
-        let best = objective(&y, k, params, &hist, &x);
-        // Any perturbation of the solution is worse.
-        for d in 0..k {
-            for eps in [-1e-2f32, 1e-2] {
-                let mut moved = x.clone();
-                moved[d] += eps;
-                assert!(objective(&y, k, params, &hist, &moved) > best);
+        // A narrow case, and one wide enough for the vectorised loops and their remainders.
+        let wide: Vec<(u32, f32)> = (0..40).map(|i| (i * 5, 1.0 + (i % 3) as f32)).collect();
+        let cases = [
+            (30, 4, 0.1, 3.0, vec![(1, 1.0), (5, 2.0), (17, 0.5)]),
+            (200, 21, 0.05, 4.0, wide),
+        ];
+        for (n, k, regularization, alpha, hist) in cases {
+            let y = factors(n, k);
+            let params = FoldInParams {
+                regularization,
+                alpha,
+            };
+            let x = FoldIn::new(&y, k, params).solve(&hist).unwrap();
+            let best = objective(&y, k, params, &hist, &x);
+            // Any perturbation of the solution is worse.
+            for d in 0..k {
+                for eps in [-1e-2f32, 1e-2] {
+                    let mut moved = x.clone();
+                    moved[d] += eps;
+                    assert!(
+                        objective(&y, k, params, &hist, &moved) > best,
+                        "k = {k}, factor {d}"
+                    );
+                }
             }
         }
     }
@@ -296,26 +305,6 @@ mod tests {
         for i in 0..k {
             let ax: f64 = (0..k).map(|j| a[i * k + j] * x[j]).sum();
             assert!((ax - b[i]).abs() < 1e-9, "row {i}: {ax} vs {}", b[i]);
-        }
-    }
-
-    #[test]
-    fn wide_fold_ins_minimise_the_member_objective() {
-        let (n, k) = (200, 21);
-        let y = factors(n, k);
-        let params = FoldInParams {
-            regularization: 0.05,
-            alpha: 4.0,
-        };
-        let hist: Vec<(u32, f32)> = (0..40).map(|i| (i * 5, 1.0 + (i % 3) as f32)).collect();
-        let x = FoldIn::new(&y, k, params).solve(&hist).unwrap();
-        let best = objective(&y, k, params, &hist, &x);
-        for d in 0..k {
-            for eps in [-1e-2f32, 1e-2] {
-                let mut moved = x.clone();
-                moved[d] += eps;
-                assert!(objective(&y, k, params, &hist, &moved) > best, "factor {d}");
-            }
         }
     }
 

@@ -327,13 +327,22 @@ impl FeatureStore {
         user_id: &str,
         oldest_kept: &HistoryEntry,
     ) -> StoreResult<()> {
+        self.drop_history_below(
+            user_id,
+            history_key(oldest_kept.ts_ms, &oldest_kept.item_id),
+        )
+        .await
+    }
+
+    /// Deletes the member's history entries whose keys sort before `first_kept`.
+    async fn drop_history_below(&self, user_id: &str, first_kept: Vec<u8>) -> StoreResult<()> {
         self.kv
             .delete_items(
                 HISTORY_NAMESPACE,
                 user_id,
                 &Predicate::MatchRange {
                     start: None,
-                    end: Some(history_key(oldest_kept.ts_ms, &oldest_kept.item_id)),
+                    end: Some(first_kept),
                 },
             )
             .await
@@ -350,16 +359,7 @@ impl FeatureStore {
         .await?;
         if all.len() > self.history_cap {
             let first_kept = all[all.len() - self.history_cap].key.clone();
-            self.kv
-                .delete_items(
-                    HISTORY_NAMESPACE,
-                    user_id,
-                    &Predicate::MatchRange {
-                        start: None,
-                        end: Some(first_kept),
-                    },
-                )
-                .await?;
+            self.drop_history_below(user_id, first_kept).await?;
         }
         Ok(())
     }

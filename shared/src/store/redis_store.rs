@@ -146,6 +146,28 @@ impl RedisStore {
         })
     }
 
+    /// The put script for one record: its two keys, the token, then key/framed-value pairs.
+    fn put_invocation(
+        &self,
+        namespace: &str,
+        id: &str,
+        items: &[Item],
+        token: IdempotencyToken,
+    ) -> redis::ScriptInvocation<'_> {
+        let (keys, values) = record_keys(namespace, id);
+        let mut invocation = self.put.prepare_invoke();
+        invocation
+            .key(keys)
+            .key(values)
+            .arg(token.to_bytes().as_slice());
+        for item in items {
+            invocation
+                .arg(item.key.as_slice())
+                .arg(frame(token, &item.value));
+        }
+        invocation
+    }
+
     async fn run<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -185,17 +207,7 @@ impl KvStore for RedisStore {
         if items.is_empty() {
             return Ok(());
         }
-        let (keys, values) = record_keys(namespace, id);
-        let mut invocation = self.put.prepare_invoke();
-        invocation
-            .key(keys)
-            .key(values)
-            .arg(token.to_bytes().as_slice());
-        for item in items {
-            invocation
-                .arg(item.key.as_slice())
-                .arg(frame(token, &item.value));
-        }
+        let invocation = self.put_invocation(namespace, id, items, token);
         let mut connection = self.connection.clone();
         self.run(invocation.invoke_async::<i64>(&mut connection))
             .await
@@ -221,18 +233,8 @@ impl KvStore for RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.load_script(&self.put).ignore();
                 for (id, items) in chunk.iter().filter(|(_, items)| !items.is_empty()) {
-                    let (keys, values) = record_keys(namespace, id);
-                    let mut invocation = self.put.prepare_invoke();
-                    invocation
-                        .key(keys)
-                        .key(values)
-                        .arg(token.to_bytes().as_slice());
-                    for item in items {
-                        invocation
-                            .arg(item.key.as_slice())
-                            .arg(frame(token, &item.value));
-                    }
-                    pipe.invoke_script(&invocation).ignore();
+                    pipe.invoke_script(&self.put_invocation(namespace, id, items, token))
+                        .ignore();
                 }
                 pipe
             })
