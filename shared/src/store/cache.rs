@@ -6,7 +6,8 @@
 //! read, and they all get its answer (the cache-stampede fix of Sorabel's in-memory recommender) —
 //! then fills the cache with a TTL drawn with jitter. A **circuit breaker** skips the cache for a
 //! while after consecutive failures, so a dead or slow Redis costs nothing per request. Writers (the
-//! nearline tier) call [`FeatureReader::write_through`] after the store write.
+//! nearline tier) call [`FeatureReader::write_through_many`] (or `write_through`) after the store
+//! write.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -225,11 +226,20 @@ impl RedisCache {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(Duration::from_millis(self.config.timeout_ms), fut).await {
+        self.run_within(Duration::from_millis(self.config.timeout_ms), fut)
+            .await
+    }
+
+    async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r.map_err(|e| StoreError::backend(BACKEND, e)),
             Err(_) => Err(StoreError::Timeout {
                 backend: BACKEND,
-                millis: self.config.timeout_ms,
+                millis: timeout.as_millis() as u64,
             }),
         }
     }
@@ -301,13 +311,9 @@ impl MemberCache for SharedRedisCache {
             Duration::from_millis(self.0.config.timeout_ms),
             entries.len(),
         );
-        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
-            Ok(r) => r.map_err(|e| StoreError::backend(BACKEND, e)),
-            Err(_) => Err(StoreError::Timeout {
-                backend: BACKEND,
-                millis: timeout.as_millis() as u64,
-            }),
-        }
+        self.0
+            .run_within(timeout, pipe.query_async::<()>(&mut c))
+            .await
     }
 
     async fn warm(&self) {
@@ -575,17 +581,7 @@ impl FeatureReader {
     /// Puts fresh features into the cache after the store has them (best effort: a failure leaves
     /// the old entry to expire, and is counted by the breaker).
     pub async fn write_through(&self, user_id: &str, features: &MemberFeatures) {
-        let Some(cache) = &self.cache else { return };
-        if !self.breaker.allow() {
-            return;
-        }
-        match cache.put(user_id, features, self.ttl()).await {
-            Ok(()) => self.breaker.success(),
-            Err(e) => {
-                self.breaker.failure();
-                tracing::debug!(error = %e, "cache write-through failed");
-            }
-        }
+        self.write_through_many(&[(user_id, features)]).await
     }
 
     /// [`FeatureReader::write_through`] for a batch of members, in one request where the cache

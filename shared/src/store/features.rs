@@ -298,18 +298,6 @@ impl FeatureStore {
         entries: &[HistoryEntry],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        self.put_history(user_id, entries, token).await?;
-        self.trim_history(user_id).await
-    }
-
-    /// Adds entries to the member's history without trimming it (for a caller that knows the
-    /// history's length and calls [`FeatureStore::trim_history`] only when it is over the cap).
-    pub async fn put_history(
-        &self,
-        user_id: &str,
-        entries: &[HistoryEntry],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
         self.kv
             .put_items(
                 HISTORY_NAMESPACE,
@@ -317,7 +305,8 @@ impl FeatureStore {
                 &Self::history_items(entries),
                 token,
             )
-            .await
+            .await?;
+        self.trim_history(user_id).await
     }
 
     /// Deletes the member's history entries older than `oldest_kept`, for a writer that knows the
