@@ -219,7 +219,7 @@ async fn serve_and_stream(
     let reader = FeatureReader::from_config(
         store,
         &config.cache,
-        Duration::from_millis(config.store.read_timeout_ms),
+        &config.store,
     );
 
     step(

@@ -146,7 +146,7 @@ fn play(id: String, user: &str, item: &str, ts: i64) -> Event {
 
 async fn rank(
     client: &mut RankingClient<Channel>,
-    k: u32,
+    k: u64,
     exclude_seen: bool,
 ) -> Result<RankResponse, tonic::Status> {
     client

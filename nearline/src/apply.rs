@@ -335,7 +335,10 @@ pub async fn from_scratch(
         Arc::new(FeatureReader::from_config(
             store.clone(),
             &config.cache,
-            std::time::Duration::from_secs(10),
+            &recsys_shared::config::StoreConfig {
+                read_timeout_ms: 10_000,
+                ..config.store.clone()
+            },
         )),
         model,
         EventRules::from_config(&config),

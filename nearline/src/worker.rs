@@ -426,7 +426,7 @@ pub async fn serve(
     let reader = Arc::new(FeatureReader::from_config(
         store,
         &config.cache,
-        Duration::from_millis(config.store.read_timeout_ms),
+        &config.store,
     ));
     reader.warm_cache().await;
     let applier = Arc::new(Applier::new(

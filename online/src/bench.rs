@@ -267,7 +267,7 @@ async fn server(
                 .map(|t| {
                     let mut client = clients[t % clients.len()].clone();
                     let members = args.members;
-                    let top = args.top as u32;
+                    let top = args.top as u64;
                     tokio::spawn(async move {
                         let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
                         let mut latencies = Vec::new();

@@ -10,14 +10,20 @@
 //!   candidate pool, partial top-k.
 //! - [`service`]: validation, the member's vector (cache → store → fold-in → cold start, degraded
 //!   when the store is down), `Rank`, `Homepage` and `SimilarItems`.
-//! - [`server`]: wiring with gRPC health and reflection, and [`metrics`] on HTTP.
+//! - [`admission`]: the tower layer in front of every RPC: deadlines stamped on arrival, a cap on
+//!   requests in progress with a bounded queue, load shedding with `RESOURCE_EXHAUSTED` before any
+//!   work, and the request metrics; [`connections`]: the cap on open connections.
+//! - [`server`]: wiring with gRPC health and reflection, HTTP/2 limits and keepalive, and
+//!   [`metrics`] on HTTP.
 //! - [`bench`]: the load generator and the scoring benchmark against NumPy.
 //!
 //! It must never write model artifacts, and it writes to the feature store only when it owns an
 //! embedded one (the bulk load of a new model's members). It depends on `recsys-shared` only.
 
+pub mod admission;
 pub mod bench;
 pub mod catalog;
+pub mod connections;
 pub mod error;
 pub mod metrics;
 pub mod scoring;

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Requests by RPC and gRPC status code name.
@@ -60,6 +60,43 @@ pub static MODEL_SWAPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "recsys_model_swaps_total",
         "Model versions loaded and swapped in, or refused",
         &["result"]
+    )
+    .expect("registers once")
+});
+
+/// Ranking requests being worked on (holding one of `online.max_in_flight` slots).
+pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("recsys_rpc_in_flight", "Ranking requests being worked on")
+        .expect("registers once")
+});
+
+/// Ranking requests waiting for a slot.
+pub static QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("recsys_rpc_queued", "Ranking requests waiting for a slot")
+        .expect("registers once")
+});
+
+/// Requests answered without being worked on: `queue_full` (RESOURCE_EXHAUSTED at once),
+/// `deadline_in_queue` (DEADLINE_EXCEEDED while queued).
+pub static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_rpc_shed_total",
+        "Ranking requests shed before any work, by reason",
+        &["reason"]
+    )
+    .expect("registers once")
+});
+
+/// Open client connections, and those closed at once because `online.max_connections` were open.
+pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("recsys_grpc_connections", "Open gRPC client connections")
+        .expect("registers once")
+});
+
+pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recsys_grpc_connections_refused_total",
+        "Connections closed at once because online.max_connections were open"
     )
     .expect("registers once")
 });

@@ -18,7 +18,9 @@ use tokio::task::JoinHandle;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::admission::{Admission, AdmissionLayer};
 use crate::catalog::Catalog;
+use crate::connections;
 use crate::error::OnlineError;
 use crate::metrics::{CATALOG_ITEMS, MODEL_SWAPS, MODEL_VERSION};
 use crate::service::{Ranker, RankingService};
@@ -149,7 +151,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
     let reader = FeatureReader::from_config(
         features,
         &config.cache,
-        Duration::from_millis(config.store.read_timeout_ms),
+        &config.store,
     );
     reader.warm_cache().await;
     start_with_reader(config, reader).await
@@ -245,12 +247,34 @@ pub async fn start_with_reader(
         .build_v1alpha()
         .map_err(|e| OnlineError::Config(format!("reflection: {e}")))?;
     let service = RankingServer::new(RankingService(ranker.clone()));
+    let online = &config.online;
     // TCP_NODELAY on every accepted connection: without it a small response waits for the
     // client's delayed ACK (40 ms on Linux). `Server::tcp_nodelay` only covers `serve()`.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::limit(
+        tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_millis(online.keepalive_interval_ms))),
+        online.max_connections,
+    );
+    let admission = AdmissionLayer(Admission::new(
+        online.max_in_flight,
+        online.max_queued,
+        Duration::from_millis(online.max_request_ms),
+    ));
+    let keepalive_timeout = Duration::from_millis(online.keepalive_timeout_ms);
+    let builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(online.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_millis(online.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
+        .max_connection_age(Duration::from_millis(online.max_connection_age_ms))
+        .max_connection_age_grace(keepalive_timeout)
+        // Rapid-reset (CVE-2023-44487) and error-reset floods end the connection.
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256));
     let stop = stopped(shutdown_rx);
     let grpc = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
+            .layer(admission)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,13 +1,20 @@
 //! The `recsys.v1.Ranking` service: request validation, the member's vector (cache → store →
 //! fold-in → cold start), whole-catalog scoring and the homepage rows.
+//!
+//! Every request carries the deadline the admission layer stamped on arrival
+//! ([`RequestDeadline`]). Scoring is synchronous CPU work that no timer can interrupt, so the
+//! deadline is checked before it starts and between the homepage's rows (which also yield, so a
+//! request whose client hung up stops there), and an answer finished after its deadline is
+//! `DEADLINE_EXCEEDED`, never a late `OK` nobody reads.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use recsys_shared::ids::id_problem;
+use recsys_shared::logs::LogEvery;
 use recsys_shared::proto::v1::ranking_server::Ranking;
 use recsys_shared::proto::v1::{
     HomepageRequest, HomepageResponse, RankRequest, RankResponse, Row, ScoredItem,
@@ -16,21 +23,26 @@ use recsys_shared::proto::v1::{
 use recsys_shared::store::cache::{FeatureReader, Source};
 use recsys_shared::store::features::HistoryEntry;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::admission::RequestDeadline;
 use crate::catalog::Catalog;
-use crate::metrics::{LATENCY, REQUESTS, VECTOR_SOURCES};
+use crate::metrics::VECTOR_SOURCES;
 use crate::scoring::Scored;
+
+/// The store-unavailable warning, at most once a second (it would otherwise repeat per request).
+static STORE_DOWN_LOG: LazyLock<LogEvery> = LazyLock::new(|| LogEvery::new(Duration::from_secs(1)));
 
 /// Request limits; a request beyond one is answered `INVALID_ARGUMENT` naming the field.
 pub mod limits {
-    pub const MAX_K: u32 = 1000;
-    pub const DEFAULT_K: u32 = 20;
+    pub const MAX_K: u64 = 1000;
+    pub const DEFAULT_K: u64 = 20;
     pub const MAX_EXCLUDED: usize = 1000;
-    pub const MAX_ROWS: u32 = 20;
-    pub const DEFAULT_ROWS: u32 = 3;
-    pub const MAX_ITEMS_PER_ROW: u32 = 100;
-    pub const DEFAULT_ITEMS_PER_ROW: u32 = 10;
+    pub const MAX_ROWS: u64 = 20;
+    pub const DEFAULT_ROWS: u64 = 3;
+    pub const MAX_ITEMS_PER_ROW: u64 = 100;
+    pub const DEFAULT_ITEMS_PER_ROW: u64 = 10;
 }
 
 /// State shared by every request: the catalog being served and the feature read path.
@@ -77,7 +89,7 @@ fn check_country(country: &str) -> Result<Option<String>, Status> {
     Ok(Some(country.to_ascii_uppercase()))
 }
 
-fn bounded(field: &str, value: u32, default: u32, max: u32) -> Result<usize, Status> {
+fn bounded(field: &str, value: u64, default: u64, max: u64) -> Result<usize, Status> {
     match value {
         0 => Ok(default as usize),
         v if v > max => Err(invalid(
@@ -88,29 +100,28 @@ fn bounded(field: &str, value: u32, default: u32, max: u32) -> Result<usize, Sta
     }
 }
 
-/// The client's deadline (`grpc-timeout`), capped by the server's own limit.
-fn deadline_of<T>(request: &Request<T>, max: Duration) -> Duration {
-    let Some(value) = request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return max;
-    };
-    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
-    let Ok(amount) = digits.parse::<u64>() else {
-        return max;
-    };
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return max,
-    };
-    timeout.min(max)
+fn deadline_exceeded(deadline: Instant, step: &str) -> Status {
+    Status::deadline_exceeded(format!(
+        "deadline exceeded {} ms ago, {step}",
+        Instant::now().saturating_duration_since(deadline).as_millis()
+    ))
+}
+
+/// `DEADLINE_EXCEEDED` once `deadline` has passed: called before each costly step.
+fn check_deadline(deadline: Instant, step: &str) -> Result<(), Status> {
+    if Instant::now() >= deadline {
+        return Err(deadline_exceeded(deadline, step));
+    }
+    Ok(())
+}
+
+/// The deadline the admission layer stamped, or (a request that did not come through it) one
+/// from now.
+fn deadline_of<T>(request: &Request<T>, max: Duration) -> Instant {
+    request
+        .extensions()
+        .get::<RequestDeadline>()
+        .map_or_else(|| Instant::now() + max, |d| d.0)
 }
 
 fn scored(catalog: &Catalog, items: impl IntoIterator<Item = Scored>) -> Vec<ScoredItem> {
@@ -159,8 +170,10 @@ impl Ranker {
         let (features, source) = match self.reader.get(user_id).await {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(member = %member_tag(user_id), error = %e,
-                    "feature store unavailable: popularity ranking, degraded");
+                if let Some(suppressed) = STORE_DOWN_LOG.check() {
+                    tracing::warn!(member = %member_tag(user_id), error = %e, suppressed,
+                        "feature store unavailable: popularity ranking, degraded");
+                }
                 VECTOR_SOURCES.with_label_values(&["degraded"]).inc();
                 return Member {
                     vector: None,
@@ -238,7 +251,7 @@ impl Ranker {
             .collect()
     }
 
-    async fn rank(&self, request: RankRequest) -> Result<RankResponse, Status> {
+    async fn rank(&self, request: RankRequest, deadline: Instant) -> Result<RankResponse, Status> {
         check_id("user_id", &request.user_id)?;
         let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
         let country = check_country(&request.country)?;
@@ -268,6 +281,7 @@ impl Ranker {
         }
         let country = country.as_deref();
         let allowed = |i: u32| !excluded.contains(&i) && catalog.available(i, country);
+        check_deadline(deadline, "before scoring")?;
         let items = match &member.vector {
             Some(vector) => catalog.items.top_k(vector, k, allowed),
             None => Self::popular(&catalog, k, allowed),
@@ -281,7 +295,11 @@ impl Ranker {
         })
     }
 
-    async fn homepage(&self, request: HomepageRequest) -> Result<HomepageResponse, Status> {
+    async fn homepage(
+        &self,
+        request: HomepageRequest,
+        deadline: Instant,
+    ) -> Result<HomepageResponse, Status> {
         check_id("user_id", &request.user_id)?;
         let rows = bounded("rows", request.rows, limits::DEFAULT_ROWS, limits::MAX_ROWS)?;
         let per_row = bounded(
@@ -311,6 +329,7 @@ impl Ranker {
                 }
             };
         let personal = member.vector.is_some();
+        check_deadline(deadline, "before scoring")?;
         if let Some(vector) = &member.vector {
             let items = catalog.items.top_k(vector, per_row, |i| {
                 !used.contains(&i) && catalog.available(i, country)
@@ -337,6 +356,10 @@ impl Ranker {
             }
         }
         for seed in seeds {
+            // Each row is a whole-catalog scan: give a cancelled request the chance to stop, and
+            // stop a late one.
+            tokio::task::yield_now().await;
+            check_deadline(deadline, "between homepage rows")?;
             let items = catalog.items.similar(seed as usize, per_row, |i| {
                 !used.contains(&i) && catalog.available(i, country)
             });
@@ -369,6 +392,7 @@ impl Ranker {
     async fn similar_items(
         &self,
         request: SimilarItemsRequest,
+        deadline: Instant,
     ) -> Result<SimilarItemsResponse, Status> {
         check_id("item_id", &request.item_id)?;
         let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
@@ -379,6 +403,7 @@ impl Ranker {
                 request.item_id, catalog.version
             )));
         };
+        check_deadline(deadline, "before scoring")?;
         let items = catalog.items.similar(index as usize, k, |_| true);
         Ok(SimilarItemsResponse {
             items: scored(&catalog, items),
@@ -386,30 +411,21 @@ impl Ranker {
         })
     }
 
-    /// Runs one RPC under the request's deadline and records its status and latency.
-    async fn observe<T>(
+    /// Runs one RPC under the request's deadline. Its status and latency are recorded by the
+    /// admission layer, which sees every answer.
+    async fn within<T>(
         &self,
-        rpc: &'static str,
-        deadline: Duration,
+        deadline: Instant,
         work: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(deadline, work).await {
-            Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "deadline of {} ms exceeded",
-                deadline.as_millis()
-            ))),
+        check_deadline(deadline, "before the request started")?;
+        let answer = match tokio::time::timeout_at(deadline, work).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(deadline_exceeded(deadline, "waiting on the feature store")),
         };
-        let code = match &result {
-            Ok(_) => "Ok".to_string(),
-            Err(status) => format!("{:?}", status.code()),
-        };
-        REQUESTS.with_label_values(&[rpc, &code]).inc();
-        LATENCY
-            .with_label_values(&[rpc, &code])
-            .observe(started.elapsed().as_secs_f64());
-        result.map(Response::new)
+        // Finished, but too late: the client has given up, and a late OK would count as served.
+        check_deadline(deadline, "when the answer was ready")?;
+        Ok(Response::new(answer))
     }
 }
 
@@ -422,7 +438,7 @@ impl Ranking for RankingService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
         self.0
-            .observe("Rank", deadline, self.0.rank(request.into_inner()))
+            .within(deadline, self.0.rank(request.into_inner(), deadline))
             .await
     }
 
@@ -432,7 +448,7 @@ impl Ranking for RankingService {
     ) -> Result<Response<HomepageResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
         self.0
-            .observe("Homepage", deadline, self.0.homepage(request.into_inner()))
+            .within(deadline, self.0.homepage(request.into_inner(), deadline))
             .await
     }
 
@@ -442,11 +458,7 @@ impl Ranking for RankingService {
     ) -> Result<Response<SimilarItemsResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
         self.0
-            .observe(
-                "SimilarItems",
-                deadline,
-                self.0.similar_items(request.into_inner()),
-            )
+            .within(deadline, self.0.similar_items(request.into_inner(), deadline))
             .await
     }
 }
@@ -455,20 +467,45 @@ impl Ranking for RankingService {
 mod tests {
     use super::*;
 
-    #[test]
-    fn deadlines_parse_from_grpc_timeout() {
-        let max = Duration::from_secs(5);
-        let mut r = Request::new(());
-        assert_eq!(deadline_of(&r, max), max);
-        r.metadata_mut()
-            .insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(deadline_of(&r, max), Duration::from_millis(250));
-        r.metadata_mut()
-            .insert("grpc-timeout", "2H".parse().unwrap());
-        assert_eq!(deadline_of(&r, max), max, "capped by the server");
-        r.metadata_mut()
-            .insert("grpc-timeout", "x".parse().unwrap());
-        assert_eq!(deadline_of(&r, max), max);
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_deadline_exceeded_not_a_late_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranker = Ranker::new(
+            FeatureReader::from_config(
+                recsys_shared::store::features::FeatureStore::new(
+                    Arc::new(
+                        recsys_shared::store::EmbeddedStore::open(dir.path()).unwrap(),
+                    ),
+                    10,
+                ),
+                &Default::default(),
+                &Default::default(),
+            ),
+            Duration::from_secs(5),
+        );
+        let passed = Instant::now() - Duration::from_millis(1);
+        let status = ranker
+            .within(passed, async { Ok(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        // Work that outlives the deadline (synchronous scoring cannot be interrupted) ends as
+        // DEADLINE_EXCEEDED too.
+        let soon = Instant::now() + Duration::from_millis(20);
+        let status = ranker
+            .within(soon, async {
+                std::thread::sleep(Duration::from_millis(40));
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            ranker
+                .within(Instant::now() + Duration::from_secs(1), async { Ok(()) })
+                .await
+                .is_ok()
+        );
     }
 
     #[test]
@@ -476,6 +513,8 @@ mod tests {
         assert_eq!(bounded("k", 0, 20, 1000).unwrap(), 20);
         let e = bounded("k", 1001, 20, 1000).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let huge = bounded("k", (1 << 32) + 5, 20, 1000).unwrap_err();
+        assert!(huge.message().starts_with("k: 4294967301 "), "{}", huge.message());
         assert!(e.message().starts_with("k: "), "{}", e.message());
         assert_eq!(check_country("us").unwrap().as_deref(), Some("US"));
         assert!(check_country("USA")

@@ -63,6 +63,13 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
+/// The value of the sample `name` (with its labels) in a Prometheus text page; 0 when absent.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The items of member `m{i}`'s synthetic history, read from the store the server loaded.
 async fn history_of(server: &RunningServer, user: &str) -> HashSet<String> {
     let (features, _) = server.ranker.reader().get(user).await.unwrap();
@@ -651,5 +658,159 @@ async fn store_down_serves_cached_members_and_degrades_the_rest() {
     let (ok, failed, _, _, degraded) = load.finish().await;
     assert_eq!(failed, 0);
     assert!(ok > 10 && degraded);
+    server.shutdown().await.unwrap();
+}
+
+/// Sends `message` as the body of a unary call to `path`, encoded as whatever `M` says, so a test
+/// can send bytes no well-behaved client would.
+async fn raw_call<M: prost::Message + Default + 'static>(
+    server: &RunningServer,
+    path: &'static str,
+    message: M,
+) -> tonic::Status {
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary::<M, RankResponse, _>(
+        tonic::Request::new(message),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .unwrap_err()
+}
+
+/// A RankRequest whose `user_id` is raw bytes (not necessarily UTF-8).
+#[derive(Clone, PartialEq, prost::Message)]
+struct BytesUserId {
+    #[prost(bytes = "vec", tag = "1")]
+    user_id: Vec<u8>,
+}
+
+/// Field 1 with the wrong wire type (a varint where a string belongs).
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongWireType {
+    #[prost(uint64, tag = "1")]
+    user_id: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_and_oversized_numbers_are_invalid_argument_and_counted() {
+    // The faults: a non-UTF-8 string or garbage bytes answered INTERNAL and went uncounted; k =
+    // 2^32 + 5 was silently read as k = 5.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    synthetic_model(&config.model.root, 100, 10, 4, 3).unwrap();
+    let server = start(&config).await.unwrap();
+    let status = raw_call(
+        &server,
+        "/recsys.v1.Ranking/Rank",
+        BytesUserId {
+            user_id: vec![b'm', 0xff, 0xfe],
+        },
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = raw_call(
+        &server,
+        "/recsys.v1.Ranking/Homepage",
+        WrongWireType { user_id: 7 },
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let mut c = client(&server).await;
+    let status = c
+        .rank(RankRequest {
+            k: (1 << 32) + 5,
+            ..rank("m1")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("k: 4294967301"), "{}", status.message());
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    for rpc in ["Rank", "Homepage"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("recsys_rpc_requests_total")
+                && l.contains("code=\"InvalidArgument\"")
+                && l.contains(&format!("rpc=\"{rpc}\""))),
+            "{rpc} undecodable request not counted:\n{metrics}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
+    // One request in progress (its store read held up by a sleeping Redis) and no queue: the next
+    // request is shed with RESOURCE_EXHAUSTED at once, not queued behind it.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = redis.url();
+    config.store.read_timeout_ms = 5000;
+    config.store.redis.timeout_ms = 5000;
+    config.cache.backend = CacheBackend::None;
+    config.online.max_in_flight = 1;
+    config.online.max_queued = 0;
+    config.online.max_connections = 2;
+    synthetic_model(&config.model.root, 100, 10, 4, 4).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+    c.rank(rank("m1")).await.unwrap();
+    let sleeper = redis.sleep(1.5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.rank(rank("m2")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let shed = c.rank(rank("m3")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(took < Duration::from_millis(500), "shed after {took:?}");
+    // Health checks are never shed.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{}", server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "recsys.v1.Ranking".into(),
+        })
+        .await
+        .unwrap();
+    held.await.unwrap().unwrap();
+    sleeper.join().unwrap();
+    // Two connections are open (the client and the health check): a third is closed at once.
+    let third = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(channel) => RankingClient::new(channel).rank(rank("m1")).await.is_err(),
+    };
+    assert!(refused, "a connection past online.max_connections was served");
+    // (Metrics are per process, shared with the tests running beside this one.)
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metric(&metrics, "recsys_rpc_shed_total{reason=\"queue_full\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "recsys_grpc_connections_refused_total") >= 1.0,
+        "{metrics}"
+    );
     server.shutdown().await.unwrap();
 }

@@ -251,6 +251,11 @@ pub struct StoreConfig {
     pub history_cap: usize,
     /// A read of the store that takes longer fails (the caller degrades). Default 250 ms.
     pub read_timeout_ms: u64,
+    /// After this many failed or timed-out reads in a row the store is not read at all (requests
+    /// degrade at once)... Default 5.
+    pub breaker_failures: u32,
+    /// ...for this long; then one read probes it. Default 1000 ms.
+    pub breaker_open_ms: u64,
     pub embedded: EmbeddedConfig,
     pub redis: RedisConfig,
     pub cassandra: CassandraConfig,
@@ -262,6 +267,8 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             history_cap: 500,
             read_timeout_ms: 250,
+            breaker_failures: 5,
+            breaker_open_ms: 1000,
             embedded: EmbeddedConfig::default(),
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379/".into(),
@@ -397,6 +404,25 @@ pub struct OnlineConfig {
     pub load_store_on_swap: bool,
     /// Upper bound on any request's run time, whatever deadline the client sets. Default 5000 ms.
     pub max_request_ms: u64,
+    /// Ranking requests worked on at once; more wait in the queue. Default 16 (scoring is CPU
+    /// work: a few per core keep the cores busy without queueing inside the runtime).
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; beyond this a request is shed at once with
+    /// `RESOURCE_EXHAUSTED`, before any work. A queued request whose deadline passes while it waits
+    /// is answered `DEADLINE_EXCEEDED` without being worked on. Default 64.
+    pub max_queued: usize,
+    /// HTTP/2 streams (concurrent calls) per connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// Open client connections; a connection beyond this is closed at once. Default 4096.
+    pub max_connections: usize,
+    /// HTTP/2 PING interval on idle connections, and how long to wait for the answer before
+    /// closing the connection. Default 30000 / 10000 ms.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    /// A connection is retired (GOAWAY, then `keepalive_timeout_ms` of grace for calls in
+    /// progress) after this long, so clients rebalance and no connection lives forever.
+    /// Default 1800000 ms (30 min).
+    pub max_connection_age_ms: u64,
 }
 
 impl Default for OnlineConfig {
@@ -407,6 +433,13 @@ impl Default for OnlineConfig {
             model_poll_ms: 1000,
             load_store_on_swap: true,
             max_request_ms: 5000,
+            max_in_flight: 16,
+            max_queued: 64,
+            max_concurrent_streams: 256,
+            max_connections: 4096,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            max_connection_age_ms: 1_800_000,
         }
     }
 }
@@ -616,12 +649,23 @@ impl Config {
         }
         let cache = &self.cache;
         let n = &self.nearline;
-        let more: [(bool, &str, &str); 12] = [
-            (n.max_batch >= 1, "nearline.max_batch", "must be at least 1"),
+        let o = &self.online;
+        // Upper bounds too: a value that sizes an allocation or a wait must not be absurd.
+        let more: Vec<(bool, &str, &str)> = vec![
             (
-                n.concurrency >= 1,
+                (1..=100_000).contains(&n.max_batch),
+                "nearline.max_batch",
+                "must be 1..=100000",
+            ),
+            (
+                (1..=1024).contains(&n.concurrency),
                 "nearline.concurrency",
-                "must be at least 1",
+                "must be 1..=1024",
+            ),
+            (
+                n.batch_wait_ms <= 60_000,
+                "nearline.batch_wait_ms",
+                "must be at most 60000",
             ),
             (
                 n.max_future_skew_ms >= 0,
@@ -634,9 +678,9 @@ impl Config {
                 "must be non-negative",
             ),
             (
-                n.model_poll_ms >= 10,
+                (10..=3_600_000).contains(&n.model_poll_ms),
                 "nearline.model_poll_ms",
-                "must be at least 10",
+                "must be 10..=3600000",
             ),
             (
                 !n.topic.is_empty() && n.topic != n.dead_letter_topic,
@@ -644,14 +688,24 @@ impl Config {
                 "must differ from nearline.topic",
             ),
             (
-                self.store.history_cap >= 1,
+                (1..=1_000_000).contains(&self.store.history_cap),
                 "store.history_cap",
-                "must be at least 1",
+                "must be 1..=1000000",
             ),
             (
-                self.store.read_timeout_ms >= 1,
+                (1..=600_000).contains(&self.store.read_timeout_ms),
                 "store.read_timeout_ms",
-                "must be at least 1",
+                "must be 1..=600000",
+            ),
+            (
+                (1..=600_000).contains(&self.store.redis.timeout_ms),
+                "store.redis.timeout_ms",
+                "must be 1..=600000",
+            ),
+            (
+                (1..=600_000).contains(&self.store.cassandra.connect_timeout_ms),
+                "store.cassandra.connect_timeout_ms",
+                "must be 1..=600000",
             ),
             (
                 cache.ttl_jitter >= 0.0 && cache.ttl_jitter < 1.0,
@@ -659,9 +713,14 @@ impl Config {
                 "must be in [0, 1)",
             ),
             (
-                cache.ttl_seconds >= 1,
+                (1..=31_536_000).contains(&cache.ttl_seconds),
                 "cache.ttl_seconds",
-                "must be at least 1",
+                "must be 1..=31536000",
+            ),
+            (
+                (1..=100_000_000).contains(&cache.capacity),
+                "cache.capacity",
+                "must be 1..=100000000",
             ),
             (
                 cache.breaker_failures >= 1,
@@ -669,9 +728,84 @@ impl Config {
                 "must be at least 1",
             ),
             (
-                self.online.model_poll_ms >= 10,
+                self.store.breaker_failures >= 1,
+                "store.breaker_failures",
+                "must be at least 1",
+            ),
+            (
+                (1..=3_600_000).contains(&self.store.breaker_open_ms),
+                "store.breaker_open_ms",
+                "must be 1..=3600000",
+            ),
+            (
+                (1..=3_600_000).contains(&cache.breaker_open_ms),
+                "cache.breaker_open_ms",
+                "must be 1..=3600000",
+            ),
+            (
+                (1..=600_000).contains(&cache.redis.timeout_ms),
+                "cache.redis.timeout_ms",
+                "must be 1..=600000",
+            ),
+            (
+                (10..=3_600_000).contains(&o.model_poll_ms),
                 "online.model_poll_ms",
-                "must be at least 10",
+                "must be 10..=3600000",
+            ),
+            (
+                (1..=600_000).contains(&o.max_request_ms),
+                "online.max_request_ms",
+                "must be 1..=600000",
+            ),
+            (
+                (1..=100_000).contains(&o.max_in_flight),
+                "online.max_in_flight",
+                "must be 1..=100000",
+            ),
+            (
+                o.max_queued <= 1_000_000,
+                "online.max_queued",
+                "must be at most 1000000",
+            ),
+            (
+                (1..=100_000).contains(&o.max_concurrent_streams),
+                "online.max_concurrent_streams",
+                "must be 1..=100000",
+            ),
+            (
+                (1..=1_000_000).contains(&o.max_connections),
+                "online.max_connections",
+                "must be 1..=1000000",
+            ),
+            (
+                o.keepalive_interval_ms >= 1000 && o.keepalive_timeout_ms >= 100,
+                "online.keepalive_interval_ms",
+                "must be at least 1000 (and keepalive_timeout_ms at least 100)",
+            ),
+            (
+                o.max_connection_age_ms >= 1000,
+                "online.max_connection_age_ms",
+                "must be at least 1000",
+            ),
+            (
+                (1..=1_000_000).contains(&self.offline.features.history_cap),
+                "offline.features.history_cap",
+                "must be 1..=1000000",
+            ),
+            (
+                self.offline.als.iterations <= 10_000 && self.offline.als.cg_steps <= 1000,
+                "offline.als.iterations",
+                "must be at most 10000 (and cg_steps at most 1000)",
+            ),
+            (
+                self.offline.als.threads <= 4096,
+                "offline.als.threads",
+                "must be at most 4096",
+            ),
+            (
+                self.model.keep_versions <= 10_000,
+                "model.keep_versions",
+                "must be at most 10000",
             ),
         ];
         for (ok, field, why) in more {
@@ -885,6 +1019,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(kind.contains("alpha"), "{kind}");
+    }
+
+    #[test]
+    fn absurd_sizes_and_zero_timeouts_are_refused() {
+        for (var, value, field) in [
+            ("RECSYS__NEARLINE__MAX_BATCH", "1000000000000", "nearline.max_batch"),
+            ("RECSYS__ONLINE__MAX_REQUEST_MS", "0", "online.max_request_ms"),
+            ("RECSYS__CACHE__CAPACITY", "0", "cache.capacity"),
+            ("RECSYS__STORE__HISTORY_CAP", "1000000000", "store.history_cap"),
+            ("RECSYS__CACHE__REDIS__TIMEOUT_MS", "0", "cache.redis.timeout_ms"),
+            ("RECSYS__ONLINE__MAX_IN_FLIGHT", "0", "online.max_in_flight"),
+        ] {
+            let e = Config::load_with_env(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{var}={value}: {e}");
+        }
     }
 
     #[test]

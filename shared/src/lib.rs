@@ -24,9 +24,11 @@ pub mod error;
 pub mod foldin;
 pub mod ids;
 pub mod kernels;
+pub mod logs;
 pub mod ops;
 pub mod progress;
 pub mod proto;
+pub mod secrets;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

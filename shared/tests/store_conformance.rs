@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use recsys_shared::config::{CacheBackend, CacheConfig, CassandraConfig, RedisConfig};
+use recsys_shared::config::{
+    CacheBackend, CacheConfig, CassandraConfig, RedisConfig, StoreConfig,
+};
 use recsys_shared::store::cache::{FeatureReader, Source};
 use recsys_shared::store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
 use recsys_shared::store::{
@@ -395,7 +397,14 @@ fn cache_config(backend: CacheBackend, redis: Option<&RedisServer>) -> CacheConf
 }
 
 fn reader(store: Arc<dyn KvStore>, cache: CacheConfig) -> FeatureReader {
-    FeatureReader::from_config(FeatureStore::new(store, 20), &cache, Duration::from_secs(2))
+    FeatureReader::from_config(
+        FeatureStore::new(store, 20),
+        &cache,
+        &StoreConfig {
+            read_timeout_ms: 2000,
+            ..StoreConfig::default()
+        },
+    )
 }
 
 async fn redis_store(server: &RedisServer) -> Arc<dyn KvStore> {
@@ -593,4 +602,169 @@ async fn a_dead_cache_falls_back_to_the_store_and_opens_the_breaker() {
         reader.breaker_open(),
         "consecutive failures open the breaker"
     );
+}
+
+/// A store whose reads hang while `hung` is set (Redis stopped with SIGSTOP, a partitioned
+/// Cassandra node): they never answer, the reader's deadline has to end them.
+struct HangingStore {
+    inner: EmbeddedStore,
+    hung: std::sync::atomic::AtomicBool,
+    reads: AtomicUsize,
+}
+
+impl HangingStore {
+    fn open(dir: &std::path::Path) -> Arc<Self> {
+        Arc::new(HangingStore {
+            inner: EmbeddedStore::open(dir).unwrap(),
+            hung: std::sync::atomic::AtomicBool::new(false),
+            reads: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl KvStore for HangingStore {
+    fn backend(&self) -> &'static str {
+        "hanging"
+    }
+    async fn put_items(
+        &self,
+        ns: &str,
+        id: &str,
+        items: &[Item],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        self.inner.put_items(ns, id, items, token).await
+    }
+    async fn get_items(
+        &self,
+        ns: &str,
+        id: &str,
+        predicate: &Predicate,
+        page: &PageRequest,
+    ) -> StoreResult<Page> {
+        if ns == "member_vector" {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.hung.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.get_items(ns, id, predicate, page).await
+    }
+    async fn delete_items(&self, ns: &str, id: &str, predicate: &Predicate) -> StoreResult<()> {
+        self.inner.delete_items(ns, id, predicate).await
+    }
+}
+
+fn hanging_reader(store: Arc<HangingStore>, breaker_failures: u32) -> FeatureReader {
+    FeatureReader::from_config(
+        FeatureStore::new(store, 20),
+        &cache_config(CacheBackend::None, None),
+        &StoreConfig {
+            read_timeout_ms: 100,
+            breaker_failures,
+            breaker_open_ms: 60_000,
+            ..StoreConfig::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_give_up_on_a_hung_store_leave_no_flight_behind() {
+    // The fault: with the store hung, thousands of requests for random members gave up at 50 ms;
+    // each left a flight that only progressed while someone polled it, so the table (and RSS)
+    // only grew, and a request seconds later joined a stale flight instead of reading afresh.
+    let dir = tempfile::tempdir().unwrap();
+    let store = HangingStore::open(dir.path());
+    let reader = hanging_reader(store.clone(), u32::MAX);
+    store.hung.store(true, Ordering::SeqCst);
+    let cancelled: Vec<_> = (0..2000)
+        .map(|i| {
+            let reader = reader.clone();
+            tokio::spawn(async move {
+                let r =
+                    tokio::time::timeout(Duration::from_millis(20), reader.get(&format!("m{i}")))
+                        .await;
+                assert!(r.is_err(), "the client gave up first");
+            })
+        })
+        .collect();
+    for c in cancelled {
+        c.await.unwrap();
+    }
+    // Every flight runs to its own 100 ms deadline without a waiter, then leaves the table.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (reader.flights_running() > 0 || reader.flights_joinable() > 0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reader.flights_running(), 0, "every abandoned flight finished");
+    assert_eq!(reader.flights_joinable(), 0, "and left the flight table");
+    // The store recovers and a member is written: the next request reads afresh.
+    store.hung.store(false, Ordering::SeqCst);
+    reader
+        .store()
+        .put_vector("m7", &vector("v2", &[7.0]), IdempotencyToken::now())
+        .await
+        .unwrap();
+    let (features, source) = reader.get("m7").await.unwrap();
+    assert_eq!(source, Source::Store);
+    assert_eq!(features.vector, Some(vector("v2", &[7.0])), "a fresh read, not a stale flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_opens_its_breaker_and_requests_fail_without_reading_it() {
+    // The fault: with the store down, every request waited the full read timeout (and logged).
+    let dir = tempfile::tempdir().unwrap();
+    let store = HangingStore::open(dir.path());
+    let reader = hanging_reader(store.clone(), 3);
+    store.hung.store(true, Ordering::SeqCst);
+    for i in 0..20 {
+        let e = reader.get(&format!("m{i}")).await.unwrap_err();
+        if i >= 3 {
+            assert!(
+                matches!(*e, StoreError::BreakerOpen { .. }),
+                "request {i}: {e}"
+            );
+        }
+    }
+    assert!(reader.store_breaker_open());
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        3,
+        "only the reads before the breaker opened reached the store"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_members_does_not_evict_known_ones() {
+    // The fault: every made-up id was cached (as an empty member) and evicted real members.
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KvStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let reader = FeatureReader::from_config(
+        FeatureStore::new(store, 20),
+        &CacheConfig {
+            capacity: 1600,
+            ..cache_config(CacheBackend::InProcess, None)
+        },
+        &StoreConfig::default(),
+    );
+    for i in 0..100 {
+        reader
+            .store()
+            .put_vector(&format!("known{i}"), &vector("v", &[i as f32]), IdempotencyToken::now())
+            .await
+            .unwrap();
+        reader.get(&format!("known{i}")).await.unwrap();
+    }
+    for i in 0..20_000 {
+        let (features, _) = reader.get(&format!("random-{i}")).await.unwrap();
+        assert!(features.is_empty());
+    }
+    for i in 0..100 {
+        let (features, source) = reader.get(&format!("known{i}")).await.unwrap();
+        assert_eq!(source, Source::Cache, "known{i} is still cached");
+        assert_eq!(features.vector, Some(vector("v", &[i as f32])));
+    }
 }

@@ -4,28 +4,35 @@
 //! [`FeatureReader::get`] asks the cache with a short timeout; on a miss it reads the store through
 //! a **single flight** per member — a burst of concurrent requests for one member makes one store
 //! read, and they all get its answer (the cache-stampede fix of Sorabel's in-memory recommender) —
-//! then fills the cache with a TTL drawn with jitter. A **circuit breaker** skips the cache for a
-//! while after consecutive failures, so a dead or slow Redis costs nothing per request. Writers (the
-//! nearline tier) call [`FeatureReader::write_through_many`] (or `write_through`) after the store
-//! write.
+//! then fills the cache with a TTL drawn with jitter. A flight is a task of its own with the store's
+//! deadline: it finishes (and leaves the flight table) whether or not anyone still waits for it, so
+//! requests that give up early leak nothing and a later request never joins a stale read.
+//! Members the store does not know (no vector, no history) are not cached, so a flood of made-up
+//! ids cannot evict real members. A **circuit breaker** on each of the cache and the store skips
+//! it for a while after consecutive failures, so a dead or slow Redis costs nothing per request and
+//! a dead store fails requests at once (they degrade) instead of each waiting out its timeout.
+//! Writers (the nearline tier) call [`FeatureReader::write_through_many`] (or `write_through`)
+//! after the store write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
 };
 use rand::Rng;
 use redis::aio::ConnectionManager;
 
 use super::features::{FeatureStore, MemberFeatures};
 use super::{StoreError, StoreResult};
-use crate::config::{CacheBackend, CacheConfig, RedisConfig};
+use crate::config::{CacheBackend, CacheConfig, RedisConfig, StoreConfig};
+use crate::logs::LogEvery;
+use crate::secrets::redact_url;
 
 /// Cache outcomes: `hit`, `miss`, `error` (failed or timed out), `bypassed` (breaker open or none).
 pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -58,11 +65,22 @@ pub static SINGLE_FLIGHT_JOINED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// 1 while the cache's circuit breaker is open.
-pub static CACHE_BREAKER_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "recsys_cache_breaker_open",
-        "1 while the cache is bypassed after consecutive failures"
+/// 1 while a dependency's circuit breaker is open (`cache`, `store`).
+pub static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "recsys_breaker_open",
+        "1 while a dependency is skipped after consecutive failures",
+        &["dependency"]
+    )
+    .expect("metric registers once")
+});
+
+/// Store reads in flight as single flights (each its own task, bounded by the store timeout).
+pub static STORE_FLIGHTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "recsys_store_flights",
+        "Store reads in flight (single flights) by backend",
+        &["backend"]
     )
     .expect("metric registers once")
 });
@@ -89,31 +107,99 @@ pub trait MemberCache: Send + Sync + 'static {
     async fn warm(&self) {}
 }
 
-/// A bounded in-process map with per-entry expiry. When full, an insert evicts expired entries of
-/// its shard, or an arbitrary one if none has expired.
+/// A bounded in-process map with per-entry expiry. When a shard is full, an insert evicts by
+/// sampling: of a few entries picked at random, an expired one or else the least recently used
+/// (Redis's approximated LRU) — constant time under the shard's lock, whatever the capacity.
 pub struct LocalCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
-/// Member id → (expiry, features).
-type Shard = HashMap<String, (Instant, Arc<MemberFeatures>)>;
+struct Entry {
+    expiry: Instant,
+    /// The shard's clock at the last read or write.
+    used: u64,
+    /// Index of the key in `Shard::keys`.
+    slot: usize,
+    features: Arc<MemberFeatures>,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<Arc<str>, Entry>,
+    /// Every key once, for sampling.
+    keys: Vec<Arc<str>>,
+    clock: u64,
+}
+
+impl Shard {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn remove(&mut self, user_id: &str) {
+        let Some(entry) = self.entries.remove(user_id) else {
+            return;
+        };
+        self.keys.swap_remove(entry.slot);
+        if let Some(moved) = self.keys.get(entry.slot) {
+            self.entries
+                .get_mut(moved)
+                .expect("every key has an entry")
+                .slot = entry.slot;
+        }
+    }
+
+    /// Removes one entry chosen by sampling: an expired one, else the least recently used.
+    fn evict_one(&mut self, now: Instant) {
+        let mut rng = rand::rng();
+        let mut victim: Option<(bool, u64, usize)> = None;
+        for _ in 0..EVICTION_SAMPLES.min(self.keys.len()) {
+            let slot = rng.random_range(0..self.keys.len());
+            let entry = &self.entries[&self.keys[slot]];
+            // Expired first, then the oldest use.
+            let rank = (entry.expiry > now, entry.used, slot);
+            if victim.is_none_or(|v| rank < v) {
+                victim = Some(rank);
+            }
+        }
+        if let Some((_, _, slot)) = victim {
+            let key = self.keys[slot].clone();
+            self.remove(&key);
+        }
+    }
+}
 
 const SHARDS: usize = 16;
+/// Entries looked at per eviction (Redis uses 5 by default).
+const EVICTION_SAMPLES: usize = 5;
 
 impl LocalCache {
     pub fn new(capacity: usize) -> Self {
         LocalCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
-    fn shard(&self, user_id: &str) -> &Mutex<HashMap<String, (Instant, Arc<MemberFeatures>)>> {
+    fn shard(&self, user_id: &str) -> &Mutex<Shard> {
         let hash = user_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         });
         &self.shards[(hash % SHARDS as u64) as usize]
+    }
+
+    /// Entries held, over all shards.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("cache lock").entries.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -125,9 +211,12 @@ impl MemberCache for LocalCache {
 
     async fn get(&self, user_id: &str) -> StoreResult<Option<MemberFeatures>> {
         let mut shard = self.shard(user_id).lock().expect("cache lock");
-        match shard.get(user_id) {
-            Some((expiry, features)) if *expiry > Instant::now() => {
-                Ok(Some(features.as_ref().clone()))
+        let now = Instant::now();
+        let tick = shard.tick();
+        match shard.entries.get_mut(user_id) {
+            Some(entry) if entry.expiry > now => {
+                entry.used = tick;
+                Ok(Some(entry.features.as_ref().clone()))
             }
             Some(_) => {
                 shard.remove(user_id);
@@ -144,18 +233,29 @@ impl MemberCache for LocalCache {
         ttl: Duration,
     ) -> StoreResult<()> {
         let mut shard = self.shard(user_id).lock().expect("cache lock");
-        if shard.len() >= self.per_shard && !shard.contains_key(user_id) {
-            let now = Instant::now();
-            shard.retain(|_, (expiry, _)| *expiry > now);
-            if shard.len() >= self.per_shard {
-                if let Some(victim) = shard.keys().next().cloned() {
-                    shard.remove(&victim);
-                }
-            }
+        let now = Instant::now();
+        let used = shard.tick();
+        let features = Arc::new(features.clone());
+        if let Some(entry) = shard.entries.get_mut(user_id) {
+            entry.expiry = now + ttl;
+            entry.used = used;
+            entry.features = features;
+            return Ok(());
         }
-        shard.insert(
-            user_id.to_string(),
-            (Instant::now() + ttl, Arc::new(features.clone())),
+        while shard.entries.len() >= self.per_shard {
+            shard.evict_one(now);
+        }
+        let key: Arc<str> = Arc::from(user_id);
+        let slot = shard.keys.len();
+        shard.keys.push(key.clone());
+        shard.entries.insert(
+            key,
+            Entry {
+                expiry: now + ttl,
+                used,
+                slot,
+                features,
+            },
         );
         Ok(())
     }
@@ -177,6 +277,7 @@ pub struct RedisCache {
     connection: Mutex<Option<ConnectionManager>>,
     connecting: Arc<AtomicU64>,
     epoch: Instant,
+    connect_log: LogEvery,
 }
 
 const BACKEND: &str = "redis-cache";
@@ -188,6 +289,7 @@ impl RedisCache {
             connection: Mutex::new(None),
             connecting: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
+            connect_log: LogEvery::new(Duration::from_secs(10)),
         })
     }
 
@@ -212,13 +314,17 @@ impl RedisCache {
             tokio::spawn(async move {
                 match super::redis_store::connect(&this.config).await {
                     Ok(c) => *this.connection.lock().expect("lock") = Some(c),
-                    Err(e) => tracing::warn!(error = %e, "cache: cannot connect to Redis"),
+                    Err(e) => {
+                        if let Some(suppressed) = this.connect_log.check() {
+                            tracing::warn!(error = %e, suppressed, "cache: cannot connect to Redis");
+                        }
+                    }
                 }
             });
         }
         Err(StoreError::Backend {
             backend: BACKEND,
-            message: format!("not connected to {}", self.config.url),
+            message: format!("not connected to {}", redact_url(&self.config.url)),
         })
     }
 
@@ -338,6 +444,8 @@ impl MemberCache for SharedRedisCache {
 /// Opens or skips failing calls: after `threshold` consecutive failures, calls are refused for
 /// `open_for`; then one is let through, and its outcome closes or re-opens the breaker.
 pub struct CircuitBreaker {
+    /// What it guards (`cache`, `store`): the metric label and the log's subject.
+    dependency: &'static str,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
     threshold: u32,
@@ -346,8 +454,9 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(threshold: u32, open_for: Duration) -> Self {
+    pub fn new(dependency: &'static str, threshold: u32, open_for: Duration) -> Self {
         CircuitBreaker {
+            dependency,
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             threshold: threshold.max(1),
@@ -383,8 +492,8 @@ impl CircuitBreaker {
     pub fn success(&self) {
         self.failures.store(0, Ordering::Release);
         if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            CACHE_BREAKER_OPEN.set(0);
-            tracing::info!("cache: circuit breaker closed");
+            BREAKER_OPEN.with_label_values(&[self.dependency]).set(0);
+            tracing::info!(dependency = self.dependency, "circuit breaker closed");
         }
     }
 
@@ -393,10 +502,12 @@ impl CircuitBreaker {
         if failures >= self.threshold {
             let until = self.now_ms() + self.open_for.as_millis() as u64;
             if self.open_until_ms.swap(until.max(1), Ordering::AcqRel) == 0 {
-                CACHE_BREAKER_OPEN.set(1);
+                BREAKER_OPEN.with_label_values(&[self.dependency]).set(1);
                 tracing::warn!(
+                    dependency = self.dependency,
                     failures,
-                    "cache: circuit breaker open, reading the store directly"
+                    open_ms = self.open_for.as_millis() as u64,
+                    "circuit breaker open: calls skipped until a probe succeeds"
                 );
             }
         }
@@ -414,16 +525,28 @@ pub enum Source {
     Store,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Arc<MemberFeatures>, Arc<StoreError>>>>;
+type FlightResult = Result<Arc<MemberFeatures>, Arc<StoreError>>;
+type Flight = Shared<BoxFuture<'static, FlightResult>>;
+
+/// The store reads in flight, one per member, each tagged so a finished flight removes itself and
+/// never a later one of the same member.
+#[derive(Default)]
+struct Flights {
+    by_member: Mutex<HashMap<String, (u64, Flight)>>,
+    next_id: AtomicU64,
+    /// Flights whose task has not finished (what the gauge shows; the map may hold fewer).
+    running: AtomicUsize,
+}
 
 /// The online tier's read path: cache, then the store through a single flight. Clones share the
-/// cache, the breaker and the flights (one process can hand one reader to several components).
+/// cache, the breakers and the flights (one process can hand one reader to several components).
 #[derive(Clone)]
 pub struct FeatureReader {
     store: FeatureStore,
     cache: Option<Arc<dyn MemberCache>>,
     breaker: Arc<CircuitBreaker>,
-    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    store_breaker: Arc<CircuitBreaker>,
+    flights: Arc<Flights>,
     store_timeout: Duration,
     ttl: Duration,
     jitter: f64,
@@ -434,30 +557,40 @@ impl FeatureReader {
         store: FeatureStore,
         cache: Option<Arc<dyn MemberCache>>,
         config: &CacheConfig,
-        store_timeout: Duration,
+        store_config: &StoreConfig,
     ) -> Self {
         FeatureReader {
             store,
             cache,
             breaker: Arc::new(CircuitBreaker::new(
+                "cache",
                 config.breaker_failures,
                 Duration::from_millis(config.breaker_open_ms),
             )),
-            flights: Arc::new(Mutex::new(HashMap::new())),
-            store_timeout,
+            store_breaker: Arc::new(CircuitBreaker::new(
+                "store",
+                store_config.breaker_failures,
+                Duration::from_millis(store_config.breaker_open_ms),
+            )),
+            flights: Arc::new(Flights::default()),
+            store_timeout: Duration::from_millis(store_config.read_timeout_ms),
             ttl: Duration::from_secs(config.ttl_seconds),
             jitter: config.ttl_jitter,
         }
     }
 
     /// Builds the configured cache (or none) in front of `store`.
-    pub fn from_config(store: FeatureStore, config: &CacheConfig, store_timeout: Duration) -> Self {
+    pub fn from_config(
+        store: FeatureStore,
+        config: &CacheConfig,
+        store_config: &StoreConfig,
+    ) -> Self {
         let cache: Option<Arc<dyn MemberCache>> = match config.backend {
             CacheBackend::None => None,
             CacheBackend::InProcess => Some(Arc::new(LocalCache::new(config.capacity))),
             CacheBackend::Redis => Some(Arc::new(SharedRedisCache(RedisCache::new(&config.redis)))),
         };
-        Self::new(store, cache, config, store_timeout)
+        Self::new(store, cache, config, store_config)
     }
 
     pub fn store(&self) -> &FeatureStore {
@@ -470,6 +603,20 @@ impl FeatureReader {
 
     pub fn breaker_open(&self) -> bool {
         self.breaker.is_open()
+    }
+
+    pub fn store_breaker_open(&self) -> bool {
+        self.store_breaker.is_open()
+    }
+
+    /// Store reads whose task has not finished yet.
+    pub fn flights_running(&self) -> usize {
+        self.flights.running.load(Ordering::Acquire)
+    }
+
+    /// Members with a flight others can join.
+    pub fn flights_joinable(&self) -> usize {
+        self.flights.by_member.lock().expect("flights lock").len()
     }
 
     /// Connects the cache now instead of on the first request.
@@ -519,63 +666,99 @@ impl FeatureReader {
         self.read_store(user_id).await.map(|f| (f, Source::Store))
     }
 
-    async fn read_store(&self, user_id: &str) -> Result<Arc<MemberFeatures>, Arc<StoreError>> {
+    async fn read_store(&self, user_id: &str) -> FlightResult {
         let flight = {
-            let mut flights = self.flights.lock().expect("flights lock");
-            if let Some(flight) = flights.get(user_id) {
+            let mut flights = self.flights.by_member.lock().expect("flights lock");
+            if let Some((_, flight)) = flights.get(user_id) {
                 SINGLE_FLIGHT_JOINED
                     .with_label_values(&[self.store.backend()])
                     .inc();
                 flight.clone()
             } else {
-                let store = self.store.clone();
-                // Filling is skipped while the breaker is open; it never takes the half-open probe.
-                let cache = if self.breaker.is_open() {
-                    None
-                } else {
-                    self.cache.clone()
-                };
-                let breaker = self.breaker.clone();
-                let registry = self.flights.clone();
-                let user = user_id.to_string();
-                let timeout = self.store_timeout;
-                let ttl = self.ttl();
-                let flight = async move {
-                    let started = Instant::now();
-                    let result = match tokio::time::timeout(timeout, store.get(&user)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(StoreError::Timeout {
-                            backend: store.backend(),
-                            millis: timeout.as_millis() as u64,
-                        }),
-                    };
+                if !self.store_breaker.allow() {
                     STORE_READS
-                        .with_label_values(&[
-                            store.backend(),
-                            if result.is_ok() { "ok" } else { "error" },
-                        ])
-                        .observe(started.elapsed().as_secs_f64());
-                    registry.lock().expect("flights lock").remove(&user);
-                    let features = Arc::new(result.map_err(Arc::new)?);
-                    if let Some(cache) = cache {
-                        // Fill the cache off the request's path.
-                        let features = features.clone();
-                        tokio::spawn(async move {
-                            match cache.put(&user, &features, ttl).await {
-                                Ok(()) => breaker.success(),
-                                Err(_) => breaker.failure(),
-                            }
-                        });
-                    }
-                    Ok(features)
+                        .with_label_values(&[self.store.backend(), "skipped"])
+                        .observe(0.0);
+                    return Err(Arc::new(StoreError::BreakerOpen {
+                        backend: self.store.backend(),
+                    }));
                 }
-                .boxed()
-                .shared();
-                flights.insert(user_id.to_string(), flight.clone());
+                let id = self.flights.next_id.fetch_add(1, Ordering::Relaxed);
+                let flight = self.start_flight(id, user_id);
+                flights.insert(user_id.to_string(), (id, flight.clone()));
                 flight
             }
         };
         flight.await
+    }
+
+    /// Starts one store read as a task of its own: it runs to its deadline whether or not anyone
+    /// still waits, then leaves the flight table, so a request that gives up early leaks nothing.
+    fn start_flight(&self, id: u64, user_id: &str) -> Flight {
+        let store = self.store.clone();
+        // Filling is skipped while the cache's breaker is open; it never takes the half-open probe.
+        let cache = if self.breaker.is_open() {
+            None
+        } else {
+            self.cache.clone()
+        };
+        let breaker = self.breaker.clone();
+        let store_breaker = self.store_breaker.clone();
+        let flights = self.flights.clone();
+        let user = user_id.to_string();
+        let timeout = self.store_timeout;
+        let ttl = self.ttl();
+        let backend = store.backend();
+        flights.running.fetch_add(1, Ordering::AcqRel);
+        STORE_FLIGHTS.with_label_values(&[backend]).inc();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, store.get(&user)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout {
+                    backend,
+                    millis: timeout.as_millis() as u64,
+                }),
+            };
+            STORE_READS
+                .with_label_values(&[backend, if result.is_ok() { "ok" } else { "error" }])
+                .observe(started.elapsed().as_secs_f64());
+            match &result {
+                // The store answered, even if a record is corrupt: it is up.
+                Ok(_) | Err(StoreError::Corrupt { .. }) | Err(StoreError::Invalid { .. }) => {
+                    store_breaker.success()
+                }
+                Err(_) => store_breaker.failure(),
+            }
+            {
+                let mut by_member = flights.by_member.lock().expect("flights lock");
+                if by_member.get(&user).is_some_and(|(flight_id, _)| *flight_id == id) {
+                    by_member.remove(&user);
+                }
+            }
+            flights.running.fetch_sub(1, Ordering::AcqRel);
+            STORE_FLIGHTS.with_label_values(&[backend]).dec();
+            let features = Arc::new(result.map_err(Arc::new)?);
+            // A member the store does not know is not cached: made-up ids would evict real ones.
+            if let Some(cache) = cache.filter(|_| !features.is_empty()) {
+                match cache.put(&user, &features, ttl).await {
+                    Ok(()) => breaker.success(),
+                    Err(_) => breaker.failure(),
+                }
+            }
+            Ok(features)
+        });
+        async move {
+            match task.await {
+                Ok(result) => result,
+                Err(e) => Err(Arc::new(StoreError::Backend {
+                    backend,
+                    message: format!("store read task failed: {e}"),
+                })),
+            }
+        }
+        .boxed()
+        .shared()
     }
 
     /// Puts fresh features into the cache after the store has them (best effort: a failure leaves
@@ -618,7 +801,7 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_threshold_and_half_opens_after_the_period() {
-        let b = CircuitBreaker::new(3, Duration::from_millis(30));
+        let b = CircuitBreaker::new("test", 3, Duration::from_millis(30));
         b.failure();
         b.failure();
         assert!(b.allow(), "below threshold");
@@ -645,7 +828,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let held: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let held = cache.len();
         assert!(held <= SHARDS, "{held} entries held");
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            assert_eq!(shard.keys.len(), shard.entries.len());
+            for (slot, key) in shard.keys.iter().enumerate() {
+                assert_eq!(shard.entries[key].slot, slot, "slots stay consistent");
+            }
+        }
     }
 }

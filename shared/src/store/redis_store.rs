@@ -19,6 +19,7 @@ use super::{
     Item, KvStore, Page, PageRequest, Predicate, StoreError, StoreResult,
 };
 use crate::config::RedisConfig;
+use crate::secrets::redact_url;
 
 const BACKEND: &str = "redis";
 /// Item keys fetched per round trip while filling a page.
@@ -87,7 +88,7 @@ impl std::fmt::Debug for RedisStore {
 pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManager> {
     let client = redis::Client::open(config.url.as_str()).map_err(|e| StoreError::Invalid {
         field: "redis.url",
-        problem: format!("{:?}: {e}", config.url),
+        problem: format!("{:?}: {e}", redact_url(&config.url)),
     })?;
     let timeout = Duration::from_millis(config.timeout_ms);
     let manager_config = ConnectionManagerConfig::new()
@@ -105,7 +106,7 @@ pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManag
         backend: BACKEND,
         millis: config.timeout_ms * 4,
     })?
-    .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", config.url)))
+    .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", redact_url(&config.url))))
 }
 
 /// The time a pipeline of `commands` requests may take: the configured per-request timeout, plus
