@@ -103,6 +103,11 @@ enum OfflineCommand {
     Versions {
         #[arg(long)]
         model_root: Option<PathBuf>,
+        /// Check every version's files against the sha256 sums in its manifest; a version that
+        /// fails is listed as CORRUPT with the reason, and the command exits 1 if the current one
+        /// does.
+        #[arg(long)]
+        verify: bool,
     },
     /// Training benchmark against the Python library `implicit`, and accuracy on MovieLens.
     Bench(recsys_offline::bench::BenchArgs),
@@ -483,16 +488,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::json!({"current": to, "previous": previous})
             );
         }
-        Command::Offline(OfflineCommand::Versions { model_root }) => {
+        Command::Offline(OfflineCommand::Versions { model_root, verify }) => {
             let config = load_config(&cli)?;
             let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root));
             let current = root.current_version()?;
+            let mut current_corrupt = None;
             for version in root.versions()? {
-                let marker = if Some(&version) == current.as_ref() {
-                    "*"
+                let is_current = Some(&version) == current.as_ref();
+                let marker = if is_current { "*" } else { " " };
+                let checked = if *verify {
+                    root.verify(&version).map(|_| ())
                 } else {
-                    " "
+                    Ok(())
                 };
+                if let Err(e) = checked {
+                    println!("{marker} {version}  CORRUPT: {e}");
+                    if is_current {
+                        current_corrupt = Some(e);
+                    }
+                    continue;
+                }
                 let summary = match root.manifest(&version) {
                     Ok(m) => format!(
                         "{} members, {} items{}",
@@ -505,6 +520,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Err(e) => format!("unreadable: {e}"),
                 };
                 println!("{marker} {version}  {summary}");
+            }
+            if let Some(e) = current_corrupt {
+                anyhow::bail!(
+                    "the current version is corrupt ({e}); servers keep or fall back to the newest intact one; `recsys offline rollback --to <version>` moves CURRENT"
+                );
             }
         }
         Command::Offline(OfflineCommand::Bench(args)) => {

@@ -237,6 +237,33 @@ fn retention_keeps_the_newest_versions() {
     let versions = f.versions();
     assert_eq!(versions.len(), 2, "{versions:?}");
     assert_eq!(f.current().as_ref(), versions.last());
+
+    // `versions --verify` checks every file's sha256: a flipped byte in the current version is
+    // reported as CORRUPT (without --verify it was listed as current and fine) and fails the run.
+    let root = f.root();
+    let root = root.to_str().unwrap();
+    let listed = recsys(&["offline", "versions", "--model-root", root, "--verify"], &[]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("CORRUPT"));
+    let factors = f.root().join(&versions[1]).join("item_factors.parquet");
+    let mut bytes = fs::read(&factors).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(&factors, bytes).unwrap();
+    let listed = recsys(&["offline", "versions", "--model-root", root, "--verify"], &[]);
+    let out = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(!listed.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("* {}  CORRUPT: ", versions[1]))
+                && l.contains("item_factors.parquet")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("  {}  ", versions[0])) && !l.contains("CORRUPT")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Wiring: the feature store and cache, the model watcher, the gRPC server (Ranking, health,
 //! reflection v1 and v1alpha) and the metrics endpoint, with one shutdown for all of them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +37,16 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), OnlineError>>,
     watcher: JoinHandle<()>,
+    refusals: Arc<AtomicU64>,
 }
 
 impl RunningServer {
+    /// Model versions this server refused to load (a refused version is tried again only when its
+    /// files change).
+    pub fn refused_loads(&self) -> u64 {
+        self.refusals.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting requests, lets those in flight finish, and stops the watcher.
     pub async fn shutdown(self) -> Result<(), OnlineError> {
         let _ = self.shutdown.send(true);
@@ -58,6 +66,11 @@ impl RunningServer {
 }
 
 /// Loads new model versions as `CURRENT` moves.
+///
+/// A version that fails to load (a checksum, a shape, a non-finite factor) is refused and
+/// remembered with the sizes and times of its files, and tried again as soon as they change (a
+/// re-copied file) — not at every poll, and not only after a restart. While `CURRENT` cannot be
+/// served, the server keeps or falls back to the newest intact version published before it.
 struct ModelWatcher {
     root: ModelRoot,
     ranker: Arc<Ranker>,
@@ -65,7 +78,29 @@ struct ModelWatcher {
     load_into: Option<FeatureStore>,
     health: HealthReporter,
     ready: Arc<AtomicBool>,
-    refused: Option<String>,
+    /// Versions that failed to load, with the fingerprint of their files at the time.
+    refused: HashMap<String, Fingerprint>,
+    /// Load attempts refused by this watcher (the metric counts the whole process).
+    refusals: Arc<AtomicU64>,
+}
+
+/// Name, size and modification time of every file of a version directory.
+type Fingerprint = Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)>;
+
+fn fingerprint(root: &ModelRoot, version: &str) -> Fingerprint {
+    let mut print: Fingerprint = std::fs::read_dir(root.version_dir(version))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((e.file_name(), meta.len(), meta.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print.sort();
+    print
 }
 
 impl ModelWatcher {
@@ -79,19 +114,47 @@ impl ModelWatcher {
             }
         };
         let serving = self.ranker.catalog().map(|c| c.version.clone());
-        if serving.as_deref() == Some(current.as_str())
-            || self.refused.as_deref() == Some(current.as_str())
-        {
+        if serving.as_deref() == Some(current.as_str()) || self.serve(&current).await {
             return;
         }
+        // CURRENT cannot be served: keep, or fall back to, the newest intact version before it
+        // (never one after it: those may have been rolled back from).
+        let versions = match self.root.versions() {
+            Ok(versions) => versions,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list model versions");
+                return;
+            }
+        };
+        for candidate in versions.iter().rev().filter(|v| **v < current) {
+            if serving.as_deref() == Some(candidate.as_str()) {
+                return;
+            }
+            if self.serve(candidate).await {
+                MODEL_SWAPS.with_label_values(&["fallback"]).inc();
+                tracing::warn!(version = %candidate, current = %current,
+                    "serving the newest intact version before CURRENT, which cannot be loaded");
+                return;
+            }
+        }
+    }
+
+    /// Loads `version` and swaps it in; false (and the version remembered as refused) when it
+    /// cannot be loaded.
+    async fn serve(&mut self, version: &str) -> bool {
+        let print = fingerprint(&self.root, version);
+        if self.refused.get(version) == Some(&print) {
+            return false;
+        }
+        let serving = self.ranker.catalog().map(|c| c.version.clone());
         let started = Instant::now();
         let root = self.root.clone();
-        let version = current.clone();
-        let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root, &version))
+        let owned = version.to_string();
+        let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root, &owned))
             .await
             .unwrap_or_else(|e| {
                 Err(OnlineError::InvalidModel {
-                    version: current.clone(),
+                    version: version.to_string(),
                     problem: format!("loader panicked: {e}"),
                 })
             });
@@ -99,22 +162,24 @@ impl ModelWatcher {
             Ok(c) => c,
             Err(e) => {
                 MODEL_SWAPS.with_label_values(&["refused"]).inc();
-                tracing::error!(version = %current, error = %e,
+                self.refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(version = %version, error = %e,
                     serving = serving.as_deref().unwrap_or("none"),
-                    "refusing model version; keeping the one being served");
-                self.refused = Some(current);
-                return;
+                    "refusing model version until its files change");
+                self.refused.insert(version.to_string(), print);
+                return false;
             }
         };
+        self.refused.remove(version);
         if let Some(store) = &self.load_into {
-            match bulk::is_loaded(store, &current).await {
+            match bulk::is_loaded(store, version).await {
                 Ok(true) => {}
-                _ => match bulk::load_model_features(&self.root, Some(&current), store, |_, _| {})
+                _ => match bulk::load_model_features(&self.root, Some(version), store, |_, _| {})
                     .await
                 {
-                    Ok(report) => tracing::info!(members = report.members, version = %current,
+                    Ok(report) => tracing::info!(members = report.members, version = %version,
                         "loaded the model's member features into the embedded store"),
-                    Err(e) => tracing::error!(error = %e, version = %current,
+                    Err(e) => tracing::error!(error = %e, version = %version,
                         "loading member features failed; members fold in from history"),
                 },
             }
@@ -125,10 +190,9 @@ impl ModelWatcher {
         if let Some(old) = &old {
             let _ = MODEL_VERSION.remove_label_values(&[&old.version]);
         }
-        MODEL_VERSION.with_label_values(&[&current]).set(1);
+        MODEL_VERSION.with_label_values(&[version]).set(1);
         CATALOG_ITEMS.set(items as i64);
         MODEL_SWAPS.with_label_values(&["swapped"]).inc();
-        self.refused = None;
         if !self.ready.swap(true, Ordering::AcqRel) {
             self.health
                 .set_service_status(SERVICE_NAME, ServingStatus::Serving)
@@ -137,9 +201,10 @@ impl ModelWatcher {
                 .set_service_status("", ServingStatus::Serving)
                 .await;
         }
-        tracing::info!(version = %current, items, factor_mib = factor_bytes >> 20,
+        tracing::info!(version = %version, items, factor_mib = factor_bytes >> 20,
             previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
             took_ms = started.elapsed().as_millis() as u64, "model swapped in");
+        true
     }
 }
 
@@ -181,6 +246,7 @@ pub async fn start_with_reader(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let ready = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(AtomicU64::new(0));
     let owns_embedded = config.store.backend == StoreBackend::Embedded;
     let mut watcher = ModelWatcher {
         root: ModelRoot::new(&config.model.root),
@@ -188,7 +254,8 @@ pub async fn start_with_reader(
         load_into: (owns_embedded && config.online.load_store_on_swap).then(|| features.clone()),
         health,
         ready: ready.clone(),
-        refused: None,
+        refused: HashMap::new(),
+        refusals: refusals.clone(),
     };
     watcher.refresh().await;
     if ranker.catalog().is_none() {
@@ -291,5 +358,6 @@ pub async fn start_with_reader(
         shutdown,
         grpc,
         watcher,
+        refusals,
     })
 }

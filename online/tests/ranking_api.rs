@@ -560,11 +560,7 @@ async fn hot_swap_under_load_fails_no_request_and_refuses_a_corrupt_version() {
         v2,
         "corrupt v3 refused"
     );
-    let metrics = http_get(server.metrics_addr, "/metrics").await;
-    assert!(
-        metrics.contains("recsys_model_swaps_total{result=\"refused\"} 1"),
-        "{metrics}"
-    );
+    assert_eq!(server.refused_loads(), 1, "refused once, not at every poll");
 
     let (ok, failed, versions, _, _) = load.finish().await;
     assert_eq!(failed, 0, "no request failed across the swap");
@@ -812,5 +808,47 @@ async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
         metric(&metrics, "recsys_grpc_connections_refused_total") >= 1.0,
         "{metrics}"
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
+    // The fault: with the newest version corrupt the server stayed NOT_SERVING although the
+    // previous version was intact, and repairing the file did nothing until a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let v1 = synthetic_model(&config.model.root, 300, 20, 4, 11).unwrap();
+    let v2 = synthetic_model(&config.model.root, 310, 20, 4, 12).unwrap();
+    let root = ModelRoot::new(&config.model.root);
+    assert_eq!(root.current_version().unwrap().as_deref(), Some(v2.as_str()));
+    let factors = root.version_dir(&v2).join(files::ITEM_FACTORS);
+    let intact = std::fs::read(&factors).unwrap();
+    let mut damaged = intact.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&factors, &damaged).unwrap();
+
+    let server = start(&config).await.unwrap();
+    assert_eq!(
+        server.ranker.catalog().map(|c| c.version.clone()),
+        Some(v1.clone()),
+        "the newest intact version is served"
+    );
+    let mut c = client(&server).await;
+    assert_eq!(c.rank(rank("m1")).await.unwrap().into_inner().model_version, v1);
+    let ready = http_get(server.metrics_addr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    // Polls do not reload the refused version while its files stay as they are...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.refused_loads(), 1);
+    // ...and the repaired file is picked up without a restart.
+    std::fs::write(&factors, &intact).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.ranker.catalog().unwrap().version != v2 {
+        assert!(Instant::now() < deadline, "the repaired v2 was never swapped in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.rank(rank("m1")).await.unwrap().into_inner().model_version, v2);
     server.shutdown().await.unwrap();
 }
