@@ -364,7 +364,28 @@ fn read_columns(
         .build()
         .map_err(|e| SharedError::parquet(file, e))?;
     let file = file.to_path_buf();
-    Ok(reader.map(move |batch| batch.map_err(|e| SharedError::arrow(&file, e).into())))
+    let mut reader = Some(reader);
+    // Damaged pages can make the Parquet reader panic (a bit-unpacking assertion) instead of
+    // returning an error; a panic is caught here and reported as a corrupt file, and nothing more
+    // is read from it.
+    Ok(std::iter::from_fn(move || {
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.as_mut()?.next()));
+        match next {
+            Ok(batch) => batch.map(|b| b.map_err(|e| SharedError::arrow(&file, e).into())),
+            Err(panic) => {
+                reader = None;
+                let detail = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no detail");
+                Some(Err(OfflineError::input(
+                    &file,
+                    format!("the file is corrupt: its pages cannot be decoded ({detail})"),
+                )))
+            }
+        }
+    }))
 }
 
 /// A text column as plain `Utf8`, whichever string type the file used.
@@ -382,4 +403,54 @@ fn text_column(file: &Path, batch: &arrow::array::RecordBatch, name: &str) -> Re
     let cast =
         arrow::compute::cast(column, &DataType::Utf8).map_err(|e| SharedError::arrow(file, e))?;
     Ok(TextColumn(Arc::new(cast)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{interactions_schema, InteractionRow, TableWriter};
+
+    fn weights() -> BTreeMap<String, f64> {
+        [("play".to_string(), 1.0)].into_iter().collect()
+    }
+
+    /// Every single-byte corruption of a table's pages is an error naming the file or a clean
+    /// pass — never a panic of the Parquet reader (which exited the job with code 101).
+    #[test]
+    fn flipped_bytes_inside_pages_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let intact = dir.path().join("intact.parquet");
+        let rows: Vec<InteractionRow> = (0..300)
+            .map(|i| InteractionRow {
+                user_id: format!("u{}", i % 17),
+                item_id: format!("i{}", i % 29),
+                event_type: "play",
+                value: (i % 3 == 0).then_some(i as f64),
+                ts_ms: 1_700_000_000_000 + i,
+            })
+            .collect();
+        let mut writer = TableWriter::create(&intact, interactions_schema()).unwrap();
+        writer.write_interactions(&rows).unwrap();
+        writer.finish().unwrap();
+        let bytes = std::fs::read(&intact).unwrap();
+        let damaged = dir.path().join("damaged.parquet");
+        let mut errors = 0;
+        // The pages sit between the leading magic and the footer's metadata.
+        let footer = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap())
+            as usize;
+        for at in 4..bytes.len() - 8 - footer {
+            for mask in [0xff_u8, 0x01, 0x80] {
+                let mut copy = bytes.clone();
+                copy[at] ^= mask;
+                std::fs::write(&damaged, &copy).unwrap();
+                let result = InputTable::discover(&damaged)
+                    .and_then(|table| table.validate_interactions(&weights()));
+                if let Err(e) = result {
+                    assert!(e.to_string().contains("damaged.parquet"), "{e}");
+                    errors += 1;
+                }
+            }
+        }
+        assert!(errors > 0, "no corruption was detected at all");
+    }
 }

@@ -162,13 +162,23 @@ fn parse_rating(path: &Path, line: u64, fields: &[&str]) -> Result<InteractionRo
         .trim()
         .parse()
         .map_err(|_| bad(format!("rating {:?} is not a number", fields[2])))?;
-    if !rating.is_finite() {
-        return Err(bad(format!("rating {rating} is not finite")));
+    // MovieLens rates on a five-star scale (half stars from 0.5 in the CSV releases).
+    if !(rating > 0.0 && rating <= 5.0) {
+        return Err(bad(format!(
+            "rating {rating} is outside MovieLens's scale (0, 5]"
+        )));
     }
     let seconds: i64 = fields[3]
         .trim()
         .parse()
         .map_err(|_| bad(format!("timestamp {:?} is not an integer", fields[3])))?;
+    // Seconds since 1970, and not in the future (a day of clock skew allowed).
+    let latest = chrono::Utc::now().timestamp() + 86_400;
+    if !(0..=latest).contains(&seconds) {
+        return Err(bad(format!(
+            "timestamp {seconds} is not a time between 1970 and now (seconds since the epoch)"
+        )));
+    }
     Ok(InteractionRow {
         user_id: id("user id", fields[0])?,
         item_id: id("movie id", fields[1])?,
@@ -383,6 +393,30 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert!(left.is_empty(), "{left:?}");
+        for (line, expect) in [
+            ("1,3,-5,964981247", "rating -5 is outside"),
+            ("1,3,7.5,964981247", "rating 7.5 is outside"),
+            ("1,3,NaN,964981247", "rating NaN is outside"),
+            ("1,3,4.0,-99999999999999", "timestamp -99999999999999 is not a time"),
+            ("1,3,4.0,99999999999", "timestamp 99999999999 is not a time"),
+        ] {
+            let input = fixture(&[
+                (
+                    "ratings.csv",
+                    format!("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n{line}\n")
+                        .as_bytes(),
+                ),
+                (
+                    "movies.csv",
+                    b"movieId,title,genres\n1,Toy Story (1995),Animation\n",
+                ),
+            ]);
+            let err = import(input.path(), out.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("ratings.csv: line 3") && err.contains(expect),
+                "{line}: {err}"
+            );
+        }
         let empty = tempfile::tempdir().unwrap();
         assert!(import(empty.path(), out.path())
             .unwrap_err()
