@@ -29,4 +29,10 @@ pub enum NearlineError {
     Input { path: String, problem: String },
     #[error("dead-letter topic {topic}: {problem}; the batch is retried, not skipped")]
     DeadLetter { topic: String, problem: String },
+    /// A batch could not be finished within `nearline.max_batch_retries` attempts; it stays
+    /// uncommitted for the partition's next owner.
+    #[error("a batch failed {attempts} retries and is left uncommitted for the partition's next owner; last error: {last}")]
+    Stalled { attempts: u32, last: String },
+    #[error("shutting down with a batch unfinished (left uncommitted)")]
+    ShuttingDown,
 }

@@ -68,6 +68,9 @@ pub enum RejectReason {
     UnknownItem,
     /// The timestamp is too far in the future or the past.
     TimestampSkew,
+    /// The member's stored state cannot be decoded (written by another program, or damaged): the
+    /// event cannot be folded into it. An operator repairs or deletes the record and replays.
+    CorruptState,
 }
 
 impl RejectReason {
@@ -80,10 +83,11 @@ impl RejectReason {
             RejectReason::UnknownEventType => "unknown_event_type",
             RejectReason::UnknownItem => "unknown_item",
             RejectReason::TimestampSkew => "timestamp_skew",
+            RejectReason::CorruptState => "corrupt_state",
         }
     }
 
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Undecodable,
         RejectReason::MissingField,
         RejectReason::InvalidId,
@@ -91,6 +95,7 @@ impl RejectReason {
         RejectReason::UnknownEventType,
         RejectReason::UnknownItem,
         RejectReason::TimestampSkew,
+        RejectReason::CorruptState,
     ];
 }
 

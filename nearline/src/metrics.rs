@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
-    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Events by outcome: `applied`, `dead_lettered`.
@@ -115,3 +115,32 @@ pub fn set_model_version(version: &str) {
     MODEL_VERSION.reset();
     MODEL_VERSION.with_label_values(&[version]).set(1);
 }
+
+/// 1 while the worker holds a batch it cannot finish (store or dead-letter topic failing): its
+/// partitions are paused, the consumer keeps polling, `/readyz` answers 503.
+pub static STALLED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "recsys_nearline_stalled",
+        "1 while a batch is being retried with the partitions paused"
+    )
+    .expect("registers once")
+});
+
+/// Dead letters that could not be written and were retried.
+pub static DEAD_LETTER_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recsys_nearline_dead_letter_retries_total",
+        "Dead letters the broker did not acknowledge, retried"
+    )
+    .expect("registers once")
+});
+
+/// Offset commits that failed after their retries (the batch is replayed by the partition's next
+/// owner, which applying idempotently makes harmless).
+pub static COMMIT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recsys_nearline_commit_failures_total",
+        "Offset commits that failed after retries"
+    )
+    .expect("registers once")
+});

@@ -1,11 +1,20 @@
 //! `recsys nearline run`: one member of a Kafka consumer group.
 //!
 //! The loop: take up to `max_batch` records (waiting at most `batch_wait_ms` after the first),
-//! decode and check each; send the rejected ones to the dead-letter topic (awaiting the broker's
-//! acknowledgement); apply the rest (durable store writes, then the cache); only then commit the
-//! batch's offsets. A crash anywhere before the commit replays the batch, which applying
-//! idempotently turns into no change — at-least-once delivery, effectively-once state. A batch
-//! that cannot be written (store down) is retried with backoff, never skipped.
+//! decode and check each; send the rejected ones to the dead-letter topic (all at once, then
+//! awaiting every acknowledgement); apply the rest (durable store writes, then the cache); only
+//! then commit the batch's offsets. A crash anywhere before the commit replays the batch, which
+//! applying idempotently turns into no change — at-least-once delivery, effectively-once state.
+//!
+//! Failures are classified. **Permanent** ones belong to an event, not to the worker: a rejected
+//! event, or a member whose stored state cannot be decoded (`corrupt_state`) — those events go to
+//! the dead-letter topic with the reason and the rest of the batch goes on. **Transient** ones (the
+//! store or the dead-letter topic unavailable) are retried with backoff, never skipped; while
+//! retrying, the worker pauses its partitions but keeps polling the consumer (so it is not evicted
+//! for exceeding `max.poll.interval.ms`), reports itself stalled (`/readyz` 503,
+//! `recsys_nearline_stalled` 1), and after `nearline.max_batch_retries` attempts it stops with an
+//! error, leaving the batch uncommitted for the partition's next owner. On recovery the paused
+//! partitions resume from exactly where the batch ended.
 //!
 //! Rebalances are served inside `recv`, i.e. between batches, after the previous batch was
 //! committed, so a revoked partition never has applied-but-uncommitted events.
@@ -29,9 +38,11 @@ use tokio::sync::watch;
 
 use recsys_shared::config::Config;
 
+use recsys_shared::store::StoreError;
+
 use crate::apply::Applier;
 use crate::error::NearlineError;
-use crate::event::{Event, Rejection};
+use crate::event::{Event, RejectReason, Rejection};
 use crate::metrics;
 
 /// Dead-letter headers: why, and where the record came from.
@@ -172,8 +183,12 @@ pub async fn run(
 
     let mut report = RunReport::default();
     let batch_wait = Duration::from_millis(n.batch_wait_ms);
+    let mut committed = true;
     loop {
-        ready.store(applier.model().get().is_some(), Ordering::Release);
+        ready.store(
+            applier.model().get().is_some() && committed,
+            Ordering::Release,
+        );
         // The first record of a batch: wait for it, or for shutdown.
         let first = tokio::select! {
             m = consumer.recv() => m,
@@ -201,17 +216,21 @@ pub async fn run(
         }
         let offsets = next_offsets(&batch);
         let consumed = batch.len() as u64;
-        process_batch(
+        let mut batch_run = BatchRun {
             config,
-            &applier,
-            &producer,
-            &batch,
-            &mut report,
-            &mut shutdown,
-        )
-        .await?;
+            applier: &applier,
+            producer: &producer,
+            consumer: &consumer,
+            ready: &ready,
+            shutdown: &mut shutdown,
+            paused: None,
+            attempts: 0,
+        };
+        let processed = batch_run.process(&batch, &mut report).await;
+        batch_run.recover()?;
+        processed?;
         drop(batch);
-        commit(&consumer, &offsets).await?;
+        committed = commit(&consumer, &offsets).await;
         report.events += consumed;
         if options.max_events.is_some_and(|max| report.events >= max) {
             break;
@@ -248,21 +267,26 @@ fn next_offsets(batch: &[BorrowedMessage<'_>]) -> HashMap<(String, i32), i64> {
     next
 }
 
+/// Commits the offsets; false when every retry failed (typically the partitions were revoked or
+/// the member was evicted: the batch will be replayed by whoever owns them, which is harmless,
+/// and the worker reports not-ready until a commit succeeds again).
 async fn commit(
     consumer: &StreamConsumer<WorkerContext>,
     offsets: &HashMap<(String, i32), i64>,
-) -> Result<(), NearlineError> {
+) -> bool {
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::error!(error = %e, topic, partition, "cannot build the offset commit");
+            metrics::COMMIT_FAILURES.inc();
+            return false;
+        }
     }
-    // A failed commit is retried a few times; if it still fails (e.g. the partitions were
-    // revoked), the batch will be replayed by whoever owns them, which is harmless.
     for attempt in 0..3 {
         match consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
                 metrics::COMMITS.inc();
-                return Ok(());
+                return true;
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "offset commit failed");
@@ -270,97 +294,226 @@ async fn commit(
             }
         }
     }
-    Ok(())
+    metrics::COMMIT_FAILURES.inc();
+    tracing::error!("offset commit failed after retries; the batch will be replayed by the partitions' next owner");
+    false
 }
 
-async fn process_batch(
-    config: &Config,
-    applier: &Applier,
-    producer: &FutureProducer,
-    batch: &[BorrowedMessage<'_>],
-    report: &mut RunReport,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), NearlineError> {
-    // Without a model nothing can be checked against the catalog or folded in: wait for one.
-    while applier.model().get().is_none() {
-        tracing::warn!("no model loaded; waiting before applying events");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if *shutdown.borrow() {
+/// One batch being processed, and the stall state while it is retried.
+struct BatchRun<'a> {
+    config: &'a Config,
+    applier: &'a Applier,
+    producer: &'a FutureProducer,
+    consumer: &'a StreamConsumer<WorkerContext>,
+    ready: &'a AtomicBool,
+    shutdown: &'a mut watch::Receiver<bool>,
+    /// Set while stalled: where each assigned partition resumes (the consumer's position when
+    /// it was paused, i.e. just past this batch).
+    paused: Option<TopicPartitionList>,
+    attempts: u32,
+}
+
+impl BatchRun<'_> {
+    async fn process(
+        &mut self,
+        batch: &[BorrowedMessage<'_>],
+        report: &mut RunReport,
+    ) -> Result<(), NearlineError> {
+        // Without a model nothing can be checked against the catalog or folded in: wait for one.
+        while self.applier.model().get().is_none() {
+            tracing::warn!("no model loaded; waiting before applying events");
+            self.wait_polling(Duration::from_millis(500)).await?;
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut admitted: Vec<(&BorrowedMessage<'_>, Event)> = Vec::with_capacity(batch.len());
+        let mut rejected: Vec<(&BorrowedMessage<'_>, Rejection)> = Vec::new();
+        for m in batch {
+            let content_type = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+            });
+            match self
+                .applier
+                .admit(m.payload(), content_type, m.key(), now_ms)
+            {
+                Ok(e) => admitted.push((m, e)),
+                Err(r) => rejected.push((m, r)),
+            }
+        }
+        self.dead_letter_all(&rejected).await?;
+        report.dead_lettered += rejected.len() as u64;
+        loop {
+            let events: Vec<Event> = admitted.iter().map(|(_, e)| e.clone()).collect();
+            let started = Instant::now();
+            match self.applier.apply(&events).await {
+                Ok(applied) => {
+                    metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
+                    metrics::EVENTS
+                        .with_label_values(&["applied"])
+                        .inc_by(events.len() as u64);
+                    for (outcome, n) in [
+                        ("updated", applied.updated),
+                        ("unchanged", applied.unchanged),
+                        ("refolded", applied.refolded),
+                    ] {
+                        metrics::MEMBERS
+                            .with_label_values(&[outcome])
+                            .inc_by(n as u64);
+                    }
+                    report.applied += events.len() as u64;
+                    report.batches += 1;
+                    return Ok(());
+                }
+                // Permanent, and one member's: their events go to the dead-letter topic, the
+                // others are applied.
+                Err(NearlineError::Store(StoreError::Corrupt {
+                    namespace,
+                    id,
+                    problem,
+                })) if admitted.iter().any(|(_, e)| e.user_id == id) => {
+                    tracing::error!(member = %id, namespace, problem,
+                        "stored state cannot be decoded; the member's events are dead-lettered");
+                    let detail = format!("{namespace}/{id}: {problem}");
+                    let (theirs, rest): (Vec<_>, Vec<_>) =
+                        admitted.into_iter().partition(|(_, e)| e.user_id == id);
+                    let letters: Vec<(&BorrowedMessage<'_>, Rejection)> = theirs
+                        .into_iter()
+                        .map(|(m, _)| {
+                            (m, Rejection::new(RejectReason::CorruptState, detail.clone()))
+                        })
+                        .collect();
+                    self.dead_letter_all(&letters).await?;
+                    report.dead_lettered += letters.len() as u64;
+                    admitted = rest;
+                }
+                Err(e) => {
+                    metrics::BATCH_RETRIES.inc();
+                    let backoff = self.next_backoff(&e)?;
+                    tracing::error!(error = %e, attempt = self.attempts,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "batch not applied; retrying with the partitions paused (offsets stay uncommitted)");
+                    self.wait_polling(backoff).await?;
+                }
+            }
+        }
+    }
+
+    /// Sends every dead letter at once and awaits them all; the ones the broker did not take are
+    /// retried (stalled) until it does. A record is only skipped once the dead-letter topic has it.
+    async fn dead_letter_all(
+        &mut self,
+        letters: &[(&BorrowedMessage<'_>, Rejection)],
+    ) -> Result<(), NearlineError> {
+        let mut pending: Vec<&(&BorrowedMessage<'_>, Rejection)> = letters.iter().collect();
+        while !pending.is_empty() {
+            let sends = pending
+                .iter()
+                .map(|(m, rejection)| dead_letter(self.config, self.producer, m, rejection));
+            let results = futures::future::join_all(sends).await;
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (letter, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        let (m, rejection) = letter;
+                        metrics::DEAD_LETTERS
+                            .with_label_values(&[rejection.reason.name()])
+                            .inc();
+                        metrics::EVENTS.with_label_values(&["dead_lettered"]).inc();
+                        tracing::warn!(
+                            partition = m.partition(),
+                            offset = m.offset(),
+                            reason = rejection.reason.name(),
+                            detail = %rejection.detail,
+                            "event dead-lettered"
+                        );
+                    }
+                    Err(e) => {
+                        failed.push(letter);
+                        last_error = Some(e);
+                    }
+                }
+            }
+            pending = failed;
+            if let Some(e) = last_error {
+                metrics::DEAD_LETTER_RETRIES.inc_by(pending.len() as u64);
+                let backoff = self.next_backoff(&e)?;
+                tracing::error!(error = %e, unsent = pending.len(), attempt = self.attempts,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "dead letters not written; retrying with the partitions paused (offsets stay uncommitted)");
+                self.wait_polling(backoff).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The wait before the next attempt, or the error once the retry budget is spent.
+    fn next_backoff(&mut self, error: &NearlineError) -> Result<Duration, NearlineError> {
+        self.attempts += 1;
+        let budget = self.config.nearline.max_batch_retries;
+        if self.attempts > budget {
+            return Err(NearlineError::Stalled {
+                attempts: budget,
+                last: error.to_string(),
+            });
+        }
+        let exponent = self.attempts.saturating_sub(1).min(6);
+        Ok((Duration::from_millis(100) * (1 << exponent)).min(Duration::from_secs(5)))
+    }
+
+    /// Waits `delay` with the partitions paused while still polling the consumer, so the group
+    /// keeps this member (records delivered meanwhile are dropped: the partitions are rewound to
+    /// where they were paused on recovery). Stops early with an error on shutdown.
+    async fn wait_polling(&mut self, delay: Duration) -> Result<(), NearlineError> {
+        if self.paused.is_none() {
+            let position = self.consumer.position()?;
+            self.consumer.pause(&self.consumer.assignment()?)?;
+            self.paused = Some(position);
+            self.ready.store(false, Ordering::Release);
+            metrics::STALLED.set(1);
+        }
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            if *self.shutdown.borrow() {
+                return Err(NearlineError::ShuttingDown);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                _ = self.consumer.recv() => {}
+                _ = self.shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Resumes paused partitions at the positions they were paused at.
+    fn recover(&mut self) -> Result<(), NearlineError> {
+        let Some(position) = self.paused.take() else {
             return Ok(());
-        }
-    }
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut events: Vec<Event> = Vec::with_capacity(batch.len());
-    let mut rejected: Vec<(&BorrowedMessage<'_>, Rejection)> = Vec::new();
-    for m in batch {
-        let content_type = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-        });
-        match applier.admit(m.payload(), content_type, m.key(), now_ms) {
-            Ok(e) => events.push(e),
-            Err(r) => rejected.push((m, r)),
-        }
-    }
-    for (m, rejection) in &rejected {
-        // The record is only skipped once the dead-letter topic has it.
-        let mut backoff = Duration::from_millis(200);
-        while let Err(e) = dead_letter(config, producer, m, rejection).await {
-            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "dead letter not written; retrying (offsets stay uncommitted)");
-            if *shutdown.borrow() {
-                return Err(e);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-        metrics::DEAD_LETTERS
-            .with_label_values(&[rejection.reason.name()])
-            .inc();
-        metrics::EVENTS.with_label_values(&["dead_lettered"]).inc();
-        tracing::warn!(
-            partition = m.partition(),
-            offset = m.offset(),
-            reason = rejection.reason.name(),
-            detail = %rejection.detail,
-            "event dead-lettered"
-        );
-    }
-    report.dead_lettered += rejected.len() as u64;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        match applier.apply(&events).await {
-            Ok(applied) => {
-                metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
-                metrics::EVENTS
-                    .with_label_values(&["applied"])
-                    .inc_by(events.len() as u64);
-                for (outcome, n) in [
-                    ("updated", applied.updated),
-                    ("unchanged", applied.unchanged),
-                    ("refolded", applied.refolded),
-                ] {
-                    metrics::MEMBERS
-                        .with_label_values(&[outcome])
-                        .inc_by(n as u64);
-                }
-                report.applied += events.len() as u64;
-                report.batches += 1;
-                return Ok(());
-            }
-            Err(e) => {
-                metrics::BATCH_RETRIES.inc();
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not applied; retrying (offsets stay uncommitted)");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                if *shutdown.borrow() {
-                    // Not committed: whoever consumes next applies it.
-                    return Err(e);
-                }
+        };
+        metrics::STALLED.set(0);
+        let assignment = self.consumer.assignment()?;
+        self.consumer.resume(&assignment)?;
+        let mut rewind = TopicPartitionList::new();
+        for element in position.elements() {
+            let still_ours = assignment
+                .find_partition(element.topic(), element.partition())
+                .is_some();
+            if let (true, Offset::Offset(offset)) = (still_ours, element.offset()) {
+                rewind.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(offset),
+                )?;
             }
         }
+        if rewind.count() > 0 {
+            self.consumer
+                .seek_partitions(rewind, Duration::from_secs(10))?;
+        }
+        tracing::info!(attempts = self.attempts, "batch finished after retries; partitions resumed");
+        Ok(())
     }
 }
 

@@ -226,3 +226,203 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
     let cached = cache.get("m5").await.unwrap().expect("m5 is cached");
     assert_same_state(&cached, &expected["m5"], "m5 (cache)");
 }
+
+/// A worker config against `broker` and a Redis store on `redis_url` (no cache).
+fn worker_config(models: &Path, broker: &TansuBroker, redis_url: String, group: &str) -> Config {
+    let mut config = Config::default();
+    config.model.root = models.to_path_buf();
+    config.nearline.brokers = broker.brokers();
+    config.nearline.metrics_listen = format!("127.0.0.1:{}", free_port());
+    config.nearline.group_id = group.into();
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = redis_url;
+    config.cache.backend = CacheBackend::None;
+    config
+}
+
+/// (key, reason) of the first `n` dead letters.
+async fn dead_letters(config: &Config, n: usize) -> Vec<(String, String)> {
+    let reader: StreamConsumer = worker::client_config(config)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&config.nearline.dead_letter_topic])
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+            .await
+            .expect("dead letters arrive")
+            .unwrap();
+        let reason = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == HEADER_REASON))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+            .expect("a reason header");
+        out.push((String::from_utf8_lossy(m.key().unwrap()).to_string(), reason));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_undecodable_stored_state_is_dead_lettered_and_the_partition_moves_on() {
+    // The fault: a stored record that could not be decoded failed the batch forever; the
+    // partition stopped, the worker was evicted after max.poll.interval, /readyz stayed true.
+    let broker = TansuBroker::start_in_memory();
+    let redis = RedisServer::start();
+    let models = tempfile::tempdir().unwrap();
+    synthetic_model(models.path(), ITEMS, MEMBERS, 8, 21).unwrap();
+    let config = worker_config(models.path(), &broker, redis.url(), "corrupt-state");
+    // m3's stored vector is garbage bytes (another program wrote it, or it was damaged).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("kv:{member_vector:m3}:values")
+        .arg("vector")
+        .arg(b"\x00\x01 not a framed vector".as_slice())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg("kv:{member_vector:m3}:keys")
+        .arg(0)
+        .arg("vector")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let store = FeatureStore::new(recsys_shared::store::open(&config.store).await.unwrap(), 500);
+    assert!(store.get("m3").await.is_err(), "m3's state is undecodable");
+
+    ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
+        .await
+        .unwrap();
+    let producer = worker::producer(&config).unwrap();
+    let all = events(96, chrono::Utc::now().timestamp_millis());
+    for e in &all {
+        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+            .await
+            .unwrap();
+    }
+    let of_m3 = all.iter().filter(|e| e.user_id == "m3").count();
+    let run = worker::serve(
+        &config,
+        WorkerOptions {
+            model_root: models.path().to_path_buf(),
+            max_events: Some(all.len() as u64),
+        },
+        std::future::pending(),
+    );
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the partition kept moving")
+        .unwrap();
+    assert_eq!(report.dead_lettered, of_m3 as u64);
+    assert_eq!(report.applied, (all.len() - of_m3) as u64);
+    let letters = dead_letters(&config, of_m3).await;
+    assert!(
+        letters.iter().all(|(key, reason)| key == "m3" && reason == "corrupt_state"),
+        "{letters:?}"
+    );
+    for m in (0..MEMBERS).filter(|m| *m != 3) {
+        let got = store.get(&format!("m{m}")).await.unwrap();
+        assert!(got.vector.is_some(), "m{m} was applied");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_where_it_paused() {
+    // While the store is down the worker retries with its partitions paused, still polling the
+    // consumer, and says so (/readyz 503, recsys_nearline_stalled 1); once the store is back,
+    // every event is applied exactly where the batch left off.
+    let broker = TansuBroker::start_in_memory();
+    let port = free_port();
+    let mut redis = RedisServer::start_on(port);
+    let models = tempfile::tempdir().unwrap();
+    synthetic_model(models.path(), ITEMS, MEMBERS, 8, 22).unwrap();
+    let mut config = worker_config(models.path(), &broker, redis.url(), "store-outage");
+    config.store.redis.timeout_ms = 200;
+    // A short poll interval: a worker that stopped polling while it retried would be evicted.
+    for (key, value) in [("max.poll.interval.ms", "6000"), ("session.timeout.ms", "6000")] {
+        config.nearline.kafka.insert(key.into(), value.into());
+    }
+    ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
+        .await
+        .unwrap();
+    let producer = worker::producer(&config).unwrap();
+    let all = events(120, chrono::Utc::now().timestamp_millis());
+    for e in &all[..60] {
+        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+            .await
+            .unwrap();
+    }
+    let metrics_addr = config.nearline.metrics_listen.clone();
+    let worker = {
+        let config = config.clone();
+        let root = models.path().to_path_buf();
+        let total = all.len() as u64;
+        tokio::spawn(async move {
+            worker::serve(
+                &config,
+                WorkerOptions {
+                    model_root: root,
+                    max_events: Some(total),
+                },
+                std::future::pending(),
+            )
+            .await
+        })
+    };
+    let http = |path: &'static str| {
+        let addr = metrics_addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+                return String::new();
+            };
+            let _ = s
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            out
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http("/readyz").await.starts_with("HTTP/1.1 200") {
+        assert!(!worker.is_finished(), "the worker stopped: {:?}", worker.await);
+        assert!(std::time::Instant::now() < deadline, "the worker never became ready: {}", http("/readyz").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.kill();
+    for e in &all[60..] {
+        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = http("/metrics").await;
+        if metrics.contains("recsys_nearline_stalled 1") {
+            assert!(http("/readyz").await.starts_with("HTTP/1.1 503"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reported stalled:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stalled for longer than max.poll.interval.ms: still a member, because it kept polling.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!worker.is_finished(), "the worker gave up or crashed while stalled");
+    let _redis = RedisServer::start_on(port);
+    let report = tokio::time::timeout(Duration::from_secs(120), worker)
+        .await
+        .expect("the worker finished after the store came back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.events, all.len() as u64, "{report:?}");
+    assert_eq!(report.applied, all.len() as u64, "{report:?}");
+    assert_eq!(recsys_nearline::metrics::STALLED.get(), 0, "no longer stalled");
+}

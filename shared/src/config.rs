@@ -475,6 +475,10 @@ pub struct NearlineConfig {
     pub metrics_listen: String,
     /// How often `CURRENT` is checked for a new model. Default 1000 ms.
     pub model_poll_ms: u64,
+    /// A batch that cannot be finished (store or dead-letter topic down) is retried this many
+    /// times with backoff (100 ms doubling to 5 s), the partitions paused and the worker not
+    /// ready; then the worker stops with an error, the batch uncommitted. Default 60 (~4.5 min).
+    pub max_batch_retries: u32,
     /// Extra librdkafka properties for consumer and producer (`security.protocol`, …).
     pub kafka: BTreeMap<String, String>,
 }
@@ -493,6 +497,7 @@ impl Default for NearlineConfig {
             max_past_skew_ms: 365 * 24 * 3600 * 1000,
             metrics_listen: "127.0.0.1:9465".into(),
             model_poll_ms: 1000,
+            max_batch_retries: 60,
             kafka: BTreeMap::new(),
         }
     }
