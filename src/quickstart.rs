@@ -216,11 +216,7 @@ async fn serve_and_stream(
     // The store was removed at the start of the run, so the version is never loaded yet.
     let report = bulk::load_model_features_with_progress(&root, version, &store).await?;
     println!("      {} members", report.members);
-    let reader = FeatureReader::from_config(
-        store,
-        &config.cache,
-        &config.store,
-    );
+    let reader = FeatureReader::from_config(store, &config.cache, &config.store);
 
     step(
         4,

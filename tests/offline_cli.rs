@@ -242,7 +242,10 @@ fn retention_keeps_the_newest_versions() {
     // reported as CORRUPT (without --verify it was listed as current and fine) and fails the run.
     let root = f.root();
     let root = root.to_str().unwrap();
-    let listed = recsys(&["offline", "versions", "--model-root", root, "--verify"], &[]);
+    let listed = recsys(
+        &["offline", "versions", "--model-root", root, "--verify"],
+        &[],
+    );
     assert!(listed.status.success(), "{}", stderr(&listed));
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("CORRUPT"));
     let factors = f.root().join(&versions[1]).join("item_factors.parquet");
@@ -250,7 +253,10 @@ fn retention_keeps_the_newest_versions() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
     fs::write(&factors, bytes).unwrap();
-    let listed = recsys(&["offline", "versions", "--model-root", root, "--verify"], &[]);
+    let listed = recsys(
+        &["offline", "versions", "--model-root", root, "--verify"],
+        &[],
+    );
     let out = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(!listed.status.success(), "{out}");
     assert!(

@@ -29,8 +29,7 @@ pub async fn applier_for(
     config.cache.backend = CacheBackend::None;
     let kv = recsys_shared::store::open(&config.store).await.unwrap();
     let store = FeatureStore::new(kv, 4);
-    let reader =
-        FeatureReader::from_config(store, &config.cache, &config.store);
+    let reader = FeatureReader::from_config(store, &config.cache, &config.store);
     crate::apply::Applier::new(
         std::sync::Arc::new(reader),
         model,

@@ -381,7 +381,10 @@ impl BatchRun<'_> {
                     let letters: Vec<(&BorrowedMessage<'_>, Rejection)> = theirs
                         .into_iter()
                         .map(|(m, _)| {
-                            (m, Rejection::new(RejectReason::CorruptState, detail.clone()))
+                            (
+                                m,
+                                Rejection::new(RejectReason::CorruptState, detail.clone()),
+                            )
                         })
                         .collect();
                     self.dead_letter_all(&letters).await?;
@@ -512,7 +515,10 @@ impl BatchRun<'_> {
             self.consumer
                 .seek_partitions(rewind, Duration::from_secs(10))?;
         }
-        tracing::info!(attempts = self.attempts, "batch finished after retries; partitions resumed");
+        tracing::info!(
+            attempts = self.attempts,
+            "batch finished after retries; partitions resumed"
+        );
         Ok(())
     }
 }

@@ -262,7 +262,10 @@ async fn dead_letters(config: &Config, n: usize) -> Vec<(String, String)> {
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).to_string())
             .expect("a reason header");
-        out.push((String::from_utf8_lossy(m.key().unwrap()).to_string(), reason));
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap()).to_string(),
+            reason,
+        ));
     }
     out
 }
@@ -293,7 +296,10 @@ async fn a_member_with_undecodable_stored_state_is_dead_lettered_and_the_partiti
         .query_async(&mut c)
         .await
         .unwrap();
-    let store = FeatureStore::new(recsys_shared::store::open(&config.store).await.unwrap(), 500);
+    let store = FeatureStore::new(
+        recsys_shared::store::open(&config.store).await.unwrap(),
+        500,
+    );
     assert!(store.get("m3").await.is_err(), "m3's state is undecodable");
 
     ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
@@ -323,7 +329,9 @@ async fn a_member_with_undecodable_stored_state_is_dead_lettered_and_the_partiti
     assert_eq!(report.applied, (all.len() - of_m3) as u64);
     let letters = dead_letters(&config, of_m3).await;
     assert!(
-        letters.iter().all(|(key, reason)| key == "m3" && reason == "corrupt_state"),
+        letters
+            .iter()
+            .all(|(key, reason)| key == "m3" && reason == "corrupt_state"),
         "{letters:?}"
     );
     for m in (0..MEMBERS).filter(|m| *m != 3) {
@@ -345,7 +353,10 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
     let mut config = worker_config(models.path(), &broker, redis.url(), "store-outage");
     config.store.redis.timeout_ms = 200;
     // A short poll interval: a worker that stopped polling while it retried would be evicted.
-    for (key, value) in [("max.poll.interval.ms", "6000"), ("session.timeout.ms", "6000")] {
+    for (key, value) in [
+        ("max.poll.interval.ms", "6000"),
+        ("session.timeout.ms", "6000"),
+    ] {
         config.nearline.kafka.insert(key.into(), value.into());
     }
     ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
@@ -383,7 +394,10 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
                 return String::new();
             };
             let _ = s
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
                 .await;
             let mut out = String::new();
             let _ = s.read_to_string(&mut out).await;
@@ -392,8 +406,16 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !http("/readyz").await.starts_with("HTTP/1.1 200") {
-        assert!(!worker.is_finished(), "the worker stopped: {:?}", worker.await);
-        assert!(std::time::Instant::now() < deadline, "the worker never became ready: {}", http("/readyz").await);
+        assert!(
+            !worker.is_finished(),
+            "the worker stopped: {:?}",
+            worker.await
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never became ready: {}",
+            http("/readyz").await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -410,12 +432,18 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
             assert!(http("/readyz").await.starts_with("HTTP/1.1 503"));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never reported stalled:\n{metrics}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported stalled:\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Stalled for longer than max.poll.interval.ms: still a member, because it kept polling.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert!(!worker.is_finished(), "the worker gave up or crashed while stalled");
+    assert!(
+        !worker.is_finished(),
+        "the worker gave up or crashed while stalled"
+    );
     let _redis = RedisServer::start_on(port);
     let report = tokio::time::timeout(Duration::from_secs(120), worker)
         .await
@@ -424,5 +452,9 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
         .unwrap();
     assert_eq!(report.events, all.len() as u64, "{report:?}");
     assert_eq!(report.applied, all.len() as u64, "{report:?}");
-    assert_eq!(recsys_nearline::metrics::STALLED.get(), 0, "no longer stalled");
+    assert_eq!(
+        recsys_nearline::metrics::STALLED.get(),
+        0,
+        "no longer stalled"
+    );
 }

@@ -369,7 +369,8 @@ fn read_columns(
     // returning an error; a panic is caught here and reported as a corrupt file, and nothing more
     // is read from it.
     Ok(std::iter::from_fn(move || {
-        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.as_mut()?.next()));
+        let next =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.as_mut()?.next()));
         match next {
             Ok(batch) => batch.map(|b| b.map_err(|e| SharedError::arrow(&file, e).into())),
             Err(panic) => {

@@ -397,7 +397,10 @@ mod tests {
             ("1,3,-5,964981247", "rating -5 is outside"),
             ("1,3,7.5,964981247", "rating 7.5 is outside"),
             ("1,3,NaN,964981247", "rating NaN is outside"),
-            ("1,3,4.0,-99999999999999", "timestamp -99999999999999 is not a time"),
+            (
+                "1,3,4.0,-99999999999999",
+                "timestamp -99999999999999 is not a time",
+            ),
             ("1,3,4.0,99999999999", "timestamp 99999999999 is not a time"),
         ] {
             let input = fixture(&[

@@ -266,7 +266,10 @@ mod tests {
         assert_eq!(shed.code(), Code::ResourceExhausted);
         assert!(shed.message().contains("overloaded"), "{}", shed.message());
         drop(held);
-        queued.await.unwrap().expect("the queued request got the freed slot");
+        queued
+            .await
+            .unwrap()
+            .expect("the queued request got the freed slot");
         // A queued request whose deadline passes is not worked on.
         let _held = admission.admit(far).await.unwrap();
         let late = admission

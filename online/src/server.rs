@@ -213,11 +213,7 @@ impl ModelWatcher {
 pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
     let kv = recsys_shared::store::open(&config.store).await?;
     let features = FeatureStore::new(kv, config.store.history_cap);
-    let reader = FeatureReader::from_config(
-        features,
-        &config.cache,
-        &config.store,
-    );
+    let reader = FeatureReader::from_config(features, &config.cache, &config.store);
     reader.warm_cache().await;
     start_with_reader(config, reader).await
 }

@@ -103,7 +103,9 @@ fn bounded(field: &str, value: u64, default: u64, max: u64) -> Result<usize, Sta
 fn deadline_exceeded(deadline: Instant, step: &str) -> Status {
     Status::deadline_exceeded(format!(
         "deadline exceeded {} ms ago, {step}",
-        Instant::now().saturating_duration_since(deadline).as_millis()
+        Instant::now()
+            .saturating_duration_since(deadline)
+            .as_millis()
     ))
 }
 
@@ -458,7 +460,10 @@ impl Ranking for RankingService {
     ) -> Result<Response<SimilarItemsResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
         self.0
-            .within(deadline, self.0.similar_items(request.into_inner(), deadline))
+            .within(
+                deadline,
+                self.0.similar_items(request.into_inner(), deadline),
+            )
             .await
     }
 }
@@ -473,9 +478,7 @@ mod tests {
         let ranker = Ranker::new(
             FeatureReader::from_config(
                 recsys_shared::store::features::FeatureStore::new(
-                    Arc::new(
-                        recsys_shared::store::EmbeddedStore::open(dir.path()).unwrap(),
-                    ),
+                    Arc::new(recsys_shared::store::EmbeddedStore::open(dir.path()).unwrap()),
                     10,
                 ),
                 &Default::default(),
@@ -484,10 +487,7 @@ mod tests {
             Duration::from_secs(5),
         );
         let passed = Instant::now() - Duration::from_millis(1);
-        let status = ranker
-            .within(passed, async { Ok(()) })
-            .await
-            .unwrap_err();
+        let status = ranker.within(passed, async { Ok(()) }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
         // Work that outlives the deadline (synchronous scoring cannot be interrupted) ends as
         // DEADLINE_EXCEEDED too.
@@ -500,12 +500,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-        assert!(
-            ranker
-                .within(Instant::now() + Duration::from_secs(1), async { Ok(()) })
-                .await
-                .is_ok()
-        );
+        assert!(ranker
+            .within(Instant::now() + Duration::from_secs(1), async { Ok(()) })
+            .await
+            .is_ok());
     }
 
     #[test]
@@ -514,7 +512,11 @@ mod tests {
         let e = bounded("k", 1001, 20, 1000).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let huge = bounded("k", (1 << 32) + 5, 20, 1000).unwrap_err();
-        assert!(huge.message().starts_with("k: 4294967301 "), "{}", huge.message());
+        assert!(
+            huge.message().starts_with("k: 4294967301 "),
+            "{}",
+            huge.message()
+        );
         assert!(e.message().starts_with("k: "), "{}", e.message());
         assert_eq!(check_country("us").unwrap().as_deref(), Some("US"));
         assert!(check_country("USA")

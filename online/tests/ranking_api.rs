@@ -727,13 +727,19 @@ async fn undecodable_requests_and_oversized_numbers_are_invalid_argument_and_cou
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().starts_with("k: 4294967301"), "{}", status.message());
+    assert!(
+        status.message().starts_with("k: 4294967301"),
+        "{}",
+        status.message()
+    );
     let metrics = http_get(server.metrics_addr, "/metrics").await;
     for rpc in ["Rank", "Homepage"] {
         assert!(
-            metrics.lines().any(|l| l.starts_with("recsys_rpc_requests_total")
-                && l.contains("code=\"InvalidArgument\"")
-                && l.contains(&format!("rpc=\"{rpc}\""))),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("recsys_rpc_requests_total")
+                    && l.contains("code=\"InvalidArgument\"")
+                    && l.contains(&format!("rpc=\"{rpc}\""))),
             "{rpc} undecodable request not counted:\n{metrics}"
         );
     }
@@ -797,7 +803,10 @@ async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
         Err(_) => true,
         Ok(channel) => RankingClient::new(channel).rank(rank("m1")).await.is_err(),
     };
-    assert!(refused, "a connection past online.max_connections was served");
+    assert!(
+        refused,
+        "a connection past online.max_connections was served"
+    );
     // (Metrics are per process, shared with the tests running beside this one.)
     let metrics = http_get(server.metrics_addr, "/metrics").await;
     assert!(
@@ -820,7 +829,10 @@ async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
     let v1 = synthetic_model(&config.model.root, 300, 20, 4, 11).unwrap();
     let v2 = synthetic_model(&config.model.root, 310, 20, 4, 12).unwrap();
     let root = ModelRoot::new(&config.model.root);
-    assert_eq!(root.current_version().unwrap().as_deref(), Some(v2.as_str()));
+    assert_eq!(
+        root.current_version().unwrap().as_deref(),
+        Some(v2.as_str())
+    );
     let factors = root.version_dir(&v2).join(files::ITEM_FACTORS);
     let intact = std::fs::read(&factors).unwrap();
     let mut damaged = intact.clone();
@@ -835,7 +847,10 @@ async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
         "the newest intact version is served"
     );
     let mut c = client(&server).await;
-    assert_eq!(c.rank(rank("m1")).await.unwrap().into_inner().model_version, v1);
+    assert_eq!(
+        c.rank(rank("m1")).await.unwrap().into_inner().model_version,
+        v1
+    );
     let ready = http_get(server.metrics_addr, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
@@ -846,9 +861,15 @@ async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
     std::fs::write(&factors, &intact).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.ranker.catalog().unwrap().version != v2 {
-        assert!(Instant::now() < deadline, "the repaired v2 was never swapped in");
+        assert!(
+            Instant::now() < deadline,
+            "the repaired v2 was never swapped in"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(c.rank(rank("m1")).await.unwrap().into_inner().model_version, v2);
+    assert_eq!(
+        c.rank(rank("m1")).await.unwrap().into_inner().model_version,
+        v2
+    );
     server.shutdown().await.unwrap();
 }

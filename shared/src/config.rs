@@ -271,8 +271,8 @@ impl Default for StoreConfig {
             breaker_open_ms: 1000,
             embedded: EmbeddedConfig::default(),
             redis: RedisConfig {
-                url: "redis://127.0.0.1:6379/".into(),
                 timeout_ms: 250,
+                ..RedisConfig::default()
             },
             cassandra: CassandraConfig::default(),
         }
@@ -299,10 +299,25 @@ impl Default for EmbeddedConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `rediss://` for TLS. A password may be given here
+    /// (`redis://user:password@host/`) but is better read from `password_file` or `password_env`;
+    /// either way it is never printed.
     pub url: String,
     /// Connect and response timeout of each command.
     pub timeout_ms: u64,
+    /// ACL user (Redis 6+). Default none (the `default` user).
+    pub username: Option<String>,
+    /// A file holding the password (one line; a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+    /// With `rediss://`: the CA that signed the server's certificate (PEM); default the system's
+    /// roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://`: a client certificate and key (PEM), for servers that require one
+    /// (`tls-auth-clients yes`).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -310,6 +325,12 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379/".into(),
             timeout_ms: 20,
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -327,6 +348,16 @@ pub struct CassandraConfig {
     /// Consistency level of every statement. Default `LOCAL_QUORUM`.
     pub consistency: String,
     pub connect_timeout_ms: u64,
+    /// Password authentication: the user, and the password from a file or an environment
+    /// variable. Default none.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// TLS to the nodes: the CA that signed their certificates (PEM). Setting it turns TLS on.
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM), for clusters that require one.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for CassandraConfig {
@@ -337,6 +368,12 @@ impl Default for CassandraConfig {
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             consistency: "LOCAL_QUORUM".into(),
             connect_timeout_ms: 10_000,
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -423,6 +460,53 @@ pub struct OnlineConfig {
     /// progress) after this long, so clients rebalance and no connection lives forever.
     /// Default 1800000 ms (30 min).
     pub max_connection_age_ms: u64,
+    /// Serve gRPC server reflection (what `grpcurl` uses without `.proto` files). Default true.
+    pub reflection: bool,
+    /// TLS on the gRPC port (and optionally the metrics port). Off unless `cert_file` is set.
+    pub tls: ServerTlsConfig,
+    /// API keys. Off unless `enabled`.
+    pub auth: AuthConfig,
+}
+
+/// A server's TLS identity, and the CA of the clients it accepts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// The server's certificate chain (PEM). Setting it (with `key_file`) turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Mutual TLS: a client must present a certificate signed by this CA (PEM).
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over the same TLS. Default false.
+    pub metrics: bool,
+}
+
+/// Bearer tokens / API keys checked on every call, each allowed a set of RPCs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a key (`authorization: Bearer <key>` or `x-api-key: <key>`) on every call.
+    /// Default false.
+    pub enabled: bool,
+    /// Health checks need a key too. Default false (load balancers and probes call them bare).
+    pub health_requires_key: bool,
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One client's key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    /// Who holds it (logs and metrics name the caller by this, never by the key).
+    pub name: String,
+    /// A file holding the key (one line).
+    pub key_file: Option<PathBuf>,
+    /// An environment variable holding the key.
+    pub key_env: Option<String>,
+    /// The RPCs it may call: `Rank`, `Homepage`, `SimilarItems`, `Health`, `Reflection`.
+    /// Empty: all of them.
+    pub rpcs: Vec<String>,
 }
 
 impl Default for OnlineConfig {
@@ -440,6 +524,9 @@ impl Default for OnlineConfig {
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
             max_connection_age_ms: 1_800_000,
+            reflection: true,
+            tls: ServerTlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -829,6 +916,54 @@ impl Config {
                 ));
             }
         }
+        let tls = &self.online.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err("`online.tls.cert_file` and `online.tls.key_file` go together".into());
+        }
+        if (tls.client_ca_file.is_some() || tls.metrics) && tls.cert_file.is_none() {
+            return Err(
+                "`online.tls.client_ca_file` and `online.tls.metrics` need `online.tls.cert_file`"
+                    .into(),
+            );
+        }
+        let auth = &self.online.auth;
+        if auth.enabled && auth.keys.is_empty() {
+            return Err("`online.auth.enabled` needs at least one `[[online.auth.keys]]`".into());
+        }
+        for (i, key) in auth.keys.iter().enumerate() {
+            if key.name.is_empty() {
+                return Err(format!("`online.auth.keys[{i}].name` is empty"));
+            }
+            if key.key_file.is_some() == key.key_env.is_some() {
+                return Err(format!(
+                    "`online.auth.keys[{i}]` ({}) needs exactly one of `key_file` and `key_env`",
+                    key.name
+                ));
+            }
+            for rpc in &key.rpcs {
+                if !RPC_NAMES.contains(&rpc.as_str()) {
+                    return Err(format!(
+                        "`online.auth.keys[{i}].rpcs` names {rpc:?}, not one of {}",
+                        RPC_NAMES.join(", ")
+                    ));
+                }
+            }
+        }
+        for (field, redis) in [
+            ("store.redis", &self.store.redis),
+            ("cache.redis", &self.cache.redis),
+        ] {
+            if redis.password_file.is_some() && redis.password_env.is_some() {
+                return Err(format!(
+                    "`{field}.password_file` and `{field}.password_env` are exclusive"
+                ));
+            }
+            if redis.tls_cert_file.is_some() != redis.tls_key_file.is_some() {
+                return Err(format!(
+                    "`{field}.tls_cert_file` and `{field}.tls_key_file` go together"
+                ));
+            }
+        }
         for (event_type, weight) in &f.event_weights {
             if !(weight.is_finite() && *weight >= 0.0) {
                 return Err(format!(
@@ -845,6 +980,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// The RPC names an API key can be allowed (`online.auth.keys[].rpcs`).
+pub const RPC_NAMES: &[&str] = &["Rank", "Homepage", "SimilarItems", "Health", "Reflection"];
 
 /// Tables of the configuration that a file or the environment sets whole, not merged into the
 /// defaults (see [`FeatureConfig::event_weights`]).
@@ -1029,11 +1167,27 @@ mod tests {
     #[test]
     fn absurd_sizes_and_zero_timeouts_are_refused() {
         for (var, value, field) in [
-            ("RECSYS__NEARLINE__MAX_BATCH", "1000000000000", "nearline.max_batch"),
-            ("RECSYS__ONLINE__MAX_REQUEST_MS", "0", "online.max_request_ms"),
+            (
+                "RECSYS__NEARLINE__MAX_BATCH",
+                "1000000000000",
+                "nearline.max_batch",
+            ),
+            (
+                "RECSYS__ONLINE__MAX_REQUEST_MS",
+                "0",
+                "online.max_request_ms",
+            ),
             ("RECSYS__CACHE__CAPACITY", "0", "cache.capacity"),
-            ("RECSYS__STORE__HISTORY_CAP", "1000000000", "store.history_cap"),
-            ("RECSYS__CACHE__REDIS__TIMEOUT_MS", "0", "cache.redis.timeout_ms"),
+            (
+                "RECSYS__STORE__HISTORY_CAP",
+                "1000000000",
+                "store.history_cap",
+            ),
+            (
+                "RECSYS__CACHE__REDIS__TIMEOUT_MS",
+                "0",
+                "cache.redis.timeout_ms",
+            ),
             ("RECSYS__ONLINE__MAX_IN_FLIGHT", "0", "online.max_in_flight"),
         ] {
             let e = Config::load_with_env(None, env(&[(var, value)]))

@@ -32,5 +32,6 @@ pub mod secrets;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;
 
 pub use error::{Result, SharedError};

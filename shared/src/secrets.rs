@@ -23,11 +23,7 @@ pub fn redact_url(url: &str) -> String {
         // A lone user-info part is the password in `redis://secret@host` for some clients.
         None => "",
     };
-    format!(
-        "{}{user}:***@{}",
-        &url[..authority_start],
-        &rest[at + 1..]
-    )
+    format!("{}{user}:***@{}", &url[..authority_start], &rest[at + 1..])
 }
 
 /// A secret given inline, in a file, or in an environment variable. `field` names the setting in
@@ -89,11 +85,16 @@ mod tests {
             resolve("x.password", Some("inline"), None, None).unwrap(),
             Some("inline".into())
         );
-        let missing = resolve("x.password", None, Some(&dir.path().join("nope")), None)
-            .unwrap_err();
+        let missing =
+            resolve("x.password", None, Some(&dir.path().join("nope")), None).unwrap_err();
         assert!(missing.contains("x.password_file"), "{missing}");
-        let unset = resolve("x.password", None, None, Some("RECSYS_TEST_SURELY_UNSET_VAR"))
-            .unwrap_err();
+        let unset = resolve(
+            "x.password",
+            None,
+            None,
+            Some("RECSYS_TEST_SURELY_UNSET_VAR"),
+        )
+        .unwrap_err();
         assert!(unset.contains("x.password_env"), "{unset}");
     }
 }

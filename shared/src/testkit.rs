@@ -114,6 +114,186 @@ impl RedisServer {
     }
 }
 
+/// A CA and, signed by it, a server certificate for `localhost` / 127.0.0.1 and a client
+/// certificate, made with the `openssl` command in a directory of the test's own (PEM files).
+pub struct TestCertificates {
+    pub dir: std::path::PathBuf,
+    _keep: Option<tempfile_dir::Dir>,
+}
+
+mod tempfile_dir {
+    /// A directory removed when dropped (tests only; no `tempfile` dependency in the library).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl TestCertificates {
+    /// Generates fresh certificates (P-256 keys, valid two days).
+    pub fn generate() -> TestCertificates {
+        let dir = std::env::temp_dir().join(format!(
+            "recsys-certs-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a certificate directory");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl must be installed (apt install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509", "-new"][..],
+                &key,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=recsys test CA",
+                ],
+            ]
+            .concat(),
+        );
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let ext = format!(
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"
+            );
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            let (keyout, csr, pem, extfile, subject) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+                format!("/CN=recsys test {name}"),
+            );
+            openssl(
+                &[
+                    &["req", "-new"][..],
+                    &key,
+                    &["-keyout", &keyout, "-out", &csr, "-subj", &subject],
+                ]
+                .concat(),
+            );
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ]);
+        }
+        TestCertificates {
+            dir: dir.clone(),
+            _keep: Some(tempfile_dir::Dir(dir)),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// A `redis-server` listening only on TLS, with the ACL user `recsys` / `s3cret-pass` and the
+/// default user disabled (every connection must authenticate).
+pub struct TlsRedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl TlsRedisServer {
+    pub const USER: &'static str = "recsys";
+    pub const PASSWORD: &'static str = "s3cret-pass";
+
+    pub fn start(certs: &TestCertificates) -> TlsRedisServer {
+        let port = free_port();
+        let path = |name: &str| certs.path(name).display().to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-cert-file",
+                &path("server.pem"),
+                "--tls-key-file",
+                &path("server.key"),
+                "--tls-ca-cert-file",
+                &path("ca.pem"),
+                "--tls-auth-clients",
+                "optional",
+                "--user",
+                "default",
+                "off",
+                "--user",
+                Self::USER,
+                "on",
+                &format!(">{}", Self::PASSWORD),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt install redis-server)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "redis-server (TLS) did not listen on {port}"
+        );
+        TlsRedisServer { port, child }
+    }
+
+    /// `rediss://` URL naming the host the certificate is for.
+    pub fn url(&self) -> String {
+        format!("rediss://localhost:{}/", self.port)
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

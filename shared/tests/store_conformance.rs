@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use recsys_shared::config::{
-    CacheBackend, CacheConfig, CassandraConfig, RedisConfig, StoreConfig,
-};
+use recsys_shared::config::{CacheBackend, CacheConfig, CassandraConfig, RedisConfig, StoreConfig};
 use recsys_shared::store::cache::{FeatureReader, Source};
 use recsys_shared::store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
 use recsys_shared::store::{
@@ -391,6 +389,7 @@ fn cache_config(backend: CacheBackend, redis: Option<&RedisServer>) -> CacheConf
         redis: RedisConfig {
             url: redis.map(|r| r.url()).unwrap_or_default(),
             timeout_ms: 200,
+            ..RedisConfig::default()
         },
         ..CacheConfig::default()
     }
@@ -412,6 +411,7 @@ async fn redis_store(server: &RedisServer) -> Arc<dyn KvStore> {
         RedisStore::connect(&RedisConfig {
             url: server.url(),
             timeout_ms: 2000,
+            ..RedisConfig::default()
         })
         .await
         .unwrap(),
@@ -699,7 +699,11 @@ async fn requests_that_give_up_on_a_hung_store_leave_no_flight_behind() {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(reader.flights_running(), 0, "every abandoned flight finished");
+    assert_eq!(
+        reader.flights_running(),
+        0,
+        "every abandoned flight finished"
+    );
     assert_eq!(reader.flights_joinable(), 0, "and left the flight table");
     // The store recovers and a member is written: the next request reads afresh.
     store.hung.store(false, Ordering::SeqCst);
@@ -710,7 +714,11 @@ async fn requests_that_give_up_on_a_hung_store_leave_no_flight_behind() {
         .unwrap();
     let (features, source) = reader.get("m7").await.unwrap();
     assert_eq!(source, Source::Store);
-    assert_eq!(features.vector, Some(vector("v2", &[7.0])), "a fresh read, not a stale flight");
+    assert_eq!(
+        features.vector,
+        Some(vector("v2", &[7.0])),
+        "a fresh read, not a stale flight"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,7 +761,11 @@ async fn a_flood_of_unknown_members_does_not_evict_known_ones() {
     for i in 0..100 {
         reader
             .store()
-            .put_vector(&format!("known{i}"), &vector("v", &[i as f32]), IdempotencyToken::now())
+            .put_vector(
+                &format!("known{i}"),
+                &vector("v", &[i as f32]),
+                IdempotencyToken::now(),
+            )
             .await
             .unwrap();
         reader.get(&format!("known{i}")).await.unwrap();
@@ -767,4 +779,56 @@ async fn a_flood_of_unknown_members_does_not_evict_known_ones() {
         assert_eq!(source, Source::Cache, "known{i} is still cached");
         assert_eq!(features.vector, Some(vector("v", &[i as f32])));
     }
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_an_acl_user_conforms_and_bad_credentials_name_no_secret() {
+    use recsys_shared::testkit::{TestCertificates, TlsRedisServer};
+    let certs = TestCertificates::generate();
+    let server = TlsRedisServer::start(&certs);
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, format!("{}\n", TlsRedisServer::PASSWORD)).unwrap();
+    let config = RedisConfig {
+        url: server.url(),
+        timeout_ms: 2000,
+        username: Some(TlsRedisServer::USER.into()),
+        password_file: Some(password_file),
+        tls_ca_file: Some(certs.path("ca.pem")),
+        ..RedisConfig::default()
+    };
+    let store: Arc<dyn KvStore> = Arc::new(RedisStore::connect(&config).await.unwrap());
+    kv_conformance(store.clone()).await;
+    // The cache over the same TLS connection settings.
+    feature_conformance(reader(
+        store,
+        CacheConfig {
+            backend: CacheBackend::Redis,
+            redis: config.clone(),
+            ..CacheConfig::default()
+        },
+    ))
+    .await;
+
+    // A wrong password is refused; the error names the URL but never a password.
+    let wrong = RedisConfig {
+        url: format!("rediss://recsys:inline-secret@localhost:{}/", server.port),
+        username: None,
+        password_file: None,
+        ..config.clone()
+    };
+    let e = RedisStore::connect(&wrong).await.unwrap_err().to_string();
+    assert!(!e.contains("inline-secret"), "{e}");
+    assert!(e.contains("localhost"), "{e}");
+    // Without the CA the server's certificate is not trusted; without TLS nothing answers.
+    let untrusted = RedisConfig {
+        tls_ca_file: None,
+        ..config.clone()
+    };
+    assert!(RedisStore::connect(&untrusted).await.is_err());
+    let plain = RedisConfig {
+        url: format!("redis://localhost:{}/", server.port),
+        ..config
+    };
+    assert!(RedisStore::connect(&plain).await.is_err());
 }

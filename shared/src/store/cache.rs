@@ -732,7 +732,10 @@ impl FeatureReader {
             }
             {
                 let mut by_member = flights.by_member.lock().expect("flights lock");
-                if by_member.get(&user).is_some_and(|(flight_id, _)| *flight_id == id) {
+                if by_member
+                    .get(&user)
+                    .is_some_and(|(flight_id, _)| *flight_id == id)
+                {
                     by_member.remove(&user);
                 }
             }

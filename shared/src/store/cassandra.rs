@@ -106,11 +106,43 @@ impl CassandraStore {
                 problem: format!("{:?} must be [A-Za-z0-9_]+", config.keyspace),
             });
         }
+        let mut builder = SessionBuilder::new().known_nodes(&config.contact_points);
+        let password = crate::secrets::resolve(
+            "store.cassandra.password",
+            None,
+            config.password_file.as_deref(),
+            config.password_env.as_deref(),
+        )
+        .map_err(|problem| StoreError::Invalid {
+            field: "store.cassandra.password",
+            problem,
+        })?;
+        match (&config.username, password) {
+            (Some(user), Some(password)) => builder = builder.user(user, password),
+            (None, None) => {}
+            _ => {
+                return Err(StoreError::Invalid {
+                    field: "store.cassandra.username",
+                    problem: "a username needs a password (password_file or password_env) and                               the other way round"
+                        .into(),
+                })
+            }
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            let identity = config
+                .tls_cert_file
+                .as_deref()
+                .zip(config.tls_key_file.as_deref());
+            let tls =
+                crate::tls::client_config(ca, identity).map_err(|problem| StoreError::Invalid {
+                    field: "store.cassandra.tls_ca_file",
+                    problem,
+                })?;
+            builder = builder.tls_context(Some(tls));
+        }
         let session = tokio::time::timeout(
             Duration::from_millis(config.connect_timeout_ms),
-            SessionBuilder::new()
-                .known_nodes(&config.contact_points)
-                .build(),
+            builder.build(),
         )
         .await
         .map_err(|_| StoreError::Timeout {

@@ -61,7 +61,9 @@ pub enum StoreError {
     #[error("{backend} store: no answer within {millis} ms")]
     Timeout { backend: &'static str, millis: u64 },
     /// Not tried: the store failed repeatedly just before, and its circuit breaker is open.
-    #[error("{backend} store: skipped while its circuit breaker is open after consecutive failures")]
+    #[error(
+        "{backend} store: skipped while its circuit breaker is open after consecutive failures"
+    )]
     BreakerOpen { backend: &'static str },
     /// Bytes read back do not decode (written by another program, or corrupted).
     #[error("{namespace}/{id}: {problem}")]

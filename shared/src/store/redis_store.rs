@@ -84,12 +84,64 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// A client for `config`: the URL, then the ACL user and the password from a file or the
+/// environment, and for `rediss://` the CA (and client certificate) from PEM files. Errors name
+/// the URL with its password redacted.
+pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    crate::tls::install_crypto_provider();
+    let invalid = |field: &'static str, problem: String| StoreError::Invalid { field, problem };
+    let mut info = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url))))?;
+    let password = crate::secrets::resolve(
+        "redis.password",
+        None,
+        config.password_file.as_deref(),
+        config.password_env.as_deref(),
+    )
+    .map_err(|problem| invalid("redis.password", problem))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(username) = &config.username {
+        settings = settings.set_username(username);
+    }
+    if let Some(password) = password {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))
+    };
+    if config.tls_ca_file.is_none() && config.tls_cert_file.is_none() {
+        return redis::Client::open(info)
+            .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url))));
+    }
+    let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls_cert_file", cert)?,
+            client_key: read("redis.tls_key_file", key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = match &config.tls_ca_file {
+        Some(ca) => Some(read("redis.tls_ca_file", ca)?),
+        None => None,
+    };
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| invalid("redis.tls", format!("{:?}: {e}", redact_url(&config.url))))
+}
+
 /// Opens a reconnecting, multiplexed connection with the configured timeouts.
 pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManager> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| StoreError::Invalid {
-        field: "redis.url",
-        problem: format!("{:?}: {e}", redact_url(&config.url)),
-    })?;
+    let client = client(config)?;
     let timeout = Duration::from_millis(config.timeout_ms);
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
