@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tonic::codegen::http;
 use tonic::{Code, Status};
 
+use crate::auth::ApiKeys;
 use crate::metrics::{IN_FLIGHT, LATENCY, QUEUED, REQUESTS, SHED};
 
 /// When the request must be answered by: stamped on arrival, read by the handlers.
@@ -138,9 +139,12 @@ fn record(rpc: &str, code: Code, started: Instant) {
         .observe(started.elapsed().as_secs_f64());
 }
 
-/// The tower layer over the whole router.
+/// The tower layer over the whole router: the API-key check (when configured), then admission.
 #[derive(Clone)]
-pub struct AdmissionLayer(pub Arc<Admission>);
+pub struct AdmissionLayer {
+    pub admission: Arc<Admission>,
+    pub keys: Option<Arc<ApiKeys>>,
+}
 
 impl<S> tower_layer::Layer<S> for AdmissionLayer {
     type Service = Admitted<S>;
@@ -148,7 +152,8 @@ impl<S> tower_layer::Layer<S> for AdmissionLayer {
     fn layer(&self, inner: S) -> Admitted<S> {
         Admitted {
             inner,
-            admission: self.0.clone(),
+            admission: self.admission.clone(),
+            keys: self.keys.clone(),
         }
     }
 }
@@ -157,6 +162,7 @@ impl<S> tower_layer::Layer<S> for AdmissionLayer {
 pub struct Admitted<S> {
     inner: S,
     admission: Arc<Admission>,
+    keys: Option<Arc<ApiKeys>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -187,6 +193,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = self.admission.clone();
+        // Refused before it takes a slot or is decoded.
+        if let Some(keys) = &self.keys {
+            if let Err(status) = keys.check(rpc, request.headers()) {
+                record(rpc, status.code(), started);
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+        }
         Box::pin(async move {
             let ranking = matches!(rpc, "Rank" | "Homepage" | "SimilarItems");
             let permit = if ranking {

@@ -12,7 +12,8 @@
 //!   when the store is down), `Rank`, `Homepage` and `SimilarItems`.
 //! - [`admission`]: the tower layer in front of every RPC: deadlines stamped on arrival, a cap on
 //!   requests in progress with a bounded queue, load shedding with `RESOURCE_EXHAUSTED` before any
-//!   work, and the request metrics; [`connections`]: the cap on open connections.
+//!   work, and the request metrics; [`auth`]: API keys with per-key RPCs, checked in that layer;
+//!   [`connections`]: the cap on open connections.
 //! - [`server`]: wiring with gRPC health and reflection, HTTP/2 limits and keepalive, and
 //!   [`metrics`] on HTTP.
 //! - [`bench`]: the load generator and the scoring benchmark against NumPy.
@@ -21,6 +22,7 @@
 //! embedded one (the bulk load of a new model's members). It depends on `recsys-shared` only.
 
 pub mod admission;
+pub mod auth;
 pub mod bench;
 pub mod catalog;
 pub mod connections;

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::admission::{Admission, AdmissionLayer};
+use crate::auth::ApiKeys;
 use crate::catalog::Catalog;
 use crate::connections;
 use crate::error::OnlineError;
@@ -208,6 +209,31 @@ impl ModelWatcher {
     }
 }
 
+/// The gRPC server's TLS settings from `online.tls`, or `None` for plaintext. An error names the
+/// setting and the file.
+fn server_tls(
+    tls: &recsys_shared::config::ServerTlsConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, OnlineError> {
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Ok(None);
+    };
+    recsys_shared::tls::install_crypto_provider();
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| OnlineError::Config(format!("online.tls.{field} {}: {e}", path.display())))
+    };
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read("cert_file", cert)?, read("key_file", key)?),
+    );
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "client_ca_file",
+            ca,
+        )?));
+    }
+    Ok(Some(config))
+}
+
 /// Starts everything the configuration describes and returns once the ports are bound and the
 /// current model (if any) is loaded.
 pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
@@ -299,16 +325,21 @@ pub async fn start_with_reader(
             addr: config.online.listen.clone(),
             source,
         })?;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| OnlineError::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| OnlineError::Config(format!("reflection: {e}")))?;
+    let (reflection_v1, reflection_v1alpha) = if config.online.reflection {
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| OnlineError::Config(format!("reflection: {e}")))?;
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| OnlineError::Config(format!("reflection: {e}")))?;
+        (Some(v1), Some(v1alpha))
+    } else {
+        (None, None)
+    };
     let service = RankingServer::new(RankingService(ranker.clone()));
     let online = &config.online;
     // TCP_NODELAY on every accepted connection: without it a small response waits for the
@@ -319,13 +350,27 @@ pub async fn start_with_reader(
             .with_keepalive(Some(Duration::from_millis(online.keepalive_interval_ms))),
         online.max_connections,
     );
-    let admission = AdmissionLayer(Admission::new(
-        online.max_in_flight,
-        online.max_queued,
-        Duration::from_millis(online.max_request_ms),
-    ));
+    let keys = ApiKeys::from_config(&online.auth).map_err(OnlineError::Config)?;
+    if keys.is_none() && !online.listen.starts_with("127.") && !online.listen.starts_with("[::1]") {
+        tracing::warn!(listen = %online.listen,
+            "the gRPC port is reachable from other hosts and no API key is required (online.auth)");
+    }
+    let admission = AdmissionLayer {
+        admission: Admission::new(
+            online.max_in_flight,
+            online.max_queued,
+            Duration::from_millis(online.max_request_ms),
+        ),
+        keys: keys.map(Arc::new),
+    };
     let keepalive_timeout = Duration::from_millis(online.keepalive_timeout_ms);
-    let builder = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls(&online.tls)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| OnlineError::Config(format!("online.tls: {e}")))?;
+    }
+    let builder = builder
         .max_concurrent_streams(online.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_millis(online.keepalive_interval_ms)))
         .http2_keepalive_timeout(Some(keepalive_timeout))
@@ -339,8 +384,8 @@ pub async fn start_with_reader(
         builder
             .layer(admission)
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop)
             .await

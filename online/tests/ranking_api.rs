@@ -873,3 +873,111 @@ async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_and_api_keys_with_per_key_rpcs() {
+    use recsys_shared::config::ApiKeyConfig;
+    use recsys_shared::testkit::TestCertificates;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    recsys_shared::tls::install_crypto_provider();
+    let certs = TestCertificates::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.online.tls.cert_file = Some(certs.path("server.pem"));
+    config.online.tls.key_file = Some(certs.path("server.key"));
+    config.online.tls.client_ca_file = Some(certs.path("ca.pem"));
+    let key_file = dir.path().join("homepage.key");
+    std::fs::write(&key_file, "homepage-backend-key-7f3a9c\n").unwrap();
+    config.online.auth.enabled = true;
+    config.online.auth.keys = vec![ApiKeyConfig {
+        name: "homepage-backend".into(),
+        key_file: Some(key_file),
+        key_env: None,
+        rpcs: vec!["Rank".into()],
+    }];
+    synthetic_model(&config.model.root, 100, 10, 4, 13).unwrap();
+    let server = start(&config).await.unwrap();
+    let read = |name: &str| std::fs::read(certs.path(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost");
+    let endpoint = format!("https://localhost:{}", server.grpc_addr.port());
+    let channel = Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .tls_config(
+            tls.clone()
+                .identity(Identity::from_pem(read("client.pem"), read("client.key"))),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("a client with a certificate from the CA connects");
+    let with_key = |key: &'static str| {
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            Ok(request)
+        }
+    };
+    let mut authorised =
+        RankingClient::with_interceptor(channel.clone(), with_key("homepage-backend-key-7f3a9c"));
+    let ranked = authorised.rank(rank("m1")).await.unwrap().into_inner();
+    assert_eq!(ranked.items.len(), 20);
+    let denied = authorised
+        .homepage(HomepageRequest {
+            user_id: "m1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let mut wrong =
+        RankingClient::with_interceptor(channel.clone(), with_key("not-the-key-at-all"));
+    assert_eq!(
+        wrong.rank(rank("m1")).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut bare = RankingClient::new(channel.clone());
+    let status = bare.rank(rank("m1")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // Health checks stay open to probes.
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "recsys.v1.Ranking".into(),
+        })
+        .await
+        .unwrap();
+
+    // Without a client certificate, or without TLS, no call gets through.
+    let no_identity = match Channel::from_shared(endpoint)
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(channel) => {
+            RankingClient::with_interceptor(channel, with_key("homepage-backend-key-7f3a9c"))
+                .rank(rank("m1"))
+                .await
+                .is_err()
+        }
+    };
+    assert!(
+        no_identity,
+        "mutual TLS let a client without a certificate in"
+    );
+    let plaintext = match Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(channel) => RankingClient::new(channel).rank(rank("m1")).await.is_err(),
+    };
+    assert!(plaintext, "a plaintext client was served");
+    server.shutdown().await.unwrap();
+}
