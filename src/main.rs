@@ -591,10 +591,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let seconds = runtime()?.block_on(async {
                 if let Some(p) = partitions {
-                    produce::ensure_topics(&config, &[(config.nearline.topic.as_str(), *p)])
-                        .await?;
+                    recsys_nearline::kafka::ensure_topics(
+                        &config,
+                        &[(config.nearline.topic.as_str(), *p)],
+                    )
+                    .await?;
                 }
-                let producer = recsys_nearline::worker::producer(&config)?;
+                let producer = recsys_nearline::kafka::producer(&config)?;
                 produce::produce_all(
                     &producer,
                     &config.nearline.topic,

@@ -21,8 +21,8 @@ use recsys_shared::store::features::FeatureStore;
 use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker};
 
 use crate::event::Event;
-use crate::produce::{ensure_topics, produce_all, send, Encoding};
-use crate::worker::producer;
+use crate::kafka::{ensure_topics, producer};
+use crate::produce::{produce_all, send, Encoding};
 
 /// Options of `recsys nearline bench`.
 #[derive(clap::Args, Debug, Clone)]

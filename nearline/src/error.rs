@@ -35,4 +35,7 @@ pub enum NearlineError {
     Stalled { attempts: u32, last: String },
     #[error("shutting down with a batch unfinished (left uncommitted)")]
     ShuttingDown,
+    /// A secret setting could not be read (the message names the setting, never the secret).
+    #[error("{0}")]
+    Secret(String),
 }

@@ -4,7 +4,7 @@
 //! a batch of records, dead-letters those it cannot apply ([`event`]), folds each member's whole
 //! history into a new vector with the offline evaluator's fold-in and writes history, vector and
 //! cache ([`apply`]), then commits the batch's offsets ([`worker`]). `recsys nearline produce`
-//! sends events from a file ([`produce`]).
+//! sends events from a file ([`produce`]). Every Kafka client is configured in [`kafka`].
 //!
 //! This crate owns event decoding and validation, the apply step and the Kafka loop. It must not
 //! train models (it loads the published item factors, [`model`]) or serve requests, and depends on
@@ -15,6 +15,7 @@ pub mod apply;
 pub mod bench;
 pub mod error;
 pub mod event;
+pub mod kafka;
 pub mod local;
 pub mod metrics;
 pub mod model;

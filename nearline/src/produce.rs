@@ -1,6 +1,6 @@
 //! `recsys nearline produce`: sends events from a file (JSON lines, or Parquet with the offline
 //! tier's interactions schema) to the events topic, keyed by member, for demos, tests and
-//! benchmarks. Also creates topics.
+//! benchmarks.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -9,19 +9,14 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, Float64Array, StringArray, TimestampMillisecondArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use sha2::{Digest, Sha256};
 
-use recsys_shared::config::Config;
 use recsys_shared::progress::Progress;
 
 use crate::error::NearlineError;
 use crate::event::{Event, CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF};
-use crate::worker::client_config;
 
 /// The record encoding `produce` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -164,34 +159,6 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
         ));
     }
     Ok(events)
-}
-
-/// Creates `topics` (name, partitions) unless they exist.
-pub async fn ensure_topics(config: &Config, topics: &[(&str, i32)]) -> Result<(), NearlineError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(%topic, "topic created"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(NearlineError::Kafka(rdkafka::error::KafkaError::AdminOp(
-                    code,
-                )))
-                .inspect_err(|_| tracing::error!(%topic, "topic not created"))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Sends one event, keyed by member, and waits for the broker's acknowledgement.

@@ -43,6 +43,7 @@ use recsys_shared::store::StoreError;
 use crate::apply::Applier;
 use crate::error::NearlineError;
 use crate::event::{Event, RejectReason, Rejection};
+use crate::kafka::{producer, with_overrides};
 use crate::metrics;
 
 /// Dead-letter headers: why, and where the record came from.
@@ -97,34 +98,6 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// librdkafka properties shared by the worker's consumer and producers, from the config.
-pub fn client_config(config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.nearline.brokers);
-    for (key, value) in &config.nearline.kafka {
-        client.set(key, value);
-    }
-    client
-}
-
-fn with_overrides(mut client: ClientConfig, config: &Config) -> ClientConfig {
-    for (key, value) in &config.nearline.kafka {
-        client.set(key, value);
-    }
-    client
-}
-
-/// The producer that writes dead letters (and `recsys nearline produce`): idempotent, acks=all.
-pub fn producer(config: &Config) -> Result<FutureProducer, NearlineError> {
-    let mut producer_config = client_config(config);
-    producer_config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
-    Ok(with_overrides(producer_config, config).create()?)
-}
-
 /// A running worker's handles.
 pub struct WorkerOptions {
     pub model_root: PathBuf,
@@ -144,8 +117,9 @@ pub async fn run(
 ) -> Result<RunReport, NearlineError> {
     let n = &config.nearline;
     let assigned = Arc::new(AtomicBool::new(false));
-    let mut consumer_config = client_config(config);
+    let mut consumer_config = ClientConfig::new();
     consumer_config
+        .set("bootstrap.servers", &n.brokers)
         .set("group.id", &n.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -158,7 +132,7 @@ pub async fn run(
         // A catching-up consumer must not idle between fetches (Tansu 0.6 answers a fetch with
         // little data per partition and waits the full time when there is none).
         .set("fetch.wait.max.ms", "20");
-    let consumer: StreamConsumer<WorkerContext> = with_overrides(consumer_config, config)
+    let consumer: StreamConsumer<WorkerContext> = with_overrides(consumer_config, config)?
         .create_with_context(WorkerContext {
             assigned: assigned.clone(),
         })?;
@@ -617,7 +591,7 @@ pub async fn serve(
     })?;
     tracing::info!(%addr, store = config.store.backend.name(), "nearline worker: /metrics, /healthz, /readyz");
     if let Err(e) =
-        crate::produce::ensure_topics(config, &[(config.nearline.dead_letter_topic.as_str(), 1)])
+        crate::kafka::ensure_topics(config, &[(config.nearline.dead_letter_topic.as_str(), 1)])
             .await
     {
         tracing::warn!(error = %e, topic = %config.nearline.dead_letter_topic, "could not create the dead-letter topic; it must exist before an event is dead-lettered");

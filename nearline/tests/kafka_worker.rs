@@ -12,7 +12,8 @@ use rdkafka::producer::FutureRecord;
 
 use recsys_nearline::apply::{from_scratch, same_state};
 use recsys_nearline::event::Event;
-use recsys_nearline::produce::{ensure_topics, send, Encoding};
+use recsys_nearline::kafka::ensure_topics;
+use recsys_nearline::produce::{send, Encoding};
 use recsys_nearline::worker::{self, WorkerOptions, HEADER_REASON};
 use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::artifact::ModelRoot;
@@ -92,7 +93,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
     ensure_topics(&config, &[(config.nearline.topic.as_str(), 4)])
         .await
         .unwrap();
-    let producer = worker::producer(&config).unwrap();
+    let producer = recsys_nearline::kafka::producer(&config).unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let good = events(240, now);
     // Poison in the middle of the stream: garbage bytes, an unknown item, a missing field and a
@@ -176,7 +177,8 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
     assert_eq!(report.dead_lettered, poison.len() as u64);
 
     // The dead-letter topic holds the four, with their reasons.
-    let reader: StreamConsumer = worker::client_config(&config)
+    let reader: StreamConsumer = recsys_nearline::kafka::client_config(&config)
+        .unwrap()
         .set("group.id", "dead-letter-reader")
         .set("auto.offset.reset", "earliest")
         .create()
@@ -242,7 +244,8 @@ fn worker_config(models: &Path, broker: &TansuBroker, redis_url: String, group: 
 
 /// (key, reason) of the first `n` dead letters.
 async fn dead_letters(config: &Config, n: usize) -> Vec<(String, String)> {
-    let reader: StreamConsumer = worker::client_config(config)
+    let reader: StreamConsumer = recsys_nearline::kafka::client_config(config)
+        .unwrap()
         .set("group.id", "dead-letter-reader")
         .set("auto.offset.reset", "earliest")
         .create()
@@ -305,7 +308,7 @@ async fn a_member_with_undecodable_stored_state_is_dead_lettered_and_the_partiti
     ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
         .await
         .unwrap();
-    let producer = worker::producer(&config).unwrap();
+    let producer = recsys_nearline::kafka::producer(&config).unwrap();
     let all = events(96, chrono::Utc::now().timestamp_millis());
     for e in &all {
         send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
@@ -362,7 +365,7 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
     ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
         .await
         .unwrap();
-    let producer = worker::producer(&config).unwrap();
+    let producer = recsys_nearline::kafka::producer(&config).unwrap();
     let all = events(120, chrono::Utc::now().timestamp_millis());
     for e in &all[..60] {
         send(&producer, &config.nearline.topic, e, Encoding::Protobuf)

@@ -566,8 +566,15 @@ pub struct NearlineConfig {
     /// times with backoff (100 ms doubling to 5 s), the partitions paused and the worker not
     /// ready; then the worker stops with an error, the batch uncommitted. Default 60 (~4.5 min).
     pub max_batch_retries: u32,
-    /// Extra librdkafka properties for consumer and producer (`security.protocol`, …).
+    /// Extra librdkafka properties for consumer and producer (`security.protocol`, …). Secret
+    /// ones (`sasl.password`, `ssl.key.password`, …) are refused here: give them in
+    /// `kafka_secret_files` or `kafka_secret_env`.
     pub kafka: BTreeMap<String, String>,
+    /// librdkafka properties read from files: property → file (e.g. `"sasl.password" =
+    /// "/run/secrets/kafka"`).
+    pub kafka_secret_files: BTreeMap<String, PathBuf>,
+    /// librdkafka properties read from environment variables: property → variable.
+    pub kafka_secret_env: BTreeMap<String, String>,
 }
 
 impl Default for NearlineConfig {
@@ -586,6 +593,8 @@ impl Default for NearlineConfig {
             model_poll_ms: 1000,
             max_batch_retries: 60,
             kafka: BTreeMap::new(),
+            kafka_secret_files: BTreeMap::new(),
+            kafka_secret_env: BTreeMap::new(),
         }
     }
 }
@@ -961,6 +970,13 @@ impl Config {
             if redis.tls_cert_file.is_some() != redis.tls_key_file.is_some() {
                 return Err(format!(
                     "`{field}.tls_cert_file` and `{field}.tls_key_file` go together"
+                ));
+            }
+        }
+        for key in self.nearline.kafka.keys() {
+            if key.contains("password") || key.contains("secret") {
+                return Err(format!(
+                    "`nearline.kafka.\"{key}\"` is a secret: give it in `nearline.kafka_secret_files` or `nearline.kafka_secret_env`, not in the file"
                 ));
             }
         }
