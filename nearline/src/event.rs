@@ -430,4 +430,46 @@ mod tests {
         assert_eq!(rules.strength(&good), 1.0);
         assert_eq!(rules.strength(&bad), 0.0);
     }
+
+    proptest::proptest! {
+        /// Fuzzing the decoder: any bytes under any content type are an event or a rejection
+        /// with a reason — never a panic. `PROPTEST_CASES=1000000` runs it longer.
+        #[test]
+        fn fuzz_decode_never_panics(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            content_type in proptest::option::of(proptest::sample::select(vec![
+                "application/json", "application/x-protobuf", "text/plain", "",
+                "application/json; charset=utf-8",
+            ])),
+        ) {
+            if let Err(r) = decode(Some(&payload), content_type) {
+                proptest::prop_assert!(!r.reason.name().is_empty());
+            }
+        }
+
+        /// Valid events survive both encodings, and the rules accept or reject them without
+        /// panicking whatever the field values.
+        #[test]
+        fn fuzz_events_round_trip_and_validate(
+            user in "[ -~]{0,300}",
+            item in "\\PC{0,40}",
+            event_type in "[a-z_]{0,12}",
+            value in proptest::num::f64::ANY,
+            ts in proptest::num::i64::ANY,
+        ) {
+            let e = Event { event_id: "e".into(), user_id: user, item_id: item, event_type, value, ts };
+            for (bytes, content_type) in [
+                (e.to_protobuf(), CONTENT_TYPE_PROTOBUF),
+                (e.to_json(), CONTENT_TYPE_JSON),
+            ] {
+                match decode(Some(&bytes), Some(content_type)) {
+                    Ok(back) => {
+                        let _ = rules().validate(&back, Some(back.user_id.as_bytes()), 1_700_000_000_000);
+                        proptest::prop_assert_eq!(&back.user_id, &e.user_id);
+                    }
+                    Err(r) => proptest::prop_assert!(!r.detail.is_empty()),
+                }
+            }
+        }
+    }
 }

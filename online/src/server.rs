@@ -298,13 +298,36 @@ pub async fn start_with_reader(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let metrics_addr = recsys_shared::ops::serve_http(
-        &config.online.metrics_listen,
-        ready,
-        "no model loaded\n",
-        stopped(shutdown_rx.clone()),
-    )
-    .await
+    let tls = &config.online.tls;
+    let metrics_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) if tls.metrics => Some(
+            recsys_shared::tls::server_config(cert, key)
+                .map_err(|e| OnlineError::Config(format!("online.tls (metrics): {e}")))?,
+        ),
+        _ => None,
+    };
+    let metrics_stop = stopped(shutdown_rx.clone());
+    let metrics_addr = match metrics_tls {
+        Some(tls) => {
+            recsys_shared::ops::serve_https(
+                &config.online.metrics_listen,
+                tls,
+                ready,
+                "no model loaded\n",
+                metrics_stop,
+            )
+            .await
+        }
+        None => {
+            recsys_shared::ops::serve_http(
+                &config.online.metrics_listen,
+                ready,
+                "no model loaded\n",
+                metrics_stop,
+            )
+            .await
+        }
+    }
     .map_err(|source| OnlineError::Listen {
         what: "metrics",
         addr: config.online.metrics_listen.clone(),

@@ -530,4 +530,80 @@ mod tests {
         assert_eq!(member_tag("m1"), member_tag("m1"));
         assert_ne!(member_tag("m1"), member_tag("m2"));
     }
+
+    /// One ranker over a small synthetic model, shared by the fuzz cases.
+    fn fuzz_ranker() -> &'static (tempfile::TempDir, Arc<Ranker>, tokio::runtime::Runtime) {
+        static RANKER: std::sync::OnceLock<(
+            tempfile::TempDir,
+            Arc<Ranker>,
+            tokio::runtime::Runtime,
+        )> = std::sync::OnceLock::new();
+        RANKER.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("models");
+            let version =
+                recsys_shared::artifact::synthetic::synthetic_model(&root, 50, 5, 4, 3).unwrap();
+            let store =
+                recsys_shared::store::EmbeddedStore::open(&dir.path().join("store")).unwrap();
+            let ranker = Ranker::new(
+                FeatureReader::from_config(
+                    recsys_shared::store::features::FeatureStore::new(Arc::new(store), 10),
+                    &Default::default(),
+                    &Default::default(),
+                ),
+                Duration::from_secs(5),
+            );
+            let catalog =
+                Catalog::load(&recsys_shared::artifact::ModelRoot::new(&root), &version).unwrap();
+            ranker.swap(Arc::new(catalog));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            (dir, Arc::new(ranker), runtime)
+        })
+    }
+
+    proptest::proptest! {
+        /// Fuzzing request validation: whatever the fields hold, an answer is a ranking or
+        /// INVALID_ARGUMENT / NOT_FOUND naming a field — never a panic or another code.
+        /// `PROPTEST_CASES=100000` runs it longer.
+        #[test]
+        fn fuzz_requests_are_answered_or_refused_naming_the_field(
+            user in "\\PC{0,300}",
+            k in proptest::num::u64::ANY,
+            rows in 0u64..40,
+            country in "\\PC{0,4}",
+            excluded in proptest::collection::vec("\\PC{0,20}", 0..4),
+            exclude_seen in proptest::bool::ANY,
+        ) {
+            let (_, ranker, runtime) = fuzz_ranker();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let ranked = runtime.block_on(ranker.rank(
+                RankRequest {
+                    user_id: user.clone(),
+                    k,
+                    country: country.clone(),
+                    exclude_item_ids: excluded,
+                    exclude_seen,
+                },
+                deadline,
+            ));
+            let homepage = runtime.block_on(ranker.homepage(
+                HomepageRequest { user_id: user.clone(), rows, items_per_row: k, country },
+                deadline,
+            ));
+            let similar = runtime.block_on(ranker.similar_items(
+                SimilarItemsRequest { item_id: user, k },
+                deadline,
+            ));
+            for status in [ranked.err(), homepage.err(), similar.err()].into_iter().flatten() {
+                proptest::prop_assert!(
+                    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound),
+                    "{status:?}"
+                );
+                proptest::prop_assert!(status.message().contains(": "), "{}", status.message());
+            }
+        }
+    }
 }

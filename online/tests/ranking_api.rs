@@ -887,6 +887,7 @@ async fn mutual_tls_and_api_keys_with_per_key_rpcs() {
     config.online.tls.cert_file = Some(certs.path("server.pem"));
     config.online.tls.key_file = Some(certs.path("server.key"));
     config.online.tls.client_ca_file = Some(certs.path("ca.pem"));
+    config.online.tls.metrics = true;
     let key_file = dir.path().join("homepage.key");
     std::fs::write(&key_file, "homepage-backend-key-7f3a9c\n").unwrap();
     config.online.auth.enabled = true;
@@ -979,5 +980,29 @@ async fn mutual_tls_and_api_keys_with_per_key_rpcs() {
         Ok(channel) => RankingClient::new(channel).rank(rank("m1")).await.is_err(),
     };
     assert!(plaintext, "a plaintext client was served");
+
+    // The metrics endpoint is behind the same certificate: HTTPS answers, plain HTTP does not.
+    let tls_client = recsys_shared::tls::client_config(&certs.path("ca.pem"), None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.metrics_addr)
+        .await
+        .unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls_client)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("a TLS handshake on the metrics port");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let plain = http_get(server.metrics_addr, "/readyz").await;
+    assert!(!plain.contains("200 OK"), "plain HTTP was served: {plain}");
     server.shutdown().await.unwrap();
 }

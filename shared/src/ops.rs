@@ -25,7 +25,93 @@ pub async fn serve_http(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new()
+    let app = router(ready, not_ready);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// [`serve_http`] over TLS: only connections that complete a handshake with `tls` are served
+/// (each handshake runs on its own task with a 5 s limit, so a stalled client holds up no one).
+pub async fn serve_https(
+    addr: &str,
+    tls: Arc<rustls::ServerConfig>,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let tcp = TcpListener::bind(addr).await?;
+    let local = tcp.local_addr()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let Ok((stream, peer)) = accepted else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    acceptor.accept(stream),
+                );
+                if let Ok(Ok(stream)) = handshake.await {
+                    let _ = tx.send((stream, peer)).await;
+                }
+            });
+        }
+    });
+    let app = router(ready, not_ready);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(TlsListener { rx, local }, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// Connections that completed their TLS handshake.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(connection) => connection,
+            // The acceptor stopped: nothing more will arrive.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+fn router(ready: Arc<AtomicBool>, not_ready: &'static str) -> Router {
+    Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -40,16 +126,7 @@ pub async fn serve_http(
                     }
                 }
             }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    Ok(local)
+        )
 }
 
 async fn metrics_text() -> (StatusCode, [(&'static str, String); 1], Vec<u8>) {

@@ -1,6 +1,6 @@
-//! TLS material for the clients this crate makes (Cassandra): certificates and keys read from PEM
-//! files into a rustls client configuration. (The Redis client and the gRPC server take PEM bytes
-//! themselves.)
+//! TLS material: certificates and keys read from PEM files into rustls configurations, for the
+//! clients this crate makes (Cassandra) and the operations endpoint. (The Redis client and the
+//! gRPC server take PEM bytes themselves.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,5 +59,19 @@ pub fn client_config(
             .map_err(|e| format!("{}: {e}", cert.display()))?,
         None => builder.with_no_client_auth(),
     };
+    Ok(Arc::new(config))
+}
+
+/// A server configuration presenting `cert` (chain) and `key`, all from PEM files.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    install_crypto_provider();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certificates(cert)?, private_key(key)?)
+    .map_err(|e| format!("{}: {e}", cert.display()))?;
     Ok(Arc::new(config))
 }
