@@ -281,6 +281,10 @@ enum OnlineCommand {
     },
     /// Load generator and scoring benchmark against NumPy (prints figures and ratios).
     Bench(recsys_online::bench::BenchArgs),
+    /// Overload and fault benchmark: open-loop load at twice saturation for minutes (admitted
+    /// p99, shed latency, RSS, panics), then a flood of made-up ids and a cancel storm against a
+    /// frozen Redis store (RSS before and after).
+    Soak(recsys_online::soak::SoakArgs),
 }
 
 fn parse_instant(s: &str) -> std::result::Result<i64, String> {
@@ -652,6 +656,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Online(OnlineCommand::Bench(args)) => {
             runtime()?
                 .block_on(recsys_online::bench::run(args))
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Command::Online(OnlineCommand::Soak(args)) => {
+            runtime()?
+                .block_on(recsys_online::soak::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
         Command::Quickstart(args) => {

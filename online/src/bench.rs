@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Do not run the NumPy peer.
     #[arg(long)]
     pub skip_peer: bool,
+    /// Also run the server with TLS on the gRPC port (certificates generated with `openssl`) and
+    /// print its QPS next to plaintext's.
+    #[arg(long)]
+    pub tls: bool,
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Directory of `numpy_scoring.py`.
@@ -63,7 +67,7 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -193,7 +197,7 @@ struct ServerFigures {
     limit_mib: f64,
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -204,7 +208,7 @@ fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-async fn wait_ready(metrics: &str, within: Duration) -> bool {
+pub(crate) async fn wait_ready(metrics: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(mut s) = tokio::net::TcpStream::connect(metrics).await {
@@ -227,10 +231,13 @@ async fn server(
     args: &BenchArgs,
     n: usize,
     dir: &Path,
+    tls: Option<&recsys_shared::testkit::TestCertificates>,
 ) -> Result<ServerFigures, Box<dyn std::error::Error>> {
     let models = dir.join("models");
     let store = dir.join("features");
-    synthetic_model(&models, n, args.members, args.factors, args.seed)?;
+    if !models.join("CURRENT").exists() {
+        synthetic_model(&models, n, args.members, args.factors, args.seed)?;
+    }
     let grpc_port = free_port();
     let metrics_port = free_port();
     let exe = std::env::current_exe()?;
@@ -244,6 +251,12 @@ async fn server(
             format!("127.0.0.1:{metrics_port}"),
         )
         .env("RECSYS_LOG", "warn")
+        .envs(tls.iter().flat_map(|certs| {
+            [
+                ("RECSYS__ONLINE__TLS__CERT_FILE", certs.path("server.pem")),
+                ("RECSYS__ONLINE__TLS__KEY_FILE", certs.path("server.key")),
+            ]
+        }))
         .stdout(Stdio::null())
         .spawn()?;
     let pid = child.id();
@@ -256,10 +269,27 @@ async fn server(
         {
             return Err("server did not become ready".into());
         }
-        let endpoint = format!("http://127.0.0.1:{grpc_port}");
         let mut clients = Vec::new();
         for _ in 0..args.connections.max(1) {
-            clients.push(RankingClient::connect(endpoint.clone()).await?);
+            let channel = match tls {
+                None => {
+                    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))?
+                }
+                Some(certs) => {
+                    recsys_shared::tls::install_crypto_provider();
+                    tonic::transport::Channel::from_shared(format!(
+                        "https://localhost:{grpc_port}"
+                    ))?
+                    .tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                                certs.path("ca.pem"),
+                            )?))
+                            .domain_name("localhost"),
+                    )?
+                }
+            };
+            clients.push(RankingClient::new(channel.connect().await?));
         }
         let load = |seconds: u64| {
             let stop = Instant::now() + Duration::from_secs(seconds);
@@ -323,7 +353,7 @@ async fn server(
     result
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -370,7 +400,9 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             "recall_vs_exact": kernel.recall,
         });
         if !args.skip_server {
-            let s = server(&args, n, &dir).await.map_err(|e| e.to_string())?;
+            let s = server(&args, n, &dir, None)
+                .await
+                .map_err(|e| e.to_string())?;
             eprintln!(
                 "server: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, {} errors; RSS {:.0} MiB (peak {:.0}; target ≤ {:.0} MiB)",
                 s.qps, args.concurrency, s.p50_ms, s.p99_ms, s.p999_ms, s.errors, s.rss_mib, s.peak_rss_mib, s.limit_mib
@@ -384,6 +416,21 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             summary["peak_rss_mib"] = s.peak_rss_mib.into();
             summary["rss_target_mib"] = s.limit_mib.into();
             summary["concurrency"] = args.concurrency.into();
+            if args.tls {
+                let certs = recsys_shared::testkit::TestCertificates::generate();
+                let t = server(&args, n, &dir, Some(&certs))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let cost = 1.0 - t.qps / s.qps;
+                eprintln!(
+                    "server over TLS: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, {} errors → TLS costs {:.1} % of plaintext QPS (target ≤ 15 %: {})",
+                    t.qps, args.concurrency, t.p50_ms, t.p99_ms, t.errors, 100.0 * cost,
+                    if cost <= 0.15 { "met" } else { "NOT met" }
+                );
+                summary["tls_qps"] = t.qps.into();
+                summary["tls_p99_ms"] = t.p99_ms.into();
+                summary["tls_qps_cost"] = cost.into();
+            }
         }
         println!("{summary}");
     }

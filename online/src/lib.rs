@@ -16,7 +16,8 @@
 //!   [`connections`]: the cap on open connections.
 //! - [`server`]: wiring with gRPC health and reflection, HTTP/2 limits and keepalive, and
 //!   [`metrics`] on HTTP.
-//! - [`bench`]: the load generator and the scoring benchmark against NumPy.
+//! - [`bench`]: the load generator and the scoring benchmark against NumPy (and TLS against
+//!   plaintext); [`soak`]: overload at twice saturation, the random-id flood and the cancel storm.
 //!
 //! It must never write model artifacts, and it writes to the feature store only when it owns an
 //! embedded one (the bulk load of a new model's members). It depends on `recsys-shared` only.
@@ -31,5 +32,6 @@ pub mod metrics;
 pub mod scoring;
 pub mod server;
 pub mod service;
+pub mod soak;
 
 pub use error::OnlineError;

@@ -1,0 +1,462 @@
+//! `recsys online soak`: the overload and fault benchmark of the online tier, against real
+//! `recsys online serve` processes on loopback.
+//!
+//! 1. **Unloaded**: one request at a time → the unloaded p99.
+//! 2. **Saturation**: 32 requests in flight → the saturation QPS.
+//! 3. **Overload**: an open-loop load at `--overload` × saturation for `--minutes`: requests are
+//!    sent on a fixed schedule whether or not earlier ones returned. Printed: p99 of admitted
+//!    requests against 3 × the unloaded p99, how fast shed requests (`RESOURCE_EXHAUSTED`) are
+//!    answered, the server's RSS every 10 s (flat within ±10 %), and panics in its log.
+//! 4. **Random-id flood and cancel storm** on a second server whose store is a real
+//!    `redis-server`: first a flood of made-up member ids, then the store frozen (`SIGSTOP`) while
+//!    thousands of requests for random ids give up after 50 ms; RSS before, at the peak and after.
+//!
+//! Figures are printed (a table on stderr, one JSON line on stdout), never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::RankRequest;
+use tonic::transport::Channel;
+
+use crate::bench::{free_port, percentile, proc_status_kib, synthetic_model, wait_ready};
+
+/// Options of `recsys online soak`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// Items in the served catalog.
+    #[arg(long, default_value_t = 100_000)]
+    pub items: usize,
+    #[arg(long, default_value_t = 64)]
+    pub factors: usize,
+    #[arg(long, default_value_t = 20_000)]
+    pub members: usize,
+    /// Items asked per request.
+    #[arg(long, default_value_t = 20)]
+    pub k: u64,
+    /// Minutes of overload.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// The overload as a multiple of the measured saturation QPS.
+    #[arg(long, default_value_t = 2.0)]
+    pub overload: f64,
+    /// Seconds of each of the unloaded and saturation measurements.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Requests of the random-id flood, and of the cancel storm.
+    #[arg(long, default_value_t = 20_000)]
+    pub flood: usize,
+    /// Skip the flood and cancel storm (they need `redis-server`).
+    #[arg(long)]
+    pub skip_faults: bool,
+    /// Scratch directory [default: a temporary one].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// A `recsys online serve` child process.
+struct Server {
+    child: Child,
+    grpc: String,
+    log: PathBuf,
+}
+
+impl Server {
+    async fn start(dir: &Path, env: &[(&str, String)]) -> Result<Server, String> {
+        let grpc_port = free_port();
+        let metrics_port = free_port();
+        let log = dir.join(format!("server-{grpc_port}.log"));
+        let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        command
+            .args(["online", "serve"])
+            .env("RECSYS__ONLINE__LISTEN", format!("127.0.0.1:{grpc_port}"))
+            .env(
+                "RECSYS__ONLINE__METRICS_LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("RECSYS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().map_err(|e| e.to_string())?;
+        let server = Server {
+            child,
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
+            log,
+        };
+        if !wait_ready(
+            &format!("127.0.0.1:{metrics_port}"),
+            Duration::from_secs(300),
+        )
+        .await
+        {
+            return Err("the server did not become ready".into());
+        }
+        Ok(server)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        proc_status_kib(self.child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0
+    }
+
+    fn panics(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|log| log.matches("panicked").count())
+            .unwrap_or(0)
+    }
+
+    async fn clients(&self, n: usize) -> Result<Vec<RankingClient<Channel>>, String> {
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(
+                RankingClient::connect(self.grpc.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(clients)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(rng: &mut impl Rng, members: usize, k: u64) -> RankRequest {
+    RankRequest {
+        user_id: format!("m{}", rng.random_range(0..members)),
+        k,
+        exclude_seen: true,
+        ..Default::default()
+    }
+}
+
+/// Closed loop: `concurrency` clients each sending the next request when the last returns.
+/// Returns (QPS, sorted latencies in µs, errors).
+async fn closed_loop(
+    clients: &[RankingClient<Channel>],
+    concurrency: usize,
+    seconds: u64,
+    members: usize,
+    k: u64,
+) -> (f64, Vec<u32>, u64) {
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let mut client = clients[t % clients.len()].clone();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < stop {
+                    let sent = Instant::now();
+                    match client.rank(request(&mut rng, members, k)).await {
+                        Ok(_) => latencies.push(sent.elapsed().as_micros() as u32),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.expect("load task");
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    (
+        all.len() as f64 / started.elapsed().as_secs_f64(),
+        all,
+        errors,
+    )
+}
+
+/// What the open-loop phase saw.
+#[derive(Default)]
+struct Overload {
+    admitted: Vec<u32>,
+    shed: Vec<u32>,
+    other_errors: u64,
+    sent: u64,
+    /// Requests not sent because the client already had too many outstanding.
+    client_skipped: u64,
+    rss: Vec<f64>,
+}
+
+async fn open_loop(server: &Server, rate: f64, duration: Duration, args: &SoakArgs) -> Overload {
+    let clients = server.clients(8).await.expect("clients connect");
+    let result = Arc::new(Mutex::new(Overload::default()));
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut next_sample = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        if Instant::now() >= next_sample {
+            result.lock().unwrap().rss.push(server.rss_mib());
+            next_sample += Duration::from_secs(10);
+        }
+        if outstanding.load(Ordering::Relaxed) > 20_000 {
+            result.lock().unwrap().client_skipped += 1;
+            continue;
+        }
+        let mut client = clients[(sent % clients.len() as u64) as usize].clone();
+        let request = request(&mut rng, args.members, args.k);
+        let (result, outstanding) = (result.clone(), outstanding.clone());
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        sent += 1;
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let answer = client.rank(request).await;
+            let micros = t0.elapsed().as_micros() as u32;
+            let mut r = result.lock().unwrap();
+            match answer {
+                Ok(_) => r.admitted.push(micros),
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => r.shed.push(micros),
+                Err(_) => r.other_errors += 1,
+            }
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    while outstanding.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    result.lock().unwrap().rss.push(server.rss_mib());
+    let mut r = std::mem::take(&mut *result.lock().unwrap());
+    r.sent = sent;
+    r.admitted.sort_unstable();
+    r.shed.sort_unstable();
+    r
+}
+
+/// The flood of made-up ids and the cancel storm against a frozen Redis store: RSS figures.
+async fn faults(args: &SoakArgs, dir: &Path) -> Result<serde_json::Value, String> {
+    let redis = recsys_shared::testkit::RedisServer::start();
+    let models = dir.join("models");
+    let server = Server::start(
+        dir,
+        &[
+            ("RECSYS__MODEL__ROOT", models.display().to_string()),
+            ("RECSYS__STORE__BACKEND", "redis".into()),
+            ("RECSYS__STORE__REDIS__URL", redis.url()),
+            ("RECSYS__CACHE__BACKEND", "in_process".into()),
+            ("RECSYS__CACHE__CAPACITY", "20000".into()),
+        ],
+    )
+    .await?;
+    let clients = server.clients(8).await?;
+    let baseline = server.rss_mib();
+    // The flood: made-up ids, each a store read (and, before the fix, a cache entry).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed + 1);
+    let mut tasks = Vec::new();
+    for i in 0..args.flood {
+        let mut client = clients[i % clients.len()].clone();
+        let id = format!("made-up-{:016x}", rng.random::<u64>());
+        tasks.push(tokio::spawn(async move {
+            let _ = client
+                .rank(RankRequest {
+                    user_id: id,
+                    k: 20,
+                    ..Default::default()
+                })
+                .await;
+        }));
+        if tasks.len() >= 64 {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+        }
+    }
+    for t in tasks.drain(..) {
+        let _ = t.await;
+    }
+    let after_flood = server.rss_mib();
+    // The cancel storm: the store frozen, every request given up after 50 ms.
+    let pid = redis.pid().ok_or("redis-server has no pid")?;
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !signal("-STOP") {
+        return Err("cannot SIGSTOP redis-server".into());
+    }
+    let mut peak = after_flood;
+    for i in 0..args.flood {
+        let mut client = clients[i % clients.len()].clone();
+        let id = format!("storm-{:016x}", rng.random::<u64>());
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(50),
+                client.rank(RankRequest {
+                    user_id: id,
+                    k: 20,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }));
+        if tasks.len() >= 256 {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+            peak = peak.max(server.rss_mib());
+        }
+    }
+    for t in tasks.drain(..) {
+        let _ = t.await;
+    }
+    peak = peak.max(server.rss_mib());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = server.rss_mib();
+    // Does the server still answer afresh?
+    let mut client = clients[0].clone();
+    let answered = client
+        .rank(RankRequest {
+            user_id: "m1".into(),
+            k: 20,
+            ..Default::default()
+        })
+        .await
+        .is_ok();
+    let within = (after - baseline).abs() / baseline <= 0.10;
+    eprintln!(
+        "faults: RSS baseline {baseline:.0} MiB, after a flood of {} made-up ids {after_flood:.0} MiB, peak during the cancel storm {peak:.0} MiB, 5 s after {after:.0} MiB ({:+.1} % of baseline; target within ±10 %: {}); answers afterwards: {answered}; panics: {}",
+        args.flood,
+        100.0 * (after - baseline) / baseline,
+        if within { "met" } else { "NOT met" },
+        server.panics()
+    );
+    Ok(serde_json::json!({
+        "rss_baseline_mib": baseline,
+        "rss_after_flood_mib": after_flood,
+        "rss_storm_peak_mib": peak,
+        "rss_after_mib": after,
+        "rss_within_10pct": within,
+        "answers_after": answered,
+        "panics": server.panics(),
+    }))
+}
+
+/// Runs the soak and prints its figures.
+pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let scratch;
+    let dir: PathBuf = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            scratch = std::env::temp_dir().join(format!("recsys-soak-{}", std::process::id()));
+            scratch.clone()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let models = dir.join("models");
+    synthetic_model(&models, args.items, args.members, args.factors, args.seed)?;
+    let server = Server::start(
+        &dir,
+        &[
+            ("RECSYS__MODEL__ROOT", models.display().to_string()),
+            (
+                "RECSYS__STORE__EMBEDDED__PATH",
+                dir.join("features").display().to_string(),
+            ),
+        ],
+    )
+    .await?;
+    let clients = server.clients(4).await?;
+    closed_loop(&clients, 8, 2, args.members, args.k).await; // warm-up
+    let (_, unloaded, _) = closed_loop(&clients, 1, args.seconds, args.members, args.k).await;
+    let unloaded_p99 = percentile(&unloaded, 0.99);
+    let (saturation, saturated, _) =
+        closed_loop(&clients, 32, args.seconds, args.members, args.k).await;
+    eprintln!(
+        "unloaded: p50 {:.2} ms, p99 {unloaded_p99:.2} ms; saturation: {saturation:.0} QPS (p99 {:.2} ms at 32 in flight)",
+        percentile(&unloaded, 0.5),
+        percentile(&saturated, 0.99),
+    );
+    let rate = saturation * args.overload;
+    eprintln!(
+        "overload: {rate:.0} requests/s ({}× saturation) for {} min, open loop...",
+        args.overload, args.minutes
+    );
+    let o = open_loop(
+        &server,
+        rate,
+        Duration::from_secs_f64(args.minutes * 60.0),
+        args,
+    )
+    .await;
+    let admitted_p99 = percentile(&o.admitted, 0.99);
+    let shed_p99 = percentile(&o.shed, 0.99);
+    let steady = &o.rss[o.rss.len().min(6).min(o.rss.len().saturating_sub(1))..];
+    let (rss_min, rss_max) = steady
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    let rss_flat = rss_max <= rss_min * 1.10 + 1e-9 || steady.len() < 2;
+    let panics = server.panics();
+    eprintln!(
+        "overload: sent {}, admitted {} (p50 {:.2} ms, p99 {admitted_p99:.2} ms = {:.2}× unloaded p99; target ≤ 3×: {}), shed {} (p50 {:.3} ms, p99 {shed_p99:.3} ms; target < 1 ms: {}), other errors {}, not sent (client backlog) {}",
+        o.sent,
+        o.admitted.len(),
+        percentile(&o.admitted, 0.5),
+        admitted_p99 / unloaded_p99,
+        if admitted_p99 <= 3.0 * unloaded_p99 { "met" } else { "NOT met" },
+        o.shed.len(),
+        percentile(&o.shed, 0.5),
+        if shed_p99 < 1.0 { "met" } else { "NOT met" },
+        o.other_errors,
+        o.client_skipped,
+    );
+    eprintln!(
+        "overload: RSS every 10 s {:?} MiB; after the first minute {rss_min:.0}..{rss_max:.0} MiB (target flat within 10 %: {}); panics {panics}",
+        o.rss.iter().map(|r| r.round() as i64).collect::<Vec<_>>(),
+        if rss_flat { "met" } else { "NOT met" },
+    );
+    drop(server);
+    let mut summary = serde_json::json!({
+        "items": args.items,
+        "unloaded_p99_ms": unloaded_p99,
+        "saturation_qps": saturation,
+        "overload_qps": rate,
+        "overload_minutes": args.minutes,
+        "sent": o.sent,
+        "admitted": o.admitted.len(),
+        "admitted_p99_ms": admitted_p99,
+        "admitted_p99_over_unloaded": admitted_p99 / unloaded_p99,
+        "shed": o.shed.len(),
+        "shed_p99_ms": shed_p99,
+        "other_errors": o.other_errors,
+        "rss_mib": o.rss,
+        "rss_flat": rss_flat,
+        "panics": panics,
+    });
+    if !args.skip_faults {
+        summary["faults"] = faults(args, &dir).await?;
+    }
+    println!("{summary}");
+    if args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
