@@ -371,8 +371,8 @@ async fn load_store(
     version: Option<&str>,
     force: bool,
 ) -> Result<()> {
-    use recsys_shared::store::{bulk, features::FeatureStore};
-    let kv = recsys_shared::store::open(&config.store)
+    use recsys_store::{bulk, features::FeatureStore};
+    let kv = recsys_store::open(&config.store)
         .await
         .with_context(|| format!("opening the {} store", config.store.backend.name()))?;
     let store = FeatureStore::new(kv, config.store.history_cap);

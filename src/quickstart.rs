@@ -28,8 +28,8 @@ use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{
     HomepageRequest, HomepageResponse, RankRequest, SimilarItemsRequest, VectorSource,
 };
-use recsys_shared::store::cache::FeatureReader;
-use recsys_shared::store::{bulk, features::FeatureStore};
+use recsys_store::cache::FeatureReader;
+use recsys_store::{bulk, features::FeatureStore};
 
 /// Options of `recsys quickstart`.
 #[derive(clap::Args)]
@@ -204,14 +204,12 @@ async fn serve_and_stream(
         3,
         "Loading the model's members into the embedded feature store",
     );
-    let kv = recsys_shared::store::open(&config.store)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the embedded store at {} (is another quickstart running?)",
-                config.store.embedded.path.display()
-            )
-        })?;
+    let kv = recsys_store::open(&config.store).await.with_context(|| {
+        format!(
+            "opening the embedded store at {} (is another quickstart running?)",
+            config.store.embedded.path.display()
+        )
+    })?;
     let store = FeatureStore::new(kv, config.store.history_cap);
     // The store was removed at the start of the run, so the version is never loaded yet.
     let report = bulk::load_model_features_with_progress(&root, version, &store).await?;

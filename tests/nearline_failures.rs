@@ -18,8 +18,8 @@ use recsys_nearline::event::Event;
 use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::{Config, StoreBackend};
 use recsys_shared::ops::scrape;
-use recsys_shared::store::features::FeatureStore;
 use recsys_shared::testkit::{free_port, RedisServer, TansuBroker, TansuStorage};
+use recsys_store::features::FeatureStore;
 
 const ITEMS: usize = 80;
 const MEMBERS: usize = 40;
@@ -152,9 +152,7 @@ impl Setup {
         .await
         .unwrap();
         let actual = FeatureStore::new(
-            recsys_shared::store::open(&self.config().store)
-                .await
-                .unwrap(),
+            recsys_store::open(&self.config().store).await.unwrap(),
             1000,
         );
         let deadline = Instant::now() + within;

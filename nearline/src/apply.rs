@@ -20,9 +20,9 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use recsys_shared::store::cache::FeatureReader;
-use recsys_shared::store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
-use recsys_shared::store::{IdempotencyToken, StoreError};
+use recsys_store::cache::FeatureReader;
+use recsys_store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
+use recsys_store::{IdempotencyToken, StoreError};
 
 use crate::error::NearlineError;
 use crate::event::{decode, Event, EventRules, RejectReason, Rejection};
@@ -305,20 +305,20 @@ pub async fn from_scratch(
     version: &str,
     dir: &std::path::Path,
     events: &[Event],
-) -> Result<recsys_shared::store::features::FeatureStore, NearlineError> {
+) -> Result<recsys_store::features::FeatureStore, NearlineError> {
     use recsys_shared::artifact::ModelRoot;
     use recsys_shared::config::{CacheBackend, StoreBackend};
-    use recsys_shared::store::features::FeatureStore;
+    use recsys_store::features::FeatureStore;
 
     let mut config = config.clone();
     config.store.backend = StoreBackend::Embedded;
     config.store.embedded.path = dir.to_path_buf();
     config.cache.backend = CacheBackend::None;
     let store = FeatureStore::new(
-        recsys_shared::store::open(&config.store).await?,
+        recsys_store::open(&config.store).await?,
         config.store.history_cap,
     );
-    recsys_shared::store::bulk::load_model_features(
+    recsys_store::bulk::load_model_features(
         &ModelRoot::new(root),
         Some(version),
         &store,
@@ -479,11 +479,11 @@ mod tests {
             let b = single.features.store().get(&user).await.unwrap();
             assert_eq!(a.history.len(), 4, "{user}");
             same_state(&a, &b, 1e-5).unwrap_or_else(|e| panic!("{user}: {e}"));
-            let stored = recsys_shared::store::get_all(
+            let stored = recsys_store::get_all(
                 batched.features.store().kv().as_ref(),
                 "member_history",
                 &user,
-                &recsys_shared::store::Predicate::MatchAll,
+                &recsys_store::Predicate::MatchAll,
             )
             .await
             .unwrap();

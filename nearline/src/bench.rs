@@ -16,9 +16,9 @@ use recsys_shared::config::{Config, StoreBackend};
 use recsys_shared::ops::scrape;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
-use recsys_shared::store::bulk::load_model_features;
-use recsys_shared::store::features::FeatureStore;
 use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker};
+use recsys_store::bulk::load_model_features;
+use recsys_store::features::FeatureStore;
 
 use crate::event::Event;
 use crate::kafka::{ensure_topics, producer};
@@ -115,7 +115,7 @@ async fn reset_store(redis: &RedisServer, config: &Config, models: &Path) -> Ben
     let mut conn = client.get_multiplexed_async_connection().await?;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     let store = FeatureStore::new(
-        recsys_shared::store::open(&config.store).await?,
+        recsys_store::open(&config.store).await?,
         config.store.history_cap,
     );
     load_model_features(&ModelRoot::new(models), None, &store, |_, _| {}).await?;

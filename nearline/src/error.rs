@@ -6,7 +6,7 @@ pub enum NearlineError {
     #[error(transparent)]
     Shared(#[from] recsys_shared::SharedError),
     #[error(transparent)]
-    Store(#[from] recsys_shared::store::StoreError),
+    Store(#[from] recsys_store::StoreError),
     #[error("model version {version} cannot be used: {problem}")]
     InvalidModel { version: String, problem: String },
     #[error(

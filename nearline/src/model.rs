@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 use recsys_shared::artifact::{files, read_factors, ModelRoot};
 use recsys_shared::foldin::{FoldIn, FoldInParams};
 use recsys_shared::kernels;
-use recsys_shared::store::features::HistoryEntry;
+use recsys_store::features::HistoryEntry;
 
 use crate::error::NearlineError;
 use crate::metrics;

@@ -16,8 +16,8 @@ pub async fn applier_for(
     version: &str,
 ) -> crate::apply::Applier {
     use recsys_shared::config::{CacheBackend, Config};
-    use recsys_shared::store::cache::FeatureReader;
-    use recsys_shared::store::features::FeatureStore;
+    use recsys_store::cache::FeatureReader;
+    use recsys_store::features::FeatureStore;
 
     let model = crate::model::ModelHandle::new();
     model.set(
@@ -27,7 +27,7 @@ pub async fn applier_for(
     let mut config = Config::default();
     config.store.embedded.path = dir.to_path_buf();
     config.cache.backend = CacheBackend::None;
-    let kv = recsys_shared::store::open(&config.store).await.unwrap();
+    let kv = recsys_store::open(&config.store).await.unwrap();
     let store = FeatureStore::new(kv, 4);
     let reader = FeatureReader::from_config(store, &config.cache, &config.store);
     crate::apply::Applier::new(

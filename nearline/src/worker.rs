@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use recsys_shared::config::Config;
 
-use recsys_shared::store::StoreError;
+use recsys_store::StoreError;
 
 use crate::apply::Applier;
 use crate::error::NearlineError;
@@ -551,10 +551,10 @@ pub async fn serve(
     options: WorkerOptions,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunReport, NearlineError> {
-    use recsys_shared::store::cache::FeatureReader;
-    use recsys_shared::store::features::FeatureStore;
+    use recsys_store::cache::FeatureReader;
+    use recsys_store::features::FeatureStore;
 
-    let kv = recsys_shared::store::open(&config.store).await?;
+    let kv = recsys_store::open(&config.store).await?;
     let store = FeatureStore::new(kv, config.store.history_cap);
     let reader = Arc::new(FeatureReader::from_config(
         store,

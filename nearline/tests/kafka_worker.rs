@@ -18,9 +18,9 @@ use recsys_nearline::worker::{self, WorkerOptions, HEADER_REASON};
 use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::artifact::ModelRoot;
 use recsys_shared::config::{CacheBackend, Config, StoreBackend};
-use recsys_shared::store::bulk::load_model_features;
-use recsys_shared::store::features::{FeatureStore, MemberFeatures};
 use recsys_shared::testkit::{free_port, RedisServer, TansuBroker};
+use recsys_store::bulk::load_model_features;
+use recsys_store::features::{FeatureStore, MemberFeatures};
 
 const ITEMS: usize = 60;
 const MEMBERS: usize = 12;
@@ -83,7 +83,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
 
     // The model's training histories are in the store, as `load-store` leaves them.
     let store = FeatureStore::new(
-        recsys_shared::store::open(&config.store).await.unwrap(),
+        recsys_store::open(&config.store).await.unwrap(),
         config.store.history_cap,
     );
     load_model_features(&ModelRoot::new(models.path()), None, &store, |_, _| {})
@@ -222,7 +222,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
         assert_same_state(&got, want, member);
     }
     // And the cache was written through with the same state.
-    use recsys_shared::store::cache::{MemberCache, RedisCache, SharedRedisCache};
+    use recsys_store::cache::{MemberCache, RedisCache, SharedRedisCache};
     let cache = SharedRedisCache(RedisCache::new(&config.cache.redis));
     cache.warm().await;
     let cached = cache.get("m5").await.unwrap().expect("m5 is cached");
@@ -299,10 +299,7 @@ async fn a_member_with_undecodable_stored_state_is_dead_lettered_and_the_partiti
         .query_async(&mut c)
         .await
         .unwrap();
-    let store = FeatureStore::new(
-        recsys_shared::store::open(&config.store).await.unwrap(),
-        500,
-    );
+    let store = FeatureStore::new(recsys_store::open(&config.store).await.unwrap(), 500);
     assert!(store.get("m3").await.is_err(), "m3's state is undecodable");
 
     ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])

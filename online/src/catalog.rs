@@ -11,7 +11,7 @@ use recsys_shared::artifact::{
 };
 use recsys_shared::foldin::{FoldIn, FoldInParams};
 use recsys_shared::kernels;
-use recsys_shared::store::features::HistoryEntry;
+use recsys_store::features::HistoryEntry;
 
 use crate::error::OnlineError;
 use crate::scoring::ItemMatrix;

@@ -8,9 +8,9 @@ pub enum OnlineError {
     #[error(transparent)]
     Shared(#[from] recsys_shared::SharedError),
     #[error(transparent)]
-    Store(#[from] recsys_shared::store::StoreError),
+    Store(#[from] recsys_store::StoreError),
     #[error(transparent)]
-    Load(#[from] recsys_shared::store::bulk::LoadError),
+    Load(#[from] recsys_store::bulk::LoadError),
     #[error("model version {version} is not servable: {problem}")]
     InvalidModel { version: String, problem: String },
     #[error("model root {0}: no model has been published yet (no CURRENT)")]

@@ -11,9 +11,9 @@ use recsys_shared::artifact::ModelRoot;
 use recsys_shared::config::{Config, StoreBackend};
 use recsys_shared::proto::v1::ranking_server::RankingServer;
 use recsys_shared::proto::FILE_DESCRIPTOR_SET;
-use recsys_shared::store::bulk;
-use recsys_shared::store::cache::FeatureReader;
-use recsys_shared::store::features::FeatureStore;
+use recsys_store::bulk;
+use recsys_store::cache::FeatureReader;
+use recsys_store::features::FeatureStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::server::HealthReporter;
@@ -237,7 +237,7 @@ fn server_tls(
 /// Starts everything the configuration describes and returns once the ports are bound and the
 /// current model (if any) is loaded.
 pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
-    let kv = recsys_shared::store::open(&config.store).await?;
+    let kv = recsys_store::open(&config.store).await?;
     let features = FeatureStore::new(kv, config.store.history_cap);
     let reader = FeatureReader::from_config(features, &config.cache, &config.store);
     reader.warm_cache().await;

@@ -20,8 +20,8 @@ use recsys_shared::proto::v1::{
     HomepageRequest, HomepageResponse, RankRequest, RankResponse, Row, ScoredItem,
     SimilarItemsRequest, SimilarItemsResponse, VectorSource,
 };
-use recsys_shared::store::cache::{FeatureReader, Source};
-use recsys_shared::store::features::HistoryEntry;
+use recsys_store::cache::{FeatureReader, Source};
+use recsys_store::features::HistoryEntry;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -477,8 +477,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ranker = Ranker::new(
             FeatureReader::from_config(
-                recsys_shared::store::features::FeatureStore::new(
-                    Arc::new(recsys_shared::store::EmbeddedStore::open(dir.path()).unwrap()),
+                recsys_store::features::FeatureStore::new(
+                    Arc::new(recsys_store::EmbeddedStore::open(dir.path()).unwrap()),
                     10,
                 ),
                 &Default::default(),
@@ -543,11 +543,10 @@ mod tests {
             let root = dir.path().join("models");
             let version =
                 recsys_shared::artifact::synthetic::synthetic_model(&root, 50, 5, 4, 3).unwrap();
-            let store =
-                recsys_shared::store::EmbeddedStore::open(&dir.path().join("store")).unwrap();
+            let store = recsys_store::EmbeddedStore::open(&dir.path().join("store")).unwrap();
             let ranker = Ranker::new(
                 FeatureReader::from_config(
-                    recsys_shared::store::features::FeatureStore::new(Arc::new(store), 10),
+                    recsys_store::features::FeatureStore::new(Arc::new(store), 10),
                     &Default::default(),
                     &Default::default(),
                 ),

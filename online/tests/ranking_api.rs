@@ -141,11 +141,11 @@ async fn rank_homepage_and_similar_items_over_grpc() {
         .store()
         .put_vector(
             "m2",
-            &recsys_shared::store::features::MemberVector {
+            &recsys_store::features::MemberVector {
                 model_version: "an-older-model".into(),
                 values: vec![0.0; K],
             },
-            recsys_shared::store::IdempotencyToken::now(),
+            recsys_store::IdempotencyToken::now(),
         )
         .await
         .unwrap();
@@ -624,9 +624,9 @@ async fn store_down_serves_cached_members_and_degrades_the_rest() {
     // The Redis store is loaded the way a deployment loads it: the load-store step.
     synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 9).unwrap();
     {
-        let kv = recsys_shared::store::open(&config.store).await.unwrap();
-        let store = recsys_shared::store::features::FeatureStore::new(kv, 500);
-        recsys_shared::store::bulk::load_model_features(
+        let kv = recsys_store::open(&config.store).await.unwrap();
+        let store = recsys_store::features::FeatureStore::new(kv, 500);
+        recsys_store::bulk::load_model_features(
             &ModelRoot::new(&config.model.root),
             None,
             &store,

@@ -7,8 +7,10 @@
 //! workers and the online server alike so that all three compute the same vector from the same
 //! history.
 //!
-//! It also holds the protobuf API (`recsys.v1`, in [`proto`]) and the **key-value feature store**
-//! ([`store`]) that the nearline tier writes and the online tier reads.
+//! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the operations endpoint
+//! ([`ops`]), secrets and TLS material ([`secrets`], [`tls`]) and rate-limited logging ([`logs`]).
+//! The feature store every tier reads and writes is its own crate, `recsys-store`
+//! (`shared/store/`), built on this one.
 //!
 //! ## Invariants
 //! - No tier-specific logic lives here: no DataFusion, no Kafka, no gRPC server (only the generated
@@ -29,7 +31,6 @@ pub mod ops;
 pub mod progress;
 pub mod proto;
 pub mod secrets;
-pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::features::{FeatureStore, HistoryEntry, MemberVector};
 use super::{IdempotencyToken, StoreError};
-use crate::artifact::{files, read_factors, read_history, ModelRoot};
-use crate::SharedError;
+use recsys_shared::artifact::{files, read_factors, read_history, ModelRoot};
+use recsys_shared::SharedError;
 
 /// Namespace of the load log: id `loads`, one key per model version loaded.
 const META_NAMESPACE: &str = "store_meta";
@@ -69,11 +69,12 @@ pub async fn load_model_features_with_progress(
     version: &str,
     store: &FeatureStore,
 ) -> Result<LoadReport, LoadError> {
-    let mut progress: Option<crate::progress::Progress> = None;
+    let mut progress: Option<recsys_shared::progress::Progress> = None;
     let mut last = 0;
     let report = load_model_features(root, Some(version), store, |done, total| {
-        let p = progress
-            .get_or_insert_with(|| crate::progress::Progress::new("load-store", total as u64));
+        let p = progress.get_or_insert_with(|| {
+            recsys_shared::progress::Progress::new("load-store", total as u64)
+        });
         p.advance((done - last) as u64, "members");
         last = done;
     })

@@ -1,3 +1,5 @@
+//! # recsys-store — the feature store
+//!
 //! The key-value data abstraction every tier reads and writes member features through, after
 //! Netflix's Key-Value Data Abstraction Layer.
 //!
@@ -16,7 +18,10 @@
 //! stores per member is defined once in [`features`]; the read-through cache in front of a store is
 //! [`cache`].
 //!
-//! This module must not know about models, gRPC or Kafka: it moves bytes.
+//! This crate owns the store, its backends (with their TLS and authentication), the cache with its
+//! breakers and single flights, and the bulk load of a published model's members ([`bulk`], the
+//! one place it reads a model artifact, through `recsys-shared`). It must not know about gRPC or
+//! Kafka, and depends on `recsys-shared` only; every tier depends on it.
 
 mod cassandra;
 mod embedded;
@@ -37,7 +42,7 @@ pub use cassandra::CassandraStore;
 pub use embedded::EmbeddedStore;
 pub use redis_store::RedisStore;
 
-use crate::config::{StoreBackend, StoreConfig};
+use recsys_shared::config::{StoreBackend, StoreConfig};
 
 /// Result alias of the store.
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -389,12 +394,12 @@ pub fn validate_namespace(namespace: &str) -> StoreResult<()> {
 
 /// Ids are member or item ids: 1–256 bytes.
 pub fn validate_id(id: &str) -> StoreResult<()> {
-    if id.is_empty() || id.len() > crate::ids::MAX_ID_BYTES {
+    if id.is_empty() || id.len() > recsys_shared::ids::MAX_ID_BYTES {
         return Err(StoreError::Invalid {
             field: "id",
             problem: format!(
                 "must be 1-{} bytes, got {}",
-                crate::ids::MAX_ID_BYTES,
+                recsys_shared::ids::MAX_ID_BYTES,
                 id.len()
             ),
         });

@@ -24,7 +24,7 @@ use super::{
     fill_page, validate_id, validate_namespace, validate_put, IdempotencyToken, Item, KvStore,
     Page, PageRequest, Predicate, StoreError, StoreResult,
 };
-use crate::config::CassandraConfig;
+use recsys_shared::config::CassandraConfig;
 
 const BACKEND: &str = "cassandra";
 const SCAN_BATCH: i32 = 256;
@@ -107,7 +107,7 @@ impl CassandraStore {
             });
         }
         let mut builder = SessionBuilder::new().known_nodes(&config.contact_points);
-        let password = crate::secrets::resolve(
+        let password = recsys_shared::secrets::resolve(
             "store.cassandra.password",
             None,
             config.password_file.as_deref(),
@@ -133,11 +133,12 @@ impl CassandraStore {
                 .tls_cert_file
                 .as_deref()
                 .zip(config.tls_key_file.as_deref());
-            let tls =
-                crate::tls::client_config(ca, identity).map_err(|problem| StoreError::Invalid {
+            let tls = recsys_shared::tls::client_config(ca, identity).map_err(|problem| {
+                StoreError::Invalid {
                     field: "store.cassandra.tls_ca_file",
                     problem,
-                })?;
+                }
+            })?;
             builder = builder.tls_context(Some(tls));
         }
         let session = tokio::time::timeout(

@@ -30,9 +30,9 @@ use redis::aio::ConnectionManager;
 
 use super::features::{FeatureStore, MemberFeatures};
 use super::{StoreError, StoreResult};
-use crate::config::{CacheBackend, CacheConfig, RedisConfig, StoreConfig};
-use crate::logs::LogEvery;
-use crate::secrets::redact_url;
+use recsys_shared::config::{CacheBackend, CacheConfig, RedisConfig, StoreConfig};
+use recsys_shared::logs::LogEvery;
+use recsys_shared::secrets::redact_url;
 
 /// Cache outcomes: `hit`, `miss`, `error` (failed or timed out), `bypassed` (breaker open or none).
 pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {

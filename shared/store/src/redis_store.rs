@@ -18,8 +18,8 @@ use super::{
     fill_page, frame, unframe, validate_id, validate_namespace, validate_put, IdempotencyToken,
     Item, KvStore, Page, PageRequest, Predicate, StoreError, StoreResult,
 };
-use crate::config::RedisConfig;
-use crate::secrets::redact_url;
+use recsys_shared::config::RedisConfig;
+use recsys_shared::secrets::redact_url;
 
 const BACKEND: &str = "redis";
 /// Item keys fetched per round trip while filling a page.
@@ -89,14 +89,14 @@ impl std::fmt::Debug for RedisStore {
 /// the URL with its password redacted.
 pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
     use redis::IntoConnectionInfo;
-    crate::tls::install_crypto_provider();
+    recsys_shared::tls::install_crypto_provider();
     let invalid = |field: &'static str, problem: String| StoreError::Invalid { field, problem };
     let mut info = config
         .url
         .as_str()
         .into_connection_info()
         .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url))))?;
-    let password = crate::secrets::resolve(
+    let password = recsys_shared::secrets::resolve(
         "redis.password",
         None,
         config.password_file.as_deref(),

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use recsys_shared::config::{CacheBackend, CacheConfig, CassandraConfig, RedisConfig, StoreConfig};
-use recsys_shared::store::cache::{FeatureReader, Source};
-use recsys_shared::store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
-use recsys_shared::store::{
+use recsys_shared::testkit::RedisServer;
+use recsys_store::cache::{FeatureReader, Source};
+use recsys_store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
+use recsys_store::{
     get_all, CassandraStore, EmbeddedStore, IdempotencyToken, Item, KvStore, Page, PageRequest,
     Predicate, RedisStore, StoreError, StoreResult,
 };
-use recsys_shared::testkit::RedisServer;
 
 fn token(ms: u64, nonce: u64) -> IdempotencyToken {
     IdempotencyToken {
