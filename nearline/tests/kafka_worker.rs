@@ -177,32 +177,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
     assert_eq!(report.dead_lettered, poison.len() as u64);
 
     // The dead-letter topic holds the four, with their reasons.
-    let reader: StreamConsumer = recsys_nearline::kafka::client_config(&config)
-        .unwrap()
-        .set("group.id", "dead-letter-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader
-        .subscribe(&[&config.nearline.dead_letter_topic])
-        .unwrap();
-    let mut reasons = Vec::new();
-    while reasons.len() < poison.len() {
-        let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
-            .await
-            .expect("dead letters arrive")
-            .unwrap();
-        let reason = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == HEADER_REASON))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).to_string())
-            .expect("a reason header");
-        reasons.push((
-            String::from_utf8_lossy(m.key().unwrap()).to_string(),
-            reason,
-        ));
-    }
+    let mut reasons = dead_letters(&config, poison.len()).await;
     reasons.sort();
     assert_eq!(
         reasons,

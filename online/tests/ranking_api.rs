@@ -34,6 +34,18 @@ fn config(dir: &Path) -> Config {
     config
 }
 
+/// [`config`] with `redis` as the store, generous store timeouts (the tests slow Redis down on
+/// purpose) and no cache, so every read reaches the store.
+fn redis_store_config(dir: &Path, redis: &RedisServer) -> Config {
+    let mut config = config(dir);
+    config.store.backend = StoreBackend::Redis;
+    config.store.redis.url = redis.url();
+    config.store.read_timeout_ms = 5000;
+    config.store.redis.timeout_ms = 5000;
+    config.cache.backend = CacheBackend::None;
+    config
+}
+
 async fn client(server: &RunningServer) -> RankingClient<Channel> {
     RankingClient::connect(format!("http://{}", server.grpc_addr))
         .await
@@ -421,12 +433,7 @@ async fn client_deadlines_are_honoured() {
     // The store is a Redis server made slow with DEBUG SLEEP; the request's deadline is shorter.
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.store.backend = StoreBackend::Redis;
-    config.store.redis.url = redis.url();
-    config.store.read_timeout_ms = 5000;
-    config.store.redis.timeout_ms = 5000;
-    config.cache.backend = CacheBackend::None;
+    let config = redis_store_config(dir.path(), &redis);
     synthetic_model(&config.model.root, 100, 10, 4, 4).unwrap();
     let server = start(&config).await.unwrap();
     let mut c = client(&server).await;
@@ -752,12 +759,7 @@ async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
     // request is shed with RESOURCE_EXHAUSTED at once, not queued behind it.
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.store.backend = StoreBackend::Redis;
-    config.store.redis.url = redis.url();
-    config.store.read_timeout_ms = 5000;
-    config.store.redis.timeout_ms = 5000;
-    config.cache.backend = CacheBackend::None;
+    let mut config = redis_store_config(dir.path(), &redis);
     config.online.max_in_flight = 1;
     config.online.max_queued = 0;
     config.online.max_connections = 2;

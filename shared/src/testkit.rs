@@ -31,6 +31,23 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// A `redis-server` without persistence on 127.0.0.1 with `args` (which name its port), once it
+/// listens on `port`.
+fn spawn_redis(port: u16, args: &[&str]) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt install redis-server)");
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "redis-server did not listen on {port}"
+    );
+    child
+}
+
 impl RedisServer {
     /// Starts one on a free port. Panics with a clear message if `redis-server` is not installed.
     pub fn start() -> RedisServer {
@@ -39,27 +56,15 @@ impl RedisServer {
 
     /// Starts one on `port` (to restart a killed server where clients expect it).
     pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args([
+        // Tests slow the server down with DEBUG SLEEP.
+        let child = spawn_redis(
+            port,
+            &[
                 "--port",
                 &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                // Tests slow the server down with DEBUG SLEEP.
                 "--enable-debug-command",
                 "local",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt install redis-server)");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "redis-server did not listen on {port}"
+            ],
         );
         RedisServer {
             port,
@@ -244,18 +249,13 @@ impl TlsRedisServer {
     pub fn start(certs: &TestCertificates) -> TlsRedisServer {
         let port = free_port();
         let path = |name: &str| certs.path(name).display().to_string();
-        let child = Command::new("redis-server")
-            .args([
+        let child = spawn_redis(
+            port,
+            &[
                 "--port",
                 "0",
                 "--tls-port",
                 &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
                 "--tls-cert-file",
                 &path("server.pem"),
                 "--tls-key-file",
@@ -274,14 +274,7 @@ impl TlsRedisServer {
                 "~*",
                 "&*",
                 "+@all",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt install redis-server)");
-        assert!(
-            wait_for_port(port, Duration::from_secs(10)),
-            "redis-server (TLS) did not listen on {port}"
+            ],
         );
         TlsRedisServer { port, child }
     }

@@ -495,63 +495,19 @@ async fn cassandra_store_conforms_when_a_cluster_is_named() {
     feature_conformance(reader(store, cache_config(CacheBackend::InProcess, None))).await;
 }
 
-/// Counts store reads of member vectors, and makes each one slow so concurrent misses overlap.
-struct CountingStore {
-    inner: EmbeddedStore,
-    vector_reads: AtomicUsize,
-}
-
-#[async_trait]
-impl KvStore for CountingStore {
-    fn backend(&self) -> &'static str {
-        "counting"
-    }
-    async fn put_items(
-        &self,
-        ns: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
-        self.inner.put_items(ns, id, items, token).await
-    }
-    async fn get_items(
-        &self,
-        ns: &str,
-        id: &str,
-        predicate: &Predicate,
-        page: &PageRequest,
-    ) -> StoreResult<Page> {
-        if ns == "member_vector" {
-            self.vector_reads.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.inner.get_items(ns, id, predicate, page).await
-    }
-    async fn delete_items(&self, ns: &str, id: &str, predicate: &Predicate) -> StoreResult<()> {
-        self.inner.delete_items(ns, id, predicate).await
-    }
-}
-
 #[tokio::test]
 async fn the_default_batch_operations_conform() {
     // A store that implements only the required methods gets the trait's own `get_records` and
     // `put_records` (what the Cassandra backend uses).
     let dir = tempfile::tempdir().unwrap();
-    kv_conformance(Arc::new(CountingStore {
-        inner: EmbeddedStore::open(dir.path()).unwrap(),
-        vector_reads: AtomicUsize::new(0),
-    }))
-    .await;
+    kv_conformance(TestStore::open(dir.path(), Duration::ZERO)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_member_make_one_store_read() {
     let dir = tempfile::tempdir().unwrap();
-    let counting = Arc::new(CountingStore {
-        inner: EmbeddedStore::open(dir.path()).unwrap(),
-        vector_reads: AtomicUsize::new(0),
-    });
+    // Each read is slow, so the concurrent misses overlap.
+    let counting = TestStore::open(dir.path(), Duration::from_millis(100));
     let reader = Arc::new(reader(
         counting.clone(),
         cache_config(CacheBackend::InProcess, None),
@@ -572,13 +528,13 @@ async fn concurrent_misses_for_one_member_make_one_store_read() {
         assert_eq!(features.vector, Some(vector("v", &[1.0])));
     }
     assert_eq!(
-        counting.vector_reads.load(Ordering::SeqCst),
+        counting.reads.load(Ordering::SeqCst),
         1,
         "64 concurrent misses made one store read"
     );
     // A different member is a different flight.
     reader.get("cold").await.unwrap();
-    assert_eq!(counting.vector_reads.load(Ordering::SeqCst), 2);
+    assert_eq!(counting.reads.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -604,18 +560,22 @@ async fn a_dead_cache_falls_back_to_the_store_and_opens_the_breaker() {
     );
 }
 
-/// A store whose reads hang while `hung` is set (Redis stopped with SIGSTOP, a partitioned
-/// Cassandra node): they never answer, the reader's deadline has to end them.
-struct HangingStore {
+/// An embedded store that counts reads of member vectors, makes each read take `delay`, and
+/// hangs every read while `hung` is set (Redis stopped with SIGSTOP, a partitioned Cassandra
+/// node): they never answer, the reader's deadline has to end them. It implements only the
+/// required methods, so it also exercises the trait's default batch operations.
+struct TestStore {
     inner: EmbeddedStore,
+    delay: Duration,
     hung: std::sync::atomic::AtomicBool,
     reads: AtomicUsize,
 }
 
-impl HangingStore {
-    fn open(dir: &std::path::Path) -> Arc<Self> {
-        Arc::new(HangingStore {
+impl TestStore {
+    fn open(dir: &std::path::Path, delay: Duration) -> Arc<Self> {
+        Arc::new(TestStore {
             inner: EmbeddedStore::open(dir).unwrap(),
+            delay,
             hung: std::sync::atomic::AtomicBool::new(false),
             reads: AtomicUsize::new(0),
         })
@@ -623,9 +583,9 @@ impl HangingStore {
 }
 
 #[async_trait]
-impl KvStore for HangingStore {
+impl KvStore for TestStore {
     fn backend(&self) -> &'static str {
-        "hanging"
+        "test"
     }
     async fn put_items(
         &self,
@@ -645,6 +605,7 @@ impl KvStore for HangingStore {
     ) -> StoreResult<Page> {
         if ns == "member_vector" {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
         }
         if self.hung.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
@@ -656,7 +617,7 @@ impl KvStore for HangingStore {
     }
 }
 
-fn hanging_reader(store: Arc<HangingStore>, breaker_failures: u32) -> FeatureReader {
+fn hanging_reader(store: Arc<TestStore>, breaker_failures: u32) -> FeatureReader {
     FeatureReader::from_config(
         FeatureStore::new(store, 20),
         &cache_config(CacheBackend::None, None),
@@ -675,7 +636,7 @@ async fn requests_that_give_up_on_a_hung_store_leave_no_flight_behind() {
     // each left a flight that only progressed while someone polled it, so the table (and RSS)
     // only grew, and a request seconds later joined a stale flight instead of reading afresh.
     let dir = tempfile::tempdir().unwrap();
-    let store = HangingStore::open(dir.path());
+    let store = TestStore::open(dir.path(), Duration::ZERO);
     let reader = hanging_reader(store.clone(), u32::MAX);
     store.hung.store(true, Ordering::SeqCst);
     let cancelled: Vec<_> = (0..2000)
@@ -725,7 +686,7 @@ async fn requests_that_give_up_on_a_hung_store_leave_no_flight_behind() {
 async fn a_hung_store_opens_its_breaker_and_requests_fail_without_reading_it() {
     // The fault: with the store down, every request waited the full read timeout (and logged).
     let dir = tempfile::tempdir().unwrap();
-    let store = HangingStore::open(dir.path());
+    let store = TestStore::open(dir.path(), Duration::ZERO);
     let reader = hanging_reader(store.clone(), 3);
     store.hung.store(true, Ordering::SeqCst);
     for i in 0..20 {
