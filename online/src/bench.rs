@@ -251,6 +251,10 @@ async fn server(
             format!("127.0.0.1:{metrics_port}"),
         )
         .env("RECSYS_LOG", "warn")
+        // A closed loop of `--concurrency` requests is overload by design on a small machine:
+        // queue them all (as before admission control) so the figures are throughput and
+        // latency, not shedding. `recsys online soak` measures the shedding.
+        .env("RECSYS__ONLINE__MAX_QUEUED", "1024")
         .envs(tls.iter().flat_map(|certs| {
             [
                 ("RECSYS__ONLINE__TLS__CERT_FILE", certs.path("server.pem")),

@@ -24,7 +24,10 @@ pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
         "recsys_rpc_latency_seconds",
         "gRPC handler latency by method and status code",
         &["rpc", "code"],
-        vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+        vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+            0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+        ]
     )
     .expect("registers once")
 });

@@ -378,10 +378,17 @@ pub async fn start_with_reader(
         tracing::warn!(listen = %online.listen,
             "the gRPC port is reachable from other hosts and no API key is required (online.auth)");
     }
+    let max_in_flight = match online.max_in_flight {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
     let admission = AdmissionLayer {
         admission: Admission::new(
-            online.max_in_flight,
-            online.max_queued,
+            max_in_flight,
+            match online.max_queued {
+                0 => max_in_flight,
+                n => n,
+            },
             Duration::from_millis(online.max_request_ms),
         ),
         keys: keys.map(Arc::new),

@@ -755,13 +755,13 @@ async fn undecodable_requests_and_oversized_numbers_are_invalid_argument_and_cou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
-    // One request in progress (its store read held up by a sleeping Redis) and no queue: the next
-    // request is shed with RESOURCE_EXHAUSTED at once, not queued behind it.
+    // One request in progress (its store read held up by a sleeping Redis) and one queued behind
+    // it: the next request is shed with RESOURCE_EXHAUSTED at once.
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = redis_store_config(dir.path(), &redis);
     config.online.max_in_flight = 1;
-    config.online.max_queued = 0;
+    config.online.max_queued = 1;
     config.online.max_connections = 2;
     synthetic_model(&config.model.root, 100, 10, 4, 4).unwrap();
     let server = start(&config).await.unwrap();
@@ -769,10 +769,13 @@ async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
     c.rank(rank("m1")).await.unwrap();
     let sleeper = redis.sleep(1.5);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let held = {
-        let mut c = c.clone();
-        tokio::spawn(async move { c.rank(rank("m2")).await })
-    };
+    let held: Vec<_> = ["m2", "m4"]
+        .into_iter()
+        .map(|member| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.rank(rank(member)).await })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let shed = c.rank(rank("m3")).await.unwrap_err();
@@ -793,7 +796,9 @@ async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
         })
         .await
         .unwrap();
-    held.await.unwrap().unwrap();
+    for held in held {
+        held.await.unwrap().unwrap();
+    }
     sleeper.join().unwrap();
     // Two connections are open (the client and the health check): a third is closed at once.
     let third = Channel::from_shared(format!("http://{}", server.grpc_addr))

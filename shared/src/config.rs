@@ -441,12 +441,14 @@ pub struct OnlineConfig {
     pub load_store_on_swap: bool,
     /// Upper bound on any request's run time, whatever deadline the client sets. Default 5000 ms.
     pub max_request_ms: u64,
-    /// Ranking requests worked on at once; more wait in the queue. Default 16 (scoring is CPU
-    /// work: a few per core keep the cores busy without queueing inside the runtime).
+    /// Ranking requests worked on at once; more wait in the queue. 0 (the default) means one per
+    /// core: scoring is CPU work, and more in progress than the cores can run only makes every
+    /// one of them slower.
     pub max_in_flight: usize,
     /// Requests waiting for a slot; beyond this a request is shed at once with
     /// `RESOURCE_EXHAUSTED`, before any work. A queued request whose deadline passes while it waits
-    /// is answered `DEADLINE_EXCEEDED` without being worked on. Default 64.
+    /// is answered `DEADLINE_EXCEEDED` without being worked on. 0 (the default) means as many as
+    /// `max_in_flight`: a short queue absorbs bursts, a long one only makes admitted requests late.
     pub max_queued: usize,
     /// HTTP/2 streams (concurrent calls) per connection. Default 256.
     pub max_concurrent_streams: u32,
@@ -517,8 +519,8 @@ impl Default for OnlineConfig {
             model_poll_ms: 1000,
             load_store_on_swap: true,
             max_request_ms: 5000,
-            max_in_flight: 16,
-            max_queued: 64,
+            max_in_flight: 0,
+            max_queued: 0,
             max_concurrent_streams: 256,
             max_connections: 4096,
             keepalive_interval_ms: 30_000,
@@ -859,9 +861,9 @@ impl Config {
                 "must be 1..=600000",
             ),
             (
-                (1..=100_000).contains(&o.max_in_flight),
+                o.max_in_flight <= 100_000,
                 "online.max_in_flight",
-                "must be 1..=100000",
+                "must be at most 100000 (0: one per core)",
             ),
             (
                 o.max_queued <= 1_000_000,
@@ -1204,7 +1206,11 @@ mod tests {
                 "0",
                 "cache.redis.timeout_ms",
             ),
-            ("RECSYS__ONLINE__MAX_IN_FLIGHT", "0", "online.max_in_flight"),
+            (
+                "RECSYS__ONLINE__MAX_IN_FLIGHT",
+                "1000000",
+                "online.max_in_flight",
+            ),
         ] {
             let e = Config::load_with_env(None, env(&[(var, value)]))
                 .unwrap_err()
