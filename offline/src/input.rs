@@ -423,12 +423,8 @@ mod tests {
         [("play".to_string(), 1.0)].into_iter().collect()
     }
 
-    /// Every single-byte corruption of a table's pages is an error naming the file or a clean
-    /// pass — never a panic of the Parquet reader (which exited the job with code 101).
-    #[test]
-    fn flipped_bytes_inside_pages_are_errors_not_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let intact = dir.path().join("intact.parquet");
+    /// Writes a valid 300-row interactions table at `path` and returns its bytes.
+    fn small_table(path: &Path) -> Vec<u8> {
         let rows: Vec<InteractionRow> = (0..300)
             .map(|i| InteractionRow {
                 user_id: format!("u{}", i % 17),
@@ -438,10 +434,19 @@ mod tests {
                 ts_ms: 1_700_000_000_000 + i,
             })
             .collect();
-        let mut writer = TableWriter::create(&intact, interactions_schema()).unwrap();
+        let mut writer = TableWriter::create(path, interactions_schema()).unwrap();
         writer.write_interactions(&rows).unwrap();
         writer.finish().unwrap();
-        let bytes = std::fs::read(&intact).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// Every single-byte corruption of a table's pages is an error naming the file or a clean
+    /// pass — never a panic of the Parquet reader (which exited the job with code 101).
+    #[test]
+    fn flipped_bytes_inside_pages_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let intact = dir.path().join("intact.parquet");
+        let bytes = small_table(&intact);
         let damaged = dir.path().join("damaged.parquet");
         let mut errors = 0;
         // The pages sit between the leading magic and the footer's metadata.
@@ -476,19 +481,7 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("fuzzed.parquet");
-            let rows: Vec<InteractionRow> = (0..200)
-                .map(|i| InteractionRow {
-                    user_id: format!("u{}", i % 13),
-                    item_id: format!("i{}", i % 31),
-                    event_type: "play",
-                    value: (i % 4 == 0).then_some(1.0),
-                    ts_ms: 1_700_000_000_000 + i,
-                })
-                .collect();
-            let mut writer = TableWriter::create(&path, interactions_schema()).unwrap();
-            writer.write_interactions(&rows).unwrap();
-            writer.finish().unwrap();
-            let mut bytes = std::fs::read(&path).unwrap();
+            let mut bytes = small_table(&path);
             for (at, value) in damage {
                 let at = at % bytes.len();
                 bytes[at] = value;

@@ -302,6 +302,43 @@ async fn open_loop(server: &Server, rate: f64, duration: Duration, args: &SoakAr
     r
 }
 
+/// Sends `n` Rank requests for random made-up ids (`prefix-<hex>`), `wave` at a time, each given
+/// up after `give_up` if set; returns the server's highest RSS seen between waves.
+async fn fire(
+    clients: &[RankingClient<Channel>],
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    wave: usize,
+    give_up: Option<Duration>,
+    rng: &mut impl Rng,
+) -> f64 {
+    let mut peak = 0.0f64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut client = clients[i % clients.len()].clone();
+        let request = RankRequest {
+            user_id: format!("{prefix}-{:016x}", rng.random::<u64>()),
+            k: 20,
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            let call = client.rank(request);
+            match give_up {
+                Some(limit) => drop(tokio::time::timeout(limit, call).await),
+                None => drop(call.await),
+            }
+        }));
+        if tasks.len() >= wave || i + 1 == n {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+            peak = peak.max(server.rss_mib());
+        }
+    }
+    peak
+}
+
 /// The flood of made-up ids and the cancel storm against a frozen Redis store: RSS figures.
 async fn faults(args: &SoakArgs, dir: &Path) -> Result<serde_json::Value, String> {
     let redis = recsys_shared::testkit::RedisServer::start();
@@ -321,28 +358,7 @@ async fn faults(args: &SoakArgs, dir: &Path) -> Result<serde_json::Value, String
     let baseline = server.rss_mib();
     // The flood: made-up ids, each a store read (and, before the fix, a cache entry).
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed + 1);
-    let mut tasks = Vec::new();
-    for i in 0..args.flood {
-        let mut client = clients[i % clients.len()].clone();
-        let id = format!("made-up-{:016x}", rng.random::<u64>());
-        tasks.push(tokio::spawn(async move {
-            let _ = client
-                .rank(RankRequest {
-                    user_id: id,
-                    k: 20,
-                    ..Default::default()
-                })
-                .await;
-        }));
-        if tasks.len() >= 64 {
-            for t in tasks.drain(..) {
-                let _ = t.await;
-            }
-        }
-    }
-    for t in tasks.drain(..) {
-        let _ = t.await;
-    }
+    fire(&clients, &server, "made-up", args.flood, 64, None, &mut rng).await;
     let after_flood = server.rss_mib();
     // The cancel storm: the store frozen, every request given up after 50 ms.
     let pid = redis.pid().ok_or("redis-server has no pid")?;
@@ -356,32 +372,17 @@ async fn faults(args: &SoakArgs, dir: &Path) -> Result<serde_json::Value, String
     if !signal("-STOP") {
         return Err("cannot SIGSTOP redis-server".into());
     }
-    let mut peak = after_flood;
-    for i in 0..args.flood {
-        let mut client = clients[i % clients.len()].clone();
-        let id = format!("storm-{:016x}", rng.random::<u64>());
-        tasks.push(tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_millis(50),
-                client.rank(RankRequest {
-                    user_id: id,
-                    k: 20,
-                    ..Default::default()
-                }),
-            )
-            .await;
-        }));
-        if tasks.len() >= 256 {
-            for t in tasks.drain(..) {
-                let _ = t.await;
-            }
-            peak = peak.max(server.rss_mib());
-        }
-    }
-    for t in tasks.drain(..) {
-        let _ = t.await;
-    }
-    peak = peak.max(server.rss_mib());
+    let storm = fire(
+        &clients,
+        &server,
+        "storm",
+        args.flood,
+        256,
+        Some(Duration::from_millis(50)),
+        &mut rng,
+    )
+    .await;
+    let peak = storm.max(after_flood);
     tokio::time::sleep(Duration::from_secs(5)).await;
     signal("-CONT");
     tokio::time::sleep(Duration::from_secs(5)).await;
