@@ -51,6 +51,10 @@ pub struct SoakArgs {
     /// Requests of the random-id flood, and of the cancel storm.
     #[arg(long, default_value_t = 20_000)]
     pub flood: usize,
+    /// `online.max_queued` of the servers under test (0: as many as in flight, the
+    /// latency-first setting).
+    #[arg(long, default_value_t = 0)]
+    pub max_queued: usize,
     /// Skip the flood and cancel storm (they need `redis-server`).
     #[arg(long)]
     pub skip_faults: bool,
@@ -70,7 +74,11 @@ struct Server {
 }
 
 impl Server {
-    async fn start(dir: &Path, env: &[(&str, String)]) -> Result<Server, String> {
+    async fn start(
+        dir: &Path,
+        max_queued: usize,
+        env: &[(&str, String)],
+    ) -> Result<Server, String> {
         let grpc_port = free_port();
         let metrics_port = free_port();
         let log = dir.join(format!("server-{grpc_port}.log"));
@@ -83,6 +91,7 @@ impl Server {
                 format!("127.0.0.1:{metrics_port}"),
             )
             .env("RECSYS_LOG", "warn")
+            .env("RECSYS__ONLINE__MAX_QUEUED", max_queued.to_string())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?);
         for (k, v) in env {
@@ -345,6 +354,7 @@ async fn faults(args: &SoakArgs, dir: &Path) -> Result<serde_json::Value, String
     let models = dir.join("models");
     let server = Server::start(
         dir,
+        args.max_queued,
         &[
             ("RECSYS__MODEL__ROOT", models.display().to_string()),
             ("RECSYS__STORE__BACKEND", "redis".into()),
@@ -431,6 +441,7 @@ pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send
     synthetic_model(&models, args.items, args.members, args.factors, args.seed)?;
     let server = Server::start(
         &dir,
+        args.max_queued,
         &[
             ("RECSYS__MODEL__ROOT", models.display().to_string()),
             (

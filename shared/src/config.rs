@@ -447,8 +447,10 @@ pub struct OnlineConfig {
     pub max_in_flight: usize,
     /// Requests waiting for a slot; beyond this a request is shed at once with
     /// `RESOURCE_EXHAUSTED`, before any work. A queued request whose deadline passes while it waits
-    /// is answered `DEADLINE_EXCEEDED` without being worked on. 0 (the default) means as many as
-    /// `max_in_flight`: a short queue absorbs bursts, a long one only makes admitted requests late.
+    /// is answered `DEADLINE_EXCEEDED` without being worked on. Default 64, which rides out
+    /// bursts (a training run next to the server, a traffic spike); 0 means as many as
+    /// `max_in_flight`, the latency-first setting: admitted requests then never wait behind more
+    /// than one round of work (see `recsys online soak`).
     pub max_queued: usize,
     /// HTTP/2 streams (concurrent calls) per connection. Default 256.
     pub max_concurrent_streams: u32,
@@ -520,7 +522,7 @@ impl Default for OnlineConfig {
             load_store_on_swap: true,
             max_request_ms: 5000,
             max_in_flight: 0,
-            max_queued: 0,
+            max_queued: 64,
             max_concurrent_streams: 256,
             max_connections: 4096,
             keepalive_interval_ms: 30_000,
