@@ -21,19 +21,17 @@ use crate::error::NearlineError;
 
 /// librdkafka properties shared by every client, from the config (secrets included).
 pub fn client_config(config: &Config) -> Result<ClientConfig, NearlineError> {
-    let client = ClientConfig::new()
-        .set("bootstrap.servers", &config.nearline.brokers)
-        .clone();
-    with_overrides(client, config)
+    with_overrides(ClientConfig::new(), config)
 }
 
-/// `client` with `nearline.kafka` and the secret properties set over whatever the code set, so
-/// an operator's setting always wins.
+/// `client` with the brokers, then `nearline.kafka` and the secret properties set over whatever
+/// the code set, so an operator's setting always wins.
 pub fn with_overrides(
     mut client: ClientConfig,
     config: &Config,
 ) -> Result<ClientConfig, NearlineError> {
     let n = &config.nearline;
+    client.set("bootstrap.servers", &n.brokers);
     for (key, value) in &n.kafka {
         client.set(key, value);
     }
@@ -68,7 +66,6 @@ pub fn with_overrides(
 pub fn producer(config: &Config) -> Result<FutureProducer, NearlineError> {
     let mut producer_config = ClientConfig::new();
     producer_config
-        .set("bootstrap.servers", &config.nearline.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")

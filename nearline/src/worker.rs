@@ -119,7 +119,6 @@ pub async fn run(
     let assigned = Arc::new(AtomicBool::new(false));
     let mut consumer_config = ClientConfig::new();
     consumer_config
-        .set("bootstrap.servers", &n.brokers)
         .set("group.id", &n.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

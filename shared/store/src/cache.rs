@@ -341,13 +341,7 @@ impl RedisCache {
         timeout: Duration,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r.map_err(|e| StoreError::backend(BACKEND, e)),
-            Err(_) => Err(StoreError::Timeout {
-                backend: BACKEND,
-                millis: timeout.as_millis() as u64,
-            }),
-        }
+        super::redis_store::within(BACKEND, timeout, fut).await
     }
 }
 

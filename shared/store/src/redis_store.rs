@@ -161,6 +161,21 @@ pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManag
     .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", redact_url(&config.url))))
 }
 
+/// `fut` (a Redis call) under `timeout`; errors name `backend` (the store's or the cache's).
+pub(crate) async fn within<T>(
+    backend: &'static str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.map_err(|e| StoreError::backend(backend, e)),
+        Err(_) => Err(StoreError::Timeout {
+            backend,
+            millis: timeout.as_millis() as u64,
+        }),
+    }
+}
+
 /// The time a pipeline of `commands` requests may take: the configured per-request timeout, plus
 /// that again for every 64 requests in it (the timeout is set for one request, not a batch).
 pub(crate) fn pipeline_timeout(timeout: Duration, commands: usize) -> Duration {
@@ -233,13 +248,7 @@ impl RedisStore {
         timeout: Duration,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(result) => result.map_err(|e| StoreError::backend(BACKEND, e)),
-            Err(_) => Err(StoreError::Timeout {
-                backend: BACKEND,
-                millis: timeout.as_millis() as u64,
-            }),
-        }
+        within(BACKEND, timeout, fut).await
     }
 }
 
