@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::{evaluate_only, TrainJob};
+use recsys_offline::tuning::{TuneJob, TuningResult};
 use recsys_shared::artifact::ModelRoot;
 use recsys_shared::config::{Config, Protocol};
 
@@ -91,6 +92,26 @@ enum OfflineCommand {
     Train(TrainArgs),
     /// Evaluate the configured model on a held-out split (prints one JSON line).
     Evaluate(EvaluateArgs),
+    /// Search iALS hyper-parameters on validation members carved out of the training side
+    /// (successive halving); the test members of `offline evaluate` score only the final fit.
+    /// Writes tuning.json and trials.jsonl; prints one JSON line.
+    Tune(TuneArgs),
+    /// Write a self-contained HTML report of a published version: figures with 95 % intervals,
+    /// Recall@k / NDCG@k curves against popularity and compared versions, figures by member
+    /// activity, the tuning trials.
+    Report {
+        #[arg(long)]
+        model_root: Option<PathBuf>,
+        /// The version to report [default: CURRENT].
+        #[arg(long)]
+        version: Option<String>,
+        /// Versions to draw next to it, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        compare: Vec<String>,
+        /// The HTML file to write.
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+    },
     /// Point CURRENT at an earlier (or later) published version.
     Rollback {
         #[arg(long)]
@@ -170,6 +191,35 @@ struct TrainArgs {
     /// Seed of the factor initialisation [offline.als.seed, default 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// Train with the setting a `recsys offline tune` run chose (its tuning.json or directory);
+    /// recorded in the manifest. ALS flags given as well override it.
+    #[arg(long)]
+    params_from: Option<PathBuf>,
+    #[command(flatten)]
+    als: AlsArgs,
+}
+
+#[derive(Args)]
+struct TuneArgs {
+    /// Interactions Parquet file or directory.
+    #[arg(long)]
+    interactions: PathBuf,
+    /// Stop starting new rungs after this long (90s, 10m, 1h30m); the search finishes the rung in
+    /// hand, then the final fits run.
+    #[arg(long, value_parser = recsys_offline::tuning::parse_duration)]
+    budget: Option<std::time::Duration>,
+    /// Settings drawn for the first rung [offline.tuning.trials, default 24].
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Seed of the draws and of the validation split.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Directory for tuning.json and trials.jsonl [default: <model.root>/tuning/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// [model.root], for the default --out.
+    #[arg(long)]
+    model_root: Option<PathBuf>,
     #[command(flatten)]
     als: AlsArgs,
 }
@@ -436,6 +486,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Offline(OfflineCommand::Train(args)) => {
             let mut config = load_config(&cli)?;
+            let tuning = match &args.params_from {
+                Some(path) => {
+                    let result = TuningResult::read(path)?;
+                    config.offline.als = result.best.apply(&config.offline.als);
+                    Some(result.provenance(path))
+                }
+                None => None,
+            };
             args.als.apply(&mut config);
             if let Some(seed) = args.seed {
                 config.offline.als.seed = seed;
@@ -450,6 +508,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 as_of_ms: args.as_of,
                 skip_eval: args.skip_eval,
                 force: args.force,
+                tuning,
             };
             let outcome = job.run()?;
             if outcome.gate_refused {
@@ -481,6 +540,73 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = validated(config)?;
             let result = evaluate_only(&args.interactions, &config, args.export_split.as_deref())?;
             println!("{}", serde_json::to_string(&result)?);
+        }
+        Command::Offline(OfflineCommand::Tune(args)) => {
+            let mut config = load_config(&cli)?;
+            args.als.apply(&mut config);
+            if let Some(t) = args.trials {
+                config.offline.tuning.trials = t;
+            }
+            if let Some(root) = &args.model_root {
+                config.model.root = root.clone();
+            }
+            let config = validated(config)?;
+            let out = args.out.clone().unwrap_or_else(|| {
+                config
+                    .model
+                    .root
+                    .join("tuning")
+                    .join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
+            });
+            let job = TuneJob {
+                trials: config.offline.tuning.trials,
+                budget: args.budget,
+                seed: args.seed,
+                out: out.clone(),
+            };
+            let result = recsys_offline::tuning::tune_log(&args.interactions, &config, &job)?;
+            eprintln!(
+                "tuned {} on the test members: {:.4} (defaults {:.4}); recall@20 {:.4} (defaults {:.4}); written to {}",
+                result.metric,
+                result.test.metrics[&result.metric],
+                result.test_defaults.metrics[&result.metric],
+                result.test.metrics["recall@20"],
+                result.test_defaults.metrics["recall@20"],
+                out.display()
+            );
+            println!(
+                "{}",
+                serde_json::json!({
+                    "out": out,
+                    "best": result.best,
+                    "validation": result.validation,
+                    "test": result.test.metrics,
+                    "test_intervals": result.test.intervals,
+                    "test_defaults": result.test_defaults.metrics,
+                    "trials": result.trials.len(),
+                    "budget_exhausted": result.budget_exhausted,
+                    "search_seconds": result.search_seconds,
+                })
+            );
+        }
+        Command::Offline(OfflineCommand::Report {
+            model_root,
+            version,
+            compare,
+            out,
+        }) => {
+            let config = load_config(&cli)?;
+            let job = recsys_offline::report::ReportJob {
+                model_root: model_root.clone().unwrap_or(config.model.root),
+                version: version.clone(),
+                compare: compare.clone(),
+                out: out.clone(),
+            };
+            let version = recsys_offline::report::write_report(&job)?;
+            println!(
+                "{}",
+                serde_json::json!({"report": out, "version": version, "compared": compare})
+            );
         }
         Command::Offline(OfflineCommand::Rollback { model_root, to }) => {
             let config = load_config(&cli)?;

@@ -146,6 +146,7 @@ pub fn run(
         as_of_ms: None,
         skip_eval: false,
         force: true,
+        tuning: None,
     }
     .run()?;
     println!(

@@ -60,10 +60,7 @@ impl FoldInModel {
             gram: kernels::gram(&table.vectors, k),
             factors: table.vectors,
             k,
-            params: FoldInParams {
-                regularization: manifest.algorithm.regularization,
-                alpha: manifest.algorithm.alpha,
-            },
+            params: manifest.algorithm.fold_in_params(),
         })
     }
 

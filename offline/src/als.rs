@@ -1,17 +1,31 @@
-//! Implicit-feedback ALS (Hu, Koren & Volinsky 2008) with the conjugate-gradient solver
-//! (Takács, Pilászy & Tikk 2011).
+//! Implicit-feedback ALS with the conjugate-gradient solver (Takács, Pilászy & Tikk 2011), on
+//! the iALS objective of Rendle, Krichene, Zhang & Koren, "Revisiting the Performance of iALS on
+//! Item Recommendation Benchmarks" (RecSys 2022, arXiv 2110.14037):
+//!
+//! ```text
+//! L(X, Y) = Σ_{(u,i) observed} (α₀ + α r_ui)(1 − x_u·y_i)²  +  α₀ Σ_{(u,i) unobserved} (x_u·y_i)²
+//!         + λ Σ_u (|I_u| + α₀ |I|)^ν ‖x_u‖²  +  λ Σ_i (|U_i| + α₀ |U|)^ν ‖y_i‖²
+//! ```
+//!
+//! α₀ (`unobserved_weight`) weighs the unobserved cells, α the confidence per unit of interaction
+//! strength, ν (`regularization_exp`) scales λ with each row's frequency (`|I_u|` items of member
+//! `u` out of `|I|`, `|U_i|` members of item `i` out of `|U|`). α₀ = 1, ν = 0 is Hu, Koren &
+//! Volinsky (2008) with `c = 1 + α r` and plain λ. [`recsys_shared::foldin`] solves the member
+//! side of the same objective exactly; the trainer's member step converges to the same vector.
 //!
 //! Each iteration solves every item against the fixed member factors, then every member against
 //! the new item factors, so the member factors that come out are consistent with the item factors
-//! that are published with them. Each solve runs `cg_steps` conjugate-gradient steps warm-started
-//! from the previous iterate, touching only the row's non-zeros and the shared `k × k` Gram matrix
-//! (`O(nnz·k + k²)` per step instead of `O(nnz·k² + k³)` for an exact solve). Rows are solved in
-//! parallel on a dedicated rayon pool; nothing is allocated per row beyond three per-thread
-//! scratch vectors.
+//! that are published with them. Each row's normal equations
+//! `(α₀ FᵀF + λ_row I + Σ α r f fᵀ) x = Σ (α₀ + α r) f` get `cg_steps` conjugate-gradient steps
+//! warm-started from the previous iterate, touching only the row's non-zeros and the shared
+//! `k × k` Gram matrix (`O(nnz·k + k²)` per step instead of `O(nnz·k² + k³)` for an exact solve).
+//! Factors start as `N(0, (init_std/√k)²)`. Rows are solved in parallel on a dedicated rayon pool;
+//! nothing is allocated per row beyond three per-thread scratch vectors.
 
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use recsys_shared::foldin::FoldInParams;
 use recsys_shared::kernels::{axpy, dot, gram, symv};
 
 use crate::matrix::SparseMatrix;
@@ -38,52 +52,145 @@ pub struct IterationReport {
     pub loss: Option<f64>,
 }
 
-/// Trains on a members × items matrix of interaction strengths `r` (confidence `1 + α r`).
+/// The objective's parameters as the fold-in takes them.
+pub fn fold_in_params(params: &AlsParams) -> FoldInParams {
+    FoldInParams {
+        regularization: params.regularization,
+        alpha: params.alpha,
+        unobserved_weight: params.unobserved_weight,
+        regularization_exp: params.regularization_exp,
+    }
+}
+
+/// Trains on a members × items matrix of interaction strengths `r`.
 pub fn train(
     matrix: &SparseMatrix,
     params: &AlsParams,
-    mut on_iteration: impl FnMut(IterationReport),
+    on_iteration: impl FnMut(IterationReport),
 ) -> Result<AlsModel> {
-    let k = params.factors;
-    if k == 0 || params.iterations == 0 || params.cg_steps == 0 {
-        return Err(OfflineError::Usage(
-            "factors, iterations and cg_steps must be positive".into(),
-        ));
+    let data = TrainingData::new(matrix, params.threads)?;
+    let mut trainer = Trainer::with_data(&data, params)?;
+    trainer.run(params.iterations, on_iteration);
+    Ok(trainer.into_model())
+}
+
+/// What every training run on one matrix shares: the matrix, its transpose and the thread pool.
+pub struct TrainingData<'a> {
+    matrix: &'a SparseMatrix,
+    by_item: SparseMatrix,
+    pool: rayon::ThreadPool,
+}
+
+impl<'a> TrainingData<'a> {
+    /// `threads` = 0: one per core.
+    pub fn new(matrix: &'a SparseMatrix, threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("als-{i}"))
+            .build()
+            .map_err(|e| OfflineError::Usage(format!("cannot start {threads} threads: {e}")))?;
+        Ok(TrainingData {
+            matrix,
+            by_item: matrix.transpose(),
+            pool,
+        })
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(params.threads)
-        .thread_name(|i| format!("als-{i}"))
-        .build()
-        .map_err(|e| {
-            OfflineError::Usage(format!("cannot start {} threads: {e}", params.threads))
-        })?;
-    let by_item = matrix.transpose();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
-    let mut init =
-        |n: usize| -> Vec<f32> { (0..n * k).map(|_| rng.random::<f32>() * 0.01).collect() };
-    let mut user_factors = init(matrix.rows);
-    let mut item_factors = init(matrix.cols);
-    for iteration in 1..=params.iterations {
-        let started = std::time::Instant::now();
-        let loss = pool.install(|| {
-            solve_side(&mut item_factors, &user_factors, &by_item, k, params);
-            solve_side(&mut user_factors, &item_factors, matrix, k, params);
-            params
-                .compute_loss
-                .then(|| loss(matrix, &user_factors, &item_factors, k, params))
-        });
-        on_iteration(IterationReport {
-            iteration,
-            iterations: params.iterations,
-            seconds: started.elapsed().as_secs_f64(),
-            loss,
-        });
+}
+
+/// A training run that can be continued: the tuner trains a setting for a few iterations,
+/// evaluates it, and continues only the promising ones.
+pub struct Trainer<'a> {
+    data: &'a TrainingData<'a>,
+    params: AlsParams,
+    user_factors: Vec<f32>,
+    item_factors: Vec<f32>,
+    done: usize,
+}
+
+impl<'a> Trainer<'a> {
+    /// Validates the parameters and draws the initial factors from `params.seed`.
+    pub fn with_data(data: &'a TrainingData<'a>, params: &AlsParams) -> Result<Self> {
+        let k = params.factors;
+        if k == 0 || params.iterations == 0 || params.cg_steps == 0 {
+            return Err(OfflineError::Usage(
+                "factors, iterations and cg_steps must be positive".into(),
+            ));
+        }
+        if params.regularization <= 0.0 && params.unobserved_weight <= 0.0 {
+            return Err(OfflineError::Usage(
+                "regularization and unobserved_weight cannot both be zero (the normal equations would be singular)".into(),
+            ));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(params.seed);
+        let std = params.init_std / (k as f32).sqrt();
+        let user_factors = normal(&mut rng, data.matrix.rows * k, std);
+        let item_factors = normal(&mut rng, data.matrix.cols * k, std);
+        Ok(Trainer {
+            data,
+            params: params.clone(),
+            user_factors,
+            item_factors,
+            done: 0,
+        })
     }
-    Ok(AlsModel {
-        factors: k,
-        user_factors,
-        item_factors,
-    })
+
+    /// Iterations run so far.
+    pub fn iterations_done(&self) -> usize {
+        self.done
+    }
+
+    /// Runs `iterations` more alternations; `on_iteration` counts them from the first ever run.
+    pub fn run(&mut self, iterations: usize, mut on_iteration: impl FnMut(IterationReport)) {
+        let k = self.params.factors;
+        let total = self.done + iterations;
+        let (matrix, by_item, params) = (self.data.matrix, &self.data.by_item, &self.params);
+        for _ in 0..iterations {
+            let started = std::time::Instant::now();
+            let (users, items) = (&mut self.user_factors, &mut self.item_factors);
+            let loss = self.data.pool.install(|| {
+                solve_side(items, users, by_item, k, params);
+                solve_side(users, items, matrix, k, params);
+                params
+                    .compute_loss
+                    .then(|| loss(matrix, users, items, k, params))
+            });
+            self.done += 1;
+            on_iteration(IterationReport {
+                iteration: self.done,
+                iterations: total,
+                seconds: started.elapsed().as_secs_f64(),
+                loss,
+            });
+        }
+    }
+
+    /// The item factors as they stand.
+    pub fn item_factors(&self) -> &[f32] {
+        &self.item_factors
+    }
+
+    pub fn into_model(self) -> AlsModel {
+        AlsModel {
+            factors: self.params.factors,
+            user_factors: self.user_factors,
+            item_factors: self.item_factors,
+        }
+    }
+}
+
+/// `n` draws of `N(0, std²)` (Box–Muller), in a fixed order for a seed.
+fn normal(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random::<f64>();
+        let radius = (-2.0 * u1.ln()).sqrt();
+        let angle = std::f64::consts::TAU * u2;
+        out.push((radius * angle.cos()) as f32 * std);
+        out.push((radius * angle.sin()) as f32 * std);
+    }
+    out.truncate(n);
+    out
 }
 
 /// `YᵀY` of a row-major factor matrix, computed in parallel.
@@ -100,6 +207,16 @@ pub fn parallel_gram(factors: &[f32], k: usize) -> Vec<f32> {
     total
 }
 
+/// What every row of one side shares: `α₀ FᵀF` of the fixed side and the weights.
+pub struct SideSystem<'a> {
+    /// `α₀ FᵀF`, row-major `k × k`.
+    pub weighted_gram: &'a [f32],
+    /// The fixed side's factors, row-major.
+    pub fixed: &'a [f32],
+    pub alpha: f32,
+    pub unobserved_weight: f32,
+}
+
 /// Re-solves every row of `target` (one row per row of `matrix`) against `fixed`.
 pub fn solve_side(
     target: &mut [f32],
@@ -109,9 +226,15 @@ pub fn solve_side(
     params: &AlsParams,
 ) {
     let mut a = parallel_gram(fixed, k);
-    for d in 0..k {
-        a[d * k + d] += params.regularization;
-    }
+    a.iter_mut().for_each(|g| *g *= params.unobserved_weight);
+    let system = SideSystem {
+        weighted_gram: &a,
+        fixed,
+        alpha: params.alpha,
+        unobserved_weight: params.unobserved_weight,
+    };
+    let objective = fold_in_params(params);
+    let columns = fixed.len() / k;
     target
         .par_chunks_mut(k)
         .with_min_len(64)
@@ -120,13 +243,13 @@ pub fn solve_side(
             || CgScratch::new(k),
             |scratch, (row, x)| {
                 let (cols, strengths) = matrix.row(row);
+                let lambda = objective.row_regularization(cols.len(), columns);
                 cg_solve(
                     x,
-                    &a,
-                    fixed,
+                    &system,
+                    lambda,
                     cols,
                     strengths,
-                    params.alpha,
                     params.cg_steps,
                     scratch,
                 );
@@ -151,29 +274,29 @@ impl CgScratch {
     }
 }
 
-/// Improves `x` towards the solution of `(A + Σ α rᵢ yᵢyᵢᵀ) x = Σ (1 + α rᵢ) yᵢ` with `steps`
-/// conjugate-gradient steps, where `A = YᵀY + λI` is `regularized_gram`.
-#[allow(clippy::too_many_arguments)]
+/// Improves `x` towards the solution of
+/// `(α₀ FᵀF + λ I + Σ α rᵢ fᵢfᵢᵀ) x = Σ (α₀ + α rᵢ) fᵢ` with `steps` conjugate-gradient steps.
 #[inline]
 pub fn cg_solve(
     x: &mut [f32],
-    regularized_gram: &[f32],
-    fixed: &[f32],
+    system: &SideSystem,
+    lambda: f32,
     cols: &[u32],
     strengths: &[f32],
-    alpha: f32,
     steps: usize,
     scratch: &mut CgScratch,
 ) {
     let k = x.len();
+    let (alpha, a0, fixed) = (system.alpha, system.unobserved_weight, system.fixed);
     let CgScratch { r, p, ap } = scratch;
     // r = b - A x
-    symv(regularized_gram, x, r);
+    symv(system.weighted_gram, x, r);
+    axpy(lambda, x, r);
     r.iter_mut().for_each(|v| *v = -*v);
     for (&col, &strength) in cols.iter().zip(strengths) {
         let y = &fixed[col as usize * k..(col as usize + 1) * k];
         let extra = alpha * strength;
-        let coef = (1.0 + extra) - extra * dot(y, x);
+        let coef = (a0 + extra) - extra * dot(y, x);
         axpy(coef, y, r);
     }
     p.copy_from_slice(r);
@@ -183,7 +306,8 @@ pub fn cg_solve(
     }
     for _ in 0..steps {
         // ap = A p
-        symv(regularized_gram, p, ap);
+        symv(system.weighted_gram, p, ap);
+        axpy(lambda, p, ap);
         for (&col, &strength) in cols.iter().zip(strengths) {
             let y = &fixed[col as usize * k..(col as usize + 1) * k];
             axpy(alpha * strength * dot(y, p), y, ap);
@@ -203,8 +327,9 @@ pub fn cg_solve(
     }
 }
 
-/// The HKV objective `Σ_u Σ_i c_ui (p_ui − x_u·y_i)² + λ(‖X‖² + ‖Y‖²)`, normalised as `implicit`
-/// does by `Σ c_ui` over all cells (`users × items + Σ α r`), so figures compare across data sets.
+/// The objective of the module doc, normalised by the total weight of all cells
+/// (`α₀ · members · items + Σ α r`, as `implicit` normalises its loss), so figures compare across
+/// data sets.
 pub fn loss(
     matrix: &SparseMatrix,
     users: &[f32],
@@ -214,33 +339,42 @@ pub fn loss(
 ) -> f64 {
     let g = parallel_gram(items, k);
     let alpha = params.alpha;
-    let (data_loss, extra_confidence) = users
+    let a0 = f64::from(params.unobserved_weight);
+    let objective = fold_in_params(params);
+    let (data_loss, extra_confidence, member_reg) = users
         .par_chunks(k)
         .enumerate()
         .map_init(
             || vec![0.0f32; k],
             |gx, (u, x)| {
                 symv(&g, x, gx);
-                // Σ over all items of s² (every cell treated as a zero with confidence 1) ...
-                let mut total = f64::from(dot(x, gx));
+                // Σ over all items of α₀ s² (every cell treated as unobserved) ...
+                let mut total = a0 * f64::from(dot(x, gx));
                 let mut extra = 0.0f64;
                 let (cols, strengths) = matrix.row(u);
                 for (&col, &strength) in cols.iter().zip(strengths) {
                     let y = &items[col as usize * k..(col as usize + 1) * k];
                     let s = f64::from(dot(y, x));
-                    let c = 1.0 + f64::from(alpha * strength);
-                    // ... corrected for the observed cells: c(1 − s)² instead of s².
-                    total += c * (1.0 - s).powi(2) - s * s;
-                    extra += c - 1.0;
+                    let c = a0 + f64::from(alpha * strength);
+                    // ... corrected for the observed cells: c(1 − s)² instead of α₀ s².
+                    total += c * (1.0 - s).powi(2) - a0 * s * s;
+                    extra += f64::from(alpha * strength);
                 }
-                (total, extra)
+                let lambda = f64::from(objective.row_regularization(cols.len(), matrix.cols));
+                (total, extra, lambda * f64::from(dot(x, x)))
             },
         )
-        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let norm = |m: &[f32]| m.iter().map(|v| f64::from(v * v)).sum::<f64>();
-    let reg = f64::from(params.regularization) * (norm(users) + norm(items));
-    let cells = matrix.rows as f64 * matrix.cols as f64 + extra_confidence;
-    (data_loss + reg) / cells.max(1.0)
+        .reduce(|| (0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+    let item_counts = matrix.column_counts();
+    let item_reg: f64 = items
+        .chunks(k)
+        .zip(&item_counts)
+        .map(|(y, &n)| {
+            f64::from(objective.row_regularization(n, matrix.rows)) * f64::from(dot(y, y))
+        })
+        .sum();
+    let cells = a0 * matrix.rows as f64 * matrix.cols as f64 + extra_confidence;
+    (data_loss + member_reg + item_reg) / cells.max(1.0)
 }
 
 #[cfg(test)]
@@ -274,6 +408,7 @@ mod tests {
             threads: 2,
             seed: 7,
             compute_loss: true,
+            ..Default::default()
         }
     }
 
@@ -290,9 +425,16 @@ mod tests {
                 .iter()
                 .map(|_| 0.5 + rng.random::<f32>() * 3.0)
                 .collect();
-            let fp = FoldInParams {
-                regularization: 0.05 + trial as f32 * 0.01,
-                alpha: 4.0,
+            // Hu, Koren & Volinsky's objective, then α₀ and ν of Rendle et al.
+            let fp = if trial % 2 == 0 {
+                FoldInParams::hkv(0.05 + trial as f32 * 0.01, 4.0)
+            } else {
+                FoldInParams {
+                    regularization: 0.001 * trial as f32,
+                    alpha: 4.0,
+                    unobserved_weight: 0.1 * trial as f32,
+                    regularization_exp: 0.5,
+                }
             };
             let history: Vec<(u32, f32)> = cols
                 .iter()
@@ -301,19 +443,23 @@ mod tests {
                 .collect();
             let exact = FoldIn::new(&y, k, fp).solve(&history).unwrap();
             let mut a = gram(&y, k);
-            for d in 0..k {
-                a[d * k + d] += fp.regularization;
-            }
+            a.iter_mut().for_each(|g| *g *= fp.unobserved_weight);
+            let system = SideSystem {
+                weighted_gram: &a,
+                fixed: &y,
+                alpha: fp.alpha,
+                unobserved_weight: fp.unobserved_weight,
+            };
+            let lambda = fp.row_regularization(cols.len(), n);
             let mut x = vec![0.0f32; k];
             let mut scratch = CgScratch::new(k);
             // CG on a k-dimensional SPD system converges in k steps in exact arithmetic.
             cg_solve(
                 &mut x,
-                &a,
-                &y,
+                &system,
+                lambda,
                 &cols,
                 &strengths,
-                fp.alpha,
                 2 * k,
                 &mut scratch,
             );
@@ -344,20 +490,73 @@ mod tests {
         );
     }
 
+    /// Rendle et al.'s setting: small α₀, frequency-scaled λ.
+    fn rendle_params(iterations: usize, cg_steps: usize) -> AlsParams {
+        AlsParams {
+            regularization: 0.005,
+            unobserved_weight: 0.2,
+            regularization_exp: 1.0,
+            alpha: 1.0,
+            init_std: 0.5,
+            ..params(iterations, cg_steps)
+        }
+    }
+
+    #[test]
+    fn loss_never_increases_with_unobserved_weight_and_frequency_scaling() {
+        let m = planted(60, 45, 5);
+        let mut losses = Vec::new();
+        train(&m, &rendle_params(12, 3), |r| losses.push(r.loss.unwrap())).unwrap();
+        for pair in losses.windows(2) {
+            assert!(
+                pair[1] <= pair[0] * (1.0 + 1e-5),
+                "loss went up: {losses:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn continuing_a_run_equals_running_it_at_once() {
+        let m = planted(30, 20, 6);
+        let once = train(&m, &params(5, 3), |_| {}).unwrap();
+        let data = TrainingData::new(&m, 2).unwrap();
+        let mut trainer = Trainer::with_data(&data, &params(5, 3)).unwrap();
+        let mut seen = Vec::new();
+        trainer.run(2, |r| seen.push((r.iteration, r.iterations)));
+        trainer.run(3, |r| seen.push((r.iteration, r.iterations)));
+        assert_eq!(seen, vec![(1, 2), (2, 2), (3, 5), (4, 5), (5, 5)]);
+        assert_eq!(trainer.into_model(), once);
+    }
+
+    #[test]
+    fn initial_factors_have_the_configured_spread() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let draws = normal(&mut rng, 100_001, 0.5);
+        assert_eq!(draws.len(), 100_001);
+        let mean = draws.iter().map(|v| f64::from(*v)).sum::<f64>() / draws.len() as f64;
+        let var = draws
+            .iter()
+            .map(|v| (f64::from(*v) - mean).powi(2))
+            .sum::<f64>()
+            / draws.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var.sqrt() - 0.5).abs() < 0.01, "std {}", var.sqrt());
+    }
+
     #[test]
     fn folding_in_a_training_member_reproduces_its_trained_vector() {
+        // The fold-in and the trainer's member step minimise the same objective, for Hu, Koren
+        // & Volinsky's parameters and for Rendle et al.'s.
         let m = planted(50, 40, 2);
-        let p = params(60, 8);
-        let model = train(&m, &p, |_| {}).unwrap();
-        let k = p.factors;
-        let fold_in = FoldIn::new(
-            &model.item_factors,
-            k,
-            FoldInParams {
-                regularization: p.regularization,
-                alpha: p.alpha,
-            },
-        );
+        for p in [params(60, 8), rendle_params(60, 8)] {
+            let model = train(&m, &p, |_| {}).unwrap();
+            let k = p.factors;
+            let fold_in = FoldIn::new(&model.item_factors, k, fold_in_params(&p));
+            assert_folds_in_to_trained(&m, &model, &fold_in, k);
+        }
+    }
+
+    fn assert_folds_in_to_trained(m: &SparseMatrix, model: &AlsModel, fold_in: &FoldIn, k: usize) {
         for u in [0usize, 7, 31, 49] {
             let (cols, strengths) = m.row(u);
             let history: Vec<(u32, f32)> = cols

@@ -185,6 +185,7 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
         threads: args.threads,
         seed: args.seed,
         compute_loss: false,
+        ..defaults.offline.als.clone()
     };
     let spec = SynthSpec {
         users: args.users,

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use recsys_shared::artifact::{write_batches, Evaluation};
+use recsys_shared::artifact::{write_batches, ActivityBucket, Curves, Evaluation};
 use recsys_shared::config::{EvaluationConfig, Protocol};
 use recsys_shared::foldin::{FoldIn, FoldInParams};
 use recsys_shared::kernels::dot;
@@ -43,8 +43,14 @@ struct Case {
 
 /// What one member's rankings scored, model and baseline side by side.
 struct CaseResult {
+    /// The metrics in order, then the popularity percentile of the top `coverage_k`.
     model: Vec<f64>,
     popularity: Vec<f64>,
+    /// Recall@k and NDCG@k for k = 1..=depth.
+    model_curves: (Vec<f64>, Vec<f64>),
+    popularity_curves: (Vec<f64>, Vec<f64>),
+    /// Items the member was ranked from.
+    history: usize,
     model_top: Vec<u32>,
     popularity_top: Vec<u32>,
 }
@@ -78,93 +84,141 @@ fn shuffle<T>(items: &mut [T], rng: &mut StdRng) {
     }
 }
 
+/// Members held out of training: each one's fold-in history and target.
+#[derive(Debug, Clone, Default)]
+pub struct HeldOut {
+    /// `held[u]`: member `u` is held out.
+    pub held: Vec<bool>,
+    /// Sorted member indices.
+    pub members: Vec<u32>,
+    /// The 80 % folded in, `(item, strength)`.
+    pub histories: Vec<Vec<(u32, f32)>>,
+    /// The 20 % to find, sorted item indices.
+    pub targets: Vec<Vec<u32>>,
+}
+
+/// Holds out a seeded `fraction` of the `candidates` with at least `min_positives` positives, and
+/// splits each one's positives 80/20 at random into fold-in history and target.
+pub fn hold_out(
+    table: &TrainingTable,
+    candidates: &[u32],
+    fraction: f64,
+    min_positives: usize,
+    seed: u64,
+) -> Result<HeldOut> {
+    let ranges = table.member_ranges();
+    let mut eligible: Vec<u32> = candidates
+        .iter()
+        .copied()
+        .filter(|&u| ranges[u as usize].len() >= min_positives)
+        .collect();
+    if eligible.len() < 2 {
+        return Err(OfflineError::Usage(format!(
+            "strong generalization needs at least 2 members with {min_positives} or more positives; found {}",
+            eligible.len()
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    shuffle(&mut eligible, &mut rng);
+    let held_count =
+        ((eligible.len() as f64 * fraction).round() as usize).clamp(1, eligible.len() - 1);
+    let mut out = HeldOut {
+        held: vec![false; ranges.len()],
+        members: eligible[..held_count].to_vec(),
+        ..Default::default()
+    };
+    out.members.sort_unstable();
+    for &u in &out.members {
+        out.held[u as usize] = true;
+        let mut pairs: Vec<_> = table.pairs[ranges[u as usize].clone()].to_vec();
+        shuffle(&mut pairs, &mut rng);
+        let n_target = ((pairs.len() as f64 * 0.2).round() as usize).max(1);
+        let mut target: Vec<u32> = pairs[..n_target].iter().map(|p| p.item).collect();
+        target.sort_unstable();
+        out.histories.push(
+            pairs[n_target..]
+                .iter()
+                .map(|p| (p.item, p.strength))
+                .collect(),
+        );
+        out.targets.push(target);
+    }
+    Ok(out)
+}
+
+/// Folds each held-out member in against `item_factors` and scores their rankings (and the
+/// popularity baseline's) on their targets.
+pub fn score_held_out(
+    held: &HeldOut,
+    item_factors: &[f32],
+    k: usize,
+    params: &FoldInParams,
+    popularity: &[f32],
+    seed: u64,
+) -> Result<Evaluation> {
+    let fold_in = FoldIn::new(item_factors, k, *params);
+    let cases = held
+        .histories
+        .par_iter()
+        .zip(&held.targets)
+        .map(|(history, target)| {
+            let mut exclude: Vec<u32> = history.iter().map(|(i, _)| *i).collect();
+            exclude.sort_unstable();
+            Ok(Case {
+                vector: fold_in.solve(history)?,
+                exclude,
+                target: target.clone(),
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, SharedError>>()?;
+    Ok(score_cases(
+        &cases,
+        item_factors,
+        k,
+        popularity,
+        Protocol::StrongGeneralization,
+        seed,
+    ))
+}
+
 fn strong_generalization(
     table: &TrainingTable,
     params: &AlsParams,
     config: &EvaluationConfig,
     on_iteration: impl FnMut(IterationReport),
 ) -> Result<(Evaluation, Split)> {
-    let ranges = table.member_ranges();
-    let mut eligible: Vec<u32> = (0..ranges.len() as u32)
-        .filter(|&u| ranges[u as usize].len() >= config.min_positives)
-        .collect();
-    if eligible.len() < 2 {
-        return Err(OfflineError::Usage(format!(
-            "strong generalization needs at least 2 members with {} or more positives; found {}",
-            config.min_positives,
-            eligible.len()
-        )));
-    }
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    shuffle(&mut eligible, &mut rng);
-    let held_count = ((eligible.len() as f64 * config.heldout_fraction).round() as usize)
-        .clamp(1, eligible.len() - 1);
-    let mut held = vec![false; ranges.len()];
-    let mut held_members: Vec<u32> = eligible[..held_count].to_vec();
-    held_members.sort_unstable();
-    for &u in &held_members {
-        held[u as usize] = true;
-    }
-
+    let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
+    let held = hold_out(
+        table,
+        &all,
+        config.heldout_fraction,
+        config.min_positives,
+        config.seed,
+    )?;
     let mut split = Split::default();
-    let mut foldin_histories = Vec::with_capacity(held_members.len());
-    let mut targets = Vec::with_capacity(held_members.len());
-    for &u in &held_members {
-        let mut pairs: Vec<_> = table.pairs[ranges[u as usize].clone()].to_vec();
-        shuffle(&mut pairs, &mut rng);
-        let n_target = ((pairs.len() as f64 * 0.2).round() as usize).max(1);
-        let mut target: Vec<u32> = pairs[..n_target].iter().map(|p| p.item).collect();
-        target.sort_unstable();
-        let history: Vec<(u32, f32)> = pairs[n_target..]
-            .iter()
-            .map(|p| (p.item, p.strength))
-            .collect();
+    for ((&u, history), target) in held.members.iter().zip(&held.histories).zip(&held.targets) {
         split.target.extend(target.iter().map(|&i| (u, i)));
         split.foldin.extend(history.iter().map(|&(i, _)| (u, i)));
-        foldin_histories.push(history);
-        targets.push(target);
     }
     split.train = table
         .pairs
         .iter()
-        .filter(|p| !held[p.user as usize])
+        .filter(|p| !held.held[p.user as usize])
         .map(|p| (p.user, p.item))
         .collect();
 
-    let matrix = table.matrix(|p| !held[p.user as usize]);
+    let matrix = table.matrix(|p| !held.held[p.user as usize]);
     let model = als::train(&matrix, params, on_iteration)?;
-    let fold_in = FoldIn::new(
+    let popularity = popularity_scores(&matrix.indices, table.item_ids.len());
+    let evaluation = score_held_out(
+        &held,
         &model.item_factors,
         model.factors,
-        FoldInParams {
-            regularization: params.regularization,
-            alpha: params.alpha,
-        },
-    );
-    let cases = foldin_histories
-        .into_par_iter()
-        .zip(targets)
-        .map(|(history, target)| {
-            let mut exclude: Vec<u32> = history.iter().map(|(i, _)| *i).collect();
-            exclude.sort_unstable();
-            Ok(Case {
-                vector: fold_in.solve(&history)?,
-                exclude,
-                target,
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, SharedError>>()?;
-    let popularity = popularity_scores(&matrix.indices, table.item_ids.len());
-    Ok((
-        score_cases(
-            &cases,
-            &model.item_factors,
-            model.factors,
-            &popularity,
-            Protocol::StrongGeneralization,
-        ),
-        split,
-    ))
+        &als::fold_in_params(params),
+        &popularity,
+        config.seed,
+    )?;
+    Ok((evaluation, split))
 }
 
 fn leave_last_out(
@@ -225,13 +279,14 @@ fn leave_last_out(
             k,
             &popularity,
             Protocol::LeaveLastOut,
+            0,
         ),
         split,
     ))
 }
 
 /// Members per item among the training rows (the baseline's scores).
-fn popularity_scores(item_indices: &[u32], items: usize) -> Vec<f32> {
+pub fn popularity_scores(item_indices: &[u32], items: usize) -> Vec<f32> {
     let mut counts = vec![0f32; items];
     for &i in item_indices {
         counts[i as usize] += 1.0;
@@ -239,12 +294,108 @@ fn popularity_scores(item_indices: &[u32], items: usize) -> Vec<f32> {
     counts
 }
 
+/// Bootstrap resamples behind each confidence interval.
+const BOOTSTRAP_RESAMPLES: usize = 1000;
+
+/// History-size buckets of the by-activity breakdown: `[min, max]`, `None` open.
+const ACTIVITY_BUCKETS: [(usize, Option<usize>); 5] = [
+    (0, Some(9)),
+    (10, Some(19)),
+    (20, Some(49)),
+    (50, Some(99)),
+    (100, None),
+];
+
+/// What one ranking found: for each of its first `depth` positions, whether it was a target.
+struct Ranked {
+    hits: Vec<bool>,
+    targets: usize,
+}
+
+impl Ranked {
+    fn new(ranked: &[u32], target: &[u32]) -> Self {
+        Ranked {
+            hits: ranked
+                .iter()
+                .map(|i| target.binary_search(i).is_ok())
+                .collect(),
+            targets: target.len(),
+        }
+    }
+
+    /// Recall@k and NDCG@k for every k = 1..=depth in one pass.
+    fn curves(&self, depth: usize) -> (Vec<f64>, Vec<f64>) {
+        let discount = |rank: usize| 1.0 / ((rank + 1) as f64).log2();
+        let (mut recall, mut ndcg) = (Vec::with_capacity(depth), Vec::with_capacity(depth));
+        let (mut hits, mut dcg, mut ideal) = (0usize, 0.0f64, 0.0f64);
+        for k in 1..=depth {
+            if self.hits.get(k - 1).copied().unwrap_or(false) {
+                hits += 1;
+                dcg += discount(k);
+            }
+            if k <= self.targets {
+                ideal += discount(k);
+            }
+            let denominator = k.min(self.targets);
+            recall.push(if denominator == 0 {
+                0.0
+            } else {
+                hits as f64 / denominator as f64
+            });
+            ndcg.push(if ideal == 0.0 { 0.0 } else { dcg / ideal });
+        }
+        (recall, ndcg)
+    }
+}
+
+/// The 2.5 % and 97.5 % quantiles of the mean of `values` over `BOOTSTRAP_RESAMPLES` resamples
+/// of the members with replacement.
+pub fn bootstrap_interval(values: &[f64], seed: u64) -> [f64; 2] {
+    if values.is_empty() {
+        return [0.0, 0.0];
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = values.len();
+    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
+    [at(0.025), at(0.975)]
+}
+
+/// For each item, the fraction of items at most as popular as it (0 = least, 1 = most popular).
+fn popularity_percentiles(popularity: &[f32]) -> Vec<f64> {
+    let mut order: Vec<u32> = (0..popularity.len() as u32).collect();
+    order.sort_by(|&a, &b| popularity[a as usize].total_cmp(&popularity[b as usize]));
+    let n = popularity.len().max(1) as f64;
+    let mut out = vec![0.0; popularity.len()];
+    let mut start = 0;
+    while start < order.len() {
+        // Ties share the highest rank of their group.
+        let mut end = start;
+        while end < order.len()
+            && popularity[order[end] as usize] == popularity[order[start] as usize]
+        {
+            end += 1;
+        }
+        for &i in &order[start..end] {
+            out[i as usize] = end as f64 / n;
+        }
+        start = end;
+    }
+    out
+}
+
+/// Scores the cases: metric means with bootstrap intervals, coverage, popularity bias, curves
+/// over k and the by-activity breakdown, for the model and the popularity baseline.
 fn score_cases(
     cases: &[Case],
     item_factors: &[f32],
     k: usize,
     popularity: &[f32],
     protocol: Protocol,
+    seed: u64,
 ) -> Evaluation {
     let (metric_names, depth): (&[&str], usize) = match protocol {
         Protocol::StrongGeneralization => (&["recall@20", "recall@50", "ndcg@100"], 100),
@@ -266,6 +417,14 @@ fn score_cases(
         }
     };
     let n_items = popularity.len();
+    let percentile = popularity_percentiles(popularity);
+    let bias = |top: &[u32]| -> f64 {
+        if top.is_empty() {
+            return 0.0;
+        }
+        top.iter().map(|&i| percentile[i as usize]).sum::<f64>() / top.len() as f64
+    };
+    let bias_key = format!("popularity_percentile@{coverage_k}");
     let per_case: Vec<CaseResult> = cases
         .par_iter()
         .map_init(
@@ -276,35 +435,50 @@ fn score_cases(
                 }
                 let ranked = top_k(scores, depth, &case.exclude);
                 let baseline = top_k(popularity, depth, &case.exclude);
-                let model: Vec<f64> = metric_names
+                let mut model: Vec<f64> = metric_names
                     .iter()
                     .map(|m| metric(m, &ranked, &case.target))
                     .collect();
-                let pop: Vec<f64> = metric_names
+                let mut pop: Vec<f64> = metric_names
                     .iter()
                     .map(|m| metric(m, &baseline, &case.target))
                     .collect();
+                let model_top: Vec<u32> = ranked.iter().take(coverage_k).copied().collect();
+                let popularity_top: Vec<u32> = baseline.iter().take(coverage_k).copied().collect();
+                model.push(bias(&model_top));
+                pop.push(bias(&popularity_top));
                 CaseResult {
                     model,
                     popularity: pop,
-                    model_top: ranked.iter().take(coverage_k).copied().collect(),
-                    popularity_top: baseline.iter().take(coverage_k).copied().collect(),
+                    model_curves: Ranked::new(&ranked, &case.target).curves(depth),
+                    popularity_curves: Ranked::new(&baseline, &case.target).curves(depth),
+                    history: case.exclude.len(),
+                    model_top,
+                    popularity_top,
                 }
             },
         )
         .collect();
-    let n = per_case.len().max(1) as f64;
+    let names: Vec<String> = metric_names
+        .iter()
+        .map(|m| m.to_string())
+        .chain([bias_key])
+        .collect();
+    let mean = |cases: &[&CaseResult], pick: &dyn Fn(&CaseResult) -> f64| {
+        cases.iter().map(|c| pick(c)).sum::<f64>() / cases.len().max(1) as f64
+    };
+    let all: Vec<&CaseResult> = per_case.iter().collect();
     let mut metrics = BTreeMap::new();
     let mut baseline = BTreeMap::new();
-    for (j, name) in metric_names.iter().enumerate() {
-        metrics.insert(
-            name.to_string(),
-            per_case.iter().map(|c| c.model[j]).sum::<f64>() / n,
-        );
-        baseline.insert(
-            name.to_string(),
-            per_case.iter().map(|c| c.popularity[j]).sum::<f64>() / n,
-        );
+    let mut intervals = BTreeMap::new();
+    let mut popularity_intervals = BTreeMap::new();
+    for (j, name) in names.iter().enumerate() {
+        metrics.insert(name.clone(), mean(&all, &|c| c.model[j]));
+        baseline.insert(name.clone(), mean(&all, &|c| c.popularity[j]));
+        let values: Vec<f64> = per_case.iter().map(|c| c.model[j]).collect();
+        intervals.insert(name.clone(), bootstrap_interval(&values, seed + j as u64));
+        let values: Vec<f64> = per_case.iter().map(|c| c.popularity[j]).collect();
+        popularity_intervals.insert(name.clone(), bootstrap_interval(&values, seed + j as u64));
     }
     let coverage = |pick: &dyn Fn(&CaseResult) -> &Vec<u32>| {
         let mut seen = vec![false; n_items];
@@ -318,11 +492,54 @@ fn score_cases(
     let coverage_key = format!("coverage@{coverage_k}");
     metrics.insert(coverage_key.clone(), coverage(&|c| &c.model_top));
     baseline.insert(coverage_key, coverage(&|c| &c.popularity_top));
+    let curve_mean = |pick: &dyn Fn(&CaseResult) -> &Vec<f64>| -> Vec<f64> {
+        (0..depth).map(|d| mean(&all, &|c| pick(c)[d])).collect()
+    };
+    let curves = Curves {
+        recall: curve_mean(&|c| &c.model_curves.0),
+        ndcg: curve_mean(&|c| &c.model_curves.1),
+        popularity_recall: curve_mean(&|c| &c.popularity_curves.0),
+        popularity_ndcg: curve_mean(&|c| &c.popularity_curves.1),
+    };
+    let by_activity = ACTIVITY_BUCKETS
+        .iter()
+        .filter_map(|&(min, max)| {
+            let members: Vec<&CaseResult> = per_case
+                .iter()
+                .filter(|c| c.history >= min && max.is_none_or(|m| c.history <= m))
+                .collect();
+            if members.is_empty() {
+                return None;
+            }
+            let figures = |pick: &dyn Fn(&CaseResult) -> &Vec<f64>| -> BTreeMap<String, f64> {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(j, name)| (name.clone(), mean(&members, &|c| pick(c)[j])))
+                    .collect()
+            };
+            Some(ActivityBucket {
+                label: match max {
+                    Some(max) => format!("{min}–{max}"),
+                    None => format!("{min}+"),
+                },
+                min_history: min,
+                max_history: max,
+                members: members.len() as u64,
+                metrics: figures(&|c| &c.model),
+                popularity: figures(&|c| &c.popularity),
+            })
+        })
+        .collect();
     Evaluation {
         protocol: protocol.name().to_string(),
         metrics,
         popularity: baseline,
         evaluated_members: cases.len() as u64,
+        intervals,
+        popularity_intervals,
+        curves: Some(curves),
+        by_activity,
     }
 }
 
@@ -360,12 +577,12 @@ pub fn export_split(dir: &Path, table: &TrainingTable, split: &Split) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Members in three taste groups over 200 items; item popularity is flat so only a model that
     /// learns the groups can beat the baseline.
-    fn clustered_table() -> TrainingTable {
+    pub(crate) fn clustered_table() -> TrainingTable {
         let mut rng = StdRng::seed_from_u64(11);
         let mut rows = Vec::new();
         let users: Vec<String> = (0..150).map(|u| format!("u{u:03}")).collect();
@@ -391,6 +608,7 @@ mod tests {
             threads: 2,
             seed: 1,
             compute_loss: false,
+            ..Default::default()
         }
     }
 
@@ -426,6 +644,76 @@ mod tests {
         // Same seed, same split and figures.
         let (again, split_again) = evaluate(&table, &params(), &config, |_| {}).unwrap();
         assert_eq!((again, split_again), (eval, split));
+    }
+
+    #[test]
+    fn curves_intervals_popularity_bias_and_activity_agree_with_the_metrics() {
+        let table = clustered_table();
+        let (eval, _) = evaluate(&table, &params(), &EvaluationConfig::default(), |_| {}).unwrap();
+        let curves = eval.curves.as_ref().expect("curves");
+        assert_eq!(curves.recall.len(), 100);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(curves.recall[19], eval.metrics["recall@20"]));
+        assert!(close(curves.recall[49], eval.metrics["recall@50"]));
+        assert!(close(curves.ndcg[99], eval.metrics["ndcg@100"]));
+        assert!(close(
+            curves.popularity_recall[19],
+            eval.popularity["recall@20"]
+        ));
+        assert!(close(
+            curves.popularity_ndcg[99],
+            eval.popularity["ndcg@100"]
+        ));
+        for key in [
+            "recall@20",
+            "recall@50",
+            "ndcg@100",
+            "popularity_percentile@20",
+        ] {
+            let [lo, hi] = eval.intervals[key];
+            assert!(
+                lo < hi && lo <= eval.metrics[key] && eval.metrics[key] <= hi,
+                "{key}: {lo}..{hi} around {}",
+                eval.metrics[key]
+            );
+            let [lo, hi] = eval.popularity_intervals[key];
+            assert!(lo <= eval.popularity[key] && eval.popularity[key] <= hi);
+        }
+        // The baseline recommends the most popular items; the model its members' group.
+        let bias = "popularity_percentile@20";
+        assert!(eval.popularity[bias] >= 0.8, "{}", eval.popularity[bias]);
+        assert!(eval.metrics[bias] < eval.popularity[bias]);
+        let members: u64 = eval.by_activity.iter().map(|b| b.members).sum();
+        assert_eq!(members, eval.evaluated_members);
+        // The by-activity figures average to the overall ones, weighted by members.
+        let weighted: f64 = eval
+            .by_activity
+            .iter()
+            .map(|b| b.metrics["ndcg@100"] * b.members as f64)
+            .sum();
+        assert!(close(
+            weighted / eval.evaluated_members as f64,
+            eval.metrics["ndcg@100"]
+        ));
+    }
+
+    #[test]
+    fn bootstrap_intervals_cover_the_mean_and_narrow_with_more_members() {
+        let values = |n: usize| -> Vec<f64> { (0..n).map(|i| (i % 10) as f64 / 10.0).collect() };
+        let [lo, hi] = bootstrap_interval(&values(100), 1);
+        assert!(lo < 0.45 && 0.45 < hi, "{lo}..{hi}");
+        let [lo_big, hi_big] = bootstrap_interval(&values(10_000), 1);
+        assert!(hi_big - lo_big < (hi - lo) / 5.0);
+        assert_eq!(bootstrap_interval(&[0.3; 50], 1), [0.3, 0.3]);
+        assert_eq!(bootstrap_interval(&values(100), 1), [lo, hi]);
+    }
+
+    #[test]
+    fn popularity_percentiles_rank_items_and_share_ties() {
+        assert_eq!(
+            popularity_percentiles(&[1.0, 5.0, 5.0, 0.0]),
+            vec![0.5, 1.0, 1.0, 0.25]
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! It owns: reading and validating the input tables, the SQL feature jobs, training, evaluation,
-//! the publish gate, the importers and the synthetic generator, and the training benchmark.
+//! hyper-parameter tuning, the evaluation report, the publish gate, the importers and the
+//! synthetic generator, and the training benchmark.
 //!
 //! It must not: serve requests, consume streams, or write a model root except through
 //! [`recsys_shared::artifact::ModelRoot`] (so every publish is atomic and locked).
@@ -25,9 +26,11 @@ pub mod input;
 pub mod matrix;
 pub mod metrics;
 pub mod movielens;
+pub mod report;
 pub use recsys_shared::progress;
 pub mod synth;
 pub mod tables;
 pub mod train;
+pub mod tuning;
 
 pub use error::{OfflineError, Result};

@@ -58,6 +58,15 @@ impl SparseMatrix {
     }
 
     /// The transpose (CSC of this matrix as CSR), rows sorted.
+    /// Non-zeros per column.
+    pub fn column_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.cols];
+        for &c in &self.indices {
+            counts[c as usize] += 1;
+        }
+        counts
+    }
+
     pub fn transpose(&self) -> SparseMatrix {
         let mut counts = vec![0usize; self.cols + 1];
         for &c in &self.indices {

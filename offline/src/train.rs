@@ -31,6 +31,9 @@ pub struct TrainJob {
     pub skip_eval: bool,
     /// Publish even when the gate refuses.
     pub force: bool,
+    /// The tuning result the hyper-parameters came from (`--params-from`), recorded in the
+    /// manifest.
+    pub tuning: Option<serde_json::Value>,
 }
 
 /// The result of a train run (printed as JSON by the CLI).
@@ -193,9 +196,12 @@ impl TrainJob {
                 factors: als_config.factors,
                 regularization: als_config.regularization,
                 alpha: als_config.alpha,
+                unobserved_weight: als_config.unobserved_weight,
+                regularization_exp: als_config.regularization_exp,
                 iterations: als_config.iterations,
                 cg_steps: als_config.cg_steps,
                 seed: als_config.seed,
+                tuning: self.tuning.clone(),
             },
             features: serde_json::to_value(&config.offline.features).expect("serialisable"),
             data_window: DataWindow {

@@ -125,10 +125,7 @@ impl Catalog {
         let gram = kernels::gram(&factors.vectors, k);
         Ok(Catalog {
             version: version.to_string(),
-            fold_in_params: FoldInParams {
-                regularization: manifest.algorithm.regularization,
-                alpha: manifest.algorithm.alpha,
-            },
+            fold_in_params: manifest.algorithm.fold_in_params(),
             manifest,
             items: ItemMatrix::new(factors.vectors, k),
             item_ids: factors.ids,

@@ -11,6 +11,11 @@
 //!    `redis-server`: first a flood of made-up member ids, then the store frozen (`SIGSTOP`) while
 //!    thousands of requests for random ids give up after 50 ms; RSS before, at the peak and after.
 //!
+//! The server and the load generator run on separate cores (`taskset`; the upper half of the
+//! machine's cores for the server, the lower half for the load generator), standing in for
+//! clients on other machines: every figure, the unloaded one included, is measured that way.
+//! `--shared-cores` lets them share all cores instead.
+//!
 //! Figures are printed (a table on stderr, one JSON line on stdout), never asserted.
 
 use std::path::{Path, PathBuf};
@@ -55,6 +60,10 @@ pub struct SoakArgs {
     /// latency-first setting).
     #[arg(long, default_value_t = 0)]
     pub max_queued: usize,
+    /// Let the server and the load generator share every core, instead of the upper half of the
+    /// cores for the server and the lower half for the load generator.
+    #[arg(long)]
+    pub shared_cores: bool,
     /// Skip the flood and cancel storm (they need `redis-server`).
     #[arg(long)]
     pub skip_faults: bool,
@@ -73,16 +82,73 @@ struct Server {
     log: PathBuf,
 }
 
+/// Which cores the server and the load generator run on: `None` when they share them all.
+#[derive(Debug, Clone)]
+struct CoreSplit {
+    server: String,
+    load: String,
+}
+
+impl CoreSplit {
+    /// The upper half of the cores this process may run on for the server, the lower half for
+    /// the load generator; `None` with fewer than two cores or `shared`.
+    fn plan(shared: bool) -> Option<CoreSplit> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if shared || cores < 2 {
+            return None;
+        }
+        let list = |from: usize, to: usize| {
+            (from..to)
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Some(CoreSplit {
+            server: list(cores / 2, cores),
+            load: list(0, cores / 2),
+        })
+    }
+
+    /// Moves every thread of this process (the load generator) onto its cores.
+    fn pin_self(&self) -> Result<(), String> {
+        let status = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &self.load,
+                &std::process::id().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("taskset: {e} (util-linux; or run with --shared-cores)"))?;
+        if !status.success() {
+            return Err(format!("taskset -a -p -c {} failed: {status}", self.load));
+        }
+        Ok(())
+    }
+}
+
 impl Server {
     async fn start(
         dir: &Path,
         max_queued: usize,
+        cores: Option<&CoreSplit>,
         env: &[(&str, String)],
     ) -> Result<Server, String> {
         let grpc_port = free_port();
         let metrics_port = free_port();
         let log = dir.join(format!("server-{grpc_port}.log"));
-        let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // taskset execs the server, so the child's pid is the server's.
+        let mut command = match cores {
+            Some(split) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &split.server]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         command
             .args(["online", "serve"])
             .env("RECSYS__ONLINE__LISTEN", format!("127.0.0.1:{grpc_port}"))
@@ -349,12 +415,17 @@ async fn fire(
 }
 
 /// The flood of made-up ids and the cancel storm against a frozen Redis store: RSS figures.
-async fn faults(args: &SoakArgs, dir: &Path) -> Result<serde_json::Value, String> {
+async fn faults(
+    args: &SoakArgs,
+    dir: &Path,
+    cores: Option<&CoreSplit>,
+) -> Result<serde_json::Value, String> {
     let redis = recsys_shared::testkit::RedisServer::start();
     let models = dir.join("models");
     let server = Server::start(
         dir,
         args.max_queued,
+        cores,
         &[
             ("RECSYS__MODEL__ROOT", models.display().to_string()),
             ("RECSYS__STORE__BACKEND", "redis".into()),
@@ -439,9 +510,21 @@ pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send
     std::fs::create_dir_all(&dir)?;
     let models = dir.join("models");
     synthetic_model(&models, args.items, args.members, args.factors, args.seed)?;
+    let cores = CoreSplit::plan(args.shared_cores);
+    match &cores {
+        Some(split) => {
+            split.pin_self()?;
+            eprintln!(
+                "cores: the server on {}, the load generator on {}",
+                split.server, split.load
+            );
+        }
+        None => eprintln!("cores: the server and the load generator share every core"),
+    }
     let server = Server::start(
         &dir,
         args.max_queued,
+        cores.as_ref(),
         &[
             ("RECSYS__MODEL__ROOT", models.display().to_string()),
             (
@@ -499,7 +582,7 @@ pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send
         if server_shed_p99 < 1.0 { "met" } else { "NOT met" },
     );
     eprintln!(
-        "overload, as the load generator sees it (it shares the 2 cores): sent {}, admitted {} (p50 {:.2} ms, p99 {admitted_p99:.2} ms), shed {} (p50 {:.3} ms, p99 {shed_p99:.3} ms), other errors {} {:?}, not sent (client backlog) {}",
+        "overload, as the load generator sees it: sent {}, admitted {} (p50 {:.2} ms, p99 {admitted_p99:.2} ms), shed {} (p50 {:.3} ms, p99 {shed_p99:.3} ms), other errors {} {:?}, not sent (client backlog) {}",
         o.sent,
         o.admitted.len(),
         percentile(&o.admitted, 0.5),
@@ -517,6 +600,8 @@ pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send
     drop(server);
     let mut summary = serde_json::json!({
         "items": args.items,
+        "server_cores": cores.as_ref().map(|c| c.server.clone()),
+        "load_generator_cores": cores.as_ref().map(|c| c.load.clone()),
         "unloaded_p99_ms": unloaded_p99,
         "saturation_qps": saturation,
         "overload_qps": rate,
@@ -535,7 +620,7 @@ pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send
         "panics": panics,
     });
     if !args.skip_faults {
-        summary["faults"] = faults(args, &dir).await?;
+        summary["faults"] = faults(args, &dir, cores.as_ref()).await?;
     }
     println!("{summary}");
     if args.work_dir.is_none() {

@@ -62,6 +62,62 @@ pub struct OfflineConfig {
     pub als: AlsConfig,
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
+    pub tuning: TuningConfig,
+}
+
+/// The search space and schedule of `recsys offline tune` (`[offline.tuning]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuningConfig {
+    /// Settings drawn at the start (the first rung). Default 24.
+    pub trials: usize,
+    /// Iterations of the first rung. Default 2.
+    pub min_iterations: usize,
+    /// Iterations of the last rung. Default 16.
+    pub max_iterations: usize,
+    /// Each rung keeps the best `1/eta` and multiplies their iterations by `eta`. Default 2.
+    pub eta: usize,
+    /// The validation metric to maximise: `ndcg@100`, `recall@20` or `recall@50`. Default
+    /// `ndcg@100`.
+    pub metric: String,
+    /// Fraction of the training side's eligible members held out for validation. Default 0.2.
+    pub validation_fraction: f64,
+    /// Latent factors to choose from. Default [32, 64, 128].
+    pub factors: Vec<usize>,
+    /// Range of λ·(n̄ + α₀N)^ν, the regularisation of a row with the mean number of observed
+    /// cells (log-uniform). Default [0.01, 100].
+    pub effective_regularization: [f64; 2],
+    /// Range of ν (uniform). Default [0, 1].
+    pub regularization_exp: [f64; 2],
+    /// Range of α₀ (log-uniform). Default [0.01, 1].
+    pub unobserved_weight: [f64; 2],
+    /// Range of α (log-uniform). Default [0.1, 30].
+    pub alpha: [f64; 2],
+}
+
+impl Default for TuningConfig {
+    fn default() -> Self {
+        TuningConfig {
+            trials: 24,
+            min_iterations: 2,
+            max_iterations: 16,
+            eta: 2,
+            metric: "ndcg@100".into(),
+            validation_fraction: 0.2,
+            factors: vec![32, 64, 128],
+            effective_regularization: [0.01, 100.0],
+            regularization_exp: [0.0, 1.0],
+            unobserved_weight: [0.01, 1.0],
+            alpha: [0.1, 30.0],
+        }
+    }
+}
+
+impl TuningConfig {
+    /// Whether `metric` is one the strong-generalization evaluation reports.
+    pub fn metric_is_known(&self) -> bool {
+        matches!(self.metric.as_str(), "ndcg@100" | "recall@20" | "recall@50")
+    }
 }
 
 /// How raw events become the training table (member × item → interaction strength).
@@ -127,8 +183,16 @@ pub struct AlsConfig {
     pub factors: usize,
     /// λ, L2 regularisation. Default 0.1.
     pub regularization: f32,
-    /// α, confidence per unit of strength (`c = 1 + α r`). Default 10.
+    /// α, confidence per unit of strength: an observed cell weighs `α₀ + α r`. Default 10.
     pub alpha: f32,
+    /// α₀, the weight of every unobserved cell (Rendle et al. 2022). Default 1, which with
+    /// `regularization_exp = 0` is Hu, Koren & Volinsky's objective (`c = 1 + α r`).
+    pub unobserved_weight: f32,
+    /// ν, frequency scaling of λ: a row with `n` observed cells out of `N` columns is
+    /// regularised by `λ (n + α₀ N)^ν`. Default 0 (plain λ).
+    pub regularization_exp: f32,
+    /// Standard deviation of the initial factors, divided by √factors. Default 0.1.
+    pub init_std: f32,
     /// Alternations (item step + member step). Default 15.
     pub iterations: usize,
     /// Conjugate-gradient steps per solve. Default 3.
@@ -148,6 +212,9 @@ impl Default for AlsConfig {
             factors: 64,
             regularization: 0.1,
             alpha: 10.0,
+            unobserved_weight: 1.0,
+            regularization_exp: 0.0,
+            init_std: 0.1,
             iterations: 15,
             cg_steps: 3,
             threads: 0,
@@ -689,7 +756,7 @@ impl Config {
         let als = &self.offline.als;
         let f = &self.offline.features;
         let e = &self.offline.evaluation;
-        let checks: [(bool, &str, String); 11] = [
+        let checks: [(bool, &str, String); 14] = [
             (
                 self.model.keep_versions >= 1,
                 "model.keep_versions",
@@ -709,6 +776,21 @@ impl Config {
                 als.alpha >= 0.0 && als.alpha.is_finite(),
                 "offline.als.alpha",
                 "must be non-negative".into(),
+            ),
+            (
+                als.unobserved_weight >= 0.0 && als.unobserved_weight.is_finite(),
+                "offline.als.unobserved_weight",
+                "must be non-negative".into(),
+            ),
+            (
+                (0.0..=4.0).contains(&als.regularization_exp),
+                "offline.als.regularization_exp",
+                "must be in 0..=4".into(),
+            ),
+            (
+                als.init_std > 0.0 && als.init_std.is_finite(),
+                "offline.als.init_std",
+                "must be positive".into(),
             ),
             (
                 als.iterations >= 1,
@@ -755,8 +837,67 @@ impl Config {
         let cache = &self.cache;
         let n = &self.nearline;
         let o = &self.online;
+        let t = &self.offline.tuning;
+        let range_ok = |[lo, hi]: [f64; 2], positive: bool| {
+            lo.is_finite()
+                && hi.is_finite()
+                && lo <= hi
+                && if positive { lo > 0.0 } else { lo >= 0.0 }
+        };
         // Upper bounds too: a value that sizes an allocation or a wait must not be absurd.
         let more: Vec<(bool, &str, &str)> = vec![
+            (
+                (1..=10_000).contains(&t.trials),
+                "offline.tuning.trials",
+                "must be 1..=10000",
+            ),
+            (
+                t.min_iterations >= 1
+                    && t.min_iterations <= t.max_iterations
+                    && t.max_iterations <= 1000,
+                "offline.tuning.min_iterations",
+                "must be at least 1 and at most offline.tuning.max_iterations (at most 1000)",
+            ),
+            (
+                (2..=10).contains(&t.eta),
+                "offline.tuning.eta",
+                "must be 2..=10",
+            ),
+            (
+                t.metric_is_known(),
+                "offline.tuning.metric",
+                "must be ndcg@100, recall@20 or recall@50",
+            ),
+            (
+                t.validation_fraction > 0.0 && t.validation_fraction < 1.0,
+                "offline.tuning.validation_fraction",
+                "must be in (0, 1)",
+            ),
+            (
+                !t.factors.is_empty() && t.factors.iter().all(|f| (1..=1024).contains(f)),
+                "offline.tuning.factors",
+                "must list 1..=1024 values",
+            ),
+            (
+                range_ok(t.effective_regularization, true),
+                "offline.tuning.effective_regularization",
+                "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                range_ok(t.regularization_exp, false) && t.regularization_exp[1] <= 4.0,
+                "offline.tuning.regularization_exp",
+                "must be [low, high] with 0 <= low <= high <= 4",
+            ),
+            (
+                range_ok(t.unobserved_weight, true),
+                "offline.tuning.unobserved_weight",
+                "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                range_ok(t.alpha, true),
+                "offline.tuning.alpha",
+                "must be [low, high] with 0 < low <= high",
+            ),
             (
                 (1..=100_000).contains(&n.max_batch),
                 "nearline.max_batch",

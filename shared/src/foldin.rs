@@ -1,28 +1,65 @@
 //! The fold-in: the exact ALS solve for one member against fixed item factors.
 //!
-//! With item factors `Y` fixed, implicit-feedback ALS (Hu, Koren & Volinsky 2008) gives a member
-//! with interaction strengths `r_i` the vector
+//! The objective is the iALS of Rendle, Krichene, Zhang & Koren, "Revisiting the Performance of
+//! iALS on Item Recommendation Benchmarks" (RecSys 2022, arXiv 2110.14037), with Hu, Koren &
+//! Volinsky's (2008) confidence on the observed cells. For a member `u` with interaction
+//! strengths `r_ui` on the `n_u` items `I_u`, out of `N` items with factors `Y`:
 //!
 //! ```text
-//! x = (YᵀY + λI + Σ_i α r_i y_i y_iᵀ)⁻¹ Σ_i (1 + α r_i) y_i
+//! L(x) = Σ_{i∈I_u} (α₀ + α r_ui)(1 − x·y_i)²  +  α₀ Σ_{i∉I_u} (x·y_i)²  +  λ_u ‖x‖²
+//! λ_u  = λ (n_u + α₀ N)^ν
+//! x    = (α₀ YᵀY + λ_u I + Σ_{i∈I_u} α r_ui y_i y_iᵀ)⁻¹ Σ_{i∈I_u} (α₀ + α r_ui) y_i
 //! ```
 //!
-//! (confidence `c_i = 1 + α r_i`, preference 1 for every item in the history, 0 elsewhere). This is
-//! the one function that turns a history into a vector: the offline evaluator folds in held-out
-//! members with it, the nearline workers fold every event in with it, and the online server folds
-//! in members that have a history but no stored vector. The solve is exact (Cholesky in f64), costs
+//! α₀ (`unobserved_weight`) is the weight of every unobserved cell, α the confidence per unit of
+//! strength, ν (`regularization_exp`) the frequency scaling of λ. With α₀ = 1 and ν = 0 this is
+//! exactly Hu, Koren & Volinsky's objective (`c = 1 + α r`, plain λ). Rendle et al. weigh an
+//! observed cell 1 towards 1 plus α₀ towards 0; here its whole weight `α₀ + α r` pulls towards 1,
+//! which differs only in the observed cells' effective target (1 instead of `1/(1 + α₀)`), and
+//! keeps the older objective as a special case.
+//!
+//! This is the one function that turns a history into a vector: the offline evaluator folds in
+//! held-out members with it, the nearline workers fold every event in with it, and the online
+//! server folds in members that have a history but no stored vector; the offline trainer's member
+//! step minimises the same objective. The solve is exact (Cholesky in f64), costs
 //! `O(n k² + k³)` for a history of `n` items, and allocates only its `k × k` system.
 
 use crate::kernels;
 use crate::{Result, SharedError};
 
-/// The two ALS hyper-parameters the fold-in needs; they must be the model's own.
+/// The ALS hyper-parameters the fold-in needs; they must be the model's own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FoldInParams {
     /// λ, the L2 regularisation of every factor.
     pub regularization: f32,
-    /// α, confidence per unit of interaction strength: `c = 1 + α r`.
+    /// α, confidence per unit of interaction strength: an observed cell weighs `α₀ + α r`.
     pub alpha: f32,
+    /// α₀, the weight of every unobserved cell.
+    pub unobserved_weight: f32,
+    /// ν: a member with `n` items out of `N` is regularised by `λ (n + α₀ N)^ν`.
+    pub regularization_exp: f32,
+}
+
+impl FoldInParams {
+    /// Hu, Koren & Volinsky's objective: α₀ = 1, plain λ.
+    pub fn hkv(regularization: f32, alpha: f32) -> Self {
+        FoldInParams {
+            regularization,
+            alpha,
+            unobserved_weight: 1.0,
+            regularization_exp: 0.0,
+        }
+    }
+
+    /// `λ (observed + α₀ columns)^ν`: the regularisation of a row with `observed` cells out of
+    /// `columns`. The trainer uses it for both sides.
+    pub fn row_regularization(&self, observed: usize, columns: usize) -> f32 {
+        if self.regularization_exp == 0.0 {
+            return self.regularization;
+        }
+        let mass = observed as f64 + f64::from(self.unobserved_weight) * columns as f64;
+        (f64::from(self.regularization) * mass.powf(f64::from(self.regularization_exp))) as f32
+    }
 }
 
 /// Folds member histories into vectors against one model's item factors.
@@ -31,8 +68,8 @@ pub struct FoldIn<'a> {
     item_factors: &'a [f32],
     k: usize,
     params: FoldInParams,
-    /// `YᵀY + λI`, row-major `k × k`, computed once per model.
-    regularized_gram: Vec<f32>,
+    /// `α₀ YᵀY`, row-major `k × k`, computed once per model.
+    weighted_gram: Vec<f32>,
 }
 
 impl<'a> FoldIn<'a> {
@@ -54,15 +91,17 @@ impl<'a> FoldIn<'a> {
             "item factors are not n × {k}"
         );
         assert_eq!(gram.len(), k * k, "gram matrix is not {k} × {k}");
-        let mut regularized_gram = gram;
-        for d in 0..k {
-            regularized_gram[d * k + d] += params.regularization;
+        let mut weighted_gram = gram;
+        if params.unobserved_weight != 1.0 {
+            weighted_gram
+                .iter_mut()
+                .for_each(|g| *g *= params.unobserved_weight);
         }
         FoldIn {
             item_factors,
             k,
             params,
-            regularized_gram,
+            weighted_gram,
         }
     }
 
@@ -111,10 +150,14 @@ impl<'a> FoldIn<'a> {
             let y = &self.item_factors[item * k..(item + 1) * k];
             let extra_confidence = self.params.alpha * strength;
             terms.push((extra_confidence, y));
-            kernels::axpy(1.0 + extra_confidence, y, &mut b);
+            kernels::axpy(self.params.unobserved_weight + extra_confidence, y, &mut b);
         }
         // Only the upper triangle is built: the Cholesky factorisation reads nothing else.
-        let mut a = self.regularized_gram.clone();
+        let mut a = self.weighted_gram.clone();
+        let lambda = self.params.row_regularization(merged.len(), n_items);
+        for d in 0..k {
+            a[d * k + d] += lambda;
+        }
         for group in terms.chunks(4) {
             add_outers_upper(&mut a, k, group);
         }
@@ -215,33 +258,58 @@ mod tests {
             .collect()
     }
 
-    /// The member objective the fold-in minimises.
+    /// The member objective of the module doc, written out cell by cell.
     fn objective(y: &[f32], k: usize, p: FoldInParams, hist: &[(u32, f32)], x: &[f32]) -> f64 {
         let mut loss = 0.0f64;
+        let a0 = f64::from(p.unobserved_weight);
         for (i, row) in y.chunks(k).enumerate() {
             let s = f64::from(kernels::dot(row, x));
             let (c, pref) = match hist.iter().find(|(j, _)| *j as usize == i) {
-                Some((_, r)) => (1.0 + f64::from(p.alpha * r), 1.0),
-                None => (1.0, 0.0),
+                Some((_, r)) => (a0 + f64::from(p.alpha * r), 1.0),
+                None => (a0, 0.0),
             };
             loss += c * (pref - s).powi(2);
         }
-        loss + f64::from(p.regularization) * x.iter().map(|v| f64::from(v * v)).sum::<f64>()
+        let n = y.len() / k;
+        let lambda = f64::from(p.regularization)
+            * (hist.len() as f64 + a0 * n as f64).powf(f64::from(p.regularization_exp));
+        loss + lambda * x.iter().map(|v| f64::from(v * v)).sum::<f64>()
     }
 
     #[test]
     fn solution_is_the_minimum_of_the_member_objective() {
         // A narrow case, and one wide enough for the vectorised loops and their remainders.
         let wide: Vec<(u32, f32)> = (0..40).map(|i| (i * 5, 1.0 + (i % 3) as f32)).collect();
+        // Hu, Koren & Volinsky's objective, and Rendle et al.'s with α₀ and ν.
         let cases = [
-            (30, 4, 0.1, 3.0, vec![(1, 1.0), (5, 2.0), (17, 0.5)]),
-            (200, 21, 0.05, 4.0, wide),
+            (
+                30,
+                4,
+                0.1,
+                3.0,
+                1.0,
+                0.0,
+                vec![(1, 1.0), (5, 2.0), (17, 0.5)],
+            ),
+            (200, 21, 0.05, 4.0, 1.0, 0.0, wide.clone()),
+            (
+                30,
+                4,
+                0.01,
+                3.0,
+                0.1,
+                1.0,
+                vec![(1, 1.0), (5, 2.0), (17, 0.5)],
+            ),
+            (200, 21, 0.002, 1.0, 0.05, 0.7, wide),
         ];
-        for (n, k, regularization, alpha, hist) in cases {
+        for (n, k, regularization, alpha, unobserved_weight, regularization_exp, hist) in cases {
             let y = factors(n, k);
             let params = FoldInParams {
                 regularization,
                 alpha,
+                unobserved_weight,
+                regularization_exp,
             };
             let x = FoldIn::new(&y, k, params).solve(&hist).unwrap();
             let best = objective(&y, k, params, &hist, &x);
@@ -263,11 +331,7 @@ mod tests {
     fn repeated_items_merge_and_empty_history_is_zero() {
         let (n, k) = (10, 3);
         let y = factors(n, k);
-        let params = FoldInParams {
-            regularization: 0.1,
-            alpha: 2.0,
-        };
-        let f = FoldIn::new(&y, k, params);
+        let f = FoldIn::new(&y, k, FoldInParams::hkv(0.1, 2.0));
         assert_eq!(f.solve(&[]).unwrap(), vec![0.0; k]);
         let split = f.solve(&[(2, 1.0), (4, 1.0), (2, 1.0)]).unwrap();
         let merged = f.solve(&[(4, 1.0), (2, 2.0)]).unwrap();

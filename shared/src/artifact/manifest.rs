@@ -25,7 +25,8 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
-/// The training algorithm and its hyper-parameters. Fold-in must use the same λ and α.
+/// The training algorithm and its hyper-parameters. Fold-in must use the same λ, α, α₀ and ν
+/// ([`AlgorithmParams::fold_in_params`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlgorithmParams {
     /// `ials-cg`: implicit ALS with the conjugate-gradient solver.
@@ -33,9 +34,34 @@ pub struct AlgorithmParams {
     pub factors: usize,
     pub regularization: f32,
     pub alpha: f32,
+    /// α₀; manifests written before it existed trained with 1.
+    #[serde(default = "one")]
+    pub unobserved_weight: f32,
+    /// ν; manifests written before it existed trained with 0 (plain λ).
+    #[serde(default)]
+    pub regularization_exp: f32,
     pub iterations: usize,
     pub cg_steps: usize,
     pub seed: u64,
+    /// Where the hyper-parameters came from: the tuning run that chose them, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<serde_json::Value>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl AlgorithmParams {
+    /// The parameters every fold-in of this model must use.
+    pub fn fold_in_params(&self) -> crate::foldin::FoldInParams {
+        crate::foldin::FoldInParams {
+            regularization: self.regularization,
+            alpha: self.alpha,
+            unobserved_weight: self.unobserved_weight,
+            regularization_exp: self.regularization_exp,
+        }
+    }
 }
 
 /// The events the model saw.
@@ -61,9 +87,45 @@ pub struct RowCounts {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Evaluation {
     pub protocol: String,
+    /// The model's figures: mean over the evaluated members.
     pub metrics: BTreeMap<String, f64>,
+    /// The popularity baseline's figures on the same members.
     pub popularity: BTreeMap<String, f64>,
     pub evaluated_members: u64,
+    /// 95 % bootstrap confidence intervals `[low, high]` of the model's per-member metrics
+    /// (members resampled with replacement, seeded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub intervals: BTreeMap<String, [f64; 2]>,
+    /// The same for the popularity baseline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub popularity_intervals: BTreeMap<String, [f64; 2]>,
+    /// Recall@k and NDCG@k for every k from 1 to the evaluation depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curves: Option<Curves>,
+    /// The metrics by member activity (the size of the history the member was ranked from).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_activity: Vec<ActivityBucket>,
+}
+
+/// Metric curves over k = 1..=depth (index 0 is k = 1).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Curves {
+    pub recall: Vec<f64>,
+    pub ndcg: Vec<f64>,
+    pub popularity_recall: Vec<f64>,
+    pub popularity_ndcg: Vec<f64>,
+}
+
+/// Members whose history had `min_history..=max_history` items, and how they were served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActivityBucket {
+    pub label: String,
+    pub min_history: usize,
+    /// `None`: no upper bound.
+    pub max_history: Option<usize>,
+    pub members: u64,
+    pub metrics: BTreeMap<String, f64>,
+    pub popularity: BTreeMap<String, f64>,
 }
 
 /// One file of the version.

@@ -25,7 +25,8 @@ pub mod synthetic;
 mod tables;
 
 pub use manifest::{
-    AlgorithmParams, DataWindow, Evaluation, FileEntry, Manifest, RowCounts, FORMAT_VERSION,
+    ActivityBucket, AlgorithmParams, Curves, DataWindow, Evaluation, FileEntry, Manifest,
+    RowCounts, FORMAT_VERSION,
 };
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{

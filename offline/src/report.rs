@@ -1,0 +1,651 @@
+//! `recsys offline report`: one self-contained HTML page about a published version — its
+//! figures with 95 % confidence intervals next to the popularity baseline and any compared
+//! versions, Recall@k and NDCG@k curves for k = 1..100, the figures by member activity, and the
+//! tuning trials that chose its hyper-parameters.
+//!
+//! Plots are inline SVG written here (polylines and circles on linear axes: no plotting runtime,
+//! no JavaScript, no fonts to embed), so the file can be mailed, archived next to the model, or
+//! opened offline. Every series carries a `data-series` attribute naming it.
+//!
+//! It reads manifests only: it must not change a model root.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use recsys_shared::artifact::{Evaluation, Manifest, ModelRoot};
+use recsys_shared::SharedError;
+
+use crate::tuning::TuningResult;
+use crate::{OfflineError, Result};
+
+/// What to report on.
+#[derive(Debug, Clone)]
+pub struct ReportJob {
+    pub model_root: PathBuf,
+    /// The version to report [default: CURRENT].
+    pub version: Option<String>,
+    /// Versions drawn next to it.
+    pub compare: Vec<String>,
+    /// The HTML file to write.
+    pub out: PathBuf,
+}
+
+/// A named series of points.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    /// Points only (a scatter), instead of a line.
+    pub dots: bool,
+}
+
+const COLOURS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+/// Escapes text for HTML and SVG.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Up to ~6 round tick values covering `lo..=hi`.
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(10.0 * magnitude);
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last).map(|i| i as f64 * step).collect()
+}
+
+fn tick_label(v: f64) -> String {
+    if v.abs() >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// An SVG chart of `series` on linear axes; `x_labels` replaces the x tick values with names
+/// (for categories at x = 0, 1, 2, …).
+pub fn chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    x_labels: Option<&[String]>,
+) -> String {
+    let (width, height) = (640.0, 360.0);
+    let (left, right, top, bottom) = (60.0, 20.0, 36.0, 48.0);
+    let points = series.iter().flat_map(|s| s.points.iter());
+    let (mut x_lo, mut x_hi, mut y_hi) = (f64::MAX, f64::MIN, 0.0f64);
+    for &(x, y) in points {
+        x_lo = x_lo.min(x);
+        x_hi = x_hi.max(x);
+        y_hi = y_hi.max(y);
+    }
+    if x_lo > x_hi {
+        (x_lo, x_hi) = (0.0, 1.0);
+    }
+    if x_hi == x_lo {
+        x_hi = x_lo + 1.0;
+    }
+    let y_hi = if y_hi <= 0.0 { 1.0 } else { y_hi * 1.08 };
+    let plot_w = width - left - right;
+    let plot_h = height - top - bottom;
+    let sx = |x: f64| left + (x - x_lo) / (x_hi - x_lo) * plot_w;
+    let sy = |y: f64| top + plot_h - y / y_hi * plot_h;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="sans-serif" font-size="12" role="img" aria-label="{t}"><title>{t}</title><text x="{cx}" y="20" text-anchor="middle" font-size="14" font-weight="bold">{t}</text>"##,
+        t = escape(title),
+        cx = width / 2.0,
+    );
+    // Axes, grid and ticks.
+    for y in ticks(0.0, y_hi) {
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{x2}" y1="{py:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"##,
+            x2 = width - right,
+            py = sy(y),
+            tx = left - 6.0,
+            ty = sy(y) + 4.0,
+            label = tick_label(y)
+        );
+    }
+    match x_labels {
+        Some(labels) => {
+            for (i, label) in labels.iter().enumerate() {
+                let _ = write!(
+                    svg,
+                    r##"<text x="{px:.1}" y="{ty}" text-anchor="middle">{l}</text>"##,
+                    px = sx(i as f64),
+                    ty = height - bottom + 16.0,
+                    l = escape(label)
+                );
+            }
+        }
+        None => {
+            for x in ticks(x_lo, x_hi) {
+                let _ = write!(
+                    svg,
+                    r##"<text x="{px:.1}" y="{ty}" text-anchor="middle">{l}</text>"##,
+                    px = sx(x),
+                    ty = height - bottom + 16.0,
+                    l = tick_label(x)
+                );
+            }
+        }
+    }
+    let _ = write!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/><text x="{cx}" y="{xy}" text-anchor="middle">{xl}</text><text transform="translate(14,{cy}) rotate(-90)" text-anchor="middle">{yl}</text>"##,
+        cx = left + plot_w / 2.0,
+        xy = height - 10.0,
+        xl = escape(x_label),
+        cy = top + plot_h / 2.0,
+        yl = escape(y_label),
+    );
+    // Series, then the legend.
+    for (n, s) in series.iter().enumerate() {
+        let colour = COLOURS[n % COLOURS.len()];
+        let name = escape(&s.name);
+        if s.dots {
+            let _ = write!(svg, r##"<g data-series="{name}" fill="{colour}">"##);
+            for &(x, y) in &s.points {
+                let _ = write!(
+                    svg,
+                    r##"<circle cx="{:.1}" cy="{:.1}" r="3"/>"##,
+                    sx(x),
+                    sy(y)
+                );
+            }
+            svg.push_str("</g>");
+        } else {
+            let coords: Vec<String> = s
+                .points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                .collect();
+            let _ = write!(
+                svg,
+                r##"<polyline data-series="{name}" fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"##,
+                coords.join(" ")
+            );
+        }
+        let ly = top + 14.0 + n as f64 * 16.0;
+        let _ = write!(
+            svg,
+            r##"<rect x="{lx}" y="{ry:.1}" width="12" height="4" fill="{colour}"/><text x="{tx}" y="{ty:.1}">{name}</text>"##,
+            lx = left + 10.0,
+            ry = ly - 6.0,
+            tx = left + 28.0,
+            ty = ly,
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The figure with its interval, as the report prints it.
+fn figure(value: f64, interval: Option<&[f64; 2]>) -> String {
+    match interval {
+        Some([lo, hi]) => format!("{value:.4} <small>[{lo:.4}, {hi:.4}]</small>"),
+        None => format!("{value:.4}"),
+    }
+}
+
+fn curve(name: String, values: &[f64]) -> Series {
+    Series {
+        name,
+        points: values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((i + 1) as f64, *v))
+            .collect(),
+        dots: false,
+    }
+}
+
+/// Writes the report; returns the version reported.
+pub fn write_report(job: &ReportJob) -> Result<String> {
+    let root = ModelRoot::new(&job.model_root);
+    let version = match &job.version {
+        Some(v) => v.clone(),
+        None => root.current_version()?.ok_or_else(|| {
+            OfflineError::Usage(format!(
+                "{} has no CURRENT version; name one with --version",
+                job.model_root.display()
+            ))
+        })?,
+    };
+    let manifest = root.manifest(&version)?;
+    let evaluation = manifest.evaluation.as_ref().ok_or_else(|| {
+        OfflineError::Usage(format!(
+            "version {version} was published with --skip-eval: it has no evaluation to report"
+        ))
+    })?;
+    let mut compared: Vec<(String, Evaluation)> = Vec::new();
+    for other in &job.compare {
+        let m = root.manifest(other)?;
+        match m.evaluation {
+            Some(e) => compared.push((other.clone(), e)),
+            None => {
+                return Err(OfflineError::Usage(format!(
+                    "version {other} (--compare) has no evaluation"
+                )))
+            }
+        }
+    }
+    let tuning = tuning_of(&manifest);
+    let html = render(&version, &manifest, evaluation, &compared, tuning.as_ref());
+    if let Some(dir) = job.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| SharedError::io(dir, e))?;
+    }
+    let tmp = job.out.with_extension("html.tmp");
+    std::fs::write(&tmp, html).map_err(|e| SharedError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &job.out).map_err(|e| SharedError::io(&job.out, e))?;
+    Ok(version)
+}
+
+/// The tuning run recorded in the manifest, if its file is still there.
+fn tuning_of(manifest: &Manifest) -> Option<TuningResult> {
+    let source = manifest
+        .algorithm
+        .tuning
+        .as_ref()?
+        .get("source")?
+        .as_str()?;
+    TuningResult::read(Path::new(source)).ok()
+}
+
+/// The HTML page.
+pub fn render(
+    version: &str,
+    manifest: &Manifest,
+    evaluation: &Evaluation,
+    compared: &[(String, Evaluation)],
+    tuning: Option<&TuningResult>,
+) -> String {
+    let mut html = String::new();
+    let a = &manifest.algorithm;
+    let _ = write!(
+        html,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>recsys model {v}</title><style>body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th:first-child,td:first-child{{text-align:left}}small{{color:#666}}svg{{display:block;margin:1em 0}}</style></head><body><h1>Model {v}</h1><p>Published {created}; {protocol} evaluation on {members} held-out members; {rows} training pairs, {m} members, {i} items.</p>"#,
+        v = escape(version),
+        created = manifest.created_at.format("%Y-%m-%d %H:%M UTC"),
+        protocol = escape(&evaluation.protocol),
+        members = evaluation.evaluated_members,
+        rows = manifest.rows.training_pairs,
+        m = manifest.rows.members,
+        i = manifest.rows.items,
+    );
+    let _ = write!(
+        html,
+        "<h2>Hyper-parameters</h2><p>{} factors, λ {}, ν {}, α {}, α₀ {}, {} iterations, {} CG steps, seed {}{}</p>",
+        a.factors,
+        a.regularization,
+        a.regularization_exp,
+        a.alpha,
+        a.unobserved_weight,
+        a.iterations,
+        a.cg_steps,
+        a.seed,
+        match &a.tuning {
+            Some(t) => format!(
+                "; chosen by tuning (<code>{}</code>)",
+                escape(t.get("source").and_then(|s| s.as_str()).unwrap_or("?"))
+            ),
+            None => "; not tuned".into(),
+        }
+    );
+    // The figures table.
+    html.push_str("<h2>Figures (95 % bootstrap intervals)</h2><table id=\"figures\"><tr><th>metric</th><th>this model</th><th>popularity</th>");
+    for (other, _) in compared {
+        let _ = write!(html, "<th>{}</th>", escape(other));
+    }
+    html.push_str("</tr>");
+    for (key, value) in &evaluation.metrics {
+        let _ = write!(
+            html,
+            "<tr data-metric=\"{k}\"><td>{k}</td><td class=\"model\">{}</td><td class=\"popularity\">{}</td>",
+            figure(*value, evaluation.intervals.get(key)),
+            evaluation
+                .popularity
+                .get(key)
+                .map_or("—".into(), |p| figure(*p, evaluation.popularity_intervals.get(key))),
+            k = escape(key),
+        );
+        for (_, e) in compared {
+            let _ = write!(
+                html,
+                "<td>{}</td>",
+                e.metrics
+                    .get(key)
+                    .map_or("—".into(), |v| figure(*v, e.intervals.get(key)))
+            );
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>");
+    // Curves.
+    if let Some(curves) = &evaluation.curves {
+        for (title, label, pick, pick_pop) in [
+            (
+                "Recall@k",
+                "recall",
+                (|c: &recsys_shared::artifact::Curves| c.recall.clone())
+                    as fn(&recsys_shared::artifact::Curves) -> Vec<f64>,
+                (|c: &recsys_shared::artifact::Curves| c.popularity_recall.clone())
+                    as fn(&recsys_shared::artifact::Curves) -> Vec<f64>,
+            ),
+            (
+                "NDCG@k",
+                "ndcg",
+                |c: &recsys_shared::artifact::Curves| c.ndcg.clone(),
+                |c: &recsys_shared::artifact::Curves| c.popularity_ndcg.clone(),
+            ),
+        ] {
+            let mut series = vec![
+                curve(format!("model {version}"), &pick(curves)),
+                curve("popularity".into(), &pick_pop(curves)),
+            ];
+            for (other, e) in compared {
+                if let Some(c) = &e.curves {
+                    series.push(curve(format!("model {other}"), &pick(c)));
+                }
+            }
+            let _ = write!(
+                html,
+                "<h2>{title}</h2>{}",
+                chart(
+                    &format!("{title}, k = 1..{}", pick(curves).len()),
+                    "k",
+                    label,
+                    &series,
+                    None
+                )
+            );
+        }
+    }
+    // By activity.
+    if !evaluation.by_activity.is_empty() {
+        let key = evaluation
+            .metrics
+            .keys()
+            .find(|k| k.starts_with("ndcg"))
+            .cloned()
+            .unwrap_or_else(|| "ndcg@100".into());
+        let labels: Vec<String> = evaluation
+            .by_activity
+            .iter()
+            .map(|b| format!("{} ({})", b.label, b.members))
+            .collect();
+        let pick = |popularity: bool| -> Vec<(f64, f64)> {
+            evaluation
+                .by_activity
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let m = if popularity {
+                        &b.popularity
+                    } else {
+                        &b.metrics
+                    };
+                    (i as f64, m.get(&key).copied().unwrap_or(0.0))
+                })
+                .collect()
+        };
+        let series = [
+            Series {
+                name: format!("model {version}"),
+                points: pick(false),
+                dots: false,
+            },
+            Series {
+                name: "popularity".into(),
+                points: pick(true),
+                dots: false,
+            },
+        ];
+        let _ = write!(
+            html,
+            "<h2>By member activity</h2><p>Members grouped by the number of items they were ranked from (members in brackets).</p>{}",
+            chart(
+                &format!("{key} by history size"),
+                "items in the history",
+                &key,
+                &series,
+                Some(&labels)
+            )
+        );
+        html.push_str("<table id=\"activity\"><tr><th>history</th><th>members</th>");
+        let _ = write!(
+            html,
+            "<th>{k} model</th><th>{k} popularity</th></tr>",
+            k = escape(&key)
+        );
+        for b in &evaluation.by_activity {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                escape(&b.label),
+                b.members,
+                b.metrics.get(&key).copied().unwrap_or(0.0),
+                b.popularity.get(&key).copied().unwrap_or(0.0)
+            );
+        }
+        html.push_str("</table>");
+    }
+    // Tuning trials.
+    html.push_str("<h2>Tuning</h2>");
+    match tuning {
+        Some(t) => {
+            let rungs = t.trials.iter().map(|r| r.rung).max().unwrap_or(0);
+            let series: Vec<Series> = (0..=rungs)
+                .map(|rung| Series {
+                    name: format!(
+                        "rung {rung} ({} iterations)",
+                        t.trials
+                            .iter()
+                            .find(|r| r.rung == rung)
+                            .map_or(0, |r| r.setting.iterations)
+                    ),
+                    points: t
+                        .trials
+                        .iter()
+                        .filter(|r| r.rung == rung)
+                        .map(|r| (r.trial as f64, r.score))
+                        .collect(),
+                    dots: true,
+                })
+                .collect();
+            let _ = write!(
+                html,
+                "<p>{} settings, successive halving; the chosen one is trial {} ({} {:.4} on {} validation members).</p>{}",
+                t.trials.iter().filter(|r| r.rung == 0).count(),
+                t.best_trial,
+                escape(&t.metric),
+                t.validation.get(&t.metric).copied().unwrap_or(0.0),
+                t.validation_members,
+                chart(
+                    &format!("validation {} of every trial", t.metric),
+                    "trial",
+                    &t.metric,
+                    &series,
+                    None
+                )
+            );
+        }
+        None => html.push_str(
+            "<p>This version was not trained from a tuning run (or its tuning.json is gone).</p>",
+        ),
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        assert_eq!(
+            ticks(0.0, 1.0),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
+        let t = ticks(1.0, 100.0);
+        assert!(t.len() >= 3 && t.len() <= 7, "{t:?}");
+        assert!(t.iter().all(|v| (1.0..=100.0).contains(v)));
+    }
+
+    #[test]
+    fn the_report_shows_the_evaluation_its_curves_and_the_compared_version() {
+        use crate::evaluate::tests::clustered_table;
+        use recsys_shared::artifact::synthetic::synthetic_model;
+        use recsys_shared::config::EvaluationConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let table = clustered_table();
+        let params = crate::als::AlsParams {
+            factors: 8,
+            threads: 2,
+            compute_loss: false,
+            ..Default::default()
+        };
+        let config = EvaluationConfig::default();
+        let (good, _) = crate::evaluate::evaluate(&table, &params, &config, |_| {}).unwrap();
+        let weak_params = crate::als::AlsParams {
+            iterations: 1,
+            ..params.clone()
+        };
+        let (weak, _) = crate::evaluate::evaluate(&table, &weak_params, &config, |_| {}).unwrap();
+        // Two published versions, their manifests given the evaluations.
+        let root = ModelRoot::new(dir.path());
+        let mut versions = Vec::new();
+        for evaluation in [weak.clone(), good.clone()] {
+            let v = synthetic_model(dir.path(), 50, 10, 4, 1).unwrap();
+            let path = root.version_dir(&v).join("manifest.json");
+            let mut manifest = root.manifest(&v).unwrap();
+            manifest.evaluation = Some(evaluation);
+            std::fs::write(&path, serde_json::to_string(&manifest).unwrap()).unwrap();
+            versions.push(v);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let out = dir.path().join("out/report.html");
+        let reported = write_report(&ReportJob {
+            model_root: dir.path().to_path_buf(),
+            version: Some(versions[1].clone()),
+            compare: vec![versions[0].clone()],
+            out: out.clone(),
+        })
+        .unwrap();
+        assert_eq!(reported, versions[1]);
+        let html = std::fs::read_to_string(&out).unwrap();
+        assert!(!html.contains("<script"), "self-contained, no JavaScript");
+        // The numbers are the evaluation's.
+        for (key, value) in &good.metrics {
+            let row = html
+                .split(&format!("<tr data-metric=\"{key}\">"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no row for {key}"));
+            let [lo, hi] = good.intervals.get(key).copied().unwrap_or([*value, *value]);
+            let model_cell = row.split("<td class=\"model\">").nth(1).unwrap();
+            assert!(
+                model_cell.starts_with(&format!("{value:.4}")),
+                "{key}: {model_cell:.60}"
+            );
+            if good.intervals.contains_key(key) {
+                assert!(model_cell.contains(&format!("[{lo:.4}, {hi:.4}]")));
+            }
+            let compared = format!("{:.4}", weak.metrics[key]);
+            assert!(
+                row.split("</tr>").next().unwrap().contains(&compared),
+                "{key}"
+            );
+        }
+        // Both curves, each with the model, the baseline and the compared version.
+        for title in ["Recall@k, k = 1..100", "NDCG@k, k = 1..100"] {
+            let svg = html
+                .split(&format!("<title>{title}</title>"))
+                .nth(1)
+                .unwrap();
+            let svg = svg.split("</svg>").next().unwrap();
+            for name in [
+                format!("model {}", versions[1]),
+                "popularity".into(),
+                format!("model {}", versions[0]),
+            ] {
+                let line = svg
+                    .split(&format!("data-series=\"{name}\""))
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{title}: no series {name}"));
+                let points = line
+                    .split("points=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                assert_eq!(points.split(' ').count(), 100, "{title} {name}");
+            }
+        }
+        assert!(html.contains("By member activity"));
+        assert!(html.contains("not trained from a tuning run"));
+        // A version without an evaluation is refused by name.
+        let bare = synthetic_model(dir.path(), 50, 10, 4, 2).unwrap();
+        let err = write_report(&ReportJob {
+            model_root: dir.path().to_path_buf(),
+            version: Some(bare.clone()),
+            compare: vec![],
+            out: dir.path().join("x.html"),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(&bare), "{err}");
+    }
+
+    #[test]
+    fn a_chart_draws_every_series_within_its_frame() {
+        let series = [
+            curve("model <a&b>".into(), &[0.1, 0.2, 0.3]),
+            Series {
+                name: "dots".into(),
+                points: vec![(0.0, 1.0), (5.0, 0.5)],
+                dots: true,
+            },
+        ];
+        let svg = chart("t", "x", "y", &series, None);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert!(svg.contains(r#"data-series="model &lt;a&amp;b&gt;""#));
+        assert!(svg.contains(r#"<g data-series="dots""#));
+        assert_eq!(svg.matches("<circle").count(), 2);
+        // Every polyline point lies inside the 640 × 360 frame.
+        let points = svg
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(points.split(' ').count(), 3);
+        for p in points.split(' ') {
+            let (x, y) = p.split_once(',').unwrap();
+            let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+            assert!(
+                (60.0..=620.0).contains(&x) && (36.0..=312.0).contains(&y),
+                "{p}"
+            );
+        }
+    }
+}

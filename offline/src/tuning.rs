@@ -1,0 +1,621 @@
+//! `recsys offline tune`: hyper-parameter search for iALS that never looks at the test members.
+//!
+//! The test members are held out exactly as `recsys offline evaluate` holds them out (same
+//! protocol, fraction and seed), so the figures of the final fit compare with any other
+//! evaluation of the same data. A *validation* set is then carved out of the remaining (training)
+//! members the same way — strong generalization inside the training side — and every trial is
+//! scored on it, never on the test members.
+//!
+//! The search is successive halving (Jamieson & Talwalkar 2016; one bracket of Hyperband, Li et
+//! al. 2017) over ALS iterations: `trials` settings are drawn from the search space (log-uniform
+//! for the scales, uniform for ν), each is trained for `min_iterations` and scored; the best
+//! `1/eta` continue — training resumes from their factors, nothing is retrained — to `eta ×` the
+//! iterations, and so on up to `max_iterations`. λ is drawn as the *effective* regularisation of
+//! a row with the mean number of observed cells, `λ (n̄ + α₀ N)^ν`, so that ν and λ are not
+//! entangled.
+//!
+//! Everything is seeded: the same data, config and seed give the same trials and the same choice
+//! (a run cut short by `--budget` stops at a rung boundary, so a rerun with the same trial count
+//! reproduces it). Each scored trial is appended to `trials.jsonl` as it finishes and logged; the
+//! whole result (space, trials, the choice, its validation figures, and the test figures of the
+//! final fit next to the defaults') is written to `tuning.json`, which
+//! `recsys offline train --params-from` reads.
+//!
+//! It must not: publish models (training does), or read the test members' targets before the
+//! final fit.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use recsys_shared::artifact::Evaluation;
+use recsys_shared::config::{Config, TuningConfig};
+use recsys_shared::SharedError;
+
+use crate::als::{AlsParams, Trainer, TrainingData};
+use crate::evaluate;
+use crate::features::TrainingTable;
+use crate::progress::Progress;
+use crate::{OfflineError, Result};
+
+/// The hyper-parameters one trial sets; the rest come from `[offline.als]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub factors: usize,
+    pub regularization: f32,
+    pub regularization_exp: f32,
+    pub unobserved_weight: f32,
+    pub alpha: f32,
+    pub iterations: usize,
+}
+
+impl Setting {
+    /// `base` with this setting applied.
+    pub fn apply(&self, base: &AlsParams) -> AlsParams {
+        AlsParams {
+            factors: self.factors,
+            regularization: self.regularization,
+            regularization_exp: self.regularization_exp,
+            unobserved_weight: self.unobserved_weight,
+            alpha: self.alpha,
+            iterations: self.iterations,
+            ..base.clone()
+        }
+    }
+}
+
+/// One scored rung of one trial: a line of `trials.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub trial: usize,
+    pub rung: usize,
+    pub setting: Setting,
+    /// The validation metric the search ranks by.
+    pub score: f64,
+    pub validation: BTreeMap<String, f64>,
+    /// Seconds since the search started.
+    pub elapsed_seconds: f64,
+}
+
+/// `tuning.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuningResult {
+    /// The metric the search ranked by.
+    pub metric: String,
+    pub seed: u64,
+    pub space: TuningConfig,
+    pub best: Setting,
+    pub best_trial: usize,
+    /// The best setting's validation figures.
+    pub validation: BTreeMap<String, f64>,
+    pub validation_members: u64,
+    pub trials: Vec<TrialRecord>,
+    /// Whether `--budget` cut the search short.
+    pub budget_exhausted: bool,
+    pub search_seconds: f64,
+    /// The final fit with the chosen setting, on the test members of `offline evaluate`.
+    pub test: Evaluation,
+    /// The same fit with `[offline.als]` as configured, for comparison.
+    pub test_defaults: Evaluation,
+}
+
+impl TuningResult {
+    /// Reads a `tuning.json` (or the directory holding one).
+    pub fn read(path: &Path) -> Result<TuningResult> {
+        let file = if path.is_dir() {
+            path.join("tuning.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| SharedError::io(&file, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            OfflineError::Usage(format!(
+                "{} is not a tuning result (written by `recsys offline tune`): {e}",
+                file.display()
+            ))
+        })
+    }
+
+    /// What the manifest records about where the parameters came from.
+    pub fn provenance(&self, source: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "source": source.display().to_string(),
+            "metric": self.metric,
+            "best_trial": self.best_trial,
+            "validation": self.validation,
+            "validation_members": self.validation_members,
+            "test": self.test.metrics,
+        })
+    }
+}
+
+/// How long the search may run and how many settings it starts with.
+#[derive(Debug, Clone)]
+pub struct TuneJob {
+    pub trials: usize,
+    pub budget: Option<Duration>,
+    pub seed: u64,
+    /// Directory of `tuning.json` and `trials.jsonl`.
+    pub out: PathBuf,
+}
+
+/// Parses `90s`, `10m`, `1h`, `1h30m` or plain seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (90s, 10m, 1h30m, or seconds)");
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let (mut total, mut number) = (0u64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total += n * unit;
+        number.clear();
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Draws `n` settings from the space. `mean_observed` and `columns` translate the effective
+/// regularisation into λ for each side's typical row (the member side's).
+fn draw_settings(
+    space: &TuningConfig,
+    n: usize,
+    rng: &mut StdRng,
+    mean_observed: f64,
+    columns: usize,
+) -> Vec<Setting> {
+    let log_uniform = |rng: &mut StdRng, [lo, hi]: [f64; 2]| -> f64 {
+        if lo >= hi {
+            return lo;
+        }
+        (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln())).exp()
+    };
+    (0..n)
+        .map(|_| {
+            let factors = space.factors[rng.random_range(0..space.factors.len())];
+            let effective = log_uniform(rng, space.effective_regularization);
+            let [nu_lo, nu_hi] = space.regularization_exp;
+            let nu = nu_lo + rng.random::<f64>() * (nu_hi - nu_lo);
+            let a0 = log_uniform(rng, space.unobserved_weight);
+            let alpha = log_uniform(rng, space.alpha);
+            let mass = mean_observed + a0 * columns as f64;
+            Setting {
+                factors,
+                regularization: (effective / mass.powf(nu)) as f32,
+                regularization_exp: nu as f32,
+                unobserved_weight: a0 as f32,
+                alpha: alpha as f32,
+                iterations: space.min_iterations,
+            }
+        })
+        .collect()
+}
+
+/// The iterations of each rung: `min, min·eta, …` up to and including `max`.
+fn rungs(space: &TuningConfig) -> Vec<usize> {
+    let mut out = vec![space.min_iterations.max(1)];
+    while *out.last().expect("non-empty") < space.max_iterations {
+        let next = (out.last().expect("non-empty") * space.eta.max(2)).min(space.max_iterations);
+        out.push(next);
+    }
+    out
+}
+
+/// Runs the search, then the final fits; writes `trials.jsonl` and `tuning.json` under
+/// `job.out`.
+pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<TuningResult> {
+    let space = &config.offline.tuning;
+    let base = &config.offline.als;
+    let evaluation = &config.offline.evaluation;
+    if !space.metric_is_known() {
+        return Err(OfflineError::Usage(format!(
+            "offline.tuning.metric {:?} is not one of recall@20, recall@50, ndcg@100",
+            space.metric
+        )));
+    }
+    std::fs::create_dir_all(&job.out).map_err(|e| SharedError::io(&job.out, e))?;
+    let trials_path = job.out.join("trials.jsonl");
+    let mut trials_file =
+        std::fs::File::create(&trials_path).map_err(|e| SharedError::io(&trials_path, e))?;
+
+    // The test members, exactly as `offline evaluate` holds them out; then the validation
+    // members among the rest.
+    let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
+    let test = evaluate::hold_out(
+        table,
+        &all,
+        evaluation.heldout_fraction,
+        evaluation.min_positives,
+        evaluation.seed,
+    )?;
+    let training_side: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|&u| !test.held[u as usize])
+        .collect();
+    let validation = evaluate::hold_out(
+        table,
+        &training_side,
+        space.validation_fraction,
+        evaluation.min_positives,
+        job.seed,
+    )?;
+    let matrix = table.matrix(|p| !test.held[p.user as usize] && !validation.held[p.user as usize]);
+    let members_with_rows = (0..matrix.rows)
+        .filter(|&u| !matrix.row(u).0.is_empty())
+        .count();
+    let mean_observed = matrix.nnz() as f64 / members_with_rows.max(1) as f64;
+    let popularity = evaluate::popularity_scores(&matrix.indices, table.item_ids.len());
+    let data = TrainingData::new(&matrix, base.threads)?;
+
+    let mut rng = StdRng::seed_from_u64(job.seed);
+    let settings = draw_settings(
+        space,
+        job.trials.max(1),
+        &mut rng,
+        mean_observed,
+        matrix.cols,
+    );
+    let rungs = rungs(space);
+    let total_steps: usize = {
+        let (mut alive, mut steps, mut previous) = (settings.len(), 0, 0);
+        for &r in &rungs {
+            steps += alive * (r - previous);
+            previous = r;
+            alive = alive.div_ceil(space.eta.max(2));
+        }
+        steps
+    };
+    let started = Instant::now();
+    let mut progress = Progress::new("tuning", total_steps as u64);
+    let mut records: Vec<TrialRecord> = Vec::new();
+    let mut alive: Vec<(usize, Trainer)> = Vec::new();
+    for (id, setting) in settings.iter().enumerate() {
+        alive.push((id, Trainer::with_data(&data, &setting.apply(base))?));
+    }
+    let mut best: Option<TrialRecord> = None;
+    let mut budget_exhausted = false;
+    for (rung, &iterations) in rungs.iter().enumerate() {
+        let mut scored: Vec<(f64, usize, Trainer)> = Vec::new();
+        for (id, mut trainer) in alive.drain(..) {
+            let more = iterations - trainer.iterations_done();
+            trainer.run(more, |_| {});
+            progress.advance(more as u64, &best_message(best.as_ref(), &space.metric));
+            let setting = Setting {
+                iterations,
+                ..settings[id]
+            };
+            let scores = evaluate::score_held_out(
+                &validation,
+                trainer.item_factors(),
+                setting.factors,
+                &crate::als::fold_in_params(&setting.apply(base)),
+                &popularity,
+                job.seed,
+            )?;
+            let score = scores.metrics[&space.metric];
+            let record = TrialRecord {
+                trial: id,
+                rung,
+                setting,
+                score,
+                validation: scores.metrics.clone(),
+                elapsed_seconds: started.elapsed().as_secs_f64(),
+            };
+            let line = serde_json::to_string(&record).expect("serialisable");
+            writeln!(trials_file, "{line}").map_err(|e| SharedError::io(&trials_path, e))?;
+            tracing::info!(target: "recsys::tuning", "{line}");
+            if best.as_ref().is_none_or(|b| better(&record, b)) {
+                best = Some(record.clone());
+            }
+            records.push(record);
+            scored.push((score, id, trainer));
+        }
+        if rung + 1 == rungs.len() {
+            break;
+        }
+        if job.budget.is_some_and(|b| started.elapsed() >= b) {
+            budget_exhausted = true;
+            tracing::warn!(
+                elapsed_s = started.elapsed().as_secs(),
+                "the tuning budget is spent; stopping after rung {rung}"
+            );
+            break;
+        }
+        // Best first; ties to the lower trial id so the order does not depend on timing.
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let keep = scored.len().div_ceil(space.eta.max(2));
+        alive = scored
+            .into_iter()
+            .take(keep)
+            .map(|(_, id, t)| (id, t))
+            .collect();
+    }
+    progress.finish();
+    let search_seconds = started.elapsed().as_secs_f64();
+    let best = best.expect("at least one trial was scored");
+    drop(data);
+
+    // The final fits on the whole training side, scored on the test members.
+    let chosen = best.setting.apply(base);
+    eprintln!(
+        "tuning: best trial {} ({} {:.4} on {} validation members) after {search_seconds:.0} s; final fit on the training side...",
+        best.trial,
+        space.metric,
+        best.score,
+        validation.members.len()
+    );
+    let (test_eval, _) = evaluate::evaluate(table, &chosen, evaluation, |_| {})?;
+    let (test_defaults, _) = evaluate::evaluate(table, base, evaluation, |_| {})?;
+    let result = TuningResult {
+        metric: space.metric.clone(),
+        seed: job.seed,
+        space: space.clone(),
+        best: best.setting,
+        best_trial: best.trial,
+        validation: best.validation.clone(),
+        validation_members: validation.members.len() as u64,
+        trials: records,
+        budget_exhausted,
+        search_seconds,
+        test: test_eval,
+        test_defaults,
+    };
+    let path = job.out.join("tuning.json");
+    let tmp = job.out.join("tuning.json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&result).expect("serialisable"),
+    )
+    .map_err(|e| SharedError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| SharedError::io(&path, e))?;
+    Ok(result)
+}
+
+/// Builds the training table from the interaction log with `[offline.features]`, then
+/// [`tune`]s on it.
+pub fn tune_log(interactions: &Path, config: &Config, job: &TuneJob) -> Result<TuningResult> {
+    let input = crate::input::InputTable::discover(interactions)?;
+    let features = crate::train::run_features(
+        &crate::features::FeatureJob {
+            config: &config.offline.features,
+            as_of_ms: None,
+            threads: config.offline.als.threads,
+        },
+        &input,
+        None,
+    )?;
+    tune(&features.training, config, job)
+}
+
+/// Higher score wins; ties go to the earlier trial, then the earlier rung.
+fn better(a: &TrialRecord, b: &TrialRecord) -> bool {
+    a.score > b.score || (a.score == b.score && (a.trial, a.rung) < (b.trial, b.rung))
+}
+
+fn best_message(best: Option<&TrialRecord>, metric: &str) -> String {
+    match best {
+        Some(b) => format!(
+            "best {metric} {:.4} (trial {}, {} factors, {} it)",
+            b.score, b.trial, b.setting.factors, b.setting.iterations
+        ),
+        None => "first rung".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::tests::clustered_table;
+
+    fn small_config() -> Config {
+        let mut config = Config::default();
+        config.offline.als.threads = 2;
+        config.offline.als.compute_loss = false;
+        config.offline.tuning = TuningConfig {
+            trials: 6,
+            min_iterations: 1,
+            max_iterations: 4,
+            eta: 2,
+            factors: vec![4, 8],
+            ..Default::default()
+        };
+        config
+    }
+
+    fn job(dir: &Path) -> TuneJob {
+        TuneJob {
+            trials: 6,
+            budget: None,
+            seed: 3,
+            out: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn successive_halving_scores_the_schedule_and_keeps_the_best() {
+        let table = clustered_table();
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &small_config(), &job(dir.path())).unwrap();
+        // Rungs of 1, 2, 4 iterations with 6, 3, 2 settings.
+        let per_rung: Vec<usize> = (0..3)
+            .map(|r| result.trials.iter().filter(|t| t.rung == r).count())
+            .collect();
+        assert_eq!(per_rung, vec![6, 3, 2]);
+        // The survivors of each rung are the best of the one before.
+        for rung in 1..3 {
+            let before: Vec<&TrialRecord> = result
+                .trials
+                .iter()
+                .filter(|t| t.rung == rung - 1)
+                .collect();
+            let survivors: Vec<usize> = result
+                .trials
+                .iter()
+                .filter(|t| t.rung == rung)
+                .map(|t| t.trial)
+                .collect();
+            let worst_kept = before
+                .iter()
+                .filter(|t| survivors.contains(&t.trial))
+                .map(|t| t.score)
+                .fold(f64::MAX, f64::min);
+            let best_dropped = before
+                .iter()
+                .filter(|t| !survivors.contains(&t.trial))
+                .map(|t| t.score)
+                .fold(f64::MIN, f64::max);
+            assert!(worst_kept >= best_dropped, "rung {rung}");
+        }
+        let top = result
+            .trials
+            .iter()
+            .map(|t| t.score)
+            .fold(f64::MIN, f64::max);
+        assert_eq!(result.validation[&result.metric], top);
+        assert!(result.validation_members > 0);
+        // Every scored rung is a line of trials.jsonl, and tuning.json reads back.
+        let lines = std::fs::read_to_string(dir.path().join("trials.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), result.trials.len());
+        assert_eq!(TuningResult::read(dir.path()).unwrap(), result);
+        // The same seed reproduces the search.
+        let again = tune(&table, &small_config(), &job(dir.path())).unwrap();
+        assert_eq!(
+            again
+                .trials
+                .iter()
+                .map(|t| (t.trial, t.score))
+                .collect::<Vec<_>>(),
+            result
+                .trials
+                .iter()
+                .map(|t| (t.trial, t.score))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(again.best, result.best);
+    }
+
+    #[test]
+    fn the_search_never_reads_the_test_members() {
+        let table = clustered_table();
+        let config = small_config();
+        let e = &config.offline.evaluation;
+        let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
+        let test =
+            evaluate::hold_out(&table, &all, e.heldout_fraction, e.min_positives, e.seed).unwrap();
+        // Give every test member different items (same counts): the trials must not change.
+        let mut changed = table.clone();
+        let n = changed.item_ids.len() as u32;
+        for p in changed
+            .pairs
+            .iter_mut()
+            .filter(|p| test.held[p.user as usize])
+        {
+            p.item = (p.item + 1) % n;
+        }
+        changed.pairs.sort_by_key(|p| (p.user, p.item));
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let original = tune(&table, &config, &job(a.path())).unwrap();
+        let altered = tune(&changed, &config, &job(b.path())).unwrap();
+        let without_time = |r: &TuningResult| -> Vec<TrialRecord> {
+            r.trials
+                .iter()
+                .map(|t| TrialRecord {
+                    elapsed_seconds: 0.0,
+                    ..t.clone()
+                })
+                .collect()
+        };
+        assert_eq!(without_time(&original), without_time(&altered));
+        // ... while the test figures of the final fit do.
+        assert_ne!(original.test.metrics, altered.test.metrics);
+    }
+
+    #[test]
+    fn a_budget_stops_after_the_first_rung() {
+        let table = clustered_table();
+        let dir = tempfile::tempdir().unwrap();
+        let job = TuneJob {
+            budget: Some(Duration::ZERO),
+            ..job(dir.path())
+        };
+        let result = tune(&table, &small_config(), &job).unwrap();
+        assert!(result.budget_exhausted);
+        assert!(result.trials.iter().all(|t| t.rung == 0));
+        assert_eq!(result.trials.len(), 6);
+    }
+
+    #[test]
+    fn durations_parse_and_nonsense_is_refused() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "m", "10x", "5m3", "0m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rungs_grow_by_eta_up_to_the_maximum() {
+        let space = TuningConfig {
+            min_iterations: 2,
+            max_iterations: 16,
+            eta: 2,
+            ..Default::default()
+        };
+        assert_eq!(rungs(&space), vec![2, 4, 8, 16]);
+        let space = TuningConfig {
+            min_iterations: 3,
+            max_iterations: 20,
+            eta: 3,
+            ..Default::default()
+        };
+        assert_eq!(rungs(&space), vec![3, 9, 20]);
+    }
+
+    #[test]
+    fn drawn_settings_stay_in_the_space_and_repeat_for_a_seed() {
+        let space = TuningConfig::default();
+        let draw = |seed| draw_settings(&space, 50, &mut StdRng::seed_from_u64(seed), 40.0, 1000);
+        let settings = draw(3);
+        assert_eq!(settings, draw(3));
+        assert_ne!(settings, draw(4));
+        for s in &settings {
+            assert!(space.factors.contains(&s.factors));
+            let [lo, hi] = space.unobserved_weight;
+            assert!(
+                (lo as f32..=hi as f32).contains(&s.unobserved_weight),
+                "{s:?}"
+            );
+            let [lo, hi] = space.regularization_exp;
+            assert!(
+                (lo as f32..=hi as f32).contains(&s.regularization_exp),
+                "{s:?}"
+            );
+            // The effective regularisation of a mean row is in its range.
+            let mass = 40.0 + f64::from(s.unobserved_weight) * 1000.0;
+            let effective =
+                f64::from(s.regularization) * mass.powf(f64::from(s.regularization_exp));
+            let [lo, hi] = space.effective_regularization;
+            assert!(effective >= lo * 0.999 && effective <= hi * 1.001, "{s:?}");
+        }
+    }
+}
