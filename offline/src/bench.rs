@@ -70,17 +70,23 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 fn peer(args: &BenchArgs, script: &str, extra: &[String]) -> Result<serde_json::Value> {
-    let path = args.peer_dir.join(script);
-    let output = Command::new(&args.python)
+    run_peer(&args.python, &args.peer_dir, script, extra)
+}
+
+/// Runs `python peer_dir/script extra…` and parses the last line of its output as JSON.
+pub fn run_peer(
+    python: &str,
+    peer_dir: &Path,
+    script: &str,
+    extra: &[String],
+) -> Result<serde_json::Value> {
+    let path = peer_dir.join(script);
+    let output = Command::new(python)
         .arg(&path)
         .args(extra)
         .output()
         .map_err(|e| {
-            OfflineError::Peer(format!(
-                "cannot run {} {}: {e}",
-                args.python,
-                path.display()
-            ))
+            OfflineError::Peer(format!("cannot run {} {}: {e}", python, path.display()))
         })?;
     if !output.status.success() {
         return Err(OfflineError::Peer(format!(

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod movielens;
 pub mod report;
 pub use recsys_shared::progress;
+pub mod quality_bench;
 pub mod synth;
 pub mod tables;
 pub mod train;
