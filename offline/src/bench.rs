@@ -50,6 +50,13 @@ pub struct BenchArgs {
     /// MovieLens directory for the accuracy comparison; `none` skips it.
     #[arg(long, default_value = "../shared/data/ml-latest-small")]
     pub movielens: String,
+    #[command(flatten)]
+    pub peer: PeerArgs,
+}
+
+/// Where the Python peer is and whether to run it (shared by the offline benchmarks).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerArgs {
     /// Directory of the peer scripts.
     #[arg(long, default_value = "deploy/bench")]
     pub peer_dir: PathBuf,
@@ -61,6 +68,13 @@ pub struct BenchArgs {
     pub skip_peer: bool,
 }
 
+impl PeerArgs {
+    /// Runs `python peer_dir/script extra…` and parses the last line of its output as JSON.
+    pub fn run(&self, script: &str, extra: &[String]) -> Result<serde_json::Value> {
+        run_peer(&self.python, &self.peer_dir, script, extra)
+    }
+}
+
 /// Peak resident memory of this process so far, MiB (VmHWM).
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -70,11 +84,10 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 fn peer(args: &BenchArgs, script: &str, extra: &[String]) -> Result<serde_json::Value> {
-    run_peer(&args.python, &args.peer_dir, script, extra)
+    args.peer.run(script, extra)
 }
 
-/// Runs `python peer_dir/script extra…` and parses the last line of its output as JSON.
-pub fn run_peer(
+fn run_peer(
     python: &str,
     peer_dir: &Path,
     script: &str,
@@ -205,7 +218,7 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
     println!("training matrix: {} non-zeros", matrix.nnz());
     let dir =
         tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
-    if !args.skip_peer {
+    if !args.peer.skip_peer {
         write_matrix(dir.path(), &matrix, params.alpha)?;
     }
     let mut peer_args = vec![dir.path().display().to_string()];
@@ -224,7 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
         let ours = started.elapsed().as_secs_f64() / params.iterations as f64;
         ours_rounds.push(ours);
         print!("round {round}: recsys {ours:.3} s/iteration");
-        if !args.skip_peer {
+        if !args.peer.skip_peer {
             let implicit = peer(args, "implicit_als.py", &peer_args)?;
             let theirs = implicit["seconds_per_iteration"]
                 .as_f64()
@@ -252,7 +265,7 @@ pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
             "recsys": {"seconds_per_iteration": ours_per_iteration, "rounds": ours_rounds, "peak_rss_mib": ours_peak},
         }
     });
-    if !args.skip_peer {
+    if !args.peer.skip_peer {
         let theirs = fastest(&theirs_rounds);
         println!(
             "implicit: {theirs:.3} s/iteration (fastest of {}), peak RSS {:.0} MiB",
@@ -306,7 +319,7 @@ fn movielens_accuracy(args: &BenchArgs, params: &AlsParams) -> Result<serde_json
     for key in keys {
         println!("recsys   {key}: {:.4}", ours.metrics[key]);
     }
-    if !args.skip_peer {
+    if !args.peer.skip_peer {
         let mut peer_args = vec![
             split_dir.display().to_string(),
             format!("--alpha={}", params.alpha),

@@ -22,11 +22,9 @@ use std::time::Duration;
 use recsys_shared::artifact::Evaluation;
 use recsys_shared::config::Config;
 
-use crate::bench::run_peer;
+use crate::bench::PeerArgs;
 use crate::evaluate;
-use crate::features::FeatureJob;
-use crate::input::InputTable;
-use crate::train::run_features;
+use crate::train::training_features;
 use crate::tuning::{self, TuneJob};
 use crate::{OfflineError, Result};
 
@@ -45,15 +43,8 @@ pub struct QualityBenchArgs {
     /// Seed of both searches.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// Directory of the peer scripts.
-    #[arg(long, default_value = "deploy/bench")]
-    pub peer_dir: PathBuf,
-    /// Python interpreter with `implicit` installed (deploy/bench/requirements.txt).
-    #[arg(long, default_value = "python3")]
-    pub python: String,
-    /// Run only our side.
-    #[arg(long)]
-    pub skip_peer: bool,
+    #[command(flatten)]
+    pub peer: PeerArgs,
 }
 
 const KEYS: [&str; 3] = ["recall@20", "recall@50", "ndcg@100"];
@@ -84,16 +75,7 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
     } else {
         source.to_path_buf()
     };
-    let input = InputTable::discover(&interactions)?;
-    let features = run_features(
-        &FeatureJob {
-            config: &config.offline.features,
-            as_of_ms: None,
-            threads: config.offline.als.threads,
-        },
-        &input,
-        None,
-    )?;
+    let features = training_features(&interactions, config)?;
     let table = &features.training;
     println!(
         "== {}: {} members, {} items, {} pairs; strong generalization, seed {}",
@@ -134,10 +116,8 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
         "recsys_search_seconds": tuned.search_seconds,
         "recsys_trials": tuned.trials.len(),
     });
-    if !args.skip_peer {
-        let peer = run_peer(
-            &args.python,
-            &args.peer_dir,
+    if !args.peer.skip_peer {
+        let peer = args.peer.run(
             "implicit_quality.py",
             &[
                 split_dir.display().to_string(),
@@ -173,7 +153,7 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
         tuned.trials.len(),
         result["implicit_tuned"]["setting"]
     );
-    if !args.skip_peer {
+    if !args.peer.skip_peer {
         let get = |row: &str, key: &str| result[row]["metrics"][key].as_f64().unwrap_or(f64::NAN);
         for key in ["ndcg@100", "recall@20"] {
             let d = get("recsys_tuned", key) - get("implicit_tuned", key);

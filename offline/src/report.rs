@@ -500,6 +500,12 @@ pub fn render(
 mod tests {
     use super::*;
 
+    /// The `points` of the first polyline in `svg`.
+    fn polyline_points(svg: &str) -> &str {
+        let after = svg.split("points=\"").nth(1).expect("a polyline");
+        after.split('"').next().expect("closing quote")
+    }
+
     #[test]
     fn ticks_are_round_and_cover_the_range() {
         assert_eq!(
@@ -591,13 +597,7 @@ mod tests {
                     .split(&format!("data-series=\"{name}\""))
                     .nth(1)
                     .unwrap_or_else(|| panic!("{title}: no series {name}"));
-                let points = line
-                    .split("points=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap();
+                let points = polyline_points(line);
                 assert_eq!(points.split(' ').count(), 100, "{title} {name}");
             }
         }
@@ -631,13 +631,7 @@ mod tests {
         assert!(svg.contains(r#"<g data-series="dots""#));
         assert_eq!(svg.matches("<circle").count(), 2);
         // Every polyline point lies inside the 640 × 360 frame.
-        let points = svg
-            .split("points=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
+        let points = polyline_points(&svg);
         assert_eq!(points.split(' ').count(), 3);
         for p in points.split(' ') {
             let (x, y) = p.split_once(',').unwrap();

@@ -315,20 +315,26 @@ impl TrainJob {
     }
 }
 
+/// The feature jobs over an interaction log alone (no catalog, no `--as-of`), with
+/// `[offline.features]`: what evaluation, tuning and the quality benchmark train on.
+pub fn training_features(interactions: &std::path::Path, config: &Config) -> Result<Features> {
+    let input = InputTable::discover(interactions)?;
+    let job = FeatureJob {
+        config: &config.offline.features,
+        as_of_ms: None,
+        threads: config.offline.als.threads,
+    };
+    run_features(&job, &input, None)
+}
+
 /// `recsys offline evaluate` on its own.
 pub fn evaluate_only(
     interactions: &std::path::Path,
     config: &Config,
     export_split: Option<&std::path::Path>,
 ) -> Result<Evaluation> {
-    let input = InputTable::discover(interactions)?;
     let params = config.offline.als.clone();
-    let job = FeatureJob {
-        config: &config.offline.features,
-        as_of_ms: None,
-        threads: params.threads,
-    };
-    let features = run_features(&job, &input, None)?;
+    let features = training_features(interactions, config)?;
     let (evaluation, split) =
         evaluate_with_progress(&features.training, &params, &config.offline.evaluation)?;
     if let Some(dir) = export_split {

@@ -14,9 +14,10 @@
 //! a row with the mean number of observed cells, `λ (n̄ + α₀ N)^ν`, so that ν and λ are not
 //! entangled.
 //!
-//! Everything is seeded: the same data, config and seed give the same trials and the same choice
-//! (a run cut short by `--budget` stops at a rung boundary, so a rerun with the same trial count
-//! reproduces it). Each scored trial is appended to `trials.jsonl` as it finishes and logged; the
+//! Without `--budget` the search is one bracket. With one, it runs brackets of fresh draws until
+//! the budget is spent, stopping at a rung boundary. Everything is seeded: the same data, config,
+//! seed and trial count give the same trials, bracket after bracket, and the same choice for the
+//! same number of rungs run. Each scored trial is appended to `trials.jsonl` as it finishes and logged; the
 //! whole result (space, trials, the choice, its validation figures, and the test figures of the
 //! final fit next to the defaults') is written to `tuning.json`, which
 //! `recsys offline train --params-from` reads.
@@ -73,6 +74,9 @@ impl Setting {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialRecord {
     pub trial: usize,
+    /// The successive-halving bracket (a fresh draw of `trials` settings).
+    #[serde(default)]
+    pub bracket: usize,
     pub rung: usize,
     pub setting: Setting,
     /// The validation metric the search ranks by.
@@ -95,7 +99,7 @@ pub struct TuningResult {
     pub validation: BTreeMap<String, f64>,
     pub validation_members: u64,
     pub trials: Vec<TrialRecord>,
-    /// Whether `--budget` cut the search short.
+    /// Whether `--budget` cut a bracket short (before its last rung).
     pub budget_exhausted: bool,
     pub search_seconds: f64,
     /// The final fit with the chosen setting, on the test members of `offline evaluate`.
@@ -266,16 +270,10 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     let data = TrainingData::new(&matrix, base.threads)?;
 
     let mut rng = StdRng::seed_from_u64(job.seed);
-    let settings = draw_settings(
-        space,
-        job.trials.max(1),
-        &mut rng,
-        mean_observed,
-        matrix.cols,
-    );
     let rungs = rungs(space);
-    let total_steps: usize = {
-        let (mut alive, mut steps, mut previous) = (settings.len(), 0, 0);
+    let n = job.trials.max(1);
+    let bracket_steps: usize = {
+        let (mut alive, mut steps, mut previous) = (n, 0, 0);
         for &r in &rungs {
             steps += alive * (r - previous);
             previous = r;
@@ -284,69 +282,90 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         steps
     };
     let started = Instant::now();
-    let mut progress = Progress::new("tuning", total_steps as u64);
+    // Without a budget, one bracket; with one, brackets of fresh draws until it is spent (the
+    // bar then shows the first bracket's length and restarts).
+    let mut progress = Progress::new("tuning", bracket_steps as u64);
     let mut records: Vec<TrialRecord> = Vec::new();
-    let mut alive: Vec<(usize, Trainer)> = Vec::new();
-    for (id, setting) in settings.iter().enumerate() {
-        alive.push((id, Trainer::with_data(&data, &setting.apply(base))?));
-    }
+    let mut settings: Vec<Setting> = Vec::new();
     let mut best: Option<TrialRecord> = None;
     let mut budget_exhausted = false;
-    for (rung, &iterations) in rungs.iter().enumerate() {
-        let mut scored: Vec<(f64, usize, Trainer)> = Vec::new();
-        for (id, mut trainer) in alive.drain(..) {
-            let more = iterations - trainer.iterations_done();
-            trainer.run(more, |_| {});
-            progress.advance(more as u64, &best_message(best.as_ref(), &space.metric));
-            let setting = Setting {
-                iterations,
-                ..settings[id]
-            };
-            let scores = evaluate::score_held_out(
-                &validation,
-                trainer.item_factors(),
-                setting.factors,
-                &crate::als::fold_in_params(&setting.apply(base)),
-                &popularity,
-                job.seed,
-            )?;
-            let score = scores.metrics[&space.metric];
-            let record = TrialRecord {
-                trial: id,
-                rung,
-                setting,
-                score,
-                validation: scores.metrics.clone(),
-                elapsed_seconds: started.elapsed().as_secs_f64(),
-            };
-            let line = serde_json::to_string(&record).expect("serialisable");
-            writeln!(trials_file, "{line}").map_err(|e| SharedError::io(&trials_path, e))?;
-            tracing::info!(target: "recsys::tuning", "{line}");
-            if best.as_ref().is_none_or(|b| better(&record, b)) {
-                best = Some(record.clone());
+    let spent = |started: &Instant| job.budget.is_some_and(|b| started.elapsed() >= b);
+    'brackets: for bracket in 0.. {
+        let first = settings.len();
+        settings.extend(draw_settings(
+            space,
+            n,
+            &mut rng,
+            mean_observed,
+            matrix.cols,
+        ));
+        let mut alive: Vec<(usize, Trainer)> = Vec::new();
+        for id in first..settings.len() {
+            alive.push((id, Trainer::with_data(&data, &settings[id].apply(base))?));
+        }
+        for (rung, &iterations) in rungs.iter().enumerate() {
+            let mut scored: Vec<(f64, usize, Trainer)> = Vec::new();
+            for (id, mut trainer) in alive.drain(..) {
+                let more = iterations - trainer.iterations_done();
+                trainer.run(more, |_| {});
+                progress.advance(more as u64, &best_message(best.as_ref(), &space.metric));
+                let setting = Setting {
+                    iterations,
+                    ..settings[id]
+                };
+                let scores = evaluate::score_held_out(
+                    &validation,
+                    trainer.item_factors(),
+                    setting.factors,
+                    &crate::als::fold_in_params(&setting.apply(base)),
+                    &popularity,
+                    job.seed,
+                )?;
+                let score = scores.metrics[&space.metric];
+                let record = TrialRecord {
+                    trial: id,
+                    bracket,
+                    rung,
+                    setting,
+                    score,
+                    validation: scores.metrics.clone(),
+                    elapsed_seconds: started.elapsed().as_secs_f64(),
+                };
+                let line = serde_json::to_string(&record).expect("serialisable");
+                writeln!(trials_file, "{line}").map_err(|e| SharedError::io(&trials_path, e))?;
+                tracing::info!(target: "recsys::tuning", "{line}");
+                if best.as_ref().is_none_or(|b| better(&record, b)) {
+                    best = Some(record.clone());
+                }
+                records.push(record);
+                scored.push((score, id, trainer));
             }
-            records.push(record);
-            scored.push((score, id, trainer));
+            let last_rung = rung + 1 == rungs.len();
+            if spent(&started) {
+                budget_exhausted = !last_rung;
+                tracing::info!(
+                    elapsed_s = started.elapsed().as_secs(),
+                    "the tuning budget is spent; stopping after bracket {bracket}, rung {rung}"
+                );
+                break 'brackets;
+            }
+            if last_rung {
+                break;
+            }
+            // Best first; ties to the lower trial id so the order does not depend on timing.
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let keep = scored.len().div_ceil(space.eta.max(2));
+            alive = scored
+                .into_iter()
+                .take(keep)
+                .map(|(_, id, t)| (id, t))
+                .collect();
         }
-        if rung + 1 == rungs.len() {
+        if job.budget.is_none() {
             break;
         }
-        if job.budget.is_some_and(|b| started.elapsed() >= b) {
-            budget_exhausted = true;
-            tracing::warn!(
-                elapsed_s = started.elapsed().as_secs(),
-                "the tuning budget is spent; stopping after rung {rung}"
-            );
-            break;
-        }
-        // Best first; ties to the lower trial id so the order does not depend on timing.
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let keep = scored.len().div_ceil(space.eta.max(2));
-        alive = scored
-            .into_iter()
-            .take(keep)
-            .map(|(_, id, t)| (id, t))
-            .collect();
+        progress.finish();
+        progress = Progress::new("tuning", bracket_steps as u64);
     }
     progress.finish();
     let search_seconds = started.elapsed().as_secs_f64();
@@ -392,16 +411,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
 /// Builds the training table from the interaction log with `[offline.features]`, then
 /// [`tune`]s on it.
 pub fn tune_log(interactions: &Path, config: &Config, job: &TuneJob) -> Result<TuningResult> {
-    let input = crate::input::InputTable::discover(interactions)?;
-    let features = crate::train::run_features(
-        &crate::features::FeatureJob {
-            config: &config.offline.features,
-            as_of_ms: None,
-            threads: config.offline.als.threads,
-        },
-        &input,
-        None,
-    )?;
+    let features = crate::train::training_features(interactions, config)?;
     tune(&features.training, config, job)
 }
 
@@ -494,7 +504,11 @@ mod tests {
         // Every scored rung is a line of trials.jsonl, and tuning.json reads back.
         let lines = std::fs::read_to_string(dir.path().join("trials.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), result.trials.len());
-        assert_eq!(TuningResult::read(dir.path()).unwrap(), result);
+        let read = TuningResult::read(dir.path()).unwrap();
+        assert_eq!(
+            (read.best, read.best_trial, read.trials.len()),
+            (result.best, result.best_trial, result.trials.len())
+        );
         // The same seed reproduces the search.
         let again = tune(&table, &small_config(), &job(dir.path())).unwrap();
         assert_eq!(
@@ -560,6 +574,41 @@ mod tests {
         assert!(result.budget_exhausted);
         assert!(result.trials.iter().all(|t| t.rung == 0));
         assert_eq!(result.trials.len(), 6);
+    }
+
+    #[test]
+    fn a_budget_runs_further_brackets_after_the_first() {
+        let table = clustered_table();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let one = tune(&table, &small_config(), &job(a.path())).unwrap();
+        let budgeted = tune(
+            &table,
+            &small_config(),
+            &TuneJob {
+                budget: Some(Duration::from_secs(3)),
+                ..job(b.path())
+            },
+        )
+        .unwrap();
+        let brackets = budgeted.trials.iter().map(|t| t.bracket).max().unwrap();
+        assert!(brackets >= 1, "one bracket only in 3 s");
+        // The first bracket is the unbudgeted search; later ones draw new settings.
+        let key = |t: &TrialRecord| (t.trial, t.rung, t.setting, t.score);
+        let first: Vec<_> = budgeted
+            .trials
+            .iter()
+            .filter(|t| t.bracket == 0)
+            .map(key)
+            .collect();
+        assert_eq!(first, one.trials.iter().map(key).collect::<Vec<_>>());
+        let second = budgeted.trials.iter().find(|t| t.bracket == 1).unwrap();
+        assert!(one.trials.iter().all(|t| t.setting != second.setting));
+        let top = budgeted
+            .trials
+            .iter()
+            .map(|t| t.score)
+            .fold(f64::MIN, f64::max);
+        assert_eq!(budgeted.validation[&budgeted.metric], top);
     }
 
     #[test]
