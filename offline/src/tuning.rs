@@ -300,8 +300,8 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             matrix.cols,
         ));
         let mut alive: Vec<(usize, Trainer)> = Vec::new();
-        for id in first..settings.len() {
-            alive.push((id, Trainer::with_data(&data, &settings[id].apply(base))?));
+        for (id, setting) in settings.iter().enumerate().skip(first) {
+            alive.push((id, Trainer::with_data(&data, &setting.apply(base))?));
         }
         for (rung, &iterations) in rungs.iter().enumerate() {
             let mut scored: Vec<(f64, usize, Trainer)> = Vec::new();
