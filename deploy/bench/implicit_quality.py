@@ -40,12 +40,14 @@ def csr(rows, row_index, n_rows, n_items):
     return sp.csr_matrix((d, (r, c)), shape=(n_rows, n_items))
 
 
-def fit(train_rows, users, n_items, s, threads, seed):
+def fit(train_rows, users, n_items, s, threads, seed, cg_steps=None):
     model = AlternatingLeastSquares(
         factors=s["factors"], regularization=s["regularization"], alpha=s["alpha"],
         iterations=s["iterations"], use_cg=True, calculate_training_loss=False,
         num_threads=threads, random_state=seed,
     )
+    if cg_steps is not None:
+        model.cg_steps = cg_steps
     uix = {u: n for n, u in enumerate(users)}
     model.fit(csr(train_rows, uix, len(users), n_items), show_progress=False)
     return model
@@ -117,6 +119,17 @@ def draw(rng):
     )
 
 
+def read_split(split_dir):
+    """train, foldin, target as (user id, item index) pairs, and the number of items."""
+    train = pairs(os.path.join(split_dir, "train.parquet"))
+    foldin = pairs(os.path.join(split_dir, "foldin.parquet"))
+    target = pairs(os.path.join(split_dir, "target.parquet"))
+    items = sorted({i for _, i in train + foldin + target})
+    iix = {i: n for n, i in enumerate(items)}
+    index = lambda rows: [(u, iix[i]) for u, i in rows]
+    return index(train), index(foldin), index(target), len(items)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("split_dir")
@@ -125,13 +138,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args()
-    train = pairs(os.path.join(a.split_dir, "train.parquet"))
-    foldin = pairs(os.path.join(a.split_dir, "foldin.parquet"))
-    target = pairs(os.path.join(a.split_dir, "target.parquet"))
-    items = sorted({i for _, i in train + foldin + target})
-    iix = {i: n for n, i in enumerate(items)}
-    index = lambda rows: [(u, iix[i]) for u, i in rows]
-    train, foldin, target = index(train), index(foldin), index(target)
+    train, foldin, target, n_items = read_split(a.split_dir)
+    items = range(n_items)
     train_users = sorted({u for u, _ in train})
 
     default_model = fit(train, train_users, len(items), DEFAULTS, a.threads, a.seed)
