@@ -97,6 +97,40 @@ pub struct HeldOut {
     pub targets: Vec<Vec<u32>>,
 }
 
+impl HeldOut {
+    /// The split as pairs: everyone else's pairs train, the held members' fold in or are targets.
+    pub fn split(&self, table: &TrainingTable) -> Split {
+        let mut split = Split::default();
+        for ((&u, history), target) in self.members.iter().zip(&self.histories).zip(&self.targets) {
+            split.target.extend(target.iter().map(|&i| (u, i)));
+            split.foldin.extend(history.iter().map(|&(i, _)| (u, i)));
+        }
+        split.train = table
+            .pairs
+            .iter()
+            .filter(|p| !self.held[p.user as usize])
+            .map(|p| (p.user, p.item))
+            .collect();
+        split
+    }
+}
+
+/// The strong-generalization split `evaluate` trains and scores on, without training.
+pub fn strong_generalization_split(
+    table: &TrainingTable,
+    config: &EvaluationConfig,
+) -> Result<Split> {
+    let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
+    let held = hold_out(
+        table,
+        &all,
+        config.heldout_fraction,
+        config.min_positives,
+        config.seed,
+    )?;
+    Ok(held.split(table))
+}
+
 /// Holds out a seeded `fraction` of the `candidates` with at least `min_positives` positives, and
 /// splits each one's positives 80/20 at random into fold-in history and target.
 pub fn hold_out(
@@ -195,17 +229,7 @@ fn strong_generalization(
         config.min_positives,
         config.seed,
     )?;
-    let mut split = Split::default();
-    for ((&u, history), target) in held.members.iter().zip(&held.histories).zip(&held.targets) {
-        split.target.extend(target.iter().map(|&i| (u, i)));
-        split.foldin.extend(history.iter().map(|&(i, _)| (u, i)));
-    }
-    split.train = table
-        .pairs
-        .iter()
-        .filter(|p| !held.held[p.user as usize])
-        .map(|p| (p.user, p.item))
-        .collect();
+    let split = held.split(table);
 
     let matrix = table.matrix(|p| !held.held[p.user as usize]);
     let model = als::train(&matrix, params, on_iteration)?;
@@ -641,8 +665,9 @@ pub(crate) mod tests {
         );
         let held: std::collections::HashSet<u32> = split.target.iter().map(|p| p.0).collect();
         assert!(split.train.iter().all(|(u, _)| !held.contains(u)));
-        // Same seed, same split and figures.
+        // Same seed, same split and figures; the split alone is the same without training.
         let (again, split_again) = evaluate(&table, &params(), &config, |_| {}).unwrap();
+        assert_eq!(strong_generalization_split(&table, &config).unwrap(), split);
         assert_eq!((again, split_again), (eval, split));
     }
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use recsys_shared::artifact::Evaluation;
-use recsys_shared::config::Config;
+use recsys_shared::config::{Config, EvaluationConfig, Protocol};
 
 use crate::bench::PeerArgs;
 use crate::evaluate;
@@ -85,12 +85,13 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
         table.pairs.len(),
         config.offline.evaluation.seed
     );
-    let (_, split) = evaluate::evaluate(
-        table,
-        &config.offline.als,
-        &config.offline.evaluation,
-        |_| {},
-    )?;
+    // The split the tuner's final fits are scored on (strong generalization), for the peer.
+    let evaluation = EvaluationConfig {
+        protocol: Protocol::StrongGeneralization,
+        ..config.offline.evaluation.clone()
+    };
+    let split = evaluate::strong_generalization_split(table, &evaluation)?;
+
     let split_dir = work.path().join("split");
     evaluate::export_split(&split_dir, table, &split)?;
     let tuned = tuning::tune(

@@ -1,7 +1,7 @@
 //! `recsys offline tune`: hyper-parameter search for iALS that never looks at the test members.
 //!
-//! The test members are held out exactly as `recsys offline evaluate` holds them out (same
-//! protocol, fraction and seed), so the figures of the final fit compare with any other
+//! The test members are held out exactly as `recsys offline evaluate` holds them out with strong
+//! generalization (same fraction and seed; the search always uses that protocol), so the figures of the final fit compare with any other
 //! evaluation of the same data. A *validation* set is then carved out of the remaining (training)
 //! members the same way — strong generalization inside the training side — and every trial is
 //! scored on it, never on the test members.
@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use recsys_shared::artifact::Evaluation;
-use recsys_shared::config::{Config, TuningConfig};
+use recsys_shared::config::{Config, EvaluationConfig, Protocol, TuningConfig};
 use recsys_shared::SharedError;
 
 use crate::als::{AlsParams, Trainer, TrainingData};
@@ -227,7 +227,12 @@ fn rungs(space: &TuningConfig) -> Vec<usize> {
 pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<TuningResult> {
     let space = &config.offline.tuning;
     let base = &config.offline.als;
-    let evaluation = &config.offline.evaluation;
+    // Validation and test are strong generalization whatever protocol `offline evaluate` is
+    // configured with: the search folds members in, and its metrics are that protocol's.
+    let evaluation = &EvaluationConfig {
+        protocol: Protocol::StrongGeneralization,
+        ..config.offline.evaluation.clone()
+    };
     if !space.metric_is_known() {
         return Err(OfflineError::Usage(format!(
             "offline.tuning.metric {:?} is not one of recall@20, recall@50, ndcg@100",
@@ -560,6 +565,21 @@ mod tests {
         assert_eq!(without_time(&original), without_time(&altered));
         // ... while the test figures of the final fit do.
         assert_ne!(original.test.metrics, altered.test.metrics);
+    }
+
+    #[test]
+    fn the_search_scores_strong_generalization_whatever_evaluate_is_set_to() {
+        // With leave-last-out configured, the final fits were scored by that protocol, whose
+        // metrics lack the search's ndcg@100.
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.evaluation.protocol = Protocol::LeaveLastOut;
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &config, &job(dir.path())).unwrap();
+        for e in [&result.test, &result.test_defaults] {
+            assert_eq!(e.protocol, "strong-generalization");
+            assert!(e.metrics.contains_key(&result.metric));
+        }
     }
 
     #[test]
