@@ -115,20 +115,25 @@ impl HeldOut {
     }
 }
 
-/// The strong-generalization split `evaluate` trains and scores on, without training.
-pub fn strong_generalization_split(
-    table: &TrainingTable,
-    config: &EvaluationConfig,
-) -> Result<Split> {
+/// The members strong generalization holds out of training (`config`'s fraction, minimum and
+/// seed): the test members of `evaluate`, of `tune`'s final fits and of `bench-quality`.
+pub fn test_members(table: &TrainingTable, config: &EvaluationConfig) -> Result<HeldOut> {
     let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
-    let held = hold_out(
+    hold_out(
         table,
         &all,
         config.heldout_fraction,
         config.min_positives,
         config.seed,
-    )?;
-    Ok(held.split(table))
+    )
+}
+
+/// The strong-generalization split `evaluate` trains and scores on, without training.
+pub fn strong_generalization_split(
+    table: &TrainingTable,
+    config: &EvaluationConfig,
+) -> Result<Split> {
+    Ok(test_members(table, config)?.split(table))
 }
 
 /// Holds out a seeded `fraction` of the `candidates` with at least `min_positives` positives, and
@@ -221,14 +226,7 @@ fn strong_generalization(
     config: &EvaluationConfig,
     on_iteration: impl FnMut(IterationReport),
 ) -> Result<(Evaluation, Split)> {
-    let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
-    let held = hold_out(
-        table,
-        &all,
-        config.heldout_fraction,
-        config.min_positives,
-        config.seed,
-    )?;
+    let held = test_members(table, config)?;
     let split = held.split(table);
 
     let matrix = table.matrix(|p| !held.held[p.user as usize]);

@@ -246,17 +246,8 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
 
     // The test members, exactly as `offline evaluate` holds them out; then the validation
     // members among the rest.
-    let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
-    let test = evaluate::hold_out(
-        table,
-        &all,
-        evaluation.heldout_fraction,
-        evaluation.min_positives,
-        evaluation.seed,
-    )?;
-    let training_side: Vec<u32> = all
-        .iter()
-        .copied()
+    let test = evaluate::test_members(table, evaluation)?;
+    let training_side: Vec<u32> = (0..table.user_ids.len() as u32)
         .filter(|&u| !test.held[u as usize])
         .collect();
     let validation = evaluate::hold_out(
@@ -535,10 +526,7 @@ mod tests {
     fn the_search_never_reads_the_test_members() {
         let table = clustered_table();
         let config = small_config();
-        let e = &config.offline.evaluation;
-        let all: Vec<u32> = (0..table.user_ids.len() as u32).collect();
-        let test =
-            evaluate::hold_out(&table, &all, e.heldout_fraction, e.min_positives, e.seed).unwrap();
+        let test = evaluate::test_members(&table, &config.offline.evaluation).unwrap();
         // Give every test member different items (same counts): the trials must not change.
         let mut changed = table.clone();
         let n = changed.item_ids.len() as u32;
