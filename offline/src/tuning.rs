@@ -446,6 +446,16 @@ mod tests {
         config
     }
 
+    /// The chosen setting's validation figure is the best any scored trial reached.
+    fn assert_chose_the_top_score(result: &TuningResult) {
+        let top = result
+            .trials
+            .iter()
+            .map(|t| t.score)
+            .fold(f64::MIN, f64::max);
+        assert_eq!(result.validation[&result.metric], top);
+    }
+
     fn job(dir: &Path) -> TuneJob {
         TuneJob {
             trials: 6,
@@ -490,12 +500,7 @@ mod tests {
                 .fold(f64::MIN, f64::max);
             assert!(worst_kept >= best_dropped, "rung {rung}");
         }
-        let top = result
-            .trials
-            .iter()
-            .map(|t| t.score)
-            .fold(f64::MIN, f64::max);
-        assert_eq!(result.validation[&result.metric], top);
+        assert_chose_the_top_score(&result);
         assert!(result.validation_members > 0);
         // Every scored rung is a line of trials.jsonl, and tuning.json reads back.
         let lines = std::fs::read_to_string(dir.path().join("trials.jsonl")).unwrap();
@@ -611,12 +616,7 @@ mod tests {
         assert_eq!(first, one.trials.iter().map(key).collect::<Vec<_>>());
         let second = budgeted.trials.iter().find(|t| t.bracket == 1).unwrap();
         assert!(one.trials.iter().all(|t| t.setting != second.setting));
-        let top = budgeted
-            .trials
-            .iter()
-            .map(|t| t.score)
-            .fold(f64::MIN, f64::max);
-        assert_eq!(budgeted.validation[&budgeted.metric], top);
+        assert_chose_the_top_score(&budgeted);
     }
 
     #[test]
