@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use recsys_shared::artifact::{Evaluation, Manifest, ModelRoot};
+use recsys_shared::artifact::{Curves, Evaluation, Manifest, ModelRoot};
 use recsys_shared::SharedError;
 
 use crate::tuning::TuningResult;
@@ -341,29 +341,19 @@ pub fn render(
     html.push_str("</table>");
     // Curves.
     if let Some(curves) = &evaluation.curves {
-        for (title, label, pick, pick_pop) in [
-            (
-                "Recall@k",
-                "recall",
-                (|c: &recsys_shared::artifact::Curves| c.recall.clone())
-                    as fn(&recsys_shared::artifact::Curves) -> Vec<f64>,
-                (|c: &recsys_shared::artifact::Curves| c.popularity_recall.clone())
-                    as fn(&recsys_shared::artifact::Curves) -> Vec<f64>,
-            ),
-            (
-                "NDCG@k",
-                "ndcg",
-                |c: &recsys_shared::artifact::Curves| c.ndcg.clone(),
-                |c: &recsys_shared::artifact::Curves| c.popularity_ndcg.clone(),
-            ),
-        ] {
+        type Pick = fn(&Curves) -> &[f64];
+        let recall: (Pick, Pick) = (|c| &c.recall, |c| &c.popularity_recall);
+        let ndcg: (Pick, Pick) = (|c| &c.ndcg, |c| &c.popularity_ndcg);
+        for (title, label, (pick, pick_pop)) in
+            [("Recall@k", "recall", recall), ("NDCG@k", "ndcg", ndcg)]
+        {
             let mut series = vec![
-                curve(format!("model {version}"), &pick(curves)),
-                curve("popularity".into(), &pick_pop(curves)),
+                curve(format!("model {version}"), pick(curves)),
+                curve("popularity".into(), pick_pop(curves)),
             ];
             for (other, e) in compared {
                 if let Some(c) = &e.curves {
-                    series.push(curve(format!("model {other}"), &pick(c)));
+                    series.push(curve(format!("model {other}"), pick(c)));
                 }
             }
             let _ = write!(
