@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::{evaluate_only, TrainJob};
 use recsys_offline::tuning::{TuneJob, TuningResult};
-use recsys_shared::artifact::ModelRoot;
+use recsys_shared::artifact::{ModelMirror, ModelRoot, RemoteModelRoot};
 use recsys_shared::config::{Config, Protocol};
+use recsys_shared::object_storage::{is_remote, RemoteLocation};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,53 @@ enum Command {
     /// The whole platform in one process on embedded defaults, no services: train, serve, fold a
     /// member's events in, print their homepage before and after; serves until Ctrl-C.
     Quickstart(quickstart::QuickstartArgs),
+    /// Apache Ballista cluster processes for the feature jobs (`offline.engine = "ballista"`).
+    #[command(subcommand)]
+    Ballista(BallistaCommand),
+}
+
+#[derive(Subcommand)]
+enum BallistaCommand {
+    /// A Ballista scheduler: plans the feature jobs' SQL into stages for the executors. Runs until
+    /// Ctrl-C / SIGTERM.
+    Scheduler {
+        /// gRPC address the executors and the offline job connect to.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        listen: std::net::SocketAddr,
+        /// `/metrics`, `/healthz`, `/readyz`.
+        #[arg(long, default_value = "127.0.0.1:9450")]
+        metrics_listen: String,
+    },
+    /// A Ballista executor: runs query stages, reading inputs (local paths or object storage with
+    /// the `AWS_*` environment) and serving shuffle data over Arrow Flight. Runs until Ctrl-C /
+    /// SIGTERM.
+    Executor {
+        /// The scheduler's gRPC address, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Host the scheduler and other executors reach this one at [default: the bind address,
+        /// or when that is 0.0.0.0 the local address of the route to the scheduler].
+        #[arg(long)]
+        advertise_host: Option<String>,
+        /// Arrow Flight port (shuffle data).
+        #[arg(long, default_value_t = 50051)]
+        flight_port: u16,
+        /// gRPC port (tasks from the scheduler).
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Concurrent tasks (0 = the CPU count).
+        #[arg(long, default_value_t = 0)]
+        slots: usize,
+        /// Directory for shuffle files [default: a temporary directory].
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// `/metrics`, `/healthz`, `/readyz`.
+        #[arg(long, default_value = "127.0.0.1:9451")]
+        metrics_listen: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -418,6 +466,128 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The remote model root `root` names, if it is an object-storage URL.
+fn remote_root(root: &std::path::Path) -> Result<Option<RemoteModelRoot>> {
+    let text = root.to_string_lossy();
+    if !is_remote(&text) {
+        return Ok(None);
+    }
+    Ok(Some(RemoteModelRoot::new(RemoteLocation::parse(&text)?)))
+}
+
+/// When the model root is on object storage: mirrors it into `model.cache_dir` (the first poll
+/// now, then every `every`) and points the config at the cache, which the tiers load from as from
+/// any local root. The task stops when the handle is dropped.
+async fn mirror_remote_root(
+    config: &mut Config,
+    every: std::time::Duration,
+) -> Result<Option<AbortOnDrop>> {
+    let Some(remote) = remote_root(&config.model.root)? else {
+        return Ok(None);
+    };
+    tracing::info!(root = %remote.url(), cache = %config.model.cache_dir.display(),
+        "model root on object storage; mirroring into the cache");
+    let mut mirror = ModelMirror::new(remote, &config.model.cache_dir, config.model.keep_versions);
+    mirror.poll().await;
+    config.model.root = config.model.cache_dir.clone();
+    Ok(Some(AbortOnDrop(mirror.spawn(every))))
+}
+
+/// A background task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `recsys offline versions` for an object-storage root; `verify` checks every file's presence
+/// and size (sha256 is checked by every reader after download).
+async fn list_remote_versions(remote: &RemoteModelRoot, verify: bool) -> Result<()> {
+    let current = remote.current_version().await?;
+    let mut current_corrupt = None;
+    for version in remote.versions().await? {
+        let is_current = Some(&version) == current.as_ref();
+        let marker = if is_current { "*" } else { " " };
+        let manifest = if verify {
+            remote.check_sizes(&version).await
+        } else {
+            remote.manifest(&version).await
+        };
+        match manifest {
+            Ok(m) => println!(
+                "{marker} {version}  {} members, {} items{}",
+                m.rows.members,
+                m.rows.items,
+                m.evaluation
+                    .map(|e| format!(", {:?}", e.metrics))
+                    .unwrap_or_default()
+            ),
+            Err(e) => {
+                println!("{marker} {version}  CORRUPT: {e}");
+                if is_current {
+                    current_corrupt = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = current_corrupt {
+        anyhow::bail!("the current version is corrupt ({e}); `recsys offline rollback --to <version>` moves CURRENT");
+    }
+    Ok(())
+}
+
+/// A Ballista scheduler or executor with the operations endpoint, until a signal.
+async fn run_ballista(command: &BallistaCommand) -> Result<()> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let ready = Arc::new(AtomicBool::new(true));
+    let (metrics, role) = match command {
+        BallistaCommand::Scheduler { metrics_listen, .. } => (metrics_listen, "scheduler"),
+        BallistaCommand::Executor { metrics_listen, .. } => (metrics_listen, "executor"),
+    };
+    let bound = recsys_shared::ops::serve_http(metrics, ready, "not ready", shutdown_signal())
+        .await
+        .with_context(|| format!("binding the metrics endpoint {metrics}"))?;
+    tracing::info!(%bound, role, "Ballista {role} operations endpoint");
+    let process = async {
+        match command {
+            BallistaCommand::Scheduler { listen, .. } => {
+                recsys_offline::engine::run_scheduler(*listen).await
+            }
+            BallistaCommand::Executor {
+                scheduler,
+                bind,
+                advertise_host,
+                flight_port,
+                grpc_port,
+                slots,
+                work_dir,
+                ..
+            } => {
+                recsys_offline::engine::run_executor(recsys_offline::engine::ExecutorOptions {
+                    scheduler: scheduler.clone(),
+                    bind: *bind,
+                    advertise_host: advertise_host.clone(),
+                    port: *flight_port,
+                    grpc_port: *grpc_port,
+                    slots: *slots,
+                    work_dir: work_dir.clone(),
+                })
+                .await
+            }
+        }
+    };
+    tokio::select! {
+        result = process => result.map_err(anyhow::Error::from),
+        _ = shutdown_signal() => {
+            tracing::info!(role, "stopping");
+            Ok(())
+        }
+    }
+}
+
 async fn load_store(
     config: &Config,
     root: &ModelRoot,
@@ -612,10 +782,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Command::Offline(OfflineCommand::Rollback { model_root, to }) => {
-            let config = load_config(&cli)?;
-            let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root));
-            let lock = root.lock()?;
-            let previous = root.rollback(&lock, to)?;
+            let mut config = load_config(&cli)?;
+            if let Some(root) = model_root {
+                config.model.root = root.clone();
+            }
+            let mut destination = recsys_offline::publish::Destination::open(&config.model)?;
+            let previous = destination.rollback(to)?;
             println!(
                 "{}",
                 serde_json::json!({"current": to, "previous": previous})
@@ -623,7 +795,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Offline(OfflineCommand::Versions { model_root, verify }) => {
             let config = load_config(&cli)?;
-            let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root));
+            let root = model_root.clone().unwrap_or(config.model.root);
+            if let Some(remote) = remote_root(&root)? {
+                runtime()?.block_on(list_remote_versions(&remote, *verify))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let root = ModelRoot::new(root);
             let current = root.current_version()?;
             let mut current_corrupt = None;
             for version in root.versions()? {
@@ -685,15 +862,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(l) = metrics_listen {
                 config.nearline.metrics_listen = l.clone();
             }
-            let config = validated(config)?;
-            let report = runtime()?.block_on(recsys_nearline::worker::serve(
-                &config,
-                recsys_nearline::worker::WorkerOptions {
-                    model_root: config.model.root.clone(),
-                    max_events: *max_events,
-                },
-                shutdown_signal(),
-            ))?;
+            let mut config = validated(config)?;
+            let report = runtime()?.block_on(async {
+                let poll = std::time::Duration::from_millis(config.nearline.model_poll_ms);
+                let _mirror = mirror_remote_root(&mut config, poll).await?;
+                recsys_nearline::worker::serve(
+                    &config,
+                    recsys_nearline::worker::WorkerOptions {
+                        model_root: config.model.root.clone(),
+                        max_events: *max_events,
+                    },
+                    shutdown_signal(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })?;
             println!(
                 "{}",
                 serde_json::json!({
@@ -760,9 +943,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             version,
             force,
         }) => {
-            let config = load_config(&cli)?;
-            let root = ModelRoot::new(model_root.clone().unwrap_or(config.model.root.clone()));
-            runtime()?.block_on(load_store(&config, &root, version.as_deref(), *force))?;
+            let mut config = load_config(&cli)?;
+            if let Some(root) = model_root {
+                config.model.root = root.clone();
+            }
+            runtime()?.block_on(async {
+                // An object-storage root is mirrored into the cache first (the poll interval is
+                // moot: the command ends after one load).
+                let _mirror =
+                    mirror_remote_root(&mut config, std::time::Duration::from_secs(3600)).await?;
+                let root = ModelRoot::new(&config.model.root);
+                load_store(&config, &root, version.as_deref(), *force).await
+            })?;
         }
         Command::Online(OnlineCommand::Serve {
             model_root,
@@ -779,8 +971,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(l) = metrics_listen {
                 config.online.metrics_listen = l.clone();
             }
-            let config = validated(config)?;
+            let mut config = validated(config)?;
             runtime()?.block_on(async {
+                let poll = std::time::Duration::from_millis(config.online.model_poll_ms);
+                let _mirror = mirror_remote_root(&mut config, poll).await?;
                 let server = recsys_online::server::start(&config).await?;
                 server.run_until(shutdown_signal()).await?;
                 anyhow::Ok(())
@@ -795,6 +989,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?
                 .block_on(recsys_online::soak::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Command::Ballista(command) => {
+            // Ballista's planners recurse deeply over plans (its own binaries use 32 MiB stacks).
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_stack_size(32 << 20)
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run_ballista(command))?;
         }
         Command::Quickstart(args) => {
             let config = load_config(&cli)?;

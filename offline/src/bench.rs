@@ -304,6 +304,7 @@ fn movielens_accuracy(args: &BenchArgs, params: &AlsParams) -> Result<serde_json
         config: &config.offline.features,
         as_of_ms: None,
         threads: params.threads,
+        cluster: None,
     };
     let input = InputTable::discover(&work.path().join("interactions.parquet"))?;
     let features = run_features(&job, &input, None)?;

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, UInt64Type};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, UInt64Type};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
+use recsys_shared::config::BallistaConfig;
 
 use recsys_shared::artifact::{HistoryRow, PopularityRow};
 use recsys_shared::config::FeatureConfig;
@@ -128,6 +129,8 @@ pub struct FeatureJob<'a> {
     pub as_of_ms: Option<i64>,
     /// DataFusion partitions (0 = every core).
     pub threads: usize,
+    /// The Ballista cluster to run on (`offline.engine = "ballista"`); `None` runs locally.
+    pub cluster: Option<&'a BallistaConfig>,
 }
 
 impl FeatureJob<'_> {
@@ -153,18 +156,14 @@ impl FeatureJob<'_> {
         } else {
             self.threads
         };
-        let session = SessionConfig::new()
-            .with_target_partitions(threads)
-            .set_bool(
-                "datafusion.execution.parquet.schema_force_view_types",
-                false,
-            )
-            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false);
-        let ctx = SessionContext::new_with_config(session);
-        interactions.register(&ctx, "interactions").await?;
+        let ctx = crate::engine::session(self.cluster, threads).await?;
+        let on_cluster = self.cluster.is_some();
+        interactions
+            .register(&ctx, "interactions", on_cluster)
+            .await?;
         let catalog = match items {
             Some(items) => {
-                items.register(&ctx, "items").await?;
+                items.register(&ctx, "items", on_cluster).await?;
                 let batches = query(&ctx, "reading the catalog", "SELECT item_id, title, genres, available_countries, maturity FROM items ORDER BY item_id").await?;
                 let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
                     OfflineError::input(&items.path, "the items table has no rows")
@@ -189,7 +188,7 @@ impl FeatureJob<'_> {
                 None
             }
         };
-        register_event_weights(&ctx, self.config)?;
+        register_event_weights(&ctx, self.config).await?;
 
         let reference_ms = self.as_of_ms.or(stats.last_ts_ms).unwrap_or(0);
         let half_life_ms = self.config.decay_half_life_days.unwrap_or(0.0) * 86_400_000.0;
@@ -220,7 +219,8 @@ impl FeatureJob<'_> {
             self.config.training_table_sql.as_deref(),
             TRAINING_TABLE_SQL,
         )?;
-        let training = query(&ctx, "training-table job", &render(&training_sql, &params)?).await?;
+        let training_sql = render(&training_sql, &params)?;
+        let training = query(&ctx, "training-table job", &training_sql).await?;
         let training_table = training_table(&training)?;
         if training_table.pairs.is_empty() {
             return Err(OfflineError::input(
@@ -229,11 +229,25 @@ impl FeatureJob<'_> {
                  the rating threshold, --as-of and the minimum-interaction filters)",
             ));
         }
-        let schema = training[0].schema();
-        let mem = MemTable::try_new(schema, vec![training])
-            .map_err(OfflineError::datafusion("staging the training table"))?;
-        ctx.register_table("training", Arc::new(mem))
-            .map_err(OfflineError::datafusion("registering the training table"))?;
+        if on_cluster {
+            // On the cluster the training table stays a view: its rows would otherwise travel
+            // inside every later query plan.
+            query(
+                &ctx,
+                "defining the training table",
+                &format!(
+                    "CREATE VIEW training AS {}",
+                    training_sql.trim().trim_end_matches(';')
+                ),
+            )
+            .await?;
+        } else {
+            let schema = training[0].schema();
+            let mem = MemTable::try_new(schema, vec![training])
+                .map_err(OfflineError::datafusion("staging the training table"))?;
+            ctx.register_table("training", Arc::new(mem))
+                .map_err(OfflineError::datafusion("registering the training table"))?;
+        }
 
         let popularity_sql = load_sql(self.config.popularity_sql.as_deref(), ITEM_POPULARITY_SQL)?;
         let popularity = popularity_rows(
@@ -284,23 +298,23 @@ async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
         .unwrap_or(0))
 }
 
-fn register_event_weights(ctx: &SessionContext, config: &FeatureConfig) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("event_type", DataType::Utf8, false),
-        Field::new("weight", DataType::Float64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(StringArray::from_iter_values(config.event_weights.keys())),
-            Arc::new(Float64Array::from_iter_values(
-                config.event_weights.values().copied(),
-            )),
-        ],
-    )
-    .map_err(|e| SharedError::arrow("event_weights", e))?;
-    ctx.register_batch("event_weights", batch)
-        .map_err(OfflineError::datafusion("registering event weights"))?;
+/// `event_weights(event_type, weight)` from the config, as a view over `VALUES` (a plan every
+/// engine can ship: Ballista cannot serialise an in-memory table).
+async fn register_event_weights(ctx: &SessionContext, config: &FeatureConfig) -> Result<()> {
+    let rows: Vec<String> = config
+        .event_weights
+        .iter()
+        .map(|(event, weight)| format!("({}, CAST({weight:?} AS DOUBLE))", string_literal(event)))
+        .collect();
+    let sql = if rows.is_empty() {
+        "CREATE VIEW event_weights AS SELECT CAST(NULL AS VARCHAR) AS event_type, CAST(NULL AS DOUBLE) AS weight WHERE FALSE".to_string()
+    } else {
+        format!(
+            "CREATE VIEW event_weights AS SELECT column1 AS event_type, column2 AS weight FROM (VALUES {})",
+            rows.join(", ")
+        )
+    };
+    query(ctx, "registering event weights", &sql).await?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
 use recsys_shared::ids::id_problem;
+use recsys_shared::object_storage::{self, RemoteLocation};
 use recsys_shared::SharedError;
 
 use crate::{OfflineError, Result};
@@ -28,12 +29,23 @@ use crate::{OfflineError, Result};
 /// An input table on disk.
 #[derive(Debug, Clone)]
 pub struct InputTable {
-    /// What the user named: a file or a directory.
+    /// What the user named: a file or a directory (or an object-storage URL).
     pub path: PathBuf,
     /// Its Parquet files, sorted.
     pub files: Vec<PathBuf>,
     /// Hive partition columns found in the directory names (`date=…`).
     pub partition_columns: Vec<String>,
+    /// Set when the table was copied from object storage: the URL and the local copy.
+    origin: Option<Arc<Origin>>,
+}
+
+/// A table fetched from object storage into a scratch directory (removed with the last clone).
+#[derive(Debug)]
+struct Origin {
+    url: String,
+    scratch: tempfile::TempDir,
+    /// The copy of what the URL names: the scratch directory or its one file.
+    local: PathBuf,
 }
 
 /// What validating the interactions found.
@@ -100,14 +112,21 @@ const ITEM_COLUMNS: [(&str, ColumnKind); 5] = [
 ];
 
 impl InputTable {
-    /// Finds the Parquet files at `path` (a file, or a directory searched recursively).
+    /// Finds the Parquet files at `path` (a file, or a directory searched recursively). An
+    /// object-storage URL (`s3://bucket/interactions/`) is copied to a local scratch directory
+    /// first, keeping its partition directories; errors still name the URL.
     pub fn discover(path: &Path) -> Result<InputTable> {
+        let text = path.to_string_lossy();
+        if object_storage::is_remote(&text) {
+            return Self::fetch(&text);
+        }
         let meta = std::fs::metadata(path).map_err(|e| SharedError::io(path, e))?;
         if meta.is_file() {
             return Ok(InputTable {
                 path: path.to_path_buf(),
                 files: vec![path.to_path_buf()],
                 partition_columns: Vec::new(),
+                origin: None,
             });
         }
         let mut files = Vec::new();
@@ -124,7 +143,66 @@ impl InputTable {
             path: path.to_path_buf(),
             files,
             partition_columns,
+            origin: None,
         })
+    }
+
+    /// Copies the objects under `url` into a scratch directory (streamed, on a runtime of its own
+    /// so callers inside one are fine) and discovers the copy.
+    fn fetch(url: &str) -> Result<InputTable> {
+        let remote = RemoteLocation::parse(url)?;
+        let scratch = tempfile::Builder::new()
+            .prefix("recsys-input-")
+            .tempdir()
+            .map_err(|e| SharedError::io(std::env::temp_dir(), e))?;
+        let into = scratch.path().to_path_buf();
+        let started = std::time::Instant::now();
+        let files = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| SharedError::io(&into, e))?;
+                    runtime.block_on(remote.download_all(&into))
+                })
+                .join()
+                .expect("download thread")
+        })?;
+        if files.is_empty() {
+            return Err(OfflineError::input(url, "no objects at this URL"));
+        }
+        tracing::info!(%url, files = files.len(), seconds = started.elapsed().as_secs_f64(),
+            "input copied from object storage");
+        let local = if files.len() == 1 && files[0].parent() == Some(scratch.path()) {
+            files[0].clone()
+        } else {
+            scratch.path().to_path_buf()
+        };
+        let origin = Arc::new(Origin {
+            url: url.trim_end_matches('/').to_string(),
+            scratch,
+            local: local.clone(),
+        });
+        let mut table = Self::discover(&local).map_err(|e| origin.relocate(e))?;
+        table.path = PathBuf::from(url);
+        table.origin = Some(origin);
+        Ok(table)
+    }
+
+    /// Where a file of this table came from: its URL for a fetched table, else the file.
+    pub fn source_of(&self, file: &Path) -> PathBuf {
+        match &self.origin {
+            Some(origin) => origin.source_of(file),
+            None => file.to_path_buf(),
+        }
+    }
+
+    fn relocate(&self, e: OfflineError) -> OfflineError {
+        match &self.origin {
+            Some(origin) => origin.relocate(e),
+            None => e,
+        }
     }
 
     fn check_schema(
@@ -163,6 +241,14 @@ impl InputTable {
 
     /// Checks the schema and every row of an interactions table.
     pub fn validate_interactions(
+        &self,
+        event_weights: &BTreeMap<String, f64>,
+    ) -> Result<InteractionStats> {
+        self.check_interactions(event_weights)
+            .map_err(|e| self.relocate(e))
+    }
+
+    fn check_interactions(
         &self,
         event_weights: &BTreeMap<String, f64>,
     ) -> Result<InteractionStats> {
@@ -245,6 +331,10 @@ impl InputTable {
 
     /// Checks the schema and every row of an items table; returns the number of items.
     pub fn validate_items(&self) -> Result<u64> {
+        self.check_items().map_err(|e| self.relocate(e))
+    }
+
+    fn check_items(&self) -> Result<u64> {
         let mut seen = HashSet::new();
         for file in &self.files {
             let mut row = 0u64;
@@ -282,15 +372,21 @@ impl InputTable {
     }
 
     /// Registers the table with DataFusion under `name`.
-    pub async fn register(&self, ctx: &SessionContext, name: &str) -> Result<()> {
+    /// On a cluster (`on_cluster`) a table copied from object storage is registered by its URL,
+    /// so the executors read the objects themselves.
+    pub async fn register(&self, ctx: &SessionContext, name: &str, on_cluster: bool) -> Result<()> {
         let partitions = self
             .partition_columns
             .iter()
             .map(|c| (c.clone(), DataType::Utf8))
             .collect::<Vec<_>>();
         let options = ParquetReadOptions::default().table_partition_cols(partitions);
-        let location = self
-            .path
+        let path = match &self.origin {
+            Some(_) if on_cluster => &self.path,
+            Some(origin) => &origin.local,
+            None => &self.path,
+        };
+        let location = path
             .to_str()
             .ok_or_else(|| OfflineError::input(&self.path, "the path is not valid UTF-8"))?;
         ctx.register_parquet(name, location, options)
@@ -299,6 +395,63 @@ impl InputTable {
                 "registering {}",
                 self.path.display()
             )))
+    }
+}
+
+impl Origin {
+    fn source_of(&self, file: &Path) -> PathBuf {
+        match file.strip_prefix(self.scratch.path()) {
+            Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from(&self.url),
+            Ok(rel) => PathBuf::from(format!("{}/{}", self.url, rel.display())),
+            Err(_) => file.to_path_buf(),
+        }
+    }
+
+    /// The error with paths inside the scratch copy replaced by their URLs.
+    fn relocate(&self, e: OfflineError) -> OfflineError {
+        let at = |path: PathBuf| self.source_of(&path);
+        match e {
+            OfflineError::Input { path, problem } => OfflineError::Input {
+                path: at(path),
+                problem,
+            },
+            OfflineError::Shared(shared) => OfflineError::Shared(match shared {
+                SharedError::Io { path, source } => SharedError::Io {
+                    path: at(path),
+                    source,
+                },
+                SharedError::Parquet { path, source } => SharedError::Parquet {
+                    path: at(path),
+                    source,
+                },
+                SharedError::Arrow { path, source } => SharedError::Arrow {
+                    path: at(path),
+                    source,
+                },
+                SharedError::Schema {
+                    path,
+                    column,
+                    problem,
+                } => SharedError::Schema {
+                    path: at(path),
+                    column,
+                    problem,
+                },
+                SharedError::Row {
+                    path,
+                    row,
+                    column,
+                    problem,
+                } => SharedError::Row {
+                    path: at(path),
+                    row,
+                    column,
+                    problem,
+                },
+                other => other,
+            }),
+            other => other,
+        }
     }
 }
 

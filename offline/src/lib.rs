@@ -14,11 +14,17 @@
 //! hyper-parameter tuning, the evaluation report, the publish gate, the importers and the
 //! synthetic generator, and the training benchmark.
 //!
+//! Inputs and the model root may be on object storage (`s3://`, `gs://`, `az://`): inputs are
+//! copied to a scratch directory ([`input`]), versions are published through a lease and a
+//! compare-and-swap of `CURRENT` ([`publish`]).
+//!
 //! It must not: serve requests, consume streams, or write a model root except through
-//! [`recsys_shared::artifact::ModelRoot`] (so every publish is atomic and locked).
+//! [`recsys_shared::artifact::ModelRoot`] / [`recsys_shared::artifact::RemoteModelRoot`] (so every
+//! publish is atomic and locked).
 
 pub mod als;
 pub mod bench;
+pub mod engine;
 mod error;
 pub mod evaluate;
 pub mod features;
@@ -26,6 +32,7 @@ pub mod input;
 pub mod matrix;
 pub mod metrics;
 pub mod movielens;
+pub mod publish;
 pub mod report;
 pub use recsys_shared::progress;
 pub mod quality_bench;

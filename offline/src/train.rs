@@ -1,8 +1,9 @@
 //! `recsys offline train`: the scheduled job that builds features, evaluates, fits on every
 //! member, writes a version and — if the publish gate passes — moves `CURRENT` to it.
 //!
-//! The writer lock is taken first, so a second `train` against the same model root fails at once
-//! instead of racing; every failure before the final rename leaves `CURRENT` where it was.
+//! The writer lock (a lease on object storage, [`crate::publish`]) is taken first, so a second
+//! `train` against the same model root fails at once instead of racing; every failure before the
+//! final rename (or compare-and-swap) leaves `CURRENT` where it was.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use crate::evaluate::{self, Split};
 use crate::features::{FeatureJob, Features, TrainingTable};
 use crate::input::InputTable;
 use crate::progress::Progress;
+use crate::publish::Destination;
 use crate::{OfflineError, Result};
 
 /// What to train and where to publish.
@@ -117,8 +119,7 @@ impl TrainJob {
     /// Runs the whole job.
     pub fn run(&self) -> Result<TrainOutcome> {
         let config = &self.config;
-        let root = ModelRoot::new(&config.model.root);
-        let lock = root.lock()?;
+        let mut destination = Destination::open(&config.model)?;
         let interactions = InputTable::discover(&self.interactions)?;
         let items = InputTable::discover(&self.items)?;
         let params = config.offline.als.clone();
@@ -126,6 +127,7 @@ impl TrainJob {
             config: &config.offline.features,
             as_of_ms: self.as_of_ms,
             threads: params.threads,
+            cluster: crate::engine::cluster(&config.offline),
         };
         let started = Instant::now();
         let features = run_features(&feature_job, &interactions, Some(&items))?;
@@ -153,7 +155,8 @@ impl TrainJob {
         let train_seconds = fit_started.elapsed().as_secs_f64();
 
         let version = ModelRoot::new_version_id();
-        let staged = root.stage(&lock, &version)?;
+        let (root, lock) = destination.staging();
+        let staged = root.stage(lock, &version)?;
         let k = model.factors;
         write_factors(
             &staged.path(files::ITEM_FACTORS),
@@ -226,7 +229,7 @@ impl TrainJob {
         };
         let manifest = staged.commit(manifest)?;
 
-        let (gate_ok, gate) = self.gate(&root, evaluation.as_ref())?;
+        let (gate_ok, gate) = self.gate(&destination, evaluation.as_ref())?;
         let metrics = match &evaluation {
             Some(e) => serde_json::json!({
                 "protocol": e.protocol,
@@ -238,8 +241,7 @@ impl TrainJob {
         };
         let publish = gate_ok || self.force;
         if publish {
-            root.set_current(&lock, &manifest.version)?;
-            let removed = root.prune(&lock, config.model.keep_versions)?;
+            let removed = destination.publish(&manifest.version, config.model.keep_versions)?;
             if !removed.is_empty() {
                 tracing::info!(?removed, "old versions removed");
             }
@@ -259,7 +261,7 @@ impl TrainJob {
     }
 
     /// Whether the new evaluation may replace the current model's.
-    fn gate(&self, root: &ModelRoot, new: Option<&Evaluation>) -> Result<(bool, String)> {
+    fn gate(&self, root: &Destination, new: Option<&Evaluation>) -> Result<(bool, String)> {
         let current = match root.current() {
             Ok(Some(current)) => current,
             Ok(None) => return Ok((true, "passed: no current model".into())),
@@ -323,6 +325,7 @@ pub fn training_features(interactions: &std::path::Path, config: &Config) -> Res
         config: &config.offline.features,
         as_of_ms: None,
         threads: config.offline.als.threads,
+        cluster: crate::engine::cluster(&config.offline),
     };
     run_features(&job, &input, None)
 }

@@ -63,6 +63,7 @@ fn run(
         config,
         as_of_ms,
         threads: 2,
+        cluster: None,
     };
     run_features(&job, &input, catalog.as_ref()).unwrap()
 }

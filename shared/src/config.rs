@@ -39,10 +39,18 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Directory holding `<version>/` directories and the `CURRENT` pointer. Default `var/models`.
+    /// Directory holding `<version>/` directories and the `CURRENT` pointer, or an object-storage
+    /// URL (`s3://bucket/models`, `gs://…`, `az://…`). Default `var/models`.
     pub root: PathBuf,
     /// How many versions to keep after a publish (the current one is always kept). Default 5.
     pub keep_versions: usize,
+    /// Where servers and workers keep the versions they download when `root` is on object
+    /// storage (a local model root). Default `var/model-cache`.
+    pub cache_dir: PathBuf,
+    /// How long a writer's lease on an object-storage root lasts unless renewed (a writer renews
+    /// it every third of this while it runs, so a crashed writer blocks others at most this
+    /// long). Default 300 s.
+    pub lease_seconds: u64,
 }
 
 impl Default for ModelConfig {
@@ -50,6 +58,8 @@ impl Default for ModelConfig {
         ModelConfig {
             root: PathBuf::from("var/models"),
             keep_versions: 5,
+            cache_dir: PathBuf::from("var/model-cache"),
+            lease_seconds: 300,
         }
     }
 }
@@ -58,11 +68,41 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OfflineConfig {
+    /// Where the feature jobs' SQL runs. Default `local`.
+    pub engine: Engine,
+    pub ballista: BallistaConfig,
     pub features: FeatureConfig,
     pub als: AlsConfig,
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
     pub tuning: TuningConfig,
+}
+
+/// The query engine of the feature jobs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// DataFusion in the job's own process.
+    #[default]
+    Local,
+    /// An Apache Ballista cluster (`[offline.ballista]`): the same SQL, run by its executors.
+    Ballista,
+}
+
+/// The Ballista cluster the feature jobs use when `offline.engine = "ballista"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BallistaConfig {
+    /// The scheduler, `df://host:port`. Default `df://127.0.0.1:50050`.
+    pub scheduler: String,
+}
+
+impl Default for BallistaConfig {
+    fn default() -> Self {
+        BallistaConfig {
+            scheduler: "df://127.0.0.1:50050".into(),
+        }
+    }
 }
 
 /// The search space and schedule of `recsys offline tune` (`[offline.tuning]`).
@@ -1052,6 +1092,11 @@ impl Config {
                 self.model.keep_versions <= 10_000,
                 "model.keep_versions",
                 "must be at most 10000",
+            ),
+            (
+                (10..=7 * 86_400).contains(&self.model.lease_seconds),
+                "model.lease_seconds",
+                "must be 10..=604800",
             ),
         ];
         for (ok, field, why) in more {

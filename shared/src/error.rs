@@ -55,6 +55,10 @@ pub enum SharedError {
     /// The model root cannot be used (no current version, locked by another writer, ...).
     #[error("model root {root}: {problem}")]
     ModelRoot { root: PathBuf, problem: String },
+    /// Object storage refused or failed an operation on `url` (an `s3://`, `gs://` or `az://`
+    /// location; never with credentials in it).
+    #[error("{url}: {problem}")]
+    ObjectStore { url: String, problem: String },
     /// A linear-algebra input was not usable (e.g. not positive definite).
     #[error("numerics: {0}")]
     Numerics(String),

@@ -8,7 +8,8 @@
 //! history.
 //!
 //! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the operations endpoint
-//! ([`ops`]), secrets and TLS material ([`secrets`], [`tls`]) and rate-limited logging ([`logs`]).
+//! ([`ops`]), object storage locations ([`object_storage`]: `s3://`, `gs://`, `az://` through the
+//! `object_store` crate), secrets and TLS material ([`secrets`], [`tls`]) and rate-limited logging ([`logs`]).
 //! The feature store every tier reads and writes is its own crate, `recsys-store`
 //! (`shared/store/`), built on this one.
 //!
@@ -27,6 +28,7 @@ pub mod foldin;
 pub mod ids;
 pub mod kernels;
 pub mod logs;
+pub mod object_storage;
 pub mod ops;
 pub mod progress;
 pub mod proto;

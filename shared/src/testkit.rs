@@ -401,3 +401,107 @@ impl Drop for TansuBroker {
         self.kill();
     }
 }
+
+/// Where the `s3s-fs` binary is: `$RECSYS_S3S_FS`, else `~/.cache/recsys/s3s-fs/bin/s3s-fs`
+/// (where `.ci/run` installs it), else `s3s-fs` on `PATH`.
+pub fn s3_server_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("RECSYS_S3S_FS") {
+        return path.into();
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let cached = std::path::Path::new(&home).join(".cache/recsys/s3s-fs/bin/s3s-fs");
+        if cached.exists() {
+            return cached;
+        }
+    }
+    "s3s-fs".into()
+}
+
+/// An S3-protocol server (`s3s-fs`, objects kept as files in a directory of its own) owned by a
+/// test, on a free port, with one access key and one bucket; stopped and removed when dropped.
+pub struct S3Server {
+    pub port: u16,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    data: tempfile_dir::Dir,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    /// Starts one with bucket `bucket`. Panics with the install command if `s3s-fs` is missing.
+    pub fn start(bucket: &str) -> S3Server {
+        let port = free_port();
+        let data = std::env::temp_dir().join(format!(
+            "recsys-s3-{}-{port}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        // A bucket is a directory of the server's root.
+        std::fs::create_dir_all(data.join(bucket)).expect("S3 server data directory");
+        let (access_key, secret_key) = (
+            "recsys-test".to_string(),
+            format!("{:016x}", rand::random::<u64>()),
+        );
+        let child = Command::new(s3_server_binary())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "s3s-fs must be installed: cargo install s3s-fs --version 0.14.1 --locked \
+                 --features binary (.ci/run does it), or set RECSYS_S3S_FS",
+            );
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "s3s-fs did not listen on {port}"
+        );
+        S3Server {
+            port,
+            bucket: bucket.to_string(),
+            access_key,
+            secret_key,
+            data: tempfile_dir::Dir(data),
+            child: Some(child),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `s3://<bucket>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("s3://{}/{}", self.bucket, path.trim_start_matches('/'))
+    }
+
+    /// The environment a client needs to reach this server (for child processes and for
+    /// `object_store`'s `from_env`).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+
+    /// The file that holds object `key` of the bucket (s3s-fs keeps objects as plain files).
+    pub fn object_file(&self, key: &str) -> std::path::PathBuf {
+        self.data.0.join(&self.bucket).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

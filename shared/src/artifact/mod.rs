@@ -18,8 +18,13 @@
 //! A version is written under `.tmp-<version>/`, every file fsynced, the manifest written last, the
 //! directory renamed into place and the root fsynced; only then is `CURRENT` replaced, by writing
 //! `CURRENT.tmp` and renaming it. A crash at any point leaves `CURRENT` naming a complete version.
+//!
+//! On object storage ([`RemoteModelRoot`]) the layout is the same; rename and file locks give way
+//! to conditional writes (a writer lease, `CURRENT` replaced by compare-and-swap), and readers
+//! mirror versions into a local root ([`ModelMirror`]) before loading them.
 
 mod manifest;
+mod remote;
 mod root;
 pub mod synthetic;
 mod tables;
@@ -28,6 +33,7 @@ pub use manifest::{
     ActivityBucket, AlgorithmParams, Curves, DataWindow, Evaluation, FileEntry, Manifest,
     RowCounts, FORMAT_VERSION,
 };
+pub use remote::{Lease, ModelMirror, RemoteModelRoot};
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{
     read_catalog, read_factors, read_history, read_popularity, write_batches, write_catalog,

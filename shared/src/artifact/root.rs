@@ -20,7 +20,7 @@ const STAGING_PREFIX: &str = ".tmp-";
 /// but before `CURRENT` moves. Used by the crash tests; never set in production.
 const FAILPOINT_ENV: &str = "RECSYS_FAILPOINT";
 
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
@@ -149,35 +149,13 @@ impl ModelRoot {
             std::io::ErrorKind::NotFound => self.artifact_error(version, "no such version"),
             _ => SharedError::io(&path, e),
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| self.artifact_error(version, format!("manifest.json: {e}")))?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(self.artifact_error(
-                version,
-                format!(
-                    "format_version {} is not the supported {FORMAT_VERSION}",
-                    manifest.format_version
-                ),
-            ));
-        }
-        if manifest.version != version {
-            return Err(self.artifact_error(
-                version,
-                format!("manifest names version {}", manifest.version),
-            ));
-        }
-        Ok(manifest)
+        parse_manifest(&text, version).map_err(|problem| self.artifact_error(version, problem))
     }
 
     /// Reads a version's manifest and checks the size and sha256 of every file it lists.
     pub fn verify(&self, version: &str) -> Result<Manifest> {
         let manifest = self.manifest(version)?;
         let dir = self.version_dir(version);
-        for required in [files::ITEM_FACTORS, files::ITEM_POPULARITY, files::ITEMS] {
-            if !manifest.files.contains_key(required) {
-                return Err(self.artifact_error(version, format!("manifest lists no {required}")));
-            }
-        }
         for (name, expected) in &manifest.files {
             let actual = hash_file(&dir.join(name))
                 .map_err(|e| self.artifact_error(version, format!("{name}: {e}")))?;
@@ -318,7 +296,29 @@ impl StagedVersion {
     }
 }
 
-fn hash_file(path: &Path) -> Result<FileEntry> {
+/// Parses a version's `manifest.json` and checks its format and that it names `version`; the
+/// problem is returned for the caller to attach to its root.
+pub(crate) fn parse_manifest(text: &str, version: &str) -> std::result::Result<Manifest, String> {
+    let manifest: Manifest =
+        serde_json::from_str(text).map_err(|e| format!("manifest.json: {e}"))?;
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(format!(
+            "format_version {} is not the supported {FORMAT_VERSION}",
+            manifest.format_version
+        ));
+    }
+    if manifest.version != version {
+        return Err(format!("manifest names version {}", manifest.version));
+    }
+    for required in [files::ITEM_FACTORS, files::ITEM_POPULARITY, files::ITEMS] {
+        if !manifest.files.contains_key(required) {
+            return Err(format!("manifest lists no {required}"));
+        }
+    }
+    Ok(manifest)
+}
+
+pub(crate) fn hash_file(path: &Path) -> Result<FileEntry> {
     let mut file = File::open(path).map_err(|e| SharedError::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -351,7 +351,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::manifest::{AlgorithmParams, DataWindow, RowCounts};
     use super::*;
 
