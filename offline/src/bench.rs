@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// Rounds of (recsys, implicit) training, alternating; each side's fastest round counts.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Instead of training: the feature jobs against DuckDB running the same SQL over the same
+    /// Parquet, at each `--feature-events` size (`deploy/bench/duckdb_features.py`).
+    #[arg(long)]
+    pub features: bool,
+    /// Synthetic log sizes for `--features`.
+    #[arg(long, value_delimiter = ',', default_value = "5000000,20000000")]
+    pub feature_events: Vec<usize>,
     /// MovieLens directory for the accuracy comparison; `none` skips it.
     #[arg(long, default_value = "../shared/data/ml-latest-small")]
     pub movielens: String,
@@ -103,7 +110,7 @@ fn run_peer(
         })?;
     if !output.status.success() {
         return Err(OfflineError::Peer(format!(
-            "{} failed ({}); is implicit installed (pip install -r deploy/bench/requirements.txt)?\n{}",
+            "{} failed ({}); are the peers installed (pip install -r deploy/bench/requirements.txt)?\n{}",
             path.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)
@@ -194,6 +201,13 @@ fn write_matrix(dir: &Path, m: &SparseMatrix, alpha: f32) -> Result<()> {
 
 /// Runs the benchmark, printing figures as it goes and a JSON summary last.
 pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
+    if args.features {
+        let rows =
+            crate::feature_bench::run(&args.feature_events, args.rounds, args.threads, &args.peer)?;
+        let json = serde_json::json!({ "feature_jobs": rows });
+        println!("{json}");
+        return Ok(json);
+    }
     let defaults = Config::default();
     let params = AlsParams {
         factors: args.factors,

@@ -118,6 +118,8 @@ pub struct Features {
     pub popularity: Vec<PopularityRow>,
     pub history: Vec<HistoryRow>,
     pub interactions: InteractionStats,
+    /// Seconds spent checking every input row before the queries.
+    pub validation_seconds: f64,
     /// The catalog as read (columns of the input schema), when an items table was given.
     pub items: Option<(Arc<Schema>, Vec<RecordBatch>)>,
 }
@@ -145,10 +147,11 @@ impl FeatureJob<'_> {
         if let Some(items) = items {
             items.validate_items()?;
         }
+        let validation_seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             rows = stats.rows,
             files = interactions.files.len(),
-            seconds = started.elapsed().as_secs_f64(),
+            seconds = validation_seconds,
             "input validated"
         );
         let threads = if self.threads == 0 {
@@ -191,35 +194,7 @@ impl FeatureJob<'_> {
         register_event_weights(&ctx, self.config).await?;
 
         let reference_ms = self.as_of_ms.or(stats.last_ts_ms).unwrap_or(0);
-        let half_life_ms = self.config.decay_half_life_days.unwrap_or(0.0) * 86_400_000.0;
-        let params: Vec<(&str, String)> = vec![
-            ("as_of_ms", self.as_of_ms.unwrap_or(i64::MAX).to_string()),
-            ("reference_ms", reference_ms.to_string()),
-            ("half_life_ms", format!("{half_life_ms:.1}")),
-            (
-                "rating_event_type",
-                string_literal(&self.config.rating_event_type),
-            ),
-            (
-                "rating_threshold",
-                format!("{:?}", self.config.rating_threshold),
-            ),
-            (
-                "min_user_interactions",
-                self.config.min_user_interactions.to_string(),
-            ),
-            (
-                "min_item_interactions",
-                self.config.min_item_interactions.to_string(),
-            ),
-            ("history_cap", self.config.history_cap.to_string()),
-        ];
-
-        let training_sql = load_sql(
-            self.config.training_table_sql.as_deref(),
-            TRAINING_TABLE_SQL,
-        )?;
-        let training_sql = render(&training_sql, &params)?;
+        let [training_sql, popularity_sql, history_sql] = self.queries(reference_ms)?;
         let training = query(&ctx, "training-table job", &training_sql).await?;
         let training_table = training_table(&training)?;
         if training_table.pairs.is_empty() {
@@ -249,21 +224,59 @@ impl FeatureJob<'_> {
                 .map_err(OfflineError::datafusion("registering the training table"))?;
         }
 
-        let popularity_sql = load_sql(self.config.popularity_sql.as_deref(), ITEM_POPULARITY_SQL)?;
-        let popularity = popularity_rows(
-            &query(&ctx, "popularity job", &render(&popularity_sql, &params)?).await?,
-        )?;
-        let history_sql = load_sql(self.config.user_history_sql.as_deref(), USER_HISTORY_SQL)?;
-        let history =
-            history_rows(&query(&ctx, "history job", &render(&history_sql, &params)?).await?)?;
+        let popularity = popularity_rows(&query(&ctx, "popularity job", &popularity_sql).await?)?;
+        let history = history_rows(&query(&ctx, "history job", &history_sql).await?)?;
 
         Ok(Features {
             training: training_table,
             popularity,
             history,
             interactions: stats,
+            validation_seconds,
             items: catalog,
         })
+    }
+}
+
+impl FeatureJob<'_> {
+    /// The three jobs' SQL (training table, popularity, histories) with the parameters
+    /// substituted; `reference_ms` is the instant decay is measured from. The benchmark gives the
+    /// same text to DuckDB.
+    pub fn queries(&self, reference_ms: i64) -> Result<[String; 3]> {
+        let half_life_ms = self.config.decay_half_life_days.unwrap_or(0.0) * 86_400_000.0;
+        let params: Vec<(&str, String)> = vec![
+            ("as_of_ms", self.as_of_ms.unwrap_or(i64::MAX).to_string()),
+            ("reference_ms", reference_ms.to_string()),
+            ("half_life_ms", format!("{half_life_ms:.1}")),
+            (
+                "rating_event_type",
+                string_literal(&self.config.rating_event_type),
+            ),
+            (
+                "rating_threshold",
+                format!("{:?}", self.config.rating_threshold),
+            ),
+            (
+                "min_user_interactions",
+                self.config.min_user_interactions.to_string(),
+            ),
+            (
+                "min_item_interactions",
+                self.config.min_item_interactions.to_string(),
+            ),
+            ("history_cap", self.config.history_cap.to_string()),
+        ];
+        let sql = |path: Option<&Path>, builtin: &str| -> Result<String> {
+            render(&load_sql(path, builtin)?, &params)
+        };
+        Ok([
+            sql(
+                self.config.training_table_sql.as_deref(),
+                TRAINING_TABLE_SQL,
+            )?,
+            sql(self.config.popularity_sql.as_deref(), ITEM_POPULARITY_SQL)?,
+            sql(self.config.user_history_sql.as_deref(), USER_HISTORY_SQL)?,
+        ])
     }
 }
 

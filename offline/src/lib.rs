@@ -27,6 +27,7 @@ pub mod bench;
 pub mod engine;
 mod error;
 pub mod evaluate;
+pub mod feature_bench;
 pub mod features;
 pub mod input;
 pub mod matrix;
