@@ -502,6 +502,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// One line of `recsys offline versions`: the sizes and the evaluation of a version.
+fn version_summary(m: &recsys_shared::artifact::Manifest) -> String {
+    format!(
+        "{} members, {} items{}",
+        m.rows.members,
+        m.rows.items,
+        m.evaluation
+            .as_ref()
+            .map(|e| format!(", {:?}", e.metrics))
+            .unwrap_or_default()
+    )
+}
+
 /// `recsys offline versions` for an object-storage root; `verify` checks every file's presence
 /// and size (sha256 is checked by every reader after download).
 async fn list_remote_versions(remote: &RemoteModelRoot, verify: bool) -> Result<()> {
@@ -516,14 +529,7 @@ async fn list_remote_versions(remote: &RemoteModelRoot, verify: bool) -> Result<
             remote.manifest(&version).await
         };
         match manifest {
-            Ok(m) => println!(
-                "{marker} {version}  {} members, {} items{}",
-                m.rows.members,
-                m.rows.items,
-                m.evaluation
-                    .map(|e| format!(", {:?}", e.metrics))
-                    .unwrap_or_default()
-            ),
+            Ok(m) => println!("{marker} {version}  {}", version_summary(&m)),
             Err(e) => {
                 println!("{marker} {version}  CORRUPT: {e}");
                 if is_current {
@@ -819,14 +825,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     continue;
                 }
                 let summary = match root.manifest(&version) {
-                    Ok(m) => format!(
-                        "{} members, {} items{}",
-                        m.rows.members,
-                        m.rows.items,
-                        m.evaluation
-                            .map(|e| format!(", {:?}", e.metrics))
-                            .unwrap_or_default()
-                    ),
+                    Ok(m) => version_summary(&m),
                     Err(e) => format!("unreadable: {e}"),
                 };
                 println!("{marker} {version}  {summary}");
@@ -842,7 +841,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recsys_offline::quality_bench::run(args, &config)?;
         }
         Command::Offline(OfflineCommand::Bench(args)) => {
-            recsys_offline::bench::run(args)?;
+            if args.features {
+                let rows = recsys_offline::feature_bench::run(
+                    &args.feature_events,
+                    args.rounds,
+                    args.threads,
+                    &args.peer,
+                )?;
+                println!("{}", serde_json::json!({ "feature_jobs": rows }));
+            } else {
+                recsys_offline::bench::run(args)?;
+            }
         }
         Command::Nearline(NearlineCommand::Run {
             model_root,

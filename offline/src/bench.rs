@@ -48,7 +48,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Instead of training: the feature jobs against DuckDB running the same SQL over the same
-    /// Parquet, at each `--feature-events` size (`deploy/bench/duckdb_features.py`).
+    /// Parquet, at each `--feature-events` size (`deploy/bench/duckdb_features.py`; run by
+    /// `feature_bench`).
     #[arg(long)]
     pub features: bool,
     /// Synthetic log sizes for `--features`.
@@ -201,13 +202,6 @@ fn write_matrix(dir: &Path, m: &SparseMatrix, alpha: f32) -> Result<()> {
 
 /// Runs the benchmark, printing figures as it goes and a JSON summary last.
 pub fn run(args: &BenchArgs) -> Result<serde_json::Value> {
-    if args.features {
-        let rows =
-            crate::feature_bench::run(&args.feature_events, args.rounds, args.threads, &args.peer)?;
-        let json = serde_json::json!({ "feature_jobs": rows });
-        println!("{json}");
-        return Ok(json);
-    }
     let defaults = Config::default();
     let params = AlsParams {
         factors: args.factors,
