@@ -74,6 +74,17 @@ impl Lake {
         lake
     }
 
+    /// A lake whose bucket holds one published version under `models/`: the lake, the root's
+    /// URL and the version.
+    fn with_a_version(seed: &str) -> (Lake, String, String) {
+        let lake = Lake::new(seed);
+        let models = lake.s3.url("models");
+        let o = lake.train(&models, &[], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let version = lake.current().expect("CURRENT after a publish");
+        (lake, models, version)
+    }
+
     fn env(&self) -> Vec<(&'static str, String)> {
         self.s3.env()
     }
@@ -86,7 +97,8 @@ impl Lake {
             .unwrap();
     }
 
-    fn train(&self, models: &str, extra: &[&str], env: &[(&str, String)]) -> Output {
+    /// `offline train` of the lake's data into `models`, with this server's credentials.
+    fn train_command(&self, models: &str, extra: &[&str], env: &[(&str, String)]) -> Command {
         let interactions = self.s3.url("lake/interactions.parquet");
         let items = self.s3.url("lake/items.parquet");
         let mut args = vec![
@@ -107,7 +119,13 @@ impl Lake {
         args.extend_from_slice(extra);
         let mut all = self.env();
         all.extend(env.iter().cloned());
-        recsys(&args, &all)
+        command(&args, &all)
+    }
+
+    fn train(&self, models: &str, extra: &[&str], env: &[(&str, String)]) -> Output {
+        self.train_command(models, extra, env)
+            .output()
+            .expect("recsys runs")
     }
 
     /// What `CURRENT` of the bucket's `models/` names, read from the server's files.
@@ -263,38 +281,14 @@ fn train_reads_and_publishes_on_s3_and_the_server_follows_current() {
 
 #[test]
 fn of_two_concurrent_publishers_exactly_one_wins() {
-    let lake = Lake::new("6");
-    let models = lake.s3.url("models");
-    let o = lake.train(&models, &[], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let before = lake.current().unwrap();
+    let (lake, models, before) = Lake::with_a_version("6");
 
-    let interactions = lake.s3.url("lake/interactions.parquet");
-    let items = lake.s3.url("lake/items.parquet");
     let spawn = || {
-        command(
-            &[
-                "offline",
-                "train",
-                "--interactions",
-                &interactions,
-                "--items",
-                &items,
-                "--model-root",
-                &models,
-                "--factors",
-                "8",
-                "--iterations",
-                "3",
-                "--skip-eval",
-                "--force",
-            ],
-            &lake.env(),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        lake.train_command(&models, &["--force"], &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     let (a, b) = (spawn(), spawn());
     let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
@@ -331,11 +325,7 @@ fn of_two_concurrent_publishers_exactly_one_wins() {
 
 #[test]
 fn a_publish_killed_mid_upload_leaves_current_on_the_complete_version() {
-    let lake = Lake::new("7");
-    let models = lake.s3.url("models");
-    let o = lake.train(&models, &[], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let first = lake.current().unwrap();
+    let (lake, models, first) = Lake::with_a_version("7");
 
     let short_lease = ("RECSYS__MODEL__LEASE_SECONDS", "10".to_string());
     let o = lake.train(

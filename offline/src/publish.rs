@@ -105,16 +105,10 @@ impl Destination {
                 } = r.as_mut();
                 runtime
                     .block_on(async {
-                        let mut guard = lease.lock().await;
-                        let lease = guard.as_mut().ok_or_else(|| SharedError::ModelRoot {
-                            root: remote.url().into(),
-                            problem:
-                                "the writer lease was lost while training; nothing was published"
-                                    .into(),
-                        })?;
-                        remote.upload(lease, staging, version).await?;
-                        remote.set_current(lease, version).await?;
-                        remote.prune(lease, keep).await
+                        let mut lease = held(remote, lease).await?;
+                        remote.upload(&mut lease, staging, version).await?;
+                        remote.set_current(&mut lease, version).await?;
+                        remote.prune(&lease, keep).await
                     })
                     .map_err(Into::into)
             }
@@ -134,12 +128,8 @@ impl Destination {
                 } = r.as_mut();
                 runtime
                     .block_on(async {
-                        let mut guard = lease.lock().await;
-                        let lease = guard.as_mut().ok_or_else(|| SharedError::ModelRoot {
-                            root: remote.url().into(),
-                            problem: "the writer lease was lost".into(),
-                        })?;
-                        remote.rollback(lease, to).await
+                        let mut lease = held(remote, lease).await?;
+                        remote.rollback(&mut lease, to).await
                     })
                     .map_err(Into::into)
             }
@@ -153,6 +143,19 @@ impl Destination {
             Destination::Remote(r) => r.remote.url().to_string(),
         }
     }
+}
+
+/// The lease, locked; an error naming the root when it was lost while the job ran.
+async fn held<'a>(
+    remote: &RemoteModelRoot,
+    lease: &'a tokio::sync::Mutex<Option<Lease>>,
+) -> std::result::Result<tokio::sync::MappedMutexGuard<'a, Lease>, SharedError> {
+    tokio::sync::MutexGuard::try_map(lease.lock().await, |held| held.as_mut()).map_err(|_| {
+        SharedError::ModelRoot {
+            root: remote.url().into(),
+            problem: "the writer lease was lost while the job ran (it expired and another writer may hold it); nothing was changed".into(),
+        }
+    })
 }
 
 /// Renews the lease every `every`; on failure drops it, so the publish refuses.
