@@ -122,6 +122,23 @@ impl Lake {
         command(&args, &all)
     }
 
+    /// `offline train` of `interactions` (a URL) with the lake's catalog into `models`.
+    fn train_reading(&self, interactions: &str, models: &str) -> Output {
+        let items = self.s3.url("lake/items.parquet");
+        let args = [
+            "offline",
+            "train",
+            "--interactions",
+            interactions,
+            "--items",
+            &items,
+            "--model-root",
+            models,
+            "--skip-eval",
+        ];
+        recsys(&args, &self.env())
+    }
+
     fn train(&self, models: &str, extra: &[&str], env: &[(&str, String)]) -> Output {
         self.train_command(models, extra, env)
             .output()
@@ -403,20 +420,7 @@ fn bad_credentials_and_a_missing_bucket_fail_naming_the_url() {
 
     // A missing bucket. (s3s-fs creates a bucket's directory on the first write, so only reads
     // of a missing bucket fail there; AWS S3 refuses writes too, with NoSuchBucket.)
-    let o = recsys(
-        &[
-            "offline",
-            "train",
-            "--interactions",
-            "s3://no-such-bucket/lake/interactions.parquet",
-            "--items",
-            &lake.s3.url("lake/items.parquet"),
-            "--model-root",
-            &models,
-            "--skip-eval",
-        ],
-        &lake.env(),
-    );
+    let o = lake.train_reading("s3://no-such-bucket/lake/interactions.parquet", &models);
     let why = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{why}");
     assert!(
@@ -429,20 +433,7 @@ fn bad_credentials_and_a_missing_bucket_fail_naming_the_url() {
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), b"PAR1 this is not a parquet file PAR1").unwrap();
     lake.upload(bad.path(), "broken/interactions.parquet");
-    let o = recsys(
-        &[
-            "offline",
-            "train",
-            "--interactions",
-            &lake.s3.url("broken/interactions.parquet"),
-            "--items",
-            &lake.s3.url("lake/items.parquet"),
-            "--model-root",
-            &models,
-            "--skip-eval",
-        ],
-        &lake.env(),
-    );
+    let o = lake.train_reading(&lake.s3.url("broken/interactions.parquet"), &models);
     assert!(!o.status.success());
     let why = stderr(&o);
     assert!(

@@ -301,16 +301,26 @@ impl Drop for RedisServer {
 /// Where the `tansu` binary is: `$RECSYS_TANSU`, else `~/.cache/recsys/tansu/bin/tansu` (where
 /// `.ci/run` installs it), else `tansu` on `PATH`.
 pub fn tansu_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("RECSYS_TANSU") {
+    installed_binary("RECSYS_TANSU", "tansu")
+}
+
+/// A server binary the tests need: the path in `env_var`, else `.ci/run`'s install in
+/// `~/.cache/recsys/<name>/bin/<name>`, else `name` on `PATH`.
+fn installed_binary(env_var: &str, name: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
         return path.into();
     }
     if let Some(home) = std::env::var_os("HOME") {
-        let cached = std::path::Path::new(&home).join(".cache/recsys/tansu/bin/tansu");
+        let cached = std::path::Path::new(&home)
+            .join(".cache/recsys")
+            .join(name)
+            .join("bin")
+            .join(name);
         if cached.exists() {
             return cached;
         }
     }
-    "tansu".into()
+    name.into()
 }
 
 /// Where a Tansu broker keeps its data.
@@ -405,16 +415,7 @@ impl Drop for TansuBroker {
 /// Where the `s3s-fs` binary is: `$RECSYS_S3S_FS`, else `~/.cache/recsys/s3s-fs/bin/s3s-fs`
 /// (where `.ci/run` installs it), else `s3s-fs` on `PATH`.
 pub fn s3_server_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("RECSYS_S3S_FS") {
-        return path.into();
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let cached = std::path::Path::new(&home).join(".cache/recsys/s3s-fs/bin/s3s-fs");
-        if cached.exists() {
-            return cached;
-        }
-    }
-    "s3s-fs".into()
+    installed_binary("RECSYS_S3S_FS", "s3s-fs")
 }
 
 /// An S3-protocol server (`s3s-fs`, objects kept as files in a directory of its own) owned by a

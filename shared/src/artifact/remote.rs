@@ -243,37 +243,38 @@ impl RemoteModelRoot {
         Ok(manifest)
     }
 
-    /// Published versions (those with a manifest), oldest first.
-    pub async fn versions(&self) -> Result<Vec<String>> {
-        let mut versions = Vec::new();
+    /// Every version directory (hidden names like `.lease` excluded), oldest first, with whether
+    /// its manifest is there (a version without one is an upload in progress or crashed).
+    async fn version_dirs(&self) -> Result<Vec<(String, bool)>> {
+        let mut dirs = Vec::new();
         for dir in self.location.list_dirs().await? {
             if dir.starts_with('.') {
                 continue;
             }
-            if self
+            let complete = self
                 .location
                 .head(&format!("{dir}/{}", files::MANIFEST))
                 .await?
-                .is_some()
-            {
-                versions.push(dir);
-            }
+                .is_some();
+            dirs.push((dir, complete));
         }
-        Ok(versions)
+        Ok(dirs)
+    }
+
+    /// Published versions (those with a manifest), oldest first.
+    pub async fn versions(&self) -> Result<Vec<String>> {
+        Ok(self
+            .version_dirs()
+            .await?
+            .into_iter()
+            .filter_map(|(dir, complete)| complete.then_some(dir))
+            .collect())
     }
 
     /// Deletes versions a crashed writer left without a manifest. Only a lease holder may.
     async fn remove_incomplete(&self, _lease: &Lease, keep: &str) -> Result<()> {
-        for dir in self.location.list_dirs().await? {
-            if dir == keep || dir.starts_with('.') {
-                continue;
-            }
-            if self
-                .location
-                .head(&format!("{dir}/{}", files::MANIFEST))
-                .await?
-                .is_none()
-            {
+        for (dir, complete) in self.version_dirs().await? {
+            if !complete && dir != keep {
                 tracing::warn!(root = %self.url(), version = %dir,
                     "removing a crashed writer's incomplete upload");
                 self.location.delete_all(&dir).await?;
