@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, UInt64Type};
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, UInt32Type, UInt64Type};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use recsys_shared::config::BallistaConfig;
@@ -19,6 +19,7 @@ use recsys_shared::artifact::{HistoryRow, PopularityRow};
 use recsys_shared::config::FeatureConfig;
 use recsys_shared::SharedError;
 
+use crate::id_codes::{CodedInteractions, IdDictionary};
 use crate::input::{InputTable, InteractionStats};
 use crate::matrix::SparseMatrix;
 use crate::{OfflineError, Result};
@@ -83,6 +84,49 @@ impl TrainingTable {
         }
     }
 
+    /// Builds the table from coded `(user, item, strength, last_ts_ms)` rows; codes follow the
+    /// ids' byte order, so the dense indices are the ranks of the codes present.
+    pub fn from_codes(
+        rows: Vec<(u32, u32, f32, i64)>,
+        users: &IdDictionary,
+        items: &IdDictionary,
+    ) -> Self {
+        fn dense(
+            codes: impl Iterator<Item = u32>,
+            dictionary: &IdDictionary,
+        ) -> (Vec<u32>, Vec<String>) {
+            let mut index = vec![u32::MAX; dictionary.len()];
+            for code in codes {
+                index[code as usize] = 0;
+            }
+            let mut ids = Vec::new();
+            for (code, slot) in index.iter_mut().enumerate() {
+                if *slot == 0 {
+                    *slot = ids.len() as u32;
+                    ids.push(dictionary.id(code as u32).to_string());
+                }
+            }
+            (index, ids)
+        }
+        let (user_index, user_ids) = dense(rows.iter().map(|r| r.0), users);
+        let (item_index, item_ids) = dense(rows.iter().map(|r| r.1), items);
+        let mut pairs: Vec<Pair> = rows
+            .into_iter()
+            .map(|(u, i, strength, last_ts_ms)| Pair {
+                user: user_index[u as usize],
+                item: item_index[i as usize],
+                strength,
+                last_ts_ms,
+            })
+            .collect();
+        pairs.sort_unstable_by_key(|p| (p.user, p.item));
+        TrainingTable {
+            user_ids,
+            item_ids,
+            pairs,
+        }
+    }
+
     /// The members × items strength matrix of the pairs `keep` accepts.
     pub fn matrix(&self, keep: impl Fn(&Pair) -> bool) -> SparseMatrix {
         let triplets = self
@@ -137,13 +181,26 @@ pub struct FeatureJob<'a> {
 
 impl FeatureJob<'_> {
     /// Validates the inputs and runs the queries.
+    ///
+    /// With the built-in queries on the local engine, the ids are coded as integers while the
+    /// rows are validated and the queries run over the coded table ([`crate::id_codes`]); the
+    /// results are the same as over the strings. Replaced queries and the cluster read the
+    /// Parquet as it is.
     pub async fn run(
         &self,
         interactions: &InputTable,
         items: Option<&InputTable>,
     ) -> Result<Features> {
         let started = std::time::Instant::now();
-        let stats = interactions.validate_interactions(&self.config.event_weights)?;
+        let coded = self.cluster.is_none() && self.uses_builtin_sql();
+        let weights = &self.config.event_weights;
+        let (stats, codes) = if coded {
+            let (stats, codes) =
+                interactions.validate_and_code_interactions(weights, self.as_of_ms)?;
+            (stats, Some(codes))
+        } else {
+            (interactions.validate_interactions(weights)?, None)
+        };
         if let Some(items) = items {
             items.validate_items()?;
         }
@@ -152,6 +209,7 @@ impl FeatureJob<'_> {
             rows = stats.rows,
             files = interactions.files.len(),
             seconds = validation_seconds,
+            coded = coded,
             "input validated"
         );
         let threads = if self.threads == 0 {
@@ -161,9 +219,19 @@ impl FeatureJob<'_> {
         };
         let ctx = crate::engine::session(self.cluster, threads).await?;
         let on_cluster = self.cluster.is_some();
-        interactions
-            .register(&ctx, "interactions", on_cluster)
-            .await?;
+        match &codes {
+            Some(codes) => register_memory(
+                &ctx,
+                "interactions",
+                codes.schema.clone(),
+                codes.partitions(threads),
+            )?,
+            None => {
+                interactions
+                    .register(&ctx, "interactions", on_cluster)
+                    .await?
+            }
+        }
         let catalog = match items {
             Some(items) => {
                 items.register(&ctx, "items", on_cluster).await?;
@@ -171,6 +239,20 @@ impl FeatureJob<'_> {
                 let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
                     OfflineError::input(&items.path, "the items table has no rows")
                 })?;
+                if let Some(codes) = &codes {
+                    // The catalog as the codes of its items that have interactions (the only
+                    // rows `item_id IN items` can keep).
+                    ctx.deregister_table("items")
+                        .map_err(OfflineError::datafusion("replacing the catalog"))?;
+                    let mut known = Vec::new();
+                    for batch in &batches {
+                        let ids =
+                            column_as(batch, "reading the catalog", "item_id", &DataType::Utf8)?;
+                        let ids = ids.as_string::<i32>();
+                        known.extend((0..ids.len()).filter_map(|r| codes.items.code(ids.value(r))));
+                    }
+                    register_item_codes(&ctx, known)?;
+                }
                 let unknown = count(&ctx, "SELECT COUNT(*) FROM interactions WHERE item_id NOT IN (SELECT item_id FROM items)").await?;
                 if unknown > 0 {
                     tracing::warn!(
@@ -182,21 +264,37 @@ impl FeatureJob<'_> {
                 Some((schema, batches))
             }
             None => {
-                query(
-                    &ctx,
-                    "defining the catalog",
-                    "CREATE VIEW items AS SELECT DISTINCT item_id FROM interactions",
-                )
-                .await?;
+                match &codes {
+                    Some(codes) => {
+                        register_item_codes(&ctx, (0..codes.items.len() as u32).collect())?
+                    }
+                    None => {
+                        query(
+                            &ctx,
+                            "defining the catalog",
+                            "CREATE VIEW items AS SELECT DISTINCT item_id FROM interactions",
+                        )
+                        .await?;
+                    }
+                }
                 None
             }
         };
-        register_event_weights(&ctx, self.config).await?;
+        register_event_weights(&ctx, self.config, codes.as_ref()).await?;
 
         let reference_ms = self.as_of_ms.or(stats.last_ts_ms).unwrap_or(0);
-        let [training_sql, popularity_sql, history_sql] = self.queries(reference_ms)?;
+        let rating_event = match &codes {
+            Some(codes) => codes.event_code(&self.config.rating_event_type).to_string(),
+            None => string_literal(&self.config.rating_event_type),
+        };
+        let [training_sql, popularity_sql, history_sql] =
+            self.render_queries(reference_ms, rating_event)?;
+        let ids = match &codes {
+            Some(codes) => Ids::Coded(codes),
+            None => Ids::Strings,
+        };
         let training = query(&ctx, "training-table job", &training_sql).await?;
-        let training_table = training_table(&training)?;
+        let training_table = training_table(&training, ids)?;
         if training_table.pairs.is_empty() {
             return Err(OfflineError::input(
                 &interactions.path,
@@ -218,14 +316,12 @@ impl FeatureJob<'_> {
             .await?;
         } else {
             let schema = training[0].schema();
-            let mem = MemTable::try_new(schema, vec![training])
-                .map_err(OfflineError::datafusion("staging the training table"))?;
-            ctx.register_table("training", Arc::new(mem))
-                .map_err(OfflineError::datafusion("registering the training table"))?;
+            register_memory(&ctx, "training", schema, vec![training])?;
         }
 
-        let popularity = popularity_rows(&query(&ctx, "popularity job", &popularity_sql).await?)?;
-        let history = history_rows(&query(&ctx, "history job", &history_sql).await?)?;
+        let popularity =
+            popularity_rows(&query(&ctx, "popularity job", &popularity_sql).await?, ids)?;
+        let history = history_rows(&query(&ctx, "history job", &history_sql).await?, ids)?;
 
         Ok(Features {
             training: training_table,
@@ -236,6 +332,47 @@ impl FeatureJob<'_> {
             items: catalog,
         })
     }
+
+    /// Whether all three queries are the built-in ones.
+    fn uses_builtin_sql(&self) -> bool {
+        self.config.training_table_sql.is_none()
+            && self.config.popularity_sql.is_none()
+            && self.config.user_history_sql.is_none()
+    }
+}
+
+/// How the queries' `user_id`/`item_id` columns are read back.
+#[derive(Clone, Copy)]
+enum Ids<'a> {
+    /// The ids themselves.
+    Strings,
+    /// Codes of the coded interactions.
+    Coded(&'a CodedInteractions),
+}
+
+fn register_memory(
+    ctx: &SessionContext,
+    name: &str,
+    schema: arrow::datatypes::SchemaRef,
+    partitions: Vec<Vec<RecordBatch>>,
+) -> Result<()> {
+    let table = MemTable::try_new(schema, partitions)
+        .map_err(OfflineError::datafusion(format!("staging {name}")))?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(OfflineError::datafusion(format!("registering {name}")))?;
+    Ok(())
+}
+
+/// `items(item_id)` as item codes.
+fn register_item_codes(ctx: &SessionContext, codes: Vec<u32>) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+        "item_id",
+        DataType::UInt32,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(codes))])
+        .expect("one UInt32 column");
+    register_memory(ctx, "items", schema, vec![vec![batch]])
 }
 
 impl FeatureJob<'_> {
@@ -243,15 +380,17 @@ impl FeatureJob<'_> {
     /// substituted; `reference_ms` is the instant decay is measured from. The benchmark gives the
     /// same text to DuckDB.
     pub fn queries(&self, reference_ms: i64) -> Result<[String; 3]> {
+        self.render_queries(reference_ms, string_literal(&self.config.rating_event_type))
+    }
+
+    /// The queries with `rating_event` (a string literal, or an event code) for the rating type.
+    fn render_queries(&self, reference_ms: i64, rating_event: String) -> Result<[String; 3]> {
         let half_life_ms = self.config.decay_half_life_days.unwrap_or(0.0) * 86_400_000.0;
         let params: Vec<(&str, String)> = vec![
             ("as_of_ms", self.as_of_ms.unwrap_or(i64::MAX).to_string()),
             ("reference_ms", reference_ms.to_string()),
             ("half_life_ms", format!("{half_life_ms:.1}")),
-            (
-                "rating_event_type",
-                string_literal(&self.config.rating_event_type),
-            ),
+            ("rating_event_type", rating_event),
             (
                 "rating_threshold",
                 format!("{:?}", self.config.rating_threshold),
@@ -312,15 +451,27 @@ async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
 }
 
 /// `event_weights(event_type, weight)` from the config, as a view over `VALUES` (a plan every
-/// engine can ship: Ballista cannot serialise an in-memory table).
-async fn register_event_weights(ctx: &SessionContext, config: &FeatureConfig) -> Result<()> {
+/// engine can ship: Ballista cannot serialise an in-memory table). Over coded interactions the
+/// event type is its code.
+async fn register_event_weights(
+    ctx: &SessionContext,
+    config: &FeatureConfig,
+    codes: Option<&CodedInteractions>,
+) -> Result<()> {
     let rows: Vec<String> = config
         .event_weights
         .iter()
-        .map(|(event, weight)| format!("({}, CAST({weight:?} AS DOUBLE))", string_literal(event)))
+        .map(|(event, weight)| {
+            let event = match codes {
+                Some(codes) => format!("CAST({} AS INT)", codes.event_code(event)),
+                None => string_literal(event),
+            };
+            format!("({event}, CAST({weight:?} AS DOUBLE))")
+        })
         .collect();
     let sql = if rows.is_empty() {
-        "CREATE VIEW event_weights AS SELECT CAST(NULL AS VARCHAR) AS event_type, CAST(NULL AS DOUBLE) AS weight WHERE FALSE".to_string()
+        let event_type = if codes.is_some() { "INT" } else { "VARCHAR" };
+        format!("CREATE VIEW event_weights AS SELECT CAST(NULL AS {event_type}) AS event_type, CAST(NULL AS DOUBLE) AS weight WHERE FALSE")
     } else {
         format!(
             "CREATE VIEW event_weights AS SELECT column1 AS event_type, column2 AS weight FROM (VALUES {})",
@@ -384,74 +535,141 @@ fn column_as(batch: &RecordBatch, job: &str, name: &str, to: &DataType) -> Resul
         .map_err(|e| schema_error(format!("cannot be read as {to}: {e}")))
 }
 
-/// Reads `(user_id, item_id, strength, last_ts_ms)` batches.
-fn pair_columns(
+/// One output row of the training or history job: ids as the query returned them.
+type PairRow<'a> = (&'a str, &'a str, f32, i64);
+
+/// Calls `each` with every `(user_id, item_id, strength, last_ts_ms)` row of `batches`, ids
+/// decoded.
+fn for_each_pair<'a>(
     batches: &[RecordBatch],
     job: &str,
-) -> Result<
-    Vec<(
-        StringArray,
-        StringArray,
-        Float64Array,
-        arrow::array::Int64Array,
-    )>,
-> {
-    batches
-        .iter()
-        .map(|b| {
-            let get = |name: &str, to: &DataType| column_as(b, job, name, to);
-            Ok((
-                get("user_id", &DataType::Utf8)?.as_string::<i32>().clone(),
-                get("item_id", &DataType::Utf8)?.as_string::<i32>().clone(),
-                get("strength", &DataType::Float64)?
-                    .as_primitive::<Float64Type>()
-                    .clone(),
-                get("last_ts_ms", &DataType::Int64)?
-                    .as_primitive::<Int64Type>()
-                    .clone(),
-            ))
+    ids: Ids<'a>,
+    mut each: impl FnMut(PairRow<'_>, Option<(u32, u32)>),
+) -> Result<()> {
+    for b in batches {
+        let get = |name: &str, to: &DataType| column_as(b, job, name, to);
+        let strength = get("strength", &DataType::Float64)?;
+        let strength = strength.as_primitive::<Float64Type>();
+        let ts = get("last_ts_ms", &DataType::Int64)?;
+        let ts = ts.as_primitive::<Int64Type>();
+        match ids {
+            Ids::Strings => {
+                let users = get("user_id", &DataType::Utf8)?;
+                let items = get("item_id", &DataType::Utf8)?;
+                let (users, items) = (users.as_string::<i32>(), items.as_string::<i32>());
+                for r in 0..b.num_rows() {
+                    let row = (
+                        users.value(r),
+                        items.value(r),
+                        strength.value(r) as f32,
+                        ts.value(r),
+                    );
+                    each(row, None);
+                }
+            }
+            Ids::Coded(codes) => {
+                let users = get("user_id", &DataType::UInt32)?;
+                let items = get("item_id", &DataType::UInt32)?;
+                let (users, items) = (
+                    users.as_primitive::<UInt32Type>(),
+                    items.as_primitive::<UInt32Type>(),
+                );
+                for r in 0..b.num_rows() {
+                    let (user, item) = (users.value(r), items.value(r));
+                    let row = (
+                        codes.users.id(user),
+                        codes.items.id(item),
+                        strength.value(r) as f32,
+                        ts.value(r),
+                    );
+                    each(row, Some((user, item)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn training_table(batches: &[RecordBatch], ids: Ids<'_>) -> Result<TrainingTable> {
+    let job = "training-table job";
+    match ids {
+        Ids::Strings => {
+            // The rows borrow the query's string columns (no copy of the ids per row).
+            let mut columns = Vec::with_capacity(batches.len());
+            for b in batches {
+                let get = |name: &str, to: &DataType| column_as(b, job, name, to);
+                columns.push((
+                    get("user_id", &DataType::Utf8)?,
+                    get("item_id", &DataType::Utf8)?,
+                    get("strength", &DataType::Float64)?,
+                    get("last_ts_ms", &DataType::Int64)?,
+                ));
+            }
+            let rows = columns.iter().flat_map(|(u, i, s, t)| {
+                let (u, i) = (u.as_string::<i32>(), i.as_string::<i32>());
+                let (s, t) = (
+                    s.as_primitive::<Float64Type>(),
+                    t.as_primitive::<Int64Type>(),
+                );
+                (0..u.len()).map(move |r| (u.value(r), i.value(r), s.value(r) as f32, t.value(r)))
+            });
+            Ok(TrainingTable::from_rows(rows))
+        }
+        Ids::Coded(codes) => {
+            let mut rows: Vec<(u32, u32, f32, i64)> = Vec::new();
+            for_each_pair(batches, job, ids, |(_, _, s, t), coded| {
+                let (u, i) = coded.expect("coded rows");
+                rows.push((u, i, s, t))
+            })?;
+            Ok(TrainingTable::from_codes(rows, &codes.users, &codes.items))
+        }
+    }
+}
+
+fn history_rows(batches: &[RecordBatch], ids: Ids<'_>) -> Result<Vec<HistoryRow>> {
+    let mut rows = Vec::new();
+    for_each_pair(batches, "history job", ids, |(u, i, s, t), _| {
+        rows.push(HistoryRow {
+            user_id: u.to_string(),
+            item_id: i.to_string(),
+            strength: s,
+            ts_ms: t,
         })
-        .collect()
+    })?;
+    Ok(rows)
 }
 
-fn training_table(batches: &[RecordBatch]) -> Result<TrainingTable> {
-    let columns = pair_columns(batches, "training-table job")?;
-    let rows = columns.iter().flat_map(|(u, i, s, t)| {
-        (0..u.len()).map(move |r| (u.value(r), i.value(r), s.value(r) as f32, t.value(r)))
-    });
-    Ok(TrainingTable::from_rows(rows))
-}
-
-fn history_rows(batches: &[RecordBatch]) -> Result<Vec<HistoryRow>> {
-    let columns = pair_columns(batches, "history job")?;
-    Ok(columns
-        .iter()
-        .flat_map(|(u, i, s, t)| {
-            (0..u.len()).map(move |r| HistoryRow {
-                user_id: u.value(r).to_string(),
-                item_id: i.value(r).to_string(),
-                strength: s.value(r) as f32,
-                ts_ms: t.value(r),
-            })
-        })
-        .collect())
-}
-
-fn popularity_rows(batches: &[RecordBatch]) -> Result<Vec<PopularityRow>> {
+fn popularity_rows(batches: &[RecordBatch], ids: Ids<'_>) -> Result<Vec<PopularityRow>> {
     let job = "popularity job";
     let mut rows = Vec::new();
     for b in batches {
-        let ids = column_as(b, job, "item_id", &DataType::Utf8)?;
         let members = column_as(b, job, "members", &DataType::UInt64)?;
         let score = column_as(b, job, "score", &DataType::Float64)?;
-        let (ids, members, score) = (
-            ids.as_string::<i32>(),
+        let (members, score) = (
             members.as_primitive::<UInt64Type>(),
             score.as_primitive::<Float64Type>(),
         );
-        for r in 0..ids.len() {
+        let item_ids: Vec<String> = match ids {
+            Ids::Strings => {
+                let items = column_as(b, job, "item_id", &DataType::Utf8)?;
+                let items = items.as_string::<i32>();
+                (0..items.len())
+                    .map(|r| items.value(r).to_string())
+                    .collect()
+            }
+            Ids::Coded(codes) => {
+                let items = column_as(b, job, "item_id", &DataType::UInt32)?;
+                let items = items.as_primitive::<UInt32Type>();
+                items
+                    .values()
+                    .iter()
+                    .map(|&c| codes.items.id(c).to_string())
+                    .collect()
+            }
+        };
+        for (r, item_id) in item_ids.into_iter().enumerate() {
             rows.push(PopularityRow {
-                item_id: ids.value(r).to_string(),
+                item_id,
                 members: members.value(r),
                 score: score.value(r) as f32,
             });

@@ -24,6 +24,7 @@ use recsys_shared::ids::id_problem;
 use recsys_shared::object_storage::{self, RemoteLocation};
 use recsys_shared::SharedError;
 
+use crate::id_codes::{CodedInteractions, IdIndex, InteractionCoder};
 use crate::{OfflineError, Result};
 
 /// An input table on disk.
@@ -244,15 +245,32 @@ impl InputTable {
         &self,
         event_weights: &BTreeMap<String, f64>,
     ) -> Result<InteractionStats> {
-        self.check_interactions(event_weights)
+        let mut coder = InteractionCoder::index_only(event_weights.keys().cloned().collect());
+        self.check_interactions(event_weights, &mut coder)
             .map_err(|e| self.relocate(e))
+    }
+
+    /// Checks the schema and every row of an interactions table and returns the rows up to
+    /// `as_of_ms` with their ids as codes (see [`crate::id_codes`]).
+    pub fn validate_and_code_interactions(
+        &self,
+        event_weights: &BTreeMap<String, f64>,
+        as_of_ms: Option<i64>,
+    ) -> Result<(InteractionStats, CodedInteractions)> {
+        let mut coder = InteractionCoder::new(event_weights.keys().cloned().collect(), as_of_ms);
+        let stats = self
+            .check_interactions(event_weights, &mut coder)
+            .map_err(|e| self.relocate(e))?;
+        Ok((stats, coder.finish()))
     }
 
     fn check_interactions(
         &self,
         event_weights: &BTreeMap<String, f64>,
+        coder: &mut InteractionCoder,
     ) -> Result<InteractionStats> {
         let mut stats = InteractionStats::default();
+        let keep = coder.keeps_rows();
         for file in &self.files {
             let mut row = 0u64;
             for batch in read_columns(self, file, &INTERACTION_COLUMNS)? {
@@ -270,7 +288,14 @@ impl InputTable {
                     .expect("projected")
                     .as_primitive::<TimestampMillisecondType>()
                     .clone();
-                for i in 0..batch.num_rows() {
+                let n = batch.num_rows();
+                let capacity = if keep { n } else { 0 };
+                let (mut user_codes, mut item_codes, mut event_codes) = (
+                    Vec::with_capacity(capacity),
+                    Vec::with_capacity(capacity),
+                    Vec::with_capacity(capacity),
+                );
+                for i in 0..n {
                     let bad = |column: &str, problem: String| -> OfflineError {
                         SharedError::Row {
                             path: file.clone(),
@@ -280,29 +305,28 @@ impl InputTable {
                         }
                         .into()
                     };
-                    for (column, ids) in [("user_id", &users), ("item_id", &items)] {
-                        match ids.value(i) {
-                            None => return Err(bad(column, "null id".into())),
-                            Some(id) => {
-                                if let Some(problem) = id_problem(id) {
-                                    return Err(bad(column, problem));
-                                }
-                            }
-                        }
-                    }
-                    match events.value(i) {
+                    // Each distinct id is checked the first time it is seen.
+                    let code = |column: &str, ids: &TextColumn, index: &mut IdIndex| {
+                        let id = ids.value(i).ok_or_else(|| bad(column, "null id".into()))?;
+                        index.code(id, || match id_problem(id) {
+                            Some(problem) => Err(bad(column, problem)),
+                            None => Ok(()),
+                        })
+                    };
+                    let user = code("user_id", &users, &mut coder.users)?;
+                    let item = code("item_id", &items, &mut coder.items)?;
+                    let event = match events.value(i) {
                         None => return Err(bad("event_type", "null event type".into())),
-                        Some(event) if !event_weights.contains_key(event) => {
-                            return Err(bad(
+                        Some(event) => coder.event_code(event).ok_or_else(|| {
+                            bad(
                                 "event_type",
                                 format!(
                                     "unknown event type {event:?} (known: {}; add it to offline.features.event_weights)",
                                     event_weights.keys().cloned().collect::<Vec<_>>().join(", ")
                                 ),
-                            ))
-                        }
-                        Some(_) => {}
-                    }
+                            )
+                        })?,
+                    };
                     if values.is_valid(i) && !values.value(i).is_finite() {
                         return Err(bad(
                             "value",
@@ -315,8 +339,14 @@ impl InputTable {
                     let t = ts.value(i);
                     stats.first_ts_ms = Some(stats.first_ts_ms.map_or(t, |m| m.min(t)));
                     stats.last_ts_ms = Some(stats.last_ts_ms.map_or(t, |m| m.max(t)));
+                    if keep {
+                        user_codes.push(user);
+                        item_codes.push(item);
+                        event_codes.push(event);
+                    }
                 }
-                row += batch.num_rows() as u64;
+                coder.push(user_codes, item_codes, event_codes, &values, &ts);
+                row += n as u64;
             }
             stats.rows += row;
         }

@@ -29,6 +29,7 @@ mod error;
 pub mod evaluate;
 pub mod feature_bench;
 pub mod features;
+pub mod id_codes;
 pub mod input;
 pub mod matrix;
 pub mod metrics;

@@ -238,3 +238,87 @@ fn hive_partitioned_directories_are_read_whole() {
     assert_eq!(f.interactions.rows, 8);
     assert_eq!(strengths(&f).len(), 5);
 }
+
+/// The built-in queries run over integer-coded ids; the same queries over the string ids (forced
+/// here by naming the built-in SQL files as replacements) must give the same tables, including
+/// the orders and tie-breaks that depend on how ids sort ("u10" < "u2" byte-wise).
+#[test]
+fn coded_ids_give_the_same_tables_as_string_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let types = ["play", "click", "rating", "add_to_list"];
+    let mut state = 7u64;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut rows = Vec::new();
+    for _ in 0..4000 {
+        let user = format!("u{}", next(60));
+        let item = format!("i{}", next(45));
+        let event_type = types[next(4) as usize];
+        let value = (next(3) > 0).then(|| next(6) as f64);
+        // Few distinct days, so timestamps tie and the history's tie-break on item_id matters.
+        let day = next(20) as i64;
+        rows.push(event(&user, &item, event_type, value, day));
+    }
+    rows.extend(rows[..200].to_vec()); // exact duplicates
+    let interactions = dir.path().join("interactions.parquet");
+    write_interactions(&interactions, &rows);
+    // A catalog missing some items and holding some never seen.
+    let catalog: Vec<String> = (3..50).map(|i| format!("i{i}")).collect();
+    let catalog: Vec<&str> = catalog.iter().map(String::as_str).collect();
+    let items = dir.path().join("items.parquet");
+    write_items(&items, &catalog);
+
+    let coded = FeatureConfig {
+        decay_half_life_days: Some(7.0),
+        min_user_interactions: 3,
+        min_item_interactions: 2,
+        history_cap: 4,
+        ..Default::default()
+    };
+    let mut strings = coded.clone();
+    for (name, text) in [
+        ("training.sql", include_str!("../sql/training_table.sql")),
+        ("popularity.sql", include_str!("../sql/item_popularity.sql")),
+        ("history.sql", include_str!("../sql/user_history.sql")),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    strings.training_table_sql = Some(dir.path().join("training.sql"));
+    strings.popularity_sql = Some(dir.path().join("popularity.sql"));
+    strings.user_history_sql = Some(dir.path().join("history.sql"));
+
+    for (items, as_of) in [(Some(items.as_path()), Some(T0 + 15 * DAY)), (None, None)] {
+        let a = run(&interactions, items, &coded, as_of);
+        let b = run(&interactions, items, &strings, as_of);
+        assert!(a.training.pairs.len() > 100, "{}", a.training.pairs.len());
+        assert_eq!(a.training.user_ids, b.training.user_ids);
+        assert_eq!(a.training.item_ids, b.training.item_ids);
+        assert_eq!(a.training.pairs.len(), b.training.pairs.len());
+        for (p, q) in a.training.pairs.iter().zip(&b.training.pairs) {
+            assert_eq!(
+                (p.user, p.item, p.last_ts_ms),
+                (q.user, q.item, q.last_ts_ms)
+            );
+            assert!((p.strength - q.strength).abs() < 1e-5, "{p:?} vs {q:?}");
+        }
+        let popularity = |f: &Features| -> Vec<(String, u64)> {
+            f.popularity
+                .iter()
+                .map(|p| (p.item_id.clone(), p.members))
+                .collect()
+        };
+        assert_eq!(popularity(&a), popularity(&b));
+        let history = |f: &Features| -> Vec<(String, String, i64)> {
+            f.history
+                .iter()
+                .map(|h| (h.user_id.clone(), h.item_id.clone(), h.ts_ms))
+                .collect()
+        };
+        assert_eq!(history(&a), history(&b));
+        assert_eq!(a.interactions, b.interactions);
+    }
+}
