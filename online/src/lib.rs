@@ -10,6 +10,8 @@
 //!   candidate pool, partial top-k.
 //! - [`service`]: validation, the member's vector (cache → store → fold-in → cold start, degraded
 //!   when the store is down), `Rank`, `Homepage` and `SimilarItems`.
+//! - [`experiments`]: the experiments file — sticky, stateless allocation of members to variants
+//!   that choose a model version and/or a row recipe; the server loads the versions they name.
 //! - [`admission`]: the tower layer in front of every RPC: deadlines stamped on arrival, a cap on
 //!   requests in progress with a bounded queue, load shedding with `RESOURCE_EXHAUSTED` before any
 //!   work, and the request metrics; [`auth`]: API keys with per-key RPCs, checked in that layer;
@@ -28,6 +30,7 @@ pub mod bench;
 pub mod catalog;
 pub mod connections;
 pub mod error;
+pub mod experiments;
 pub mod metrics;
 pub mod scoring;
 pub mod server;

@@ -103,3 +103,30 @@ pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("registers once")
 });
+
+/// Ranking answers per experiment and variant (Rank and Homepage).
+pub static EXPERIMENT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_experiment_requests_total",
+        "Rank and Homepage requests by experiment and the member's variant",
+        &["experiment", "variant"]
+    )
+    .expect("registers once")
+});
+
+/// Experiments-file loads by outcome: `applied`, `refused` (the last good file stays in force),
+/// `removed`.
+pub static EXPERIMENT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_experiments_reloads_total",
+        "Experiments-file loads by outcome",
+        &["outcome"]
+    )
+    .expect("registers once")
+});
+
+/// Experiments in force.
+pub static EXPERIMENTS_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("recsys_experiments_active", "Experiments in force")
+        .expect("registers once")
+});

@@ -1,4 +1,4 @@
-//! Wiring: the feature store and cache, the model watcher, the gRPC server (Ranking, health,
+//! Wiring: the feature store and cache, the model and experiments watchers, the gRPC server (Ranking, health,
 //! reflection v1 and v1alpha) and the metrics endpoint, with one shutdown for all of them.
 
 use std::collections::HashMap;
@@ -24,8 +24,11 @@ use crate::auth::ApiKeys;
 use crate::catalog::Catalog;
 use crate::connections;
 use crate::error::OnlineError;
-use crate::metrics::{CATALOG_ITEMS, MODEL_SWAPS, MODEL_VERSION};
-use crate::service::{Ranker, RankingService};
+use crate::experiments::Experiments;
+use crate::metrics::{
+    CATALOG_ITEMS, EXPERIMENTS_ACTIVE, EXPERIMENT_RELOADS, MODEL_SWAPS, MODEL_VERSION,
+};
+use crate::service::{ExperimentSet, Ranker, RankingService};
 
 /// Name of the service in gRPC health checks.
 pub const SERVICE_NAME: &str = "recsys.v1.Ranking";
@@ -209,6 +212,94 @@ impl ModelWatcher {
     }
 }
 
+/// Puts the experiments file in force as it changes.
+///
+/// A file is parsed and validated, and every model version its variants name is loaded and
+/// verified (reusing a catalog already held), before the new set replaces the old one. A file
+/// refused — a field named in the log — leaves the last good set in force and is not tried again
+/// until its text changes; a removed file ends every experiment.
+struct ExperimentsWatcher {
+    path: std::path::PathBuf,
+    root: ModelRoot,
+    ranker: Arc<Ranker>,
+    /// The text in force; `None` when no file is.
+    applied: Option<String>,
+    /// The text last refused.
+    refused: Option<String>,
+}
+
+impl ExperimentsWatcher {
+    async fn refresh(&mut self) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot read the experiments file");
+                return;
+            }
+        };
+        if text == self.applied || (text.is_some() && text == self.refused) {
+            return;
+        }
+        let Some(text) = text else {
+            self.ranker.set_experiments(ExperimentSet::default());
+            self.applied = None;
+            EXPERIMENT_RELOADS.with_label_values(&["removed"]).inc();
+            EXPERIMENTS_ACTIVE.set(0);
+            tracing::info!(file = %self.path.display(), "experiments file removed: no experiment in force");
+            return;
+        };
+        match self.load(&text).await {
+            Ok(set) => {
+                let active = set.experiments.experiments.len();
+                let versions: Vec<&String> = set.catalogs.keys().collect();
+                tracing::info!(file = %self.path.display(), experiments = active,
+                    pinned_versions = ?versions, "experiments in force");
+                self.ranker.set_experiments(set);
+                self.applied = Some(text);
+                self.refused = None;
+                EXPERIMENT_RELOADS.with_label_values(&["applied"]).inc();
+                EXPERIMENTS_ACTIVE.set(active as i64);
+            }
+            Err(problem) => {
+                tracing::error!(file = %self.path.display(), error = %problem,
+                    "refusing the experiments file; the last good one stays in force");
+                self.refused = Some(text);
+                EXPERIMENT_RELOADS.with_label_values(&["refused"]).inc();
+            }
+        }
+    }
+
+    /// The set a file's text describes, with the catalogs of the versions it names.
+    async fn load(&self, text: &str) -> Result<ExperimentSet, String> {
+        let experiments = Experiments::parse(text).map_err(|e| e.to_string())?;
+        let held = self.ranker.experiments();
+        let current = self.ranker.catalog();
+        let mut catalogs = HashMap::new();
+        for (version, field) in experiments.model_versions() {
+            let catalog = match (held.catalogs.get(&version), &current) {
+                (Some(catalog), _) => catalog.clone(),
+                (None, Some(current)) if current.version == version => current.clone(),
+                _ => {
+                    let root = self.root.clone();
+                    let owned = version.clone();
+                    let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root, &owned))
+                        .await
+                        .map_err(|e| format!("{field}: loading {version:?} panicked: {e}"))?;
+                    Arc::new(loaded.map_err(|e| {
+                        format!("{field}: model version {version:?} cannot be served: {e}")
+                    })?)
+                }
+            };
+            catalogs.insert(version, catalog);
+        }
+        Ok(ExperimentSet {
+            experiments,
+            catalogs,
+        })
+    }
+}
+
 /// The gRPC server's TLS settings from `online.tls`, or `None` for plaintext. An error names the
 /// setting and the file.
 fn server_tls(
@@ -280,6 +371,18 @@ pub async fn start_with_reader(
         refusals: refusals.clone(),
     };
     watcher.refresh().await;
+    let mut experiments = ExperimentsWatcher {
+        path: config
+            .online
+            .experiments_file
+            .clone()
+            .unwrap_or_else(|| config.model.root.join("experiments.toml")),
+        root: ModelRoot::new(&config.model.root),
+        ranker: ranker.clone(),
+        applied: None,
+        refused: None,
+    };
+    experiments.refresh().await;
     if ranker.catalog().is_none() {
         tracing::warn!(root = %config.model.root.display(),
             "no servable model yet; answering UNAVAILABLE until one is published");
@@ -291,6 +394,7 @@ pub async fn start_with_reader(
         loop {
             tick.tick().await;
             watcher.refresh().await;
+            experiments.refresh().await;
         }
     });
 

@@ -7,18 +7,18 @@
 //! request whose client hung up stops there), and an answer finished after its deadline is
 //! `DEADLINE_EXCEEDED`, never a late `OK` nobody reads.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use recsys_shared::ids::id_problem;
 use recsys_shared::logs::LogEvery;
 use recsys_shared::proto::v1::ranking_server::Ranking;
 use recsys_shared::proto::v1::{
-    HomepageRequest, HomepageResponse, RankRequest, RankResponse, Row, ScoredItem,
-    SimilarItemsRequest, SimilarItemsResponse, VectorSource,
+    ExperimentAssignment, HomepageRequest, HomepageResponse, RankRequest, RankResponse, Row,
+    ScoredItem, SimilarItemsRequest, SimilarItemsResponse, VectorSource,
 };
 use recsys_store::cache::{FeatureReader, Source};
 use recsys_store::features::HistoryEntry;
@@ -28,7 +28,8 @@ use tonic::{Request, Response, Status};
 
 use crate::admission::RequestDeadline;
 use crate::catalog::Catalog;
-use crate::metrics::VECTOR_SOURCES;
+use crate::experiments::{Experiments, RowKind, RowRecipe};
+use crate::metrics::{EXPERIMENT_REQUESTS, VECTOR_SOURCES};
 use crate::scoring::Scored;
 
 /// The store-unavailable warning, at most once a second (it would otherwise repeat per request).
@@ -45,11 +46,33 @@ pub mod limits {
     pub const DEFAULT_ITEMS_PER_ROW: u64 = 10;
 }
 
-/// State shared by every request: the catalog being served and the feature read path.
+/// State shared by every request: the catalog being served, the experiments with the model
+/// versions their variants pin, and the feature read path.
 pub struct Ranker {
     catalog: ArcSwapOption<Catalog>,
+    experiments: ArcSwap<ExperimentSet>,
     reader: FeatureReader,
     max_request: Duration,
+}
+
+/// The experiments in force and the catalogs of the model versions their variants name (each
+/// loaded and verified like `CURRENT`'s).
+#[derive(Default)]
+pub struct ExperimentSet {
+    pub experiments: Experiments,
+    pub catalogs: HashMap<String, Arc<Catalog>>,
+}
+
+/// What the member's experiments decide for one request.
+struct Treatment {
+    catalog: Arc<Catalog>,
+    recipe: Option<RowRecipe>,
+    assignments: Vec<ExperimentAssignment>,
+}
+
+/// A fresh request id: 128 random bits as 32 hex digits.
+pub fn request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// A member as the ranking sees them.
@@ -141,6 +164,7 @@ impl Ranker {
     pub fn new(reader: FeatureReader, max_request: Duration) -> Self {
         Ranker {
             catalog: ArcSwapOption::empty(),
+            experiments: ArcSwap::from_pointee(ExperimentSet::default()),
             reader,
             max_request,
         }
@@ -154,6 +178,49 @@ impl Ranker {
     /// Swaps in a new catalog; requests in flight finish on the one they hold.
     pub fn swap(&self, catalog: Arc<Catalog>) -> Option<Arc<Catalog>> {
         self.catalog.swap(Some(catalog))
+    }
+
+    /// The experiments in force.
+    pub fn experiments(&self) -> Arc<ExperimentSet> {
+        self.experiments.load_full()
+    }
+
+    /// Puts a new experiment set in force; requests in flight finish on the one they hold.
+    pub fn set_experiments(&self, set: ExperimentSet) {
+        self.experiments.store(Arc::new(set));
+    }
+
+    /// The member's experiments: the model and row recipe their variants choose (the first
+    /// experiment in file order that sets each wins), and the assignments to report.
+    fn treatment(&self, user_id: &str) -> Result<Treatment, Status> {
+        let set = self.experiments.load();
+        let assigned = set.experiments.assign(user_id);
+        let pinned = assigned.iter().find_map(|a| {
+            let version = a.variant.model_version.as_ref()?;
+            set.catalogs.get(version).cloned()
+        });
+        let catalog = match pinned {
+            Some(catalog) => catalog,
+            None => self.serving()?,
+        };
+        let recipe = assigned.iter().find_map(|a| a.variant.recipe.clone());
+        let assignments = assigned
+            .iter()
+            .map(|a| {
+                EXPERIMENT_REQUESTS
+                    .with_label_values(&[&a.experiment.name, &a.variant.name])
+                    .inc();
+                ExperimentAssignment {
+                    experiment: a.experiment.name.clone(),
+                    variant: a.variant.name.clone(),
+                }
+            })
+            .collect();
+        Ok(Treatment {
+            catalog,
+            recipe,
+            assignments,
+        })
     }
 
     pub fn reader(&self) -> &FeatureReader {
@@ -270,7 +337,11 @@ impl Ranker {
         for id in &request.exclude_item_ids {
             check_id("exclude_item_ids", id)?;
         }
-        let catalog = self.serving()?;
+        let Treatment {
+            catalog,
+            assignments,
+            ..
+        } = self.treatment(&request.user_id)?;
         let member = self.member(&catalog, &request.user_id).await;
         Self::count_source(&member);
         let mut excluded: HashSet<u32> = request
@@ -294,6 +365,8 @@ impl Ranker {
             model_version: catalog.version.clone(),
             vector_source: member.source as i32,
             degraded: member.degraded,
+            request_id: request_id(),
+            experiments: assignments,
         })
     }
 
@@ -312,9 +385,28 @@ impl Ranker {
         )?;
         let country = check_country(&request.country)?;
         let country = country.as_deref();
-        let catalog = self.serving()?;
+        let Treatment {
+            catalog,
+            recipe,
+            assignments,
+        } = self.treatment(&request.user_id)?;
         let member = self.member(&catalog, &request.user_id).await;
         Self::count_source(&member);
+        let personal = member.vector.is_some();
+        // The default rows: top picks (for a member with a vector), "because you watched" rows
+        // for the rest but one, and trending.
+        let recipe = recipe.unwrap_or_else(|| {
+            let mut rows_of = Vec::new();
+            if personal {
+                rows_of.push((RowKind::TopPicks, 1));
+            }
+            let seeded = rows.saturating_sub(if personal { 2 } else { 1 });
+            if seeded > 0 {
+                rows_of.push((RowKind::BecauseYouWatched, seeded));
+            }
+            rows_of.push((RowKind::Trending, 1));
+            RowRecipe(rows_of)
+        });
         // Titles the member has seen, and titles already placed in a row, are not shown again.
         let mut used = Self::seen(&catalog, &member.history);
         let mut out = Vec::new();
@@ -330,64 +422,70 @@ impl Ranker {
                     });
                 }
             };
-        let personal = member.vector.is_some();
         check_deadline(deadline, "before scoring")?;
-        if let Some(vector) = &member.vector {
-            let items = catalog.items.top_k(vector, per_row, |i| {
-                !used.contains(&i) && catalog.available(i, country)
-            });
-            row(
-                "Top picks for you".into(),
-                "top_picks",
-                "",
-                items,
-                &mut used,
-            );
-        }
-        // "Because you watched": seeded from the newest distinct history items.
-        let seed_rows = rows.saturating_sub(if personal { 2 } else { 1 });
-        let mut seeds = Vec::new();
-        for e in member.history.iter().rev() {
-            if seeds.len() == seed_rows {
-                break;
+        // "Because you watched" rows take the newest distinct history items as seeds, in order.
+        let mut seeds = member
+            .history
+            .iter()
+            .rev()
+            .filter_map(|e| catalog.index.get(&e.item_id).copied());
+        let mut seeded = HashSet::new();
+        for (n, kind) in recipe.rows().enumerate() {
+            if n > 0 {
+                // Each row is a whole-catalog scan: give a cancelled request the chance to stop,
+                // and stop a late one.
+                tokio::task::yield_now().await;
+                check_deadline(deadline, "between homepage rows")?;
             }
-            if let Some(&i) = catalog.index.get(&e.item_id) {
-                if !seeds.contains(&i) {
-                    seeds.push(i);
+            let allowed =
+                |used: &HashSet<u32>, i: u32| !used.contains(&i) && catalog.available(i, country);
+            match kind {
+                RowKind::TopPicks => {
+                    if let Some(vector) = &member.vector {
+                        let items = catalog.items.top_k(vector, per_row, |i| allowed(&used, i));
+                        row(
+                            "Top picks for you".into(),
+                            kind.name(),
+                            "",
+                            items,
+                            &mut used,
+                        );
+                    }
+                }
+                RowKind::BecauseYouWatched => {
+                    let Some(seed) = seeds.by_ref().find(|&i| seeded.insert(i)) else {
+                        continue;
+                    };
+                    let items = catalog
+                        .items
+                        .similar(seed as usize, per_row, |i| allowed(&used, i));
+                    let name = match catalog.title(seed) {
+                        "" => catalog.item_ids[seed as usize].as_str(),
+                        t => t,
+                    };
+                    let seed_id = catalog.item_ids[seed as usize].clone();
+                    row(
+                        format!("Because you watched {name}"),
+                        kind.name(),
+                        &seed_id,
+                        items,
+                        &mut used,
+                    );
+                }
+                RowKind::Trending => {
+                    let items = Self::popular(&catalog, per_row, |i| allowed(&used, i));
+                    row("Trending now".into(), kind.name(), "", items, &mut used);
                 }
             }
         }
-        for seed in seeds {
-            // Each row is a whole-catalog scan: give a cancelled request the chance to stop, and
-            // stop a late one.
-            tokio::task::yield_now().await;
-            check_deadline(deadline, "between homepage rows")?;
-            let items = catalog.items.similar(seed as usize, per_row, |i| {
-                !used.contains(&i) && catalog.available(i, country)
-            });
-            let name = match catalog.title(seed) {
-                "" => catalog.item_ids[seed as usize].as_str(),
-                t => t,
-            };
-            let seed_id = catalog.item_ids[seed as usize].clone();
-            row(
-                format!("Because you watched {name}"),
-                "because_you_watched",
-                &seed_id,
-                items,
-                &mut used,
-            );
-        }
-        let items = Self::popular(&catalog, per_row, |i| {
-            !used.contains(&i) && catalog.available(i, country)
-        });
-        row("Trending now".into(), "trending", "", items, &mut used);
         out.truncate(rows);
         Ok(HomepageResponse {
             rows: out,
             model_version: catalog.version.clone(),
             vector_source: member.source as i32,
             degraded: member.degraded,
+            request_id: request_id(),
+            experiments: assignments,
         })
     }
 

@@ -543,6 +543,12 @@ pub struct OnlineConfig {
     pub metrics_listen: String,
     /// How often `CURRENT` is checked for a new model. Default 1000 ms.
     pub model_poll_ms: u64,
+    /// The experiments file (TOML; see `online::experiments`): which members see which model
+    /// version and row recipe. Unset: `experiments.toml` in the model root, if there is one (so
+    /// it ships with the models; with a model root on object storage, set this to a local
+    /// path). Polled with `CURRENT`; a file refused (the field is named in the log) leaves the
+    /// last good one in force.
+    pub experiments_file: Option<PathBuf>,
     /// With the embedded store (which only this process can open), load a newly published model's
     /// member vectors and histories into it before swapping the model in. Default true.
     pub load_store_on_swap: bool,
@@ -626,6 +632,7 @@ impl Default for OnlineConfig {
             listen: "127.0.0.1:50051".into(),
             metrics_listen: "127.0.0.1:9464".into(),
             model_poll_ms: 1000,
+            experiments_file: None,
             load_store_on_swap: true,
             max_request_ms: 5000,
             max_in_flight: 0,

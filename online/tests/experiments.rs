@@ -1,0 +1,253 @@
+//! Experiments through real servers: a 50/50 split between two published model versions with a
+//! row recipe, the same member in the same variant on two servers, request ids, overrides, the
+//! metrics by variant, and bad experiments files refused while the last good one keeps serving.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use recsys_online::bench::synthetic_model;
+use recsys_online::server::{start, RunningServer};
+use recsys_shared::config::Config;
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::{HomepageRequest, HomepageResponse, RankRequest, VectorSource};
+
+const ITEMS: usize = 1500;
+const MEMBERS: usize = 200;
+const K: usize = 16;
+
+fn config(dir: &Path, store: &str) -> Config {
+    let mut config = Config::default();
+    config.model.root = dir.join("models");
+    config.store.embedded.path = dir.join(store);
+    config.online.listen = "127.0.0.1:0".into();
+    config.online.metrics_listen = "127.0.0.1:0".into();
+    config.online.model_poll_ms = 50;
+    config
+}
+
+async fn homepage(server: &RunningServer, user: &str) -> HomepageResponse {
+    let mut c = RankingClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    c.homepage(HomepageRequest {
+        user_id: user.into(),
+        rows: 4,
+        items_per_row: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn variant_of(response: &HomepageResponse, experiment: &str) -> Option<String> {
+    response
+        .experiments
+        .iter()
+        .find(|a| a.experiment == experiment)
+        .map(|a| a.variant.clone())
+}
+
+async fn metrics(server: &RunningServer) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.metrics_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `done` holds (the servers poll the file every 50 ms).
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn experiment_file(v1: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[experiment]]
+name = "model-test"
+salt = "salt-1"
+overrides = {{ "qa-member" = "treatment" }}
+{extra}
+
+[[experiment.variant]]
+name = "control"
+weight = 1
+
+[[experiment.variant]]
+name = "treatment"
+weight = 1
+model_version = "{v1}"
+rows = ["trending", "top_picks", "because_you_watched*2"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_between_two_models_is_sticky_across_servers_and_survives_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = config(dir.path(), "features-a");
+    let v1 = synthetic_model(&first.model.root, ITEMS, MEMBERS, K, 11).unwrap();
+    let v2 = synthetic_model(&first.model.root, ITEMS, MEMBERS, K, 12).unwrap();
+    assert_ne!(v1, v2);
+    // The file ships in the model root (the default place).
+    let file = first.model.root.join("experiments.toml");
+    std::fs::write(&file, experiment_file(&v1, "")).unwrap();
+    let a = start(&first).await.unwrap();
+    // A second server elsewhere, its own store, the file named in its config.
+    let mut second = config(dir.path(), "features-b");
+    second.online.experiments_file = Some(file.clone());
+    let b = start(&second).await.unwrap();
+    for server in [&a, &b] {
+        until("the experiments in force", async || {
+            server.ranker.experiments().experiments.experiments.len() == 1
+        })
+        .await;
+    }
+
+    let mut request_ids = HashSet::new();
+    let mut variants = HashMap::new();
+    for m in 0..MEMBERS {
+        let user = format!("m{m}");
+        let (ra, rb) = (homepage(&a, &user).await, homepage(&b, &user).await);
+        let variant = variant_of(&ra, "model-test").expect("traffic 1.0 takes every member");
+        assert_eq!(
+            variant_of(&rb, "model-test").as_deref(),
+            Some(variant.as_str()),
+            "{user}: the same variant on both servers"
+        );
+        for r in [&ra, &rb] {
+            assert_eq!(r.request_id.len(), 32, "{}", r.request_id);
+            assert!(r.request_id.bytes().all(|c| c.is_ascii_hexdigit()));
+            assert!(
+                request_ids.insert(r.request_id.clone()),
+                "request ids are fresh"
+            );
+            let kinds: Vec<&str> = r.rows.iter().map(|row| row.kind.as_str()).collect();
+            if variant == "treatment" {
+                assert_eq!(r.model_version, v1, "{user}: treatment is served by v1");
+                // The stored vectors are CURRENT's (v2): under v1 the member is folded in.
+                assert_eq!(r.vector_source, VectorSource::FoldIn as i32);
+                assert_eq!(
+                    kinds.first(),
+                    Some(&"trending"),
+                    "{user}: the recipe's order"
+                );
+                assert_eq!(kinds.get(1), Some(&"top_picks"), "{user}: {kinds:?}");
+            } else {
+                assert_eq!(r.model_version, v2, "{user}: control is served by CURRENT");
+                assert_eq!(kinds.first(), Some(&"top_picks"), "{user}: default rows");
+                assert_eq!(kinds.last(), Some(&"trending"), "{user}: default rows");
+            }
+            let items: Vec<&str> = r
+                .rows
+                .iter()
+                .flat_map(|row| row.items.iter().map(|i| i.item_id.as_str()))
+                .collect();
+            let distinct: HashSet<&&str> = items.iter().collect();
+            assert_eq!(distinct.len(), items.len(), "no title twice on a page");
+        }
+        variants.insert(user, variant);
+    }
+    let treated = variants.values().filter(|v| *v == "treatment").count();
+    assert!(
+        (70..=130).contains(&treated),
+        "{treated} of {MEMBERS} in treatment"
+    );
+    // Rank reports the same assignment.
+    let mut c = RankingClient::connect(format!("http://{}", a.grpc_addr))
+        .await
+        .unwrap();
+    let ranked = c
+        .rank(RankRequest {
+            user_id: "m3".into(),
+            k: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ranked.experiments.len(), 1);
+    assert_eq!(ranked.experiments[0].variant, variants["m3"]);
+    // QA override.
+    let qa = homepage(&a, "qa-member").await;
+    assert_eq!(variant_of(&qa, "model-test").as_deref(), Some("treatment"));
+    assert_eq!(qa.model_version, v1);
+    // Metrics by variant.
+    let page = metrics(&a).await;
+    let served = |variant: &str| {
+        metric(
+            &page,
+            &format!(
+                "recsys_experiment_requests_total{{experiment=\"model-test\",variant=\"{variant}\"}}"
+            ),
+        )
+    };
+    assert!(served("treatment") >= treated as f64, "{page}");
+    assert!(served("control") >= (MEMBERS - treated) as f64, "{page}");
+
+    // Bad files: refused with the last good set kept in force.
+    let refused_before = metric(
+        &metrics(&a).await,
+        "recsys_experiments_reloads_total{outcome=\"refused\"}",
+    );
+    let bad_files = [
+        experiment_file(&v1, "").replace("weight = 1", "weight = 0"),
+        experiment_file("no-such-version", ""),
+        experiment_file(&v1, "").replace("\"trending\"", "\"recently_added\""),
+        format!("{}{}", experiment_file(&v1, ""), experiment_file(&v1, "")),
+    ];
+    for (n, text) in bad_files.iter().enumerate() {
+        std::fs::write(&file, text).unwrap();
+        until("the bad file to be refused", async || {
+            let page = metrics(&a).await;
+            metric(
+                &page,
+                "recsys_experiments_reloads_total{outcome=\"refused\"}",
+            ) >= refused_before + n as f64 + 1.0
+        })
+        .await;
+        let again = homepage(&a, "m3").await;
+        assert_eq!(
+            variant_of(&again, "model-test").as_deref(),
+            Some(variants["m3"].as_str()),
+            "bad file {n}: the last good experiments still serve"
+        );
+    }
+
+    // A new good file: a holdout with no traffic moves everyone out; removing the file ends it.
+    std::fs::write(&file, experiment_file(&v1, "traffic = 0.0")).unwrap();
+    until("the new file", async || {
+        homepage(&a, "m3").await.experiments.is_empty()
+    })
+    .await;
+    assert_eq!(
+        variant_of(&homepage(&a, "qa-member").await, "model-test").as_deref(),
+        Some("treatment"),
+        "overrides apply whatever the traffic"
+    );
+    std::fs::remove_file(&file).unwrap();
+    until("the experiments to end", async || {
+        homepage(&a, "qa-member").await.experiments.is_empty()
+    })
+    .await;
+    assert_eq!(homepage(&a, "qa-member").await.model_version, v2);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
