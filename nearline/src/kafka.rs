@@ -30,32 +30,10 @@ pub fn with_overrides(
     mut client: ClientConfig,
     config: &Config,
 ) -> Result<ClientConfig, NearlineError> {
-    let n = &config.nearline;
-    client.set("bootstrap.servers", &n.brokers);
-    for (key, value) in &n.kafka {
+    let properties =
+        recsys_shared::kafka::client_properties(config).map_err(NearlineError::Secret)?;
+    for (key, value) in &properties {
         client.set(key, value);
-    }
-    for (key, path) in &n.kafka_secret_files {
-        let secret = recsys_shared::secrets::resolve(
-            &format!("nearline.kafka_secret_files.{key}"),
-            None,
-            Some(path),
-            None,
-        )
-        .map_err(NearlineError::Secret)?
-        .unwrap_or_default();
-        client.set(key, secret);
-    }
-    for (key, var) in &n.kafka_secret_env {
-        let secret = recsys_shared::secrets::resolve(
-            &format!("nearline.kafka_secret_env.{key}"),
-            None,
-            None,
-            Some(var),
-        )
-        .map_err(NearlineError::Secret)?
-        .unwrap_or_default();
-        client.set(key, secret);
     }
     // librdkafka logs its configuration only at debug level; keep it that way.
     client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);

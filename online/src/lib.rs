@@ -12,6 +12,8 @@
 //!   when the store is down), `Rank`, `Homepage` and `SimilarItems`.
 //! - [`experiments`]: the experiments file — sticky, stateless allocation of members to variants
 //!   that choose a model version and/or a row recipe; the server loads the versions they name.
+//! - [`impressions`]: every answer's items logged to Kafka through a bounded queue that drops
+//!   (and counts) rather than slow a request.
 //! - [`admission`]: the tower layer in front of every RPC: deadlines stamped on arrival, a cap on
 //!   requests in progress with a bounded queue, load shedding with `RESOURCE_EXHAUSTED` before any
 //!   work, and the request metrics; [`auth`]: API keys with per-key RPCs, checked in that layer;
@@ -22,7 +24,8 @@
 //!   plaintext); [`soak`]: overload at twice saturation, the random-id flood and the cancel storm.
 //!
 //! It must never write model artifacts, and it writes to the feature store only when it owns an
-//! embedded one (the bulk load of a new model's members). It depends on `recsys-shared` only.
+//! embedded one (the bulk load of a new model's members). Its only writes to Kafka are
+//! impressions, and they never wait. It depends on `recsys-shared` only.
 
 pub mod admission;
 pub mod auth;
@@ -31,6 +34,7 @@ pub mod catalog;
 pub mod connections;
 pub mod error;
 pub mod experiments;
+pub mod impressions;
 pub mod metrics;
 pub mod scoring;
 pub mod server;

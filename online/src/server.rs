@@ -25,6 +25,7 @@ use crate::catalog::Catalog;
 use crate::connections;
 use crate::error::OnlineError;
 use crate::experiments::Experiments;
+use crate::impressions::ImpressionLog;
 use crate::metrics::{
     CATALOG_ITEMS, EXPERIMENTS_ACTIVE, EXPERIMENT_RELOADS, MODEL_SWAPS, MODEL_VERSION,
 };
@@ -347,10 +348,10 @@ pub async fn start_with_reader(
         cache = reader.cache_name(),
         "feature store open"
     );
-    let ranker = Arc::new(Ranker::new(
-        reader,
-        Duration::from_millis(config.online.max_request_ms),
-    ));
+    let ranker = Arc::new(
+        Ranker::new(reader, Duration::from_millis(config.online.max_request_ms))
+            .with_impressions(ImpressionLog::from_config(config)?),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)

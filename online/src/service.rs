@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status};
 use crate::admission::RequestDeadline;
 use crate::catalog::Catalog;
 use crate::experiments::{Experiments, RowKind, RowRecipe};
+use crate::impressions::{ImpressedItem, ImpressedVariant, Impression, ImpressionLog};
 use crate::metrics::{EXPERIMENT_REQUESTS, VECTOR_SOURCES};
 use crate::scoring::Scored;
 
@@ -53,6 +54,7 @@ pub struct Ranker {
     experiments: ArcSwap<ExperimentSet>,
     reader: FeatureReader,
     max_request: Duration,
+    impressions: Option<ImpressionLog>,
 }
 
 /// The experiments in force and the catalogs of the model versions their variants name (each
@@ -167,7 +169,106 @@ impl Ranker {
             experiments: ArcSwap::from_pointee(ExperimentSet::default()),
             reader,
             max_request,
+            impressions: None,
         }
+    }
+
+    /// Logs every answer's impressions to `log` (see [`crate::impressions`]).
+    pub fn with_impressions(mut self, log: Option<ImpressionLog>) -> Self {
+        self.impressions = log;
+        self
+    }
+
+    /// The impression log, when impressions are on.
+    pub fn impressions(&self) -> Option<&ImpressionLog> {
+        self.impressions.as_ref()
+    }
+
+    /// Logs what an answer showed (an answer that reached the client: late ones are not).
+    fn log_impressions(
+        &self,
+        rpc: &str,
+        user_id: &str,
+        request_id: &str,
+        model_version: &str,
+        experiments: &[ExperimentAssignment],
+        items: Vec<ImpressedItem>,
+    ) {
+        let Some(log) = &self.impressions else {
+            return;
+        };
+        log.log(&Impression {
+            request_id: request_id.to_string(),
+            user_id: user_id.to_string(),
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            rpc: rpc.to_string(),
+            model_version: model_version.to_string(),
+            experiments: experiments
+                .iter()
+                .map(|a| ImpressedVariant {
+                    experiment: a.experiment.clone(),
+                    variant: a.variant.clone(),
+                })
+                .collect(),
+            items,
+        });
+    }
+
+    fn log_rank(&self, user_id: &str, answer: &RankResponse) {
+        if self.impressions.is_none() {
+            return;
+        }
+        let items = answer
+            .items
+            .iter()
+            .enumerate()
+            .map(|(position, item)| ImpressedItem {
+                row: 0,
+                row_kind: "rank".into(),
+                position: position as u32,
+                item_id: item.item_id.clone(),
+            })
+            .collect();
+        let a = answer;
+        self.log_impressions(
+            "rank",
+            user_id,
+            &a.request_id,
+            &a.model_version,
+            &a.experiments,
+            items,
+        );
+    }
+
+    fn log_homepage(&self, user_id: &str, answer: &HomepageResponse) {
+        if self.impressions.is_none() {
+            return;
+        }
+        let items = answer
+            .rows
+            .iter()
+            .enumerate()
+            .flat_map(|(row, r)| {
+                r.items
+                    .iter()
+                    .enumerate()
+                    .map(move |(position, item)| ImpressedItem {
+                        row: row as u32,
+                        row_kind: r.kind.clone(),
+                        position: position as u32,
+                        item_id: item.item_id.clone(),
+                    })
+            })
+            .collect();
+        let a = answer;
+        self.log_impressions(
+            "homepage",
+            user_id,
+            &a.request_id,
+            &a.model_version,
+            &a.experiments,
+            items,
+        );
     }
 
     /// The catalog being served, if any.
@@ -537,9 +638,14 @@ pub struct RankingService(pub Arc<Ranker>);
 impl Ranking for RankingService {
     async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
-        self.0
-            .within(deadline, self.0.rank(request.into_inner(), deadline))
-            .await
+        let request = request.into_inner();
+        let user_id = request.user_id.clone();
+        let answer = self
+            .0
+            .within(deadline, self.0.rank(request, deadline))
+            .await?;
+        self.0.log_rank(&user_id, answer.get_ref());
+        Ok(answer)
     }
 
     async fn homepage(
@@ -547,9 +653,14 @@ impl Ranking for RankingService {
         request: Request<HomepageRequest>,
     ) -> Result<Response<HomepageResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
-        self.0
-            .within(deadline, self.0.homepage(request.into_inner(), deadline))
-            .await
+        let request = request.into_inner();
+        let user_id = request.user_id.clone();
+        let answer = self
+            .0
+            .within(deadline, self.0.homepage(request, deadline))
+            .await?;
+        self.0.log_homepage(&user_id, answer.get_ref());
+        Ok(answer)
     }
 
     async fn similar_items(

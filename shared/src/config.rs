@@ -583,6 +583,39 @@ pub struct OnlineConfig {
     pub tls: ServerTlsConfig,
     /// API keys. Off unless `enabled`.
     pub auth: AuthConfig,
+    /// Impressions: every Rank and Homepage answer logged to Kafka. Off unless `enabled`.
+    pub impressions: ImpressionsConfig,
+}
+
+/// The impression log: what each answer showed, sent to Kafka (the brokers and client settings
+/// of `nearline`: one cluster) through a bounded queue that never slows or fails a request — when
+/// the queue is full or the broker does not take a message in time, the impression is dropped
+/// and counted (`recsys_impressions_dropped_total`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpressionsConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// Default `recsys.impressions`.
+    pub topic: String,
+    /// Share of answers logged, 0..=1 (a random draw per answer). Default 1.0.
+    pub sample_rate: f64,
+    /// Impressions waiting to be sent; past this they are dropped. Default 100000.
+    pub queue_capacity: usize,
+    /// An impression not delivered within this is dropped. Default 30000 ms.
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for ImpressionsConfig {
+    fn default() -> Self {
+        ImpressionsConfig {
+            enabled: false,
+            topic: "recsys.impressions".into(),
+            sample_rate: 1.0,
+            queue_capacity: 100_000,
+            delivery_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// A server's TLS identity, and the CA of the clients it accepts.
@@ -645,6 +678,7 @@ impl Default for OnlineConfig {
             reflection: true,
             tls: ServerTlsConfig::default(),
             auth: AuthConfig::default(),
+            impressions: ImpressionsConfig::default(),
         }
     }
 }
@@ -1049,6 +1083,26 @@ impl Config {
                 (1..=600_000).contains(&o.max_request_ms),
                 "online.max_request_ms",
                 "must be 1..=600000",
+            ),
+            (
+                (0.0..=1.0).contains(&o.impressions.sample_rate),
+                "online.impressions.sample_rate",
+                "must be 0..=1",
+            ),
+            (
+                (1..=10_000_000).contains(&o.impressions.queue_capacity),
+                "online.impressions.queue_capacity",
+                "must be 1..=10000000",
+            ),
+            (
+                (100..=3_600_000).contains(&o.impressions.delivery_timeout_ms),
+                "online.impressions.delivery_timeout_ms",
+                "must be 100..=3600000",
+            ),
+            (
+                !o.impressions.enabled || !o.impressions.topic.trim().is_empty(),
+                "online.impressions.topic",
+                "must not be empty",
             ),
             (
                 o.max_in_flight <= 100_000,

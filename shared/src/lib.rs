@@ -9,7 +9,9 @@
 //!
 //! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the operations endpoint
 //! ([`ops`]), object storage locations ([`object_storage`]: `s3://`, `gs://`, `az://` through the
-//! `object_store` crate), secrets and TLS material ([`secrets`], [`tls`]) and rate-limited logging ([`logs`]).
+//! `object_store` crate), secrets and TLS material ([`secrets`], [`tls`]), the Kafka client
+//! properties every tier's clients share ([`kafka`]: resolved settings only, no Kafka client) and
+//! rate-limited logging ([`logs`]).
 //! The feature store every tier reads and writes is its own crate, `recsys-store`
 //! (`shared/store/`), built on this one.
 //!
@@ -26,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod foldin;
 pub mod ids;
+pub mod kafka;
 pub mod kernels;
 pub mod logs;
 pub mod object_storage;

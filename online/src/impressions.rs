@@ -1,0 +1,187 @@
+//! The impression log: what every Rank and Homepage answer showed, sent to Kafka topic
+//! `online.impressions.topic` (key = the member, so a member's impressions and events share a
+//! partition order) as one JSON record per answer:
+//!
+//! ```json
+//! {"request_id":"…","user_id":"m1","ts_ms":1790000000000,"rpc":"homepage",
+//!  "model_version":"…","experiments":[{"experiment":"e","variant":"treatment"}],
+//!  "items":[{"row":0,"row_kind":"top_picks","position":0,"item_id":"i7"}, …]}
+//! ```
+//!
+//! Logging never slows or fails a request: [`ImpressionLog::log`] serialises the record and hands
+//! it to librdkafka's bounded queue (`queue_capacity` messages) without waiting. A full queue, or a
+//! message the broker has not taken within `delivery_timeout_ms` (a slow or dead broker), drops
+//! the impression and counts it in `recsys_impressions_dropped_total{reason}`; delivered ones
+//! are counted in `recsys_impressions_sent_total`.
+//!
+//! It must not block the request path or retry on it, and it owns nothing else: the records'
+//! consumers (the nearline workers, the archive) read the same JSON.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_int_counter, register_int_counter_vec, IntCounter, IntCounterVec};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use serde::{Deserialize, Serialize};
+
+use recsys_shared::config::Config;
+
+use crate::error::OnlineError;
+
+/// Impressions handed to Kafka and acknowledged.
+pub static IMPRESSIONS_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recsys_impressions_sent_total",
+        "Impression records the broker acknowledged"
+    )
+    .expect("registers once")
+});
+
+/// Impressions dropped: `queue_full` (the broker is slower than the traffic), `undelivered`
+/// (not acknowledged within the delivery timeout), `error` (refused by the client).
+pub static IMPRESSIONS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_impressions_dropped_total",
+        "Impression records dropped, by reason",
+        &["reason"]
+    )
+    .expect("registers once")
+});
+
+/// One item shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImpressedItem {
+    /// The row's position on the page (0 for Rank).
+    pub row: u32,
+    /// `top_picks`, `because_you_watched`, `trending`, or `rank` for a Rank answer.
+    pub row_kind: String,
+    /// Position within the row.
+    pub position: u32,
+    pub item_id: String,
+}
+
+/// A member's variant in one experiment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImpressedVariant {
+    pub experiment: String,
+    pub variant: String,
+}
+
+/// One answer's impression record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Impression {
+    pub request_id: String,
+    pub user_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// `rank` or `homepage`.
+    pub rpc: String,
+    pub model_version: String,
+    pub experiments: Vec<ImpressedVariant>,
+    pub items: Vec<ImpressedItem>,
+}
+
+/// Counts deliveries and drops from librdkafka's delivery reports.
+pub struct DeliveryCounter;
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => IMPRESSIONS_SENT.inc(),
+            Err((e, _)) => {
+                let reason = match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::MessageTimedOut) => "undelivered",
+                    _ => "error",
+                };
+                IMPRESSIONS_DROPPED.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+}
+
+/// The producer of impression records.
+pub struct ImpressionLog {
+    producer: ThreadedProducer<DeliveryCounter>,
+    topic: String,
+    sample_rate: f64,
+}
+
+impl ImpressionLog {
+    /// The log `online.impressions` describes, or `None` when it is off. The brokers and client
+    /// settings (TLS, SASL, secrets) are `nearline`'s.
+    pub fn from_config(config: &Config) -> Result<Option<ImpressionLog>, OnlineError> {
+        let settings = &config.online.impressions;
+        if !settings.enabled {
+            return Ok(None);
+        }
+        let mut client = ClientConfig::new();
+        client
+            // Impressions are analytics: one acknowledgement, no idempotence round trips.
+            .set("acks", "1")
+            .set("linger.ms", "20")
+            .set("compression.type", "lz4")
+            .set(
+                "queue.buffering.max.messages",
+                settings.queue_capacity.to_string(),
+            )
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            );
+        let properties = recsys_shared::kafka::client_properties(config)
+            .map_err(|e| OnlineError::Config(format!("online.impressions: {e}")))?;
+        for (key, value) in &properties {
+            client.set(key, value);
+        }
+        client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        let producer = client
+            .create_with_context(DeliveryCounter)
+            .map_err(|e| OnlineError::Config(format!("online.impressions: the producer: {e}")))?;
+        tracing::info!(topic = %settings.topic, sample_rate = settings.sample_rate,
+            "logging impressions to Kafka");
+        Ok(Some(ImpressionLog {
+            producer,
+            topic: settings.topic.clone(),
+            sample_rate: settings.sample_rate,
+        }))
+    }
+
+    /// Queues the record without waiting; a full queue drops it (counted).
+    pub fn log(&self, impression: &Impression) {
+        if self.sample_rate < 1.0 && rand::random::<f64>() >= self.sample_rate {
+            return;
+        }
+        let payload = serde_json::to_vec(impression).expect("an impression serialises");
+        let record = BaseRecord::to(&self.topic)
+            .key(impression.user_id.as_bytes())
+            .payload(&payload);
+        if let Err((e, _)) = self.producer.send(record) {
+            let reason = match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => "queue_full",
+                _ => "error",
+            };
+            IMPRESSIONS_DROPPED.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// Records still queued.
+    pub fn queued(&self) -> i32 {
+        use rdkafka::producer::Producer;
+        self.producer.in_flight_count()
+    }
+}
+
+impl Drop for ImpressionLog {
+    /// Gives queued impressions a moment to go out at shutdown; what is left is dropped.
+    fn drop(&mut self) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(std::time::Duration::from_secs(2));
+    }
+}
