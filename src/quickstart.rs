@@ -430,6 +430,7 @@ fn sample_events(member: &str, interest: &[(String, String)], n: usize) -> Vec<E
             event_type: "play".to_string(),
             value: 0.0,
             ts: now - (n - i) as i64 * 1_000,
+            request_id: String::new(),
         })
         .collect()
 }

@@ -48,6 +48,7 @@ impl Setup {
                 event_type: ["play", "click", "add_to_list"][i % 3].into(),
                 value: 0.0,
                 ts: now - 600_000 + i as i64,
+                request_id: String::new(),
             })
             .collect();
         let events_file = dir.path().join("events.jsonl");

@@ -141,6 +141,7 @@ fn play(id: String, user: &str, item: &str, ts: i64) -> Event {
         event_type: "play".into(),
         value: 0.0,
         ts,
+        request_id: String::new(),
     }
 }
 

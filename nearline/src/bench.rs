@@ -106,6 +106,7 @@ fn random_events(rng: &mut impl Rng, n: usize, args: &BenchArgs, tag: &str) -> V
             event_type: "play".into(),
             value: 0.0,
             ts: now - 3_600_000 + i as i64,
+            request_id: String::new(),
         })
         .collect()
 }
@@ -368,6 +369,7 @@ async fn freshness(
                 event_type: "play".into(),
                 value: 0.0,
                 ts: chrono::Utc::now().timestamp_millis(),
+                request_id: String::new(),
             };
             let sent = Instant::now();
             send(&kafka, topic, &event, Encoding::Protobuf).await?;

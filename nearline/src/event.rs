@@ -29,6 +29,9 @@ pub struct Event {
     pub value: f64,
     /// Milliseconds since the Unix epoch.
     pub ts: i64,
+    /// Attribution: the answer (`RankResponse.request_id`) that showed the item; empty if none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 impl Event {
@@ -41,6 +44,7 @@ impl Event {
             event_type: self.event_type.clone(),
             value: self.value,
             ts: self.ts,
+            request_id: self.request_id.clone(),
         }
         .encode_to_vec()
     }
@@ -152,6 +156,7 @@ pub fn decode(payload: Option<&[u8]>, content_type: Option<&str>) -> Result<Even
             event_type: e.event_type,
             value: e.value,
             ts: e.ts,
+            request_id: e.request_id,
         })
     }
 }
@@ -202,6 +207,14 @@ impl EventRules {
                 return Err(Rejection::new(
                     RejectReason::InvalidId,
                     format!("`{field}`: {problem}"),
+                ));
+            }
+        }
+        if !event.request_id.is_empty() {
+            if let Some(problem) = id_problem(&event.request_id) {
+                return Err(Rejection::new(
+                    RejectReason::InvalidId,
+                    format!("`request_id`: {problem}"),
                 ));
             }
         }
@@ -288,6 +301,7 @@ mod tests {
             event_type: "play".into(),
             value: 0.0,
             ts: 1_700_000_000_000,
+            request_id: String::new(),
         }
     }
 
@@ -331,6 +345,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(r.detail.contains("usr"), "{r}");
+        // Attribution is optional and kept when given.
+        let attributed = decode(
+            Some(br#"{"event_id":"e","user_id":"u","item_id":"i","event_type":"play","ts":1,"request_id":"abc"}"#),
+            None,
+        )
+        .unwrap();
+        assert_eq!(attributed.request_id, "abc");
+        assert!(!String::from_utf8(event().to_json())
+            .unwrap()
+            .contains("request_id"));
     }
 
     #[test]
@@ -400,6 +424,15 @@ mod tests {
                 RejectReason::MissingField,
                 "ts",
             ),
+            (
+                Event {
+                    request_id: "a\nb".into(),
+                    ..event()
+                },
+                None,
+                RejectReason::InvalidId,
+                "request_id",
+            ),
         ];
         for (e, key, reason, needle) in cases {
             let r = rules.validate(&e, key, now).unwrap_err();
@@ -456,8 +489,9 @@ mod tests {
             event_type in "[a-z_]{0,12}",
             value in proptest::num::f64::ANY,
             ts in proptest::num::i64::ANY,
+            request_id in "[0-9a-f]{0,32}",
         ) {
-            let e = Event { event_id: "e".into(), user_id: user, item_id: item, event_type, value, ts };
+            let e = Event { event_id: "e".into(), user_id: user, item_id: item, event_type, value, ts, request_id };
             for (bytes, content_type) in [
                 (e.to_protobuf(), CONTENT_TYPE_PROTOBUF),
                 (e.to_json(), CONTENT_TYPE_JSON),

@@ -49,6 +49,9 @@ struct JsonRow {
     #[serde(default)]
     value: Option<f64>,
     ts: i64,
+    /// Attribution to a Rank/Homepage answer; optional.
+    #[serde(default)]
+    request_id: Option<String>,
 }
 
 /// Reads events from JSON lines (`.json`, `.jsonl`, `.ndjson`) or Parquet (`.parquet`). A bad row
@@ -88,6 +91,10 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
                 .column_by_name("event_id")
                 .map(|_| strings("event_id"))
                 .transpose()?;
+            let request_ids = batch
+                .column_by_name("request_id")
+                .map(|_| strings("request_id"))
+                .transpose()?;
             let values = column("value", &DataType::Float64)?;
             let values = values
                 .as_any()
@@ -122,6 +129,10 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
                         values.value(i)
                     },
                     ts: ts.value(i),
+                    request_id: match &request_ids {
+                        Some(r) if !r.is_null(i) => r.value(i).to_string(),
+                        _ => String::new(),
+                    },
                 };
                 e.event_id = match &ids {
                     Some(ids) if !ids.is_null(i) => ids.value(i).to_string(),
@@ -147,6 +158,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
                 event_type: row.event_type,
                 value: row.value.unwrap_or(0.0),
                 ts: row.ts,
+                request_id: row.request_id.unwrap_or_default(),
             };
             if e.event_id.is_empty() {
                 e.event_id = derived_event_id(&e);

@@ -47,5 +47,6 @@ pub fn play(id: &str, user: &str, item: &str, ts: i64) -> crate::event::Event {
         event_type: "play".into(),
         value: 0.0,
         ts,
+        request_id: String::new(),
     }
 }

@@ -34,6 +34,7 @@ fn events(n: usize, now_ms: i64) -> Vec<Event> {
             event_type: ["play", "click", "add_to_list", "rating"][i % 4].into(),
             value: (i % 5) as f64 + 1.0,
             ts: now_ms - 60_000 + i as i64,
+            request_id: String::new(),
         })
         .collect()
 }
