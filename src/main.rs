@@ -7,6 +7,8 @@ mod quickstart;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -159,6 +161,27 @@ enum OfflineCommand {
         /// The HTML file to write.
         #[arg(long, default_value = "report.html")]
         out: PathBuf,
+    },
+    /// Take rate per variant of one experiment, from archived impressions and the events
+    /// attributed to them (`request_id`): members, impressions, plays, take rate and plays per
+    /// member with 95 % intervals, lift against the control with its p-value.
+    ExperimentReport {
+        /// Archived impressions (`recsys nearline archive --kind impressions`): a directory,
+        /// file or object-storage URL.
+        #[arg(long)]
+        impressions: PathBuf,
+        /// Archived events (`recsys nearline archive --kind events`).
+        #[arg(long)]
+        events: PathBuf,
+        /// The experiment's name.
+        #[arg(long)]
+        experiment: String,
+        /// Event types that count as taking a recommendation (repeatable) [default: play].
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// The variant the others are compared with [default: `control`, else the first].
+        #[arg(long)]
+        control: Option<String>,
     },
     /// Point CURRENT at an earlier (or later) published version.
     Rollback {
@@ -343,6 +366,46 @@ enum NearlineCommand {
     /// Throughput with one and two workers, and freshness against the online tier (starts its
     /// own Tansu broker, redis-server, workers and server; prints figures).
     Bench(recsys_nearline::bench::BenchArgs),
+    /// Write the events or impressions topic to Parquet files the offline job reads
+    /// (`<output>/partition=<p>/<first offset>.parquet`), each record exactly once: files are
+    /// renamed into place, then the offsets committed. Runs until Ctrl-C / SIGTERM, or until the
+    /// topic has been idle for `--until-idle-seconds`.
+    Archive {
+        /// What the topic holds.
+        #[arg(long, value_enum)]
+        kind: ArchiveKindArg,
+        /// The topic [default: nearline.topic for events, online.impressions.topic for
+        /// impressions].
+        #[arg(long)]
+        topic: Option<String>,
+        /// The archive directory.
+        #[arg(long)]
+        output: PathBuf,
+        /// Kafka bootstrap servers [config: nearline.brokers].
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Consumer group [default: recsys-archive-<kind>].
+        #[arg(long)]
+        group: Option<String>,
+        /// A partition's file is closed at this many records...
+        #[arg(long, default_value_t = 500_000)]
+        max_records: usize,
+        /// ...or this many seconds after its first record.
+        #[arg(long, default_value_t = 300)]
+        max_seconds: u64,
+        /// Stop once no record has come for this long (a batch run); default: run until stopped.
+        #[arg(long)]
+        until_idle_seconds: Option<f64>,
+        /// /metrics, /healthz, /readyz address; none when unset.
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ArchiveKindArg {
+    Events,
+    Impressions,
 }
 
 #[derive(clap::Args)]
@@ -787,6 +850,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::json!({"report": out, "version": version, "compared": compare})
             );
         }
+        Command::Offline(OfflineCommand::ExperimentReport {
+            impressions,
+            events,
+            experiment,
+            event_types,
+            control,
+        }) => {
+            use recsys_offline::experiment_report::{self, ReportRequest};
+            use recsys_offline::input::InputTable;
+            let impressions = InputTable::discover(impressions)?;
+            let events = InputTable::discover(events)?;
+            let request = ReportRequest {
+                experiment: experiment.clone(),
+                positive_events: event_types.clone(),
+                control: control.clone(),
+            };
+            let report =
+                runtime()?.block_on(experiment_report::run(&impressions, &events, &request))?;
+            report.print();
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Offline(OfflineCommand::Rollback { model_root, to }) => {
             let mut config = load_config(&cli)?;
             if let Some(root) = model_root {
@@ -900,6 +984,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?
                 .block_on(recsys_nearline::bench::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Command::Nearline(NearlineCommand::Archive {
+            kind,
+            topic,
+            output,
+            brokers,
+            group,
+            max_records,
+            max_seconds,
+            until_idle_seconds,
+            metrics_listen,
+        }) => {
+            use recsys_nearline::archive::{self, ArchiveKind, ArchiveOptions};
+            let mut config = load_config(&cli)?;
+            if let Some(b) = brokers {
+                config.nearline.brokers = b.clone();
+            }
+            let config = validated(config)?;
+            let kind = match kind {
+                ArchiveKindArg::Events => ArchiveKind::Events,
+                ArchiveKindArg::Impressions => ArchiveKind::Impressions,
+            };
+            let topic = topic.clone().unwrap_or_else(|| match kind {
+                ArchiveKind::Events => config.nearline.topic.clone(),
+                ArchiveKind::Impressions => config.online.impressions.topic.clone(),
+            });
+            let options = ArchiveOptions {
+                kind,
+                topic,
+                output: output.clone(),
+                group: group
+                    .clone()
+                    .unwrap_or_else(|| format!("recsys-archive-{}", kind.name())),
+                max_records: (*max_records).max(1),
+                max_age: Duration::from_secs(*max_seconds),
+                until_idle: until_idle_seconds.map(Duration::from_secs_f64),
+            };
+            let report = runtime()?.block_on(async {
+                if let Some(addr) = metrics_listen {
+                    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                    let bound =
+                        recsys_shared::ops::serve_http(addr, ready, "not ready", shutdown_signal())
+                            .await
+                            .with_context(|| format!("--metrics-listen {addr}"))?;
+                    tracing::info!(%bound, "metrics");
+                }
+                archive::run(&config, &options, shutdown_signal())
+                    .await
+                    .map_err(anyhow::Error::from)
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Nearline(NearlineCommand::Produce {
             input,

@@ -4,7 +4,8 @@
 //! a batch of records, dead-letters those it cannot apply ([`event`]), folds each member's whole
 //! history into a new vector with the offline evaluator's fold-in and writes history, vector and
 //! cache ([`apply`]), then commits the batch's offsets ([`worker`]). `recsys nearline produce`
-//! sends events from a file ([`produce`]). Every Kafka client is configured in [`kafka`].
+//! sends events from a file ([`produce`]); `recsys nearline archive` writes the events or
+//! impressions topic to Parquet for the offline job, exactly once ([`archive`]). Every Kafka client is configured in [`kafka`].
 //!
 //! This crate owns event decoding and validation, the apply step and the Kafka loop. It must not
 //! train models (it loads the published item factors, [`model`]) or serve requests, and depends on
@@ -12,6 +13,7 @@
 //! through the same admit → apply path.
 
 pub mod apply;
+pub mod archive;
 pub mod bench;
 pub mod error;
 pub mod event;

@@ -12,7 +12,9 @@
 //!
 //! It owns: reading and validating the input tables, the SQL feature jobs, training, evaluation,
 //! hyper-parameter tuning, the evaluation report, the publish gate, the importers and the
-//! synthetic generator, and the training benchmark.
+//! synthetic generator, the training benchmark, and the take-rate report of a live experiment
+//! over archived impressions and events ([`experiment_report`]). The built-in feature queries run
+//! over integer-coded ids ([`id_codes`]).
 //!
 //! Inputs and the model root may be on object storage (`s3://`, `gs://`, `az://`): inputs are
 //! copied to a scratch directory ([`input`]), versions are published through a lease and a
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod engine;
 mod error;
 pub mod evaluate;
+pub mod experiment_report;
 pub mod feature_bench;
 pub mod features;
 pub mod id_codes;

@@ -8,6 +8,8 @@
 //!  "items":[{"row":0,"row_kind":"top_picks","position":0,"item_id":"i7"}, …]}
 //! ```
 //!
+//! The record ([`Impression`]) is the contract in `recsys_shared::impression`.
+//!
 //! Logging never slows or fails a request: [`ImpressionLog::log`] serialises the record and hands
 //! it to librdkafka's bounded queue (`queue_capacity` messages) without waiting. A full queue, or a
 //! message the broker has not taken within `delivery_timeout_ms` (a slow or dead broker), drops
@@ -25,9 +27,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use serde::{Deserialize, Serialize};
 
 use recsys_shared::config::Config;
+pub use recsys_shared::impression::{ImpressedItem, ImpressedVariant, Impression};
 
 use crate::error::OnlineError;
 
@@ -50,39 +52,6 @@ pub static IMPRESSIONS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("registers once")
 });
-
-/// One item shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImpressedItem {
-    /// The row's position on the page (0 for Rank).
-    pub row: u32,
-    /// `top_picks`, `because_you_watched`, `trending`, or `rank` for a Rank answer.
-    pub row_kind: String,
-    /// Position within the row.
-    pub position: u32,
-    pub item_id: String,
-}
-
-/// A member's variant in one experiment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImpressedVariant {
-    pub experiment: String,
-    pub variant: String,
-}
-
-/// One answer's impression record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Impression {
-    pub request_id: String,
-    pub user_id: String,
-    /// Milliseconds since the Unix epoch.
-    pub ts_ms: i64,
-    /// `rank` or `homepage`.
-    pub rpc: String,
-    pub model_version: String,
-    pub experiments: Vec<ImpressedVariant>,
-    pub items: Vec<ImpressedItem>,
-}
 
 /// Counts deliveries and drops from librdkafka's delivery reports.
 pub struct DeliveryCounter;

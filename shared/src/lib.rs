@@ -7,7 +7,8 @@
 //! workers and the online server alike so that all three compute the same vector from the same
 //! history.
 //!
-//! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the operations endpoint
+//! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the impression record
+//! ([`impression`]), the operations endpoint
 //! ([`ops`]), object storage locations ([`object_storage`]: `s3://`, `gs://`, `az://` through the
 //! `object_store` crate), secrets and TLS material ([`secrets`], [`tls`]), the Kafka client
 //! properties every tier's clients share ([`kafka`]: resolved settings only, no Kafka client) and
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod foldin;
 pub mod ids;
+pub mod impression;
 pub mod kafka;
 pub mod kernels;
 pub mod logs;
