@@ -73,7 +73,11 @@ impl ArchiveKind {
     /// The Parquet schema of the archive.
     pub fn schema(self) -> SchemaRef {
         let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
-        let ts = Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false);
+        let ts = Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        );
         Arc::new(Schema::new(match self {
             ArchiveKind::Events => vec![
                 text("event_id", false),
@@ -363,8 +367,12 @@ impl Archive<'_> {
         if self.cleaned.insert(partition) {
             let removed = remove_uncommitted(&self.dir(partition), offset)?;
             if removed > 0 {
-                tracing::warn!(partition, from = offset, removed,
-                    "removed files an earlier run wrote but did not commit");
+                tracing::warn!(
+                    partition,
+                    from = offset,
+                    removed,
+                    "removed files an earlier run wrote but did not commit"
+                );
             }
         }
         let kind = self.options.kind;
@@ -378,14 +386,10 @@ impl Archive<'_> {
         self.report.records += 1;
         if let Err(problem) = pending.columns.push(kind, m) {
             self.report.skipped += 1;
-            ARCHIVED
-                .with_label_values(&[kind.name(), "skipped"])
-                .inc();
+            ARCHIVED.with_label_values(&[kind.name(), "skipped"]).inc();
             tracing::warn!(partition, offset, %problem, "skipping a record that cannot be decoded");
         } else {
-            ARCHIVED
-                .with_label_values(&[kind.name(), "archived"])
-                .inc();
+            ARCHIVED.with_label_values(&[kind.name(), "archived"]).inc();
         }
         Ok(())
     }

@@ -112,8 +112,7 @@ pub async fn run(
     let mut variants_of: std::collections::HashMap<String, usize> = Default::default();
     for b in &batches {
         let cast = |name: &str, to: &DataType| {
-            arrow::compute::cast(b.column_by_name(name).expect("selected"), to)
-                .expect("castable")
+            arrow::compute::cast(b.column_by_name(name).expect("selected"), to).expect("castable")
         };
         let users = cast("user_id", &DataType::Utf8);
         let variants = cast("variant", &DataType::Utf8);
@@ -202,10 +201,7 @@ impl RatioStats {
                 .iter()
                 .map(|m| (m.plays - rate * m.impressions).powi(2))
                 .sum();
-            let spread: f64 = members
-                .iter()
-                .map(|m| (m.plays - per_member).powi(2))
-                .sum();
+            let spread: f64 = members.iter().map(|m| (m.plays - per_member).powi(2)).sum();
             (
                 (residual / (n * (n - 1.0) * mean_impressions.powi(2))).sqrt(),
                 (spread / ((n - 1.0) * n)).sqrt(),

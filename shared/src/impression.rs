@@ -36,4 +36,3 @@ pub struct Impression {
     pub experiments: Vec<ImpressedVariant>,
     pub items: Vec<ImpressedItem>,
 }
-
