@@ -55,6 +55,15 @@ pub struct BenchArgs {
     /// print its QPS next to plaintext's.
     #[arg(long)]
     pub tls: bool,
+    /// Also run the server with a 50/50 experiment over two published versions and impressions
+    /// logged to a Tansu broker (started here), print p50 and RSS next to the plain run's, then
+    /// kill the broker for `--broker-down-seconds` of load and count failed requests and dropped
+    /// impressions.
+    #[arg(long)]
+    pub experiments: bool,
+    /// Seconds of load with the broker dead (with `--experiments`).
+    #[arg(long, default_value_t = 30)]
+    pub broker_down_seconds: u64,
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Directory of `numpy_scoring.py`.
@@ -195,6 +204,21 @@ struct ServerFigures {
     rss_mib: f64,
     peak_rss_mib: f64,
     limit_mib: f64,
+    /// Impressions sent and dropped (experiment runs).
+    impressions_sent: f64,
+    impressions_dropped: f64,
+}
+
+/// What the benchmarked server runs with besides the plain setup.
+#[derive(Default)]
+struct ServerMode<'a> {
+    tls: Option<&'a recsys_shared::testkit::TestCertificates>,
+    /// Experiments file and the brokers impressions go to.
+    experiments: Option<(PathBuf, String)>,
+    /// Killed after the warm-up: the load then runs against a dead broker.
+    kill_broker: Option<&'a mut recsys_shared::testkit::TansuBroker>,
+    /// Seconds of load (default `--seconds`).
+    seconds: Option<u64>,
 }
 
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -231,8 +255,9 @@ async fn server(
     args: &BenchArgs,
     n: usize,
     dir: &Path,
-    tls: Option<&recsys_shared::testkit::TestCertificates>,
+    mode: ServerMode<'_>,
 ) -> Result<ServerFigures, Box<dyn std::error::Error>> {
+    let tls = mode.tls;
     let models = dir.join("models");
     let store = dir.join("features");
     if !models.join("CURRENT").exists() {
@@ -259,6 +284,16 @@ async fn server(
             [
                 ("RECSYS__ONLINE__TLS__CERT_FILE", certs.path("server.pem")),
                 ("RECSYS__ONLINE__TLS__KEY_FILE", certs.path("server.key")),
+            ]
+        }))
+        .envs(mode.experiments.iter().flat_map(|(file, brokers)| {
+            [
+                (
+                    "RECSYS__ONLINE__EXPERIMENTS_FILE",
+                    file.display().to_string(),
+                ),
+                ("RECSYS__ONLINE__IMPRESSIONS__ENABLED", "true".to_string()),
+                ("RECSYS__NEARLINE__BROKERS", brokers.clone()),
             ]
         }))
         .stdout(Stdio::null())
@@ -335,8 +370,11 @@ async fn server(
             }
         };
         load(2).await; // warm-up: caches, connections
+        if let Some(broker) = mode.kill_broker {
+            broker.kill();
+        }
         let started = Instant::now();
-        let (mut latencies, errors) = load(args.seconds).await;
+        let (mut latencies, errors) = load(mode.seconds.unwrap_or(args.seconds)).await;
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort_unstable();
         let factor_bytes = (n * args.factors * 4) as f64;
@@ -349,12 +387,119 @@ async fn server(
             rss_mib: proc_status_kib(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
             peak_rss_mib: proc_status_kib(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
             limit_mib: 2.0 * factor_bytes / (1 << 20) as f64 + 200.0,
+            impressions_sent: recsys_shared::ops::scrape(
+                metrics_port,
+                "recsys_impressions_sent_total",
+            ),
+            impressions_dropped: recsys_shared::ops::scrape(
+                metrics_port,
+                "recsys_impressions_dropped_total",
+            ),
         })
     }
     .await;
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// The plain server against one with a 50/50 experiment over two versions and impressions to a
+/// live broker (p50 and RSS), then the same with the broker killed after the warm-up.
+async fn experiment_runs(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+    plain: &ServerFigures,
+) -> Result<Vec<(&'static str, serde_json::Value)>, Box<dyn std::error::Error>> {
+    use recsys_shared::testkit::TansuBroker;
+    let models = dir.join("models");
+    let root = recsys_shared::artifact::ModelRoot::new(&models);
+    let pinned = root.current_version()?.ok_or("no model")?;
+    // A second published version becomes CURRENT; variant B stays on the first.
+    synthetic_model(&models, n, args.members, args.factors, args.seed + 1)?;
+    let file = dir.join("experiments.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[experiment]]\nname = \"bench\"\n[[experiment.variant]]\nname = \"A\"\nweight = 1\n\
+             [[experiment.variant]]\nname = \"B\"\nweight = 1\nmodel_version = \"{pinned}\"\n"
+        ),
+    )?;
+    let mut broker = TansuBroker::start_in_memory();
+    let mut config = recsys_shared::config::Config::default();
+    config.nearline.brokers = broker.brokers();
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", broker.brokers())
+                .create()?;
+        admin
+            .create_topics(
+                &[NewTopic::new(
+                    &config.online.impressions.topic,
+                    2,
+                    TopicReplication::Fixed(1),
+                )],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?;
+    }
+    let experiments = Some((file.clone(), broker.brokers()));
+    let live = server(
+        args,
+        n,
+        dir,
+        ServerMode {
+            experiments: experiments.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let added_us = (live.p50_ms - plain.p50_ms) * 1000.0;
+    let rss_limit = 2.0 * plain.rss_mib + 50.0;
+    eprintln!(
+        "server with a 50/50 experiment over 2 versions + impressions to Kafka: {:.0} QPS, p50 {:.2} ms (+{:.0} µs over plain; target ≤ 50 µs: {}), p99 {:.2} ms, {} errors; RSS {:.0} MiB (target ≤ 2 × {:.0} + 50 = {:.0} MiB: {}); impressions sent {:.0}, dropped {:.0}",
+        live.qps, live.p50_ms, added_us,
+        if added_us <= 50.0 { "met" } else { "NOT met" },
+        live.p99_ms, live.errors, live.rss_mib, plain.rss_mib, rss_limit,
+        if live.rss_mib <= rss_limit { "met" } else { "NOT met" },
+        live.impressions_sent, live.impressions_dropped,
+    );
+    let down = server(
+        args,
+        n,
+        dir,
+        ServerMode {
+            experiments,
+            kill_broker: Some(&mut broker),
+            seconds: Some(args.broker_down_seconds),
+            ..Default::default()
+        },
+    )
+    .await?;
+    eprintln!(
+        "broker killed for {} s of load: {:.0} QPS, p50 {:.2} ms, p99 {:.2} ms, {} failed requests (target 0: {}); impressions dropped and counted {:.0}",
+        args.broker_down_seconds, down.qps, down.p50_ms, down.p99_ms, down.errors,
+        if down.errors == 0 { "met" } else { "NOT met" },
+        down.impressions_dropped,
+    );
+    Ok(vec![
+        ("experiment_qps", live.qps.into()),
+        ("experiment_p50_ms", live.p50_ms.into()),
+        ("experiment_p99_ms", live.p99_ms.into()),
+        ("experiment_added_p50_us", added_us.into()),
+        ("experiment_rss_mib", live.rss_mib.into()),
+        ("experiment_rss_target_mib", rss_limit.into()),
+        ("impressions_sent", live.impressions_sent.into()),
+        ("broker_down_seconds", args.broker_down_seconds.into()),
+        ("broker_down_errors", down.errors.into()),
+        ("broker_down_qps", down.qps.into()),
+        (
+            "broker_down_impressions_dropped",
+            down.impressions_dropped.into(),
+        ),
+    ])
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -404,7 +549,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             "recall_vs_exact": kernel.recall,
         });
         if !args.skip_server {
-            let s = server(&args, n, &dir, None)
+            let s = server(&args, n, &dir, ServerMode::default())
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
@@ -422,9 +567,17 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             summary["concurrency"] = args.concurrency.into();
             if args.tls {
                 let certs = recsys_shared::testkit::TestCertificates::generate();
-                let t = server(&args, n, &dir, Some(&certs))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let t = server(
+                    &args,
+                    n,
+                    &dir,
+                    ServerMode {
+                        tls: Some(&certs),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 let cost = 1.0 - t.qps / s.qps;
                 eprintln!(
                     "server over TLS: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, {} errors → TLS costs {:.1} % of plaintext QPS (target ≤ 15 %: {})",
@@ -434,6 +587,14 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 summary["tls_qps"] = t.qps.into();
                 summary["tls_p99_ms"] = t.p99_ms.into();
                 summary["tls_qps_cost"] = cost.into();
+            }
+            if args.experiments {
+                let e = experiment_runs(&args, n, &dir, &s)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for (key, value) in e {
+                    summary[key] = value;
+                }
             }
         }
         println!("{summary}");
