@@ -14,6 +14,7 @@
 //!   that choose a model version and/or a row recipe; the server loads the versions they name.
 //! - [`impressions`]: every answer's items logged to Kafka through a bounded queue that drops
 //!   (and counts) rather than slow a request.
+//! - [`rules`]: business rules after scoring — pin, boost, bury from `online.rules`.
 //! - [`admission`]: the tower layer in front of every RPC: deadlines stamped on arrival, a cap on
 //!   requests in progress with a bounded queue, load shedding with `RESOURCE_EXHAUSTED` before any
 //!   work, and the request metrics; [`auth`]: API keys with per-key RPCs, checked in that layer;
@@ -36,6 +37,7 @@ pub mod error;
 pub mod experiments;
 pub mod impressions;
 pub mod metrics;
+pub mod rules;
 pub mod scoring;
 pub mod server;
 pub mod service;

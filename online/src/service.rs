@@ -31,7 +31,9 @@ use crate::catalog::Catalog;
 use crate::experiments::{Experiments, RowKind, RowRecipe};
 use crate::impressions::{ImpressedItem, ImpressedVariant, Impression, ImpressionLog};
 use crate::metrics::{EXPERIMENT_REQUESTS, VECTOR_SOURCES};
+use crate::rules;
 use crate::scoring::Scored;
+use recsys_shared::config::RulesConfig;
 
 /// The store-unavailable warning, at most once a second (it would otherwise repeat per request).
 static STORE_DOWN_LOG: LazyLock<LogEvery> = LazyLock::new(|| LogEvery::new(Duration::from_secs(1)));
@@ -55,6 +57,7 @@ pub struct Ranker {
     reader: FeatureReader,
     max_request: Duration,
     impressions: Option<ImpressionLog>,
+    rules: RulesConfig,
 }
 
 /// The experiments in force and the catalogs of the model versions their variants name (each
@@ -170,7 +173,14 @@ impl Ranker {
             reader,
             max_request,
             impressions: None,
+            rules: RulesConfig::default(),
         }
+    }
+
+    /// Applies `rules` (pin, boost, bury) to every list after scoring.
+    pub fn with_rules(mut self, rules: RulesConfig) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Logs every answer's impressions to `log` (see [`crate::impressions`]).
@@ -456,9 +466,24 @@ impl Ranker {
         let country = country.as_deref();
         let allowed = |i: u32| !excluded.contains(&i) && catalog.available(i, country);
         check_deadline(deadline, "before scoring")?;
+        let pool = k + rules::extra_candidates(&self.rules);
         let items = match &member.vector {
-            Some(vector) => catalog.items.top_k(vector, k, allowed),
-            None => Self::popular(&catalog, k, allowed),
+            Some(vector) => rules::apply(
+                &self.rules,
+                &catalog,
+                catalog.items.top_k(vector, pool, allowed),
+                k,
+                |i| Some(catalog.items.score(i as usize, vector)),
+                allowed,
+            ),
+            None => rules::apply(
+                &self.rules,
+                &catalog,
+                Self::popular(&catalog, pool, allowed),
+                k,
+                |_| None,
+                allowed,
+            ),
         };
         tracing::debug!(member = %member_tag(&request.user_id), source = ?member.source, k, "rank");
         Ok(RankResponse {
@@ -531,6 +556,7 @@ impl Ranker {
             .rev()
             .filter_map(|e| catalog.index.get(&e.item_id).copied());
         let mut seeded = HashSet::new();
+        let pool = per_row + rules::extra_candidates(&self.rules);
         for (n, kind) in recipe.rows().enumerate() {
             if n > 0 {
                 // Each row is a whole-catalog scan: give a cancelled request the chance to stop,
@@ -557,9 +583,16 @@ impl Ranker {
                     let Some(seed) = seeds.by_ref().find(|&i| seeded.insert(i)) else {
                         continue;
                     };
-                    let items = catalog
-                        .items
-                        .similar(seed as usize, per_row, |i| allowed(&used, i));
+                    let items = rules::apply(
+                        &self.rules,
+                        &catalog,
+                        catalog
+                            .items
+                            .similar(seed as usize, pool, |i| allowed(&used, i)),
+                        per_row,
+                        |_| None,
+                        |i| allowed(&used, i),
+                    );
                     let name = match catalog.title(seed) {
                         "" => catalog.item_ids[seed as usize].as_str(),
                         t => t,
@@ -574,7 +607,14 @@ impl Ranker {
                     );
                 }
                 RowKind::Trending => {
-                    let items = Self::popular(&catalog, per_row, |i| allowed(&used, i));
+                    let items = rules::apply(
+                        &self.rules,
+                        &catalog,
+                        Self::popular(&catalog, pool, |i| allowed(&used, i)),
+                        per_row,
+                        |_| None,
+                        |i| allowed(&used, i),
+                    );
                     row("Trending now".into(), kind.name(), "", items, &mut used);
                 }
             }

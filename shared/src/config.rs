@@ -585,6 +585,72 @@ pub struct OnlineConfig {
     pub auth: AuthConfig,
     /// Impressions: every Rank and Homepage answer logged to Kafka. Off unless `enabled`.
     pub impressions: ImpressionsConfig,
+    /// Business rules applied after scoring: pin, boost, bury.
+    pub rules: RulesConfig,
+}
+
+/// Business rules applied to every ranked list after scoring (see `online::rules`). Ids the
+/// served model does not know are ignored; a rule never shows an item a filter excludes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Items put first, in this order, in every list they may appear in.
+    pub pin: Vec<String>,
+    /// Item → factor (> 0) multiplying its score before the list is re-sorted.
+    pub boost: BTreeMap<String, f64>,
+    /// Items moved behind every other candidate.
+    pub bury: Vec<String>,
+}
+
+impl RulesConfig {
+    pub fn is_empty(&self) -> bool {
+        self.pin.is_empty() && self.boost.is_empty() && self.bury.is_empty()
+    }
+
+    /// The first problem, naming the field.
+    fn problem(&self) -> Option<(String, String)> {
+        for (field, len) in [
+            ("pin", self.pin.len()),
+            ("boost", self.boost.len()),
+            ("bury", self.bury.len()),
+        ] {
+            if len > 1000 {
+                return Some((
+                    format!("online.rules.{field}"),
+                    format!("{len} items, at most 1000"),
+                ));
+            }
+        }
+        let ids = self
+            .pin
+            .iter()
+            .map(|i| ("pin", i))
+            .chain(self.boost.keys().map(|i| ("boost", i)))
+            .chain(self.bury.iter().map(|i| ("bury", i)));
+        for (field, id) in ids {
+            if let Some(problem) = crate::ids::id_problem(id) {
+                return Some((
+                    format!("online.rules.{field}"),
+                    format!("{id:?}: {problem}"),
+                ));
+            }
+        }
+        for (id, factor) in &self.boost {
+            if !factor.is_finite() || *factor <= 0.0 {
+                return Some((
+                    format!("online.rules.boost.{id:?}"),
+                    format!("{factor} is not a finite factor > 0"),
+                ));
+            }
+        }
+        if let Some(both) = self.pin.iter().find(|i| self.bury.contains(i)) {
+            return Some((
+                "online.rules.bury".into(),
+                format!("{both:?} is also pinned"),
+            ));
+        }
+        None
+    }
 }
 
 /// The impression log: what each answer showed, sent to Kafka (the brokers and client settings
@@ -679,6 +745,7 @@ impl Default for OnlineConfig {
             tls: ServerTlsConfig::default(),
             auth: AuthConfig::default(),
             impressions: ImpressionsConfig::default(),
+            rules: RulesConfig::default(),
         }
     }
 }
@@ -1165,6 +1232,9 @@ impl Config {
                 return Err(format!("`{field}` {why}"));
             }
         }
+        if let Some((field, why)) = self.online.rules.problem() {
+            return Err(format!("`{field}`: {why}"));
+        }
         for (field, addr) in [
             ("online.listen", &self.online.listen),
             ("online.metrics_listen", &self.online.metrics_listen),
@@ -1466,6 +1536,46 @@ mod tests {
                 .to_string();
             assert!(e.contains(field), "{var}={value}: {e}");
         }
+    }
+
+    #[test]
+    fn bad_rules_and_impression_settings_name_the_field() {
+        let cases = [
+            (
+                "[online.rules]\nboost = { i1 = 0.0 }\n",
+                "online.rules.boost.\"i1\"",
+            ),
+            ("[online.rules]\npin = [\"a\\nb\"]\n", "online.rules.pin"),
+            (
+                "[online.rules]\npin = [\"i1\"]\nbury = [\"i1\"]\n",
+                "online.rules.bury",
+            ),
+            (
+                "[online.impressions]\nsample_rate = 1.5\n",
+                "online.impressions.sample_rate",
+            ),
+            (
+                "[online.impressions]\nqueue_capacity = 0\n",
+                "online.impressions.queue_capacity",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (text, field)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load_with_env(Some(&path), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let path = dir.path().join("good.toml");
+        std::fs::write(
+            &path,
+            "[online.rules]\npin = [\"i1\"]\nboost = { i2 = 2.5 }\nbury = [\"i3\"]\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.online.rules.boost["i2"], 2.5);
     }
 
     #[test]

@@ -308,9 +308,10 @@ async fn feature_conformance(reader: FeatureReader) {
     );
 
     if reader.cache_name() != "none" {
-        // The cache fill happens off the request path; wait for it.
+        // The cache fill happens off the request path; wait for it (up to 5 s: over TLS on a
+        // busy 2-core machine the fill has taken more than 0.5 s).
         let mut source = Source::Store;
-        for _ in 0..50 {
+        for _ in 0..500 {
             source = reader.get(&user).await.unwrap().1;
             if source == Source::Cache {
                 break;
