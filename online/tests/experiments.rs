@@ -49,23 +49,9 @@ fn variant_of(response: &HomepageResponse, experiment: &str) -> Option<String> {
         .map(|a| a.variant.clone())
 }
 
-async fn metrics(server: &RunningServer) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.metrics_addr)
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// The sum of the samples starting with `prefix` on the server's metrics page.
+fn metric(server: &RunningServer, prefix: &str) -> f64 {
+    recsys_shared::ops::scrape(server.metrics_addr.port(), prefix)
 }
 
 /// Waits until `done` holds (the servers poll the file every 50 ms).
@@ -190,23 +176,20 @@ async fn a_split_between_two_models_is_sticky_across_servers_and_survives_bad_fi
     assert_eq!(variant_of(&qa, "model-test").as_deref(), Some("treatment"));
     assert_eq!(qa.model_version, v1);
     // Metrics by variant.
-    let page = metrics(&a).await;
     let served = |variant: &str| {
         metric(
-            &page,
+            &a,
             &format!(
                 "recsys_experiment_requests_total{{experiment=\"model-test\",variant=\"{variant}\"}}"
             ),
         )
     };
-    assert!(served("treatment") >= treated as f64, "{page}");
-    assert!(served("control") >= (MEMBERS - treated) as f64, "{page}");
+    assert!(served("treatment") >= treated as f64);
+    assert!(served("control") >= (MEMBERS - treated) as f64);
 
     // Bad files: refused with the last good set kept in force.
-    let refused_before = metric(
-        &metrics(&a).await,
-        "recsys_experiments_reloads_total{outcome=\"refused\"}",
-    );
+    const REFUSED: &str = "recsys_experiments_reloads_total{outcome=\"refused\"}";
+    let refused_before = metric(&a, REFUSED);
     let bad_files = [
         experiment_file(&v1, "").replace("weight = 1", "weight = 0"),
         experiment_file("no-such-version", ""),
@@ -216,11 +199,7 @@ async fn a_split_between_two_models_is_sticky_across_servers_and_survives_bad_fi
     for (n, text) in bad_files.iter().enumerate() {
         std::fs::write(&file, text).unwrap();
         until("the bad file to be refused", async || {
-            let page = metrics(&a).await;
-            metric(
-                &page,
-                "recsys_experiments_reloads_total{outcome=\"refused\"}",
-            ) >= refused_before + n as f64 + 1.0
+            metric(&a, REFUSED) >= refused_before + n as f64 + 1.0
         })
         .await;
         let again = homepage(&a, "m3").await;

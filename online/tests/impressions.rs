@@ -52,20 +52,9 @@ async fn create_topic(brokers: &str) {
     }
 }
 
-async fn metric(server: &RunningServer, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.metrics_addr)
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).await.unwrap();
-    page.lines()
-        .filter_map(|l| l.strip_prefix(name))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of the samples starting with `prefix` on the server's metrics page.
+fn metric(server: &RunningServer, prefix: &str) -> f64 {
+    recsys_shared::ops::scrape(server.metrics_addr.port(), prefix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +208,7 @@ async fn answers_are_logged_as_impressions_and_a_dead_broker_fails_no_request() 
     assert!(ok > 200, "only {ok} requests in 3 s");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let dropped = metric(&server, "recsys_impressions_dropped_total").await;
+        let dropped = metric(&server, "recsys_impressions_dropped_total");
         if dropped > 0.0 {
             break;
         }
@@ -229,6 +218,6 @@ async fn answers_are_logged_as_impressions_and_a_dead_broker_fails_no_request() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(metric(&server, "recsys_impressions_sent_total").await >= 120.0);
+    assert!(metric(&server, "recsys_impressions_sent_total") >= 120.0);
     server.shutdown().await.unwrap();
 }
