@@ -67,15 +67,18 @@ impl TrainingTable {
             .enumerate()
             .map(|(i, s)| (s.as_str(), i as u32))
             .collect();
-        let mut pairs: Vec<Pair> = rows
-            .iter()
-            .map(|(u, i, strength, ts)| Pair {
-                user: user_index[u],
-                item: item_index[i],
-                strength: *strength,
-                last_ts_ms: *ts,
-            })
-            .collect();
+        let pairs = rows.iter().map(|(u, i, strength, ts)| Pair {
+            user: user_index[u],
+            item: item_index[i],
+            strength: *strength,
+            last_ts_ms: *ts,
+        });
+        let pairs = pairs.collect();
+        Self::sorted(user_ids, item_ids, pairs)
+    }
+
+    /// The table of `pairs` (indices into the id lists), sorted by (user, item).
+    fn sorted(user_ids: Vec<String>, item_ids: Vec<String>, mut pairs: Vec<Pair>) -> Self {
         pairs.sort_unstable_by_key(|p| (p.user, p.item));
         TrainingTable {
             user_ids,
@@ -110,7 +113,7 @@ impl TrainingTable {
         }
         let (user_index, user_ids) = dense(rows.iter().map(|r| r.0), users);
         let (item_index, item_ids) = dense(rows.iter().map(|r| r.1), items);
-        let mut pairs: Vec<Pair> = rows
+        let pairs = rows
             .into_iter()
             .map(|(u, i, strength, last_ts_ms)| Pair {
                 user: user_index[u as usize],
@@ -119,12 +122,7 @@ impl TrainingTable {
                 last_ts_ms,
             })
             .collect();
-        pairs.sort_unstable_by_key(|p| (p.user, p.item));
-        TrainingTable {
-            user_ids,
-            item_ids,
-            pairs,
-        }
+        Self::sorted(user_ids, item_ids, pairs)
     }
 
     /// The members × items strength matrix of the pairs `keep` accepts.

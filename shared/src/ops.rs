@@ -162,5 +162,5 @@ pub fn scrape(port: u16, prefix: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |total, v| total + v)
 }
