@@ -29,7 +29,7 @@ fn config(dir: &Path, brokers: String) -> Config {
     config.online.metrics_listen = "127.0.0.1:0".into();
     config.online.model_poll_ms = 50;
     config.online.impressions.enabled = true;
-    config.online.impressions.queue_capacity = 200;
+    config.online.impressions.queue_capacity = 100_000;
     config.online.impressions.delivery_timeout_ms = 1500;
     config.nearline.brokers = brokers;
     config
