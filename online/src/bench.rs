@@ -207,14 +207,16 @@ struct ServerFigures {
     /// Impressions sent and dropped (experiment runs).
     impressions_sent: f64,
     impressions_dropped: f64,
+    /// Seconds after the load until the first drop was counted (broker-down runs).
+    drops_after_seconds: Option<f64>,
 }
 
 /// What the benchmarked server runs with besides the plain setup.
 #[derive(Default)]
 struct ServerMode<'a> {
     tls: Option<&'a recsys_shared::testkit::TestCertificates>,
-    /// Experiments file and the brokers impressions go to.
-    experiments: Option<(PathBuf, String)>,
+    /// Experiments file, and the brokers impressions go to (none: impressions off).
+    experiments: Option<(PathBuf, Option<String>)>,
     /// Killed after the warm-up: the load then runs against a dead broker.
     kill_broker: Option<&'a mut recsys_shared::testkit::TansuBroker>,
     /// Seconds of load (default `--seconds`).
@@ -289,14 +291,23 @@ async fn server(
             ]
         }))
         .envs(mode.experiments.iter().flat_map(|(file, brokers)| {
-            [
-                (
-                    "RECSYS__ONLINE__EXPERIMENTS_FILE",
-                    file.display().to_string(),
-                ),
-                ("RECSYS__ONLINE__IMPRESSIONS__ENABLED", "true".to_string()),
-                ("RECSYS__NEARLINE__BROKERS", brokers.clone()),
-            ]
+            let mut vars = vec![(
+                "RECSYS__ONLINE__EXPERIMENTS_FILE",
+                file.display().to_string(),
+            )];
+            if let Some(brokers) = brokers {
+                vars.extend([
+                    ("RECSYS__ONLINE__IMPRESSIONS__ENABLED", "true".to_string()),
+                    // Short, so that impressions stuck behind a dead broker are dropped (and
+                    // counted) within the run.
+                    (
+                        "RECSYS__ONLINE__IMPRESSIONS__DELIVERY_TIMEOUT_MS",
+                        IMPRESSION_TIMEOUT_MS.to_string(),
+                    ),
+                    ("RECSYS__NEARLINE__BROKERS", brokers.clone()),
+                ]);
+            }
+            vars
         }))
         .stdout(Stdio::null())
         .spawn()?;
@@ -378,9 +389,24 @@ async fn server(
         }
         let started = Instant::now();
         let (mut latencies, errors) = load(mode.seconds.unwrap_or(args.seconds)).await;
+        // Impressions queued behind a dead broker time out and are counted as dropped: wait (at
+        // most a minute) for the count to appear and settle.
+        let mut drops_after = None;
         if killed {
-            // Impressions queued behind the dead broker time out and are counted as dropped.
-            tokio::time::sleep(Duration::from_millis(IMPRESSION_TIMEOUT_MS + 2000)).await;
+            let ended = Instant::now();
+            let mut last = -1.0;
+            while ended.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let dropped =
+                    recsys_shared::ops::scrape(metrics_port, "recsys_impressions_dropped_total");
+                if dropped > 0.0 && drops_after.is_none() {
+                    drops_after = Some(ended.elapsed().as_secs_f64());
+                }
+                if dropped > 0.0 && dropped == last {
+                    break;
+                }
+                last = dropped;
+            }
         }
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort_unstable();
@@ -402,6 +428,7 @@ async fn server(
                 metrics_port,
                 "recsys_impressions_dropped_total",
             ),
+            drops_after_seconds: drops_after,
         })
     }
     .await;
@@ -458,18 +485,21 @@ async fn experiment_runs(
     };
     // 1. Per-request cost: both variants on CURRENT (no fold-ins), impressions to a live broker,
     //    against the plain server, one request at a time.
-    let one_at_a_time = |experiments: Option<(PathBuf, String)>| ServerMode {
+    let one_at_a_time = |experiments: Option<(PathBuf, Option<String>)>| ServerMode {
         experiments,
         concurrency: Some(1),
         ..Default::default()
     };
     let bare = server(args, n, dir, one_at_a_time(None)).await?;
-    let same_model = Some((experiment(None)?, broker.brokers()));
+    let file = experiment(None)?;
+    let allocated = server(args, n, dir, one_at_a_time(Some((file.clone(), None)))).await?;
+    let same_model = Some((file, Some(broker.brokers())));
     let logged = server(args, n, dir, one_at_a_time(same_model.clone())).await?;
     let added_us = (logged.p50_ms - bare.p50_ms) * 1000.0;
+    let allocation_us = (allocated.p50_ms - bare.p50_ms) * 1000.0;
     eprintln!(
-        "one request at a time: plain p50 {:.3} ms; with a 50/50 experiment and impressions to Kafka p50 {:.3} ms → +{:.0} µs (target ≤ 50 µs: {}); impressions sent {:.0}",
-        bare.p50_ms, logged.p50_ms, added_us,
+        "one request at a time: plain p50 {:.3} ms; with a 50/50 experiment p50 {:.3} ms (+{:.0} µs); with the experiment and impressions to Kafka p50 {:.3} ms → +{:.0} µs (target ≤ 50 µs: {}); impressions sent {:.0}",
+        bare.p50_ms, allocated.p50_ms, allocation_us, logged.p50_ms, added_us,
         if added_us <= 50.0 { "met" } else { "NOT met" },
         logged.impressions_sent,
     );
@@ -481,7 +511,7 @@ async fn experiment_runs(
         n,
         dir,
         ServerMode {
-            experiments: Some((experiment(Some(&pinned))?, broker.brokers())),
+            experiments: Some((experiment(Some(&pinned))?, Some(broker.brokers()))),
             ..Default::default()
         },
     )
@@ -507,15 +537,17 @@ async fn experiment_runs(
     )
     .await?;
     eprintln!(
-        "broker killed for {} s of load: {:.0} QPS (plain {:.0}), p50 {:.2} ms, p99 {:.2} ms, {} failed requests (target 0: {}); impressions dropped and counted {:.0}",
+        "broker killed for {} s of load: {:.0} QPS (plain {:.0}), p50 {:.2} ms, p99 {:.2} ms, {} failed requests (target 0: {}); impressions dropped and counted {:.0} (the first {} after the load)",
         args.broker_down_seconds, down.qps, plain.qps, down.p50_ms, down.p99_ms, down.errors,
         if down.errors == 0 { "met" } else { "NOT met" },
         down.impressions_dropped,
+        down.drops_after_seconds.map_or("none within 60 s".into(), |s| format!("{s:.0} s")),
     );
     Ok(vec![
         ("single_p50_ms", bare.p50_ms.into()),
         ("experiment_single_p50_ms", logged.p50_ms.into()),
         ("experiment_added_p50_us", added_us.into()),
+        ("allocation_added_p50_us", allocation_us.into()),
         ("impressions_sent", logged.impressions_sent.into()),
         ("two_versions_rss_mib", two_versions.rss_mib.into()),
         ("two_versions_rss_target_mib", rss_limit.into()),
