@@ -57,12 +57,19 @@ pub struct IdIndex {
     /// reused, so a repeat costs a comparison and no allocation.
     last_id: String,
     last_code: Option<u32>,
+    /// Check every id and keep none (validation alone: memory stays constant whatever the
+    /// number of distinct ids).
+    check_only: bool,
 }
 
 impl IdIndex {
     /// The code of `id`, and whether it is new. `check` runs on new ids only; its error is
     /// returned and nothing is inserted.
     pub fn code<E>(&mut self, id: &str, check: impl FnOnce() -> Result<(), E>) -> Result<u32, E> {
+        if self.check_only {
+            check()?;
+            return Ok(0);
+        }
         if let Some(code) = self.last_code {
             if self.last_id == id {
                 return Ok(code);
@@ -162,7 +169,7 @@ pub struct InteractionCoder {
     pub users: IdIndex,
     pub items: IdIndex,
     events: Vec<String>,
-    /// Whether rows are kept (a coder that only validates keeps the id indexes alone).
+    /// Whether rows are kept (a coder that only validates keeps nothing).
     keep_rows: bool,
     /// Rows after this instant are validated but not kept.
     as_of_ms: Option<i64>,
@@ -182,9 +189,16 @@ impl InteractionCoder {
         }
     }
 
-    /// A coder that indexes the ids (so each distinct id is checked once) but keeps no rows.
-    pub fn index_only(events: Vec<String>) -> Self {
+    /// A coder that only validates: every id is checked, nothing is kept (no rows, no id
+    /// index), so memory stays constant.
+    pub fn validating_only(events: Vec<String>) -> Self {
+        let checking = || IdIndex {
+            check_only: true,
+            ..IdIndex::default()
+        };
         InteractionCoder {
+            users: checking(),
+            items: checking(),
             keep_rows: false,
             ..Self::new(events, None)
         }
@@ -329,5 +343,20 @@ mod tests {
         assert_eq!(coded.users.code("u1"), None);
         assert_eq!(coded.event_code("play"), 1);
         assert_eq!(coded.event_code("rating"), -1);
+
+        // Validation alone checks every id and keeps nothing.
+        let mut validating = InteractionCoder::validating_only(vec!["play".into()]);
+        let mut checks = 0;
+        for id in ["a", "a", "b", "a"] {
+            validating
+                .users
+                .code(id, || {
+                    checks += 1;
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        assert_eq!(checks, 4);
+        assert!(validating.users.is_empty() && !validating.keeps_rows());
     }
 }

@@ -245,7 +245,7 @@ impl InputTable {
         &self,
         event_weights: &BTreeMap<String, f64>,
     ) -> Result<InteractionStats> {
-        let mut coder = InteractionCoder::index_only(event_weights.keys().cloned().collect());
+        let mut coder = InteractionCoder::validating_only(event_weights.keys().cloned().collect());
         self.check_interactions(event_weights, &mut coder)
             .map_err(|e| self.relocate(e))
     }

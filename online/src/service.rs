@@ -239,13 +239,12 @@ impl Ranker {
                 item_id: item.item_id.clone(),
             })
             .collect();
-        let a = answer;
         self.log_impressions(
             "rank",
             user_id,
-            &a.request_id,
-            &a.model_version,
-            &a.experiments,
+            &answer.request_id,
+            &answer.model_version,
+            &answer.experiments,
             items,
         );
     }
@@ -270,13 +269,12 @@ impl Ranker {
                     })
             })
             .collect();
-        let a = answer;
         self.log_impressions(
             "homepage",
             user_id,
-            &a.request_id,
-            &a.model_version,
-            &a.experiments,
+            &answer.request_id,
+            &answer.model_version,
+            &answer.experiments,
             items,
         );
     }
