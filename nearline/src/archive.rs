@@ -35,7 +35,7 @@ use parquet::file::properties::WriterProperties;
 use prometheus::{register_int_counter_vec, IntCounterVec};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use recsys_shared::config::Config;
@@ -165,12 +165,7 @@ impl Columns {
     fn push(&mut self, kind: ArchiveKind, m: &BorrowedMessage<'_>) -> Result<(), String> {
         match kind {
             ArchiveKind::Events => {
-                let content_type = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key.eq_ignore_ascii_case("content-type"))
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                });
+                let content_type = event::content_type(m);
                 let e = event::decode(m.payload(), content_type).map_err(|r| r.to_string())?;
                 let request_id = (!e.request_id.is_empty()).then_some(e.request_id);
                 for (column, value) in [

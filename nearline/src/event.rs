@@ -16,6 +16,17 @@ pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 /// The `content-type` header of a JSON-encoded event.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
+/// The `content-type` header of a record, if it has one in UTF-8 (the encoding [`decode`] reads).
+pub fn content_type<M: rdkafka::Message>(record: &M) -> Option<&str> {
+    use rdkafka::message::Headers;
+    record.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    })
+}
+
 /// One member interaction, decoded and validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -301,12 +301,7 @@ impl BatchRun<'_> {
         let mut admitted: Vec<(&BorrowedMessage<'_>, Event)> = Vec::with_capacity(batch.len());
         let mut rejected: Vec<(&BorrowedMessage<'_>, Rejection)> = Vec::new();
         for m in batch {
-            let content_type = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key.eq_ignore_ascii_case("content-type"))
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-            });
+            let content_type = crate::event::content_type(m);
             match self
                 .applier
                 .admit(m.payload(), content_type, m.key(), now_ms)

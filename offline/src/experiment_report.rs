@@ -20,6 +20,7 @@ use serde::Serialize;
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Int64Type};
 
+use crate::features::string_literal;
 use crate::input::InputTable;
 use crate::{OfflineError, Result};
 
@@ -65,10 +66,6 @@ pub struct ExperimentReport {
 pub struct MemberSums {
     pub impressions: f64,
     pub plays: f64,
-}
-
-fn string_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Runs the report over archived impressions and events (directories, files or URLs).

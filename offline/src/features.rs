@@ -512,7 +512,8 @@ pub fn render(template: &str, params: &[(&str, String)]) -> Result<String> {
     Ok(out)
 }
 
-fn string_literal(s: &str) -> String {
+/// `s` as a SQL string literal (quotes doubled).
+pub(crate) fn string_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

@@ -20,6 +20,14 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+/// An event type's code: its position among the configured types.
+fn event_position(events: &[String], event_type: &str) -> Option<i32> {
+    events
+        .iter()
+        .position(|e| e == event_type)
+        .map(|p| p as i32)
+}
+
 /// Ids in byte order; an id's code is its position.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdDictionary {
@@ -141,10 +149,7 @@ impl CodedInteractions {
 
     /// The code of an event type, or -1 for one that is not configured (it matches no row).
     pub fn event_code(&self, event_type: &str) -> i32 {
-        self.events
-            .iter()
-            .position(|e| e == event_type)
-            .map_or(-1, |p| p as i32)
+        event_position(&self.events, event_type).unwrap_or(-1)
     }
 
     /// The coded rows in `partitions` groups for a `MemTable`.
@@ -211,10 +216,7 @@ impl InteractionCoder {
 
     /// The code of a configured event type.
     pub fn event_code(&self, event_type: &str) -> Option<i32> {
-        self.events
-            .iter()
-            .position(|e| e == event_type)
-            .map(|p| p as i32)
+        event_position(&self.events, event_type)
     }
 
     /// Keeps one batch of coded rows (first-seen codes); rows after `as_of_ms` are left out.
