@@ -218,6 +218,14 @@ enum OfflineCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write member profiles (the maturity limit the online tier filters by) into the feature
+    /// store from JSON lines `{"user_id": "...", "max_maturity": "PG-13"}` (`null` lifts a
+    /// limit). Every line is checked first; a bad one writes nothing and names its line.
+    LoadProfiles {
+        /// The profiles file (.jsonl).
+        #[arg(long)]
+        input: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -347,10 +355,16 @@ enum NearlineCommand {
     },
     /// Send events from JSON lines (.jsonl) or Parquet (.parquet, the interactions schema) to the
     /// events topic, keyed by member. Rows without an event_id get one derived from their fields.
+    /// With `--kind impressions`, send impression records (JSON lines, as the online tier logs
+    /// them) to the impressions topic instead.
     Produce {
-        /// The events file.
+        /// The events (or impressions) file.
         #[arg(long)]
         input: PathBuf,
+        /// What the file holds [default: events]. Impressions go to `--topic` or
+        /// online.impressions.topic.
+        #[arg(long, value_enum, default_value = "events")]
+        kind: RecordKindArg,
         #[command(flatten)]
         kafka: KafkaArgs,
         /// Encode records as JSON instead of protobuf.
@@ -373,7 +387,7 @@ enum NearlineCommand {
     Archive {
         /// What the topic holds.
         #[arg(long, value_enum)]
-        kind: ArchiveKindArg,
+        kind: RecordKindArg,
         /// The topic [default: nearline.topic for events, online.impressions.topic for
         /// impressions].
         #[arg(long)]
@@ -403,7 +417,7 @@ enum NearlineCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ArchiveKindArg {
+enum RecordKindArg {
     Events,
     Impressions,
 }
@@ -1003,8 +1017,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let config = validated(config)?;
             let kind = match kind {
-                ArchiveKindArg::Events => ArchiveKind::Events,
-                ArchiveKindArg::Impressions => ArchiveKind::Impressions,
+                RecordKindArg::Events => ArchiveKind::Events,
+                RecordKindArg::Impressions => ArchiveKind::Impressions,
             };
             let topic = topic.clone().unwrap_or_else(|| match kind {
                 ArchiveKind::Events => config.nearline.topic.clone(),
@@ -1038,6 +1052,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Nearline(NearlineCommand::Produce {
             input,
+            kind: RecordKindArg::Impressions,
+            kafka,
+            rate,
+            partitions,
+            ..
+        }) => {
+            use recsys_nearline::produce;
+            let mut config = load_config(&cli)?;
+            let topic = kafka
+                .topic
+                .clone()
+                .unwrap_or_else(|| config.online.impressions.topic.clone());
+            if let Some(brokers) = &kafka.brokers {
+                config.nearline.brokers = brokers.clone();
+            }
+            let config = validated(config)?;
+            let impressions = produce::read_impressions(input)?;
+            let seconds = runtime()?.block_on(async {
+                if let Some(p) = partitions {
+                    recsys_nearline::kafka::ensure_topics(&config, &[(topic.as_str(), *p)]).await?;
+                }
+                let producer = recsys_nearline::kafka::producer(&config)?;
+                produce::produce_impressions(&producer, &topic, &impressions, *rate, 10_000).await
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impressions": impressions.len(),
+                    "topic": topic,
+                    "seconds": seconds,
+                    "impressions_per_second": impressions.len() as f64 / seconds.max(1e-9),
+                })
+            );
+        }
+        Command::Nearline(NearlineCommand::Produce {
+            input,
+            kind: RecordKindArg::Events,
             kafka,
             json,
             rate,
@@ -1081,6 +1132,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "events_per_second": events.len() as f64 / seconds.max(1e-9),
                 })
             );
+        }
+        Command::Offline(OfflineCommand::LoadProfiles { input }) => {
+            use recsys_store::{features::FeatureStore, profiles};
+            let config = validated(load_config(&cli)?)?;
+            let report = runtime()?.block_on(async {
+                let kv = recsys_store::open(&config.store).await.with_context(|| {
+                    format!("opening the {} store", config.store.backend.name())
+                })?;
+                let store = FeatureStore::new(kv, config.store.history_cap);
+                let report =
+                    profiles::load_profiles(input, &store, &config.online.maturity).await?;
+                anyhow::Ok(report)
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Offline(OfflineCommand::LoadStore {
             model_root,

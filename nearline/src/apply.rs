@@ -12,6 +12,12 @@
 //! (a redelivery after a crash or a rebalance) writes nothing new, and the vector is a function of
 //! the stored history alone. Two distinct events of one member on one item in the same
 //! millisecond count once, at the larger strength.
+//!
+//! With `nearline.feedback` enabled the same step also folds the batch's impressions and
+//! explicit negative events into the member's feedback state ([`crate::feedback`]) and writes
+//! the items it hides with the member's features; a negative event enters no history, and with
+//! `negative_fold_in = "forget"` it removes the member's earlier events on the item from the
+//! history the vector is folded from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,8 +32,11 @@ use recsys_store::{IdempotencyToken, StoreError};
 
 use crate::error::NearlineError;
 use crate::event::{decode, Event, EventRules, RejectReason, Rejection};
+use crate::feedback::{FeedbackRules, MergedFeedback, Shown};
 use crate::metrics;
 use crate::model::{FoldInModel, ModelHandle};
+use recsys_shared::config::NegativeFoldIn;
+use recsys_store::features::FeedbackChange;
 
 /// Counts of one applied batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +50,8 @@ pub struct BatchReport {
     pub unchanged: usize,
     /// Members with nothing new in the history but a vector of an older model: re-folded.
     pub refolded: usize,
+    /// Members whose feedback (hidden items) changed and nothing else.
+    pub feedback: usize,
 }
 
 /// A batch is split into at most `concurrency` shards, but none smaller than this many members
@@ -52,6 +63,7 @@ pub struct Applier {
     features: Arc<FeatureReader>,
     model: Arc<ModelHandle>,
     rules: EventRules,
+    feedback: Option<FeedbackRules>,
     concurrency: usize,
 }
 
@@ -66,8 +78,23 @@ impl Applier {
             features,
             model,
             rules,
+            feedback: None,
             concurrency: concurrency.max(1),
         }
+    }
+
+    /// Applies negative feedback (`nearline.feedback`) too; `None` leaves it off.
+    pub fn with_feedback(mut self, feedback: Option<FeedbackRules>) -> Self {
+        self.feedback = feedback;
+        self
+    }
+
+    pub fn event_rules(&self) -> &EventRules {
+        &self.rules
+    }
+
+    pub fn feedback(&self) -> Option<&FeedbackRules> {
+        self.feedback.as_ref()
     }
 
     pub fn model(&self) -> &Arc<ModelHandle> {
@@ -117,10 +144,29 @@ impl Applier {
     /// history and one of the cache — a handful of round trips per batch rather than several per
     /// member.
     pub async fn apply(&self, events: &[Event]) -> Result<BatchReport, NearlineError> {
+        self.apply_with_impressions(events, &[]).await
+    }
+
+    /// [`Applier::apply`] of events and impressions together (impressions only count with
+    /// feedback enabled).
+    pub async fn apply_with_impressions(
+        &self,
+        events: &[Event],
+        shown: &[Shown],
+    ) -> Result<BatchReport, NearlineError> {
         let model = self.model.get().ok_or(NearlineError::NoModel)?;
-        let mut by_member: HashMap<&str, Vec<&Event>> = HashMap::new();
+        let mut by_member: HashMap<&str, MemberBatch<'_>> = HashMap::new();
         for event in events {
-            by_member.entry(&event.user_id).or_default().push(event);
+            by_member
+                .entry(&event.user_id)
+                .or_default()
+                .events
+                .push(event);
+        }
+        if self.feedback.is_some() {
+            for s in shown {
+                by_member.entry(&s.user_id).or_default().shown.push(s);
+            }
         }
         let mut report = BatchReport {
             events: events.len(),
@@ -130,7 +176,7 @@ impl Applier {
         // Members are split into shards applied concurrently, so one shard's fold-ins run while
         // another waits on the store. Shards share no member, so each keeps the per-member write
         // order on its own.
-        let members: Vec<(&str, Vec<&Event>)> = by_member.into_iter().collect();
+        let members: Vec<(&str, MemberBatch<'_>)> = by_member.into_iter().collect();
         let shard_size = members
             .len()
             .div_ceil(self.concurrency)
@@ -143,6 +189,7 @@ impl Applier {
             report.updated += shard.updated;
             report.unchanged += shard.unchanged;
             report.refolded += shard.refolded;
+            report.feedback += shard.feedback;
         }
         Ok(report)
     }
@@ -153,15 +200,52 @@ impl Applier {
     async fn apply_members(
         &self,
         model: &Arc<FoldInModel>,
-        members: &[(&str, Vec<&Event>)],
+        members: &[(&str, MemberBatch<'_>)],
     ) -> Result<BatchReport, NearlineError> {
         let mut report = BatchReport::default();
         let store = self.features.store();
         let user_ids: Vec<String> = members.iter().map(|(u, _)| u.to_string()).collect();
-        let stored = store.get_many(&user_ids).await?;
+        let (stored, mut feedback) = match &self.feedback {
+            Some(_) => {
+                futures::future::try_join(
+                    store.get_many(&user_ids),
+                    store.get_feedback_many(&user_ids),
+                )
+                .await?
+            }
+            None => (store.get_many(&user_ids).await?, Vec::new()),
+        };
+        feedback.resize_with(user_ids.len(), Default::default);
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let mut updates = Vec::with_capacity(user_ids.len());
-        for ((user_id, stored), (_, events)) in user_ids.into_iter().zip(stored).zip(members) {
-            match MemberUpdate::merge(user_id, stored, events, &self.rules, model, store) {
+        for (((user_id, stored), stored_feedback), (_, batch)) in
+            user_ids.into_iter().zip(stored).zip(feedback).zip(members)
+        {
+            let merged_feedback = self.feedback.as_ref().map(|rules| {
+                crate::feedback::merge(
+                    &user_id,
+                    stored_feedback,
+                    &stored.hidden,
+                    &batch.events,
+                    &batch.shown,
+                    &self.rules,
+                    rules,
+                    now_ms,
+                )
+            });
+            let forget = self
+                .feedback
+                .is_some_and(|f| f.negative_fold_in == NegativeFoldIn::Forget);
+            match MemberUpdate::merge(
+                user_id,
+                stored,
+                &batch.events,
+                merged_feedback,
+                forget,
+                &self.rules,
+                model,
+                store,
+            ) {
                 Some(update) => updates.push(update),
                 None => report.unchanged += 1,
             }
@@ -182,6 +266,7 @@ impl Applier {
         let token = IdempotencyToken::now();
         let writes: Vec<(String, Option<MemberVector>, Vec<HistoryEntry>)> = updates
             .iter()
+            .filter(|u| u.fold)
             .map(|u| {
                 let vector = u.features.vector.clone();
                 (u.user_id.clone(), vector, u.new_entries.clone())
@@ -190,6 +275,7 @@ impl Applier {
         store.put_members(&writes, token).await?;
         // The stored history is at most what was read (capped) plus the new entries, so a member
         // whose merged history is over the cap is trimmed below its oldest kept entry, unread.
+        // Entries a negative event made the fold-in forget are deleted.
         let trims: Vec<BoxFuture<'_, Result<(), StoreError>>> = updates
             .iter()
             .filter(|u| u.over_cap)
@@ -197,18 +283,33 @@ impl Applier {
                 let oldest_kept = u.features.history.first().expect("over the cap");
                 store.drop_history_before(&u.user_id, oldest_kept).boxed()
             })
+            .chain(updates.iter().filter(|u| !u.forgotten.is_empty()).map(|u| {
+                store
+                    .delete_history_entries(&u.user_id, &u.forgotten)
+                    .boxed()
+            }))
             .collect();
         futures::stream::iter(trims)
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<()>>()
             .await?;
+        let changes: Vec<FeedbackChange> = updates
+            .iter()
+            .filter(|u| !u.feedback.is_empty())
+            .map(|u| u.feedback.clone())
+            .collect();
+        if !changes.is_empty() {
+            store.put_feedback(&changes, token).await?;
+        }
         let cached: Vec<(&str, &MemberFeatures)> = updates
             .iter()
             .map(|u| (u.user_id.as_str(), &u.features))
             .collect();
         self.features.write_through_many(&cached).await;
         for update in &updates {
-            if update.new_entries.is_empty() {
+            if !update.fold {
+                report.feedback += 1;
+            } else if update.new_entries.is_empty() && update.forgotten.is_empty() {
                 report.refolded += 1;
             } else {
                 report.updated += 1;
@@ -218,16 +319,30 @@ impl Applier {
     }
 }
 
-/// One member's change in a batch: the merged history and what is new in it, then the vector.
+/// One member's part of a batch.
+#[derive(Default)]
+struct MemberBatch<'a> {
+    events: Vec<&'a Event>,
+    shown: Vec<&'a Shown>,
+}
+
+/// One member's change in a batch: the merged history and what is new in it, then the vector;
+/// the feedback writes.
 struct MemberUpdate {
     user_id: String,
     /// The whole merged history, capped to the newest `history_cap`, oldest first; then the
-    /// vector folded from it.
+    /// vector folded from it (or the stored one, when `fold` is false); the hidden items.
     features: MemberFeatures,
     /// Entries the store does not hold yet (or holds at a smaller strength).
     new_entries: Vec<HistoryEntry>,
+    /// Stored entries a negative event removes from the history (`forget`).
+    forgotten: Vec<HistoryEntry>,
     /// Whether the merged history was longer than the cap (the store needs a trim).
     over_cap: bool,
+    /// Whether the vector must be folded in again (the history changed, or the vector is of an
+    /// older model).
+    fold: bool,
+    feedback: FeedbackChange,
 }
 
 fn entry(((ts_ms, item_id), strength): ((i64, String), f32)) -> HistoryEntry {
@@ -240,11 +355,14 @@ fn entry(((ts_ms, item_id), strength): ((i64, String), f32)) -> HistoryEntry {
 
 impl MemberUpdate {
     /// Merges a member's events into their stored state; `None` when that changes nothing (every
-    /// event already known, and the vector is the current model's).
+    /// event already known, the vector is the current model's, the feedback unchanged).
+    #[allow(clippy::too_many_arguments)]
     fn merge(
         user_id: String,
         stored: MemberFeatures,
         events: &[&Event],
+        feedback: Option<MergedFeedback>,
+        forget: bool,
         rules: &EventRules,
         model: &FoldInModel,
         store: &FeatureStore,
@@ -255,7 +373,7 @@ impl MemberUpdate {
             .map(|e| ((e.ts_ms, e.item_id), e.strength))
             .collect();
         let mut new_entries: BTreeMap<(i64, String), f32> = BTreeMap::new();
-        for event in events {
+        for event in events.iter().filter(|e| !rules.is_negative(e)) {
             let key = (event.ts, event.item_id.clone());
             let strength = rules.strength(event);
             let known = history.get(&key).copied();
@@ -264,27 +382,54 @@ impl MemberUpdate {
                 new_entries.insert(key, strength);
             }
         }
+        let mut forgotten = Vec::new();
+        if let (true, Some(feedback)) = (forget, &feedback) {
+            let gone: Vec<(i64, String)> = history
+                .keys()
+                .filter(|(ts, item)| feedback.negative_ms(item).is_some_and(|n| *ts <= n))
+                .cloned()
+                .collect();
+            for key in gone {
+                let strength = history.remove(&key).expect("a key of the history");
+                if new_entries.remove(&key).is_none() {
+                    forgotten.push(entry((key, strength)));
+                }
+            }
+        }
         let vector_current = stored
             .vector
             .as_ref()
             .is_some_and(|v| v.model_version == model.version);
-        if new_entries.is_empty() && vector_current {
+        let fold = !new_entries.is_empty() || !forgotten.is_empty() || !vector_current;
+        let (hidden, feedback) = match feedback {
+            Some(f) => (f.hidden, f.change),
+            None => (stored.hidden, FeedbackChange::default()),
+        };
+        if !fold && feedback.is_empty() {
             return None;
         }
         let skip = history.len().saturating_sub(store.history_cap());
         Some(MemberUpdate {
             user_id,
-            over_cap: skip > 0,
+            over_cap: fold && skip > 0,
             features: MemberFeatures {
-                vector: None,
+                vector: if fold { None } else { stored.vector },
                 history: history.into_iter().skip(skip).map(entry).collect(),
+                hidden,
+                profile: stored.profile,
             },
             new_entries: new_entries.into_iter().map(entry).collect(),
+            forgotten,
+            fold,
+            feedback,
         })
     }
 
-    /// Folds the merged history into the member's vector with `model` (CPU only).
+    /// Folds the merged history into the member's vector with `model` (CPU only), when needed.
     fn fold_in(mut self, model: &FoldInModel) -> Result<MemberUpdate, NearlineError> {
+        if !self.fold {
+            return Ok(self);
+        }
         let started = Instant::now();
         let values = model.fold_in(&self.features.history)?;
         metrics::FOLD_IN_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -305,6 +450,7 @@ pub async fn from_scratch(
     version: &str,
     dir: &std::path::Path,
     events: &[Event],
+    shown: &[Shown],
 ) -> Result<recsys_store::features::FeatureStore, NearlineError> {
     use recsys_shared::artifact::ModelRoot;
     use recsys_shared::config::{CacheBackend, StoreBackend};
@@ -343,14 +489,21 @@ pub async fn from_scratch(
         model,
         EventRules::from_config(&config),
         config.nearline.concurrency,
-    );
-    applier.apply(events).await?;
+    )
+    .with_feedback(FeedbackRules::from_config(&config));
+    applier.apply_with_impressions(events, shown).await?;
     Ok(store)
 }
 
-/// Whether two member states agree: the same history, and vectors of the same model within
-/// `tolerance` per component (the solve runs in a different order of additions).
+/// Whether two member states agree: the same history and hidden items, and vectors of the same
+/// model within `tolerance` per component (the solve runs in a different order of additions).
 pub fn same_state(a: &MemberFeatures, b: &MemberFeatures, tolerance: f32) -> Result<(), String> {
+    if a.hidden != b.hidden {
+        return Err(format!(
+            "hidden items differ: {:?} vs {:?}",
+            a.hidden, b.hidden
+        ));
+    }
     if a.history != b.history {
         return Err(format!(
             "histories differ: {} vs {} entries",
@@ -489,6 +642,88 @@ mod tests {
             .unwrap();
             assert_eq!(stored.len(), 4, "{user}: the store itself is trimmed");
         }
+    }
+
+    #[tokio::test]
+    async fn impressions_hide_and_a_thumbs_down_forgets_the_item_exactly_once() {
+        use crate::feedback::Shown;
+        use recsys_store::feedback::{request_hash, BLOCKED};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (root, version) = tiny_model();
+        let applier =
+            crate::testing::applier_with_feedback(dir.path(), root.path(), &version).await;
+        let now = chrono::Utc::now().timestamp_millis();
+        let shown = |request: &str, ts_ms: i64, items: &[&str]| Shown {
+            user_id: "u".into(),
+            ts_ms,
+            request: request_hash(request),
+            items: items.iter().map(|i| i.to_string()).collect(),
+        };
+        let impressions = vec![
+            shown("r1", now - 3_000, &["i1", "i2", "i3"]),
+            shown("r2", now - 2_000, &["i1", "i2", "i3"]),
+        ];
+        let mut down = play("d", "u", "i4", now - 500);
+        down.event_type = "thumbs_down".into();
+        let events = vec![
+            play("a", "u", "i2", now - 1_000),
+            play("b", "u", "i4", now - 4_000),
+            play("c", "u", "i5", now - 4_000),
+            down,
+        ];
+        let report = applier
+            .apply_with_impressions(&events, &impressions)
+            .await
+            .unwrap();
+        assert_eq!((report.members, report.updated), (1, 1));
+        let state = applier.features.store().get("u").await.unwrap();
+        // i1 and i3 were shown twice without a play; i2 was played; i4 was turned down.
+        let hidden: Vec<(&str, bool)> = state
+            .hidden
+            .iter()
+            .map(|h| (h.item_id.as_str(), h.until_ms == BLOCKED))
+            .collect();
+        assert_eq!(hidden, [("i1", false), ("i3", false), ("i4", true)]);
+        // `forget`: the play of i4 before the thumbs-down left the history and the fold-in.
+        let items: Vec<&str> = state.history.iter().map(|e| e.item_id.as_str()).collect();
+        assert_eq!(items, ["i5", "i2"]);
+        let model = applier.model.get().unwrap();
+        assert_eq!(
+            state.vector.clone().unwrap().values,
+            model.fold_in(&state.history).unwrap().unwrap()
+        );
+
+        // Redelivered in another order, impressions and events change nothing.
+        let mut reversed = events.clone();
+        reversed.reverse();
+        let again = applier
+            .apply_with_impressions(&reversed, &[impressions[1].clone(), impressions[0].clone()])
+            .await
+            .unwrap();
+        assert_eq!((again.unchanged, again.updated, again.feedback), (1, 0, 0));
+        assert_eq!(applier.features.store().get("u").await.unwrap(), state);
+
+        // Impressions alone change the feedback only; a later play of i4 lifts the block.
+        let more = applier
+            .apply_with_impressions(
+                &[],
+                &[
+                    shown("r3", now - 100, &["i6"]),
+                    shown("r4", now - 50, &["i6"]),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(more.feedback, 1);
+        let lifted = applier
+            .apply(&[play("e", "u", "i4", now - 10)])
+            .await
+            .unwrap();
+        assert_eq!(lifted.updated, 1);
+        let state = applier.features.store().get("u").await.unwrap();
+        let hidden: Vec<&str> = state.hidden.iter().map(|h| h.item_id.as_str()).collect();
+        assert_eq!(hidden, ["i1", "i3", "i6"]);
     }
 
     #[tokio::test]

@@ -177,6 +177,8 @@ pub fn decode(payload: Option<&[u8]>, content_type: Option<&str>) -> Result<Even
 #[derive(Debug, Clone)]
 pub struct EventRules {
     weights: BTreeMap<String, f64>,
+    /// Explicit negative event types (`nearline.feedback`, when enabled).
+    negative_types: std::collections::BTreeSet<String>,
     rating_event_type: String,
     rating_threshold: f64,
     max_future_skew_ms: i64,
@@ -186,8 +188,14 @@ pub struct EventRules {
 impl EventRules {
     pub fn from_config(config: &Config) -> Self {
         let f = &config.offline.features;
+        let feedback = &config.nearline.feedback;
         EventRules {
             weights: f.event_weights.clone(),
+            negative_types: if feedback.enabled {
+                feedback.negative_event_types.iter().cloned().collect()
+            } else {
+                Default::default()
+            },
             rating_event_type: f.rating_event_type.clone(),
             rating_threshold: f.rating_threshold,
             max_future_skew_ms: config.nearline.max_future_skew_ms,
@@ -241,11 +249,11 @@ impl EventRules {
                 ));
             }
         }
-        if !self.weights.contains_key(&event.event_type) {
+        if !self.weights.contains_key(&event.event_type) && !self.is_negative(event) {
             return Err(Rejection::new(
                 RejectReason::UnknownEventType,
                 format!(
-                    "`event_type` {:?} has no weight in offline.features.event_weights",
+                    "`event_type` {:?} has no weight in offline.features.event_weights (nor is it one of nearline.feedback.negative_event_types with feedback enabled)",
                     event.event_type
                 ),
             ));
@@ -256,35 +264,52 @@ impl EventRules {
                 "`value` is not a finite number",
             ));
         }
-        if event.ts == 0 {
+        self.check_time("ts", event.ts, now_ms)
+    }
+
+    /// Checks a record's time (`field` names it): present, and within the allowed skew.
+    pub fn check_time(&self, field: &str, ts: i64, now_ms: i64) -> Result<(), Rejection> {
+        if ts == 0 {
             return Err(Rejection::new(
                 RejectReason::MissingField,
-                "`ts` is missing (0)",
+                format!("`{field}` is missing (0)"),
             ));
         }
-        if event.ts > now_ms.saturating_add(self.max_future_skew_ms) {
+        if ts > now_ms.saturating_add(self.max_future_skew_ms) {
             return Err(Rejection::new(
                 RejectReason::TimestampSkew,
                 format!(
-                    "`ts` {} is {} ms in the future, more than nearline.max_future_skew_ms = {}",
-                    event.ts,
-                    event.ts - now_ms,
+                    "`{field}` {} is {} ms in the future, more than nearline.max_future_skew_ms = {}",
+                    ts,
+                    ts - now_ms,
                     self.max_future_skew_ms
                 ),
             ));
         }
-        if event.ts < now_ms.saturating_sub(self.max_past_skew_ms) {
+        if ts < now_ms.saturating_sub(self.max_past_skew_ms) {
             return Err(Rejection::new(
                 RejectReason::TimestampSkew,
                 format!(
-                    "`ts` {} is {} ms in the past, more than nearline.max_past_skew_ms = {}",
-                    event.ts,
-                    now_ms - event.ts,
+                    "`{field}` {} is {} ms in the past, more than nearline.max_past_skew_ms = {}",
+                    ts,
+                    now_ms - ts,
                     self.max_past_skew_ms
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Whether the event is an explicit negative (`thumbs_down`, `not_interested`): it hides the
+    /// item instead of entering the history.
+    pub fn is_negative(&self, event: &Event) -> bool {
+        self.negative_types.contains(&event.event_type)
+    }
+
+    /// Whether the event is a positive one: it enters the history with a strength above 0 (and
+    /// answers the impressions of its item).
+    pub fn is_positive(&self, event: &Event) -> bool {
+        !self.is_negative(event) && self.strength(event) > 0.0
     }
 
     /// The interaction strength the event adds, as the offline training table computes it (the

@@ -79,6 +79,65 @@ pub async fn ensure_topics(config: &Config, topics: &[(&str, i32)]) -> Result<()
     Ok(())
 }
 
+/// The partition count of `topic`, or `None` while the broker does not know it.
+fn partition_count(config: &Config, topic: &str) -> Result<Option<usize>, NearlineError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = client_config(config)?.create()?;
+    let metadata = match probe.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, topic, "topic metadata not available yet");
+            return Ok(None);
+        }
+    };
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0))
+}
+
+/// Makes sure `second` has as many partitions as `first` (creating it with that many if it does
+/// not exist), so that one worker owns a member on both topics; waits up to a minute for `first`
+/// to exist. A mismatch is an error naming both topics and counts.
+pub async fn ensure_co_partitioned(
+    config: &Config,
+    first: &str,
+    second: &str,
+) -> Result<(), NearlineError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let partitions = loop {
+        if let Some(n) = partition_count(config, first)? {
+            break n;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(NearlineError::CoPartitioning(format!(
+                "topic {first} does not exist; create it before starting a worker with nearline.feedback enabled"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    ensure_topics(config, &[(second, partitions as i32)]).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match partition_count(config, second)? {
+            Some(n) if n == partitions => return Ok(()),
+            Some(n) => {
+                return Err(NearlineError::CoPartitioning(format!(
+                    "topic {second} has {n} partitions and {first} has {partitions}: both are keyed by member and must have the same count so one worker owns each member on both"
+                )))
+            }
+            None if std::time::Instant::now() > deadline => {
+                return Err(NearlineError::CoPartitioning(format!(
+                    "topic {second} could not be created"
+                )))
+            }
+            None => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 //! history into a new vector with the offline evaluator's fold-in and writes history, vector and
 //! cache ([`apply`]), then commits the batch's offsets ([`worker`]). `recsys nearline produce`
 //! sends events from a file ([`produce`]); `recsys nearline archive` writes the events or
-//! impressions topic to Parquet for the offline job, exactly once ([`archive`]). Every Kafka client is configured in [`kafka`].
+//! impressions topic to Parquet for the offline job, exactly once ([`archive`]). Every Kafka
+//! client is configured in [`kafka`]. With `nearline.feedback` enabled the workers also consume
+//! the impressions topic and hide items a member keeps ignoring or turns down ([`feedback`]).
 //!
 //! This crate owns event decoding and validation, the apply step and the Kafka loop. It must not
 //! train models (it loads the published item factors, [`model`]) or serve requests, and depends on
@@ -17,6 +19,7 @@ pub mod archive;
 pub mod bench;
 pub mod error;
 pub mod event;
+pub mod feedback;
 pub mod kafka;
 pub mod local;
 pub mod metrics;

@@ -29,11 +29,21 @@ pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
-/// Members per batch by outcome: `updated`, `unchanged` (a redelivery), `refolded`.
+/// Impression records applied (`nearline.feedback`).
+pub static IMPRESSIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recsys_nearline_impressions_total",
+        "Impression records applied to members' feedback"
+    )
+    .expect("registers once")
+});
+
+/// Members per batch by outcome: `updated`, `unchanged` (a redelivery), `refolded`, `feedback`
+/// (only the hidden items changed).
 pub static MEMBERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "recsys_nearline_member_updates_total",
-        "Member states per batch, by outcome (updated, unchanged, refolded)",
+        "Member states per batch, by outcome (updated, unchanged, refolded, feedback)",
         &["outcome"]
     )
     .expect("registers once")

@@ -1,6 +1,7 @@
 //! `recsys nearline produce`: sends events from a file (JSON lines, or Parquet with the offline
 //! tier's interactions schema) to the events topic, keyed by member, for demos, tests and
-//! benchmarks.
+//! benchmarks; or impression records (JSON lines, as the online tier logs them) to the
+//! impressions topic, for replays and tests of the feedback.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -13,6 +14,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 
+use recsys_shared::impression::Impression;
 use recsys_shared::progress::Progress;
 
 use crate::error::NearlineError;
@@ -198,6 +200,27 @@ pub async fn send(
         .map_err(|(e, _)| NearlineError::Kafka(e))
 }
 
+/// Reads impression records, one JSON object per line (`recsys_shared::impression`). A bad line
+/// is an error naming the file and line.
+pub fn read_impressions(path: &Path) -> Result<Vec<Impression>, NearlineError> {
+    let input_error = |problem: String| NearlineError::Input {
+        path: path.display().to_string(),
+        problem,
+    };
+    let file = std::fs::File::open(path).map_err(|e| input_error(e.to_string()))?;
+    let mut impressions = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| input_error(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        impressions.push(
+            serde_json::from_str(&line).map_err(|e| input_error(format!("line {}: {e}", n + 1)))?,
+        );
+    }
+    Ok(impressions)
+}
+
 /// Sends `events` in order with up to `in_flight` unacknowledged at a time; `rate` caps events per
 /// second (0 = as fast as possible). Returns the seconds taken.
 pub async fn produce_all(
@@ -208,16 +231,68 @@ pub async fn produce_all(
     rate: f64,
     in_flight: usize,
 ) -> Result<f64, NearlineError> {
+    produce_records("producing events", events, rate, in_flight, |e| {
+        send(producer, topic, e, encoding)
+    })
+    .await
+}
+
+/// Sends impression records in order, keyed by member, as JSON (see [`produce_all`]).
+pub async fn produce_impressions(
+    producer: &FutureProducer,
+    topic: &str,
+    impressions: &[Impression],
+    rate: f64,
+    in_flight: usize,
+) -> Result<f64, NearlineError> {
+    produce_records(
+        "producing impressions",
+        impressions,
+        rate,
+        in_flight,
+        |i| async move {
+            let payload = serde_json::to_vec(i).expect("an impression serializes");
+            let record = FutureRecord::to(topic)
+                .key(i.user_id.as_bytes())
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some(CONTENT_TYPE_JSON),
+                }));
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| NearlineError::Kafka(e))
+        },
+    )
+    .await
+}
+
+/// Sends `records` in order with `send`, up to `in_flight` unacknowledged at a time, at most
+/// `rate` per second (0 = as fast as possible), with a progress bar. Returns the seconds taken.
+async fn produce_records<'a, R, F, Fut>(
+    what: &str,
+    records: &'a [R],
+    rate: f64,
+    in_flight: usize,
+    send: F,
+) -> Result<f64, NearlineError>
+where
+    F: Fn(&'a R) -> Fut,
+    Fut: std::future::Future<Output = Result<(), NearlineError>>,
+{
     use futures::StreamExt;
     let started = Instant::now();
-    let mut progress = Progress::new("producing events", events.len() as u64);
-    let mut sent = futures::stream::iter(events.iter().enumerate())
-        .map(|(i, e)| async move {
+    let mut progress = Progress::new(what, records.len() as u64);
+    let send = &send;
+    let mut sent = futures::stream::iter(records.iter().enumerate())
+        .map(|(i, r)| async move {
             if rate > 0.0 {
                 let due = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
             }
-            send(producer, topic, e, encoding).await
+            send(r).await
         })
         .buffered(in_flight.max(1));
     let mut done = 0u64;

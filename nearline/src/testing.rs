@@ -15,7 +15,28 @@ pub async fn applier_for(
     root: &std::path::Path,
     version: &str,
 ) -> crate::apply::Applier {
-    use recsys_shared::config::{CacheBackend, Config};
+    applier_with(dir, root, version, recsys_shared::config::Config::default()).await
+}
+
+/// [`applier_for`] with negative feedback on: two impressions without a play hide an item.
+pub async fn applier_with_feedback(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    version: &str,
+) -> crate::apply::Applier {
+    let mut config = recsys_shared::config::Config::default();
+    config.nearline.feedback.enabled = true;
+    config.nearline.feedback.impressions_to_hide = 2;
+    applier_with(dir, root, version, config).await
+}
+
+async fn applier_with(
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    version: &str,
+    mut config: recsys_shared::config::Config,
+) -> crate::apply::Applier {
+    use recsys_shared::config::CacheBackend;
     use recsys_store::cache::FeatureReader;
     use recsys_store::features::FeatureStore;
 
@@ -24,7 +45,6 @@ pub async fn applier_for(
         crate::model::FoldInModel::load(&recsys_shared::artifact::ModelRoot::new(root), version)
             .unwrap(),
     );
-    let mut config = Config::default();
     config.store.embedded.path = dir.to_path_buf();
     config.cache.backend = CacheBackend::None;
     let kv = recsys_store::open(&config.store).await.unwrap();
@@ -36,6 +56,7 @@ pub async fn applier_for(
         crate::event::EventRules::from_config(&config),
         4,
     )
+    .with_feedback(crate::feedback::FeedbackRules::from_config(&config))
 }
 
 /// A `play` event.

@@ -18,6 +18,10 @@
 //!
 //! Rebalances are served inside `recv`, i.e. between batches, after the previous batch was
 //! committed, so a revoked partition never has applied-but-uncommitted events.
+//!
+//! With `nearline.feedback` enabled the worker subscribes to the impressions topic too. Both
+//! topics are keyed by member and must have the same partition count: the range assignor then
+//! gives partition p of both to one worker, so each member still has exactly one writer.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +47,7 @@ use recsys_store::StoreError;
 use crate::apply::Applier;
 use crate::error::NearlineError;
 use crate::event::{Event, RejectReason, Rejection};
+use crate::feedback::{decode_impression, FeedbackRules, Shown};
 use crate::kafka::{producer, with_overrides};
 use crate::metrics;
 
@@ -135,7 +140,13 @@ pub async fn run(
         .create_with_context(WorkerContext {
             assigned: assigned.clone(),
         })?;
-    consumer.subscribe(&[&n.topic])?;
+    let feedback = n.feedback.enabled;
+    let impressions_topic = config.online.impressions.topic.as_str();
+    if feedback {
+        consumer.subscribe(&[&n.topic, impressions_topic])?;
+    } else {
+        consumer.subscribe(&[&n.topic])?;
+    }
     let producer = producer(config)?;
     tracing::info!(brokers = %n.brokers, topic = %n.topic, group = %n.group_id, "consumer started");
 
@@ -299,8 +310,17 @@ impl BatchRun<'_> {
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut admitted: Vec<(&BorrowedMessage<'_>, Event)> = Vec::with_capacity(batch.len());
+        let mut shown: Vec<(&BorrowedMessage<'_>, Shown)> = Vec::new();
         let mut rejected: Vec<(&BorrowedMessage<'_>, Rejection)> = Vec::new();
+        let impressions_topic = self.config.online.impressions.topic.as_str();
         for m in batch {
+            if m.topic() == impressions_topic && m.topic() != self.config.nearline.topic {
+                match decode_impression(m.payload(), m.key(), self.applier.event_rules(), now_ms) {
+                    Ok(s) => shown.push((m, s)),
+                    Err(r) => rejected.push((m, r)),
+                }
+                continue;
+            }
             let content_type = crate::event::content_type(m);
             match self
                 .applier
@@ -314,17 +334,24 @@ impl BatchRun<'_> {
         report.dead_lettered += rejected.len() as u64;
         loop {
             let events: Vec<Event> = admitted.iter().map(|(_, e)| e.clone()).collect();
+            let impressions: Vec<Shown> = shown.iter().map(|(_, s)| s.clone()).collect();
             let started = Instant::now();
-            match self.applier.apply(&events).await {
+            match self
+                .applier
+                .apply_with_impressions(&events, &impressions)
+                .await
+            {
                 Ok(applied) => {
                     metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
                     metrics::EVENTS
                         .with_label_values(&["applied"])
                         .inc_by(events.len() as u64);
+                    metrics::IMPRESSIONS.inc_by(impressions.len() as u64);
                     for (outcome, n) in [
                         ("updated", applied.updated),
                         ("unchanged", applied.unchanged),
                         ("refolded", applied.refolded),
+                        ("feedback", applied.feedback),
                     ] {
                         metrics::MEMBERS
                             .with_label_values(&[outcome])
@@ -340,15 +367,21 @@ impl BatchRun<'_> {
                     namespace,
                     id,
                     problem,
-                })) if admitted.iter().any(|(_, e)| e.user_id == id) => {
+                })) if admitted.iter().any(|(_, e)| e.user_id == id)
+                    || shown.iter().any(|(_, s)| s.user_id == id) =>
+                {
                     tracing::error!(member = %id, namespace, problem,
                         "stored state cannot be decoded; the member's events are dead-lettered");
                     let detail = format!("{namespace}/{id}: {problem}");
                     let (theirs, rest): (Vec<_>, Vec<_>) =
                         admitted.into_iter().partition(|(_, e)| e.user_id == id);
+                    let (their_shown, rest_shown): (Vec<_>, Vec<_>) =
+                        shown.into_iter().partition(|(_, s)| s.user_id == id);
                     let letters: Vec<(&BorrowedMessage<'_>, Rejection)> = theirs
                         .into_iter()
-                        .map(|(m, _)| {
+                        .map(|(m, _)| m)
+                        .chain(their_shown.into_iter().map(|(m, _)| m))
+                        .map(|m| {
                             (
                                 m,
                                 Rejection::new(RejectReason::CorruptState, detail.clone()),
@@ -358,6 +391,7 @@ impl BatchRun<'_> {
                     self.dead_letter_all(&letters).await?;
                     report.dead_lettered += letters.len() as u64;
                     admitted = rest;
+                    shown = rest_shown;
                 }
                 Err(e) => {
                     metrics::BATCH_RETRIES.inc();
@@ -556,12 +590,15 @@ pub async fn serve(
         &config.store,
     ));
     reader.warm_cache().await;
-    let applier = Arc::new(Applier::new(
-        reader,
-        crate::model::ModelHandle::new(),
-        crate::event::EventRules::from_config(config),
-        config.nearline.concurrency,
-    ));
+    let applier = Arc::new(
+        Applier::new(
+            reader,
+            crate::model::ModelHandle::new(),
+            crate::event::EventRules::from_config(config),
+            config.nearline.concurrency,
+        )
+        .with_feedback(FeedbackRules::from_config(config)),
+    );
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         stop.await;
@@ -589,6 +626,14 @@ pub async fn serve(
             .await
     {
         tracing::warn!(error = %e, topic = %config.nearline.dead_letter_topic, "could not create the dead-letter topic; it must exist before an event is dead-lettered");
+    }
+    if config.nearline.feedback.enabled {
+        crate::kafka::ensure_co_partitioned(
+            config,
+            &config.nearline.topic,
+            &config.online.impressions.topic,
+        )
+        .await?;
     }
     run(config, applier, options, ready, rx).await
 }

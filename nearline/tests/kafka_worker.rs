@@ -46,9 +46,16 @@ async fn reference_state(
     events: &[Event],
 ) -> HashMap<String, MemberFeatures> {
     let dir = tempfile::tempdir().unwrap();
-    let store = from_scratch(config, root, version, &dir.path().join("features"), events)
-        .await
-        .unwrap();
+    let store = from_scratch(
+        config,
+        root,
+        version,
+        &dir.path().join("features"),
+        events,
+        &[],
+    )
+    .await
+    .unwrap();
     let mut state = HashMap::new();
     for m in 0..MEMBERS {
         let id = format!("m{m}");

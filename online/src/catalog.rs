@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use recsys_shared::artifact::{
     files, read_catalog, read_factors, read_popularity, Manifest, ModelRoot,
 };
+use recsys_shared::config::MaturityConfig;
 use recsys_shared::foldin::{FoldIn, FoldInParams};
 use recsys_shared::kernels;
 use recsys_store::features::HistoryEntry;
@@ -50,11 +51,26 @@ pub struct Catalog {
     unrestricted: ItemSet,
     /// Per country: the items whose list names it.
     available_in: HashMap<String, ItemSet>,
+    /// Per item: its maturity rating, an index into `maturity_labels`; `UNRATED` when none.
+    maturity: Vec<u16>,
+    /// The distinct maturity ratings of the catalog.
+    maturity_labels: Vec<String>,
     /// Item indices, most popular first, with their popularity scores.
     pub popularity: Vec<(u32, f32)>,
     /// `YᵀY`, computed once per model for the fold-in.
     gram: Vec<f32>,
     pub fold_in_params: FoldInParams,
+}
+
+/// An item without a maturity rating.
+const UNRATED: u16 = u16::MAX;
+
+/// The catalog's ratings one member may see (see [`Catalog::maturity_filter`]).
+#[derive(Debug, Clone)]
+pub struct MaturityFilter {
+    /// Per distinct rating of the catalog.
+    labels: Vec<bool>,
+    unrated: bool,
 }
 
 impl Catalog {
@@ -96,12 +112,29 @@ impl Catalog {
         let mut unrestricted = ItemSet::new(n);
         let mut available_in: HashMap<String, ItemSet> = HashMap::new();
         let mut restricted = vec![false; n];
+        let mut maturity = vec![UNRATED; n];
+        let mut maturity_labels: Vec<String> = Vec::new();
         for row in read_catalog(&dir.join(files::ITEMS))? {
             let Some(&i) = index.get(&row.item_id) else {
                 continue;
             };
             let i = i as usize;
             titles[i] = row.title.unwrap_or_default();
+            if let Some(rating) = row.maturity {
+                let label = match maturity_labels.iter().position(|l| *l == rating) {
+                    Some(label) => label,
+                    None if maturity_labels.len() < usize::from(UNRATED) => {
+                        maturity_labels.push(rating);
+                        maturity_labels.len() - 1
+                    }
+                    None => {
+                        return Err(invalid(format!(
+                            "items.parquet: more than {UNRATED} distinct maturity ratings"
+                        )))
+                    }
+                };
+                maturity[i] = label as u16;
+            }
             if let Some(countries) = row.available_countries {
                 restricted[i] = true;
                 for c in countries {
@@ -133,9 +166,42 @@ impl Catalog {
             titles,
             unrestricted,
             available_in,
+            maturity,
+            maturity_labels,
             popularity,
             gram,
         })
+    }
+
+    /// What a member limited to `max_maturity` may be shown; `None` when unrestricted. A rating
+    /// the configured list lacks is shown to unrestricted members only; a member limited to such
+    /// a rating sees the least mature level only.
+    pub fn maturity_filter(
+        &self,
+        config: &MaturityConfig,
+        max_maturity: Option<&str>,
+    ) -> Option<MaturityFilter> {
+        let max = max_maturity?;
+        let max_level = config.level(max).unwrap_or(0);
+        Some(MaturityFilter {
+            labels: self
+                .maturity_labels
+                .iter()
+                .map(|l| config.level(l).is_some_and(|level| level <= max_level))
+                .collect(),
+            unrated: config.unrated_allowed,
+        })
+    }
+
+    /// Whether `filter` lets item `i` through.
+    pub fn maturity_allows(&self, filter: Option<&MaturityFilter>, i: u32) -> bool {
+        let Some(filter) = filter else {
+            return true;
+        };
+        match self.maturity[i as usize] {
+            UNRATED => filter.unrated,
+            label => filter.labels[usize::from(label)],
+        }
     }
 
     /// Loads `CURRENT`, or says there is none.

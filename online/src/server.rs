@@ -351,7 +351,8 @@ pub async fn start_with_reader(
     let ranker = Arc::new(
         Ranker::new(reader, Duration::from_millis(config.online.max_request_ms))
             .with_impressions(ImpressionLog::from_config(config)?)
-            .with_rules(config.online.rules.clone()),
+            .with_rules(config.online.rules.clone())
+            .with_maturity(config.online.maturity.clone()),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -33,7 +33,7 @@ use crate::impressions::{ImpressedItem, ImpressedVariant, Impression, Impression
 use crate::metrics::{EXPERIMENT_REQUESTS, VECTOR_SOURCES};
 use crate::rules;
 use crate::scoring::Scored;
-use recsys_shared::config::RulesConfig;
+use recsys_shared::config::{MaturityConfig, RulesConfig};
 
 /// The store-unavailable warning, at most once a second (it would otherwise repeat per request).
 static STORE_DOWN_LOG: LazyLock<LogEvery> = LazyLock::new(|| LogEvery::new(Duration::from_secs(1)));
@@ -58,6 +58,7 @@ pub struct Ranker {
     max_request: Duration,
     impressions: Option<ImpressionLog>,
     rules: RulesConfig,
+    maturity: MaturityConfig,
 }
 
 /// The experiments in force and the catalogs of the model versions their variants name (each
@@ -84,6 +85,10 @@ pub fn request_id() -> String {
 struct Member {
     vector: Option<Vec<f32>>,
     history: Vec<HistoryEntry>,
+    /// Items the member's negative feedback hides now (`nearline.feedback`).
+    hidden: Vec<String>,
+    /// The most mature rating the member's profile allows; `None` = unrestricted.
+    max_maturity: Option<String>,
     source: VectorSource,
     degraded: bool,
 }
@@ -174,7 +179,14 @@ impl Ranker {
             max_request,
             impressions: None,
             rules: RulesConfig::default(),
+            maturity: MaturityConfig::default(),
         }
+    }
+
+    /// Orders the catalog's maturity ratings for the per-member maturity filter.
+    pub fn with_maturity(mut self, maturity: MaturityConfig) -> Self {
+        self.maturity = maturity;
+        self
     }
 
     /// Applies `rules` (pin, boost, bury) to every list after scoring.
@@ -356,12 +368,18 @@ impl Ranker {
                 return Member {
                     vector: None,
                     history: Vec::new(),
+                    hidden: Vec::new(),
+                    // The profile is unknown.
+                    max_maturity: self.maturity.when_store_unavailable.clone(),
                     source: VectorSource::ColdStart,
                     degraded: true,
                 };
             }
         };
         let history = features.history.clone();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let hidden: Vec<String> = features.hidden_at(now_ms).map(str::to_string).collect();
+        let max_maturity = features.profile.max_maturity.clone();
         if let Some(v) = &features.vector {
             if v.model_version == catalog.version && v.values.len() == catalog.factors() {
                 let source = match source {
@@ -371,6 +389,8 @@ impl Ranker {
                 return Member {
                     vector: Some(v.values.clone()),
                     history,
+                    hidden,
+                    max_maturity,
                     source,
                     degraded: false,
                 };
@@ -380,12 +400,16 @@ impl Ranker {
             Ok(Some(vector)) => Member {
                 vector: Some(vector),
                 history,
+                hidden,
+                max_maturity,
                 source: VectorSource::FoldIn,
                 degraded: false,
             },
             Ok(None) => Member {
                 vector: None,
                 history,
+                hidden,
+                max_maturity,
                 source: VectorSource::ColdStart,
                 degraded: false,
             },
@@ -394,6 +418,8 @@ impl Ranker {
                 Member {
                     vector: None,
                     history,
+                    hidden,
+                    max_maturity,
                     source: VectorSource::ColdStart,
                     degraded: true,
                 }
@@ -429,6 +455,14 @@ impl Ranker {
             .collect()
     }
 
+    /// The catalog indexes of the items the member's feedback hides.
+    fn hidden<'a>(catalog: &'a Catalog, member: &'a Member) -> impl Iterator<Item = u32> + 'a {
+        member
+            .hidden
+            .iter()
+            .filter_map(|id| catalog.index.get(id).copied())
+    }
+
     async fn rank(&self, request: RankRequest, deadline: Instant) -> Result<RankResponse, Status> {
         check_id("user_id", &request.user_id)?;
         let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
@@ -461,8 +495,14 @@ impl Ranker {
         if request.exclude_seen {
             excluded.extend(Self::seen(&catalog, &member.history));
         }
+        excluded.extend(Self::hidden(&catalog, &member));
         let country = country.as_deref();
-        let allowed = |i: u32| !excluded.contains(&i) && catalog.available(i, country);
+        let maturity = catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref());
+        let allowed = |i: u32| {
+            !excluded.contains(&i)
+                && catalog.available(i, country)
+                && catalog.maturity_allows(maturity.as_ref(), i)
+        };
         check_deadline(deadline, "before scoring")?;
         let pool = k + rules::extra_candidates(&self.rules);
         let items = match &member.vector {
@@ -532,7 +572,9 @@ impl Ranker {
             RowRecipe(rows_of)
         });
         // Titles the member has seen, and titles already placed in a row, are not shown again.
+        // Nor are titles the member's feedback hides.
         let mut used = Self::seen(&catalog, &member.history);
+        used.extend(Self::hidden(&catalog, &member));
         let mut out = Vec::new();
         let mut row =
             |title: String, kind: &str, seed: &str, items: Vec<Scored>, used: &mut HashSet<u32>| {
@@ -555,6 +597,7 @@ impl Ranker {
             .filter_map(|e| catalog.index.get(&e.item_id).copied());
         let mut seeded = HashSet::new();
         let pool = per_row + rules::extra_candidates(&self.rules);
+        let maturity = catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref());
         for (n, kind) in recipe.rows().enumerate() {
             if n > 0 {
                 // Each row is a whole-catalog scan: give a cancelled request the chance to stop,
@@ -562,8 +605,11 @@ impl Ranker {
                 tokio::task::yield_now().await;
                 check_deadline(deadline, "between homepage rows")?;
             }
-            let allowed =
-                |used: &HashSet<u32>, i: u32| !used.contains(&i) && catalog.available(i, country);
+            let allowed = |used: &HashSet<u32>, i: u32| {
+                !used.contains(&i)
+                    && catalog.available(i, country)
+                    && catalog.maturity_allows(maturity.as_ref(), i)
+            };
             match kind {
                 RowKind::TopPicks => {
                     if let Some(vector) = &member.vector {

@@ -251,6 +251,114 @@ async fn rank_homepage_and_similar_items_over_grpc() {
     server.shutdown().await.unwrap();
 }
 
+/// Every item of a homepage.
+fn page_items(page: &recsys_shared::proto::v1::HomepageResponse) -> Vec<String> {
+    page.rows
+        .iter()
+        .flat_map(|r| r.items.iter().map(|i| i.item_id.clone()))
+        .collect()
+}
+
+/// The synthetic catalog's maturity: every 7th item from i3 is rated R, from i5 unrated.
+fn rated_r(item: &str) -> bool {
+    item[1..].parse::<usize>().unwrap() % 7 == 3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_items_and_the_maturity_limit_filter_rank_and_homepage() {
+    use recsys_store::features::{FeedbackChange, HiddenItem, MemberProfile};
+    use recsys_store::feedback::BLOCKED;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 1).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+    let reader = server.ranker.reader();
+    let store = reader.store().clone();
+    let big = |user: &str| RankRequest {
+        user_id: user.into(),
+        k: 300,
+        ..Default::default()
+    };
+    let homepage = |user: &str| HomepageRequest {
+        user_id: user.into(),
+        rows: 4,
+        items_per_row: 10,
+        country: String::new(),
+    };
+
+    // Feedback: m3's three best items hidden — one for an hour, one blocked, one whose time
+    // has passed (shown again).
+    let before = ids(&c.rank(big("m3")).await.unwrap().into_inner());
+    let page_before = page_items(&c.homepage(homepage("m3")).await.unwrap().into_inner());
+    let now = chrono::Utc::now().timestamp_millis();
+    let hidden = [
+        (before[0].clone(), now + 3_600_000),
+        (page_before[1].clone(), BLOCKED),
+        (before[2].clone(), now - 1_000),
+    ];
+    let change = FeedbackChange {
+        user_id: "m3".into(),
+        hidden: hidden
+            .iter()
+            .map(|(item_id, until_ms)| HiddenItem {
+                item_id: item_id.clone(),
+                until_ms: *until_ms,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    store
+        .put_feedback(&[change], recsys_store::IdempotencyToken::now())
+        .await
+        .unwrap();
+    reader.invalidate("m3").await;
+    let after = ids(&c.rank(big("m3")).await.unwrap().into_inner());
+    let page_after = page_items(&c.homepage(homepage("m3")).await.unwrap().into_inner());
+    for (item, _) in &hidden[..2] {
+        assert!(!after.contains(item), "{item} is hidden from Rank");
+        assert!(!page_after.contains(item), "{item} is hidden from Homepage");
+    }
+    assert!(
+        after.contains(&hidden[2].0),
+        "an expired hide shows the item again"
+    );
+
+    // Maturity: without a limit m4 is shown R-rated items; limited to PG, never.
+    let unlimited = ids(&c.rank(big("m4")).await.unwrap().into_inner());
+    assert!(
+        unlimited.iter().any(|i| rated_r(i)),
+        "the test needs R items to remove"
+    );
+    store
+        .put_profiles(
+            &[(
+                "m4".into(),
+                MemberProfile {
+                    max_maturity: Some("PG".into()),
+                },
+            )],
+            recsys_store::IdempotencyToken::now(),
+        )
+        .await
+        .unwrap();
+    reader.invalidate("m4").await;
+    let limited = ids(&c.rank(big("m4")).await.unwrap().into_inner());
+    assert_eq!(limited.len(), 300);
+    assert!(!limited.iter().any(|i| rated_r(i)), "{limited:?}");
+    assert!(
+        limited
+            .iter()
+            .any(|i| i[1..].parse::<usize>().unwrap() % 7 == 5),
+        "unrated items are allowed by default"
+    );
+    let page = page_items(&c.homepage(homepage("m4")).await.unwrap().into_inner());
+    assert!(!page.is_empty());
+    assert!(!page.iter().any(|i| rated_r(i)), "{page:?}");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_invalid_argument_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();

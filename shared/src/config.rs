@@ -587,6 +587,43 @@ pub struct OnlineConfig {
     pub impressions: ImpressionsConfig,
     /// Business rules applied after scoring: pin, boost, bury.
     pub rules: RulesConfig,
+    /// The per-member maturity filter.
+    pub maturity: MaturityConfig,
+}
+
+/// The maturity filter: a member whose profile (`member_profile` in the store, written by
+/// `recsys offline load-profiles`) names a maximum rating is never shown an item rated above it.
+/// Members without one see everything.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaturityConfig {
+    /// The catalog's `maturity` ratings, least mature first. An item rated with a label not in
+    /// the list is shown to unrestricted members only. Default `G, PG, PG-13, R, NC-17`.
+    pub ratings: Vec<String>,
+    /// Whether restricted members see unrated items. Default true.
+    pub unrated_allowed: bool,
+    /// The limit applied while the store cannot be read (the member's profile is unknown), e.g.
+    /// `"PG"` for a service with children's profiles. Default none (unrestricted).
+    pub when_store_unavailable: Option<String>,
+}
+
+impl Default for MaturityConfig {
+    fn default() -> Self {
+        MaturityConfig {
+            ratings: ["G", "PG", "PG-13", "R", "NC-17"]
+                .map(String::from)
+                .to_vec(),
+            unrated_allowed: true,
+            when_store_unavailable: None,
+        }
+    }
+}
+
+impl MaturityConfig {
+    /// The level of `rating` (its position in `ratings`), or `None` when the list lacks it.
+    pub fn level(&self, rating: &str) -> Option<usize> {
+        self.ratings.iter().position(|r| r == rating)
+    }
 }
 
 /// Business rules applied to every ranked list after scoring (see `online::rules`). Ids the
@@ -746,6 +783,7 @@ impl Default for OnlineConfig {
             auth: AuthConfig::default(),
             impressions: ImpressionsConfig::default(),
             rules: RulesConfig::default(),
+            maturity: MaturityConfig::default(),
         }
     }
 }
@@ -794,6 +832,64 @@ pub struct NearlineConfig {
     pub kafka_secret_files: BTreeMap<String, PathBuf>,
     /// librdkafka properties read from environment variables: property → variable.
     pub kafka_secret_env: BTreeMap<String, String>,
+    /// Negative feedback: impressions and explicit negative events.
+    pub feedback: FeedbackConfig,
+}
+
+/// Negative feedback in the nearline tier. When enabled, the workers also consume the online
+/// tier's impressions (`online.impressions.topic`, which must have as many partitions as
+/// `nearline.topic`, both keyed by member, so one worker owns each member on both) and hide from
+/// a member an item shown `impressions_to_hide` times within `hide_for_hours` without a positive
+/// event; an explicit negative event hides it until a newer positive one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// Default 3.
+    pub impressions_to_hide: u32,
+    /// How long an item stays hidden, and how long an impression counts. Default 72.
+    pub hide_for_hours: f64,
+    /// Event types that are explicit negatives. They need no weight in
+    /// `offline.features.event_weights` (and give no strength). Default `thumbs_down`,
+    /// `not_interested`.
+    pub negative_event_types: Vec<String>,
+    /// What a negative event does to the member's vector: `ignore` (nothing: the item is only
+    /// hidden) or `forget` (the member's earlier positive events on the item leave the history,
+    /// so the fold-in no longer pulls towards it). Default `forget`.
+    pub negative_fold_in: NegativeFoldIn,
+    /// Items whose feedback state one member keeps (least recently active dropped first).
+    /// Default 1000.
+    pub max_items_per_member: usize,
+}
+
+/// See [`FeedbackConfig::negative_fold_in`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NegativeFoldIn {
+    Ignore,
+    #[default]
+    Forget,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            enabled: false,
+            impressions_to_hide: 3,
+            hide_for_hours: 72.0,
+            negative_event_types: vec!["thumbs_down".into(), "not_interested".into()],
+            negative_fold_in: NegativeFoldIn::Forget,
+            max_items_per_member: 1000,
+        }
+    }
+}
+
+impl FeedbackConfig {
+    /// `hide_for_hours` in milliseconds.
+    pub fn hide_for_ms(&self) -> i64 {
+        (self.hide_for_hours * 3_600_000.0) as i64
+    }
 }
 
 impl Default for NearlineConfig {
@@ -814,6 +910,7 @@ impl Default for NearlineConfig {
             kafka: BTreeMap::new(),
             kafka_secret_files: BTreeMap::new(),
             kafka_secret_env: BTreeMap::new(),
+            feedback: FeedbackConfig::default(),
         }
     }
 }
@@ -1052,6 +1149,29 @@ impl Config {
                 "must be 1..=100000",
             ),
             (
+                (1..=100).contains(&n.feedback.impressions_to_hide),
+                "nearline.feedback.impressions_to_hide",
+                "must be 1..=100",
+            ),
+            (
+                n.feedback.hide_for_hours > 0.0 && n.feedback.hide_for_hours <= 24.0 * 3650.0,
+                "nearline.feedback.hide_for_hours",
+                "must be in (0, 87600]",
+            ),
+            (
+                (1..=100_000).contains(&n.feedback.max_items_per_member),
+                "nearline.feedback.max_items_per_member",
+                "must be 1..=100000",
+            ),
+            (
+                n.feedback
+                    .negative_event_types
+                    .iter()
+                    .all(|t| !self.offline.features.event_weights.contains_key(t)),
+                "nearline.feedback.negative_event_types",
+                "must not name an event type that has a weight in offline.features.event_weights",
+            ),
+            (
                 (1..=1024).contains(&n.concurrency),
                 "nearline.concurrency",
                 "must be 1..=1024",
@@ -1234,6 +1354,24 @@ impl Config {
         }
         if let Some((field, why)) = self.online.rules.problem() {
             return Err(format!("`{field}`: {why}"));
+        }
+        let ratings = &self.online.maturity.ratings;
+        if ratings.is_empty() || ratings.len() > 64 {
+            return Err("`online.maturity.ratings` must list 1..=64 ratings".into());
+        }
+        for (n, rating) in ratings.iter().enumerate() {
+            if rating.is_empty() || ratings[..n].contains(rating) {
+                return Err(format!(
+                    "`online.maturity.ratings`: {rating:?} is empty or listed twice"
+                ));
+            }
+        }
+        if let Some(rating) = &self.online.maturity.when_store_unavailable {
+            if self.online.maturity.level(rating).is_none() {
+                return Err(format!(
+                    "`online.maturity.when_store_unavailable`: {rating:?} is not in online.maturity.ratings"
+                ));
+            }
         }
         for (field, addr) in [
             ("online.listen", &self.online.listen),
@@ -1508,6 +1646,11 @@ mod tests {
                 "RECSYS__NEARLINE__MAX_BATCH",
                 "1000000000000",
                 "nearline.max_batch",
+            ),
+            (
+                "RECSYS__NEARLINE__FEEDBACK__IMPRESSIONS_TO_HIDE",
+                "0",
+                "nearline.feedback.impressions_to_hide",
             ),
             (
                 "RECSYS__ONLINE__MAX_REQUEST_MS",

@@ -71,6 +71,12 @@ pub fn synthetic_model(
             item_id: id.clone(),
             title: Some(format!("Title {j}")),
             available_countries: (j % 10 == 0).then(|| vec!["US".to_string()]),
+            // Every 7th item (from i3) is rated R, every 7th (from i5) unrated, the rest PG.
+            maturity: match j % 7 {
+                3 => Some("R".to_string()),
+                5 => None,
+                _ => Some("PG".to_string()),
+            },
         })
         .collect();
     write_catalog(&staged.path(files::ITEMS), &catalog)?;

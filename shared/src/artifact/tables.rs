@@ -367,9 +367,11 @@ pub struct CatalogRow {
     pub title: Option<String>,
     /// ISO country codes the item may be shown in; `None` (or a null) means everywhere.
     pub available_countries: Option<Vec<String>>,
+    /// The maturity rating (`online.maturity.ratings` orders them); `None` = unrated.
+    pub maturity: Option<String>,
 }
 
-/// Reads `items.parquet`. `title` and `available_countries` are optional columns.
+/// Reads `items.parquet`. `title`, `available_countries` and `maturity` are optional columns.
 pub fn read_catalog(path: &Path) -> Result<Vec<CatalogRow>> {
     let mut rows = Vec::new();
     for batch in open_batches(path)? {
@@ -381,6 +383,12 @@ pub fn read_catalog(path: &Path) -> Result<Vec<CatalogRow>> {
                 })?),
                 None => None,
             };
+        let maturity = match batch.column_by_name("maturity") {
+            Some(array) => Some(arrow::compute::cast(array, &DataType::Utf8).map_err(|e| {
+                schema_error(path, "maturity", &format!("not a string column: {e}"))
+            })?),
+            None => None,
+        };
         let countries = batch.column_by_name("available_countries");
         let countries = match countries {
             Some(array) => Some(
@@ -416,10 +424,16 @@ pub fn read_catalog(path: &Path) -> Result<Vec<CatalogRow>> {
                 }
                 _ => None,
             };
+            let maturity = maturity
+                .as_ref()
+                .map(|m| m.as_string::<i32>())
+                .filter(|m| m.is_valid(i))
+                .map(|m| m.value(i).to_string());
             rows.push(CatalogRow {
                 item_id,
                 title,
                 available_countries,
+                maturity,
             });
         }
     }
@@ -439,6 +453,7 @@ pub fn write_catalog(path: &Path, rows: &[CatalogRow]) -> Result<()> {
             DataType::List(Arc::new(list_field.clone())),
             true,
         ),
+        Field::new("maturity", DataType::Utf8, true),
     ]));
     let mut batches = Vec::new();
     for chunk in rows.chunks(BATCH_ROWS) {
@@ -464,6 +479,9 @@ pub fn write_catalog(path: &Path, rows: &[CatalogRow]) -> Result<()> {
                     chunk.iter().map(|r| r.title.as_deref()),
                 )),
                 Arc::new(countries.finish()),
+                Arc::new(StringArray::from_iter(
+                    chunk.iter().map(|r| r.maturity.as_deref()),
+                )),
             ],
         )
         .map_err(|e| SharedError::arrow(path, e))?;

@@ -7,13 +7,22 @@
 //! - namespace `member_history`, id = member, one item per interaction keyed by
 //!   `timestamp ‖ item id`: the sorted map keeps the history in time order, re-writing the same
 //!   interaction is idempotent, and trimming to the newest `history_cap` is a range delete.
+//! - namespace `member_hidden`, id = member, one item per hidden item: hidden until (see
+//!   [`crate::feedback`], which also owns the nearline tier's `member_feedback` state).
+//! - namespace `member_profile`, id = member, one item per attribute (`max_maturity`): what the
+//!   member's account says, written by the account side (`recsys offline load-profiles`).
 
 use std::sync::Arc;
 
 use super::{get_all, IdempotencyToken, Item, KvStore, Predicate, StoreError, StoreResult};
+use crate::feedback::{ItemFeedback, MemberFeedback};
 
 pub const VECTOR_NAMESPACE: &str = "member_vector";
 pub const HISTORY_NAMESPACE: &str = "member_history";
+pub const HIDDEN_NAMESPACE: &str = "member_hidden";
+pub const FEEDBACK_NAMESPACE: &str = "member_feedback";
+pub const PROFILE_NAMESPACE: &str = "member_profile";
+const MAX_MATURITY_KEY: &[u8] = b"max_maturity";
 const VECTOR_KEY: &[u8] = b"vector";
 
 /// A member's vector and the model it belongs to.
@@ -32,24 +41,55 @@ pub struct HistoryEntry {
     pub strength: f32,
 }
 
+/// An item the member's feedback hides from their recommendations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenItem {
+    pub item_id: String,
+    /// Milliseconds since the epoch; [`crate::feedback::BLOCKED`] = until a newer positive event.
+    pub until_ms: i64,
+}
+
+/// A member's account attributes that filter what they are shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberProfile {
+    /// The most mature rating the member may be shown (`online.maturity.ratings`); `None` =
+    /// unrestricted.
+    pub max_maturity: Option<String>,
+}
+
 /// Everything the online tier reads for one member.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemberFeatures {
     pub vector: Option<MemberVector>,
     /// Oldest first, at most `history_cap` entries.
     pub history: Vec<HistoryEntry>,
+    /// Items hidden by negative feedback, by item id (entries whose time has passed may remain
+    /// until the member's next update: readers compare `until_ms` with the clock).
+    pub hidden: Vec<HiddenItem>,
+    pub profile: MemberProfile,
 }
 
 impl MemberFeatures {
     /// Neither a vector nor a history: a cold-start member.
     pub fn is_empty(&self) -> bool {
-        self.vector.is_none() && self.history.is_empty()
+        self.vector.is_none()
+            && self.history.is_empty()
+            && self.hidden.is_empty()
+            && self.profile == MemberProfile::default()
+    }
+
+    /// The items hidden at `now_ms`.
+    pub fn hidden_at(&self, now_ms: i64) -> impl Iterator<Item = &str> {
+        self.hidden
+            .iter()
+            .filter(move |h| h.until_ms > now_ms)
+            .map(|h| h.item_id.as_str())
     }
 
     /// A compact binary form (the cache's value).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.history.len() * 32);
-        out.push(1u8); // format
+        let mut out = Vec::with_capacity(64 + (self.history.len() + self.hidden.len()) * 32);
+        out.push(2u8); // format: 1 had no hidden items
         match &self.vector {
             Some(v) => {
                 out.push(1);
@@ -64,13 +104,28 @@ impl MemberFeatures {
             out.extend_from_slice(&key);
             out.extend_from_slice(&entry.strength.to_le_bytes());
         }
+        out.extend_from_slice(&(self.hidden.len() as u32).to_le_bytes());
+        for hidden in &self.hidden {
+            out.extend_from_slice(&(hidden.item_id.len() as u16).to_le_bytes());
+            out.extend_from_slice(hidden.item_id.as_bytes());
+            out.extend_from_slice(&hidden.until_ms.to_le_bytes());
+        }
+        match &self.profile.max_maturity {
+            Some(rating) => {
+                out.push(1);
+                out.extend_from_slice(&(rating.len() as u16).to_le_bytes());
+                out.extend_from_slice(rating.as_bytes());
+            }
+            None => out.push(0),
+        }
         out
     }
 
     /// Inverse of [`MemberFeatures::encode`]; `None` when the bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<MemberFeatures> {
         let mut r = Reader(bytes);
-        if r.take(1)? != [1] {
+        let format = r.take(1)?[0];
+        if !matches!(format, 1 | 2) {
             return None;
         }
         let vector = match r.take(1)?[0] {
@@ -93,7 +148,28 @@ impl MemberFeatures {
                 strength,
             });
         }
-        r.0.is_empty().then_some(MemberFeatures { vector, history })
+        let mut hidden = Vec::new();
+        if format == 2 {
+            let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+            hidden.reserve(n.min(1 << 16));
+            for _ in 0..n {
+                let len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+                let item_id = String::from_utf8(r.take(len)?.to_vec()).ok()?;
+                let until_ms = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
+                hidden.push(HiddenItem { item_id, until_ms });
+            }
+        }
+        let mut profile = MemberProfile::default();
+        if format == 2 && r.take(1)? == [1] {
+            let len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+            profile.max_maturity = Some(String::from_utf8(r.take(len)?.to_vec()).ok()?);
+        }
+        r.0.is_empty().then_some(MemberFeatures {
+            vector,
+            history,
+            hidden,
+            profile,
+        })
     }
 }
 
@@ -213,25 +289,26 @@ impl FeatureStore {
     /// backend reads all their vectors in one batch and all their histories in another (one round
     /// trip each on Redis) instead of a round trip or more per member.
     pub async fn get_many(&self, user_ids: &[String]) -> StoreResult<Vec<MemberFeatures>> {
-        let (vectors, histories) = futures::future::try_join(
+        let (vectors, histories, hidden, profiles) = futures::future::try_join4(
             self.kv.get_records(VECTOR_NAMESPACE, user_ids),
             self.kv.get_records(HISTORY_NAMESPACE, user_ids),
+            self.kv.get_records(HIDDEN_NAMESPACE, user_ids),
+            self.kv.get_records(PROFILE_NAMESPACE, user_ids),
         )
         .await?;
         user_ids
             .iter()
-            .zip(vectors.into_iter().zip(histories))
-            .map(|(user_id, (vector, history))| self.decode(user_id, &vector, &history))
+            .zip(vectors.into_iter().zip(histories).zip(hidden).zip(profiles))
+            .map(|(user_id, (((vector, history), hidden), profile))| {
+                self.decode(user_id, [&vector, &history, &hidden, &profile])
+            })
             .collect()
     }
 
     /// A member's features from the items of their two records.
-    fn decode(
-        &self,
-        user_id: &str,
-        vector: &[Item],
-        history: &[Item],
-    ) -> StoreResult<MemberFeatures> {
+    /// A member's features from the items of their records: vector, history, hidden, profile.
+    fn decode(&self, user_id: &str, records: [&[Item]; 4]) -> StoreResult<MemberFeatures> {
+        let [vector, history, hidden, profile] = records;
         let vector =
             match vector.iter().find(|item| item.key == VECTOR_KEY) {
                 Some(item) => Some(decode_vector(&item.value).ok_or_else(|| {
@@ -260,7 +337,166 @@ impl FeatureStore {
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(MemberFeatures { vector, history })
+        let hidden = hidden
+            .iter()
+            .map(|item| {
+                let until_ms = item
+                    .value
+                    .get(..8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+                match (std::str::from_utf8(&item.key), until_ms) {
+                    (Ok(item_id), Some(until_ms)) => Ok(HiddenItem {
+                        item_id: item_id.to_string(),
+                        until_ms,
+                    }),
+                    _ => Err(Self::corrupt(
+                        HIDDEN_NAMESPACE,
+                        user_id,
+                        "undecodable hidden item",
+                    )),
+                }
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let max_maturity = match profile.iter().find(|item| item.key == MAX_MATURITY_KEY) {
+            Some(item) => Some(String::from_utf8(item.value.clone()).map_err(|_| {
+                Self::corrupt(PROFILE_NAMESPACE, user_id, "max_maturity is not UTF-8")
+            })?),
+            None => None,
+        };
+        Ok(MemberFeatures {
+            vector,
+            history,
+            hidden,
+            profile: MemberProfile { max_maturity },
+        })
+    }
+
+    /// Writes members' profiles (a `None` attribute is deleted).
+    pub async fn put_profiles(
+        &self,
+        profiles: &[(String, MemberProfile)],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        let puts: Vec<(String, Vec<Item>)> = profiles
+            .iter()
+            .filter_map(|(id, p)| {
+                let rating = p.max_maturity.as_ref()?;
+                Some((
+                    id.clone(),
+                    vec![Item::new(MAX_MATURITY_KEY, rating.as_bytes())],
+                ))
+            })
+            .collect();
+        self.kv.put_records(PROFILE_NAMESPACE, &puts, token).await?;
+        let deletes = profiles
+            .iter()
+            .filter(|(_, p)| p.max_maturity.is_none())
+            .map(|(id, _)| async move {
+                let keys = Predicate::MatchKeys(vec![MAX_MATURITY_KEY.to_vec()]);
+                self.kv.delete_items(PROFILE_NAMESPACE, id, &keys).await
+            });
+        futures::future::try_join_all(deletes).await?;
+        Ok(())
+    }
+
+    /// The nearline tier's feedback state of a batch of members, in the order of `user_ids`.
+    pub async fn get_feedback_many(&self, user_ids: &[String]) -> StoreResult<Vec<MemberFeedback>> {
+        let records = self.kv.get_records(FEEDBACK_NAMESPACE, user_ids).await?;
+        user_ids
+            .iter()
+            .zip(records)
+            .map(|(user_id, items)| {
+                items
+                    .iter()
+                    .map(|item| {
+                        match (
+                            std::str::from_utf8(&item.key),
+                            ItemFeedback::decode(&item.value),
+                        ) {
+                            (Ok(id), Some(state)) => Ok((id.to_string(), state)),
+                            _ => Err(Self::corrupt(
+                                FEEDBACK_NAMESPACE,
+                                user_id,
+                                "undecodable feedback state",
+                            )),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Writes feedback changes of many members: their changed item states and hidden items
+    /// first, then the deletions (dropped states, items no longer hidden). Every write is a
+    /// function of the merged state, so a replay after a crash in between writes the rest.
+    pub async fn put_feedback(
+        &self,
+        changes: &[FeedbackChange],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        let states: Vec<(String, Vec<Item>)> = changes
+            .iter()
+            .filter(|c| !c.states.is_empty())
+            .map(|c| {
+                let items = c
+                    .states
+                    .iter()
+                    .map(|(item, state)| Item::new(item.as_bytes(), state.encode()))
+                    .collect();
+                (c.user_id.clone(), items)
+            })
+            .collect();
+        let hidden: Vec<(String, Vec<Item>)> = changes
+            .iter()
+            .filter(|c| !c.hidden.is_empty())
+            .map(|c| {
+                let items = c
+                    .hidden
+                    .iter()
+                    .map(|h| Item::new(h.item_id.as_bytes(), h.until_ms.to_le_bytes()))
+                    .collect();
+                (c.user_id.clone(), items)
+            })
+            .collect();
+        self.kv
+            .put_records(FEEDBACK_NAMESPACE, &states, token)
+            .await?;
+        self.kv
+            .put_records(HIDDEN_NAMESPACE, &hidden, token)
+            .await?;
+        let deletes = changes.iter().flat_map(|change| {
+            [
+                (FEEDBACK_NAMESPACE, &change.dropped_states),
+                (HIDDEN_NAMESPACE, &change.unhidden),
+            ]
+            .into_iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(move |(namespace, keys)| async move {
+                let keys =
+                    Predicate::MatchKeys(keys.iter().map(|k| k.as_bytes().to_vec()).collect());
+                self.kv
+                    .delete_items(namespace, &change.user_id, &keys)
+                    .await
+            })
+        });
+        futures::future::try_join_all(deletes).await?;
+        Ok(())
+    }
+
+    /// Deletes these history entries of the member (the ones an explicit negative event made the
+    /// fold-in forget).
+    pub async fn delete_history_entries(
+        &self,
+        user_id: &str,
+        entries: &[HistoryEntry],
+    ) -> StoreResult<()> {
+        let keys = entries
+            .iter()
+            .map(|e| history_key(e.ts_ms, &e.item_id))
+            .collect();
+        self.kv
+            .delete_items(HISTORY_NAMESPACE, user_id, &Predicate::MatchKeys(keys))
+            .await
     }
 
     fn vector_item(vector: &MemberVector) -> Item {
@@ -382,12 +618,41 @@ impl FeatureStore {
 
     /// Removes everything stored for the member.
     pub async fn delete_member(&self, user_id: &str) -> StoreResult<()> {
-        self.kv
-            .delete_items(VECTOR_NAMESPACE, user_id, &Predicate::MatchAll)
-            .await?;
-        self.kv
-            .delete_items(HISTORY_NAMESPACE, user_id, &Predicate::MatchAll)
-            .await
+        for namespace in [
+            VECTOR_NAMESPACE,
+            HISTORY_NAMESPACE,
+            HIDDEN_NAMESPACE,
+            FEEDBACK_NAMESPACE,
+            PROFILE_NAMESPACE,
+        ] {
+            self.kv
+                .delete_items(namespace, user_id, &Predicate::MatchAll)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// One member's feedback writes (see [`FeatureStore::put_feedback`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeedbackChange {
+    pub user_id: String,
+    /// Item states new or changed.
+    pub states: Vec<(String, ItemFeedback)>,
+    /// Item states no longer kept.
+    pub dropped_states: Vec<String>,
+    /// Hidden items new or with a new time.
+    pub hidden: Vec<HiddenItem>,
+    /// Items no longer hidden.
+    pub unhidden: Vec<String>,
+}
+
+impl FeedbackChange {
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+            && self.dropped_states.is_empty()
+            && self.hidden.is_empty()
+            && self.unhidden.is_empty()
     }
 }
 
@@ -414,15 +679,33 @@ mod tests {
                     strength: 2.5,
                 },
             ],
+            hidden: vec![HiddenItem {
+                item_id: "i9".into(),
+                until_ms: crate::feedback::BLOCKED,
+            }],
+            profile: MemberProfile {
+                max_maturity: Some("PG-13".into()),
+            },
         };
         let bytes = features.encode();
-        assert_eq!(MemberFeatures::decode(&bytes), Some(features));
+        assert_eq!(MemberFeatures::decode(&bytes), Some(features.clone()));
         assert_eq!(
             MemberFeatures::decode(&MemberFeatures::default().encode()),
             Some(MemberFeatures::default())
         );
         assert_eq!(MemberFeatures::decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(MemberFeatures::decode(b"junk"), None);
+        // A cache entry written before hidden items existed (format 1) still reads.
+        let mut format_1 = MemberFeatures {
+            hidden: Vec::new(),
+            profile: MemberProfile::default(),
+            ..features
+        }
+        .encode();
+        format_1[0] = 1;
+        format_1.truncate(format_1.len() - 5);
+        let old = MemberFeatures::decode(&format_1).expect("format 1 decodes");
+        assert!(old.hidden.is_empty() && old.history.len() == 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!
 //! Backends: [`EmbeddedStore`] (redb, one process, the default), [`RedisStore`] (state shared between
 //! processes on one machine) and [`CassandraStore`] (the `scylla` driver; a cluster). What a tier
-//! stores per member is defined once in [`features`]; the read-through cache in front of a store is
+//! stores per member is defined once in [`features`] (negative feedback in [`feedback`]); the read-through cache in front of a store is
 //! [`cache`].
 //!
 //! This crate owns the store, its backends (with their TLS and authentication), the cache with its
@@ -30,6 +30,8 @@ mod redis_store;
 pub mod bulk;
 pub mod cache;
 pub mod features;
+pub mod feedback;
+pub mod profiles;
 
 use std::fmt;
 use std::sync::Arc;
@@ -70,6 +72,9 @@ pub enum StoreError {
         "{backend} store: skipped while its circuit breaker is open after consecutive failures"
     )]
     BreakerOpen { backend: &'static str },
+    /// An input file (a bulk load's) is unreadable or has a bad line; nothing was written.
+    #[error("{path}: {problem}")]
+    Input { path: String, problem: String },
     /// Bytes read back do not decode (written by another program, or corrupted).
     #[error("{namespace}/{id}: {problem}")]
     Corrupt {

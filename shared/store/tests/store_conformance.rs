@@ -11,7 +11,11 @@ use async_trait::async_trait;
 use recsys_shared::config::{CacheBackend, CacheConfig, CassandraConfig, RedisConfig, StoreConfig};
 use recsys_shared::testkit::RedisServer;
 use recsys_store::cache::{FeatureReader, Source};
-use recsys_store::features::{FeatureStore, HistoryEntry, MemberFeatures, MemberVector};
+use recsys_store::features::{
+    FeatureStore, FeedbackChange, HiddenItem, HistoryEntry, MemberFeatures, MemberProfile,
+    MemberVector,
+};
+use recsys_store::feedback::{ItemFeedback, BLOCKED};
 use recsys_store::{
     get_all, CassandraStore, EmbeddedStore, IdempotencyToken, Item, KvStore, Page, PageRequest,
     Predicate, RedisStore, StoreError, StoreResult,
@@ -323,6 +327,13 @@ async fn feature_conformance(reader: FeatureReader) {
         let fresh = MemberFeatures {
             vector: Some(vector("v2", &[3.0])),
             history: vec![entry("x", 5)],
+            hidden: vec![HiddenItem {
+                item_id: "z".into(),
+                until_ms: 9_000,
+            }],
+            profile: MemberProfile {
+                max_maturity: Some("PG".into()),
+            },
         };
         reader.write_through(&user, &fresh).await;
         let (cached, source) = reader.get(&user).await.unwrap();
@@ -334,6 +345,7 @@ async fn feature_conformance(reader: FeatureReader) {
         let fb = MemberFeatures {
             vector: None,
             history: vec![entry("y", 6)],
+            ..Default::default()
         };
         reader
             .write_through_many(&[(a.as_str(), &fresh), (b.as_str(), &fb)])
@@ -380,8 +392,84 @@ async fn feature_conformance(reader: FeatureReader) {
     let read = store.get(&bulk).await.unwrap();
     assert_eq!(read.vector, Some(vector("model-a", &[9.0])));
     assert_eq!(read.history, vec![entry("i1", 1), entry("i2", 2)]);
+
+    // Feedback: item states and hidden items round-trip, deletions remove exactly their keys,
+    // and the hidden items reach the member's features.
+    let mut shown = ItemFeedback::default();
+    shown.add_impression(50, 7, 3);
+    shown.add_negative(60);
+    let change = FeedbackChange {
+        user_id: bulk.clone(),
+        states: vec![
+            ("i1".into(), shown.clone()),
+            ("i3".into(), ItemFeedback::default()),
+        ],
+        dropped_states: Vec::new(),
+        hidden: vec![
+            HiddenItem {
+                item_id: "i1".into(),
+                until_ms: BLOCKED,
+            },
+            HiddenItem {
+                item_id: "i3".into(),
+                until_ms: 500,
+            },
+        ],
+        unhidden: Vec::new(),
+    };
+    store
+        .put_feedback(std::slice::from_ref(&change), token(300, 0))
+        .await
+        .unwrap();
+    let states = store
+        .get_feedback_many(&[bulk.clone(), unique("nobody")])
+        .await
+        .unwrap();
+    assert_eq!(states[0].get("i1"), Some(&shown));
+    assert_eq!(states[0].len(), 2);
+    assert!(states[1].is_empty());
+    assert_eq!(store.get(&bulk).await.unwrap().hidden, change.hidden);
+    let undo = FeedbackChange {
+        user_id: bulk.clone(),
+        dropped_states: vec!["i3".into()],
+        unhidden: vec!["i3".into()],
+        ..Default::default()
+    };
+    store.put_feedback(&[undo], token(400, 0)).await.unwrap();
+    let states = store
+        .get_feedback_many(std::slice::from_ref(&bulk))
+        .await
+        .unwrap();
+    assert_eq!(states[0].keys().collect::<Vec<_>>(), ["i1"]);
+    let read = store.get(&bulk).await.unwrap();
+    assert_eq!(read.hidden, change.hidden[..1].to_vec());
+    assert_eq!(read.hidden_at(1_000).collect::<Vec<_>>(), ["i1"]);
+
+    // Profiles: written, read with the features, deleted by a `None`.
+    let restricted = MemberProfile {
+        max_maturity: Some("PG-13".into()),
+    };
+    store
+        .put_profiles(&[(bulk.clone(), restricted.clone())], token(500, 0))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&bulk).await.unwrap().profile, restricted);
+    store
+        .put_profiles(&[(bulk.clone(), MemberProfile::default())], token(600, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&bulk).await.unwrap().profile,
+        MemberProfile::default()
+    );
+    store
+        .put_profiles(&[(bulk.clone(), restricted)], token(700, 0))
+        .await
+        .unwrap();
+
     store.delete_member(&bulk).await.unwrap();
     assert!(store.get(&bulk).await.unwrap().is_empty());
+    assert!(store.get_feedback_many(&[bulk]).await.unwrap()[0].is_empty());
 }
 
 fn cache_config(backend: CacheBackend, redis: Option<&RedisServer>) -> CacheConfig {
