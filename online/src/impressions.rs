@@ -10,11 +10,13 @@
 //!
 //! The record ([`Impression`]) is the contract in `recsys_shared::impression`.
 //!
-//! Logging never slows or fails a request: [`ImpressionLog::log`] serialises the record and hands
-//! it to librdkafka's bounded queue (`queue_capacity` messages) without waiting. A full queue, or a
-//! message the broker has not taken within `delivery_timeout_ms` (a slow or dead broker), drops
-//! the impression and counts it in `recsys_impressions_dropped_total{reason}`; delivered ones
-//! are counted in `recsys_impressions_sent_total`.
+//! Logging never slows or fails a request: [`ImpressionLog::log`] hands the record to a bounded
+//! channel without waiting (no serialisation, no lock shared with librdkafka on the request
+//! path); one thread serialises the records and gives them to librdkafka's bounded queue
+//! (`queue_capacity` messages each). A full channel or queue, or a message the broker has not
+//! taken within `delivery_timeout_ms` (a slow or dead broker), drops the impression and counts it
+//! in `recsys_impressions_dropped_total{reason}`; delivered ones are counted in
+//! `recsys_impressions_sent_total`.
 //!
 //! It must not block the request path or retry on it, and it owns nothing else: the records'
 //! consumers (the nearline workers, the archive) read the same JSON.
@@ -75,10 +77,12 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// The producer of impression records.
+/// The producer of impression records: a bounded hand-off to the thread that serialises and
+/// sends them.
 pub struct ImpressionLog {
-    producer: ThreadedProducer<DeliveryCounter>,
-    topic: String,
+    records: Option<std::sync::mpsc::SyncSender<Impression>>,
+    producer: std::sync::Arc<ThreadedProducer<DeliveryCounter>>,
+    sender: Option<std::thread::JoinHandle<()>>,
     sample_rate: f64,
 }
 
@@ -110,47 +114,76 @@ impl ImpressionLog {
             client.set(key, value);
         }
         client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-        let producer = client
-            .create_with_context(DeliveryCounter)
-            .map_err(|e| OnlineError::Config(format!("online.impressions: the producer: {e}")))?;
+        let producer: std::sync::Arc<ThreadedProducer<DeliveryCounter>> =
+            std::sync::Arc::new(client.create_with_context(DeliveryCounter).map_err(|e| {
+                OnlineError::Config(format!("online.impressions: the producer: {e}"))
+            })?);
+        let (records, receiver) =
+            std::sync::mpsc::sync_channel::<Impression>(settings.queue_capacity.clamp(1, 1 << 20));
+        let topic = settings.topic.clone();
+        let sending = producer.clone();
+        let sender = std::thread::Builder::new()
+            .name("impressions".into())
+            .spawn(move || {
+                for impression in receiver {
+                    send(&sending, &topic, &impression);
+                }
+            })
+            .map_err(|e| OnlineError::Config(format!("online.impressions: a thread: {e}")))?;
         tracing::info!(topic = %settings.topic, sample_rate = settings.sample_rate,
             "logging impressions to Kafka");
         Ok(Some(ImpressionLog {
+            records: Some(records),
             producer,
-            topic: settings.topic.clone(),
+            sender: Some(sender),
             sample_rate: settings.sample_rate,
         }))
     }
 
-    /// Queues the record without waiting; a full queue drops it (counted).
-    pub fn log(&self, impression: &Impression) {
+    /// Hands the record over without waiting; a full hand-off drops it (counted).
+    pub fn log(&self, impression: Impression) {
         if self.sample_rate < 1.0 && rand::random::<f64>() >= self.sample_rate {
             return;
         }
-        let payload = serde_json::to_vec(impression).expect("an impression serialises");
-        let record = BaseRecord::to(&self.topic)
-            .key(impression.user_id.as_bytes())
-            .payload(&payload);
-        if let Err((e, _)) = self.producer.send(record) {
-            let reason = match e {
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => "queue_full",
-                _ => "error",
-            };
-            IMPRESSIONS_DROPPED.with_label_values(&[reason]).inc();
+        let Some(records) = &self.records else {
+            return;
+        };
+        if records.try_send(impression).is_err() {
+            IMPRESSIONS_DROPPED.with_label_values(&["queue_full"]).inc();
         }
     }
 
-    /// Records still queued.
+    /// Records still queued in librdkafka.
     pub fn queued(&self) -> i32 {
         use rdkafka::producer::Producer;
         self.producer.in_flight_count()
     }
 }
 
+/// Serialises one record and queues it in librdkafka without waiting; a full queue drops it.
+fn send(producer: &ThreadedProducer<DeliveryCounter>, topic: &str, impression: &Impression) {
+    let payload = serde_json::to_vec(impression).expect("an impression serialises");
+    let record = BaseRecord::to(topic)
+        .key(impression.user_id.as_bytes())
+        .payload(&payload);
+    if let Err((e, _)) = producer.send(record) {
+        let reason = match e {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => "queue_full",
+            _ => "error",
+        };
+        IMPRESSIONS_DROPPED.with_label_values(&[reason]).inc();
+    }
+}
+
 impl Drop for ImpressionLog {
-    /// Gives queued impressions a moment to go out at shutdown; what is left is dropped.
+    /// Sends what was handed over, then gives queued impressions a moment to go out at shutdown;
+    /// what is left is dropped.
     fn drop(&mut self) {
         use rdkafka::producer::Producer;
+        self.records.take();
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
         let _ = self.producer.flush(std::time::Duration::from_secs(2));
     }
 }

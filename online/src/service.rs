@@ -219,7 +219,7 @@ impl Ranker {
         let Some(log) = &self.impressions else {
             return;
         };
-        log.log(&Impression {
+        log.log(Impression {
             request_id: request_id.to_string(),
             user_id: user_id.to_string(),
             ts_ms: chrono::Utc::now().timestamp_millis(),
