@@ -172,6 +172,38 @@ pub fn decode(payload: Option<&[u8]>, content_type: Option<&str>) -> Result<Even
     }
 }
 
+/// Checks a required id field: present and within the id rules; the rejection names `field`.
+pub fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::new(
+            RejectReason::MissingField,
+            format!("`{field}` is missing or empty"),
+        ));
+    }
+    match id_problem(value) {
+        Some(problem) => Err(Rejection::new(
+            RejectReason::InvalidId,
+            format!("`{field}`: {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks that a record's key, if it has one, is its member (`what` names the record kind): a
+/// member's records keep their order only in the member's partition.
+pub fn check_key(key: Option<&[u8]>, user_id: &str, what: &str) -> Result<(), Rejection> {
+    match key {
+        Some(key) if key != user_id.as_bytes() => Err(Rejection::new(
+            RejectReason::KeyMismatch,
+            format!(
+                "the record key {:?} is not the {what}'s user_id {user_id:?}",
+                String::from_utf8_lossy(key),
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What makes an event applicable, from the configuration: event weights, the rating threshold
 /// and the allowed clock skew.
 #[derive(Debug, Clone)]
@@ -216,39 +248,12 @@ impl EventRules {
             ("item_id", &event.item_id),
             ("event_type", &event.event_type),
         ] {
-            if value.is_empty() {
-                return Err(Rejection::new(
-                    RejectReason::MissingField,
-                    format!("`{field}` is missing or empty"),
-                ));
-            }
-            if let Some(problem) = id_problem(value) {
-                return Err(Rejection::new(
-                    RejectReason::InvalidId,
-                    format!("`{field}`: {problem}"),
-                ));
-            }
+            check_id(field, value)?;
         }
         if !event.request_id.is_empty() {
-            if let Some(problem) = id_problem(&event.request_id) {
-                return Err(Rejection::new(
-                    RejectReason::InvalidId,
-                    format!("`request_id`: {problem}"),
-                ));
-            }
+            check_id("request_id", &event.request_id)?;
         }
-        if let Some(key) = key {
-            if key != event.user_id.as_bytes() {
-                return Err(Rejection::new(
-                    RejectReason::KeyMismatch,
-                    format!(
-                        "the record key {:?} is not the event's user_id {:?}",
-                        String::from_utf8_lossy(key),
-                        event.user_id
-                    ),
-                ));
-            }
-        }
+        check_key(key, &event.user_id, "event")?;
         if !self.weights.contains_key(&event.event_type) && !self.is_negative(event) {
             return Err(Rejection::new(
                 RejectReason::UnknownEventType,

@@ -10,12 +10,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use recsys_shared::config::{Config, NegativeFoldIn};
-use recsys_shared::ids::id_problem;
 use recsys_shared::impression::Impression;
 use recsys_store::features::{FeedbackChange, HiddenItem};
 use recsys_store::feedback::{hidden, prune, request_hash, FeedbackPolicy, MemberFeedback};
 
-use crate::event::{Event, EventRules, RejectReason, Rejection};
+use crate::event::{check_id, check_key, Event, EventRules, RejectReason, Rejection};
 
 /// At most this many items in one impression record (a homepage is a few dozen rows of a few
 /// dozen items).
@@ -69,23 +68,8 @@ pub fn decode_impression(
             format!("not an impression record: {e}"),
         )
     })?;
-    for (field, value) in [
-        ("user_id", &impression.user_id),
-        ("request_id", &impression.request_id),
-    ] {
-        if value.is_empty() {
-            return Err(Rejection::new(
-                RejectReason::MissingField,
-                format!("`{field}` is missing or empty"),
-            ));
-        }
-        if let Some(problem) = id_problem(value) {
-            return Err(Rejection::new(
-                RejectReason::InvalidId,
-                format!("`{field}`: {problem}"),
-            ));
-        }
-    }
+    check_id("user_id", &impression.user_id)?;
+    check_id("request_id", &impression.request_id)?;
     if impression.items.len() > MAX_ITEMS_PER_IMPRESSION {
         return Err(Rejection::new(
             RejectReason::Undecodable,
@@ -96,25 +80,9 @@ pub fn decode_impression(
         ));
     }
     for (n, item) in impression.items.iter().enumerate() {
-        if let Some(problem) = id_problem(&item.item_id) {
-            return Err(Rejection::new(
-                RejectReason::InvalidId,
-                format!("`items[{n}].item_id`: {problem}"),
-            ));
-        }
+        check_id(&format!("items[{n}].item_id"), &item.item_id)?;
     }
-    if let Some(key) = key {
-        if key != impression.user_id.as_bytes() {
-            return Err(Rejection::new(
-                RejectReason::KeyMismatch,
-                format!(
-                    "the record key {:?} is not the impression's user_id {:?}",
-                    String::from_utf8_lossy(key),
-                    impression.user_id
-                ),
-            ));
-        }
-    }
+    check_key(key, &impression.user_id, "impression")?;
     rules.check_time("ts_ms", impression.ts_ms, now_ms)?;
     Ok(Shown::from_impression(&impression))
 }

@@ -186,9 +186,21 @@ pub async fn send(
         Encoding::Protobuf => (event.to_protobuf(), CONTENT_TYPE_PROTOBUF),
         Encoding::Json => (event.to_json(), CONTENT_TYPE_JSON),
     };
+    send_keyed(producer, topic, &event.user_id, &payload, content_type).await
+}
+
+/// Sends one record keyed by `user_id` with its `content-type` header and waits for the broker's
+/// acknowledgement.
+async fn send_keyed(
+    producer: &FutureProducer,
+    topic: &str,
+    user_id: &str,
+    payload: &[u8],
+    content_type: &str,
+) -> Result<(), NearlineError> {
     let record = FutureRecord::to(topic)
-        .key(event.user_id.as_bytes())
-        .payload(&payload)
+        .key(user_id.as_bytes())
+        .payload(payload)
         .headers(OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some(content_type),
@@ -252,18 +264,7 @@ pub async fn produce_impressions(
         in_flight,
         |i| async move {
             let payload = serde_json::to_vec(i).expect("an impression serializes");
-            let record = FutureRecord::to(topic)
-                .key(i.user_id.as_bytes())
-                .payload(&payload)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "content-type",
-                    value: Some(CONTENT_TYPE_JSON),
-                }));
-            producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| NearlineError::Kafka(e))
+            send_keyed(producer, topic, &i.user_id, &payload, CONTENT_TYPE_JSON).await
         },
     )
     .await
