@@ -1159,6 +1159,11 @@ impl Config {
                 "must be in (0, 87600]",
             ),
             (
+                !n.feedback.enabled || o.impressions.topic != n.topic,
+                "nearline.feedback.enabled",
+                "needs online.impressions.topic to differ from nearline.topic",
+            ),
+            (
                 (1..=100_000).contains(&n.feedback.max_items_per_member),
                 "nearline.feedback.max_items_per_member",
                 "must be 1..=100000",
@@ -1700,6 +1705,22 @@ mod tests {
             (
                 "[online.impressions]\nqueue_capacity = 0\n",
                 "online.impressions.queue_capacity",
+            ),
+            (
+                "[online.impressions]\ntopic = \"recsys.events\"\n[nearline.feedback]\nenabled = true\n",
+                "nearline.feedback.enabled",
+            ),
+            (
+                "[nearline.feedback]\nnegative_event_types = [\"play\"]\n",
+                "nearline.feedback.negative_event_types",
+            ),
+            (
+                "[online.maturity]\nratings = [\"G\", \"G\"]\n",
+                "online.maturity.ratings",
+            ),
+            (
+                "[online.maturity]\nwhen_store_unavailable = \"X\"\n",
+                "online.maturity.when_store_unavailable",
             ),
         ];
         let dir = tempfile::tempdir().unwrap();
