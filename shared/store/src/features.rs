@@ -434,30 +434,27 @@ impl FeatureStore {
         changes: &[FeedbackChange],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        let states: Vec<(String, Vec<Item>)> = changes
-            .iter()
-            .filter(|c| !c.states.is_empty())
-            .map(|c| {
-                let items = c
-                    .states
+        // Per member with any: its items of one kind.
+        let records =
+            |items_of: &dyn Fn(&FeedbackChange) -> Vec<Item>| -> Vec<(String, Vec<Item>)> {
+                changes
                     .iter()
-                    .map(|(item, state)| Item::new(item.as_bytes(), state.encode()))
-                    .collect();
-                (c.user_id.clone(), items)
-            })
-            .collect();
-        let hidden: Vec<(String, Vec<Item>)> = changes
-            .iter()
-            .filter(|c| !c.hidden.is_empty())
-            .map(|c| {
-                let items = c
-                    .hidden
-                    .iter()
-                    .map(|h| Item::new(h.item_id.as_bytes(), h.until_ms.to_le_bytes()))
-                    .collect();
-                (c.user_id.clone(), items)
-            })
-            .collect();
+                    .map(|c| (c.user_id.clone(), items_of(c)))
+                    .filter(|(_, items)| !items.is_empty())
+                    .collect()
+            };
+        let states = records(&|c| {
+            c.states
+                .iter()
+                .map(|(item, state)| Item::new(item.as_bytes(), state.encode()))
+                .collect()
+        });
+        let hidden = records(&|c| {
+            c.hidden
+                .iter()
+                .map(|h| Item::new(h.item_id.as_bytes(), h.until_ms.to_le_bytes()))
+                .collect()
+        });
         self.kv
             .put_records(FEEDBACK_NAMESPACE, &states, token)
             .await?;
