@@ -46,6 +46,7 @@ fn features(
         as_of_ms: None,
         threads: 2,
         cluster,
+        negatives: Default::default(),
     };
     run_features(&job, &interactions, Some(&items)).unwrap()
 }
@@ -157,12 +158,12 @@ fn feature_jobs_on_ballista_equal_the_local_engine() {
         let mut rows: Vec<(String, String, u32, i64)> = f
             .history
             .iter()
-            .map(|r| {
+            .map(|(user, item, strength, ts_ms)| {
                 (
-                    r.user_id.clone(),
-                    r.item_id.clone(),
-                    r.strength.to_bits(),
-                    r.ts_ms,
+                    user.to_string(),
+                    item.to_string(),
+                    strength.to_bits(),
+                    ts_ms,
                 )
             })
             .collect();

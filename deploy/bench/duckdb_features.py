@@ -45,6 +45,8 @@ def main() -> None:
     con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet('{items}')")
     values = ", ".join(f"('{k.replace(chr(39), chr(39) * 2)}', {float(v)!r})" for k, v in weights.items())
     con.execute(f"CREATE TABLE event_weights AS SELECT * FROM (VALUES {values}) t(event_type, weight)")
+    # No explicit negatives in the synthetic log: the table the query reads is empty, as ours.
+    con.execute("CREATE TABLE forgetting_events (event_type VARCHAR)")
     con.execute(f"CREATE TEMP TABLE training AS {sql['training']}")
     training_pairs = con.execute("SELECT COUNT(*) FROM training").fetchone()[0]
     # recsys fetches the training table into memory too.

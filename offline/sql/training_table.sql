@@ -2,7 +2,10 @@
 -- turns into confidence 1 + alpha * r.
 --
 -- Tables: `interactions` (the input), `event_weights(event_type, weight)` (from the config),
--- `items(item_id, ...)` (the catalog; items outside it cannot be recommended, so they are dropped).
+-- `forgetting_events(event_type)` (explicit negatives that forget the member's earlier events on
+-- the item, as the nearline fold-in does: nearline.feedback with negative_fold_in = "forget";
+-- empty otherwise), `items(item_id, ...)` (the catalog; items outside it cannot be recommended,
+-- so they are dropped).
 -- Parameters, substituted before the query runs: ${as_of_ms}, ${reference_ms}, ${half_life_ms}
 -- (0 = no decay), ${rating_event_type}, ${rating_threshold}, ${min_user_interactions},
 -- ${min_item_interactions}.
@@ -14,6 +17,13 @@ WITH events AS (
     -- Point in time: nothing after --as-of exists for this model.
     WHERE CAST(i.ts AS BIGINT) <= ${as_of_ms}
       AND i.item_id IN (SELECT item_id FROM items)
+),
+forgotten AS (
+    -- A member's newest explicit negative on an item: their events on it up to then are gone.
+    SELECT e.user_id, e.item_id, MAX(e.ts_ms) AS until_ms
+    FROM events e
+    JOIN forgetting_events f ON e.event_type = f.event_type
+    GROUP BY e.user_id, e.item_id
 ),
 scored AS (
     SELECT e.user_id, e.item_id, e.ts_ms,
@@ -29,6 +39,8 @@ scored AS (
              END AS strength
     FROM events e
     JOIN event_weights w ON e.event_type = w.event_type
+    LEFT JOIN forgotten f ON e.user_id = f.user_id AND e.item_id = f.item_id
+    WHERE f.until_ms IS NULL OR e.ts_ms > f.until_ms
 ),
 pairs AS (
     SELECT user_id, item_id, SUM(strength) AS strength, MAX(ts_ms) AS last_ts_ms

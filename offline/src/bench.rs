@@ -313,6 +313,7 @@ fn movielens_accuracy(args: &BenchArgs, params: &AlsParams) -> Result<serde_json
         as_of_ms: None,
         threads: params.threads,
         cluster: None,
+        negatives: Default::default(),
     };
     let input = InputTable::discover(&work.path().join("interactions.parquet"))?;
     let features = run_features(&job, &input, None)?;

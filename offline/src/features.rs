@@ -9,16 +9,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, UInt32Type, UInt64Type};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, UInt64Type};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use recsys_shared::config::BallistaConfig;
 
-use recsys_shared::artifact::{HistoryRow, PopularityRow};
-use recsys_shared::config::FeatureConfig;
+use recsys_shared::artifact::PopularityRow;
+use recsys_shared::config::{FeatureConfig, FeedbackConfig, NegativeFoldIn};
 use recsys_shared::SharedError;
 
+use crate::coded_jobs::BuiltinQueries;
 use crate::id_codes::{CodedInteractions, IdDictionary};
 use crate::input::{InputTable, InteractionStats};
 use crate::matrix::SparseMatrix;
@@ -94,25 +95,8 @@ impl TrainingTable {
         users: &IdDictionary,
         items: &IdDictionary,
     ) -> Self {
-        fn dense(
-            codes: impl Iterator<Item = u32>,
-            dictionary: &IdDictionary,
-        ) -> (Vec<u32>, Vec<String>) {
-            let mut index = vec![u32::MAX; dictionary.len()];
-            for code in codes {
-                index[code as usize] = 0;
-            }
-            let mut ids = Vec::new();
-            for (code, slot) in index.iter_mut().enumerate() {
-                if *slot == 0 {
-                    *slot = ids.len() as u32;
-                    ids.push(dictionary.id(code as u32).to_string());
-                }
-            }
-            (index, ids)
-        }
-        let (user_index, user_ids) = dense(rows.iter().map(|r| r.0), users);
-        let (item_index, item_ids) = dense(rows.iter().map(|r| r.1), items);
+        let (user_index, user_ids) = dense_ids(rows.iter().map(|r| r.0), users);
+        let (item_index, item_ids) = dense_ids(rows.iter().map(|r| r.1), items);
         let pairs = rows
             .into_iter()
             .map(|(u, i, strength, last_ts_ms)| Pair {
@@ -153,17 +137,122 @@ impl TrainingTable {
     }
 }
 
+/// The ids of `dictionary` that `codes` use, in byte order, and for each code its index among
+/// them (`u32::MAX` for a code not used).
+pub(crate) fn dense_ids(
+    codes: impl Iterator<Item = u32>,
+    dictionary: &IdDictionary,
+) -> (Vec<u32>, Vec<String>) {
+    let mut index = vec![u32::MAX; dictionary.len()];
+    for code in codes {
+        index[code as usize] = 0;
+    }
+    let mut ids = Vec::new();
+    for (code, slot) in index.iter_mut().enumerate() {
+        if *slot == 0 {
+            *slot = ids.len() as u32;
+            ids.push(dictionary.id(code as u32).to_string());
+        }
+    }
+    (index, ids)
+}
+
+/// One row of a member's history: indices into [`Histories`]' id lists.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistoryPair {
+    pub user: u32,
+    pub item: u32,
+    pub strength: f32,
+    pub ts_ms: i64,
+}
+
+/// The members' histories (`user_history.parquet`) as the history job orders them: by member,
+/// newest first. Each id is held once (the rows index the id lists), so millions of rows cost
+/// 24 bytes each instead of two strings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histories {
+    pub user_ids: Vec<String>,
+    pub item_ids: Vec<String>,
+    pub rows: Vec<HistoryPair>,
+}
+
+impl Histories {
+    /// The rows as `(user_id, item_id, strength, ts_ms)`.
+    pub fn iter(&self) -> impl Iterator<Item = PairRow<'_>> {
+        self.rows.iter().map(|r| {
+            (
+                self.user_ids[r.user as usize].as_str(),
+                self.item_ids[r.item as usize].as_str(),
+                r.strength,
+                r.ts_ms,
+            )
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Interns ids into a list, each once.
+#[derive(Default)]
+struct IdInterner {
+    ids: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl IdInterner {
+    fn intern(&mut self, id: &str) -> u32 {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.push(id.to_string());
+        self.index.insert(id.to_string(), i);
+        i
+    }
+}
+
 /// Everything the feature jobs produce.
 #[derive(Debug, Clone)]
 pub struct Features {
     pub training: TrainingTable,
     pub popularity: Vec<PopularityRow>,
-    pub history: Vec<HistoryRow>,
+    pub history: Histories,
     pub interactions: InteractionStats,
     /// Seconds spent checking every input row before the queries.
     pub validation_seconds: f64,
     /// The catalog as read (columns of the input schema), when an items table was given.
     pub items: Option<(Arc<Schema>, Vec<RecordBatch>)>,
+}
+
+/// Explicit negative events (`nearline.feedback`, when enabled): the input may hold them, they
+/// are never training positives, and with `negative_fold_in = "forget"` a member's events on an
+/// item up to their newest negative on it leave the training table and the history, as the
+/// nearline fold-in forgets them (so the next model does not bring them back).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NegativeEvents {
+    /// Event types accepted as explicit negatives.
+    pub types: Vec<String>,
+    /// Whether a negative forgets the member's earlier events on the item.
+    pub forget: bool,
+}
+
+impl NegativeEvents {
+    /// The negatives `nearline.feedback` defines; none when feedback is off.
+    pub fn from_config(feedback: &FeedbackConfig) -> Self {
+        if !feedback.enabled {
+            return NegativeEvents::default();
+        }
+        NegativeEvents {
+            types: feedback.negative_event_types.clone(),
+            forget: feedback.negative_fold_in == NegativeFoldIn::Forget,
+        }
+    }
 }
 
 /// Runs the feature jobs over the given inputs.
@@ -175,15 +264,17 @@ pub struct FeatureJob<'a> {
     pub threads: usize,
     /// The Ballista cluster to run on (`offline.engine = "ballista"`); `None` runs locally.
     pub cluster: Option<&'a BallistaConfig>,
+    /// Explicit negative events in the input.
+    pub negatives: NegativeEvents,
 }
 
 impl FeatureJob<'_> {
     /// Validates the inputs and runs the queries.
     ///
     /// With the built-in queries on the local engine, the ids are coded as integers while the
-    /// rows are validated and the queries run over the coded table ([`crate::id_codes`]); the
-    /// results are the same as over the strings. Replaced queries and the cluster read the
-    /// Parquet as it is.
+    /// rows are validated and the jobs run over the coded rows ([`crate::coded_jobs`]); the
+    /// results are the same as the SQL's over the strings. Replaced queries and the cluster run
+    /// the SQL over the Parquet as it is.
     pub async fn run(
         &self,
         interactions: &InputTable,
@@ -191,13 +282,14 @@ impl FeatureJob<'_> {
     ) -> Result<Features> {
         let started = std::time::Instant::now();
         let coded = self.cluster.is_none() && self.uses_builtin_sql();
-        let weights = &self.config.event_weights;
+        let mut event_types: Vec<String> = self.config.event_weights.keys().cloned().collect();
+        event_types.extend(self.negatives.types.iter().cloned());
         let (stats, codes) = if coded {
             let (stats, codes) =
-                interactions.validate_and_code_interactions(weights, self.as_of_ms)?;
+                interactions.validate_and_code_interactions(&event_types, self.as_of_ms)?;
             (stats, Some(codes))
         } else {
-            (interactions.validate_interactions(weights)?, None)
+            (interactions.validate_interactions(&event_types)?, None)
         };
         if let Some(items) = items {
             items.validate_items()?;
@@ -217,19 +309,6 @@ impl FeatureJob<'_> {
         };
         let ctx = crate::engine::session(self.cluster, threads).await?;
         let on_cluster = self.cluster.is_some();
-        match &codes {
-            Some(codes) => register_memory(
-                &ctx,
-                "interactions",
-                codes.schema.clone(),
-                codes.partitions(threads),
-            )?,
-            None => {
-                interactions
-                    .register(&ctx, "interactions", on_cluster)
-                    .await?
-            }
-        }
         let catalog = match items {
             Some(items) => {
                 items.register(&ctx, "items", on_cluster).await?;
@@ -237,74 +316,124 @@ impl FeatureJob<'_> {
                 let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
                     OfflineError::input(&items.path, "the items table has no rows")
                 })?;
-                if let Some(codes) = &codes {
-                    // The catalog as the codes of its items that have interactions (the only
-                    // rows `item_id IN items` can keep).
-                    ctx.deregister_table("items")
-                        .map_err(OfflineError::datafusion("replacing the catalog"))?;
-                    let mut known = Vec::new();
-                    for batch in &batches {
-                        let ids =
-                            column_as(batch, "reading the catalog", "item_id", &DataType::Utf8)?;
-                        let ids = ids.as_string::<i32>();
-                        known.extend((0..ids.len()).filter_map(|r| codes.items.code(ids.value(r))));
-                    }
-                    register_item_codes(&ctx, known)?;
-                }
-                let unknown = count(&ctx, "SELECT COUNT(*) FROM interactions WHERE item_id NOT IN (SELECT item_id FROM items)").await?;
-                if unknown > 0 {
-                    tracing::warn!(
-                        interactions = unknown,
-                        catalog = %items.path.display(),
-                        "interactions with items missing from the catalog are left out of training"
-                    );
-                }
                 Some((schema, batches))
             }
+            None => None,
+        };
+        let reference_ms = self.as_of_ms.or(stats.last_ts_ms).unwrap_or(0);
+        let (training, popularity, history, outside_catalog) = match codes {
+            Some(codes) => {
+                let in_catalog = match &catalog {
+                    Some((_, batches)) => Some(catalog_codes(batches, &codes)?),
+                    None => None,
+                };
+                let jobs = self.builtin_queries(&codes, reference_ms);
+                let out = jobs.run(codes, in_catalog.as_deref());
+                (
+                    out.training,
+                    out.popularity,
+                    out.history,
+                    out.outside_catalog,
+                )
+            }
             None => {
-                match &codes {
-                    Some(codes) => {
-                        register_item_codes(&ctx, (0..codes.items.len() as u32).collect())?
-                    }
-                    None => {
-                        query(
-                            &ctx,
-                            "defining the catalog",
-                            "CREATE VIEW items AS SELECT DISTINCT item_id FROM interactions",
-                        )
-                        .await?;
-                    }
-                }
-                None
+                self.run_sql(
+                    &ctx,
+                    interactions,
+                    catalog.is_some(),
+                    on_cluster,
+                    reference_ms,
+                )
+                .await?
             }
         };
-        register_event_weights(&ctx, self.config, codes.as_ref()).await?;
+        if outside_catalog > 0 {
+            tracing::warn!(
+                interactions = outside_catalog,
+                catalog = %items.map_or(PathBuf::new(), |i| i.path.clone()).display(),
+                "interactions with items missing from the catalog are left out of training"
+            );
+        }
+        if training.pairs.is_empty() {
+            return Err(no_positives(interactions));
+        }
+        Ok(Features {
+            training,
+            popularity,
+            history,
+            interactions: stats,
+            validation_seconds,
+            items: catalog,
+        })
+    }
 
-        let reference_ms = self.as_of_ms.or(stats.last_ts_ms).unwrap_or(0);
-        let rating_event = match &codes {
-            Some(codes) => codes.event_code(&self.config.rating_event_type).to_string(),
-            None => string_literal(&self.config.rating_event_type),
+    /// The built-in queries' parameters over `codes`.
+    fn builtin_queries(&self, codes: &CodedInteractions, reference_ms: i64) -> BuiltinQueries {
+        let config = self.config;
+        BuiltinQueries {
+            weights: codes
+                .events
+                .iter()
+                .map(|e| config.event_weights.get(e).copied())
+                .collect(),
+            forgetting: codes
+                .events
+                .iter()
+                .map(|e| self.negatives.forget && self.negatives.types.contains(e))
+                .collect(),
+            rating: Some(codes.event_code(&config.rating_event_type))
+                .filter(|&code| code >= 0)
+                .map(|code| (code, config.rating_threshold)),
+            reference_ms,
+            half_life_ms: config.decay_half_life_days.unwrap_or(0.0) * 86_400_000.0,
+            min_user_interactions: config.min_user_interactions.into(),
+            min_item_interactions: config.min_item_interactions.into(),
+            history_cap: config.history_cap,
+        }
+    }
+
+    /// The three queries' SQL run by DataFusion (locally or on the cluster) over the Parquet;
+    /// `items` is registered already when `has_catalog`. Returns the tables and the rows
+    /// outside the catalog.
+    async fn run_sql(
+        &self,
+        ctx: &SessionContext,
+        interactions: &InputTable,
+        has_catalog: bool,
+        on_cluster: bool,
+        reference_ms: i64,
+    ) -> Result<(TrainingTable, Vec<PopularityRow>, Histories, u64)> {
+        interactions
+            .register(ctx, "interactions", on_cluster)
+            .await?;
+        let outside_catalog = if has_catalog {
+            count(ctx, "SELECT COUNT(*) FROM interactions WHERE item_id NOT IN (SELECT item_id FROM items)").await?
+        } else {
+            query(
+                ctx,
+                "defining the catalog",
+                "CREATE VIEW items AS SELECT DISTINCT item_id FROM interactions",
+            )
+            .await?;
+            0
         };
-        let [training_sql, popularity_sql, history_sql] =
-            self.render_queries(reference_ms, rating_event)?;
-        let ids = match &codes {
-            Some(codes) => Ids::Coded(codes),
-            None => Ids::Strings,
+        register_event_weights(ctx, self.config).await?;
+        let forgetting = match self.negatives.forget {
+            true => self.negatives.types.as_slice(),
+            false => &[],
         };
-        let training = query(&ctx, "training-table job", &training_sql).await?;
-        let training_table = training_table(&training, ids)?;
+        register_event_types(ctx, "forgetting_events", forgetting).await?;
+        let [training_sql, popularity_sql, history_sql] = self.queries(reference_ms)?;
+        let training = query(ctx, "training-table job", &training_sql).await?;
+        let training_table = training_table(&training)?;
         if training_table.pairs.is_empty() {
-            return Err(OfflineError::input(
-                &interactions.path,
-                "no positive interactions remain after the training-table job (check the event weights, \
-                 the rating threshold, --as-of and the minimum-interaction filters)",
-            ));
+            return Err(no_positives(interactions));
         }
         if on_cluster {
             // On the cluster the training table stays a view: its rows would otherwise travel
             // inside every later query plan.
             query(
-                &ctx,
+                ctx,
                 "defining the training table",
                 &format!(
                     "CREATE VIEW training AS {}",
@@ -314,21 +443,11 @@ impl FeatureJob<'_> {
             .await?;
         } else {
             let schema = training[0].schema();
-            register_memory(&ctx, "training", schema, vec![training])?;
+            register_memory(ctx, "training", schema, vec![training])?;
         }
-
-        let popularity =
-            popularity_rows(&query(&ctx, "popularity job", &popularity_sql).await?, ids)?;
-        let history = history_rows(&query(&ctx, "history job", &history_sql).await?, ids)?;
-
-        Ok(Features {
-            training: training_table,
-            popularity,
-            history,
-            interactions: stats,
-            validation_seconds,
-            items: catalog,
-        })
+        let popularity = popularity_rows(&query(ctx, "popularity job", &popularity_sql).await?)?;
+        let history = history_rows(&query(ctx, "history job", &history_sql).await?)?;
+        Ok((training_table, popularity, history, outside_catalog as u64))
     }
 
     /// Whether all three queries are the built-in ones.
@@ -339,13 +458,28 @@ impl FeatureJob<'_> {
     }
 }
 
-/// How the queries' `user_id`/`item_id` columns are read back.
-#[derive(Clone, Copy)]
-enum Ids<'a> {
-    /// The ids themselves.
-    Strings,
-    /// Codes of the coded interactions.
-    Coded(&'a CodedInteractions),
+/// The error of a job that leaves no training pair.
+fn no_positives(interactions: &InputTable) -> OfflineError {
+    OfflineError::input(
+        &interactions.path,
+        "no positive interactions remain after the training-table job (check the event weights, \
+         the rating threshold, --as-of and the minimum-interaction filters)",
+    )
+}
+
+/// For each item code of `codes`, whether the catalog holds the item.
+fn catalog_codes(catalog: &[RecordBatch], codes: &CodedInteractions) -> Result<Vec<bool>> {
+    let mut known = vec![false; codes.items.len()];
+    for batch in catalog {
+        let ids = column_as(batch, "reading the catalog", "item_id", &DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        for r in 0..ids.len() {
+            if let Some(code) = codes.items.code(ids.value(r)) {
+                known[code as usize] = true;
+            }
+        }
+    }
+    Ok(known)
 }
 
 fn register_memory(
@@ -361,28 +495,12 @@ fn register_memory(
     Ok(())
 }
 
-/// `items(item_id)` as item codes.
-fn register_item_codes(ctx: &SessionContext, codes: Vec<u32>) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
-        "item_id",
-        DataType::UInt32,
-        false,
-    )]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(codes))])
-        .expect("one UInt32 column");
-    register_memory(ctx, "items", schema, vec![vec![batch]])
-}
-
 impl FeatureJob<'_> {
     /// The three jobs' SQL (training table, popularity, histories) with the parameters
     /// substituted; `reference_ms` is the instant decay is measured from. The benchmark gives the
     /// same text to DuckDB.
     pub fn queries(&self, reference_ms: i64) -> Result<[String; 3]> {
-        self.render_queries(reference_ms, string_literal(&self.config.rating_event_type))
-    }
-
-    /// The queries with `rating_event` (a string literal, or an event code) for the rating type.
-    fn render_queries(&self, reference_ms: i64, rating_event: String) -> Result<[String; 3]> {
+        let rating_event = string_literal(&self.config.rating_event_type);
         let half_life_ms = self.config.decay_half_life_days.unwrap_or(0.0) * 86_400_000.0;
         let params: Vec<(&str, String)> = vec![
             ("as_of_ms", self.as_of_ms.unwrap_or(i64::MAX).to_string()),
@@ -451,25 +569,14 @@ async fn count(ctx: &SessionContext, sql: &str) -> Result<i64> {
 /// `event_weights(event_type, weight)` from the config, as a view over `VALUES` (a plan every
 /// engine can ship: Ballista cannot serialise an in-memory table). Over coded interactions the
 /// event type is its code.
-async fn register_event_weights(
-    ctx: &SessionContext,
-    config: &FeatureConfig,
-    codes: Option<&CodedInteractions>,
-) -> Result<()> {
+async fn register_event_weights(ctx: &SessionContext, config: &FeatureConfig) -> Result<()> {
     let rows: Vec<String> = config
         .event_weights
         .iter()
-        .map(|(event, weight)| {
-            let event = match codes {
-                Some(codes) => format!("CAST({} AS INT)", codes.event_code(event)),
-                None => string_literal(event),
-            };
-            format!("({event}, CAST({weight:?} AS DOUBLE))")
-        })
+        .map(|(event, weight)| format!("({}, CAST({weight:?} AS DOUBLE))", string_literal(event)))
         .collect();
     let sql = if rows.is_empty() {
-        let event_type = if codes.is_some() { "INT" } else { "VARCHAR" };
-        format!("CREATE VIEW event_weights AS SELECT CAST(NULL AS {event_type}) AS event_type, CAST(NULL AS DOUBLE) AS weight WHERE FALSE")
+        "CREATE VIEW event_weights AS SELECT CAST(NULL AS VARCHAR) AS event_type, CAST(NULL AS DOUBLE) AS weight WHERE FALSE".to_string()
     } else {
         format!(
             "CREATE VIEW event_weights AS SELECT column1 AS event_type, column2 AS weight FROM (VALUES {})",
@@ -477,6 +584,28 @@ async fn register_event_weights(
         )
     };
     query(ctx, "registering event weights", &sql).await?;
+    Ok(())
+}
+
+/// A view `name(event_type)` of the given event types.
+async fn register_event_types(
+    ctx: &SessionContext,
+    name: &str,
+    event_types: &[String],
+) -> Result<()> {
+    let rows: Vec<String> = event_types
+        .iter()
+        .map(|event| format!("({})", string_literal(event)))
+        .collect();
+    let sql = if rows.is_empty() {
+        format!("CREATE VIEW {name} AS SELECT CAST(NULL AS VARCHAR) AS event_type WHERE FALSE")
+    } else {
+        format!(
+            "CREATE VIEW {name} AS SELECT column1 AS event_type FROM (VALUES {})",
+            rows.join(", ")
+        )
+    };
+    query(ctx, &format!("registering {name}"), &sql).await?;
     Ok(())
 }
 
@@ -535,15 +664,13 @@ fn column_as(batch: &RecordBatch, job: &str, name: &str, to: &DataType) -> Resul
 }
 
 /// One output row of the training or history job: ids as the query returned them.
-type PairRow<'a> = (&'a str, &'a str, f32, i64);
+pub type PairRow<'a> = (&'a str, &'a str, f32, i64);
 
-/// Calls `each` with every `(user_id, item_id, strength, last_ts_ms)` row of `batches`, ids
-/// decoded.
-fn for_each_pair<'a>(
+/// Calls `each` with every `(user_id, item_id, strength, last_ts_ms)` row of `batches`.
+fn for_each_pair(
     batches: &[RecordBatch],
     job: &str,
-    ids: Ids<'a>,
-    mut each: impl FnMut(PairRow<'_>, Option<(u32, u32)>),
+    mut each: impl FnMut(PairRow<'_>),
 ) -> Result<()> {
     for b in batches {
         let get = |name: &str, to: &DataType| column_as(b, job, name, to);
@@ -551,124 +678,78 @@ fn for_each_pair<'a>(
         let strength = strength.as_primitive::<Float64Type>();
         let ts = get("last_ts_ms", &DataType::Int64)?;
         let ts = ts.as_primitive::<Int64Type>();
-        match ids {
-            Ids::Strings => {
-                let users = get("user_id", &DataType::Utf8)?;
-                let items = get("item_id", &DataType::Utf8)?;
-                let (users, items) = (users.as_string::<i32>(), items.as_string::<i32>());
-                for r in 0..b.num_rows() {
-                    let row = (
-                        users.value(r),
-                        items.value(r),
-                        strength.value(r) as f32,
-                        ts.value(r),
-                    );
-                    each(row, None);
-                }
-            }
-            Ids::Coded(codes) => {
-                let users = get("user_id", &DataType::UInt32)?;
-                let items = get("item_id", &DataType::UInt32)?;
-                let (users, items) = (
-                    users.as_primitive::<UInt32Type>(),
-                    items.as_primitive::<UInt32Type>(),
-                );
-                for r in 0..b.num_rows() {
-                    let (user, item) = (users.value(r), items.value(r));
-                    let row = (
-                        codes.users.id(user),
-                        codes.items.id(item),
-                        strength.value(r) as f32,
-                        ts.value(r),
-                    );
-                    each(row, Some((user, item)));
-                }
-            }
+        let users = get("user_id", &DataType::Utf8)?;
+        let items = get("item_id", &DataType::Utf8)?;
+        let (users, items) = (users.as_string::<i32>(), items.as_string::<i32>());
+        for r in 0..b.num_rows() {
+            each((
+                users.value(r),
+                items.value(r),
+                strength.value(r) as f32,
+                ts.value(r),
+            ));
         }
     }
     Ok(())
 }
 
-fn training_table(batches: &[RecordBatch], ids: Ids<'_>) -> Result<TrainingTable> {
+fn training_table(batches: &[RecordBatch]) -> Result<TrainingTable> {
     let job = "training-table job";
-    match ids {
-        Ids::Strings => {
-            // The rows borrow the query's string columns (no copy of the ids per row).
-            let mut columns = Vec::with_capacity(batches.len());
-            for b in batches {
-                let get = |name: &str, to: &DataType| column_as(b, job, name, to);
-                columns.push((
-                    get("user_id", &DataType::Utf8)?,
-                    get("item_id", &DataType::Utf8)?,
-                    get("strength", &DataType::Float64)?,
-                    get("last_ts_ms", &DataType::Int64)?,
-                ));
-            }
-            let rows = columns.iter().flat_map(|(u, i, s, t)| {
-                let (u, i) = (u.as_string::<i32>(), i.as_string::<i32>());
-                let (s, t) = (
-                    s.as_primitive::<Float64Type>(),
-                    t.as_primitive::<Int64Type>(),
-                );
-                (0..u.len()).map(move |r| (u.value(r), i.value(r), s.value(r) as f32, t.value(r)))
-            });
-            Ok(TrainingTable::from_rows(rows))
-        }
-        Ids::Coded(codes) => {
-            let mut rows: Vec<(u32, u32, f32, i64)> = Vec::new();
-            for_each_pair(batches, job, ids, |(_, _, s, t), coded| {
-                let (u, i) = coded.expect("coded rows");
-                rows.push((u, i, s, t))
-            })?;
-            Ok(TrainingTable::from_codes(rows, &codes.users, &codes.items))
-        }
+    // The rows borrow the query's string columns (no copy of the ids per row).
+    let mut columns = Vec::with_capacity(batches.len());
+    for b in batches {
+        let get = |name: &str, to: &DataType| column_as(b, job, name, to);
+        columns.push((
+            get("user_id", &DataType::Utf8)?,
+            get("item_id", &DataType::Utf8)?,
+            get("strength", &DataType::Float64)?,
+            get("last_ts_ms", &DataType::Int64)?,
+        ));
     }
+    let rows = columns.iter().flat_map(|(u, i, s, t)| {
+        let (u, i) = (u.as_string::<i32>(), i.as_string::<i32>());
+        let (s, t) = (
+            s.as_primitive::<Float64Type>(),
+            t.as_primitive::<Int64Type>(),
+        );
+        (0..u.len()).map(move |r| (u.value(r), i.value(r), s.value(r) as f32, t.value(r)))
+    });
+    Ok(TrainingTable::from_rows(rows))
 }
 
-fn history_rows(batches: &[RecordBatch], ids: Ids<'_>) -> Result<Vec<HistoryRow>> {
+fn history_rows(batches: &[RecordBatch]) -> Result<Histories> {
+    let (mut users, mut items) = (IdInterner::default(), IdInterner::default());
     let mut rows = Vec::new();
-    for_each_pair(batches, "history job", ids, |(u, i, s, t), _| {
-        rows.push(HistoryRow {
-            user_id: u.to_string(),
-            item_id: i.to_string(),
-            strength: s,
-            ts_ms: t,
+    for_each_pair(batches, "history job", |(u, i, strength, ts_ms)| {
+        rows.push(HistoryPair {
+            user: users.intern(u),
+            item: items.intern(i),
+            strength,
+            ts_ms,
         })
     })?;
-    Ok(rows)
+    Ok(Histories {
+        user_ids: users.ids,
+        item_ids: items.ids,
+        rows,
+    })
 }
 
-fn popularity_rows(batches: &[RecordBatch], ids: Ids<'_>) -> Result<Vec<PopularityRow>> {
+fn popularity_rows(batches: &[RecordBatch]) -> Result<Vec<PopularityRow>> {
     let job = "popularity job";
     let mut rows = Vec::new();
     for b in batches {
         let members = column_as(b, job, "members", &DataType::UInt64)?;
         let score = column_as(b, job, "score", &DataType::Float64)?;
-        let (members, score) = (
+        let items = column_as(b, job, "item_id", &DataType::Utf8)?;
+        let (members, score, items) = (
             members.as_primitive::<UInt64Type>(),
             score.as_primitive::<Float64Type>(),
+            items.as_string::<i32>(),
         );
-        let item_ids: Vec<String> = match ids {
-            Ids::Strings => {
-                let items = column_as(b, job, "item_id", &DataType::Utf8)?;
-                let items = items.as_string::<i32>();
-                (0..items.len())
-                    .map(|r| items.value(r).to_string())
-                    .collect()
-            }
-            Ids::Coded(codes) => {
-                let items = column_as(b, job, "item_id", &DataType::UInt32)?;
-                let items = items.as_primitive::<UInt32Type>();
-                items
-                    .values()
-                    .iter()
-                    .map(|&c| codes.items.id(c).to_string())
-                    .collect()
-            }
-        };
-        for (r, item_id) in item_ids.into_iter().enumerate() {
+        for r in 0..b.num_rows() {
             rows.push(PopularityRow {
-                item_id,
+                item_id: items.value(r).to_string(),
                 members: members.value(r),
                 score: score.value(r) as f32,
             });

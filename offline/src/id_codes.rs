@@ -1,24 +1,20 @@
 //! Member, item and event-type ids mapped once to dense integer codes, so the built-in feature
-//! jobs de-duplicate, join and group on integers instead of strings.
+//! jobs ([`crate::coded_jobs`]) de-duplicate, filter and group on integers instead of strings.
 //!
 //! The codes are assigned while the input rows are validated (the one pass that reads every row
 //! anyway), then renumbered so that they follow the ids' byte order: code a < code b exactly when
 //! id a < id b. Every `ORDER BY` and tie-break of the SQL therefore gives the same answer on codes
 //! as on strings, and the results are mapped back to ids at the end.
 //!
-//! This module owns the coded copy of the interactions that the local engine queries. It must not
+//! This module owns the coded copy of the interactions (32 bytes a row) the local engine works on. It must not
 //! be used when a feature query is replaced from the config (a replacement may read other columns
 //! or apply string functions to the ids), nor on a Ballista cluster (executors read the Parquet
 //! themselves).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, BooleanArray, Float64Array, Int32Array, RecordBatch, TimestampMillisecondArray,
-    UInt32Array,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, Float64Array, TimestampMillisecondArray};
+use rayon::prelude::*;
 
 /// An event type's code: its position among the configured types.
 fn event_position(events: &[String], event_type: &str) -> Option<i32> {
@@ -106,65 +102,84 @@ impl IdIndex {
         self.codes.is_empty()
     }
 
-    /// The dictionary in byte order and, for each first-seen code, its final code.
-    fn finish(self) -> (IdDictionary, Vec<u32>) {
-        let mut by_code: Vec<(Box<str>, u32)> = self.codes.into_iter().collect();
-        by_code.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut renumber = vec![0u32; by_code.len()];
-        for (new, (_, old)) in by_code.iter().enumerate() {
-            renumber[*old as usize] = new as u32;
+    /// The dictionary of the ids of every index in byte order and, for each index, the final
+    /// code of each of its first-seen codes.
+    fn finish_all(indices: Vec<IdIndex>) -> (IdDictionary, Vec<Vec<u32>>) {
+        let mut renumber: Vec<Vec<u32>> = indices.iter().map(|i| vec![0u32; i.len()]).collect();
+        let mut all: Vec<(Box<str>, usize, u32)> = indices
+            .into_iter()
+            .enumerate()
+            .flat_map(|(part, index)| {
+                index
+                    .codes
+                    .into_iter()
+                    .map(move |(id, code)| (id, part, code))
+            })
+            .collect();
+        all.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut ids: Vec<Box<str>> = Vec::new();
+        for (id, part, code) in all {
+            if ids.last() != Some(&id) {
+                ids.push(id);
+            }
+            renumber[part][code as usize] = (ids.len() - 1) as u32;
         }
-        let ids = by_code.into_iter().map(|(id, _)| id).collect();
         (IdDictionary { ids }, renumber)
     }
 }
 
-/// The interactions as codes: `user_id` and `item_id` (UInt32), `event_type` (Int32, the event's
-/// position among the configured event types), `value` and `ts` as read.
+/// One coded interaction: ids as codes, the event type as its position among the configured
+/// types.
+#[derive(Debug, Clone, Copy)]
+pub struct CodedEvent {
+    pub ts_ms: i64,
+    /// `NaN` for a missing value (every value read is finite).
+    pub value: f64,
+    pub user: u32,
+    pub item: u32,
+    pub event: i32,
+}
+
+/// Rows are equal when every field is (two missing values are equal).
+impl PartialEq for CodedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.ts_ms,
+            self.value.to_bits(),
+            self.user,
+            self.item,
+            self.event,
+        ) == (
+            other.ts_ms,
+            other.value.to_bits(),
+            other.user,
+            other.item,
+            other.event,
+        )
+    }
+}
+
+impl CodedEvent {
+    /// The value, `None` when the row had none.
+    pub fn value(&self) -> Option<f64> {
+        (!self.value.is_nan()).then_some(self.value)
+    }
+}
+
+/// The interactions as codes, up to `--as-of`, in input order.
 #[derive(Debug, Clone)]
 pub struct CodedInteractions {
     pub users: IdDictionary,
     pub items: IdDictionary,
     /// The configured event types; an event's code is its position.
     pub events: Vec<String>,
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
+    pub rows: Vec<CodedEvent>,
 }
 
 impl CodedInteractions {
-    /// The schema of the coded table.
-    pub fn table_schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::UInt32, false),
-            Field::new("item_id", DataType::UInt32, false),
-            Field::new("event_type", DataType::Int32, false),
-            Field::new("value", DataType::Float64, true),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]))
-    }
-
     /// The code of an event type, or -1 for one that is not configured (it matches no row).
     pub fn event_code(&self, event_type: &str) -> i32 {
         event_position(&self.events, event_type).unwrap_or(-1)
-    }
-
-    /// The coded rows in `partitions` groups for a `MemTable`.
-    pub fn partitions(&self, partitions: usize) -> Vec<Vec<RecordBatch>> {
-        let mut out = vec![Vec::new(); partitions.max(1)];
-        let n = out.len();
-        for (i, batch) in self.batches.iter().enumerate() {
-            out[i % n].push(batch.clone());
-        }
-        out
-    }
-
-    /// Rows held.
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
     }
 }
 
@@ -178,7 +193,7 @@ pub struct InteractionCoder {
     keep_rows: bool,
     /// Rows after this instant are validated but not kept.
     as_of_ms: Option<i64>,
-    batches: Vec<RecordBatch>,
+    rows: Vec<CodedEvent>,
 }
 
 impl InteractionCoder {
@@ -190,7 +205,7 @@ impl InteractionCoder {
             events,
             keep_rows: true,
             as_of_ms,
-            batches: Vec::new(),
+            rows: Vec::new(),
         }
     }
 
@@ -219,6 +234,11 @@ impl InteractionCoder {
         event_position(&self.events, event_type)
     }
 
+    /// The configured event types, in code order.
+    pub fn event_types(&self) -> &[String] {
+        &self.events
+    }
+
     /// Keeps one batch of coded rows (first-seen codes); rows after `as_of_ms` are left out.
     pub fn push(
         &mut self,
@@ -231,56 +251,81 @@ impl InteractionCoder {
         if !self.keep_rows {
             return;
         }
-        let ts = TimestampMillisecondArray::new(ts.values().clone(), ts.nulls().cloned());
-        let columns: Vec<Arc<dyn Array>> = vec![
-            Arc::new(UInt32Array::from(users)),
-            Arc::new(UInt32Array::from(items)),
-            Arc::new(Int32Array::from(events)),
-            Arc::new(values.clone()),
-            Arc::new(ts.clone()),
-        ];
-        let mut batch = RecordBatch::try_new(CodedInteractions::table_schema(), columns)
-            .expect("coded columns match the coded schema");
-        if let Some(as_of) = self.as_of_ms {
-            if ts.values().iter().any(|&t| t > as_of) {
-                let keep: BooleanArray = ts.values().iter().map(|&t| Some(t <= as_of)).collect();
-                batch = arrow::compute::filter_record_batch(&batch, &keep)
-                    .expect("a mask as long as the batch");
+        let as_of = self.as_of_ms.unwrap_or(i64::MAX);
+        self.rows.reserve(users.len());
+        for (r, ((user, item), event)) in users.into_iter().zip(items).zip(events).enumerate() {
+            let ts_ms = ts.value(r);
+            if ts_ms > as_of {
+                continue;
             }
+            self.rows.push(CodedEvent {
+                ts_ms,
+                value: if values.is_valid(r) {
+                    values.value(r)
+                } else {
+                    f64::NAN
+                },
+                user,
+                item,
+                event,
+            });
         }
-        if batch.num_rows() > 0 {
-            self.batches.push(batch);
+    }
+
+    /// A coder with the same event types, row keeping and `--as-of`, and nothing coded yet.
+    pub fn empty_like(&self) -> Self {
+        let index = || IdIndex {
+            check_only: self.users.check_only,
+            ..IdIndex::default()
+        };
+        InteractionCoder {
+            users: index(),
+            items: index(),
+            events: self.events.clone(),
+            keep_rows: self.keep_rows,
+            as_of_ms: self.as_of_ms,
+            rows: Vec::new(),
         }
     }
 
     /// Renumbers the codes into byte order and returns the coded table.
     pub fn finish(self) -> CodedInteractions {
-        let (users, user_renumber) = self.users.finish();
-        let (items, item_renumber) = self.items.finish();
-        let renumber = |column: &Arc<dyn Array>, to: &[u32]| -> Arc<dyn Array> {
-            let codes = column
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .expect("coded ids are UInt32");
-            Arc::new(codes.unary::<_, arrow::datatypes::UInt32Type>(|c| to[c as usize]))
-        };
-        let schema = CodedInteractions::table_schema();
-        let batches = self
-            .batches
-            .into_iter()
-            .map(|b| {
-                let mut columns = b.columns().to_vec();
-                columns[0] = renumber(&columns[0], &user_renumber);
-                columns[1] = renumber(&columns[1], &item_renumber);
-                RecordBatch::try_new(schema.clone(), columns).expect("same schema")
-            })
-            .collect();
+        Self::finish_all(vec![self])
+    }
+
+    /// Joins coders that each coded a part of the input (in input order) into one table: one
+    /// dictionary per id kind in byte order, every part's codes renumbered into it.
+    pub fn finish_all(parts: Vec<InteractionCoder>) -> CodedInteractions {
+        let events = parts.first().map(|p| p.events.clone()).unwrap_or_default();
+        let mut user_indices = Vec::with_capacity(parts.len());
+        let mut item_indices = Vec::with_capacity(parts.len());
+        let mut part_rows = Vec::with_capacity(parts.len());
+        for part in parts {
+            user_indices.push(part.users);
+            item_indices.push(part.items);
+            part_rows.push(part.rows);
+        }
+        let (users, user_renumber) = IdIndex::finish_all(user_indices);
+        let (items, item_renumber) = IdIndex::finish_all(item_indices);
+        part_rows
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(part, rows)| {
+                let (to_user, to_item) = (&user_renumber[part], &item_renumber[part]);
+                for row in rows.iter_mut() {
+                    row.user = to_user[row.user as usize];
+                    row.item = to_item[row.item as usize];
+                }
+            });
+        let mut rows = Vec::with_capacity(part_rows.iter().map(Vec::len).sum());
+        for part in part_rows {
+            rows.extend(part);
+        }
         CodedInteractions {
             users,
             items,
-            events: self.events,
-            schema,
-            batches,
+            events,
+            rows,
         }
     }
 }
@@ -288,7 +333,6 @@ impl InteractionCoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::AsArray;
 
     #[test]
     fn codes_follow_byte_order_and_new_ids_are_checked_once() {
@@ -325,19 +369,20 @@ mod tests {
             &TimestampMillisecondArray::from(vec![10, 20, 30, 5]),
         );
         let coded = coder.finish();
-        assert_eq!(coded.rows(), 3, "the row after as-of is left out");
-        let batch = &coded.batches[0];
-        let decode = |column: usize, dict: &IdDictionary| -> Vec<String> {
-            batch
-                .column(column)
-                .as_primitive::<arrow::datatypes::UInt32Type>()
-                .values()
+        assert_eq!(coded.rows.len(), 3, "the row after as-of is left out");
+        let decode = |dict: &IdDictionary, code: fn(&CodedEvent) -> u32| -> Vec<String> {
+            coded
+                .rows
                 .iter()
-                .map(|&c| dict.id(c).to_string())
+                .map(|r| dict.id(code(r)).to_string())
                 .collect()
         };
-        assert_eq!(decode(0, &coded.users), ["u9", "u10", "u2"]);
-        assert_eq!(decode(1, &coded.items), ["b", "a", "c"]);
+        assert_eq!(
+            coded.rows.iter().map(CodedEvent::value).collect::<Vec<_>>(),
+            [Some(1.0), None, Some(4.0)]
+        );
+        assert_eq!(decode(&coded.users, |r| r.user), ["u9", "u10", "u2"]);
+        assert_eq!(decode(&coded.items, |r| r.item), ["b", "a", "c"]);
         // Byte order: "u10" < "u2" < "u9".
         assert_eq!(coded.users.code("u10"), Some(0));
         assert_eq!(coded.users.code("u2"), Some(1));

@@ -9,7 +9,7 @@
 //! Every row is checked before any job runs, so a bad row is reported with its file, row number
 //! and column, and nothing is trained or published from input that was partly unreadable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMillisecondType};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use rayon::prelude::*;
 
 use recsys_shared::ids::id_problem;
 use recsys_shared::object_storage::{self, RemoteLocation};
@@ -240,40 +241,132 @@ impl InputTable {
         Ok(())
     }
 
-    /// Checks the schema and every row of an interactions table.
-    pub fn validate_interactions(
-        &self,
-        event_weights: &BTreeMap<String, f64>,
-    ) -> Result<InteractionStats> {
-        let mut coder = InteractionCoder::validating_only(event_weights.keys().cloned().collect());
-        self.check_interactions(event_weights, &mut coder)
-            .map_err(|e| self.relocate(e))
+    /// Checks the schema and every row of an interactions table; `event_types` are the types
+    /// accepted (those with a weight, and the explicit negatives).
+    pub fn validate_interactions(&self, event_types: &[String]) -> Result<InteractionStats> {
+        let coder = InteractionCoder::validating_only(event_types.to_vec());
+        let (stats, _) = self
+            .check_interactions_in_parallel(&coder, rayon::current_num_threads())
+            .map_err(|e| self.relocate(e))?;
+        Ok(stats)
     }
 
     /// Checks the schema and every row of an interactions table and returns the rows up to
     /// `as_of_ms` with their ids as codes (see [`crate::id_codes`]).
     pub fn validate_and_code_interactions(
         &self,
-        event_weights: &BTreeMap<String, f64>,
+        event_types: &[String],
         as_of_ms: Option<i64>,
     ) -> Result<(InteractionStats, CodedInteractions)> {
-        let mut coder = InteractionCoder::new(event_weights.keys().cloned().collect(), as_of_ms);
-        let stats = self
-            .check_interactions(event_weights, &mut coder)
+        let coder = InteractionCoder::new(event_types.to_vec(), as_of_ms);
+        let (stats, parts) = self
+            .check_interactions_in_parallel(&coder, rayon::current_num_threads())
             .map_err(|e| self.relocate(e))?;
-        Ok((stats, coder.finish()))
+        Ok((stats, InteractionCoder::finish_all(parts)))
+    }
+
+    /// Splits the files' row groups into `parts` contiguous runs (one per core) and checks (and
+    /// codes) the runs at once, each with a coder like `template`; the first error in file and
+    /// row order wins. Returns the stats and the runs' coders in order.
+    fn check_interactions_in_parallel(
+        &self,
+        template: &InteractionCoder,
+        parts: usize,
+    ) -> Result<(InteractionStats, Vec<InteractionCoder>)> {
+        let runs = self.row_group_runs(parts)?;
+        let results: Vec<Result<(InteractionStats, InteractionCoder)>> = runs
+            .into_par_iter()
+            .map(|run| {
+                let mut coder = template.empty_like();
+                let stats = self.check_interactions(&run, &mut coder)?;
+                Ok((stats, coder))
+            })
+            .collect();
+        let mut stats = InteractionStats::default();
+        let mut coders = Vec::with_capacity(results.len());
+        for result in results {
+            let (part, coder) = result?;
+            stats.rows += part.rows;
+            for t in [part.first_ts_ms, part.last_ts_ms].into_iter().flatten() {
+                stats.first_ts_ms = Some(stats.first_ts_ms.map_or(t, |m| m.min(t)));
+                stats.last_ts_ms = Some(stats.last_ts_ms.map_or(t, |m| m.max(t)));
+            }
+            coders.push(coder);
+        }
+        if stats.rows == 0 {
+            return Err(OfflineError::input(
+                &self.path,
+                "the interactions table has no rows",
+            ));
+        }
+        Ok((stats, coders))
+    }
+
+    /// The files' row groups cut into at most `parts` runs of about equal rows, in file order.
+    fn row_group_runs(&self, parts: usize) -> Result<Vec<Vec<RowGroups>>> {
+        let mut groups = Vec::new();
+        for file in &self.files {
+            let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
+            let metadata = std::panic::catch_unwind(|| {
+                parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&handle)
+            })
+            .map_err(|panic| corrupt(file, &panic))?
+            .map_err(|e| SharedError::parquet(file, e))?;
+            let mut first_row = 0u64;
+            for (index, group) in metadata.row_groups().iter().enumerate() {
+                let rows = group.num_rows().max(0) as u64;
+                groups.push((file.clone(), index, first_row, rows));
+                first_row += rows;
+            }
+            if metadata.row_groups().is_empty() {
+                // Still read (its schema is checked), as one empty run.
+                groups.push((file.clone(), usize::MAX, 0, 0));
+            }
+        }
+        let total: u64 = groups.iter().map(|g| g.3).sum();
+        let per_part = total.div_ceil(parts.max(1) as u64).max(1);
+        let mut runs: Vec<Vec<RowGroups>> = vec![Vec::new()];
+        let mut in_run = 0u64;
+        for (file, index, first_row, rows) in groups {
+            if in_run >= per_part {
+                runs.push(Vec::new());
+                in_run = 0;
+            }
+            in_run += rows;
+            let run = runs.last_mut().expect("one run at least");
+            match run.last_mut() {
+                Some(last) if last.file == file && index != usize::MAX => {
+                    last.row_groups.push(index)
+                }
+                _ => run.push(RowGroups {
+                    file,
+                    row_groups: if index == usize::MAX {
+                        Vec::new()
+                    } else {
+                        vec![index]
+                    },
+                    first_row,
+                }),
+            }
+        }
+        Ok(runs)
     }
 
     fn check_interactions(
         &self,
-        event_weights: &BTreeMap<String, f64>,
+        run: &[RowGroups],
         coder: &mut InteractionCoder,
     ) -> Result<InteractionStats> {
         let mut stats = InteractionStats::default();
         let keep = coder.keeps_rows();
-        for file in &self.files {
-            let mut row = 0u64;
-            for batch in read_columns(self, file, &INTERACTION_COLUMNS)? {
+        for RowGroups {
+            file,
+            row_groups,
+            first_row,
+        } in run
+        {
+            let mut row = *first_row;
+            for batch in read_columns(self, file, &INTERACTION_COLUMNS, Some(row_groups))? {
                 let batch = batch?;
                 let users = text_column(file, &batch, "user_id")?;
                 let items = text_column(file, &batch, "item_id")?;
@@ -322,7 +415,7 @@ impl InputTable {
                                 "event_type",
                                 format!(
                                     "unknown event type {event:?} (known: {}; add it to offline.features.event_weights)",
-                                    event_weights.keys().cloned().collect::<Vec<_>>().join(", ")
+                                    coder.event_types().join(", ")
                                 ),
                             )
                         })?,
@@ -347,14 +440,8 @@ impl InputTable {
                 }
                 coder.push(user_codes, item_codes, event_codes, &values, &ts);
                 row += n as u64;
+                stats.rows += n as u64;
             }
-            stats.rows += row;
-        }
-        if stats.rows == 0 {
-            return Err(OfflineError::input(
-                &self.path,
-                "the interactions table has no rows",
-            ));
         }
         Ok(stats)
     }
@@ -368,7 +455,7 @@ impl InputTable {
         let mut seen = HashSet::new();
         for file in &self.files {
             let mut row = 0u64;
-            for batch in read_columns(self, file, &ITEM_COLUMNS)? {
+            for batch in read_columns(self, file, &ITEM_COLUMNS, None)? {
                 let batch = batch?;
                 let items = text_column(file, &batch, "item_id")?;
                 for i in 0..batch.num_rows() {
@@ -527,10 +614,19 @@ fn collect_parquet(
 type BatchResult = std::result::Result<arrow::array::RecordBatch, OfflineError>;
 
 /// Reads only `columns` of `file` after checking the file's schema.
+/// Row groups of one file, and the file row the first of them starts at.
+struct RowGroups {
+    file: PathBuf,
+    row_groups: Vec<usize>,
+    first_row: u64,
+}
+
+/// The batches of `columns` of `file` (only `row_groups`, when given).
 fn read_columns(
     table: &InputTable,
     file: &Path,
     columns: &[(&str, ColumnKind)],
+    row_groups: Option<&[usize]>,
 ) -> Result<impl Iterator<Item = BatchResult>> {
     let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
     // A damaged footer can make the metadata decoders panic (an unknown Arrow type in the
@@ -544,6 +640,10 @@ fn read_columns(
         .map(|(name, _)| builder.schema().index_of(name).expect("checked"))
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let builder = match row_groups {
+        Some(groups) => builder.with_row_groups(groups.to_vec()),
+        None => builder,
+    };
     let reader = builder
         .with_projection(mask)
         .with_batch_size(64 * 1024)
@@ -602,8 +702,8 @@ mod tests {
     use super::*;
     use crate::tables::{interactions_schema, InteractionRow, TableWriter};
 
-    fn weights() -> BTreeMap<String, f64> {
-        [("play".to_string(), 1.0)].into_iter().collect()
+    fn event_types() -> Vec<String> {
+        vec!["play".to_string()]
     }
 
     /// Writes a valid 300-row interactions table at `path` and returns its bytes.
@@ -641,7 +741,7 @@ mod tests {
                 copy[at] ^= mask;
                 std::fs::write(&damaged, &copy).unwrap();
                 let result = InputTable::discover(&damaged)
-                    .and_then(|table| table.validate_interactions(&weights()));
+                    .and_then(|table| table.validate_interactions(&event_types()));
                 if let Err(e) = result {
                     assert!(e.to_string().contains("damaged.parquet"), "{e}");
                     errors += 1;
@@ -649,6 +749,94 @@ mod tests {
             }
         }
         assert!(errors > 0, "no corruption was detected at all");
+    }
+
+    /// Writes `rows` to `path` in row groups of 40 rows.
+    fn table_in_small_row_groups(path: &Path, rows: &[InteractionRow]) {
+        use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+        let schema = interactions_schema();
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| &r.user_id),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| &r.item_id),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.event_type),
+                )),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.value))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.ts_ms),
+                )),
+            ],
+        )
+        .unwrap();
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(40))
+            .build();
+        let file = File::create(path).unwrap();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// Coding in several runs of row groups at once gives the codes, rows and stats of one run,
+    /// and an error names the row of its file whichever run found it.
+    #[test]
+    fn parallel_runs_code_like_one_run_and_name_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = |range: std::ops::Range<i64>| -> Vec<InteractionRow> {
+            range
+                .map(|i| InteractionRow {
+                    user_id: format!("u{}", (i * 7) % 53),
+                    item_id: format!("i{}", (i * 13) % 31),
+                    event_type: if i % 4 == 0 { "click" } else { "play" },
+                    value: (i % 3 == 0).then_some(i as f64),
+                    ts_ms: 1_700_000_000_000 + (i % 97),
+                })
+                .collect()
+        };
+        table_in_small_row_groups(&dir.path().join("a.parquet"), &rows(0..300));
+        table_in_small_row_groups(&dir.path().join("b.parquet"), &rows(300..520));
+        let table = InputTable::discover(dir.path()).unwrap();
+        let coder =
+            InteractionCoder::new(vec!["play".into(), "click".into()], Some(1_700_000_000_090));
+        let (stats_one, one) = table.check_interactions_in_parallel(&coder, 1).unwrap();
+        let (stats_many, many) = table.check_interactions_in_parallel(&coder, 5).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(many.len() >= 4, "{} runs", many.len());
+        assert_eq!(stats_one, stats_many);
+        assert_eq!(stats_one.rows, 520);
+        let (one, many) = (
+            InteractionCoder::finish_all(one),
+            InteractionCoder::finish_all(many),
+        );
+        assert_eq!(one.users, many.users);
+        assert_eq!(one.items, many.items);
+        assert_eq!(one.users.len(), 53);
+        assert_eq!(one.rows, many.rows);
+        assert!(one.rows.len() < 520, "rows after --as-of are left out");
+
+        // A bad id in b.parquet's fifth row group: named at its row of that file.
+        let mut bad = rows(300..520);
+        bad[170].item_id = String::new();
+        table_in_small_row_groups(&dir.path().join("b.parquet"), &bad);
+        let table = InputTable::discover(dir.path()).unwrap();
+        for parts in [1, 5] {
+            let e = table
+                .check_interactions_in_parallel(&coder, parts)
+                .err()
+                .expect("an empty id is refused")
+                .to_string();
+            assert!(
+                e.contains("b.parquet: row 170 ") && e.contains("item_id"),
+                "{parts} runs: {e}"
+            );
+        }
     }
 
     proptest::proptest! {
@@ -670,7 +858,7 @@ mod tests {
                 bytes[at] = value;
             }
             std::fs::write(&path, &bytes).unwrap();
-            if let Err(e) = InputTable::discover(&path).and_then(|t| t.validate_interactions(&weights())) {
+            if let Err(e) = InputTable::discover(&path).and_then(|t| t.validate_interactions(&event_types())) {
                 proptest::prop_assert!(e.to_string().contains("fuzzed.parquet"), "{}", e);
             }
         }

@@ -13,8 +13,9 @@
 //! It owns: reading and validating the input tables, the SQL feature jobs, training, evaluation,
 //! hyper-parameter tuning, the evaluation report, the publish gate, the importers and the
 //! synthetic generator, the training benchmark, and the take-rate report of a live experiment
-//! over archived impressions and events ([`experiment_report`]). The built-in feature queries run
-//! over integer-coded ids ([`id_codes`]).
+//! over archived impressions and events ([`experiment_report`]). On the local engine the built-in
+//! feature queries run as Rust ([`coded_jobs`]) over integer-coded ids ([`id_codes`]), with the
+//! SQL's semantics; replaced queries and the Ballista cluster run the SQL.
 //!
 //! Inputs and the model root may be on object storage (`s3://`, `gs://`, `az://`): inputs are
 //! copied to a scratch directory ([`input`]), versions are published through a lease and a
@@ -26,6 +27,7 @@
 
 pub mod als;
 pub mod bench;
+pub mod coded_jobs;
 pub mod engine;
 mod error;
 pub mod evaluate;

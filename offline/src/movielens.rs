@@ -330,9 +330,10 @@ mod tests {
         assert_eq!(summary.interactions, 3);
         assert_eq!(summary.items, titles.len() as u64);
         let weights = recsys_shared::config::FeatureConfig::default().event_weights;
+        let event_types: Vec<String> = weights.into_keys().collect();
         let stats = InputTable::discover(&out.path().join("interactions.parquet"))
             .unwrap()
-            .validate_interactions(&weights)
+            .validate_interactions(&event_types)
             .unwrap();
         assert_eq!(stats.rows, 3);
         assert_eq!(stats.first_ts_ms, Some(874_965_758_000));

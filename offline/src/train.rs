@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use recsys_shared::artifact::{
-    files, write_factors, write_history, write_popularity, AlgorithmParams, DataWindow, Evaluation,
-    FactorTable, Manifest, ModelRoot, RowCounts, FORMAT_VERSION,
+    files, write_factors, write_history_rows, write_popularity, AlgorithmParams, DataWindow,
+    Evaluation, FactorTable, Manifest, ModelRoot, RowCounts, FORMAT_VERSION,
 };
 use recsys_shared::config::{Config, Protocol};
 use recsys_shared::SharedError;
@@ -128,6 +128,7 @@ impl TrainJob {
             as_of_ms: self.as_of_ms,
             threads: params.threads,
             cluster: crate::engine::cluster(&config.offline),
+            negatives: crate::features::NegativeEvents::from_config(&config.nearline.feedback),
         };
         let started = Instant::now();
         let features = run_features(&feature_job, &interactions, Some(&items))?;
@@ -177,7 +178,7 @@ impl TrainJob {
             },
         )?;
         write_popularity(&staged.path(files::ITEM_POPULARITY), &features.popularity)?;
-        write_history(&staged.path(files::USER_HISTORY), &features.history)?;
+        write_history_rows(&staged.path(files::USER_HISTORY), features.history.iter())?;
         let (catalog_schema, catalog) = features
             .items
             .clone()
@@ -326,6 +327,7 @@ pub fn training_features(interactions: &std::path::Path, config: &Config) -> Res
         as_of_ms: None,
         threads: config.offline.als.threads,
         cluster: crate::engine::cluster(&config.offline),
+        negatives: crate::features::NegativeEvents::from_config(&config.nearline.feedback),
     };
     run_features(&job, &input, None)
 }

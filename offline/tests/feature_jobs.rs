@@ -1,10 +1,10 @@
 //! The DataFusion feature jobs on small fixtures: weights, rating threshold, de-duplication,
-//! `--as-of`, time decay, minimum-interaction filters, catalog filtering, Hive partitions, and a
-//! replacement query from the config.
+//! `--as-of`, time decay, minimum-interaction filters, catalog filtering, Hive partitions, a
+//! replacement query from the config, and explicit negative events.
 
 use std::path::Path;
 
-use recsys_offline::features::{FeatureJob, Features};
+use recsys_offline::features::{FeatureJob, Features, NegativeEvents};
 use recsys_offline::input::InputTable;
 use recsys_offline::tables::{
     interactions_schema, items_schema, InteractionRow, ItemRow, TableWriter,
@@ -57,6 +57,16 @@ fn run(
     config: &FeatureConfig,
     as_of_ms: Option<i64>,
 ) -> Features {
+    run_with_negatives(interactions, items, config, as_of_ms, Default::default()).unwrap()
+}
+
+fn run_with_negatives(
+    interactions: &Path,
+    items: Option<&Path>,
+    config: &FeatureConfig,
+    as_of_ms: Option<i64>,
+    negatives: NegativeEvents,
+) -> recsys_offline::Result<Features> {
     let input = InputTable::discover(interactions).unwrap();
     let catalog = items.map(|p| InputTable::discover(p).unwrap());
     let job = FeatureJob {
@@ -64,8 +74,9 @@ fn run(
         as_of_ms,
         threads: 2,
         cluster: None,
+        negatives,
     };
-    run_features(&job, &input, catalog.as_ref()).unwrap()
+    run_features(&job, &input, catalog.as_ref())
 }
 
 /// (user, item) → strength.
@@ -136,8 +147,8 @@ fn training_table_applies_weights_threshold_dedup_and_catalog() {
     let bob: Vec<&str> = f
         .history
         .iter()
-        .filter(|h| h.user_id == "bob")
-        .map(|h| h.item_id.as_str())
+        .filter(|(user, ..)| *user == "bob")
+        .map(|(_, item, ..)| item)
         .collect();
     assert_eq!(bob, vec!["d", "a"]);
     assert_eq!(
@@ -245,7 +256,7 @@ fn hive_partitioned_directories_are_read_whole() {
 #[test]
 fn coded_ids_give_the_same_tables_as_string_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let types = ["play", "click", "rating", "add_to_list"];
+    let types = ["play", "click", "rating", "add_to_list", "thumbs_down"];
     let mut state = 7u64;
     let mut next = move |n: u64| {
         state = state
@@ -257,7 +268,7 @@ fn coded_ids_give_the_same_tables_as_string_ids() {
     for _ in 0..4000 {
         let user = format!("u{}", next(60));
         let item = format!("i{}", next(45));
-        let event_type = types[next(4) as usize];
+        let event_type = types[next(5) as usize];
         let value = (next(3) > 0).then(|| next(6) as f64);
         // Few distinct days, so timestamps tie and the history's tie-break on item_id matters.
         let day = next(20) as i64;
@@ -291,9 +302,15 @@ fn coded_ids_give_the_same_tables_as_string_ids() {
     strings.popularity_sql = Some(dir.path().join("popularity.sql"));
     strings.user_history_sql = Some(dir.path().join("history.sql"));
 
+    let negatives = NegativeEvents {
+        types: vec!["thumbs_down".into()],
+        forget: true,
+    };
     for (items, as_of) in [(Some(items.as_path()), Some(T0 + 15 * DAY)), (None, None)] {
-        let a = run(&interactions, items, &coded, as_of);
-        let b = run(&interactions, items, &strings, as_of);
+        let run = |config: &FeatureConfig| {
+            run_with_negatives(&interactions, items, config, as_of, negatives.clone()).unwrap()
+        };
+        let (a, b) = (run(&coded), run(&strings));
         assert!(a.training.pairs.len() > 100, "{}", a.training.pairs.len());
         assert_eq!(a.training.user_ids, b.training.user_ids);
         assert_eq!(a.training.item_ids, b.training.item_ids);
@@ -315,10 +332,97 @@ fn coded_ids_give_the_same_tables_as_string_ids() {
         let history = |f: &Features| -> Vec<(String, String, i64)> {
             f.history
                 .iter()
-                .map(|h| (h.user_id.clone(), h.item_id.clone(), h.ts_ms))
+                .map(|(user, item, _, ts_ms)| (user.to_string(), item.to_string(), ts_ms))
                 .collect()
         };
         assert_eq!(history(&a), history(&b));
         assert_eq!(a.interactions, b.interactions);
     }
+}
+
+#[test]
+fn explicit_negatives_forget_the_members_earlier_events_on_the_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let interactions = dir.path().join("interactions.parquet");
+    write_interactions(
+        &interactions,
+        &[
+            event("alice", "a", "play", None, 0),
+            event("alice", "a", "play", None, 2),
+            event("alice", "a", "thumbs_down", None, 3),
+            event("alice", "a", "play", None, 5), // after the negative: kept
+            event("alice", "b", "play", None, 1),
+            event("alice", "b", "thumbs_down", None, 4), // the only play on b is forgotten
+            event("alice", "c", "not_interested", None, 1), // no positive on c at all
+            event("alice", "d", "play", None, 6),
+            event("bob", "b", "play", None, 1), // another member's play stays
+            event("bob", "a", "play", None, 2),
+        ],
+    );
+    let config = FeatureConfig::default();
+    let types = vec!["thumbs_down".to_string(), "not_interested".to_string()];
+    let mut builtin_and_replaced = vec![config.clone()];
+    let mut strings = config.clone();
+    let sql = dir.path().join("training.sql");
+    std::fs::write(&sql, include_str!("../sql/training_table.sql")).unwrap();
+    strings.training_table_sql = Some(sql);
+    builtin_and_replaced.push(strings);
+    for config in &builtin_and_replaced {
+        let run = |forget: bool| {
+            let negatives = NegativeEvents {
+                types: types.clone(),
+                forget,
+            };
+            run_with_negatives(&interactions, None, config, None, negatives).unwrap()
+        };
+        let (forgetting, ignoring) = (run(true), run(false));
+        let pair = |f: &Features, user: &str, item: &str| {
+            strengths(f)
+                .into_iter()
+                .find(|(u, i, _)| u == user && i == item)
+                .map(|(_, _, s)| s)
+        };
+        let play = pair(&ignoring, "alice", "d").expect("one play");
+        // `ignore`: negatives change no pair; `forget`: only events after the newest negative.
+        assert_eq!(pair(&ignoring, "alice", "a"), Some(3.0 * play));
+        assert_eq!(pair(&forgetting, "alice", "a"), Some(play));
+        assert_eq!(pair(&ignoring, "alice", "b"), Some(play));
+        assert_eq!(pair(&forgetting, "alice", "b"), None);
+        for f in [&forgetting, &ignoring] {
+            assert_eq!(
+                pair(f, "alice", "c"),
+                None,
+                "a negative is never a positive"
+            );
+            assert_eq!(pair(f, "bob", "b"), Some(play));
+            assert_eq!(pair(f, "bob", "a"), Some(play));
+        }
+        let history = |f: &Features| -> Vec<(String, i64)> {
+            f.history
+                .iter()
+                .filter(|(user, ..)| *user == "alice")
+                .map(|(_, item, _, ts_ms)| (item.to_string(), (ts_ms - T0) / DAY))
+                .collect()
+        };
+        assert_eq!(
+            history(&forgetting),
+            [("d".to_string(), 6), ("a".to_string(), 5)]
+        );
+        assert_eq!(
+            history(&ignoring),
+            [
+                ("d".to_string(), 6),
+                ("a".to_string(), 5),
+                ("b".to_string(), 1)
+            ]
+        );
+    }
+    // Feedback off: a negative event type is an unknown one, named with its column.
+    let refused = run_with_negatives(&interactions, None, &config, None, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("thumbs_down") && refused.contains("event_type"),
+        "{refused}"
+    );
 }

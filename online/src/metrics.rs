@@ -32,6 +32,26 @@ pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+/// Time a request spends on its experiments, by part: `allocation` (the member's variants and
+/// the catalog they choose) and `impressions` (building the impression record and handing it to
+/// the log; only when impressions are on).
+pub static EXPERIMENT_WORK: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "recsys_experiment_work_seconds",
+        "Time a request spends on experiment allocation and impression logging, by part",
+        &["part"],
+        vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3]
+    )
+    .expect("registers once")
+});
+
+/// Records the time since `started` as `part` of [`EXPERIMENT_WORK`].
+pub fn experiment_work(part: &str, started: std::time::Instant) {
+    EXPERIMENT_WORK
+        .with_label_values(&[part])
+        .observe(started.elapsed().as_secs_f64());
+}
+
 /// Where member vectors came from (`cache`, `store`, `fold_in`, `cold_start`) and `degraded`.
 pub static VECTOR_SOURCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(

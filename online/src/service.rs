@@ -30,7 +30,7 @@ use crate::admission::RequestDeadline;
 use crate::catalog::Catalog;
 use crate::experiments::{Experiments, RowKind, RowRecipe};
 use crate::impressions::{ImpressedItem, ImpressedVariant, Impression, ImpressionLog};
-use crate::metrics::{EXPERIMENT_REQUESTS, VECTOR_SOURCES};
+use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS, VECTOR_SOURCES};
 use crate::rules;
 use crate::scoring::Scored;
 use recsys_shared::config::{MaturityConfig, RulesConfig};
@@ -240,6 +240,7 @@ impl Ranker {
         if self.impressions.is_none() {
             return;
         }
+        let started = std::time::Instant::now();
         let items = answer
             .items
             .iter()
@@ -259,12 +260,14 @@ impl Ranker {
             &answer.experiments,
             items,
         );
+        experiment_work("impressions", started);
     }
 
     fn log_homepage(&self, user_id: &str, answer: &HomepageResponse) {
         if self.impressions.is_none() {
             return;
         }
+        let started = std::time::Instant::now();
         let items = answer
             .rows
             .iter()
@@ -289,6 +292,7 @@ impl Ranker {
             &answer.experiments,
             items,
         );
+        experiment_work("impressions", started);
     }
 
     /// The catalog being served, if any.
@@ -314,6 +318,7 @@ impl Ranker {
     /// The member's experiments: the model and row recipe their variants choose (the first
     /// experiment in file order that sets each wins), and the assignments to report.
     fn treatment(&self, user_id: &str) -> Result<Treatment, Status> {
+        let started = std::time::Instant::now();
         let set = self.experiments.load();
         let assigned = set.experiments.assign(user_id);
         let pinned = assigned.iter().find_map(|a| {
@@ -337,6 +342,7 @@ impl Ranker {
                 }
             })
             .collect();
+        experiment_work("allocation", started);
         Ok(Treatment {
             catalog,
             recipe,

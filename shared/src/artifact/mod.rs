@@ -37,8 +37,8 @@ pub use remote::{Lease, ModelMirror, RemoteModelRoot};
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{
     read_catalog, read_factors, read_history, read_popularity, write_batches, write_catalog,
-    write_factors, write_history, write_popularity, writer_properties, CatalogRow, FactorTable,
-    HistoryRow, PopularityRow,
+    write_factors, write_history, write_history_rows, write_popularity, writer_properties,
+    CatalogRow, FactorTable, HistoryRow, PopularityRow,
 };
 
 /// File names inside a version directory.

@@ -269,23 +269,32 @@ fn history_schema() -> SchemaRef {
 
 /// Writes `user_history.parquet`.
 pub fn write_history(path: &Path, rows: &[HistoryRow]) -> Result<()> {
+    write_history_rows(
+        path,
+        rows.iter()
+            .map(|r| (r.user_id.as_str(), r.item_id.as_str(), r.strength, r.ts_ms)),
+    )
+}
+
+/// Writes `user_history.parquet` from `(user_id, item_id, strength, ts_ms)` rows (borrowed ids:
+/// no copy of the rows is held besides the Arrow batches).
+pub fn write_history_rows<'a>(
+    path: &Path,
+    rows: impl Iterator<Item = (&'a str, &'a str, f32, i64)>,
+) -> Result<()> {
     let schema = history_schema();
     let mut batches = Vec::new();
-    for chunk in rows.chunks(BATCH_ROWS) {
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<(&str, &str, f32, i64)> = rows.by_ref().take(BATCH_ROWS).collect();
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(StringArray::from_iter_values(
-                    chunk.iter().map(|r| &r.user_id),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    chunk.iter().map(|r| &r.item_id),
-                )),
-                Arc::new(Float32Array::from_iter_values(
-                    chunk.iter().map(|r| r.strength),
-                )),
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| r.1))),
+                Arc::new(Float32Array::from_iter_values(chunk.iter().map(|r| r.2))),
                 Arc::new(
-                    TimestampMillisecondArray::from_iter_values(chunk.iter().map(|r| r.ts_ms))
+                    TimestampMillisecondArray::from_iter_values(chunk.iter().map(|r| r.3))
                         .with_timezone("UTC"),
                 ),
             ],
