@@ -288,6 +288,14 @@ impl InteractionCoder {
         }
     }
 
+    /// Makes room for `rows` more rows (when rows are kept), so the rows are not reallocated
+    /// while they grow.
+    pub fn reserve(&mut self, rows: u64) {
+        if self.keep_rows {
+            self.rows.reserve_exact(rows as usize);
+        }
+    }
+
     /// Renumbers the codes into byte order and returns the coded table.
     pub fn finish(self) -> CodedInteractions {
         Self::finish_all(vec![self])
@@ -317,8 +325,13 @@ impl InteractionCoder {
                     row.item = to_item[row.item as usize];
                 }
             });
-        let mut rows = Vec::with_capacity(part_rows.iter().map(Vec::len).sum());
-        for part in part_rows {
+        // The first part grows into the whole (a large block grows in place where the allocator
+        // can), and each other part is freed once appended.
+        let total = part_rows.iter().map(Vec::len).sum::<usize>();
+        let mut parts = part_rows.into_iter();
+        let mut rows = parts.next().unwrap_or_default();
+        rows.reserve_exact(total - rows.len());
+        for part in parts {
             rows.extend(part);
         }
         CodedInteractions {

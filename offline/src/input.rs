@@ -278,6 +278,7 @@ impl InputTable {
             .into_par_iter()
             .map(|run| {
                 let mut coder = template.empty_like();
+                coder.reserve(run.iter().map(|g| g.rows).sum());
                 let stats = self.check_interactions(&run, &mut coder)?;
                 Ok((stats, coder))
             })
@@ -336,7 +337,8 @@ impl InputTable {
             let run = runs.last_mut().expect("one run at least");
             match run.last_mut() {
                 Some(last) if last.file == file && index != usize::MAX => {
-                    last.row_groups.push(index)
+                    last.row_groups.push(index);
+                    last.rows += rows;
                 }
                 _ => run.push(RowGroups {
                     file,
@@ -346,6 +348,7 @@ impl InputTable {
                         vec![index]
                     },
                     first_row,
+                    rows,
                 }),
             }
         }
@@ -363,6 +366,7 @@ impl InputTable {
             file,
             row_groups,
             first_row,
+            ..
         } in run
         {
             let mut row = *first_row;
@@ -614,11 +618,12 @@ fn collect_parquet(
 type BatchResult = std::result::Result<arrow::array::RecordBatch, OfflineError>;
 
 /// Reads only `columns` of `file` after checking the file's schema.
-/// Row groups of one file, and the file row the first of them starts at.
+/// Row groups of one file, the file row the first of them starts at, and their rows.
 struct RowGroups {
     file: PathBuf,
     row_groups: Vec<usize>,
     first_row: u64,
+    rows: u64,
 }
 
 /// The batches of `columns` of `file` (only `row_groups`, when given).
