@@ -834,8 +834,7 @@ mod tests {
         for parts in [1, 5] {
             let e = table
                 .check_interactions_in_parallel(&coder, parts)
-                .err()
-                .expect("an empty id is refused")
+                .expect_err("an empty id is refused")
                 .to_string();
             assert!(
                 e.contains("b.parquet: row 170 ") && e.contains("item_id"),
