@@ -705,7 +705,7 @@ fn text_column(file: &Path, batch: &arrow::array::RecordBatch, name: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::{interactions_schema, InteractionRow, TableWriter};
+    use crate::tables::{interaction_columns, interactions_schema, InteractionRow, TableWriter};
 
     fn event_types() -> Vec<String> {
         vec!["play".to_string()]
@@ -758,27 +758,9 @@ mod tests {
 
     /// Writes `rows` to `path` in row groups of 40 rows.
     fn table_in_small_row_groups(path: &Path, rows: &[InteractionRow]) {
-        use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
         let schema = interactions_schema();
-        let batch = arrow::array::RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|r| &r.user_id),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|r| &r.item_id),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|r| r.event_type),
-                )),
-                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.value))),
-                Arc::new(TimestampMillisecondArray::from_iter_values(
-                    rows.iter().map(|r| r.ts_ms),
-                )),
-            ],
-        )
-        .unwrap();
+        let batch =
+            arrow::array::RecordBatch::try_new(schema.clone(), interaction_columns(rows)).unwrap();
         let properties = parquet::file::properties::WriterProperties::builder()
             .set_max_row_group_row_count(Some(40))
             .build();

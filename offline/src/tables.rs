@@ -78,6 +78,25 @@ pub struct TableWriter {
     writer: Option<ArrowWriter<File>>,
 }
 
+/// The columns of [`interactions_schema`] holding `rows`.
+pub fn interaction_columns(rows: &[InteractionRow]) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.user_id),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.item_id),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.event_type),
+        )),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.value))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            rows.iter().map(|r| r.ts_ms),
+        )),
+    ]
+}
+
 impl Drop for TableWriter {
     fn drop(&mut self) {
         if self.writer.take().is_some() {
@@ -108,22 +127,7 @@ impl TableWriter {
     }
 
     pub fn write_interactions(&mut self, rows: &[InteractionRow]) -> Result<()> {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| &r.user_id),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| &r.item_id),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.event_type),
-            )),
-            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.value))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(
-                rows.iter().map(|r| r.ts_ms),
-            )),
-        ];
-        self.write(columns)
+        self.write(interaction_columns(rows))
     }
 
     pub fn write_items(&mut self, rows: &[ItemRow]) -> Result<()> {
