@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 use recsys_shared::artifact::PopularityRow;
 
-use crate::features::{dense_ids, Histories, HistoryPair, TrainingTable};
+use crate::feature_tables::{dense_ids, Histories, HistoryPair, TrainingTable};
 use crate::id_codes::{CodedEvent, CodedInteractions};
 
 /// The built-in queries' parameters, as codes.

@@ -33,6 +33,7 @@ mod error;
 pub mod evaluate;
 pub mod experiment_report;
 pub mod feature_bench;
+pub mod feature_tables;
 pub mod features;
 pub mod id_codes;
 pub mod input;
