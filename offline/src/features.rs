@@ -249,9 +249,10 @@ impl FeatureJob<'_> {
             0
         };
         register_event_weights(ctx, self.config).await?;
-        let forgetting = match self.negatives.forget {
-            true => self.negatives.types.as_slice(),
-            false => &[],
+        let forgetting: &[String] = if self.negatives.forget {
+            &self.negatives.types
+        } else {
+            &[]
         };
         register_event_types(ctx, "forgetting_events", forgetting).await?;
         let [training_sql, popularity_sql, history_sql] = self.queries(reference_ms)?;
