@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 use recsys_shared::artifact::PopularityRow;
 
-use crate::feature_tables::{dense_ids, Histories, HistoryPair, TrainingTable};
+use crate::feature_tables::{dense_ids, Histories, Pair, TrainingTable};
 use crate::id_codes::{CodedEvent, CodedInteractions};
 
 /// The built-in queries' parameters, as codes.
@@ -217,18 +217,18 @@ impl BuiltinQueries {
 
     /// Each member's newest `history_cap` pairs, by member, newest first, ties by item.
     fn history(&self, pairs: &[RawPair], codes: &CodedInteractions) -> Histories {
-        let mut rows: Vec<HistoryPair> = Vec::new();
+        let mut rows: Vec<Pair> = Vec::new();
         let mut newest: Vec<&RawPair> = Vec::new();
         for member in pairs.chunk_by(|a, b| a.user == b.user) {
             newest.clear();
             newest.extend(member);
             newest
                 .sort_unstable_by(|a, b| b.last_ts_ms.cmp(&a.last_ts_ms).then(a.item.cmp(&b.item)));
-            rows.extend(newest.iter().take(self.history_cap).map(|p| HistoryPair {
+            rows.extend(newest.iter().take(self.history_cap).map(|p| Pair {
                 user: p.user,
                 item: p.item,
                 strength: p.strength as f32,
-                ts_ms: p.last_ts_ms,
+                last_ts_ms: p.last_ts_ms,
             }));
         }
         // Codes to indices into the ids the rows use.

@@ -139,15 +139,6 @@ pub(crate) fn dense_ids(
     (index, ids)
 }
 
-/// One row of a member's history: indices into [`Histories`]' id lists.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HistoryPair {
-    pub user: u32,
-    pub item: u32,
-    pub strength: f32,
-    pub ts_ms: i64,
-}
-
 /// The members' histories (`user_history.parquet`) as the history job orders them: by member,
 /// newest first. Each id is held once (the rows index the id lists), so millions of rows cost
 /// 24 bytes each instead of two strings.
@@ -155,7 +146,8 @@ pub struct HistoryPair {
 pub struct Histories {
     pub user_ids: Vec<String>,
     pub item_ids: Vec<String>,
-    pub rows: Vec<HistoryPair>,
+    /// Training pairs, indices into these id lists.
+    pub rows: Vec<Pair>,
 }
 
 impl Histories {
@@ -166,7 +158,7 @@ impl Histories {
                 self.user_ids[r.user as usize].as_str(),
                 self.item_ids[r.item as usize].as_str(),
                 r.strength,
-                r.ts_ms,
+                r.last_ts_ms,
             )
         })
     }

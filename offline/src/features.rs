@@ -20,7 +20,7 @@ use recsys_shared::config::{FeatureConfig, FeedbackConfig, NegativeFoldIn};
 use recsys_shared::SharedError;
 
 use crate::coded_jobs::BuiltinQueries;
-pub use crate::feature_tables::{Histories, HistoryPair, Pair, PairRow, TrainingTable};
+pub use crate::feature_tables::{Histories, Pair, PairRow, TrainingTable};
 use crate::id_codes::CodedInteractions;
 use crate::input::{InputTable, InteractionStats};
 use crate::{OfflineError, Result};
@@ -549,12 +549,12 @@ fn training_table(batches: &[RecordBatch]) -> Result<TrainingTable> {
 fn history_rows(batches: &[RecordBatch]) -> Result<Histories> {
     let (mut users, mut items) = (IdInterner::default(), IdInterner::default());
     let mut rows = Vec::new();
-    for_each_pair(batches, "history job", |(u, i, strength, ts_ms)| {
-        rows.push(HistoryPair {
+    for_each_pair(batches, "history job", |(u, i, strength, last_ts_ms)| {
+        rows.push(Pair {
             user: users.intern(u),
             item: items.intern(i),
             strength,
-            ts_ms,
+            last_ts_ms,
         })
     })?;
     Ok(Histories {
