@@ -17,7 +17,9 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMillisecondType};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
 
@@ -313,22 +315,29 @@ impl InputTable {
             })
             .map_err(|panic| corrupt(file, &panic))?
             .map_err(|e| SharedError::parquet(file, e))?;
+            // The file's Arrow schema (for the column types), when the footer carries one.
+            let schema = parquet::arrow::parquet_to_arrow_schema(
+                metadata.file_metadata().schema_descr(),
+                metadata.file_metadata().key_value_metadata(),
+            )
+            .ok();
             let mut first_row = 0u64;
             for (index, group) in metadata.row_groups().iter().enumerate() {
                 let rows = group.num_rows().max(0) as u64;
-                groups.push((file.clone(), index, first_row, rows));
+                let dictionaries = dictionary_encoded(group, schema.as_ref());
+                groups.push((file.clone(), index, first_row, rows, dictionaries));
                 first_row += rows;
             }
             if metadata.row_groups().is_empty() {
                 // Still read (its schema is checked), as one empty run.
-                groups.push((file.clone(), usize::MAX, 0, 0));
+                groups.push((file.clone(), usize::MAX, 0, 0, Vec::new()));
             }
         }
         let total: u64 = groups.iter().map(|g| g.3).sum();
         let per_part = total.div_ceil(parts.max(1) as u64).max(1);
         let mut runs: Vec<Vec<RowGroups>> = vec![Vec::new()];
         let mut in_run = 0u64;
-        for (file, index, first_row, rows) in groups {
+        for (file, index, first_row, rows, dictionaries) in groups {
             if in_run >= per_part {
                 runs.push(Vec::new());
                 in_run = 0;
@@ -336,7 +345,12 @@ impl InputTable {
             in_run += rows;
             let run = runs.last_mut().expect("one run at least");
             match run.last_mut() {
-                Some(last) if last.file == file && index != usize::MAX => {
+                Some(last)
+                    if last.file == file
+                        && index != usize::MAX
+                        && last.dictionaries.is_empty()
+                        && dictionaries.is_empty() =>
+                {
                     last.row_groups.push(index);
                     last.rows += rows;
                 }
@@ -349,6 +363,7 @@ impl InputTable {
                     },
                     first_row,
                     rows,
+                    dictionaries,
                 }),
             }
         }
@@ -362,19 +377,36 @@ impl InputTable {
     ) -> Result<InteractionStats> {
         let mut stats = InteractionStats::default();
         let keep = coder.keeps_rows();
+        // The codes of the current dictionaries' values, filled as rows name them.
+        let (mut user_keys, mut item_keys, mut event_keys) = (
+            KeyCodes::default(),
+            KeyCodes::default(),
+            KeyCodes::default(),
+        );
         for RowGroups {
             file,
             row_groups,
             first_row,
+            dictionaries,
             ..
         } in run
         {
             let mut row = *first_row;
-            for batch in read_columns(self, file, &INTERACTION_COLUMNS, Some(row_groups))? {
+            let batches = read_columns(
+                self,
+                file,
+                &INTERACTION_COLUMNS,
+                Some(row_groups),
+                dictionaries,
+            )?;
+            for batch in batches {
                 let batch = batch?;
                 let users = text_column(file, &batch, "user_id")?;
                 let items = text_column(file, &batch, "item_id")?;
                 let events = text_column(file, &batch, "event_type")?;
+                user_keys.follow(&users);
+                item_keys.follow(&items);
+                event_keys.follow(&events);
                 let values = batch
                     .column_by_name("value")
                     .expect("projected")
@@ -403,18 +435,15 @@ impl InputTable {
                         .into()
                     };
                     // Each distinct id is checked the first time it is seen.
-                    let code = |column: &str, ids: &TextColumn, index: &mut IdIndex| {
-                        let id = ids.value(i).ok_or_else(|| bad(column, "null id".into()))?;
-                        index.code(id, || match id_problem(id) {
-                            Some(problem) => Err(bad(column, problem)),
-                            None => Ok(()),
-                        })
-                    };
-                    let user = code("user_id", &users, &mut coder.users)?;
-                    let item = code("item_id", &items, &mut coder.items)?;
-                    let event = match events.value(i) {
-                        None => return Err(bad("event_type", "null event type".into())),
-                        Some(event) => coder.event_code(event).ok_or_else(|| {
+                    let user = user_keys.code(&users, i, |id| {
+                        code_id(&mut coder.users, id, |p| bad("user_id", p))
+                    })?;
+                    let item = item_keys.code(&items, i, |id| {
+                        code_id(&mut coder.items, id, |p| bad("item_id", p))
+                    })?;
+                    let event = event_keys.code(&events, i, |event| match event {
+                        None => Err(bad("event_type", "null event type".into())),
+                        Some(event) => coder.event_code(event).map(|e| e as u32).ok_or_else(|| {
                             bad(
                                 "event_type",
                                 format!(
@@ -422,8 +451,8 @@ impl InputTable {
                                     coder.event_types().join(", ")
                                 ),
                             )
-                        })?,
-                    };
+                        }),
+                    })? as i32;
                     if values.is_valid(i) && !values.value(i).is_finite() {
                         return Err(bad(
                             "value",
@@ -459,7 +488,7 @@ impl InputTable {
         let mut seen = HashSet::new();
         for file in &self.files {
             let mut row = 0u64;
-            for batch in read_columns(self, file, &ITEM_COLUMNS, None)? {
+            for batch in read_columns(self, file, &ITEM_COLUMNS, None, &[])? {
                 let batch = batch?;
                 let items = text_column(file, &batch, "item_id")?;
                 for i in 0..batch.num_rows() {
@@ -624,14 +653,49 @@ struct RowGroups {
     row_groups: Vec<usize>,
     first_row: u64,
     rows: u64,
+    /// The id columns every page of which is dictionary-encoded, read as keys into the
+    /// dictionary (then `row_groups` is one row group, so that no batch spans two dictionaries).
+    dictionaries: Vec<&'static str>,
 }
 
-/// The batches of `columns` of `file` (only `row_groups`, when given).
+/// The text columns of the interactions whose column chunk in `group` is dictionary-encoded on
+/// every page (as the writer's page encoding statistics say) and plain `Utf8` in `schema`:
+/// reading them as dictionary keys hands each distinct value over once per row group instead of
+/// once per row.
+fn dictionary_encoded(
+    group: &parquet::file::metadata::RowGroupMetaData,
+    schema: Option<&Schema>,
+) -> Vec<&'static str> {
+    use parquet::basic::Encoding;
+    let Some(schema) = schema else {
+        return Vec::new();
+    };
+    ["user_id", "item_id", "event_type"]
+        .into_iter()
+        .filter(|name| {
+            schema
+                .field_with_name(name)
+                .is_ok_and(|f| f.data_type() == &DataType::Utf8)
+                && group.columns().iter().any(|chunk| {
+                    chunk.column_path().parts() == [name.to_string()]
+                        && chunk.dictionary_page_offset().is_some()
+                        && chunk.page_encoding_stats_mask().is_some_and(|mask| {
+                            mask.is_only(Encoding::RLE_DICTIONARY)
+                                || mask.is_only(Encoding::PLAIN_DICTIONARY)
+                        })
+                })
+        })
+        .collect()
+}
+
+/// The batches of `columns` of `file` (only `row_groups`, when given), the text columns named in
+/// `dictionaries` as `Dictionary(Int32, Utf8)` (keys into the column chunk's dictionary).
 fn read_columns(
     table: &InputTable,
     file: &Path,
     columns: &[(&str, ColumnKind)],
     row_groups: Option<&[usize]>,
+    dictionaries: &[&str],
 ) -> Result<impl Iterator<Item = BatchResult>> {
     let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
     // A damaged footer can make the metadata decoders panic (an unknown Arrow type in the
@@ -640,6 +704,30 @@ fn read_columns(
         .map_err(|panic| corrupt(file, &panic))?
         .map_err(|e| SharedError::parquet(file, e))?;
     table.check_schema(file, builder.schema(), columns)?;
+    let builder = if dictionaries.is_empty() {
+        builder
+    } else {
+        let schema = builder.schema();
+        let fields: Vec<arrow::datatypes::FieldRef> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if dictionaries.contains(&f.name().as_str()) && f.data_type() == &DataType::Utf8 {
+                    Arc::new(f.as_ref().clone().with_data_type(DataType::Dictionary(
+                        Box::new(DataType::Int32),
+                        Box::new(DataType::Utf8),
+                    )))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect();
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
+        let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), options)
+            .map_err(|e| SharedError::parquet(file, e))?;
+        let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
+        ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata)
+    };
     let indices: Vec<usize> = columns
         .iter()
         .map(|(name, _)| builder.schema().index_of(name).expect("checked"))
@@ -685,27 +773,111 @@ fn corrupt(file: &Path, panic: &Box<dyn std::any::Any + Send>) -> OfflineError {
     )
 }
 
-/// A text column as plain `Utf8`, whichever string type the file used.
-struct TextColumn(ArrayRef);
+/// The code of `id` in `index`; a null or unacceptable id is `bad`'s error.
+fn code_id(
+    index: &mut IdIndex,
+    id: Option<&str>,
+    bad: impl Fn(String) -> OfflineError,
+) -> Result<u32> {
+    let id = id.ok_or_else(|| bad("null id".into()))?;
+    index.code(id, || match id_problem(id) {
+        Some(problem) => Err(bad(problem)),
+        None => Ok(()),
+    })
+}
+
+/// A text column of one batch: its values as plain `Utf8` (whichever string type the file used),
+/// or keys into the column chunk's dictionary of values.
+enum TextColumn {
+    Strings(ArrayRef),
+    Keys {
+        keys: arrow::array::Int32Array,
+        values: ArrayRef,
+    },
+}
 
 impl TextColumn {
     fn value(&self, i: usize) -> Option<&str> {
-        let strings = self.0.as_string::<i32>();
-        strings.is_valid(i).then(|| strings.value(i))
+        match self {
+            TextColumn::Strings(strings) => {
+                let strings = strings.as_string::<i32>();
+                strings.is_valid(i).then(|| strings.value(i))
+            }
+            TextColumn::Keys { keys, values } => {
+                let key = keys.is_valid(i).then(|| keys.value(i) as usize)?;
+                let values = values.as_string::<i32>();
+                values.is_valid(key).then(|| values.value(key))
+            }
+        }
     }
 }
 
 fn text_column(file: &Path, batch: &arrow::array::RecordBatch, name: &str) -> Result<TextColumn> {
     let column = batch.column_by_name(name).expect("projected");
+    if let Some(dictionary) = column.as_dictionary_opt::<arrow::datatypes::Int32Type>() {
+        if dictionary.values().data_type() == &DataType::Utf8 {
+            return Ok(TextColumn::Keys {
+                keys: dictionary.keys().clone(),
+                values: dictionary.values().clone(),
+            });
+        }
+    }
     let cast =
         arrow::compute::cast(column, &DataType::Utf8).map_err(|e| SharedError::arrow(file, e))?;
-    Ok(TextColumn(Arc::new(cast)))
+    Ok(TextColumn::Strings(Arc::new(cast)))
+}
+
+/// The codes of one dictionary's values, each found (and checked) the first time a row names it:
+/// rows keyed into a dictionary cost an array lookup, not a hash of their string.
+#[derive(Default)]
+struct KeyCodes {
+    /// The dictionary the codes belong to (batches of one column chunk share it).
+    values: Option<ArrayRef>,
+    codes: Vec<Option<u32>>,
+}
+
+impl KeyCodes {
+    /// Starts over when `column` is keyed into another dictionary than the last batch's.
+    fn follow(&mut self, column: &TextColumn) {
+        if let TextColumn::Keys { values, .. } = column {
+            if !self.values.as_ref().is_some_and(|v| Arc::ptr_eq(v, values)) {
+                self.codes.clear();
+                self.codes.resize(values.len(), None);
+                self.values = Some(values.clone());
+            }
+        }
+    }
+
+    /// The code of row `i` of `column`: `code` of its value, once per dictionary value when the
+    /// column is keyed (the first row naming a value is the one its error names).
+    fn code<E>(
+        &mut self,
+        column: &TextColumn,
+        i: usize,
+        code: impl FnOnce(Option<&str>) -> std::result::Result<u32, E>,
+    ) -> std::result::Result<u32, E> {
+        match column {
+            TextColumn::Keys { keys, .. } if keys.is_valid(i) => {
+                let key = keys.value(i) as usize;
+                match self.codes[key] {
+                    Some(known) => Ok(known),
+                    None => {
+                        let found = code(column.value(i))?;
+                        self.codes[key] = Some(found);
+                        Ok(found)
+                    }
+                }
+            }
+            _ => code(column.value(i)),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tables::{interaction_columns, interactions_schema, InteractionRow, TableWriter};
+    use parquet::file::properties::WriterProperties;
 
     fn event_types() -> Vec<String> {
         vec!["play".to_string()]
@@ -822,6 +994,116 @@ mod tests {
                 e.contains("b.parquet: row 170 ") && e.contains("item_id"),
                 "{parts} runs: {e}"
             );
+        }
+    }
+
+    /// Writes `rows` to `path` with `properties`, in row groups of 100 rows.
+    fn table_with(path: &Path, rows: &[InteractionRow], properties: WriterProperties) {
+        let schema = interactions_schema();
+        let batch =
+            arrow::array::RecordBatch::try_new(schema.clone(), interaction_columns(rows)).unwrap();
+        let file = File::create(path).unwrap();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// Id columns whose every page is dictionary-encoded are read as keys into the dictionary;
+    /// the codes, rows and errors are those of reading them as strings, and a chunk that fell
+    /// back to plain pages part-way (a dictionary page over its size limit) is read as strings.
+    #[test]
+    fn dictionary_keys_code_like_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<InteractionRow> = (0..500i64)
+            .map(|i| InteractionRow {
+                user_id: format!("member-{}", (i * 7) % 211),
+                item_id: format!("i{}", (i * 13) % 37),
+                event_type: if i % 4 == 0 { "click" } else { "play" },
+                value: (i % 3 == 0).then_some(i as f64),
+                ts_ms: 1_700_000_000_000 + (i % 97),
+            })
+            .collect();
+        let group = |b: parquet::file::properties::WriterPropertiesBuilder| {
+            b.set_max_row_group_row_count(Some(100))
+                .set_data_page_row_count_limit(10)
+                .set_write_batch_size(10)
+        };
+        let kinds = [
+            ("dictionary", group(WriterProperties::builder()).build()),
+            (
+                "plain",
+                group(WriterProperties::builder())
+                    .set_dictionary_enabled(false)
+                    .build(),
+            ),
+            (
+                "fallback",
+                group(WriterProperties::builder())
+                    .set_dictionary_page_size_limit(512)
+                    .build(),
+            ),
+        ];
+        let coder =
+            InteractionCoder::new(vec!["play".into(), "click".into()], Some(1_700_000_000_090));
+        let mut coded = Vec::new();
+        for (name, properties) in kinds {
+            let path = dir.path().join(format!("{name}.parquet"));
+            table_with(&path, &rows, properties);
+            let table = InputTable::discover(&path).unwrap();
+            let runs = table.row_group_runs(1).unwrap();
+            let keyed: Vec<&str> = runs[0]
+                .iter()
+                .flat_map(|g| g.dictionaries.clone())
+                .collect();
+            match name {
+                "dictionary" => {
+                    assert_eq!(runs[0].len(), 5, "one row group per read");
+                    assert_eq!(keyed.len(), 15, "{keyed:?}");
+                }
+                "plain" => assert!(keyed.is_empty(), "{keyed:?}"),
+                _ => {
+                    // A row group's 100 members (14 bytes each) overflow 512 bytes of dictionary;
+                    // its 37 items and 2 event types do not.
+                    assert!(!keyed.contains(&"user_id"), "{keyed:?}");
+                    assert!(keyed.contains(&"item_id"), "{keyed:?}");
+                }
+            }
+            let (stats, parts) = table.check_interactions_in_parallel(&coder, 2).unwrap();
+            assert_eq!(stats.rows, 500);
+            let all = InteractionCoder::finish_all(parts);
+            assert_eq!(all.users.len(), 211);
+            coded.push(all);
+
+            // A bad id repeated: the first row holding it is named.
+            let mut bad = rows.clone();
+            bad[257].item_id = " bad".into();
+            bad[301].item_id = " bad".into();
+            let path = dir.path().join(format!("{name}-bad.parquet"));
+            table_with(
+                &path,
+                &bad,
+                match name {
+                    "plain" => group(WriterProperties::builder())
+                        .set_dictionary_enabled(false)
+                        .build(),
+                    _ => group(WriterProperties::builder()).build(),
+                },
+            );
+            let e = InputTable::discover(&path)
+                .unwrap()
+                .check_interactions_in_parallel(&coder, 2)
+                .expect_err("a leading space in an id is refused")
+                .to_string();
+            assert!(
+                e.contains(": row 257 ") && e.contains("item_id"),
+                "{name}: {e}"
+            );
+        }
+        for other in &coded[1..] {
+            assert_eq!(other.users, coded[0].users);
+            assert_eq!(other.items, coded[0].items);
+            assert_eq!(format!("{:?}", other.rows), format!("{:?}", coded[0].rows));
         }
     }
 
