@@ -8,6 +8,11 @@
 //!
 //! Every row is checked before any job runs, so a bad row is reported with its file, row number
 //! and column, and nothing is trained or published from input that was partly unreadable.
+//!
+//! The interactions are read in one run of row groups per core. An id column whose every page in
+//! a row group is dictionary-encoded (as the writer's page encoding statistics say) is read as
+//! keys into the Parquet dictionary: each distinct value is checked and coded once per row group
+//! and its rows cost an array lookup; other columns are read as strings and hashed per row.
 
 use std::collections::HashSet;
 use std::fs::File;

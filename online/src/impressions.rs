@@ -10,18 +10,23 @@
 //!
 //! The record ([`Impression`]) is the contract in `recsys_shared::impression`.
 //!
-//! Logging never slows or fails a request: [`ImpressionLog::log`] hands the record to a bounded
-//! channel without waiting (no serialisation, no lock shared with librdkafka on the request
-//! path); one thread serialises the records and gives them to librdkafka's bounded queue
-//! (`queue_capacity` messages each). A full channel or queue, or a message the broker has not
-//! taken within `delivery_timeout_ms` (a slow or dead broker), drops the impression and counts it
-//! in `recsys_impressions_dropped_total{reason}`; delivered ones are counted in
-//! `recsys_impressions_sent_total`.
+//! Logging never slows or fails a request. On the request path [`ImpressionLog::log`] only
+//! appends what the answer showed — catalog positions ([`Shown`]), not ids — to a bounded queue
+//! under a lock held for a push: no ids are copied, nothing is serialised and no thread is woken.
+//! One thread wakes every [`FLUSH_EVERY`], takes the whole queue, looks the ids up in the
+//! answer's catalog, serialises each record and gives it to librdkafka's bounded queue
+//! (`queue_capacity` messages each). A full queue, or a message the broker has not taken within
+//! `delivery_timeout_ms` (a slow or dead broker), drops the impression and counts it in
+//! `recsys_impressions_dropped_total{reason}`; delivered ones are counted in
+//! `recsys_impressions_sent_total`. A queued record holds its answer's catalog, so a catalog
+//! swapped out lives on until the next flush at most.
 //!
 //! It must not block the request path or retry on it, and it owns nothing else: the records'
 //! consumers (the nearline workers, the archive) read the same JSON.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use prometheus::{register_int_counter, register_int_counter_vec, IntCounter, IntCounterVec};
 use rdkafka::config::ClientConfig;
@@ -32,8 +37,13 @@ use rdkafka::ClientContext;
 
 use recsys_shared::config::Config;
 pub use recsys_shared::impression::{ImpressedItem, ImpressedVariant, Impression};
+use recsys_shared::proto::v1::ExperimentAssignment;
 
+use crate::catalog::Catalog;
 use crate::error::OnlineError;
+
+/// How often the sending thread takes the queued records.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
 
 /// Impressions handed to Kafka and acknowledged.
 pub static IMPRESSIONS_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -77,11 +87,84 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// The producer of impression records: a bounded hand-off to the thread that serialises and
-/// sends them.
+/// What one answer showed, as positions in the catalog that served it.
+pub struct Shown {
+    pub catalog: Arc<Catalog>,
+    pub rows: Vec<ShownRow>,
+}
+
+/// One row of an answer: its kind (`rank` for a Rank answer) and its items in order.
+pub struct ShownRow {
+    pub kind: &'static str,
+    pub items: Vec<u32>,
+}
+
+/// An answer's impression as the request path hands it over; the record's ids are looked up
+/// when it is sent ([`PendingImpression::record`]).
+pub struct PendingImpression {
+    pub request_id: String,
+    pub user_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// `rank` or `homepage`.
+    pub rpc: &'static str,
+    pub experiments: Vec<ExperimentAssignment>,
+    pub shown: Shown,
+}
+
+impl PendingImpression {
+    /// The record of the contract, with the items' ids and the model version of the catalog
+    /// that served the answer.
+    pub fn record(&self) -> Impression {
+        let catalog = &self.shown.catalog;
+        Impression {
+            request_id: self.request_id.clone(),
+            user_id: self.user_id.clone(),
+            ts_ms: self.ts_ms,
+            rpc: self.rpc.to_string(),
+            model_version: catalog.version.clone(),
+            experiments: self
+                .experiments
+                .iter()
+                .map(|a| ImpressedVariant {
+                    experiment: a.experiment.clone(),
+                    variant: a.variant.clone(),
+                })
+                .collect(),
+            items: self
+                .shown
+                .rows
+                .iter()
+                .enumerate()
+                .flat_map(|(row, shown)| {
+                    shown
+                        .items
+                        .iter()
+                        .enumerate()
+                        .map(move |(position, &index)| ImpressedItem {
+                            row: row as u32,
+                            row_kind: shown.kind.to_string(),
+                            position: position as u32,
+                            item_id: catalog.item_ids[index as usize].clone(),
+                        })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Records handed over and not yet taken by the sending thread.
+struct Queue {
+    records: Mutex<Vec<PendingImpression>>,
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+/// The producer of impression records: a bounded queue and the thread that empties it into
+/// librdkafka.
 pub struct ImpressionLog {
-    records: Option<std::sync::mpsc::SyncSender<Impression>>,
-    producer: std::sync::Arc<ThreadedProducer<DeliveryCounter>>,
+    queue: Arc<Queue>,
+    producer: Arc<ThreadedProducer<DeliveryCounter>>,
     sender: Option<std::thread::JoinHandle<()>>,
     sample_rate: f64,
 }
@@ -96,9 +179,10 @@ impl ImpressionLog {
         }
         let mut client = ClientConfig::new();
         client
-            // Impressions are analytics: one acknowledgement, no idempotence round trips.
+            // Impressions are analytics: one acknowledgement, no idempotence round trips, and
+            // large batches (fewer produce requests for the broker to handle).
             .set("acks", "1")
-            .set("linger.ms", "20")
+            .set("linger.ms", "50")
             .set("compression.type", "lz4")
             .set(
                 "queue.buffering.max.messages",
@@ -114,43 +198,56 @@ impl ImpressionLog {
             client.set(key, value);
         }
         client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-        let producer: std::sync::Arc<ThreadedProducer<DeliveryCounter>> =
-            std::sync::Arc::new(client.create_with_context(DeliveryCounter).map_err(|e| {
+        let producer: Arc<ThreadedProducer<DeliveryCounter>> =
+            Arc::new(client.create_with_context(DeliveryCounter).map_err(|e| {
                 OnlineError::Config(format!("online.impressions: the producer: {e}"))
             })?);
-        let (records, receiver) =
-            std::sync::mpsc::sync_channel::<Impression>(settings.queue_capacity.clamp(1, 1 << 20));
+        let queue = Arc::new(Queue {
+            records: Mutex::new(Vec::new()),
+            capacity: settings.queue_capacity.clamp(1, 1 << 20),
+            closed: AtomicBool::new(false),
+        });
         let topic = settings.topic.clone();
-        let sending = producer.clone();
+        let (sending, taken) = (producer.clone(), queue.clone());
         let sender = std::thread::Builder::new()
             .name("impressions".into())
-            .spawn(move || {
-                for impression in receiver {
-                    send(&sending, &topic, &impression);
+            .spawn(move || loop {
+                std::thread::park_timeout(FLUSH_EVERY);
+                let closed = taken.closed.load(Ordering::Acquire);
+                let batch = std::mem::take(&mut *taken.records.lock().expect("queue lock"));
+                for impression in &batch {
+                    send(&sending, &topic, impression);
+                }
+                if closed {
+                    break;
                 }
             })
             .map_err(|e| OnlineError::Config(format!("online.impressions: a thread: {e}")))?;
         tracing::info!(topic = %settings.topic, sample_rate = settings.sample_rate,
             "logging impressions to Kafka");
         Ok(Some(ImpressionLog {
-            records: Some(records),
+            queue,
             producer,
             sender: Some(sender),
             sample_rate: settings.sample_rate,
         }))
     }
 
-    /// Hands the record over without waiting; a full hand-off drops it (counted).
-    pub fn log(&self, impression: Impression) {
-        if self.sample_rate < 1.0 && rand::random::<f64>() >= self.sample_rate {
-            return;
-        }
-        let Some(records) = &self.records else {
-            return;
-        };
-        if records.try_send(impression).is_err() {
+    /// Whether this answer is to be logged (the sampling draw). Callers build the
+    /// [`PendingImpression`] only when it is.
+    pub fn sampled(&self) -> bool {
+        self.sample_rate >= 1.0 || rand::random::<f64>() < self.sample_rate
+    }
+
+    /// Queues the record without waiting; a full queue drops it (counted).
+    pub fn log(&self, impression: PendingImpression) {
+        let mut records = self.queue.records.lock().expect("queue lock");
+        if records.len() >= self.queue.capacity {
+            drop(records);
             IMPRESSIONS_DROPPED.with_label_values(&["queue_full"]).inc();
+            return;
         }
+        records.push(impression);
     }
 
     /// Records still queued in librdkafka.
@@ -161,8 +258,8 @@ impl ImpressionLog {
 }
 
 /// Serialises one record and queues it in librdkafka without waiting; a full queue drops it.
-fn send(producer: &ThreadedProducer<DeliveryCounter>, topic: &str, impression: &Impression) {
-    let payload = serde_json::to_vec(impression).expect("an impression serialises");
+fn send(producer: &ThreadedProducer<DeliveryCounter>, topic: &str, impression: &PendingImpression) {
+    let payload = serde_json::to_vec(&impression.record()).expect("an impression serialises");
     let record = BaseRecord::to(topic)
         .key(impression.user_id.as_bytes())
         .payload(&payload);
@@ -180,8 +277,9 @@ impl Drop for ImpressionLog {
     /// what is left is dropped.
     fn drop(&mut self) {
         use rdkafka::producer::Producer;
-        self.records.take();
+        self.queue.closed.store(true, Ordering::Release);
         if let Some(sender) = self.sender.take() {
+            sender.thread().unpark();
             let _ = sender.join();
         }
         let _ = self.producer.flush(std::time::Duration::from_secs(2));

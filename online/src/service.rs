@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status};
 use crate::admission::RequestDeadline;
 use crate::catalog::Catalog;
 use crate::experiments::{Experiments, RowKind, RowRecipe};
-use crate::impressions::{ImpressedItem, ImpressedVariant, Impression, ImpressionLog};
+use crate::impressions::{ImpressionLog, PendingImpression, Shown, ShownRow};
 use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS, VECTOR_SOURCES};
 use crate::rules;
 use crate::scoring::Scored;
@@ -206,92 +206,34 @@ impl Ranker {
         self.impressions.as_ref()
     }
 
+    /// Whether this answer's impression is to be logged.
+    fn logging(&self) -> bool {
+        self.impressions
+            .as_ref()
+            .is_some_and(ImpressionLog::sampled)
+    }
+
     /// Logs what an answer showed (an answer that reached the client: late ones are not).
-    fn log_impressions(
+    fn log_impression(
         &self,
-        rpc: &str,
-        user_id: &str,
+        rpc: &'static str,
+        user_id: String,
         request_id: &str,
-        model_version: &str,
         experiments: &[ExperimentAssignment],
-        items: Vec<ImpressedItem>,
+        shown: Option<Shown>,
     ) {
-        let Some(log) = &self.impressions else {
+        let (Some(log), Some(shown)) = (&self.impressions, shown) else {
             return;
         };
-        log.log(Impression {
+        let started = std::time::Instant::now();
+        log.log(PendingImpression {
             request_id: request_id.to_string(),
-            user_id: user_id.to_string(),
+            user_id,
             ts_ms: chrono::Utc::now().timestamp_millis(),
-            rpc: rpc.to_string(),
-            model_version: model_version.to_string(),
-            experiments: experiments
-                .iter()
-                .map(|a| ImpressedVariant {
-                    experiment: a.experiment.clone(),
-                    variant: a.variant.clone(),
-                })
-                .collect(),
-            items,
+            rpc,
+            experiments: experiments.to_vec(),
+            shown,
         });
-    }
-
-    fn log_rank(&self, user_id: &str, answer: &RankResponse) {
-        if self.impressions.is_none() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let items = answer
-            .items
-            .iter()
-            .enumerate()
-            .map(|(position, item)| ImpressedItem {
-                row: 0,
-                row_kind: "rank".into(),
-                position: position as u32,
-                item_id: item.item_id.clone(),
-            })
-            .collect();
-        self.log_impressions(
-            "rank",
-            user_id,
-            &answer.request_id,
-            &answer.model_version,
-            &answer.experiments,
-            items,
-        );
-        experiment_work("impressions", started);
-    }
-
-    fn log_homepage(&self, user_id: &str, answer: &HomepageResponse) {
-        if self.impressions.is_none() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let items = answer
-            .rows
-            .iter()
-            .enumerate()
-            .flat_map(|(row, r)| {
-                r.items
-                    .iter()
-                    .enumerate()
-                    .map(move |(position, item)| ImpressedItem {
-                        row: row as u32,
-                        row_kind: r.kind.clone(),
-                        position: position as u32,
-                        item_id: item.item_id.clone(),
-                    })
-            })
-            .collect();
-        self.log_impressions(
-            "homepage",
-            user_id,
-            &answer.request_id,
-            &answer.model_version,
-            &answer.experiments,
-            items,
-        );
         experiment_work("impressions", started);
     }
 
@@ -469,7 +411,12 @@ impl Ranker {
             .filter_map(|id| catalog.index.get(id).copied())
     }
 
-    async fn rank(&self, request: RankRequest, deadline: Instant) -> Result<RankResponse, Status> {
+    /// The ranking, and what it shows when its impression is logged.
+    async fn rank(
+        &self,
+        request: RankRequest,
+        deadline: Instant,
+    ) -> Result<(RankResponse, Option<Shown>), Status> {
         check_id("user_id", &request.user_id)?;
         let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
         let country = check_country(&request.country)?;
@@ -530,21 +477,30 @@ impl Ranker {
             ),
         };
         tracing::debug!(member = %member_tag(&request.user_id), source = ?member.source, k, "rank");
-        Ok(RankResponse {
+        let shown = self.logging().then(|| Shown {
+            catalog: catalog.clone(),
+            rows: vec![ShownRow {
+                kind: "rank",
+                items: items.iter().map(|s| s.index).collect(),
+            }],
+        });
+        let answer = RankResponse {
             items: scored(&catalog, items),
             model_version: catalog.version.clone(),
             vector_source: member.source as i32,
             degraded: member.degraded,
             request_id: request_id(),
             experiments: assignments,
-        })
+        };
+        Ok((answer, shown))
     }
 
+    /// The homepage, and what it shows when its impression is logged.
     async fn homepage(
         &self,
         request: HomepageRequest,
         deadline: Instant,
-    ) -> Result<HomepageResponse, Status> {
+    ) -> Result<(HomepageResponse, Option<Shown>), Status> {
         check_id("user_id", &request.user_id)?;
         let rows = bounded("rows", request.rows, limits::DEFAULT_ROWS, limits::MAX_ROWS)?;
         let per_row = bounded(
@@ -582,18 +538,28 @@ impl Ranker {
         let mut used = Self::seen(&catalog, &member.history);
         used.extend(Self::hidden(&catalog, &member));
         let mut out = Vec::new();
-        let mut row =
-            |title: String, kind: &str, seed: &str, items: Vec<Scored>, used: &mut HashSet<u32>| {
-                used.extend(items.iter().map(|s| s.index));
-                if !items.is_empty() {
-                    out.push(Row {
-                        title,
-                        kind: kind.into(),
-                        seed_item_id: seed.into(),
-                        items: scored(&catalog, items),
+        let mut shown = self.logging().then(Vec::new);
+        let mut row = |title: String,
+                       kind: &'static str,
+                       seed: &str,
+                       items: Vec<Scored>,
+                       used: &mut HashSet<u32>| {
+            used.extend(items.iter().map(|s| s.index));
+            if !items.is_empty() {
+                if let Some(shown) = shown.as_mut() {
+                    shown.push(ShownRow {
+                        kind,
+                        items: items.iter().map(|s| s.index).collect(),
                     });
                 }
-            };
+                out.push(Row {
+                    title,
+                    kind: kind.into(),
+                    seed_item_id: seed.into(),
+                    items: scored(&catalog, items),
+                });
+            }
+        };
         check_deadline(deadline, "before scoring")?;
         // "Because you watched" rows take the newest distinct history items as seeds, in order.
         let mut seeds = member
@@ -670,14 +636,22 @@ impl Ranker {
             }
         }
         out.truncate(rows);
-        Ok(HomepageResponse {
+        let shown = shown.map(|mut shown| {
+            shown.truncate(rows);
+            Shown {
+                catalog: catalog.clone(),
+                rows: shown,
+            }
+        });
+        let answer = HomepageResponse {
             rows: out,
             model_version: catalog.version.clone(),
             vector_source: member.source as i32,
             degraded: member.degraded,
             request_id: request_id(),
             experiments: assignments,
-        })
+        };
+        Ok((answer, shown))
     }
 
     async fn similar_items(
@@ -730,12 +704,19 @@ impl Ranking for RankingService {
         let deadline = deadline_of(&request, self.0.max_request);
         let request = request.into_inner();
         let user_id = request.user_id.clone();
-        let answer = self
+        let (answer, shown) = self
             .0
             .within(deadline, self.0.rank(request, deadline))
-            .await?;
-        self.0.log_rank(&user_id, answer.get_ref());
-        Ok(answer)
+            .await?
+            .into_inner();
+        self.0.log_impression(
+            "rank",
+            user_id,
+            &answer.request_id,
+            &answer.experiments,
+            shown,
+        );
+        Ok(Response::new(answer))
     }
 
     async fn homepage(
@@ -745,12 +726,19 @@ impl Ranking for RankingService {
         let deadline = deadline_of(&request, self.0.max_request);
         let request = request.into_inner();
         let user_id = request.user_id.clone();
-        let answer = self
+        let (answer, shown) = self
             .0
             .within(deadline, self.0.homepage(request, deadline))
-            .await?;
-        self.0.log_homepage(&user_id, answer.get_ref());
-        Ok(answer)
+            .await?
+            .into_inner();
+        self.0.log_impression(
+            "homepage",
+            user_id,
+            &answer.request_id,
+            &answer.experiments,
+            shown,
+        );
+        Ok(Response::new(answer))
     }
 
     async fn similar_items(
