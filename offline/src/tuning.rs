@@ -14,6 +14,12 @@
 //! a row with the mean number of observed cells, `λ (n̄ + α₀ N)^ν`, so that ν and λ are not
 //! entangled.
 //!
+//! The search ranks every trial on one validation split, and the top of hundreds of noisy scores
+//! favours the luckiest setting (the winner's curse). So the best `recheck_top` scored settings
+//! are then trained again on `recheck_splits` fresh validation splits of the training side (other
+//! members held out, same fraction), and the best mean over those splits is chosen; with a budget
+//! the search gets [`SEARCH_SHARE`] of it and the re-check the rest.
+//!
 //! Without `--budget` the search is one bracket. With one, it runs brackets of fresh draws until
 //! the budget is spent, stopping at a rung boundary. Everything is seeded: the same data, config,
 //! seed and trial count give the same trials, bracket after bracket, and the same choice for the
@@ -86,6 +92,22 @@ pub struct TrialRecord {
     pub elapsed_seconds: f64,
 }
 
+/// The share of `--budget` the search may use when its best settings are re-checked after it.
+pub const SEARCH_SHARE: f64 = 0.85;
+
+/// One setting re-checked after the search: its metric on each fresh validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recheck {
+    pub trial: usize,
+    pub rung: usize,
+    pub setting: Setting,
+    /// Its score on the search's validation split.
+    pub search_score: f64,
+    /// Its score on each fresh split.
+    pub split_scores: Vec<f64>,
+    pub mean_score: f64,
+}
+
 /// `tuning.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuningResult {
@@ -93,12 +115,16 @@ pub struct TuningResult {
     pub metric: String,
     pub seed: u64,
     pub space: TuningConfig,
+    /// The chosen setting: the best of the re-check, or of the search without one.
     pub best: Setting,
     pub best_trial: usize,
-    /// The best setting's validation figures.
+    /// The chosen setting's figures on the search's validation split.
     pub validation: BTreeMap<String, f64>,
     pub validation_members: u64,
     pub trials: Vec<TrialRecord>,
+    /// The re-checked settings, best search score first (empty when the re-check is off).
+    #[serde(default)]
+    pub recheck: Vec<Recheck>,
     /// Whether `--budget` cut a bracket short (before its last rung).
     pub budget_exhausted: bool,
     pub search_seconds: f64,
@@ -133,6 +159,11 @@ impl TuningResult {
             "best_trial": self.best_trial,
             "validation": self.validation,
             "validation_members": self.validation_members,
+            "recheck_mean": self
+                .recheck
+                .iter()
+                .find(|r| r.trial == self.best_trial && r.setting == self.best)
+                .map(|r| r.mean_score),
             "test": self.test.metrics,
         })
     }
@@ -285,7 +316,12 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     let mut settings: Vec<Setting> = Vec::new();
     let mut best: Option<TrialRecord> = None;
     let mut budget_exhausted = false;
-    let spent = |started: &Instant| job.budget.is_some_and(|b| started.elapsed() >= b);
+    let rechecking = space.recheck_top > 1 && space.recheck_splits > 0;
+    let share = if rechecking { SEARCH_SHARE } else { 1.0 };
+    let spent = |started: &Instant| {
+        job.budget
+            .is_some_and(|b| started.elapsed() >= b.mul_f64(share))
+    };
     'brackets: for bracket in 0.. {
         let first = settings.len();
         settings.extend(draw_settings(
@@ -365,8 +401,27 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     }
     progress.finish();
     let search_seconds = started.elapsed().as_secs_f64();
-    let best = best.expect("at least one trial was scored");
+    let mut best = best.expect("at least one trial was scored");
     drop(data);
+    let recheck = if rechecking {
+        let checked = recheck_best(table, config, job, &test.held, &training_side, &records)?;
+        // The best mean wins; ties go to the better search score (the earlier entry).
+        let winner = checked
+            .iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| a.mean_score.total_cmp(&b.mean_score).then(j.cmp(i)))
+            .map(|(_, r)| (r.trial, r.rung));
+        if let Some((trial, rung)) = winner {
+            best = records
+                .iter()
+                .find(|r| (r.trial, r.rung) == (trial, rung))
+                .expect("a re-checked record")
+                .clone();
+        }
+        checked
+    } else {
+        Vec::new()
+    };
 
     // The final fits on the whole training side, scored on the test members.
     let chosen = best.setting.apply(base);
@@ -388,6 +443,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         validation: best.validation.clone(),
         validation_members: validation.members.len() as u64,
         trials: records,
+        recheck,
         budget_exhausted,
         search_seconds,
         test: test_eval,
@@ -402,6 +458,95 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     .map_err(|e| SharedError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| SharedError::io(&path, e))?;
     Ok(result)
+}
+
+/// Trains the best `recheck_top` scored settings again on `recheck_splits` fresh validation splits
+/// of the training side (never the test members) and scores each on its split.
+fn recheck_best(
+    table: &TrainingTable,
+    config: &Config,
+    job: &TuneJob,
+    test_held: &[bool],
+    training_side: &[u32],
+    records: &[TrialRecord],
+) -> Result<Vec<Recheck>> {
+    let space = &config.offline.tuning;
+    let base = &config.offline.als;
+    let mut ranked: Vec<&TrialRecord> = records.iter().collect();
+    ranked.sort_by(|a, b| {
+        if better(a, b) {
+            std::cmp::Ordering::Less
+        } else if better(b, a) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    let mut candidates: Vec<&TrialRecord> = Vec::new();
+    for record in ranked {
+        if candidates.len() == space.recheck_top {
+            break;
+        }
+        if !candidates.iter().any(|c| c.setting == record.setting) {
+            candidates.push(record);
+        }
+    }
+    let mut checked: Vec<Recheck> = candidates
+        .iter()
+        .map(|c| Recheck {
+            trial: c.trial,
+            rung: c.rung,
+            setting: c.setting,
+            search_score: c.score,
+            split_scores: Vec::new(),
+            mean_score: 0.0,
+        })
+        .collect();
+    let steps: usize = candidates.iter().map(|c| c.setting.iterations).sum();
+    let mut progress = Progress::new("re-checking", (steps * space.recheck_splits) as u64);
+    for split in 0..space.recheck_splits {
+        // Seeds apart from the search's (`job.seed`) and from each other.
+        let seed = job
+            .seed
+            .wrapping_add(0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(split as u64 + 1));
+        let validation = evaluate::hold_out(
+            table,
+            training_side,
+            space.validation_fraction,
+            config.offline.evaluation.min_positives,
+            seed,
+        )?;
+        let matrix =
+            table.matrix(|p| !test_held[p.user as usize] && !validation.held[p.user as usize]);
+        let popularity = evaluate::popularity_scores(&matrix.indices, table.item_ids.len());
+        let data = TrainingData::new(&matrix, base.threads)?;
+        for check in &mut checked {
+            let params = check.setting.apply(base);
+            let mut trainer = Trainer::with_data(&data, &params)?;
+            trainer.run(check.setting.iterations, |_| {});
+            progress.advance(
+                check.setting.iterations as u64,
+                &format!("split {}/{}", split + 1, space.recheck_splits),
+            );
+            let scores = evaluate::score_held_out(
+                &validation,
+                trainer.item_factors(),
+                check.setting.factors,
+                &crate::als::fold_in_params(&params),
+                &popularity,
+                seed,
+            )?;
+            check.split_scores.push(scores.metrics[&space.metric]);
+        }
+    }
+    progress.finish();
+    for check in &mut checked {
+        check.mean_score =
+            check.split_scores.iter().sum::<f64>() / check.split_scores.len().max(1) as f64;
+        tracing::info!(target: "recsys::tuning", trial = check.trial, rung = check.rung,
+            search_score = check.search_score, mean_score = check.mean_score, "re-checked");
+    }
+    Ok(checked)
 }
 
 /// Builds the training table from the interaction log with `[offline.features]`, then
@@ -441,19 +586,44 @@ mod tests {
             max_iterations: 4,
             eta: 2,
             factors: vec![4, 8],
+            recheck_top: 3,
+            recheck_splits: 2,
             ..Default::default()
         };
         config
     }
 
-    /// The chosen setting's validation figure is the best any scored trial reached.
+    /// Without a re-check, the chosen setting's validation figure is the best any scored trial
+    /// reached; with one, the re-checked settings are the best-scored distinct settings and the
+    /// chosen one has the best mean over the fresh splits.
     fn assert_chose_the_top_score(result: &TuningResult) {
-        let top = result
-            .trials
+        let mut scores: Vec<f64> = result.trials.iter().map(|t| t.score).collect();
+        scores.sort_by(|a, b| b.total_cmp(a));
+        if result.recheck.is_empty() {
+            assert_eq!(result.validation[&result.metric], scores[0]);
+            return;
+        }
+        let space = &result.space;
+        assert!(result.recheck.len() <= space.recheck_top);
+        for (check, score) in result.recheck.iter().zip(&scores) {
+            assert!(check.search_score <= *score);
+            assert_eq!(check.split_scores.len(), space.recheck_splits);
+            let mean = check.split_scores.iter().sum::<f64>() / space.recheck_splits as f64;
+            assert!((check.mean_score - mean).abs() < 1e-12);
+        }
+        assert_eq!(result.recheck[0].search_score, scores[0]);
+        let top_mean = result
+            .recheck
             .iter()
-            .map(|t| t.score)
+            .map(|c| c.mean_score)
             .fold(f64::MIN, f64::max);
-        assert_eq!(result.validation[&result.metric], top);
+        let chosen = result
+            .recheck
+            .iter()
+            .find(|c| c.trial == result.best_trial && c.setting == result.best)
+            .expect("the chosen setting was re-checked");
+        assert_eq!(chosen.mean_score, top_mean);
+        assert_eq!(result.validation[&result.metric], chosen.search_score);
     }
 
     fn job(dir: &Path) -> TuneJob {
@@ -556,6 +726,9 @@ mod tests {
                 .collect()
         };
         assert_eq!(without_time(&original), without_time(&altered));
+        // Nor the re-check, which holds out other training members.
+        assert!(!original.recheck.is_empty());
+        assert_eq!(original.recheck, altered.recheck);
         // ... while the test figures of the final fit do.
         assert_ne!(original.test.metrics, altered.test.metrics);
     }
@@ -573,6 +746,17 @@ mod tests {
             assert_eq!(e.protocol, "strong-generalization");
             assert!(e.metrics.contains_key(&result.metric));
         }
+    }
+
+    #[test]
+    fn without_a_recheck_the_top_search_score_is_chosen() {
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.tuning.recheck_top = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &config, &job(dir.path())).unwrap();
+        assert!(result.recheck.is_empty());
+        assert_chose_the_top_score(&result);
     }
 
     #[test]

@@ -133,6 +133,13 @@ pub struct TuningConfig {
     pub unobserved_weight: [f64; 2],
     /// Range of α (log-uniform). Default [0.1, 30].
     pub alpha: [f64; 2],
+    /// After the search, the best this many scored settings are trained again on
+    /// `recheck_splits` fresh validation splits of the training side and the best mean wins, so
+    /// that the choice does not rest on the one split every trial was ranked on (the maximum of
+    /// hundreds of noisy scores favours the luckiest). 0 or 1 turns it off. Default 5.
+    pub recheck_top: usize,
+    /// Fresh validation splits of the re-check. Default 3.
+    pub recheck_splits: usize,
 }
 
 impl Default for TuningConfig {
@@ -149,6 +156,8 @@ impl Default for TuningConfig {
             regularization_exp: [0.0, 1.0],
             unobserved_weight: [0.01, 1.0],
             alpha: [0.1, 30.0],
+            recheck_top: 5,
+            recheck_splits: 3,
         }
     }
 }
