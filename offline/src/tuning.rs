@@ -127,6 +127,7 @@ pub struct TuningResult {
     pub recheck: Vec<Recheck>,
     /// Whether `--budget` cut a bracket short (before its last rung).
     pub budget_exhausted: bool,
+    /// Seconds spent choosing: the search and the re-check.
     pub search_seconds: f64,
     /// The final fit with the chosen setting, on the test members of `offline evaluate`.
     pub test: Evaluation,
@@ -400,7 +401,6 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         progress = Progress::new("tuning", bracket_steps as u64);
     }
     progress.finish();
-    let search_seconds = started.elapsed().as_secs_f64();
     let mut best = best.expect("at least one trial was scored");
     drop(data);
     let recheck = if rechecking {
@@ -422,6 +422,8 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     } else {
         Vec::new()
     };
+    // The whole choice: the search and the re-check.
+    let search_seconds = started.elapsed().as_secs_f64();
 
     // The final fits on the whole training side, scored on the test members.
     let chosen = best.setting.apply(base);
