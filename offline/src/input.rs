@@ -935,17 +935,10 @@ mod tests {
 
     /// Writes `rows` to `path` in row groups of 40 rows.
     fn table_in_small_row_groups(path: &Path, rows: &[InteractionRow]) {
-        let schema = interactions_schema();
-        let batch =
-            arrow::array::RecordBatch::try_new(schema.clone(), interaction_columns(rows)).unwrap();
-        let properties = parquet::file::properties::WriterProperties::builder()
+        let properties = WriterProperties::builder()
             .set_max_row_group_row_count(Some(40))
             .build();
-        let file = File::create(path).unwrap();
-        let mut writer =
-            parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
+        table_with(path, rows, properties);
     }
 
     /// Coding in several runs of row groups at once gives the codes, rows and stats of one run,
@@ -1002,7 +995,7 @@ mod tests {
         }
     }
 
-    /// Writes `rows` to `path` with `properties`, in row groups of 100 rows.
+    /// Writes `rows` to `path` with `properties`.
     fn table_with(path: &Path, rows: &[InteractionRow], properties: WriterProperties) {
         let schema = interactions_schema();
         let batch =

@@ -346,11 +346,10 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
                     iterations,
                     ..settings[id]
                 };
-                let scores = evaluate::score_held_out(
+                let scores = validation_scores(
                     &validation,
-                    trainer.item_factors(),
-                    setting.factors,
-                    &crate::als::fold_in_params(&setting.apply(base)),
+                    &trainer,
+                    &setting.apply(base),
                     &popularity,
                     job.seed,
                 )?;
@@ -462,6 +461,24 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     Ok(result)
 }
 
+/// The figures of `trainer`'s item factors on the `validation` members, folded in with `params`.
+fn validation_scores(
+    validation: &evaluate::HeldOut,
+    trainer: &Trainer,
+    params: &AlsParams,
+    popularity: &[f32],
+    seed: u64,
+) -> Result<Evaluation> {
+    evaluate::score_held_out(
+        validation,
+        trainer.item_factors(),
+        params.factors,
+        &crate::als::fold_in_params(params),
+        popularity,
+        seed,
+    )
+}
+
 /// Trains the best `recheck_top` scored settings again on `recheck_splits` fresh validation splits
 /// of the training side (never the test members) and scores each on its split.
 fn recheck_best(
@@ -475,14 +492,11 @@ fn recheck_best(
     let space = &config.offline.tuning;
     let base = &config.offline.als;
     let mut ranked: Vec<&TrialRecord> = records.iter().collect();
+    // Best first, in the order of `better`.
     ranked.sort_by(|a, b| {
-        if better(a, b) {
-            std::cmp::Ordering::Less
-        } else if better(b, a) {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
+        b.score
+            .total_cmp(&a.score)
+            .then((a.trial, a.rung).cmp(&(b.trial, b.rung)))
     });
     let mut candidates: Vec<&TrialRecord> = Vec::new();
     for record in ranked {
@@ -530,14 +544,7 @@ fn recheck_best(
                 check.setting.iterations as u64,
                 &format!("split {}/{}", split + 1, space.recheck_splits),
             );
-            let scores = evaluate::score_held_out(
-                &validation,
-                trainer.item_factors(),
-                check.setting.factors,
-                &crate::als::fold_in_params(&params),
-                &popularity,
-                seed,
-            )?;
+            let scores = validation_scores(&validation, &trainer, &params, &popularity, seed)?;
             check.split_scores.push(scores.metrics[&space.metric]);
         }
     }
