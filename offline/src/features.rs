@@ -5,7 +5,6 @@
 //! (`offline.features.*_sql`). Parameters are substituted as `${name}`; every value substituted is
 //! a number or a quoted, escaped string literal produced here, never raw user text.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,32 +20,13 @@ use recsys_shared::SharedError;
 
 use crate::coded_jobs::BuiltinQueries;
 pub use crate::feature_tables::{Histories, Pair, PairRow, TrainingTable};
-use crate::id_codes::CodedInteractions;
+use crate::id_codes::{CodedInteractions, IdIndex};
 use crate::input::{InputTable, InteractionStats};
 use crate::{OfflineError, Result};
 
 const TRAINING_TABLE_SQL: &str = include_str!("../sql/training_table.sql");
 const ITEM_POPULARITY_SQL: &str = include_str!("../sql/item_popularity.sql");
 const USER_HISTORY_SQL: &str = include_str!("../sql/user_history.sql");
-
-/// Interns ids into a list, each once.
-#[derive(Default)]
-struct IdInterner {
-    ids: Vec<String>,
-    index: HashMap<String, u32>,
-}
-
-impl IdInterner {
-    fn intern(&mut self, id: &str) -> u32 {
-        if let Some(&i) = self.index.get(id) {
-            return i;
-        }
-        let i = self.ids.len() as u32;
-        self.ids.push(id.to_string());
-        self.index.insert(id.to_string(), i);
-        i
-    }
-}
 
 /// Everything the feature jobs produce.
 #[derive(Debug, Clone)]
@@ -547,7 +527,7 @@ fn training_table(batches: &[RecordBatch]) -> Result<TrainingTable> {
 }
 
 fn history_rows(batches: &[RecordBatch]) -> Result<Histories> {
-    let (mut users, mut items) = (IdInterner::default(), IdInterner::default());
+    let (mut users, mut items) = (IdIndex::default(), IdIndex::default());
     let mut rows = Vec::new();
     for_each_pair(batches, "history job", |(u, i, strength, last_ts_ms)| {
         rows.push(Pair {
@@ -558,8 +538,8 @@ fn history_rows(batches: &[RecordBatch]) -> Result<Histories> {
         })
     })?;
     Ok(Histories {
-        user_ids: users.ids,
-        item_ids: items.ids,
+        user_ids: users.into_ids(),
+        item_ids: items.into_ids(),
         rows,
     })
 }

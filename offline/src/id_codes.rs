@@ -94,6 +94,21 @@ impl IdIndex {
         Ok(code)
     }
 
+    /// The code of `id`, a new one when it is new (no check).
+    pub fn intern(&mut self, id: &str) -> u32 {
+        self.code(id, || Ok::<(), std::convert::Infallible>(()))
+            .unwrap_or_else(|never| match never {})
+    }
+
+    /// The ids in code order (first seen first).
+    pub fn into_ids(self) -> Vec<String> {
+        let mut ids = vec![String::new(); self.codes.len()];
+        for (id, code) in self.codes {
+            ids[code as usize] = id.into();
+        }
+        ids
+    }
+
     pub fn len(&self) -> usize {
         self.codes.len()
     }
@@ -346,6 +361,17 @@ impl InteractionCoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interned_ids_come_back_in_first_seen_order() {
+        let mut index = IdIndex::default();
+        let codes: Vec<u32> = ["b", "a", "b", "c", "a"]
+            .into_iter()
+            .map(|id| index.intern(id))
+            .collect();
+        assert_eq!(codes, vec![0, 1, 0, 2, 1]);
+        assert_eq!(index.into_ids(), vec!["b", "a", "c"]);
+    }
 
     #[test]
     fn codes_follow_byte_order_and_new_ids_are_checked_once() {
