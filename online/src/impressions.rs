@@ -211,15 +211,20 @@ impl ImpressionLog {
         let (sending, taken) = (producer.clone(), queue.clone());
         let sender = std::thread::Builder::new()
             .name("impressions".into())
-            .spawn(move || loop {
-                std::thread::park_timeout(FLUSH_EVERY);
-                let closed = taken.closed.load(Ordering::Acquire);
-                let batch = std::mem::take(&mut *taken.records.lock().expect("queue lock"));
-                for impression in &batch {
-                    send(&sending, &topic, impression);
-                }
-                if closed {
-                    break;
+            .spawn(move || {
+                // The queue and this batch swap places, so both keep their capacity and a
+                // request's push does not reallocate once the traffic has been seen.
+                let mut batch = Vec::new();
+                loop {
+                    std::thread::park_timeout(FLUSH_EVERY);
+                    let closed = taken.closed.load(Ordering::Acquire);
+                    std::mem::swap(&mut batch, &mut *taken.records.lock().expect("queue lock"));
+                    for impression in batch.drain(..) {
+                        send(&sending, &topic, &impression);
+                    }
+                    if closed {
+                        break;
+                    }
                 }
             })
             .map_err(|e| OnlineError::Config(format!("online.impressions: a thread: {e}")))?;
