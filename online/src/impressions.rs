@@ -24,7 +24,7 @@
 //! It must not block the request path or retry on it, and it owns nothing else: the records'
 //! consumers (the nearline workers, the archive) read the same JSON.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -158,6 +158,8 @@ struct Queue {
     records: Mutex<Vec<PendingImpression>>,
     capacity: usize,
     closed: AtomicBool,
+    /// Records handed over and not yet given to librdkafka (queued, or in the batch being sent).
+    unsent: AtomicUsize,
 }
 
 /// The producer of impression records: a bounded queue and the thread that empties it into
@@ -206,6 +208,7 @@ impl ImpressionLog {
             records: Mutex::new(Vec::new()),
             capacity: settings.queue_capacity.clamp(1, 1 << 20),
             closed: AtomicBool::new(false),
+            unsent: AtomicUsize::new(0),
         });
         let topic = settings.topic.clone();
         let (sending, taken) = (producer.clone(), queue.clone());
@@ -221,6 +224,7 @@ impl ImpressionLog {
                     std::mem::swap(&mut batch, &mut *taken.records.lock().expect("queue lock"));
                     for impression in batch.drain(..) {
                         send(&sending, &topic, &impression);
+                        taken.unsent.fetch_sub(1, Ordering::Release);
                     }
                     if closed {
                         break;
@@ -253,12 +257,15 @@ impl ImpressionLog {
             return;
         }
         records.push(impression);
+        self.queue.unsent.fetch_add(1, Ordering::Release);
     }
 
-    /// Records still queued in librdkafka.
+    /// Records not yet acknowledged or dropped: waiting for the sending thread, or in flight in
+    /// librdkafka.
     pub fn queued(&self) -> i32 {
         use rdkafka::producer::Producer;
-        self.producer.in_flight_count()
+        let unsent = self.queue.unsent.load(Ordering::Acquire) as i32;
+        unsent + self.producer.in_flight_count()
     }
 }
 
