@@ -933,6 +933,25 @@ mod tests {
         assert!(errors > 0, "no corruption was detected at all");
     }
 
+    /// Rows `range` of a log over `members` members (`{member_prefix}{n}`) and `items` items: clicks
+    /// and plays, a value on every third row, timestamps over 97 ms.
+    fn interaction_rows(
+        range: std::ops::Range<i64>,
+        member_prefix: &str,
+        members: i64,
+        items: i64,
+    ) -> Vec<InteractionRow> {
+        range
+            .map(|i| InteractionRow {
+                user_id: format!("{member_prefix}{}", (i * 7) % members),
+                item_id: format!("i{}", (i * 13) % items),
+                event_type: if i % 4 == 0 { "click" } else { "play" },
+                value: (i % 3 == 0).then_some(i as f64),
+                ts_ms: 1_700_000_000_000 + (i % 97),
+            })
+            .collect()
+    }
+
     /// Writes `rows` to `path` in row groups of 40 rows.
     fn table_in_small_row_groups(path: &Path, rows: &[InteractionRow]) {
         let properties = WriterProperties::builder()
@@ -946,17 +965,7 @@ mod tests {
     #[test]
     fn parallel_runs_code_like_one_run_and_name_the_same_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let rows = |range: std::ops::Range<i64>| -> Vec<InteractionRow> {
-            range
-                .map(|i| InteractionRow {
-                    user_id: format!("u{}", (i * 7) % 53),
-                    item_id: format!("i{}", (i * 13) % 31),
-                    event_type: if i % 4 == 0 { "click" } else { "play" },
-                    value: (i % 3 == 0).then_some(i as f64),
-                    ts_ms: 1_700_000_000_000 + (i % 97),
-                })
-                .collect()
-        };
+        let rows = |range: std::ops::Range<i64>| interaction_rows(range, "u", 53, 31);
         table_in_small_row_groups(&dir.path().join("a.parquet"), &rows(0..300));
         table_in_small_row_groups(&dir.path().join("b.parquet"), &rows(300..520));
         let table = InputTable::discover(dir.path()).unwrap();
@@ -1013,15 +1022,7 @@ mod tests {
     #[test]
     fn dictionary_keys_code_like_strings() {
         let dir = tempfile::tempdir().unwrap();
-        let rows: Vec<InteractionRow> = (0..500i64)
-            .map(|i| InteractionRow {
-                user_id: format!("member-{}", (i * 7) % 211),
-                item_id: format!("i{}", (i * 13) % 37),
-                event_type: if i % 4 == 0 { "click" } else { "play" },
-                value: (i % 3 == 0).then_some(i as f64),
-                ts_ms: 1_700_000_000_000 + (i % 97),
-            })
-            .collect();
+        let rows = interaction_rows(0..500, "member-", 211, 37);
         let group = |b: parquet::file::properties::WriterPropertiesBuilder| {
             b.set_max_row_group_row_count(Some(100))
                 .set_data_page_row_count_limit(10)
