@@ -1070,10 +1070,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = validated(config)?;
             let impressions = produce::read_impressions(input)?;
             let seconds = runtime()?.block_on(async {
+                let producer = produce::connect(&config, produce::BROKER_CHECK).await?;
                 if let Some(p) = partitions {
                     recsys_nearline::kafka::ensure_topics(&config, &[(topic.as_str(), *p)]).await?;
                 }
-                let producer = recsys_nearline::kafka::producer(&config)?;
                 produce::produce_impressions(&producer, &topic, &impressions, *rate, 10_000).await
             })?;
             println!(
@@ -1098,13 +1098,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut config = load_config(&cli)?;
             kafka.apply(&mut config);
             let config = validated(config)?;
-            let events = produce::read_events(input)?;
+            // Every event is checked as a worker would check it before anything is sent.
+            let rules = recsys_nearline::event::EventRules::from_config(&config);
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let events = produce::read_events(input, |e| rules.validate(e, None, now_ms))?;
             let encoding = if *json {
                 produce::Encoding::Json
             } else {
                 produce::Encoding::Protobuf
             };
             let seconds = runtime()?.block_on(async {
+                let producer = produce::connect(&config, produce::BROKER_CHECK).await?;
                 if let Some(p) = partitions {
                     recsys_nearline::kafka::ensure_topics(
                         &config,
@@ -1112,7 +1116,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     )
                     .await?;
                 }
-                let producer = recsys_nearline::kafka::producer(&config)?;
                 produce::produce_all(
                     &producer,
                     &config.nearline.topic,

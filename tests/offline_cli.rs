@@ -583,3 +583,62 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// The fault: a file that made the Parquet reader panic was reported as corrupt with exit 1, but
+/// the default panic hook printed `thread 'main' panicked at …` (and a backtrace with
+/// `RUST_BACKTRACE=1`) before the clean message.
+#[test]
+fn a_file_that_makes_the_parquet_reader_panic_is_reported_without_a_panic_message() {
+    use recsys_offline::input::InputTable;
+    use recsys_offline::tables::{interactions_schema, InteractionRow, TableWriter};
+    let f = Fixture::new();
+    let intact = f.path("intact.parquet");
+    let rows: Vec<InteractionRow> = (0..300)
+        .map(|i| InteractionRow {
+            user_id: format!("u{}", i % 17),
+            item_id: format!("i{}", i % 29),
+            event_type: "play",
+            value: (i % 3 == 0).then_some(i as f64),
+            ts_ms: 1_700_000_000_000 + i,
+        })
+        .collect();
+    let mut writer = TableWriter::create(&intact, interactions_schema()).unwrap();
+    writer.write_interactions(&rows).unwrap();
+    writer.finish().unwrap();
+    let bytes = fs::read(&intact).unwrap();
+    // The first single-byte change inside the pages that the reader panics on.
+    let damaged = f.path("damaged.parquet");
+    let footer =
+        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap()) as usize;
+    let panicking = (4..bytes.len() - 8 - footer)
+        .flat_map(|at| [0xff_u8, 0x01, 0x80].map(|mask| (at, mask)))
+        .find(|&(at, mask)| {
+            let mut copy = bytes.clone();
+            copy[at] ^= mask;
+            fs::write(&damaged, &copy).unwrap();
+            InputTable::discover(&damaged)
+                .and_then(|t| t.validate_interactions(&["play".to_string()]))
+                .is_err_and(|e| e.to_string().contains("cannot be decoded"))
+        });
+    let (at, mask) = panicking.expect("some change makes the reader panic");
+    let mut copy = bytes.clone();
+    copy[at] ^= mask;
+    fs::write(&damaged, &copy).unwrap();
+    for backtrace in ["0", "1"] {
+        let o = f.train_with(&damaged, &[], &[("RUST_BACKTRACE", backtrace)]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("damaged.parquet") && err.contains("corrupt"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("panicked"),
+            "RUST_BACKTRACE={backtrace}: {err}"
+        );
+        assert!(
+            err.lines().count() < 10,
+            "RUST_BACKTRACE={backtrace}: {err}"
+        );
+    }
+}

@@ -27,6 +27,13 @@ pub enum NearlineError {
     },
     #[error("{path}: {problem}")]
     Input { path: String, problem: String },
+    /// No broker answered a metadata request in time.
+    #[error("no Kafka broker answered at {brokers} within {seconds} s ({detail}); start one (deploy/local/start-tansu.sh starts Tansu) or point --brokers / nearline.brokers at a running one")]
+    NoBroker {
+        brokers: String,
+        seconds: u64,
+        detail: String,
+    },
     #[error("dead-letter topic {topic}: {problem}; the batch is retried, not skipped")]
     DeadLetter { topic: String, problem: String },
     /// A batch could not be finished within `nearline.max_batch_retries` attempts; it stays

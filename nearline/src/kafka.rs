@@ -40,14 +40,23 @@ pub fn with_overrides(
     Ok(client)
 }
 
-/// The producer that writes dead letters (and `recsys nearline produce`): idempotent, acks=all.
+/// The producer that writes dead letters: idempotent, acks=all, a record given up after 30 s.
 pub fn producer(config: &Config) -> Result<FutureProducer, NearlineError> {
+    producer_with_timeout(config, Duration::from_secs(30))
+}
+
+/// An idempotent, acks=all producer that gives a record up after `timeout` unacknowledged
+/// (`message.timeout.ms`; `nearline.kafka` may set it otherwise).
+pub fn producer_with_timeout(
+    config: &Config,
+    timeout: Duration,
+) -> Result<FutureProducer, NearlineError> {
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", timeout.as_millis().to_string());
     Ok(with_overrides(producer_config, config)?.create()?)
 }
 

@@ -18,7 +18,7 @@ use recsys_shared::impression::Impression;
 use recsys_shared::progress::Progress;
 
 use crate::error::NearlineError;
-use crate::event::{Event, CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF};
+use crate::event::{Event, Rejection, CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF};
 
 /// The record encoding `produce` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,9 +56,13 @@ struct JsonRow {
     request_id: Option<String>,
 }
 
-/// Reads events from JSON lines (`.json`, `.jsonl`, `.ndjson`) or Parquet (`.parquet`). A bad row
-/// is an error naming the file and line or row.
-pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
+/// Reads events from JSON lines (`.json`, `.jsonl`, `.ndjson`) or Parquet (`.parquet`), each
+/// checked by `check` (the worker's own rules, so an event it would refuse is refused here, before
+/// anything is sent). A bad row is an error naming the file and line or row.
+pub fn read_events(
+    path: &Path,
+    check: impl Fn(&Event) -> Result<(), Rejection>,
+) -> Result<Vec<Event>, NearlineError> {
     let input_error = |problem: String| NearlineError::Input {
         path: path.display().to_string(),
         problem,
@@ -140,6 +144,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
                     Some(ids) if !ids.is_null(i) => ids.value(i).to_string(),
                     _ => derived_event_id(&e),
                 };
+                check(&e).map_err(|r| input_error(format!("row {}: {r}", row + i)))?;
                 events.push(e);
             }
             row += batch.num_rows();
@@ -165,6 +170,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
             if e.event_id.is_empty() {
                 e.event_id = derived_event_id(&e);
             }
+            check(&e).map_err(|r| input_error(format!("line {}: {r}", n + 1)))?;
             events.push(e);
         }
     } else {
@@ -173,6 +179,35 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, NearlineError> {
         ));
     }
     Ok(events)
+}
+
+/// How long `produce` waits for a broker to answer before it says none is there.
+pub const BROKER_CHECK: Duration = Duration::from_secs(5);
+
+/// How long one record may wait for the broker's acknowledgement (librdkafka's
+/// `message.timeout.ms`, unless `nearline.kafka` sets it).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The producer `produce` sends with, once a broker has answered a metadata request within
+/// `wait`: without one the command says so in seconds instead of waiting for every record's
+/// delivery to time out.
+pub async fn connect(
+    config: &recsys_shared::config::Config,
+    wait: Duration,
+) -> Result<FutureProducer, NearlineError> {
+    use rdkafka::producer::Producer;
+    let producer = crate::kafka::producer_with_timeout(config, DELIVERY_TIMEOUT)?;
+    let probe = producer.clone();
+    let answered =
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, wait).map(|_| ()))
+            .await
+            .map_err(|e| NearlineError::FoldIn(e.to_string()))?;
+    answered.map_err(|e| NearlineError::NoBroker {
+        brokers: config.nearline.brokers.clone(),
+        seconds: wait.as_secs(),
+        detail: e.to_string(),
+    })?;
+    Ok(producer)
 }
 
 /// Sends one event, keyed by member, and waits for the broker's acknowledgement.
@@ -206,7 +241,7 @@ async fn send_keyed(
             value: Some(content_type),
         }));
     producer
-        .send(record, Duration::from_secs(30))
+        .send(record, DELIVERY_TIMEOUT)
         .await
         .map(|_| ())
         .map_err(|(e, _)| NearlineError::Kafka(e))

@@ -158,6 +158,18 @@ impl FeatureJob<'_> {
                 .await?
             }
         };
+        let dropped_share = outside_catalog as f64 / stats.rows.max(1) as f64;
+        if let Some(items) = items.filter(|_| dropped_share > self.config.max_dropped_share) {
+            return Err(OfflineError::input(
+                &items.path,
+                format!(
+                    "{outside_catalog} of {} interactions ({:.1} %) name items missing from this catalog, more than offline.features.max_dropped_share = {}: check that the catalog and the interactions belong together (or raise the share)",
+                    stats.rows,
+                    dropped_share * 100.0,
+                    self.config.max_dropped_share
+                ),
+            ));
+        }
         if outside_catalog > 0 {
             tracing::warn!(
                 interactions = outside_catalog,

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 
 use recsys_shared::ids::id_problem;
 use recsys_shared::object_storage::{self, RemoteLocation};
+use recsys_shared::panics::{self, catch_quietly};
 use recsys_shared::SharedError;
 
 use crate::id_codes::{CodedInteractions, IdIndex, InteractionCoder};
@@ -315,7 +316,7 @@ impl InputTable {
         let mut groups = Vec::new();
         for file in &self.files {
             let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
-            let metadata = std::panic::catch_unwind(|| {
+            let metadata = catch_quietly(|| {
                 parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&handle)
             })
             .map_err(|panic| corrupt(file, &panic))?
@@ -705,7 +706,7 @@ fn read_columns(
     let handle = File::open(file).map_err(|e| SharedError::io(file, e))?;
     // A damaged footer can make the metadata decoders panic (an unknown Arrow type in the
     // embedded schema) as damaged pages can (below): both are a corrupt file.
-    let builder = std::panic::catch_unwind(|| ParquetRecordBatchReaderBuilder::try_new(handle))
+    let builder = catch_quietly(|| ParquetRecordBatchReaderBuilder::try_new(handle))
         .map_err(|panic| corrupt(file, &panic))?
         .map_err(|e| SharedError::parquet(file, e))?;
     table.check_schema(file, builder.schema(), columns)?;
@@ -753,8 +754,7 @@ fn read_columns(
     // returning an error; a panic is caught here and reported as a corrupt file, and nothing more
     // is read from it.
     Ok(std::iter::from_fn(move || {
-        let next =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.as_mut()?.next()));
+        let next = catch_quietly(std::panic::AssertUnwindSafe(|| reader.as_mut()?.next()));
         match next {
             Ok(batch) => batch.map(|b| b.map_err(|e| SharedError::arrow(&file, e).into())),
             Err(panic) => {
@@ -767,11 +767,7 @@ fn read_columns(
 
 /// The error for a file whose decoding panicked.
 fn corrupt(file: &Path, panic: &Box<dyn std::any::Any + Send>) -> OfflineError {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("no detail");
+    let detail = panics::message(panic.as_ref()).unwrap_or("no detail");
     OfflineError::input(
         file,
         format!("the file is corrupt: it cannot be decoded ({detail})"),

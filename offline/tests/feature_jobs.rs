@@ -69,6 +69,11 @@ fn run_with_negatives(
 ) -> recsys_offline::Result<Features> {
     let input = InputTable::discover(interactions).unwrap();
     let catalog = items.map(|p| InputTable::discover(p).unwrap());
+    // These catalogs miss items on purpose; the share that fails a job has its own test.
+    let config = &FeatureConfig {
+        max_dropped_share: 1.0,
+        ..config.clone()
+    };
     let job = FeatureJob {
         config,
         as_of_ms,
@@ -105,6 +110,47 @@ fn fixture() -> Vec<InteractionRow> {
         event("bob", "d", "play", None, 10), // after the as-of below
         event("carol", "x", "play", None, 1), // item not in the catalog
     ]
+}
+
+/// The fault: a catalog missing 96 % of the interactions' items dropped them with a warning and
+/// the model was published.
+#[test]
+fn a_catalog_missing_more_than_the_allowed_share_of_interactions_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let interactions = dir.path().join("interactions.parquet");
+    write_interactions(&interactions, &fixture());
+    let items = dir.path().join("items.parquet");
+    write_items(&items, &["a", "b", "c", "d"]);
+    let job = |config: &FeatureConfig| {
+        let input = InputTable::discover(&interactions).unwrap();
+        let catalog = InputTable::discover(&items).unwrap();
+        let job = FeatureJob {
+            config,
+            as_of_ms: None,
+            threads: 2,
+            cluster: None,
+            negatives: NegativeEvents::default(),
+        };
+        run_features(&job, &input, Some(&catalog))
+    };
+    // 1 of 8 interactions (carol's "x") is outside the catalog: 12.5 % > the default 1 %.
+    let e = job(&FeatureConfig::default())
+        .err()
+        .expect("the job fails")
+        .to_string();
+    assert!(
+        e.contains("items.parquet")
+            && e.contains("1 of 8 interactions")
+            && e.contains("offline.features.max_dropped_share"),
+        "{e}"
+    );
+    // Within the share the job goes on without them.
+    let lenient = FeatureConfig {
+        max_dropped_share: 0.2,
+        ..Default::default()
+    };
+    let f = job(&lenient).unwrap();
+    assert!(f.training.item_ids.iter().all(|i| i != "x"));
 }
 
 #[test]

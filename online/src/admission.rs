@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::codegen::http;
@@ -37,6 +38,8 @@ pub struct Admission {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     queued: AtomicUsize,
+    /// `recsys_rpc_queued` (a gauge of its own in unit tests).
+    queued_gauge: IntGauge,
     max_queued: usize,
     max_request: Duration,
 }
@@ -47,6 +50,7 @@ impl Admission {
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
             queued: AtomicUsize::new(0),
+            queued_gauge: QUEUED.clone(),
             max_queued,
             max_request,
         })
@@ -58,19 +62,20 @@ impl Admission {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let ahead = self.queued.fetch_add(1, Ordering::AcqRel);
-        if ahead >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        // The place in the queue is held by a guard, so a caller that stops waiting (a client
+        // that cancels, a connection that closes: the future is dropped) gives it back too.
+        let place = QueuePlace::take(&self.queued);
+        if place.ahead >= self.max_queued {
+            let ahead = place.ahead;
+            drop(place);
             SHED.with_label_values(&["queue_full"]).inc();
             return Err(Status::resource_exhausted(format!(
                 "server overloaded: {} requests in progress and {ahead} queued; retry with backoff",
                 self.max_in_flight
             )));
         }
-        QUEUED.inc();
+        let _counted = place.counted(&self.queued_gauge);
         let waited = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        QUEUED.dec();
         match waited {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(Status::unavailable("server shutting down")),
@@ -221,6 +226,42 @@ where
     }
 }
 
+/// A place in the admission queue, given back when dropped — whether the wait ended or the
+/// waiting future was dropped with it.
+struct QueuePlace<'a> {
+    queued: &'a AtomicUsize,
+    /// How many were queued ahead when the place was taken.
+    ahead: usize,
+}
+
+impl<'a> QueuePlace<'a> {
+    fn take(queued: &'a AtomicUsize) -> Self {
+        let ahead = queued.fetch_add(1, Ordering::AcqRel);
+        QueuePlace { queued, ahead }
+    }
+
+    /// Counted in `gauge` (`recsys_rpc_queued`) too, for as long as both are held.
+    fn counted(self, gauge: &IntGauge) -> (Self, QueuedGauge) {
+        gauge.inc();
+        (self, QueuedGauge(gauge.clone()))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a request in `recsys_rpc_queued` while it is held.
+struct QueuedGauge(IntGauge);
+
+impl Drop for QueuedGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Counts a request in `recsys_rpc_in_flight` while it is held.
 struct InFlight;
 
@@ -291,6 +332,52 @@ mod tests {
             .unwrap_err();
         assert_eq!(late.code(), Code::DeadlineExceeded);
         assert_eq!(admission.queued.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_gives_its_place_in_the_queue_back() {
+        let mut admission = Admission::new(1, 2, Duration::from_secs(5));
+        Arc::get_mut(&mut admission).unwrap().queued_gauge =
+            IntGauge::new("queued", "this test's own gauge").unwrap();
+        let far = Instant::now() + Duration::from_secs(5);
+        let held = admission.admit(far).await.unwrap();
+        // Two callers wait, then go away the way a cancelled call does: their futures dropped.
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.admit(far).await.map(|_| ()) })
+            })
+            .collect();
+        // Both counted in the gauge, as a scrape would show them.
+        while admission.queued_gauge.get() < 2 {
+            tokio::task::yield_now().await;
+        }
+        for task in waiting {
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(admission.queued.load(Ordering::Acquire), 0);
+        assert_eq!(
+            admission.queued_gauge.get(),
+            0,
+            "recsys_rpc_queued back at 0"
+        );
+        // The queue has room again: two more wait instead of being shed.
+        let again: Vec<_> = (0..2)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.admit(far).await.map(|_| ()) })
+            })
+            .collect();
+        while admission.queued.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        for task in again {
+            task.await
+                .unwrap()
+                .expect("admitted after the slot was freed");
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl ApiKeys {
         let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(presented) = presented else {
             AUTH_FAILURES.with_label_values(&["missing"]).inc();
@@ -131,6 +131,15 @@ impl ApiKeys {
         CALLERS.with_label_values(&[&key.name]).inc();
         Ok(Some(&key.name))
     }
+}
+
+/// The token of an `authorization` value in the Bearer scheme, whose name HTTP compares without
+/// regard to case (RFC 9110 §11.1): `Bearer`, `bearer` and `BEARER` alike.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 #[cfg(test)]
@@ -188,6 +197,16 @@ mod tests {
             "{}",
             denied.message()
         );
+        // The scheme's name is case-insensitive in HTTP.
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let value = format!("{scheme} homepage-key-0123456789");
+            let h = headers(&[("authorization", &value)]);
+            assert_eq!(
+                keys.check("Rank", &h).unwrap(),
+                Some("homepage"),
+                "{scheme}"
+            );
+        }
         let api_key = headers(&[("x-api-key", "ops-key-0123456789abcdef")]);
         assert_eq!(keys.check("Reflection", &api_key).unwrap(), Some("ops"));
         for bad in [

@@ -348,10 +348,10 @@ impl Experiments {
                     recipe,
                 });
             }
-            if total <= 0.0 {
+            if !(total > 0.0 && total.is_finite()) {
                 return Err(refuse(
                     format!("{at}.variant"),
-                    "the weights must sum to a positive number",
+                    format!("the weights must sum to a positive finite number, not {total}"),
                 ));
             }
             let mut overrides = HashMap::with_capacity(spec.overrides.len());
@@ -543,6 +543,15 @@ rows = ["trending", "top_picks"]
         };
         let cases = [
             (variant("0", ""), "experiment[0] \"e\".variant", "positive"),
+            (
+                // Each weight is finite; their sum overflows to infinity.
+                variant(
+                    "1.7e308",
+                    "[[experiment.variant]]\nname = \"w\"\nweight = 1.7e308",
+                ),
+                "experiment[0] \"e\".variant",
+                "positive finite",
+            ),
             (
                 variant("-1", ""),
                 "experiment[0] \"e\".variant[0] \"v\".weight",

@@ -124,6 +124,17 @@ pub static CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+/// Connections closed before they opened: past `online.opening_timeout_ms`, or displaced by a
+/// newcomer while every slot was taken.
+pub static CONNECTIONS_CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_grpc_connections_closed_total",
+        "Connections closed before they sent their opening, by reason (opening_timeout, displaced)",
+        &["reason"]
+    )
+    .expect("registers once")
+});
+
 /// Ranking answers per experiment and variant (Rank and Homepage).
 pub static EXPERIMENT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -149,4 +160,14 @@ pub static EXPERIMENT_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static EXPERIMENTS_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("recsys_experiments_active", "Experiments in force")
         .expect("registers once")
+});
+
+/// When the gRPC port's TLS certificate expires, in seconds since the epoch (alert on
+/// `recsys_tls_certificate_not_after_seconds - time() < 14 * 86400`); 0 without TLS.
+pub static TLS_NOT_AFTER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "recsys_tls_certificate_not_after_seconds",
+        "When the served TLS certificate expires (seconds since the epoch)"
+    )
+    .expect("registers once")
 });

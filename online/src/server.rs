@@ -11,6 +11,7 @@ use recsys_shared::artifact::ModelRoot;
 use recsys_shared::config::{Config, StoreBackend};
 use recsys_shared::proto::v1::ranking_server::RankingServer;
 use recsys_shared::proto::FILE_DESCRIPTOR_SET;
+use recsys_shared::tls::Validity;
 use recsys_store::bulk;
 use recsys_store::cache::FeatureReader;
 use recsys_store::features::FeatureStore;
@@ -28,8 +29,15 @@ use crate::experiments::Experiments;
 use crate::impressions::ImpressionLog;
 use crate::metrics::{
     CATALOG_ITEMS, EXPERIMENTS_ACTIVE, EXPERIMENT_RELOADS, MODEL_SWAPS, MODEL_VERSION,
+    TLS_NOT_AFTER,
 };
 use crate::service::{ExperimentSet, Ranker, RankingService};
+
+/// Streams a client may reset before the server has accepted them, on one connection, before the
+/// connection is ended as a rapid-reset flood: twice the streams it may have open at once.
+fn pending_reset_streams(max_concurrent_streams: u32) -> usize {
+    2 * max_concurrent_streams as usize
+}
 
 /// Name of the service in gRPC health checks.
 pub const SERVICE_NAME: &str = "recsys.v1.Ranking";
@@ -43,6 +51,8 @@ pub struct RunningServer {
     grpc: JoinHandle<Result<(), OnlineError>>,
     watcher: JoinHandle<()>,
     refusals: Arc<AtomicU64>,
+    /// The validity of the gRPC port's TLS certificate, when it serves TLS.
+    pub certificate: Option<Validity>,
 }
 
 impl RunningServer {
@@ -225,23 +235,35 @@ struct ExperimentsWatcher {
     ranker: Arc<Ranker>,
     /// The text in force; `None` when no file is.
     applied: Option<String>,
-    /// The text last refused.
-    refused: Option<String>,
+    /// The contents last refused.
+    refused: Option<Vec<u8>>,
 }
 
 impl ExperimentsWatcher {
     async fn refresh(&mut self) {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => Some(text),
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 tracing::warn!(file = %self.path.display(), error = %e, "cannot read the experiments file");
                 return;
             }
         };
-        if text == self.applied || (text.is_some() && text == self.refused) {
+        if bytes.as_deref() == self.applied.as_deref().map(str::as_bytes)
+            || (bytes.is_some() && bytes == self.refused)
+        {
             return;
         }
+        let text = match bytes.map(String::from_utf8).transpose() {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(file = %self.path.display(), error = %e.utf8_error(),
+                    "refusing the experiments file: it is not UTF-8 text; the last good one stays in force");
+                self.refused = Some(e.into_bytes());
+                EXPERIMENT_RELOADS.with_label_values(&["refused"]).inc();
+                return;
+            }
+        };
         let Some(text) = text else {
             self.ranker.set_experiments(ExperimentSet::default());
             self.applied = None;
@@ -265,7 +287,7 @@ impl ExperimentsWatcher {
             Err(problem) => {
                 tracing::error!(file = %self.path.display(), error = %problem,
                     "refusing the experiments file; the last good one stays in force");
-                self.refused = Some(text);
+                self.refused = Some(text.into_bytes());
                 EXPERIMENT_RELOADS.with_label_values(&["refused"]).inc();
             }
         }
@@ -305,11 +327,27 @@ impl ExperimentsWatcher {
 /// setting and the file.
 fn server_tls(
     tls: &recsys_shared::config::ServerTlsConfig,
-) -> Result<Option<tonic::transport::ServerTlsConfig>, OnlineError> {
+) -> Result<Option<(tonic::transport::ServerTlsConfig, Validity)>, OnlineError> {
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
         return Ok(None);
     };
     recsys_shared::tls::install_crypto_provider();
+    // Checked here as the TLS stack will use them, so a bad file is refused naming the file and
+    // the cause (tonic reports only "transport error").
+    let validity = recsys_shared::tls::check_server_identity(cert, key)
+        .map_err(|e| OnlineError::Config(format!("online.tls.cert_file / key_file: {e}")))?;
+    TLS_NOT_AFTER.set(validity.not_after);
+    let now = chrono::Utc::now().timestamp();
+    if let Some(problem) = validity.problem(now) {
+        tracing::warn!(cert = %cert.display(), %problem, "serving a certificate clients will refuse");
+    } else if validity.not_after - now < 14 * 86_400 {
+        tracing::warn!(cert = %cert.display(), days_left = (validity.not_after - now) / 86_400,
+            "the certificate expires within 14 days");
+    }
+    if let Some(ca) = &tls.client_ca_file {
+        recsys_shared::tls::check_client_roots(ca)
+            .map_err(|e| OnlineError::Config(format!("online.tls.client_ca_file: {e}")))?;
+    }
     let read = |field: &str, path: &std::path::Path| {
         std::fs::read(path)
             .map_err(|e| OnlineError::Config(format!("online.tls.{field} {}: {e}", path.display())))
@@ -323,7 +361,7 @@ fn server_tls(
             ca,
         )?));
     }
-    Ok(Some(config))
+    Ok(Some((config, validity)))
 }
 
 /// Starts everything the configuration describes and returns once the ports are bound and the
@@ -342,6 +380,8 @@ pub async fn start_with_reader(
     config: &Config,
     reader: FeatureReader,
 ) -> Result<RunningServer, OnlineError> {
+    // Before anything starts: a bad TLS file stops the start with nothing left running.
+    let grpc_tls = server_tls(&config.online.tls)?;
     let features = reader.store().clone();
     tracing::info!(
         store = features.backend(),
@@ -479,6 +519,7 @@ pub async fn start_with_reader(
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_millis(online.keepalive_interval_ms))),
         online.max_connections,
+        Duration::from_millis(online.opening_timeout_ms),
     );
     let keys = ApiKeys::from_config(&online.auth).map_err(OnlineError::Config)?;
     if keys.is_none() && !online.listen.starts_with("127.") && !online.listen.starts_with("[::1]") {
@@ -502,10 +543,12 @@ pub async fn start_with_reader(
     };
     let keepalive_timeout = Duration::from_millis(online.keepalive_timeout_ms);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = server_tls(&online.tls)? {
+    let mut certificate = None;
+    if let Some((tls, validity)) = grpc_tls {
         builder = builder
             .tls_config(tls)
             .map_err(|e| OnlineError::Config(format!("online.tls: {e}")))?;
+        certificate = Some(validity);
     }
     let builder = builder
         .max_concurrent_streams(online.max_concurrent_streams)
@@ -513,8 +556,13 @@ pub async fn start_with_reader(
         .http2_keepalive_timeout(Some(keepalive_timeout))
         .max_connection_age(Duration::from_millis(online.max_connection_age_ms))
         .max_connection_age_grace(keepalive_timeout)
-        // Rapid-reset (CVE-2023-44487) and error-reset floods end the connection.
-        .http2_max_pending_accept_reset_streams(Some(64))
+        // Rapid-reset (CVE-2023-44487) and error-reset floods end the connection. A client that
+        // cancels every call it may have open (its deadlines passing while the server is busy)
+        // resets at most `max_concurrent_streams` streams before the server accepts them: twice
+        // that is allowed, so ordinary deadlines never cost the client its connection.
+        .http2_max_pending_accept_reset_streams(Some(pending_reset_streams(
+            online.max_concurrent_streams,
+        )))
         .http2_max_local_error_reset_streams(Some(256));
     let stop = stopped(shutdown_rx);
     let grpc = tokio::spawn(async move {
@@ -537,5 +585,6 @@ pub async fn start_with_reader(
         grpc,
         watcher,
         refusals,
+        certificate,
     })
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use recsys_shared::ids::id_problem;
+use recsys_shared::ids::{id_problem, quote};
 use recsys_shared::logs::LogEvery;
 use recsys_shared::proto::v1::ranking_server::Ranking;
 use recsys_shared::proto::v1::{
@@ -116,7 +116,10 @@ fn check_country(country: &str) -> Result<Option<String>, Status> {
     if country.len() != 2 || !country.chars().all(|c| c.is_ascii_alphabetic()) {
         return Err(invalid(
             "country",
-            format!("{country:?} is not an ISO 3166-1 alpha-2 code such as \"US\""),
+            format!(
+                "{} is not an ISO 3166-1 alpha-2 code such as \"US\"",
+                quote(country)
+            ),
         ));
     }
     Ok(Some(country.to_ascii_uppercase()))
@@ -664,8 +667,9 @@ impl Ranker {
         let catalog = self.serving()?;
         let Some(&index) = catalog.index.get(&request.item_id) else {
             return Err(Status::not_found(format!(
-                "item_id: {:?} is not in model {}",
-                request.item_id, catalog.version
+                "item_id: {} is not in model {}",
+                quote(&request.item_id),
+                catalog.version
             )));
         };
         check_deadline(deadline, "before scoring")?;

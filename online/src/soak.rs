@@ -12,6 +12,12 @@
 //!    `redis-server`: first a flood of made-up member ids, then the store frozen (`SIGSTOP`) while
 //!    thousands of requests for random ids give up after 50 ms; RSS before, at the peak and after.
 //!
+//! 5. **Cancelled queued calls and idle connections** on a third server with the default queue
+//!    (64): three bursts of 60 Homepage calls given up after 50 ms, then `recsys_rpc_queued`
+//!    (target 0) and six concurrent calls; then 4,100 sockets that never send a byte (past the
+//!    4,096-connection cap) while a fresh client connects and ranks (target: answered within 1 s),
+//!    and the open connections 6 s later.
+//!
 //! The server and the load generator run on separate cores (`taskset`; the upper half of the
 //! machine's cores for the server, the lower half for the load generator), standing in for
 //! clients on other machines: every figure, the unloaded one included, is measured that way.
@@ -186,16 +192,30 @@ impl Server {
         proc_status_kib(self.child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0
     }
 
-    /// Cumulative `(le, count)` buckets of the server's own latency histogram of `Rank` answers
-    /// with `code` (measured from the request's arrival at the admission layer).
-    fn latency_buckets(&self, code: &str) -> Vec<(f64, f64)> {
+    /// The server's metrics page; empty when it cannot be read.
+    fn metrics_page(&self) -> String {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
-            return Vec::new();
+            return String::new();
         };
         let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
+        body
+    }
+
+    /// The value of the unlabelled series `name`; NaN when it is not there.
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics_page()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Cumulative `(le, count)` buckets of the server's own latency histogram of `Rank` answers
+    /// with `code` (measured from the request's arrival at the admission layer).
+    fn latency_buckets(&self, code: &str) -> Vec<(f64, f64)> {
+        let body = self.metrics_page();
         let wanted = format!("code=\"{code}\"");
         body.lines()
             .filter(|l| {
@@ -498,6 +518,149 @@ async fn faults(
     }))
 }
 
+/// Calls cancelled while they wait in the admission queue, then connections that never send a
+/// byte, against a server with the default queue (64): `recsys_rpc_queued` must come back to 0
+/// and a fresh client must be answered at once while the idle sockets hold every slot.
+async fn cancelled_and_idle(
+    args: &SoakArgs,
+    dir: &Path,
+    cores: Option<&CoreSplit>,
+) -> Result<serde_json::Value, String> {
+    use recsys_shared::proto::v1::HomepageRequest;
+    const BURSTS: usize = 3;
+    const CALLS: usize = 60;
+    const IDLE: usize = 4_100;
+    let server = Server::start(
+        dir,
+        64,
+        cores,
+        &[
+            (
+                "RECSYS__MODEL__ROOT",
+                dir.join("models").display().to_string(),
+            ),
+            (
+                "RECSYS__STORE__EMBEDDED__PATH",
+                dir.join("features-connections").display().to_string(),
+            ),
+        ],
+    )
+    .await?;
+    // Bursts of Homepage calls without a deadline, each given up after 50 ms.
+    let client = server.clients(1).await?.remove(0);
+    let mut peak_queued = 0.0f64;
+    for burst in 0..BURSTS {
+        let calls: Vec<_> = (0..CALLS)
+            .map(|i| {
+                let mut client = client.clone();
+                let request = HomepageRequest {
+                    user_id: format!("m{}", (burst * CALLS + i) % args.members),
+                    ..Default::default()
+                };
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), client.homepage(request))
+                            .await;
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        peak_queued = peak_queued.max(server.metric("recsys_rpc_queued"));
+        for call in calls {
+            let _ = call.await;
+        }
+    }
+    let settle = Instant::now();
+    while server.metric("recsys_rpc_in_flight") > 0.0 && settle.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued_after = server.metric("recsys_rpc_queued");
+    let answers: Vec<_> = (0..6)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .rank(RankRequest {
+                        user_id: format!("m{i}"),
+                        k: 20,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for a in answers {
+        answered += usize::from(a.await.unwrap_or(false));
+    }
+    let queue_ok = queued_after == 0.0 && answered == 6;
+    eprintln!(
+        "cancelled queued calls: {BURSTS} bursts of {CALLS} Homepage calls given up after 50 ms (queued at the peak {peak_queued}); recsys_rpc_queued afterwards {queued_after} (target 0: {}), 6 concurrent calls answered {answered}/6",
+        if queue_ok { "met" } else { "NOT met" }
+    );
+
+    // Sockets that connect and never send a byte, past the connection cap.
+    let addr = server.grpc.trim_start_matches("http://").to_string();
+    let mut held = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(socket) => held.push(socket),
+            Err(e) => return Err(format!("holding idle connections: {e} (raise ulimit -n)")),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open_while_held = server.metric("recsys_grpc_connections");
+    let started = Instant::now();
+    let fresh = async {
+        let channel = Channel::from_shared(server.grpc.clone())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(RankRequest {
+            user_id: "m1".into(),
+            k: 20,
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(1));
+        RankingClient::new(channel)
+            .rank(request)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let fresh = tokio::time::timeout(Duration::from_secs(2), fresh).await;
+    let fresh_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let fresh_ok = matches!(fresh, Ok(Ok(_))) && fresh_ms <= 1000.0;
+    // Past online.opening_timeout_ms (5 s by default) the server has closed them all.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let open_after = server.metric("recsys_grpc_connections");
+    drop(held);
+    eprintln!(
+        "idle connections: {IDLE} sockets held without a byte, {open_while_held} connections open; a fresh client answered in {fresh_ms:.0} ms (target ≤ 1 s: {}{}); 6 s later {open_after} connections open",
+        if fresh_ok { "met" } else { "NOT met" },
+        match &fresh {
+            Ok(Ok(_)) => String::new(),
+            Ok(Err(e)) => format!(", {e}"),
+            Err(_) => ", timed out".into(),
+        }
+    );
+    Ok(serde_json::json!({
+        "cancelled_calls": BURSTS * CALLS,
+        "queued_peak": peak_queued,
+        "queued_after": queued_after,
+        "concurrent_answered_after": answered,
+        "idle_sockets": IDLE,
+        "connections_while_held": open_while_held,
+        "fresh_client_ms": fresh_ms,
+        "fresh_client_answered": fresh_ok,
+        "connections_6s_later": open_after,
+        "panics": server.panics(),
+    }))
+}
+
 /// Runs the soak and prints its figures.
 pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let scratch;
@@ -626,6 +789,7 @@ pub async fn run(args: &SoakArgs) -> Result<(), Box<dyn std::error::Error + Send
         "rss_flat": rss_flat,
         "panics": panics,
     });
+    summary["cancelled_and_idle"] = cancelled_and_idle(args, &dir, cores.as_ref()).await?;
     if !args.skip_faults {
         summary["faults"] = faults(args, &dir, cores.as_ref()).await?;
     }

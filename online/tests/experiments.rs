@@ -190,11 +190,18 @@ async fn a_split_between_two_models_is_sticky_across_servers_and_survives_bad_fi
     // Bad files: refused with the last good set kept in force.
     const REFUSED: &str = "recsys_experiments_reloads_total{outcome=\"refused\"}";
     let refused_before = metric(&a, REFUSED);
+    let mut not_utf8 = experiment_file(&v1, "").into_bytes();
+    not_utf8.extend_from_slice(b"# \xff\xfe\n");
     let bad_files = [
-        experiment_file(&v1, "").replace("weight = 1", "weight = 0"),
-        experiment_file("no-such-version", ""),
-        experiment_file(&v1, "").replace("\"trending\"", "\"recently_added\""),
-        format!("{}{}", experiment_file(&v1, ""), experiment_file(&v1, "")),
+        experiment_file(&v1, "")
+            .replace("weight = 1", "weight = 0")
+            .into_bytes(),
+        experiment_file("no-such-version", "").into_bytes(),
+        experiment_file(&v1, "")
+            .replace("\"trending\"", "\"recently_added\"")
+            .into_bytes(),
+        format!("{}{}", experiment_file(&v1, ""), experiment_file(&v1, "")).into_bytes(),
+        not_utf8,
     ];
     for (n, text) in bad_files.iter().enumerate() {
         std::fs::write(&file, text).unwrap();

@@ -398,12 +398,35 @@ async fn bad_requests_are_invalid_argument_naming_the_field() {
             },
             "country: ",
         ),
+        // A 3 MB country: the answer names the field without repeating the input (a multi-MB
+        // grpc-message trailer is refused by default clients and proxies).
+        (
+            RankRequest {
+                country: "Q".repeat(3 << 20),
+                ..rank("m1")
+            },
+            "country: ",
+        ),
     ];
     for (request, field) in cases {
         let status = c.rank(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}");
         assert!(status.message().starts_with(field), "{}", status.message());
+        assert!(
+            status.message().len() < 300,
+            "{field}: a message of {} bytes",
+            status.message().len()
+        );
     }
+    let status = c
+        .similar_items(SimilarItemsRequest {
+            item_id: "absent-".repeat(36),
+            k: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().len() < 200, "{}", status.message());
     let status = c
         .homepage(HomepageRequest {
             user_id: "m1".into(),
@@ -936,6 +959,123 @@ async fn an_overloaded_server_sheds_at_once_and_caps_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_open_neither_lock_clients_out_nor_stay_open() {
+    // The fault: sockets that never sent a byte (or only part of the HTTP/2 preface) filled
+    // every connection slot and kept it: a real client timed out, and they stayed open.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.online.max_connections = 8;
+    config.online.opening_timeout_ms = 1500;
+    synthetic_model(&config.model.root, 100, 10, 4, 4).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..12 {
+        let mut socket = tokio::net::TcpStream::connect(server.grpc_addr)
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            socket.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        held.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every slot is taken by a connection that has not opened: a real client still gets in.
+    let started = Instant::now();
+    let mut c = RankingClient::new(
+        Channel::from_shared(format!("http://{}", server.grpc_addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .expect("a fresh client connects while silent sockets hold every slot"),
+    );
+    let mut request = tonic::Request::new(rank("m1"));
+    request.set_timeout(Duration::from_secs(1));
+    c.rank(request).await.expect("a fresh client is answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Past the opening deadline every silent or half-opened socket is closed by the server.
+    for (i, socket) in held.iter_mut().enumerate() {
+        let mut buf = [0u8; 256];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(4), socket.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue, // the server's SETTINGS or GOAWAY
+            }
+        };
+        assert!(
+            closed,
+            "socket {i} still open past online.opening_timeout_ms"
+        );
+    }
+    // The client that opened is still served.
+    c.rank(rank("m2")).await.unwrap();
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "recsys_grpc_connections_closed_total{reason=\"opening_timeout\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// `n` calls opened on one raw HTTP/2 connection and each reset at once (a client cancelling
+/// them before the server accepted them); `Err` when the server ended the connection.
+async fn open_and_reset(addr: std::net::SocketAddr, n: usize) -> Result<(), h2::Error> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await?;
+    let connection = tokio::spawn(connection);
+    for _ in 0..n {
+        client = client.ready().await?;
+        let request = http::Request::post(format!("http://{addr}/recsys.v1.Ranking/Homepage"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (_response, mut stream) = client.send_request(request, false)?;
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if connection.is_finished() {
+        connection.await.unwrap()?;
+    }
+    client.ready().await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_keep_their_connection_and_a_reset_flood_ends_it() {
+    // The fault: 1,000 concurrent calls cancelled at 50 ms got 37 UNAVAILABLE: the server ended
+    // the connection (GOAWAY too_many_resets) after 64 streams reset before it accepted them.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    synthetic_model(&config.model.root, 100, 10, 4, 4).unwrap();
+    let server = start(&config).await.unwrap();
+    let streams = config.online.max_concurrent_streams as usize;
+    open_and_reset(server.grpc_addr, streams)
+        .await
+        .expect("a client cancelling every call it may have open keeps its connection");
+    // A rapid-reset flood (CVE-2023-44487) still ends the connection.
+    let flood = open_and_reset(server.grpc_addr, 40 * streams)
+        .await
+        .expect_err("a reset flood is cut off");
+    // GOAWAY ENHANCE_YOUR_CALM, or the closed socket under the client's next write.
+    assert!(
+        flood.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || flood.is_io(),
+        "{flood}"
+    );
+    // The server is unharmed.
+    client(&server).await.rank(rank("m1")).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
     // The fault: with the newest version corrupt the server stayed NOT_SERVING although the
     // previous version was intact, and repairing the file did nothing until a restart.
@@ -985,6 +1125,64 @@ async fn a_corrupt_newest_version_falls_back_and_is_retried_once_repaired() {
     assert_eq!(
         c.rank(rank("m1")).await.unwrap().into_inner().model_version,
         v2
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_files_are_refused_naming_the_file_and_an_expired_certificate_is_reported() {
+    // The fault: each of these was refused only with "online.tls: transport error", and an
+    // expired certificate was served without a word.
+    use recsys_shared::testkit::TestCertificates;
+    let certs = TestCertificates::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.key");
+    std::fs::write(&empty, "").unwrap();
+    let bad_ca = dir.path().join("bad-ca.pem");
+    std::fs::write(
+        &bad_ca,
+        "-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let p = |name: &str| certs.path(name);
+    let cases = [
+        (p("server.pem"), p("client.key"), None, "client.key"),
+        (p("server.pem"), empty.clone(), None, "empty.key"),
+        (p("server.key"), p("server.pem"), None, "server.key"),
+        (
+            p("server.pem"),
+            p("server.key"),
+            Some(bad_ca.clone()),
+            "bad-ca.pem",
+        ),
+    ];
+    synthetic_model(&dir.path().join("models"), 100, 10, 4, 13).unwrap();
+    for (cert, key, ca, named) in cases {
+        let mut config = config(dir.path());
+        config.online.tls.cert_file = Some(cert);
+        config.online.tls.key_file = Some(key);
+        config.online.tls.client_ca_file = ca;
+        let e = start(&config).await.err().expect("refused").to_string();
+        assert!(
+            e.contains("online.tls") && e.contains(named) && !e.contains("transport error"),
+            "{named}: {e}"
+        );
+    }
+    let mut config = config(dir.path());
+    config.online.tls.cert_file = Some(certs.expired_server_certificate());
+    config.online.tls.key_file = Some(p("server.key"));
+    let server = start(&config).await.unwrap();
+    let validity = server.certificate.expect("served with TLS");
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        validity.problem(now).unwrap().contains("expired"),
+        "{validity:?} at {now}"
+    );
+    // (The gauge is per process; other tests serve other certificates beside this one.)
+    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("recsys_tls_certificate_not_after_seconds "),
+        "{metrics}"
     );
     server.shutdown().await.unwrap();
 }

@@ -189,6 +189,10 @@ pub struct FeatureConfig {
     pub min_user_interactions: u32,
     /// Items with fewer distinct members are dropped. Default 1.
     pub min_item_interactions: u32,
+    /// The largest share of interactions whose items are missing from the catalog that a job
+    /// leaves out of training with a warning; above it the job fails naming the count (a
+    /// catalog and a log that do not belong together). Default 0.01 (1 %); 1 never fails.
+    pub max_dropped_share: f64,
     /// The newest history items published per member with a model. Default 500.
     pub history_cap: usize,
     /// A SQL file replacing the built-in training-table query (`offline/sql/training_table.sql`).
@@ -216,6 +220,7 @@ impl Default for FeatureConfig {
             decay_half_life_days: None,
             min_user_interactions: 1,
             min_item_interactions: 1,
+            max_dropped_share: 0.01,
             history_cap: 500,
             training_table_sql: None,
             popularity_sql: None,
@@ -576,8 +581,14 @@ pub struct OnlineConfig {
     pub max_queued: usize,
     /// HTTP/2 streams (concurrent calls) per connection. Default 256.
     pub max_concurrent_streams: u32,
-    /// Open client connections; a connection beyond this is closed at once. Default 4096.
+    /// Open client connections. When they are all open, a new connection takes the place of the
+    /// oldest one still opening (one that has not yet sent the HTTP/2 preface); with none of
+    /// those it is closed at once. Default 4096.
     pub max_connections: usize,
+    /// A connection must send its opening (the HTTP/2 preface, or a TLS hello) within this long
+    /// after it is accepted, or it is closed: HTTP/2 keepalive only guards a connection once it
+    /// has opened. Default 5000 ms.
+    pub opening_timeout_ms: u64,
     /// HTTP/2 PING interval on idle connections, and how long to wait for the answer before
     /// closing the connection. Default 30000 / 10000 ms.
     pub keepalive_interval_ms: u64,
@@ -784,6 +795,7 @@ impl Default for OnlineConfig {
             max_queued: 64,
             max_concurrent_streams: 256,
             max_connections: 4096,
+            opening_timeout_ms: 5_000,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
             max_connection_age_ms: 1_800_000,
@@ -1326,6 +1338,11 @@ impl Config {
                 "must be 1..=1000000",
             ),
             (
+                (100..=600_000).contains(&o.opening_timeout_ms),
+                "online.opening_timeout_ms",
+                "must be 100..=600000",
+            ),
+            (
                 o.keepalive_interval_ms >= 1000 && o.keepalive_timeout_ms >= 100,
                 "online.keepalive_interval_ms",
                 "must be at least 1000 (and keepalive_timeout_ms at least 100)",
@@ -1334,6 +1351,11 @@ impl Config {
                 o.max_connection_age_ms >= 1000,
                 "online.max_connection_age_ms",
                 "must be at least 1000",
+            ),
+            (
+                (0.0..=1.0).contains(&self.offline.features.max_dropped_share),
+                "offline.features.max_dropped_share",
+                "must be between 0 and 1",
             ),
             (
                 (1..=1_000_000).contains(&self.offline.features.history_cap),

@@ -20,22 +20,31 @@ pub fn id_problem(id: &str) -> Option<String> {
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
         return Some(format!(
-            "id {:?} contains the control character {:?}",
-            truncate_for_message(id),
+            "id {} contains the control character {:?}",
+            quote(id),
             c
         ));
     }
     if id.trim() != id {
         return Some(format!(
-            "id {:?} has leading or trailing white space",
-            truncate_for_message(id)
+            "id {} has leading or trailing white space",
+            quote(id)
         ));
     }
     None
 }
 
-fn truncate_for_message(id: &str) -> String {
-    id.chars().take(40).collect()
+/// Characters of a caller's input quoted in a message at most: an error answer (a gRPC
+/// `grpc-message` trailer, a log line) never repeats megabytes of what it refuses.
+pub const QUOTED_CHARS: usize = 40;
+
+/// `input` quoted for an error message: Rust-escaped, cut to [`QUOTED_CHARS`] characters with its
+/// length in bytes said when it was longer.
+pub fn quote(input: &str) -> String {
+    match input.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{input:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &input[..cut], input.len()),
+    }
 }
 
 #[cfg(test)]
@@ -64,7 +73,26 @@ mod tests {
             let problem = id_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert!(problem.contains(why), "{bad:?}: {problem}");
         }
+        let long_with_control = format!("{}\n", "z".repeat(3 << 20));
+        let problem = id_problem(&long_with_control).unwrap();
+        assert!(problem.len() < 200, "{} bytes", problem.len());
         let too_long = "y".repeat(MAX_ID_BYTES + 1);
         assert!(id_problem(&too_long).unwrap().contains("257 bytes"));
+    }
+
+    #[test]
+    fn quoted_input_is_cut_and_its_length_said() {
+        assert_eq!(quote("US"), "\"US\"");
+        let country = "Ü".repeat(3 << 20);
+        let quoted = quote(&country);
+        assert!(quoted.len() < 200, "{} bytes", quoted.len());
+        assert!(
+            quoted.ends_with(&format!("({} bytes)", country.len())),
+            "{quoted}"
+        );
+        assert_eq!(
+            quote(&"a".repeat(QUOTED_CHARS)),
+            format!("{:?}", "a".repeat(QUOTED_CHARS))
+        );
     }
 }

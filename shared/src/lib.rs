@@ -35,6 +35,7 @@ pub mod kernels;
 pub mod logs;
 pub mod object_storage;
 pub mod ops;
+pub mod panics;
 pub mod progress;
 pub mod proto;
 pub mod secrets;

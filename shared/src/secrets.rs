@@ -3,8 +3,9 @@
 //! A password may sit inside a URL (`redis://user:password@host/`); every message that names a
 //! URL goes through [`redact_url`] first, so logs and errors show where, never with what.
 
-/// `url` with the password of its user-info replaced by `***` (`redis://app:***@host:6379/0`).
-/// A URL without one comes back unchanged.
+/// `url` with the password of its user-info replaced by `***` (`redis://app:***@host:6379/0`), and
+/// the value of every query parameter that may hold a secret too
+/// (`redis+unix:///run/redis.sock?pass=***`). A URL without either comes back unchanged.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
@@ -14,16 +15,56 @@ pub fn redact_url(url: &str) -> String {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     // The last '@' ends the user-info (a password may itself contain '@').
-    let Some(at) = authority.rfind('@') else {
+    let redacted = match authority.rfind('@') {
+        None => url.to_string(),
+        Some(at) => {
+            let user_info = &authority[..at];
+            let user = match user_info.find(':') {
+                Some(colon) => &user_info[..colon],
+                // A lone user-info part is the password in `redis://secret@host` for some clients.
+                None => "",
+            };
+            format!("{}{user}:***@{}", &url[..authority_start], &rest[at + 1..])
+        }
+    };
+    redact_query(&redacted)
+}
+
+/// Query parameters whose names say they may hold a secret, compared without regard to case
+/// (`pass`, `password`, `token`, `secret_key`, `X-Amz-Signature`, …).
+fn secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "sig",
+        "credential",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+fn redact_query(url: &str) -> String {
+    let Some(query_start) = url.find('?') else {
         return url.to_string();
     };
-    let user_info = &authority[..at];
-    let user = match user_info.find(':') {
-        Some(colon) => &user_info[..colon],
-        // A lone user-info part is the password in `redis://secret@host` for some clients.
-        None => "",
+    let (head, tail) = url.split_at(query_start + 1);
+    let (query, fragment) = match tail.find('#') {
+        Some(hash) => tail.split_at(hash),
+        None => (tail, ""),
     };
-    format!("{}{user}:***@{}", &url[..authority_start], &rest[at + 1..])
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret_parameter(name) => format!("{name}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{head}{}{fragment}", pairs.join("&"))
 }
 
 /// A secret given inline, in a file, or in an environment variable. `field` names the setting in
@@ -64,6 +105,18 @@ mod tests {
             ("redis://s3cret@cache", "redis://:***@cache"),
             ("redis://a:p@ss@cache/0?x=1", "redis://a:***@cache/0?x=1"),
             ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            (
+                "redis+unix:///run/redis.sock?pass=s3cret",
+                "redis+unix:///run/redis.sock?pass=***",
+            ),
+            (
+                "unix:///run/redis.sock?db=2&user=app&password=s3cret#x",
+                "unix:///run/redis.sock?db=2&user=app&password=***#x",
+            ),
+            (
+                "s3://bucket/p?X-Amz-Signature=s3cret&region=eu",
+                "s3://bucket/p?X-Amz-Signature=***&region=eu",
+            ),
             ("not a url", "not a url"),
         ] {
             let redacted = redact_url(url);

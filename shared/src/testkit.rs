@@ -233,6 +233,38 @@ impl TestCertificates {
     pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.join(name)
     }
+
+    /// `server-expired.pem`: the server's key certified by the CA until a day before now.
+    pub fn expired_server_certificate(&self) -> std::path::PathBuf {
+        let out = Command::new("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+            ])
+            .args([
+                "-CAcreateserial",
+                "-out",
+                "server-expired.pem",
+                "-days",
+                "-1",
+            ])
+            .args(["-extfile", "server.ext"])
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.path("server-expired.pem")
+    }
 }
 
 /// A `redis-server` listening only on TLS, with the ACL user `recsys` / `s3cret-pass` and the

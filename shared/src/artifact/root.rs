@@ -39,7 +39,9 @@ pub struct WriterLock {
     _file: File,
 }
 
-/// A version being written; invisible to readers until [`StagedVersion::commit`].
+/// A version being written; invisible to readers until [`StagedVersion::commit`]. Dropped without
+/// a commit (a write that failed, a full disk), its directory is removed at once, so a failed job
+/// gives back the space it took; only a killed process leaves one, for the next writer to remove.
 #[derive(Debug)]
 pub struct StagedVersion {
     root: PathBuf,
@@ -296,6 +298,18 @@ impl StagedVersion {
     }
 }
 
+impl Drop for StagedVersion {
+    fn drop(&mut self) {
+        // After a commit the directory has been renamed into place and is not there.
+        if self.staging.exists() {
+            if let Err(e) = fs::remove_dir_all(&self.staging) {
+                tracing::warn!(dir = %self.staging.display(), error = %e,
+                    "cannot remove the staging directory of a version that was not published");
+            }
+        }
+    }
+}
+
 /// Parses a version's `manifest.json` and checks its format and that it names `version`; the
 /// problem is returned for the caller to attach to its root.
 pub(crate) fn parse_manifest(text: &str, version: &str) -> std::result::Result<Manifest, String> {
@@ -440,10 +454,41 @@ pub(crate) mod tests {
         let lock = root.lock().unwrap();
         let staged = root.stage(&lock, "v-crashed").unwrap();
         fs::write(staged.path(files::ITEMS), "partial").unwrap();
-        drop(staged); // a writer that died before commit
+        std::mem::forget(staged); // a writer killed before commit
+        assert!(dir.path().join(".tmp-v-crashed").exists());
         assert!(root.versions().unwrap().is_empty());
         let v = publish(&root, &lock, "x");
         assert_eq!(root.versions().unwrap(), vec![v]);
         assert!(!dir.path().join(".tmp-v-crashed").exists());
+    }
+
+    /// The fault: a publish that failed (a full disk) exited cleanly with `CURRENT` intact, but
+    /// left `.tmp-<version>/` behind, and the disk stayed full until the next publish.
+    #[test]
+    fn a_failed_write_or_commit_removes_its_staging_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = ModelRoot::new(dir.path());
+        let lock = root.lock().unwrap();
+        // A job whose write failed: the staged version is dropped on the error path.
+        let failed_write = || -> Result<()> {
+            let staged = root.stage(&lock, "v-write")?;
+            fs::write(staged.path(files::ITEMS), vec![0u8; 1 << 20]).unwrap();
+            Err(SharedError::io(
+                staged.path(files::USER_FACTORS),
+                std::io::ErrorKind::StorageFull.into(),
+            ))
+        };
+        assert!(failed_write().is_err());
+        assert!(!dir.path().join(".tmp-v-write").exists());
+        // A commit that fails part way (a file it cannot hash).
+        let staged = root.stage(&lock, "v-commit").unwrap();
+        fs::write(staged.path(files::ITEMS), "x").unwrap();
+        fs::create_dir(staged.path("not-a-file")).unwrap();
+        assert!(staged.commit(manifest()).is_err());
+        assert!(!dir.path().join(".tmp-v-commit").exists());
+        assert!(root.versions().unwrap().is_empty());
+        // A commit that succeeds is untouched by the drop.
+        let v = publish(&root, &lock, "ok");
+        assert!(root.verify(&v).is_ok());
     }
 }
