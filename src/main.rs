@@ -373,7 +373,8 @@ enum NearlineCommand {
         /// Events per second (0 = as fast as the broker takes them).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
-        /// Create the topic with this many partitions if it does not exist.
+        /// Partitions of the topic when it does not exist yet and is created
+        /// [default: nearline.topic_partitions].
         #[arg(long)]
         partitions: Option<i32>,
     },
@@ -1071,9 +1072,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let impressions = produce::read_impressions(input)?;
             let seconds = runtime()?.block_on(async {
                 let producer = produce::connect(&config, produce::BROKER_CHECK).await?;
-                if let Some(p) = partitions {
-                    recsys_nearline::kafka::ensure_topics(&config, &[(topic.as_str(), *p)]).await?;
-                }
+                let p = partitions.unwrap_or(config.nearline.topic_partitions);
+                recsys_nearline::kafka::ensure_topics(&config, &[(topic.as_str(), p)]).await?;
                 produce::produce_impressions(&producer, &topic, &impressions, *rate, 10_000).await
             })?;
             println!(
@@ -1109,13 +1109,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let seconds = runtime()?.block_on(async {
                 let producer = produce::connect(&config, produce::BROKER_CHECK).await?;
-                if let Some(p) = partitions {
-                    recsys_nearline::kafka::ensure_topics(
-                        &config,
-                        &[(config.nearline.topic.as_str(), *p)],
-                    )
-                    .await?;
-                }
+                let p = partitions.unwrap_or(config.nearline.topic_partitions);
+                recsys_nearline::kafka::ensure_topics(
+                    &config,
+                    &[(config.nearline.topic.as_str(), p)],
+                )
+                .await?;
                 produce::produce_all(
                     &producer,
                     &config.nearline.topic,

@@ -34,7 +34,9 @@ use recsys_store::{bulk, features::FeatureStore};
 /// Options of `recsys quickstart`.
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
-    /// Working directory: data, model versions and the feature store go under it.
+    /// Working directory: each data source's data, model versions and feature store go under
+    /// a directory of its own in it (`synthetic/`, `movielens/`), so the publish gate never
+    /// compares a model of one source with a model of another.
     #[arg(long, default_value = "var/quickstart")]
     pub dir: PathBuf,
     /// Import MovieLens from DIR (any release `recsys import movielens` reads) instead of
@@ -81,9 +83,13 @@ pub fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let started = Instant::now();
-    config.model.root = args.dir.join("models");
+    let dir = args.dir.join(match args.movielens {
+        Some(_) => "movielens",
+        None => "synthetic",
+    });
+    config.model.root = dir.join("models");
     config.store.backend = StoreBackend::Embedded;
-    config.store.embedded.path = args.dir.join("features");
+    config.store.embedded.path = dir.join("features");
     config.cache.backend = CacheBackend::InProcess;
     if let Some(l) = &args.listen {
         config.online.listen = l.clone();
@@ -94,8 +100,18 @@ pub fn run(
     config
         .validate()
         .map_err(|problem| anyhow::anyhow!("quickstart options: {problem}"))?;
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
+    // The ports are checked before minutes of training, not after.
+    for (addr, flag) in [
+        (&config.online.listen, "--listen"),
+        (&config.online.metrics_listen, "--metrics-listen"),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+            anyhow::bail!(
+                "{addr} cannot be listened on ({e}): another quickstart or server may hold it; stop it, or pass {flag} with a free address (e.g. {flag} 127.0.0.1:0 for any free port)"
+            );
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The store is rebuilt from the published model each run, so a rerun starts from the same
     // member state (earlier runs' events are not in it).
     let features = &config.store.embedded.path;
@@ -105,7 +121,7 @@ pub fn run(
     }
 
     // Offline: data, then the batch job (it runs its own query runtime, so before ours starts).
-    let data = args.dir.join("data");
+    let data = dir.join("data");
     match &args.movielens {
         Some(input) => {
             step(1, &format!("Importing MovieLens from {}", input.display()));
@@ -294,10 +310,17 @@ async fn serve_and_stream(
         share(&top_before),
         share(&top_after)
     );
-    println!(
-        "\n  Done in {:.0} s. Try the API (grpcurl: https://github.com/fullstorydev/grpcurl):",
-        started.elapsed().as_secs_f64()
-    );
+    if args.exit {
+        println!(
+            "\n  Done in {:.0} s. The API has stopped (--exit). Run without --exit to keep it serving, then ask it (grpcurl: https://github.com/fullstorydev/grpcurl):",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "\n  Done in {:.0} s. Try the API (grpcurl: https://github.com/fullstorydev/grpcurl):",
+            started.elapsed().as_secs_f64()
+        );
+    }
     println!(
         "    grpcurl -plaintext -d '{{\"user_id\":\"{member}\",\"rows\":3,\"items_per_row\":5}}' {grpc} recsys.v1.Ranking/Homepage"
     );

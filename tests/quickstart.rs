@@ -68,6 +68,14 @@ fn quickstart_trains_serves_and_shows_the_homepage_moving() {
         first.contains("recsys.v1.Ranking/Homepage"),
         "no grpcurl line:\n{first}"
     );
+    assert!(
+        first.contains("The API has stopped (--exit)") && !first.contains("Try the API"),
+        "{first}"
+    );
+    assert!(
+        dir.path().join("synthetic/models/CURRENT").is_file(),
+        "the synthetic source has a directory of its own"
+    );
     let (before, after) = shift(&first);
     assert!(
         after > before + 3,
@@ -77,4 +85,37 @@ fn quickstart_trains_serves_and_shows_the_homepage_moving() {
     // A rerun starts from a fresh store, so the member's "before" is the same again.
     let second = quickstart(dir.path());
     assert_eq!(shift(&second).0, before, "{second}");
+}
+
+/// The fault: with 50051 busy the quickstart trained for minutes, then failed at step 4 without
+/// naming `--listen`.
+#[test]
+fn a_busy_port_is_named_with_its_flag_before_any_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    for (flag, other) in [
+        ("--listen", "--metrics-listen"),
+        ("--metrics-listen", "--listen"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_recsys"))
+            .args([
+                "quickstart",
+                "--exit",
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ])
+            .args([flag, busy_addr.as_str()])
+            .args([other, &format!("127.0.0.1:{}", free_port())])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            stderr.contains(&busy_addr) && stderr.contains(flag),
+            "{flag}: {stderr}"
+        );
+        assert!(!stdout.contains("[1/6]"), "it started working: {stdout}");
+    }
 }

@@ -89,7 +89,7 @@ pub async fn ensure_topics(config: &Config, topics: &[(&str, i32)]) -> Result<()
 }
 
 /// The partition count of `topic`, or `None` while the broker does not know it.
-fn partition_count(config: &Config, topic: &str) -> Result<Option<usize>, NearlineError> {
+pub fn partition_count(config: &Config, topic: &str) -> Result<Option<usize>, NearlineError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let probe: BaseConsumer = client_config(config)?.create()?;
     let metadata = match probe.fetch_metadata(Some(topic), Duration::from_secs(10)) {

@@ -135,7 +135,10 @@ pub async fn run(
         .set("max.poll.interval.ms", "300000")
         // A catching-up consumer must not idle between fetches (Tansu 0.6 answers a fetch with
         // little data per partition and waits the full time when there is none).
-        .set("fetch.wait.max.ms", "20");
+        .set("fetch.wait.max.ms", "20")
+        // A subscribed topic that does not exist yet is looked for again every 5 s (librdkafka's
+        // default is 5 minutes), so a topic created after the worker started is consumed soon.
+        .set("topic.metadata.refresh.interval.ms", "5000");
     let consumer: StreamConsumer<WorkerContext> = with_overrides(consumer_config, config)?
         .create_with_context(WorkerContext {
             assigned: assigned.clone(),
@@ -168,15 +171,28 @@ pub async fn run(
     let mut report = RunReport::default();
     let batch_wait = Duration::from_millis(n.batch_wait_ms);
     let mut committed = true;
+    // Ready once a model is loaded and partitions are assigned, while commits succeed; looked at
+    // again while the worker waits for events, so an idle worker's readiness is current too.
+    let is_ready = |committed: bool| {
+        applier.model().get().is_some() && committed && assigned.load(Ordering::Acquire)
+    };
+    let mut waiting_since = std::time::Instant::now();
     loop {
-        ready.store(
-            applier.model().get().is_some() && committed,
-            Ordering::Release,
-        );
+        ready.store(is_ready(committed), Ordering::Release);
         // The first record of a batch: wait for it, or for shutdown.
         let first = tokio::select! {
             m = consumer.recv() => m,
             _ = shutdown.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if !assigned.load(Ordering::Acquire)
+                    && waiting_since.elapsed() > Duration::from_secs(30)
+                {
+                    tracing::warn!(topic = %n.topic, group = %n.group_id,
+                        "no partitions assigned yet: does the topic exist, and does another worker of the group hold every partition?");
+                    waiting_since = std::time::Instant::now();
+                }
+                continue;
+            }
         };
         let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(n.max_batch);
         match first {
@@ -572,7 +588,8 @@ async fn dead_letter(
 }
 
 /// Opens the feature store and cache of `config`, serves `/metrics` and the probes on
-/// `nearline.metrics_listen`, makes sure the dead-letter topic exists, and runs the consumer loop
+/// `nearline.metrics_listen`, creates the events topic (`nearline.topic_partitions`) and the
+/// dead-letter topic when they do not exist, and runs the consumer loop
 /// until `stop` resolves (or `options.max_events` were consumed).
 pub async fn serve(
     config: &Config,
@@ -621,11 +638,24 @@ pub async fn serve(
         source,
     })?;
     tracing::info!(%addr, store = config.store.backend.name(), "nearline worker: /metrics, /healthz, /readyz");
-    if let Err(e) =
-        crate::kafka::ensure_topics(config, &[(config.nearline.dead_letter_topic.as_str(), 1)])
-            .await
-    {
-        tracing::warn!(error = %e, topic = %config.nearline.dead_letter_topic, "could not create the dead-letter topic; it must exist before an event is dead-lettered");
+    // The topics this worker reads and writes are created when they do not exist yet, so the
+    // tiers can start in any order.
+    let n = &config.nearline;
+    for (topic, partitions, why) in [
+        (
+            n.topic.as_str(),
+            n.topic_partitions,
+            "it is consumed once it exists",
+        ),
+        (
+            n.dead_letter_topic.as_str(),
+            1,
+            "it must exist before an event is dead-lettered",
+        ),
+    ] {
+        if let Err(e) = crate::kafka::ensure_topics(config, &[(topic, partitions)]).await {
+            tracing::warn!(error = %e, %topic, "could not create the topic; {why}");
+        }
     }
     if config.nearline.feedback.enabled {
         crate::kafka::ensure_co_partitioned(

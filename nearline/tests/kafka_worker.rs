@@ -441,3 +441,72 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
         "no longer stalled"
     );
 }
+
+/// The fault: a worker started before anything was produced logged "Subscribed topic not
+/// available", said it was ready, and applied none of the 60 events produced after it (librdkafka
+/// looked for the topic again only every 5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_first_creates_its_topic_is_ready_once_assigned_and_applies_later_events()
+{
+    let broker = TansuBroker::start_in_memory();
+    let redis = RedisServer::start();
+    let models = tempfile::tempdir().unwrap();
+    synthetic_model(models.path(), ITEMS, MEMBERS, 8, 11).unwrap();
+    let config = worker_config(models.path(), &broker, redis.url(), "start-order");
+    let readyz = |config: &Config| {
+        let addr = config.nearline.metrics_listen.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+                return None;
+            };
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.ok()?;
+            Some(out.starts_with("HTTP/1.1 200"))
+        }
+    };
+    const N: usize = 60;
+    let run = {
+        let config = config.clone();
+        let model_root = models.path().to_path_buf();
+        tokio::spawn(async move {
+            worker::serve(
+                &config,
+                WorkerOptions {
+                    model_root,
+                    max_events: Some(N as u64),
+                },
+                std::future::pending(),
+            )
+            .await
+        })
+    };
+    // Ready only once partitions are assigned; the topic it made has the configured count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while readyz(&config).await != Some(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        recsys_nearline::kafka::partition_count(&config, &config.nearline.topic).unwrap(),
+        Some(config.nearline.topic_partitions as usize)
+    );
+    let producer = recsys_nearline::kafka::producer(&config).unwrap();
+    for e in events(N, chrono::Utc::now().timestamp_millis()) {
+        send(&producer, &config.nearline.topic, &e, Encoding::Protobuf)
+            .await
+            .unwrap();
+    }
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("every event produced after the worker started is applied within a minute")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.applied, N as u64);
+}

@@ -132,6 +132,7 @@ impl InputTable {
         }
         let meta = std::fs::metadata(path).map_err(|e| SharedError::io(path, e))?;
         if meta.is_file() {
+            check_parquet_magic(path)?;
             return Ok(InputTable {
                 path: path.to_path_buf(),
                 files: vec![path.to_path_buf()],
@@ -765,6 +766,42 @@ fn read_columns(
     }))
 }
 
+/// Refuses a file that is not Parquet (no `PAR1` at its start) with what it looks like instead
+/// and what to do: a CSV or JSON file given where Parquet is expected otherwise fails later with
+/// only "Corrupt footer".
+fn check_parquet_magic(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|e| SharedError::io(path, e))?;
+    if head.starts_with(b"PAR1") {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(&head)
+        .ok()
+        .or_else(|| std::str::from_utf8(&head[..head.len().saturating_sub(3)]).ok());
+    let first_line = text.and_then(|t| t.lines().next()).unwrap_or("").trim();
+    let looks_like = if first_line.starts_with('{') {
+        "JSON lines"
+    } else if text.is_some() && first_line.contains(',') {
+        "CSV"
+    } else if text.is_some() && first_line.contains('\t') {
+        "tab-separated text"
+    } else {
+        return Err(OfflineError::input(
+            path,
+            "not a Parquet file (it does not start with PAR1)",
+        ));
+    };
+    Err(OfflineError::input(
+        path,
+        format!(
+            "this is {looks_like}, not Parquet: `recsys import movielens <dir>` converts a MovieLens release; any other data must be written as Parquet in the input schema (README, Input schema)"
+        ),
+    ))
+}
+
 /// The error for a file whose decoding panicked.
 fn corrupt(file: &Path, panic: &Box<dyn std::any::Any + Send>) -> OfflineError {
     let detail = panics::message(panic.as_ref()).unwrap_or("no detail");
@@ -899,6 +936,34 @@ mod tests {
         writer.write_interactions(&rows).unwrap();
         writer.finish().unwrap();
         std::fs::read(path).unwrap()
+    }
+
+    /// The fault: `train --interactions ratings.csv` said only "Corrupt footer".
+    #[test]
+    fn text_files_given_as_parquet_say_what_they_are_and_what_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes, says) in [
+            (
+                "ratings.csv",
+                &b"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"[..],
+                "this is CSV, not Parquet: `recsys import movielens",
+            ),
+            (
+                "events.jsonl",
+                &b"{\"user_id\":\"m1\"}\n"[..],
+                "this is JSON lines, not Parquet",
+            ),
+            (
+                "random.bin",
+                &[0u8, 159, 146, 150, 1, 2, 3][..],
+                "not a Parquet file",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let e = InputTable::discover(&path).err().unwrap().to_string();
+            assert!(e.contains(name) && e.contains(says), "{e}");
+        }
     }
 
     /// Every single-byte corruption of a table's pages is an error naming the file or a clean

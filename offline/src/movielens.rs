@@ -91,6 +91,15 @@ pub fn import(input: &Path, output: &Path) -> Result<ImportSummary> {
         TableWriter::create(&output.join("interactions.parquet"), interactions_schema())?;
     let mut batch = Vec::with_capacity(64 * 1024);
     let mut count = 0u64;
+    // The CSV releases name their columns; they are found by name, in any order.
+    let columns = match release {
+        Release::Csv => column_order(
+            &ratings_path,
+            text.lines().next().unwrap_or(""),
+            &RATING_COLUMNS,
+        )?,
+        Release::Ml1m | Release::Ml100k => vec![0, 1, 2, 3],
+    };
     for (n, line) in text.lines().enumerate() {
         let line_no = n as u64 + 1;
         let line = line.trim_end_matches('\r');
@@ -102,6 +111,17 @@ pub fn import(input: &Path, output: &Path) -> Result<ImportSummary> {
             Release::Ml1m => line.split("::").collect(),
             Release::Ml100k => line.split('\t').collect(),
         };
+        if fields.len() != columns.len() {
+            return Err(line_error(
+                &ratings_path,
+                line_no,
+                format!(
+                    "expected 4 fields (user, movie, rating, timestamp), found {}",
+                    fields.len()
+                ),
+            ));
+        }
+        let fields: Vec<&str> = columns.iter().map(|&c| fields[c]).collect();
         batch.push(parse_rating(&ratings_path, line_no, &fields)?);
         if batch.len() == batch.capacity() {
             interactions.write_interactions(&batch)?;
@@ -127,6 +147,57 @@ pub fn import(input: &Path, output: &Path) -> Result<ImportSummary> {
         interactions: count,
         items: item_count,
     })
+}
+
+/// The columns of the CSV releases' `ratings.csv`, in the order `parse_rating` takes them.
+const RATING_COLUMNS: [&str; 4] = ["userId", "movieId", "rating", "timestamp"];
+
+/// The columns of the CSV releases' `movies.csv`.
+const MOVIE_COLUMNS: [&str; 3] = ["movieId", "title", "genres"];
+
+/// Where each of `wanted` stands in the CSV `header` (line 1 of `path`): every one must be
+/// there once, and nothing else may be.
+fn column_order(path: &Path, header: &str, wanted: &[&str]) -> Result<Vec<usize>> {
+    let names: Vec<&str> = header
+        .trim_start_matches('\u{feff}')
+        .trim_end_matches('\r')
+        .split(',')
+        .map(|n| n.trim().trim_matches('"'))
+        .collect();
+    let expected = || format!("expected the header {}", wanted.join(","));
+    if let Some(unknown) = names.iter().find(|n| !wanted.contains(n)) {
+        return Err(line_error(
+            path,
+            1,
+            format!(
+                "unknown column {:?} in the header {header:?}: {}",
+                unknown,
+                expected()
+            ),
+        ));
+    }
+    wanted
+        .iter()
+        .map(|want| {
+            let mut at = names.iter().enumerate().filter(|(_, n)| *n == want);
+            match (at.next(), at.next()) {
+                (Some((i, _)), None) => Ok(i),
+                (None, _) => Err(line_error(
+                    path,
+                    1,
+                    format!(
+                        "no column {want:?} in the header {header:?}: {}",
+                        expected()
+                    ),
+                )),
+                (Some(_), Some(_)) => Err(line_error(
+                    path,
+                    1,
+                    format!("column {want:?} appears twice in the header {header:?}"),
+                )),
+            }
+        })
+        .collect()
 }
 
 fn read_text(path: &Path, release: Release) -> Result<String> {
@@ -198,6 +269,15 @@ fn read_items(release: Release, path: &Path) -> Result<Vec<ItemRow>> {
             let mut reader = csv::ReaderBuilder::new()
                 .has_headers(true)
                 .from_reader(text.as_bytes());
+            let header = reader
+                .headers()
+                .map_err(|e| line_error(path, 1, e.to_string()))?
+                .iter()
+                .collect::<Vec<_>>()
+                .join(",");
+            let [id, title, genres] = column_order(path, &header, &MOVIE_COLUMNS)?[..] else {
+                unreachable!("three columns asked for")
+            };
             for (n, record) in reader.records().enumerate() {
                 let line = n as u64 + 2;
                 let record = record.map_err(|e| line_error(path, line, e.to_string()))?;
@@ -214,9 +294,9 @@ fn read_items(release: Release, path: &Path) -> Result<Vec<ItemRow>> {
                 items.push(item(
                     path,
                     line,
-                    &record[0],
-                    &record[1],
-                    record[2].split('|'),
+                    &record[id],
+                    &record[title],
+                    record[genres].split('|'),
                 )?);
             }
         }
@@ -339,6 +419,88 @@ mod tests {
         assert_eq!(stats.first_ts_ms, Some(874_965_758_000));
         let items = InputTable::discover(&out.path().join("items.parquet")).unwrap();
         assert_eq!(items.validate_items().unwrap(), titles.len() as u64);
+    }
+
+    /// The user and movie ids of an imported interactions table, in file order.
+    fn imported_pairs(dir: &Path) -> Vec<(String, String)> {
+        use arrow::array::{Array, StringArray};
+        let file = std::fs::File::open(dir.join("interactions.parquet")).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut pairs = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (users, items) = (column("user_id"), column("item_id"));
+            for i in 0..users.len() {
+                pairs.push((users.value(i).to_string(), items.value(i).to_string()));
+            }
+        }
+        pairs
+    }
+
+    /// The fault: a `ratings.csv` whose header reads `movieId,userId,…` was imported by position,
+    /// silently: every member became an item and every item a member.
+    #[test]
+    fn csv_columns_are_found_by_name_and_a_wrong_header_is_refused_naming_it() {
+        let movies: &[u8] =
+            b"title,genres,movieId\nToy Story (1995),Animation,10\nHeat (1995),Action,20\n";
+        let input = fixture(&[
+            (
+                "ratings.csv",
+                b"movieId,userId,timestamp,rating\n10,1,964982703,4.0\n20,2,964981247,5.0\n",
+            ),
+            ("movies.csv", movies),
+        ]);
+        let out = tempfile::tempdir().unwrap();
+        import(input.path(), out.path()).unwrap();
+        assert_eq!(
+            imported_pairs(out.path()),
+            [("1".into(), "10".into()), ("2".into(), "20".into())]
+        );
+        for (header, problem) in [
+            ("user,movieId,rating,timestamp", "unknown column \"user\""),
+            ("userId,movieId,rating", "no column \"timestamp\""),
+            (
+                "userId,userId,rating,timestamp",
+                "column \"userId\" appears twice",
+            ),
+        ] {
+            let ratings = format!("{header}\n1,10,4.0,964982703\n");
+            let input = fixture(&[("ratings.csv", ratings.as_bytes()), ("movies.csv", movies)]);
+            let err = import(input.path(), out.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("ratings.csv: line 1")
+                    && err.contains(problem)
+                    && err.contains(header),
+                "{header}: {err}"
+            );
+        }
+        let input = fixture(&[
+            (
+                "ratings.csv",
+                b"userId,movieId,rating,timestamp\n1,10,4.0,964982703\n",
+            ),
+            (
+                "movies.csv",
+                b"movieId,name,genres\n10,Toy Story (1995),Animation\n",
+            ),
+        ]);
+        let err = import(input.path(), out.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("movies.csv: line 1") && err.contains("unknown column \"name\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -817,6 +817,10 @@ pub struct NearlineConfig {
     pub brokers: String,
     /// The member events. Default `recsys.events`.
     pub topic: String,
+    /// Partitions of the events topic when a worker (or `produce`) creates it because it does
+    /// not exist yet; an existing topic is left as it is. The most workers one group can use.
+    /// Default 4.
+    pub topic_partitions: i32,
     /// Where events that cannot be applied go, with the reason in a header.
     /// Default `recsys.events.dead-letter`.
     pub dead_letter_topic: String,
@@ -918,6 +922,7 @@ impl Default for NearlineConfig {
         NearlineConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "recsys.events".into(),
+            topic_partitions: 4,
             dead_letter_topic: "recsys.events.dead-letter".into(),
             group_id: "recsys-nearline".into(),
             max_batch: 1000,
@@ -1206,6 +1211,11 @@ impl Config {
                 n.batch_wait_ms <= 60_000,
                 "nearline.batch_wait_ms",
                 "must be at most 60000",
+            ),
+            (
+                (1..=10_000).contains(&n.topic_partitions),
+                "nearline.topic_partitions",
+                "must be 1..=10000",
             ),
             (
                 n.max_future_skew_ms >= 0,

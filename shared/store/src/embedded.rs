@@ -54,8 +54,17 @@ impl EmbeddedStore {
             StoreError::backend(BACKEND, format!("creating {}: {e}", dir.display()))
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|e| {
+            let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+            let message = match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                    "{} is open in another process: only one process may open an embedded store (another server, worker or quickstart?); give this one a store of its own with store.embedded.path (RECSYS__STORE__EMBEDDED__PATH), or share a Redis store",
+                    shown.display()
+                ),
+                e => format!("{}: {e}", shown.display()),
+            };
+            StoreError::backend(BACKEND, message)
+        })?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(ITEMS).map_err(err)?;
         txn.commit().map_err(err)?;
@@ -257,5 +266,26 @@ impl KvStore for EmbeddedStore {
         })
         .await
         .map_err(err)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fault: a second server on the same working directory said only "Database already
+    /// open. Cannot acquire lock.", naming neither the path nor the setting.
+    #[test]
+    fn a_store_open_elsewhere_is_named_with_its_path_and_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path()).unwrap();
+        let e = EmbeddedStore::open(dir.path()).err().unwrap().to_string();
+        let path = dir.path().join(FILE_NAME);
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("another process")
+                && e.contains("store.embedded.path"),
+            "{e}"
+        );
     }
 }
