@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The three tiers as separate processes on one machine, against local Tansu and Redis: train on
 # synthetic data, load the store, then start the online server and one nearline worker. Each
-# process logs to var/dev/*.log; stop them with: kill $(cat var/dev/*.pid)
+# process logs to var/dev/*.log; stop everything with deploy/local/stop.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RECSYS="${RECSYS:-target/release/recsys}"
@@ -16,4 +16,6 @@ export RECSYS_CONFIG=deploy/local/recsys.toml
 nohup "$RECSYS" online serve >var/dev/online.log 2>&1 & echo $! >var/dev/online.pid
 nohup "$RECSYS" nearline run >var/dev/nearline.log 2>&1 & echo $! >var/dev/nearline.pid
 echo "online gRPC on 127.0.0.1:50051 (metrics :9464), nearline worker (metrics :9465)"
-echo "send events: $RECSYS nearline produce --partitions 8 --input events.jsonl"
+deploy/local/sample-events.sh 60 >var/dev/events.jsonl
+echo "send events: $RECSYS nearline produce --input var/dev/events.jsonl"
+echo "stop everything: deploy/local/stop.sh"
