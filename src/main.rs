@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error, 3 the publish gate refused a model.
 
+mod client;
 mod quickstart;
 
 use std::path::PathBuf;
@@ -60,6 +61,14 @@ enum Command {
     /// The whole platform in one process on embedded defaults, no services: train, serve, fold a
     /// member's events in, print their homepage before and after; serves until Ctrl-C.
     Quickstart(quickstart::QuickstartArgs),
+    /// Ask a running server from the terminal: Rank, Homepage or SimilarItems, with TLS and an
+    /// API key (no .proto files or other tools needed).
+    Client {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        call: client::ClientCommand,
+    },
     /// Apache Ballista cluster processes for the feature jobs (`offline.engine = "ballista"`).
     #[command(subcommand)]
     Ballista(BallistaCommand),
@@ -1214,6 +1223,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&cli)?;
             quickstart::run(args, config, shutdown_signal())?;
         }
+        Command::Client { connection, call } => {
+            runtime()?.block_on(client::run(connection, call))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1222,7 +1234,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The quickstart prints its own narrative on stdout; its logs default to warnings only.
     let default_filter = match cli.command {
-        Command::Quickstart(_) => "warn",
+        Command::Quickstart(_) | Command::Client { .. } => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECSYS_LOG")

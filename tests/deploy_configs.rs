@@ -293,3 +293,46 @@ fn the_local_scripts_parse() {
         );
     }
 }
+
+/// The fault: `kill $(cat var/tansu/tansu.pid)`, as `start-tansu.sh` said, killed only the shell
+/// around tansu, which kept the port. Now the pid is tansu's and `stop.sh` frees the port.
+#[test]
+fn start_tansu_writes_the_brokers_own_pid_and_stop_sh_stops_it() {
+    use recsys_shared::testkit::{free_port, tansu_binary, wait_for_port};
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let run = |script: &str| {
+        let o = Command::new("bash")
+            .arg(deploy().join("local").join(script))
+            .env("TANSU", tansu_binary())
+            .env("NO_INSTALL", "1")
+            .env("PORT", port.to_string())
+            .env("DATA", data.path())
+            .env("DEV", data.path().join("dev"))
+            .env("REDIS_PORT", free_port().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run("start-tansu.sh");
+    assert!(wait_for_port(port, std::time::Duration::from_secs(10)));
+    let pid = std::fs::read_to_string(data.path().join("tansu.pid")).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", pid.trim())).unwrap();
+    assert!(
+        exe.file_name().is_some_and(|n| n == "tansu"),
+        "the pid file names {exe:?}, not tansu"
+    );
+    run("stop.sh");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port {port} still open after stop.sh"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

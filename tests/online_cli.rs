@@ -178,6 +178,57 @@ fn load_store_then_serve_across_processes() {
     );
     assert_eq!(response.items.len(), 10);
 
+    // The same server through `recsys client`, as a person asks it.
+    let url = format!("http://127.0.0.1:{grpc}");
+    let o = recsys(
+        &[
+            "client", "rank", "--user", "u0000001", "--k", "5", "--server", &url,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        table.contains("Rank for u0000001")
+            && table.contains(&version)
+            && table.contains("vector from store"),
+        "{table}"
+    );
+    let ranked_lines = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(ranked_lines, 5, "{table}");
+    let o = recsys(
+        &["client", "homepage", "--user", "u0000001", "--json"],
+        &[("RECSYS_SERVER", url.clone())],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = json(&o);
+    assert_eq!(page["model_version"], version.as_str());
+    assert!(page["rows"].as_array().unwrap().len() >= 2, "{page}");
+    let o = recsys(
+        &[
+            "client",
+            "similar",
+            "--item",
+            &response.items[0].item_id,
+            "--json",
+            "--server",
+            &url,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["items"].as_array().unwrap().len(), 10);
+    let o = recsys(&["client", "rank", "--user", "", "--server", &url], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("InvalidArgument") && stderr(&o).contains("user_id"),
+        "{}",
+        stderr(&o)
+    );
+
     // SIGTERM: a graceful stop with exit status 0.
     let pid = server.0.id().to_string();
     assert!(Command::new("kill")
@@ -201,6 +252,20 @@ fn online_cli_errors_name_what_is_wrong() {
     let o = recsys(&["online", "serve", "--help"], &[]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("--model-root"));
+
+    let o = recsys(
+        &[
+            "client",
+            "rank",
+            "--user",
+            "m1",
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no answer from"), "{}", stderr(&o));
 
     let o = recsys(&["online", "serve", "--listen", "not-an-address"], &[]);
     assert_eq!(o.status.code(), Some(1));

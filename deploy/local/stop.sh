@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Stops what deploy/local/dev-stack.sh, start-tansu.sh and start-redis.sh started: the processes
-# whose pids are in var/dev/*.pid and ${DATA:-var/tansu}/tansu.pid, and the redis-server on
+# whose pids are in ${DEV:-var/dev}/*.pid and ${DATA:-var/tansu}/tansu.pid, and the redis-server on
 # 127.0.0.1:${REDIS_PORT:-6380}. Each is asked to stop (SIGTERM), then killed after 10 s.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 DATA="${DATA:-var/tansu}"
+DEV="${DEV:-var/dev}"
 REDIS_PORT="${REDIS_PORT:-6380}"
 stop() {
     local pidfile="$1" pid
@@ -17,7 +18,7 @@ stop() {
     fi
     rm -f "$pidfile"
 }
-for pidfile in var/dev/*.pid "$DATA/tansu.pid"; do
+for pidfile in "$DEV"/*.pid "$DATA/tansu.pid"; do
     [ -e "$pidfile" ] && stop "$pidfile"
 done
 if command -v redis-cli >/dev/null && redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
