@@ -849,7 +849,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "test": result.test.metrics,
                     "test_intervals": result.test.intervals,
                     "test_defaults": result.test_defaults.metrics,
-                    "trials": result.trials.len(),
+                    // A trial is one drawn setting; each is scored at every rung it reaches.
+                    "trials": result.settings_tried(),
+                    "scored_rungs": result.trials.len(),
                     "budget_exhausted": result.budget_exhausted,
                     "search_seconds": result.search_seconds,
                 })

@@ -464,7 +464,7 @@ pub fn render(
             let _ = write!(
                 html,
                 "<p>{} settings, successive halving; the chosen one is trial {} ({} {:.4} on {} validation members).</p>{}",
-                t.trials.iter().filter(|r| r.rung == 0).count(),
+                t.settings_tried(),
                 t.best_trial,
                 escape(&t.metric),
                 t.validation.get(&t.metric).copied().unwrap_or(0.0),

@@ -136,6 +136,16 @@ pub struct TuningResult {
 }
 
 impl TuningResult {
+    /// How many settings (trials) were drawn and scored at least once; `trials` holds one record
+    /// per scored rung of each.
+    pub fn settings_tried(&self) -> usize {
+        self.trials
+            .iter()
+            .map(|r| (r.bracket, r.trial))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     /// Reads a `tuning.json` (or the directory holding one).
     pub fn read(path: &Path) -> Result<TuningResult> {
         let file = if path.is_dir() {
@@ -338,6 +348,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         }
         for (rung, &iterations) in rungs.iter().enumerate() {
             let mut scored: Vec<(f64, usize, Trainer)> = Vec::new();
+            let in_rung = alive.len();
             for (id, mut trainer) in alive.drain(..) {
                 let more = iterations - trainer.iterations_done();
                 trainer.run(more, |_| {});
@@ -371,10 +382,15 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
                 }
                 records.push(record);
                 scored.push((score, id, trainer));
+                // The budget is looked at after every trial, not only between rungs: a rung
+                // of many settings would otherwise overrun it by its whole length.
+                if spent(&started) {
+                    break;
+                }
             }
             let last_rung = rung + 1 == rungs.len();
             if spent(&started) {
-                budget_exhausted = !last_rung;
+                budget_exhausted = !last_rung || scored.len() < in_rung;
                 tracing::info!(
                     elapsed_s = started.elapsed().as_secs(),
                     "the tuning budget is spent; stopping after bracket {bracket}, rung {rung}"
@@ -768,8 +784,11 @@ mod tests {
         assert_chose_the_top_score(&result);
     }
 
+    /// The fault: `tune --budget 60s` searched for 68 s (the budget was looked at only between
+    /// rungs, and a rung of many settings ran to its end), and printed its scored rungs as
+    /// "trials" while the report counted settings.
     #[test]
-    fn a_budget_stops_after_the_first_rung() {
+    fn a_spent_budget_stops_after_the_trial_in_hand() {
         let table = clustered_table();
         let dir = tempfile::tempdir().unwrap();
         let job = TuneJob {
@@ -778,8 +797,11 @@ mod tests {
         };
         let result = tune(&table, &small_config(), &job).unwrap();
         assert!(result.budget_exhausted);
-        assert!(result.trials.iter().all(|t| t.rung == 0));
-        assert_eq!(result.trials.len(), 6);
+        assert_eq!(result.trials.len(), 1, "one scored rung of one setting");
+        assert_eq!(result.settings_tried(), 1);
+        let unbudgeted = tune(&table, &small_config(), &self::job(dir.path())).unwrap();
+        assert_eq!(unbudgeted.settings_tried(), 6, "a trial is a setting");
+        assert!(unbudgeted.trials.len() > 6, "scored at several rungs");
     }
 
     #[test]
