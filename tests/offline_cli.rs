@@ -167,6 +167,32 @@ fn train_publishes_a_complete_version_and_beats_popularity() {
         items.ids.len() as u64,
         manifest["rows"]["items"].as_u64().unwrap()
     );
+    // `versions` lists the figures for people: four decimals, next to popularity's.
+    let root = f.root();
+    let listed = recsys(
+        &[
+            "offline",
+            "versions",
+            "--model-root",
+            root.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let out = String::from_utf8_lossy(&listed.stdout).to_string();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("* {version}")))
+        .unwrap_or_else(|| panic!("{out}"));
+    let recall = model["recall@20"].as_f64().unwrap();
+    let shown = format!(
+        "recall@20 {recall:.4} (popularity {:.4})",
+        popularity["recall@20"].as_f64().unwrap()
+    );
+    assert!(line.contains(&shown), "{line}");
+    assert!(
+        !line.contains(&recall.to_string()),
+        "full precision: {line}"
+    );
 }
 
 #[test]
