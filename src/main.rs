@@ -25,7 +25,9 @@ use recsys_shared::object_storage::{is_remote, RemoteLocation};
 #[command(
     name = "recsys",
     version,
-    about = "Three-tier recommendation platform: offline training, nearline fold-in, online ranking"
+    about = "Three-tier recommendation platform: offline training, nearline fold-in, online ranking",
+    after_help = "New here? Start with `recsys quickstart`: the whole platform in one process, no \
+                  services. Then `recsys client homepage --user ID` asks the API it serves."
 )]
 struct Cli {
     /// TOML configuration file; `RECSYS__SECTION__KEY` environment variables override it.
@@ -135,12 +137,17 @@ enum ImportCommand {
 enum OfflineCommand {
     /// Generate a synthetic catalog and interaction log with planted structure.
     Synth {
+        /// Members (ids u0000000, u0000001, …).
         #[arg(long, default_value_t = 10_000)]
         users: usize,
+        /// Catalog items (ids i000000, i000001, …), in genre clusters.
         #[arg(long, default_value_t = 2_000)]
         items: usize,
+        /// Interaction events over the 90 days before 2026-11-01, with power-law popularity and
+        /// activity.
         #[arg(long, default_value_t = 500_000)]
         interactions: usize,
+        /// Seed: the same seed and sizes give the same files.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Directory to write interactions.parquet and items.parquet into.
@@ -159,6 +166,8 @@ enum OfflineCommand {
     /// Recall@k / NDCG@k curves against popularity and compared versions, figures by member
     /// activity, the tuning trials.
     Report {
+        /// The model root: a directory or an object-storage URL (s3://, gs://, az://)
+        /// [config: model.root, default var/models].
         #[arg(long)]
         model_root: Option<PathBuf>,
         /// The version to report [default: CURRENT].
@@ -194,6 +203,8 @@ enum OfflineCommand {
     },
     /// Point CURRENT at an earlier (or later) published version.
     Rollback {
+        /// The model root: a directory or an object-storage URL (s3://, gs://, az://)
+        /// [config: model.root, default var/models].
         #[arg(long)]
         model_root: Option<PathBuf>,
         /// The version to make current.
@@ -202,6 +213,8 @@ enum OfflineCommand {
     },
     /// List the published versions, the current one marked.
     Versions {
+        /// The model root: a directory or an object-storage URL (s3://, gs://, az://)
+        /// [config: model.root, default var/models].
         #[arg(long)]
         model_root: Option<PathBuf>,
         /// Check every version's files against the sha256 sums in its manifest; a version that
@@ -218,6 +231,8 @@ enum OfflineCommand {
     /// Load a published model's member vectors and histories into the feature store
     /// ([store] in the config). Run after each publish; idempotent.
     LoadStore {
+        /// The model root: a directory or an object-storage URL (s3://, gs://, az://)
+        /// [config: model.root, default var/models].
         #[arg(long)]
         model_root: Option<PathBuf>,
         /// The version to load [default: CURRENT].
@@ -242,19 +257,19 @@ struct AlsArgs {
     /// Latent factors [config: offline.als.factors, default 64].
     #[arg(long)]
     factors: Option<usize>,
-    /// L2 regularisation λ [offline.als.regularization, default 0.1].
+    /// L2 regularisation λ [config: offline.als.regularization, default 0.1].
     #[arg(long)]
     regularization: Option<f32>,
-    /// Confidence per unit of strength, c = 1 + α r [offline.als.alpha, default 10].
+    /// Confidence per unit of strength, c = 1 + α r [config: offline.als.alpha, default 10].
     #[arg(long)]
     alpha: Option<f32>,
-    /// ALS iterations [offline.als.iterations, default 15].
+    /// ALS iterations [config: offline.als.iterations, default 15].
     #[arg(long)]
     iterations: Option<usize>,
-    /// Conjugate-gradient steps per solve [offline.als.cg_steps, default 3].
+    /// Conjugate-gradient steps per solve [config: offline.als.cg_steps, default 3].
     #[arg(long)]
     cg_steps: Option<usize>,
-    /// Threads, 0 = all cores [offline.als.threads, default 0].
+    /// Threads, 0 = all cores [config: offline.als.threads, default 0].
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -267,7 +282,8 @@ struct TrainArgs {
     /// Items (catalog) Parquet file or directory.
     #[arg(long)]
     items: PathBuf,
-    /// Model root to publish into [model.root].
+    /// The model root to publish into: a directory or an object-storage URL
+    /// [config: model.root, default var/models].
     #[arg(long)]
     model_root: Option<PathBuf>,
     /// Ignore events after this instant (RFC 3339, YYYY-MM-DD, or epoch milliseconds).
@@ -279,7 +295,7 @@ struct TrainArgs {
     /// Move CURRENT even when the publish gate refuses.
     #[arg(long)]
     force: bool,
-    /// Seed of the factor initialisation [offline.als.seed, default 42].
+    /// Seed of the factor initialisation [config: offline.als.seed, default 42].
     #[arg(long)]
     seed: Option<u64>,
     /// Train with the setting a `recsys offline tune` run chose (its tuning.json or directory);
@@ -295,11 +311,12 @@ struct TuneArgs {
     /// Interactions Parquet file or directory.
     #[arg(long)]
     interactions: PathBuf,
-    /// Stop starting new rungs after this long (90s, 10m, 1h30m); the search finishes the rung in
-    /// hand, then the final fits run.
+    /// Time for the whole choice (90s, 10m, 1h30m): the search gets 85 % of it and stops after
+    /// the trial in hand once that is spent, then the best settings are re-checked; the final
+    /// fits run after it.
     #[arg(long, value_parser = recsys_offline::tuning::parse_duration)]
     budget: Option<std::time::Duration>,
-    /// Settings drawn for the first rung [offline.tuning.trials, default 24].
+    /// Settings drawn for the first rung [config: offline.tuning.trials, default 24].
     #[arg(long)]
     trials: Option<usize>,
     /// Seed of the draws and of the validation split.
@@ -308,7 +325,8 @@ struct TuneArgs {
     /// Directory for tuning.json and trials.jsonl [default: <model.root>/tuning/<UTC time>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// [model.root], for the default --out.
+    /// The model root, under which the default --out goes [config: model.root, default
+    /// var/models].
     #[arg(long)]
     model_root: Option<PathBuf>,
     #[command(flatten)]
@@ -320,13 +338,13 @@ struct EvaluateArgs {
     /// Interactions Parquet file or directory.
     #[arg(long)]
     interactions: PathBuf,
-    /// Evaluation protocol [offline.evaluation.protocol].
+    /// Evaluation protocol [config: offline.evaluation.protocol, default strong-generalization].
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
-    /// Fraction of eligible members held out [offline.evaluation.heldout_fraction, default 0.2].
+    /// Fraction of eligible members held out [config: offline.evaluation.heldout_fraction, default 0.2].
     #[arg(long)]
     heldout_fraction: Option<f64>,
-    /// Seed of the split [offline.evaluation.seed, default 42].
+    /// Seed of the split [config: offline.evaluation.seed, default 42].
     #[arg(long)]
     seed: Option<u64>,
     /// Write the exact split to DIR/{train,foldin,target}.parquet.
@@ -347,15 +365,18 @@ enum NearlineCommand {
     /// Consume member events (one member of a consumer group) and fold them into member vectors,
     /// until Ctrl-C / SIGTERM; the batch in hand is finished and committed first.
     Run {
-        /// [config: model.root]
+        /// The model root: a directory or an object-storage URL (s3://, gs://, az://)
+        /// [config: model.root, default var/models].
         #[arg(long)]
         model_root: Option<PathBuf>,
         #[command(flatten)]
         kafka: KafkaArgs,
-        /// [config: nearline.group_id]
+        /// The consumer group; workers of one group share the partitions
+        /// [config: nearline.group_id, default recsys-nearline].
         #[arg(long)]
         group_id: Option<String>,
-        /// /metrics, /healthz, /readyz address [config: nearline.metrics_listen].
+        /// /metrics, /healthz, /readyz address [config: nearline.metrics_listen, default
+        /// 127.0.0.1:9465].
         #[arg(long)]
         metrics_listen: Option<String>,
         /// Stop after consuming this many events (for tests and benchmarks).
@@ -370,8 +391,7 @@ enum NearlineCommand {
         /// The events (or impressions) file.
         #[arg(long)]
         input: PathBuf,
-        /// What the file holds [default: events]. Impressions go to `--topic` or
-        /// online.impressions.topic.
+        /// What the file holds. Impressions go to `--topic` or online.impressions.topic.
         #[arg(long, value_enum, default_value = "events")]
         kind: RecordKindArg,
         #[command(flatten)]
@@ -379,7 +399,7 @@ enum NearlineCommand {
         /// Encode records as JSON instead of protobuf.
         #[arg(long)]
         json: bool,
-        /// Events per second (0 = as fast as the broker takes them).
+        /// Records per second (0 = as fast as the broker takes them).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
         /// Partitions of the topic when it does not exist yet and is created
@@ -405,12 +425,12 @@ enum NearlineCommand {
         /// The archive directory.
         #[arg(long)]
         output: PathBuf,
-        /// Kafka bootstrap servers [config: nearline.brokers].
+        /// Kafka bootstrap servers [config: nearline.brokers, default 127.0.0.1:9092].
         #[arg(long)]
         brokers: Option<String>,
-        /// Consumer group [default: recsys-archive-<kind>].
-        #[arg(long)]
-        group: Option<String>,
+        /// The consumer group [default: recsys-archive-<kind>].
+        #[arg(long, alias = "group")]
+        group_id: Option<String>,
         /// A partition's file is closed at this many records...
         #[arg(long, default_value_t = 500_000)]
         max_records: usize,
@@ -457,7 +477,8 @@ impl KafkaArgs {
 enum OnlineCommand {
     /// Serve recsys.v1.Ranking until Ctrl-C / SIGTERM, hot-swapping models as CURRENT moves.
     Serve {
-        /// [config: model.root]
+        /// The model root: a directory or an object-storage URL (s3://, gs://, az://)
+        /// [config: model.root, default var/models].
         #[arg(long)]
         model_root: Option<PathBuf>,
         /// gRPC address [config: online.listen, default 127.0.0.1:50051].
@@ -1028,7 +1049,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             topic,
             output,
             brokers,
-            group,
+            group_id,
             max_records,
             max_seconds,
             until_idle_seconds,
@@ -1052,7 +1073,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 kind,
                 topic,
                 output: output.clone(),
-                group: group
+                group: group_id
                     .clone()
                     .unwrap_or_else(|| format!("recsys-archive-{}", kind.name())),
                 max_records: (*max_records).max(1),
