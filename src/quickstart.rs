@@ -310,26 +310,26 @@ async fn serve_and_stream(
         share(&top_before),
         share(&top_after)
     );
+    let seconds = started.elapsed().as_secs_f64();
     if args.exit {
         println!(
-            "\n  Done in {:.0} s. The API has stopped (--exit). Run without --exit to keep it serving, then ask it (grpcurl: https://github.com/fullstorydev/grpcurl):",
-            started.elapsed().as_secs_f64()
+            "\n  Done in {seconds:.0} s. The API has stopped (--exit). Run without --exit to keep it serving, then ask it:"
         );
     } else {
-        println!(
-            "\n  Done in {:.0} s. Try the API (grpcurl: https://github.com/fullstorydev/grpcurl):",
-            started.elapsed().as_secs_f64()
-        );
+        println!("\n  Done in {seconds:.0} s. Ask the API from another terminal:");
     }
+    let server_flag = match grpc.port() {
+        50051 if grpc.ip().is_loopback() => String::new(),
+        _ => format!(" --server http://{grpc}"),
+    };
+    println!("    recsys client homepage --user {member}{server_flag}");
+    println!("    recsys client rank --user {member} --k 10 --exclude-seen{server_flag}");
     println!(
-        "    grpcurl -plaintext -d '{{\"user_id\":\"{member}\",\"rows\":3,\"items_per_row\":5}}' {grpc} recsys.v1.Ranking/Homepage"
-    );
-    println!(
-        "    grpcurl -plaintext -d '{{\"user_id\":\"{member}\",\"k\":10,\"exclude_seen\":true}}' {grpc} recsys.v1.Ranking/Rank"
-    );
-    println!(
-        "    grpcurl -plaintext -d '{{\"item_id\":\"{}\",\"k\":5}}' {grpc} recsys.v1.Ranking/SimilarItems",
+        "    recsys client similar --item {} --k 5{server_flag}",
         interest[0].0
+    );
+    println!(
+        "    grpcurl -plaintext -d '{{\"user_id\":\"{member}\",\"rows\":3}}' {grpc} recsys.v1.Ranking/Homepage   # any gRPC client: the server has reflection"
     );
     println!("    curl http://{}/metrics", server.metrics_addr);
     if args.exit {

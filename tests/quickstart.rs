@@ -65,8 +65,9 @@ fn quickstart_trains_serves_and_shows_the_homepage_moving() {
     assert!(first.contains("Trending now"), "{first}");
     assert!(first.contains("(0 rejected)"), "{first}");
     assert!(
-        first.contains("recsys.v1.Ranking/Homepage"),
-        "no grpcurl line:\n{first}"
+        first.contains("recsys client homepage --user")
+            && first.contains("recsys.v1.Ranking/Homepage"),
+        "no client or grpcurl line:\n{first}"
     );
     assert!(
         first.contains("The API has stopped (--exit)") && !first.contains("Try the API"),
