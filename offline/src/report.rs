@@ -85,8 +85,31 @@ pub fn chart(
     series: &[Series],
     x_labels: Option<&[String]>,
 ) -> String {
-    let (width, height) = (640.0, 360.0);
-    let (left, right, top, bottom) = (60.0, 20.0, 36.0, 48.0);
+    chart_marked(title, x_label, y_label, series, x_labels, None)
+}
+
+/// One point of a chart ringed and named in the legend (the chosen trial).
+pub struct Mark<'a> {
+    pub x: f64,
+    pub y: f64,
+    pub label: &'a str,
+}
+
+/// [`chart`] with `mark` ringed. The legend sits below the frame, one entry a line, so it never
+/// covers a point; the frame keeps 72 px on the left for the tick labels and the axis label.
+pub fn chart_marked(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    x_labels: Option<&[String]>,
+    mark: Option<Mark<'_>>,
+) -> String {
+    let (width, frame_height) = (640.0, 360.0);
+    let entries = series.len() + usize::from(mark.is_some());
+    let height = frame_height + 8.0 + 16.0 * entries as f64;
+    let (left, right, top, bottom) = (72.0, 20.0, 36.0, 48.0);
+    let height_of_frame = frame_height;
     let points = series.iter().flat_map(|s| s.points.iter());
     let (mut x_lo, mut x_hi, mut y_hi) = (f64::MAX, f64::MIN, 0.0f64);
     for &(x, y) in points {
@@ -102,7 +125,7 @@ pub fn chart(
     }
     let y_hi = if y_hi <= 0.0 { 1.0 } else { y_hi * 1.08 };
     let plot_w = width - left - right;
-    let plot_h = height - top - bottom;
+    let plot_h = height_of_frame - top - bottom;
     let sx = |x: f64| left + (x - x_lo) / (x_hi - x_lo) * plot_w;
     let sy = |y: f64| top + plot_h - y / y_hi * plot_h;
     let mut svg = String::new();
@@ -131,7 +154,7 @@ pub fn chart(
                     svg,
                     r##"<text x="{px:.1}" y="{ty}" text-anchor="middle">{l}</text>"##,
                     px = sx(i as f64),
-                    ty = height - bottom + 16.0,
+                    ty = height_of_frame - bottom + 16.0,
                     l = escape(label)
                 );
             }
@@ -142,7 +165,7 @@ pub fn chart(
                     svg,
                     r##"<text x="{px:.1}" y="{ty}" text-anchor="middle">{l}</text>"##,
                     px = sx(x),
-                    ty = height - bottom + 16.0,
+                    ty = height_of_frame - bottom + 16.0,
                     l = tick_label(x)
                 );
             }
@@ -150,9 +173,9 @@ pub fn chart(
     }
     let _ = write!(
         svg,
-        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/><text x="{cx}" y="{xy}" text-anchor="middle">{xl}</text><text transform="translate(14,{cy}) rotate(-90)" text-anchor="middle">{yl}</text>"##,
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/><text x="{cx}" y="{xy}" text-anchor="middle">{xl}</text><text transform="translate(16,{cy}) rotate(-90)" text-anchor="middle">{yl}</text>"##,
         cx = left + plot_w / 2.0,
-        xy = height - 10.0,
+        xy = height_of_frame - 10.0,
         xl = escape(x_label),
         cy = top + plot_h / 2.0,
         yl = escape(y_label),
@@ -184,18 +207,51 @@ pub fn chart(
                 coords.join(" ")
             );
         }
-        let ly = top + 14.0 + n as f64 * 16.0;
+        let ly = height_of_frame + 8.0 + 16.0 * (n as f64 + 0.75);
         let _ = write!(
             svg,
-            r##"<rect x="{lx}" y="{ry:.1}" width="12" height="4" fill="{colour}"/><text x="{tx}" y="{ty:.1}">{name}</text>"##,
-            lx = left + 10.0,
+            r##"<rect class="legend" x="{lx}" y="{ry:.1}" width="12" height="4" fill="{colour}"/><text x="{tx}" y="{ty:.1}">{name}</text>"##,
+            lx = left,
             ry = ly - 6.0,
-            tx = left + 28.0,
+            tx = left + 18.0,
             ty = ly,
+        );
+    }
+    if let Some(mark) = mark {
+        let ly = height_of_frame + 8.0 + 16.0 * (series.len() as f64 + 0.75);
+        let _ = write!(
+            svg,
+            r##"<circle class="mark" cx="{:.1}" cy="{:.1}" r="7" fill="none" stroke="#000" stroke-width="2"/><circle cx="{lx}" cy="{cy:.1}" r="5" fill="none" stroke="#000" stroke-width="2"/><text x="{tx}" y="{ty:.1}">{name}</text>"##,
+            sx(mark.x),
+            sy(mark.y),
+            lx = left + 6.0,
+            cy = ly - 4.0,
+            tx = left + 18.0,
+            ty = ly,
+            name = escape(mark.label),
         );
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// `a − b` with a 95 % interval from their own intervals, as if independent (the half-widths add
+/// in quadrature): wider than the paired interval of the same members, so on the safe side.
+fn difference(
+    a: f64,
+    a_interval: Option<&[f64; 2]>,
+    b: f64,
+    b_interval: Option<&[f64; 2]>,
+) -> String {
+    let half = |i: Option<&[f64; 2]>| i.map(|[lo, hi]| (hi - lo) / 2.0);
+    match (half(a_interval), half(b_interval)) {
+        (Some(ha), Some(hb)) => {
+            let d = a - b;
+            let h = (ha * ha + hb * hb).sqrt();
+            format!("{d:+.4} <small>[{:+.4}, {:+.4}]</small>", d - h, d + h)
+        }
+        _ => format!("{:+.4}", a - b),
+    }
 }
 
 /// The figure with its interval, as the report prints it.
@@ -311,29 +367,41 @@ pub fn render(
         }
     );
     // The figures table.
-    html.push_str("<h2>Figures (95 % bootstrap intervals)</h2><table id=\"figures\"><tr><th>metric</th><th>this model</th><th>popularity</th>");
+    html.push_str("<h2>Figures (95 % bootstrap intervals)</h2><p><small>Differences carry an interval from the two figures' own, as if independent: wider than the paired one, so an interval clear of 0 is a real difference.</small></p><table id=\"figures\"><tr><th>metric</th><th>this model</th><th>popularity</th><th>this − popularity</th>");
     for (other, _) in compared {
-        let _ = write!(html, "<th>{}</th>", escape(other));
+        let _ = write!(html, "<th>{o}</th><th>this − {o}</th>", o = escape(other));
     }
     html.push_str("</tr>");
     for (key, value) in &evaluation.metrics {
         let _ = write!(
             html,
-            "<tr data-metric=\"{k}\"><td>{k}</td><td class=\"model\">{}</td><td class=\"popularity\">{}</td>",
+            "<tr data-metric=\"{k}\"><td>{k}</td><td class=\"model\">{}</td><td class=\"popularity\">{}</td><td class=\"difference\">{}</td>",
             figure(*value, evaluation.intervals.get(key)),
             evaluation
                 .popularity
                 .get(key)
                 .map_or("—".into(), |p| figure(*p, evaluation.popularity_intervals.get(key))),
+            evaluation.popularity.get(key).map_or("—".into(), |p| difference(
+                *value,
+                evaluation.intervals.get(key),
+                *p,
+                evaluation.popularity_intervals.get(key)
+            )),
             k = escape(key),
         );
         for (_, e) in compared {
             let _ = write!(
                 html,
-                "<td>{}</td>",
+                "<td>{}</td><td>{}</td>",
                 e.metrics
                     .get(key)
-                    .map_or("—".into(), |v| figure(*v, e.intervals.get(key)))
+                    .map_or("—".into(), |v| figure(*v, e.intervals.get(key))),
+                e.metrics.get(key).map_or("—".into(), |v| difference(
+                    *value,
+                    evaluation.intervals.get(key),
+                    *v,
+                    e.intervals.get(key)
+                ))
             );
         }
         html.push_str("</tr>");
@@ -461,6 +529,18 @@ pub fn render(
                     dots: true,
                 })
                 .collect();
+            // The chosen setting's search score at the rung it was chosen from.
+            let chosen = t
+                .trials
+                .iter()
+                .find(|r| r.trial == t.best_trial && r.setting == t.best)
+                .map(|r| {
+                    (
+                        r.trial as f64,
+                        r.score,
+                        format!("chosen: trial {} at rung {}", r.trial, r.rung),
+                    )
+                });
             let _ = write!(
                 html,
                 "<p>{} settings, successive halving; the chosen one is trial {} ({} {:.4} on {} validation members).</p>{}",
@@ -469,12 +549,17 @@ pub fn render(
                 escape(&t.metric),
                 t.validation.get(&t.metric).copied().unwrap_or(0.0),
                 t.validation_members,
-                chart(
+                chart_marked(
                     &format!("validation {} of every trial", t.metric),
                     "trial",
                     &t.metric,
                     &series,
-                    None
+                    None,
+                    chosen.as_ref().map(|(x, y, label)| Mark {
+                        x: *x,
+                        y: *y,
+                        label
+                    })
                 )
             );
         }
@@ -565,6 +650,15 @@ mod tests {
             if good.intervals.contains_key(key) {
                 assert!(model_cell.contains(&format!("[{lo:.4}, {hi:.4}]")));
             }
+            let popularity = good.popularity[key];
+            let difference = row.split("<td class=\"difference\">").nth(1).unwrap();
+            assert!(
+                difference.starts_with(&format!("{:+.4}", value - popularity)),
+                "{key}: {difference:.60}"
+            );
+            if good.intervals.contains_key(key) {
+                assert!(difference.contains("<small>["), "{key}: an interval");
+            }
             let compared = format!("{:.4}", weak.metrics[key]);
             assert!(
                 row.split("</tr>").next().unwrap().contains(&compared),
@@ -615,11 +709,58 @@ mod tests {
                 dots: true,
             },
         ];
-        let svg = chart("t", "x", "y", &series, None);
+        let svg = chart_marked(
+            "t",
+            "x",
+            "y",
+            &series,
+            None,
+            Some(Mark {
+                x: 5.0,
+                y: 0.5,
+                label: "chosen: trial 5",
+            }),
+        );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        // The fault: the legend sat inside the frame over the points, the chosen trial was not
+        // marked, and the y axis label was cut off. The legend is below the frame now, and the
+        // mark rings the chosen point.
+        let frame_bottom = 360.0 - 48.0;
+        for legend in svg.split(r#"<rect class="legend" "#).skip(1) {
+            let y: f64 = legend
+                .split("y=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(y > frame_bottom, "a legend entry at y {y} inside the frame");
+        }
+        let mark = svg
+            .split(r#"<circle class="mark" "#)
+            .nth(1)
+            .expect("the mark");
+        assert!(mark.starts_with(r#"cx="620.0" cy="#), "{mark:.40}");
+        assert!(svg.contains(">chosen: trial 5</text>"));
+        let height: f64 = svg
+            .split("height=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            height >= 360.0 + 3.0 * 16.0,
+            "room for three legend lines: {height}"
+        );
         assert!(svg.contains(r#"data-series="model &lt;a&amp;b&gt;""#));
         assert!(svg.contains(r#"<g data-series="dots""#));
-        assert_eq!(svg.matches("<circle").count(), 2);
+        // Two dots, then the mark and its ring in the legend.
+        assert_eq!(svg.matches("<circle").count(), 2 + 2);
         // Every polyline point lies inside the 640 × 360 frame.
         let points = polyline_points(&svg);
         assert_eq!(points.split(' ').count(), 3);
@@ -627,7 +768,7 @@ mod tests {
             let (x, y) = p.split_once(',').unwrap();
             let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
             assert!(
-                (60.0..=620.0).contains(&x) && (36.0..=312.0).contains(&y),
+                (72.0..=620.0).contains(&x) && (36.0..=312.0).contains(&y),
                 "{p}"
             );
         }
