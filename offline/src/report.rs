@@ -123,6 +123,11 @@ pub fn chart_marked(
     if x_hi == x_lo {
         x_hi = x_lo + 1.0;
     }
+    // Category labels sit in the middle of their own slot, so the first and last are not cut
+    // off at the frame's edges.
+    if let Some(labels) = x_labels {
+        (x_lo, x_hi) = (-0.5, labels.len().max(1) as f64 - 0.5);
+    }
     let y_hi = if y_hi <= 0.0 { 1.0 } else { y_hi * 1.08 };
     let plot_w = width - left - right;
     let plot_h = height_of_frame - top - bottom;
@@ -744,6 +749,17 @@ mod tests {
             .expect("the mark");
         assert!(mark.starts_with(r#"cx="620.0" cy="#), "{mark:.40}");
         assert!(svg.contains(">chosen: trial 5</text>"));
+        // Category labels sit inside the frame, the last one too (it was cut off at the edge).
+        let labels: Vec<String> = ["0–9 (13)", "10–19 (84)", "50–99 (12)"]
+            .map(String::from)
+            .to_vec();
+        let categories = chart("c", "x", "y", &series[..1], Some(&labels));
+        let last = categories
+            .split("<text x=\"")
+            .find(|t| t.contains(">50–99 (12)<"))
+            .unwrap();
+        let x: f64 = last.split('"').next().unwrap().parse().unwrap();
+        assert!(x + 40.0 <= 640.0 - 20.0, "the last label is centred at {x}");
         let height: f64 = svg
             .split("height=\"")
             .nth(1)

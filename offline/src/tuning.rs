@@ -419,7 +419,16 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     let mut best = best.expect("at least one trial was scored");
     drop(data);
     let recheck = if rechecking {
-        let checked = recheck_best(table, config, job, &test.held, &training_side, &records)?;
+        let deadline = job.budget.map(|b| started + b);
+        let checked = recheck_best(
+            table,
+            config,
+            job,
+            &test.held,
+            &training_side,
+            &records,
+            deadline,
+        )?;
         // The best mean wins; ties go to the better search score (the earlier entry).
         let winner = checked
             .iter()
@@ -504,6 +513,7 @@ fn recheck_best(
     test_held: &[bool],
     training_side: &[u32],
     records: &[TrialRecord],
+    deadline: Option<Instant>,
 ) -> Result<Vec<Recheck>> {
     let space = &config.offline.tuning;
     let base = &config.offline.als;
@@ -537,6 +547,15 @@ fn recheck_best(
     let steps: usize = candidates.iter().map(|c| c.setting.iterations).sum();
     let mut progress = Progress::new("re-checking", (steps * space.recheck_splits) as u64);
     for split in 0..space.recheck_splits {
+        // Every candidate is scored on the same splits; with the budget spent no new split is
+        // started (the first always runs).
+        if split > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::info!(
+                splits = split,
+                "the tuning budget is spent; the re-check compares the splits done"
+            );
+            break;
+        }
         // Seeds apart from the search's (`job.seed`) and from each other.
         let seed = job
             .seed
@@ -630,10 +649,13 @@ mod tests {
         }
         let space = &result.space;
         assert!(result.recheck.len() <= space.recheck_top);
+        // Every re-checked setting on the same splits: all of them, or fewer when a budget ran out.
+        let splits = result.recheck[0].split_scores.len();
+        assert!((1..=space.recheck_splits).contains(&splits));
         for (check, score) in result.recheck.iter().zip(&scores) {
             assert!(check.search_score <= *score);
-            assert_eq!(check.split_scores.len(), space.recheck_splits);
-            let mean = check.split_scores.iter().sum::<f64>() / space.recheck_splits as f64;
+            assert_eq!(check.split_scores.len(), splits);
+            let mean = check.split_scores.iter().sum::<f64>() / splits as f64;
             assert!((check.mean_score - mean).abs() < 1e-12);
         }
         assert_eq!(result.recheck[0].search_score, scores[0]);
@@ -696,6 +718,11 @@ mod tests {
             assert!(worst_kept >= best_dropped, "rung {rung}");
         }
         assert_chose_the_top_score(&result);
+        // Without a budget every re-checked setting is scored on every split.
+        assert!(result
+            .recheck
+            .iter()
+            .all(|c| c.split_scores.len() == result.space.recheck_splits));
         assert!(result.validation_members > 0);
         // Every scored rung is a line of trials.jsonl, and tuning.json reads back.
         let lines = std::fs::read_to_string(dir.path().join("trials.jsonl")).unwrap();
@@ -799,6 +826,9 @@ mod tests {
         assert!(result.budget_exhausted);
         assert_eq!(result.trials.len(), 1, "one scored rung of one setting");
         assert_eq!(result.settings_tried(), 1);
+        // The re-check, too, starts no split past the budget (the first always runs).
+        assert!(!result.recheck.is_empty());
+        assert!(result.recheck.iter().all(|c| c.split_scores.len() == 1));
         let unbudgeted = tune(&table, &small_config(), &self::job(dir.path())).unwrap();
         assert_eq!(unbudgeted.settings_tried(), 6, "a trial is a setting");
         assert!(unbudgeted.trials.len() > 6, "scored at several rungs");
