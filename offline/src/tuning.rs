@@ -18,7 +18,9 @@
 //! favours the luckiest setting (the winner's curse). So the best `recheck_top` scored settings
 //! are then trained again on `recheck_splits` fresh validation splits of the training side (other
 //! members held out, same fraction), and the best mean over those splits is chosen; with a budget
-//! the search gets [`SEARCH_SHARE`] of it and the re-check the rest.
+//! the search gets [`SEARCH_SHARE`] of it (less when one split of the re-check, at the search's
+//! own pace, needs more than the rest) and stops after the trial in hand; the re-check starts no
+//! split past the budget, and always runs its first.
 //!
 //! Without `--budget` the search is one bracket. With one, it runs brackets of fresh draws until
 //! the budget is spent, stopping at a rung boundary. Everything is seeded: the same data, config,
@@ -329,9 +331,23 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     let mut budget_exhausted = false;
     let rechecking = space.recheck_top > 1 && space.recheck_splits > 0;
     let share = if rechecking { SEARCH_SHARE } else { 1.0 };
-    let spent = |started: &Instant| {
-        job.budget
-            .is_some_and(|b| started.elapsed() >= b.mul_f64(share))
+    // What one split of the re-check would cost now, at the search's own pace: the iterations
+    // of the settings it would re-check. The search leaves at least that much of the budget
+    // (the re-check always runs its first split).
+    let mut training = (Duration::ZERO, 0usize);
+    let spent = |started: &Instant, training: (Duration, usize), records: &[TrialRecord]| {
+        job.budget.is_some_and(|b| {
+            let per_iteration = training.0.as_secs_f64() / training.1.max(1) as f64;
+            let one_split = if rechecking {
+                per_iteration * recheck_iterations(records, space.recheck_top) as f64
+            } else {
+                0.0
+            };
+            let reserve = b
+                .mul_f64(1.0 - share)
+                .max(Duration::from_secs_f64(one_split));
+            started.elapsed() + reserve >= b
+        })
     };
     'brackets: for bracket in 0.. {
         let first = settings.len();
@@ -351,7 +367,9 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             let in_rung = alive.len();
             for (id, mut trainer) in alive.drain(..) {
                 let more = iterations - trainer.iterations_done();
+                let fit = Instant::now();
                 trainer.run(more, |_| {});
+                training = (training.0 + fit.elapsed(), training.1 + more);
                 progress.advance(more as u64, &best_message(best.as_ref(), &space.metric));
                 let setting = Setting {
                     iterations,
@@ -384,12 +402,12 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
                 scored.push((score, id, trainer));
                 // The budget is looked at after every trial, not only between rungs: a rung
                 // of many settings would otherwise overrun it by its whole length.
-                if spent(&started) {
+                if spent(&started, training, &records) {
                     break;
                 }
             }
             let last_rung = rung + 1 == rungs.len();
-            if spent(&started) {
+            if spent(&started, training, &records) {
                 budget_exhausted = !last_rung || scored.len() < in_rung;
                 tracing::info!(
                     elapsed_s = started.elapsed().as_secs(),
@@ -502,6 +520,23 @@ fn validation_scores(
         popularity,
         seed,
     )
+}
+
+/// The training iterations of the settings a re-check would take from `records` now: the best
+/// `top` distinct scored settings.
+fn recheck_iterations(records: &[TrialRecord], top: usize) -> usize {
+    let mut ranked: Vec<&TrialRecord> = records.iter().collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut taken: Vec<&Setting> = Vec::new();
+    for record in ranked {
+        if taken.len() == top {
+            break;
+        }
+        if !taken.contains(&&record.setting) {
+            taken.push(&record.setting);
+        }
+    }
+    taken.iter().map(|s| s.iterations).sum()
 }
 
 /// Trains the best `recheck_top` scored settings again on `recheck_splits` fresh validation splits
