@@ -336,3 +336,43 @@ fn start_tansu_writes_the_brokers_own_pid_and_stop_sh_stops_it() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The fault: the README said `nearline produce --input events.jsonl` and no such file existed.
+/// `sample-events.sh` writes one, stamped now, that a worker accepts line by line.
+#[test]
+fn sample_events_are_what_a_worker_accepts() {
+    let o = Command::new("bash")
+        .arg(deploy().join("local/sample-events.sh"))
+        .arg("25")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let rules = recsys_nearline::event::EventRules::from_config(&Config::default());
+    let now = chrono::Utc::now().timestamp_millis();
+    let events =
+        recsys_nearline::produce::read_events(&file, |e| rules.validate(e, None, now)).unwrap();
+    assert_eq!(events.len(), 25);
+    assert!(events.iter().filter(|e| e.user_id == "u0000007").count() >= 10);
+}
+
+/// The fault: without tansu, `start-tansu.sh` silently began a 10-25 minute `cargo install`.
+/// It says so first, and with NO_INSTALL=1 stops there.
+#[test]
+fn start_tansu_without_tansu_says_so_before_building_it() {
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new("bash")
+        .arg(deploy().join("local/start-tansu.sh"))
+        .env("HOME", home.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("TANSU")
+        .env("NO_INSTALL", "1")
+        .env("DATA", home.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("tansu is not installed"), "{err}");
+}

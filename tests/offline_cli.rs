@@ -600,14 +600,51 @@ fn every_command_has_help() {
         vec!["nearline", "produce", "--help"],
         vec!["nearline", "bench", "--help"],
         vec!["quickstart", "--help"],
+        vec!["client", "--help"],
+        vec!["client", "rank", "--help"],
+        vec!["offline", "synth", "--help"],
+        vec!["offline", "report", "--help"],
+        vec!["offline", "versions", "--help"],
+        vec!["offline", "rollback", "--help"],
+        vec!["offline", "tune", "--help"],
+        vec!["nearline", "archive", "--help"],
     ] {
         let o = recsys(&args, &[]);
         assert!(o.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(help.contains("Usage"), "{args:?}");
+        // Every option says what it is (the fault: --model-root and synth's sizes were bare),
+        // and defaults from the config are written one way: [config: key, default value].
+        let lines: Vec<&str> = help.lines().map(str::trim_start).collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(option) = line.strip_prefix("--") else {
+                continue;
+            };
+            // Described on its own line, or (clap's long layout) on the next.
+            let inline = option
+                .split_once("  ")
+                .is_some_and(|(_, text)| !text.trim().is_empty());
+            let below = lines
+                .get(i + 1)
+                .is_some_and(|next| !next.is_empty() && !next.starts_with('-'));
+            assert!(
+                inline || below,
+                "{args:?}: undescribed option --{option}\n{help}"
+            );
+        }
         assert!(
-            String::from_utf8_lossy(&o.stdout).contains("Usage"),
-            "{args:?}"
+            !help.contains("[model.root]") && !help.contains("[offline."),
+            "{args:?}: a default written another way:\n{help}"
         );
     }
+    let top = String::from_utf8_lossy(&recsys(&["--help"], &[]).stdout).to_string();
+    assert!(top.contains("Start with `recsys quickstart`"), "{top}");
+    let archive = String::from_utf8_lossy(&recsys(&["nearline", "archive", "--help"], &[]).stdout)
+        .to_string();
+    assert!(
+        archive.contains("--group-id"),
+        "one name for the group: {archive}"
+    );
 }
 
 /// The fault: a file that made the Parquet reader panic was reported as corrupt with exit 1, but

@@ -580,6 +580,15 @@ pub fn render(
 mod tests {
     use super::*;
 
+    /// The number in the first ` name="…"` attribute of `svg`.
+    fn attribute(svg: &str, name: &str) -> f64 {
+        let after = svg
+            .split(&format!(" {name}=\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name}"));
+        after.split('"').next().unwrap().parse().unwrap()
+    }
+
     /// The `points` of the first polyline in `svg`.
     fn polyline_points(svg: &str) -> &str {
         let after = svg.split("points=\"").nth(1).expect("a polyline");
@@ -732,15 +741,7 @@ mod tests {
         // mark rings the chosen point.
         let frame_bottom = 360.0 - 48.0;
         for legend in svg.split(r#"<rect class="legend" "#).skip(1) {
-            let y: f64 = legend
-                .split("y=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let y = attribute(legend, "y");
             assert!(y > frame_bottom, "a legend entry at y {y} inside the frame");
         }
         let mark = svg
@@ -760,15 +761,7 @@ mod tests {
             .unwrap();
         let x: f64 = last.split('"').next().unwrap().parse().unwrap();
         assert!(x + 40.0 <= 640.0 - 20.0, "the last label is centred at {x}");
-        let height: f64 = svg
-            .split("height=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let height = attribute(&svg, "height");
         assert!(
             height >= 360.0 + 3.0 * 16.0,
             "room for three legend lines: {height}"

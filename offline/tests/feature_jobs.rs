@@ -134,10 +134,10 @@ fn a_catalog_missing_more_than_the_allowed_share_of_interactions_fails_the_job()
         run_features(&job, &input, Some(&catalog))
     };
     // 1 of 8 interactions (carol's "x") is outside the catalog: 12.5 % > the default 1 %.
-    let e = job(&FeatureConfig::default())
-        .err()
-        .expect("the job fails")
-        .to_string();
+    let Err(e) = job(&FeatureConfig::default()) else {
+        panic!("the job went on without 12.5 % of its interactions");
+    };
+    let e = e.to_string();
     assert!(
         e.contains("items.parquet")
             && e.contains("1 of 8 interactions")
