@@ -25,16 +25,17 @@ pub struct Connection {
         global = true
     )]
     pub server: String,
-    /// PEM file of the CA that signed the server's certificate (https only) [default: the
-    /// system's roots are not used; give the CA].
+    /// PEM file of the CA that signed the server's certificate; required with https (the
+    /// system's roots are not used).
     #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
     /// The name the server's certificate is for, when it is not the host in `--server`.
     #[arg(long, global = true)]
     pub domain: Option<String>,
-    /// PEM files of this client's certificate and key, for mutual TLS.
+    /// PEM file of this client's certificate, for mutual TLS (with --key).
     #[arg(long, requires = "key", global = true)]
     pub cert: Option<PathBuf>,
+    /// PEM file of this client's private key, for mutual TLS (with --cert).
     #[arg(long, requires = "cert", global = true)]
     pub key: Option<PathBuf>,
     /// A file holding the API key (sent as `authorization: Bearer …`); or set RECSYS_API_KEY.

@@ -322,12 +322,17 @@ impl InputTable {
             })
             .map_err(|panic| corrupt(file, &panic))?
             .map_err(|e| SharedError::parquet(file, e))?;
-            // The file's Arrow schema (for the column types), when the footer carries one.
-            let schema = parquet::arrow::parquet_to_arrow_schema(
-                metadata.file_metadata().schema_descr(),
-                metadata.file_metadata().key_value_metadata(),
-            )
-            .ok();
+            // The file's Arrow schema (for the column types), when the footer carries one. A
+            // damaged embedded schema can make its decoder panic (an unknown type or unit): a
+            // corrupt file, like the panics guarded below.
+            let schema = catch_quietly(|| {
+                parquet::arrow::parquet_to_arrow_schema(
+                    metadata.file_metadata().schema_descr(),
+                    metadata.file_metadata().key_value_metadata(),
+                )
+                .ok()
+            })
+            .map_err(|panic| corrupt(file, &panic))?;
             let mut first_row = 0u64;
             for (index, group) in metadata.row_groups().iter().enumerate() {
                 let rows = group.num_rows().max(0) as u64;
