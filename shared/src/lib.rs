@@ -11,8 +11,9 @@
 //! ([`impression`]), the operations endpoint
 //! ([`ops`]), object storage locations ([`object_storage`]: `s3://`, `gs://`, `az://` through the
 //! `object_store` crate), secrets and TLS material ([`secrets`], [`tls`]), the Kafka client
-//! properties every tier's clients share ([`kafka`]: resolved settings only, no Kafka client) and
-//! rate-limited logging ([`logs`]).
+//! properties every tier's clients share ([`kafka`]: resolved settings only, no Kafka client),
+//! rate-limited logging ([`logs`]) and third-party decoder panics caught without the hook's noise
+//! ([`panics`]).
 //! The feature store every tier reads and writes is its own crate, `recsys-store`
 //! (`shared/store/`), built on this one.
 //!
