@@ -335,18 +335,25 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     // of the settings it would re-check. The search leaves at least that much of the budget
     // (the re-check always runs its first split).
     let mut training = (Duration::ZERO, 0usize);
+    let most_iterations = space.recheck_top * rungs.last().copied().unwrap_or(1);
     let spent = |started: &Instant, training: (Duration, usize), records: &[TrialRecord]| {
         job.budget.is_some_and(|b| {
+            let elapsed = started.elapsed();
+            if elapsed + b.mul_f64(1.0 - share) >= b {
+                return true;
+            }
+            if !rechecking {
+                return false;
+            }
             let per_iteration = training.0.as_secs_f64() / training.1.max(1) as f64;
-            let one_split = if rechecking {
-                per_iteration * recheck_iterations(records, space.recheck_top) as f64
-            } else {
-                0.0
-            };
-            let reserve = b
-                .mul_f64(1.0 - share)
-                .max(Duration::from_secs_f64(one_split));
-            started.elapsed() + reserve >= b
+            // The exact estimate sorts the records: only worth it once even the largest
+            // possible split would not fit.
+            let at_most = Duration::from_secs_f64(per_iteration * most_iterations as f64);
+            if elapsed + at_most < b {
+                return false;
+            }
+            let one_split = per_iteration * recheck_iterations(records, space.recheck_top) as f64;
+            elapsed + Duration::from_secs_f64(one_split) >= b
         })
     };
     'brackets: for bracket in 0.. {
