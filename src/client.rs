@@ -149,25 +149,19 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
                 .await
                 .map_err(|s| failed("Rank", s))?
                 .into_inner();
+            let served = Served {
+                model_version: &answer.model_version,
+                vector_source: answer.vector_source,
+                degraded: answer.degraded,
+                request_id: &answer.request_id,
+                experiments: &answer.experiments,
+            };
             if connection.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "model_version": answer.model_version,
-                        "vector_source": source(answer.vector_source),
-                        "degraded": answer.degraded,
-                        "request_id": answer.request_id,
-                        "experiments": experiments(&answer.experiments),
-                        "items": items_json(&answer.items),
-                    })
-                );
+                let mut json = served.json();
+                json["items"] = items_json(&answer.items);
+                println!("{json}");
             } else {
-                println!(
-                    "Rank for {user} — model {}, vector from {}{}",
-                    answer.model_version,
-                    source(answer.vector_source),
-                    if answer.degraded { " (degraded)" } else { "" }
-                );
+                println!("Rank for {user} — {}", served.line());
                 print_items(&answer.items);
             }
         }
@@ -190,15 +184,19 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
                 .await
                 .map_err(|s| failed("Homepage", s))?
                 .into_inner();
+            let served = Served {
+                model_version: &answer.model_version,
+                vector_source: answer.vector_source,
+                degraded: answer.degraded,
+                request_id: &answer.request_id,
+                experiments: &answer.experiments,
+            };
             if connection.json {
-                println!("{}", homepage_json(&answer));
+                let mut json = served.json();
+                json["rows"] = rows_json(&answer);
+                println!("{json}");
             } else {
-                println!(
-                    "Homepage of {user} — model {}, vector from {}{}",
-                    answer.model_version,
-                    source(answer.vector_source),
-                    if answer.degraded { " (degraded)" } else { "" }
-                );
+                println!("Homepage of {user} — {}", served.line());
                 for row in &answer.rows {
                     println!("\n  {}", row.title);
                     print_items(&row.items);
@@ -318,27 +316,53 @@ fn items_json(items: &[ScoredItem]) -> serde_json::Value {
         .collect()
 }
 
-fn experiments(
-    assignments: &[recsys_shared::proto::v1::ExperimentAssignment],
-) -> serde_json::Value {
-    assignments
-        .iter()
-        .map(|a| serde_json::json!({"experiment": a.experiment, "variant": a.variant}))
-        .collect()
+/// What Rank and Homepage answers both say about how they were served.
+struct Served<'a> {
+    model_version: &'a str,
+    vector_source: i32,
+    degraded: bool,
+    request_id: &'a str,
+    experiments: &'a [recsys_shared::proto::v1::ExperimentAssignment],
 }
 
-fn homepage_json(answer: &HomepageResponse) -> serde_json::Value {
-    serde_json::json!({
-        "model_version": answer.model_version,
-        "vector_source": source(answer.vector_source),
-        "degraded": answer.degraded,
-        "request_id": answer.request_id,
-        "experiments": experiments(&answer.experiments),
-        "rows": answer.rows.iter().map(|r| serde_json::json!({
-            "title": r.title,
-            "kind": r.kind,
-            "seed_item_id": r.seed_item_id,
-            "items": items_json(&r.items),
-        })).collect::<Vec<_>>(),
-    })
+impl Served<'_> {
+    /// `model V, vector from S` (and ` (degraded)`), for the table's heading.
+    fn line(&self) -> String {
+        format!(
+            "model {}, vector from {}{}",
+            self.model_version,
+            source(self.vector_source),
+            if self.degraded { " (degraded)" } else { "" }
+        )
+    }
+
+    /// The same as a JSON object, for `--json`.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model_version": self.model_version,
+            "vector_source": source(self.vector_source),
+            "degraded": self.degraded,
+            "request_id": self.request_id,
+            "experiments": self
+                .experiments
+                .iter()
+                .map(|a| serde_json::json!({"experiment": a.experiment, "variant": a.variant}))
+                .collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn rows_json(answer: &HomepageResponse) -> serde_json::Value {
+    answer
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "title": r.title,
+                "kind": r.kind,
+                "seed_item_id": r.seed_item_id,
+                "items": items_json(&r.items),
+            })
+        })
+        .collect()
 }

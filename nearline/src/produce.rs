@@ -201,11 +201,12 @@ pub async fn connect(
     let answered =
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, wait).map(|_| ()))
             .await
-            .map_err(|e| NearlineError::FoldIn(e.to_string()))?;
-    answered.map_err(|e| NearlineError::NoBroker {
+            .map_err(|e| format!("the metadata request did not finish: {e}"))
+            .and_then(|answer| answer.map_err(|e| e.to_string()));
+    answered.map_err(|detail| NearlineError::NoBroker {
         brokers: config.nearline.brokers.clone(),
         seconds: wait.as_secs(),
-        detail: e.to_string(),
+        detail,
     })?;
     Ok(producer)
 }

@@ -249,6 +249,23 @@ mod tests {
         conn.read(&mut buf).await
     }
 
+    /// A connection accepted from `tx` whose client sent its whole opening (which the server
+    /// side has read): the client end and the server end.
+    async fn accept_opened(
+        tx: &tokio::sync::mpsc::UnboundedSender<DuplexStream>,
+        accepted: &mut (impl Stream<Item = Result<Limited<DuplexStream>, std::io::Error>> + Unpin),
+    ) -> (DuplexStream, Limited<DuplexStream>) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        tx.send(server).unwrap();
+        let mut opened = accepted.next().await.unwrap().unwrap();
+        client.write_all(&[b'x'; OPENING_BYTES]).await.unwrap();
+        let mut got = 0;
+        while got < OPENING_BYTES {
+            got += read_some(&mut opened).await.unwrap();
+        }
+        (client, opened)
+    }
+
     #[tokio::test]
     async fn a_connection_that_sends_nothing_is_closed_at_its_opening_deadline() {
         let (tx, accepted) = accept(4, Duration::from_millis(100));
@@ -262,14 +279,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(90));
 
         // One that sends its opening keeps reading past the deadline.
-        let (mut client, server) = tokio::io::duplex(1024);
-        tx.send(server).unwrap();
-        let mut opened = accepted.next().await.unwrap().unwrap();
-        client.write_all(&[b'x'; OPENING_BYTES]).await.unwrap();
-        let mut got = 0;
-        while got < OPENING_BYTES {
-            got += read_some(&mut opened).await.unwrap();
-        }
+        let (mut client, mut opened) = accept_opened(&tx, &mut accepted).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         client.write_all(b"later").await.unwrap();
         assert_eq!(read_some(&mut opened).await.unwrap(), 5);
@@ -280,14 +290,7 @@ mod tests {
         let (tx, accepted) = accept(2, Duration::from_secs(60));
         let mut accepted = Box::pin(accepted);
         // Slot 1: opened. Slot 2: silent.
-        let (mut c1, s1) = tokio::io::duplex(1024);
-        tx.send(s1).unwrap();
-        let mut opened = accepted.next().await.unwrap().unwrap();
-        c1.write_all(&[b'x'; OPENING_BYTES]).await.unwrap();
-        let mut got = 0;
-        while got < OPENING_BYTES {
-            got += read_some(&mut opened).await.unwrap();
-        }
+        let (mut c1, mut opened) = accept_opened(&tx, &mut accepted).await;
         let (_c2, s2) = tokio::io::duplex(1024);
         tx.send(s2).unwrap();
         let mut silent = accepted.next().await.unwrap().unwrap();
@@ -303,17 +306,10 @@ mod tests {
         let third = accepted.next().await.unwrap().unwrap();
         let err = reader.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
-        // The opened connection is never displaced: with the third still opening it is
-        // displaced in turn, and with only opened connections a newcomer is refused.
+        // With its slot filled by a connection that opened, and the first one opened too, no
+        // connection is left to displace: a newcomer is refused, and the opened ones stay.
         drop(third);
-        let (mut c4, s4) = tokio::io::duplex(1024);
-        tx.send(s4).unwrap();
-        let mut fourth = accepted.next().await.unwrap().unwrap();
-        c4.write_all(&[b'x'; OPENING_BYTES]).await.unwrap();
-        let mut got = 0;
-        while got < OPENING_BYTES {
-            got += read_some(&mut fourth).await.unwrap();
-        }
+        let (_c4, _fourth) = accept_opened(&tx, &mut accepted).await;
         let (_c5, s5) = tokio::io::duplex(1024);
         tx.send(s5).unwrap();
         drop(tx);
