@@ -21,8 +21,8 @@ use scylla::statement::Consistency;
 use tokio::sync::Mutex;
 
 use super::{
-    fill_page, validate_id, validate_namespace, validate_put, IdempotencyToken, Item, KvStore,
-    Page, PageRequest, Predicate, StoreError, StoreResult,
+    fill_page, validate_id, validate_namespace, IdempotencyToken, Item, KvStore, Page, PageRequest,
+    Predicate, StoreError, StoreResult,
 };
 use recsys_shared::config::CassandraConfig;
 
@@ -245,14 +245,13 @@ impl KvStore for CassandraStore {
         BACKEND
     }
 
-    async fn put_items(
+    async fn write_items(
         &self,
         namespace: &str,
         id: &str,
         items: &[Item],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        validate_put(namespace, id, items)?;
         let statements = self.statements(namespace).await?;
         let timestamp = write_timestamp(token);
         let writes = items.iter().map(|item| {

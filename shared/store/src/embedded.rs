@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    fill_page, frame, unframe, validate_id, validate_namespace, validate_put, IdempotencyToken,
-    Item, KvStore, Page, PageRequest, Predicate, StoreError, StoreResult,
+    fill_page, frame, unframe, validate_id, validate_namespace, IdempotencyToken, Item, KvStore,
+    Page, PageRequest, Predicate, StoreError, StoreResult,
 };
 
 const BACKEND: &str = "embedded";
@@ -79,7 +79,7 @@ impl EmbeddedStore {
         &self.path
     }
 
-    fn write_records(
+    fn commit_records(
         db: &Database,
         namespace: &str,
         records: &[(String, Vec<Item>)],
@@ -156,31 +156,27 @@ impl KvStore for EmbeddedStore {
         BACKEND
     }
 
-    async fn put_items(
+    async fn write_items(
         &self,
         namespace: &str,
         id: &str,
         items: &[Item],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        validate_put(namespace, id, items)?;
-        self.put_records(namespace, &[(id.to_string(), items.to_vec())], token)
+        self.write_records(namespace, &[(id.to_string(), items.to_vec())], token)
             .await
     }
 
-    async fn put_records(
+    async fn write_records(
         &self,
         namespace: &str,
         records: &[(String, Vec<Item>)],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        for (id, items) in records {
-            validate_put(namespace, id, items)?;
-        }
         let db = self.db.clone();
         let namespace = namespace.to_string();
         let records = records.to_vec();
-        tokio::task::spawn_blocking(move || Self::write_records(&db, &namespace, &records, token))
+        tokio::task::spawn_blocking(move || Self::commit_records(&db, &namespace, &records, token))
             .await
             .map_err(err)?
     }

@@ -276,8 +276,39 @@ pub trait KvStore: Send + Sync + 'static {
     /// Short backend name for logs and metrics (`embedded`, `redis`, `cassandra`).
     fn backend(&self) -> &'static str;
 
-    /// Writes items into record `id` of `namespace`, last-writer-wins per item by `token`.
+    /// Writes items into record `id` of `namespace`, last-writer-wins per item by `token`. The
+    /// arguments are checked here, once for every backend (namespace, id, no empty key); an empty
+    /// list writes nothing.
     async fn put_items(
+        &self,
+        namespace: &str,
+        id: &str,
+        items: &[Item],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        validate_put(namespace, id, items)?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.write_items(namespace, id, items, token).await
+    }
+
+    /// Writes many records with one token (bulk loads, a nearline batch), each checked as
+    /// [`KvStore::put_items`] checks one before any is written.
+    async fn put_records(
+        &self,
+        namespace: &str,
+        records: &[(String, Vec<Item>)],
+        token: IdempotencyToken,
+    ) -> StoreResult<()> {
+        for (id, items) in records {
+            validate_put(namespace, id, items)?;
+        }
+        self.write_records(namespace, records, token).await
+    }
+
+    /// The backend's write of one record, called with checked, non-empty arguments.
+    async fn write_items(
         &self,
         namespace: &str,
         id: &str,
@@ -285,9 +316,9 @@ pub trait KvStore: Send + Sync + 'static {
         token: IdempotencyToken,
     ) -> StoreResult<()>;
 
-    /// Writes many records with one token (bulk loads, a nearline batch). Backends batch where
-    /// they can; the default writes a few records at a time concurrently.
-    async fn put_records(
+    /// The backend's write of many checked records. Backends batch where they can; the default
+    /// writes a few records at a time concurrently.
+    async fn write_records(
         &self,
         namespace: &str,
         records: &[(String, Vec<Item>)],
@@ -295,7 +326,8 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> StoreResult<()> {
         let puts: Vec<BoxFuture<'_, StoreResult<()>>> = records
             .iter()
-            .map(|(id, items)| self.put_items(namespace, id, items, token))
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(id, items)| self.write_items(namespace, id, items, token))
             .collect();
         futures::stream::iter(puts)
             .buffer_unordered(RECORDS_IN_FLIGHT)
@@ -355,7 +387,7 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
 }
 
-/// Records a default [`KvStore::get_records`] or [`KvStore::put_records`] handles concurrently.
+/// Records a default [`KvStore::get_records`] or [`KvStore::write_records`] handles concurrently.
 const RECORDS_IN_FLIGHT: usize = 32;
 
 /// Reads every page of a record.
@@ -413,7 +445,7 @@ pub fn validate_id(id: &str) -> StoreResult<()> {
 }
 
 /// Checks a put's arguments; shared by every backend.
-pub(crate) fn validate_put(namespace: &str, id: &str, items: &[Item]) -> StoreResult<()> {
+fn validate_put(namespace: &str, id: &str, items: &[Item]) -> StoreResult<()> {
     validate_namespace(namespace)?;
     validate_id(id)?;
     if items.iter().any(|i| i.key.is_empty()) {

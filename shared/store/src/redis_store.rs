@@ -15,8 +15,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::{
-    fill_page, frame, unframe, validate_id, validate_namespace, validate_put, IdempotencyToken,
-    Item, KvStore, Page, PageRequest, Predicate, StoreError, StoreResult,
+    fill_page, frame, unframe, validate_id, validate_namespace, IdempotencyToken, Item, KvStore,
+    Page, PageRequest, Predicate, StoreError, StoreResult,
 };
 use recsys_shared::config::RedisConfig;
 use recsys_shared::secrets::redact_url;
@@ -258,17 +258,13 @@ impl KvStore for RedisStore {
         BACKEND
     }
 
-    async fn put_items(
+    async fn write_items(
         &self,
         namespace: &str,
         id: &str,
         items: &[Item],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        validate_put(namespace, id, items)?;
-        if items.is_empty() {
-            return Ok(());
-        }
         let invocation = self.put_invocation(namespace, id, items, token);
         let mut connection = self.connection.clone();
         self.run(invocation.invoke_async::<i64>(&mut connection))
@@ -276,15 +272,12 @@ impl KvStore for RedisStore {
             .map(|_| ())
     }
 
-    async fn put_records(
+    async fn write_records(
         &self,
         namespace: &str,
         records: &[(String, Vec<Item>)],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        for (id, items) in records {
-            validate_put(namespace, id, items)?;
-        }
         // One pipeline per chunk of records: one write and one read on the socket for the chunk,
         // instead of one round trip per record. Each record is still its own atomic script. The
         // script is (re)loaded at the head of every pipeline, so a restarted Redis that lost its

@@ -676,14 +676,14 @@ impl KvStore for TestStore {
     fn backend(&self) -> &'static str {
         "test"
     }
-    async fn put_items(
+    async fn write_items(
         &self,
         ns: &str,
         id: &str,
         items: &[Item],
         token: IdempotencyToken,
     ) -> StoreResult<()> {
-        self.inner.put_items(ns, id, items, token).await
+        self.inner.write_items(ns, id, items, token).await
     }
     async fn get_items(
         &self,
