@@ -114,16 +114,9 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// The RPC's metric label, from a bounded set.
+/// The RPC's metric label, from a bounded set (the names in [`recsys_shared::rpcs::RPCS`]).
 fn rpc_label(path: &str) -> &'static str {
-    match path {
-        "/recsys.v1.Ranking/Rank" => "Rank",
-        "/recsys.v1.Ranking/Homepage" => "Homepage",
-        "/recsys.v1.Ranking/SimilarItems" => "SimilarItems",
-        p if p.starts_with("/grpc.health.") => "Health",
-        p if p.starts_with("/grpc.reflection.") => "Reflection",
-        _ => "unknown",
-    }
+    recsys_shared::rpcs::of_path(path).map_or("unknown", |rpc| rpc.name)
 }
 
 /// The status of a unary gRPC answer: in the headers when the call failed before a message
@@ -206,7 +199,7 @@ where
             }
         }
         Box::pin(async move {
-            let ranking = matches!(rpc, "Rank" | "Homepage" | "SimilarItems");
+            let ranking = recsys_shared::rpcs::named(rpc).is_some_and(|r| r.ranking);
             let permit = if ranking {
                 match admission.admit(deadline).await {
                     Ok(permit) => Some(permit),

@@ -8,8 +8,10 @@
 //!   the served one kept.
 //! - [`scoring`]: whole-catalog scoring — quantised `i8` scan, exact `f32` re-scoring of the
 //!   candidate pool, partial top-k.
-//! - [`service`]: validation, the member's vector (cache → store → fold-in → cold start, degraded
-//!   when the store is down), `Rank`, `Homepage` and `SimilarItems`.
+//! - [`rpc`]: one file per RPC (`Rank`, `Homepage`, `SimilarItems`), the checks every request
+//!   goes through, and the adapter from the ranking's domain error to a gRPC status;
+//!   [`member`]: the member's vector (cache → store → fold-in → cold start, degraded when the
+//!   store is down), history and hidden items.
 //! - [`experiments`]: the experiments file — sticky, stateless allocation of members to variants
 //!   that choose a model version and/or a row recipe; the server loads the versions they name.
 //! - [`impressions`]: every answer's items logged to Kafka through a bounded queue that drops
@@ -36,11 +38,12 @@ pub mod connections;
 pub mod error;
 pub mod experiments;
 pub mod impressions;
+pub mod member;
 pub mod metrics;
+pub mod rpc;
 pub mod rules;
 pub mod scoring;
 pub mod server;
-pub mod service;
 pub mod soak;
 
 pub use error::OnlineError;

@@ -5,7 +5,7 @@
 //!
 //! A rule never shows an item the list's filters exclude (seen, excluded, unavailable in the
 //! country, already on the page), and ids the served model does not know are ignored. It owns
-//! only the re-ordering; scoring and filtering stay in [`crate::service`].
+//! only the re-ordering; scoring and filtering stay in [`crate::rpc`].
 
 use recsys_shared::config::RulesConfig;
 

@@ -31,7 +31,7 @@ use crate::metrics::{
     CATALOG_ITEMS, EXPERIMENTS_ACTIVE, EXPERIMENT_RELOADS, MODEL_SWAPS, MODEL_VERSION,
     TLS_NOT_AFTER,
 };
-use crate::service::{ExperimentSet, Ranker, RankingService};
+use crate::rpc::{ExperimentSet, Ranker, RankingService};
 
 /// Streams a client may reset before the server has accepted them, on one connection, before the
 /// connection is ended as a rapid-reset flood: twice the streams it may have open at once.

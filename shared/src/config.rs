@@ -1455,10 +1455,10 @@ impl Config {
                 ));
             }
             for rpc in &key.rpcs {
-                if !RPC_NAMES.contains(&rpc.as_str()) {
+                if crate::rpcs::named(rpc).is_none() {
                     return Err(format!(
                         "`online.auth.keys[{i}].rpcs` names {rpc:?}, not one of {}",
-                        RPC_NAMES.join(", ")
+                        crate::rpcs::names()
                     ));
                 }
             }
@@ -1501,9 +1501,6 @@ impl Config {
         Ok(())
     }
 }
-
-/// The RPC names an API key can be allowed (`online.auth.keys[].rpcs`).
-pub const RPC_NAMES: &[&str] = &["Rank", "Homepage", "SimilarItems", "Health", "Reflection"];
 
 /// Tables of the configuration that a file or the environment sets whole, not merged into the
 /// defaults (see [`FeatureConfig::event_weights`]).

@@ -39,6 +39,7 @@ pub mod ops;
 pub mod panics;
 pub mod progress;
 pub mod proto;
+pub mod rpcs;
 pub mod secrets;
 #[cfg(feature = "testkit")]
 pub mod testkit;

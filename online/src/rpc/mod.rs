@@ -1,0 +1,455 @@
+//! The `recsys.v1.Ranking` service: one file per RPC (`rank`, `homepage`, `similar`), the checks
+//! every request goes through (`request`), the state every request shares ([`Ranker`]) and the one
+//! adapter from the ranking's domain error ([`RankError`]) to a gRPC status ([`RankingService`]).
+//!
+//! Every request carries the deadline the admission layer stamped on arrival
+//! ([`RequestDeadline`]). Scoring is synchronous CPU work that no timer can interrupt, so the
+//! deadline is checked before it starts and between the homepage's rows (which also yield, so a
+//! request whose client hung up stops there), and an answer finished after its deadline is
+//! `DEADLINE_EXCEEDED`, never a late `OK` nobody reads.
+
+mod homepage;
+mod rank;
+pub mod request;
+mod similar;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use recsys_shared::config::{MaturityConfig, RulesConfig};
+use recsys_shared::proto::v1::ranking_server::Ranking;
+use recsys_shared::proto::v1::{
+    ExperimentAssignment, HomepageRequest, HomepageResponse, RankRequest, RankResponse, ScoredItem,
+    SimilarItemsRequest, SimilarItemsResponse,
+};
+use recsys_store::cache::FeatureReader;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::Catalog;
+use crate::experiments::{Experiments, RowRecipe};
+use crate::impressions::{ImpressionLog, PendingImpression, Shown};
+use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS};
+use crate::scoring::Scored;
+pub use request::limits;
+use request::{check_deadline, deadline_exceeded, deadline_of};
+
+/// Why the ranking could not answer; [`RankingService`] turns it into the gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RankError {
+    /// `INVALID_ARGUMENT`: a field of the request is wrong.
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    /// `NOT_FOUND`: the request names something the model does not have.
+    #[error("{field}: {problem}")]
+    NotFound {
+        field: &'static str,
+        problem: String,
+    },
+    /// `UNAVAILABLE`: no model is loaded yet.
+    #[error("no model loaded yet")]
+    NoModel,
+    /// `DEADLINE_EXCEEDED`: the request's deadline passed before the step.
+    #[error("deadline exceeded {late_ms} ms ago, {step}")]
+    DeadlineExceeded { late_ms: u128, step: &'static str },
+}
+
+impl From<RankError> for Status {
+    fn from(error: RankError) -> Status {
+        let message = error.to_string();
+        match error {
+            RankError::Invalid { .. } => Status::invalid_argument(message),
+            RankError::NotFound { .. } => Status::not_found(message),
+            RankError::NoModel => Status::unavailable(message),
+            RankError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+        }
+    }
+}
+
+/// State shared by every request: the catalog being served, the experiments with the model
+/// versions their variants pin, and the feature read path.
+pub struct Ranker {
+    catalog: ArcSwapOption<Catalog>,
+    experiments: ArcSwap<ExperimentSet>,
+    reader: FeatureReader,
+    max_request: Duration,
+    impressions: Option<ImpressionLog>,
+    rules: RulesConfig,
+    maturity: MaturityConfig,
+}
+
+/// The experiments in force and the catalogs of the model versions their variants name (each
+/// loaded and verified like `CURRENT`'s).
+#[derive(Default)]
+pub struct ExperimentSet {
+    pub experiments: Experiments,
+    pub catalogs: HashMap<String, Arc<Catalog>>,
+}
+
+/// What the member's experiments decide for one request.
+struct Treatment {
+    catalog: Arc<Catalog>,
+    recipe: Option<RowRecipe>,
+    assignments: Vec<ExperimentAssignment>,
+}
+
+/// A fresh request id: 128 random bits as 32 hex digits.
+pub fn request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn scored(catalog: &Catalog, items: impl IntoIterator<Item = Scored>) -> Vec<ScoredItem> {
+    items
+        .into_iter()
+        .map(|s| ScoredItem {
+            item_id: catalog.item_ids[s.index as usize].clone(),
+            score: s.score,
+            title: catalog.title(s.index).to_string(),
+        })
+        .collect()
+}
+
+/// The popularity ranking among `allowed` items.
+fn popular(catalog: &Catalog, k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
+    catalog
+        .popularity
+        .iter()
+        .filter(|(i, _)| allowed(*i))
+        .take(k)
+        .map(|&(index, score)| Scored { index, score })
+        .collect()
+}
+
+impl Ranker {
+    pub fn new(reader: FeatureReader, max_request: Duration) -> Self {
+        Ranker {
+            catalog: ArcSwapOption::empty(),
+            experiments: ArcSwap::from_pointee(ExperimentSet::default()),
+            reader,
+            max_request,
+            impressions: None,
+            rules: RulesConfig::default(),
+            maturity: MaturityConfig::default(),
+        }
+    }
+
+    /// Orders the catalog's maturity ratings for the per-member maturity filter.
+    pub fn with_maturity(mut self, maturity: MaturityConfig) -> Self {
+        self.maturity = maturity;
+        self
+    }
+
+    /// Applies `rules` (pin, boost, bury) to every list after scoring.
+    pub fn with_rules(mut self, rules: RulesConfig) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Logs every answer's impressions to `log` (see [`crate::impressions`]).
+    pub fn with_impressions(mut self, log: Option<ImpressionLog>) -> Self {
+        self.impressions = log;
+        self
+    }
+
+    /// The impression log, when impressions are on.
+    pub fn impressions(&self) -> Option<&ImpressionLog> {
+        self.impressions.as_ref()
+    }
+
+    /// Whether this answer's impression is to be logged.
+    fn logging(&self) -> bool {
+        self.impressions
+            .as_ref()
+            .is_some_and(ImpressionLog::sampled)
+    }
+
+    /// Logs what an answer showed (an answer that reached the client: late ones are not).
+    fn log_impression(
+        &self,
+        rpc: &'static str,
+        user_id: String,
+        request_id: &str,
+        experiments: &[ExperimentAssignment],
+        shown: Option<Shown>,
+    ) {
+        let (Some(log), Some(shown)) = (&self.impressions, shown) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        log.log(PendingImpression {
+            request_id: request_id.to_string(),
+            user_id,
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            rpc,
+            experiments: experiments.to_vec(),
+            shown,
+        });
+        experiment_work("impressions", started);
+    }
+
+    /// The catalog being served, if any.
+    pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        self.catalog.load_full()
+    }
+
+    /// Swaps in a new catalog; requests in flight finish on the one they hold.
+    pub fn swap(&self, catalog: Arc<Catalog>) -> Option<Arc<Catalog>> {
+        self.catalog.swap(Some(catalog))
+    }
+
+    /// The experiments in force.
+    pub fn experiments(&self) -> Arc<ExperimentSet> {
+        self.experiments.load_full()
+    }
+
+    /// Puts a new experiment set in force; requests in flight finish on the one they hold.
+    pub fn set_experiments(&self, set: ExperimentSet) {
+        self.experiments.store(Arc::new(set));
+    }
+
+    /// The member's experiments: the model and row recipe their variants choose (the first
+    /// experiment in file order that sets each wins), and the assignments to report.
+    fn treatment(&self, user_id: &str) -> Result<Treatment, RankError> {
+        let started = std::time::Instant::now();
+        let set = self.experiments.load();
+        let assigned = set.experiments.assign(user_id);
+        let pinned = assigned.iter().find_map(|a| {
+            let version = a.variant.model_version.as_ref()?;
+            set.catalogs.get(version).cloned()
+        });
+        let catalog = match pinned {
+            Some(catalog) => catalog,
+            None => self.serving()?,
+        };
+        let recipe = assigned.iter().find_map(|a| a.variant.recipe.clone());
+        let assignments = assigned
+            .iter()
+            .map(|a| {
+                EXPERIMENT_REQUESTS
+                    .with_label_values(&[&a.experiment.name, &a.variant.name])
+                    .inc();
+                ExperimentAssignment {
+                    experiment: a.experiment.name.clone(),
+                    variant: a.variant.name.clone(),
+                }
+            })
+            .collect();
+        experiment_work("allocation", started);
+        Ok(Treatment {
+            catalog,
+            recipe,
+            assignments,
+        })
+    }
+
+    pub fn reader(&self) -> &FeatureReader {
+        &self.reader
+    }
+
+    fn serving(&self) -> Result<Arc<Catalog>, RankError> {
+        self.catalog.load_full().ok_or(RankError::NoModel)
+    }
+
+    /// Runs one RPC under the request's deadline. Its status and latency are recorded by the
+    /// admission layer, which sees every answer.
+    async fn within<T>(
+        &self,
+        deadline: Instant,
+        work: impl Future<Output = Result<T, RankError>>,
+    ) -> Result<Response<T>, RankError> {
+        check_deadline(deadline, "before the request started")?;
+        let answer = match tokio::time::timeout_at(deadline, work).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(deadline_exceeded(deadline, "waiting on the feature store")),
+        };
+        // Finished, but too late: the client has given up, and a late OK would count as served.
+        check_deadline(deadline, "when the answer was ready")?;
+        Ok(Response::new(answer))
+    }
+}
+
+/// The tonic service over a shared [`Ranker`].
+#[derive(Clone)]
+pub struct RankingService(pub Arc<Ranker>);
+
+#[tonic::async_trait]
+impl Ranking for RankingService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        let request = request.into_inner();
+        let user_id = request.user_id.clone();
+        let (answer, shown) = self
+            .0
+            .within(deadline, self.0.rank(request, deadline))
+            .await
+            .map_err(Status::from)?
+            .into_inner();
+        self.0.log_impression(
+            "rank",
+            user_id,
+            &answer.request_id,
+            &answer.experiments,
+            shown,
+        );
+        Ok(Response::new(answer))
+    }
+
+    async fn homepage(
+        &self,
+        request: Request<HomepageRequest>,
+    ) -> Result<Response<HomepageResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        let request = request.into_inner();
+        let user_id = request.user_id.clone();
+        let (answer, shown) = self
+            .0
+            .within(deadline, self.0.homepage(request, deadline))
+            .await
+            .map_err(Status::from)?
+            .into_inner();
+        self.0.log_impression(
+            "homepage",
+            user_id,
+            &answer.request_id,
+            &answer.experiments,
+            shown,
+        );
+        Ok(Response::new(answer))
+    }
+
+    async fn similar_items(
+        &self,
+        request: Request<SimilarItemsRequest>,
+    ) -> Result<Response<SimilarItemsResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        self.0
+            .within(
+                deadline,
+                self.0.similar_items(request.into_inner(), deadline),
+            )
+            .await
+            .map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_deadline_exceeded_not_a_late_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranker = Ranker::new(
+            FeatureReader::from_config(
+                recsys_store::features::FeatureStore::new(
+                    Arc::new(recsys_store::EmbeddedStore::open(dir.path()).unwrap()),
+                    10,
+                ),
+                &Default::default(),
+                &Default::default(),
+            ),
+            Duration::from_secs(5),
+        );
+        let passed = Instant::now() - Duration::from_millis(1);
+        let status = Status::from(ranker.within(passed, async { Ok(()) }).await.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        // Work that outlives the deadline (synchronous scoring cannot be interrupted) ends as
+        // DEADLINE_EXCEEDED too.
+        let soon = Instant::now() + Duration::from_millis(20);
+        let status = Status::from(
+            ranker
+                .within(soon, async {
+                    std::thread::sleep(Duration::from_millis(40));
+                    Ok(())
+                })
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(ranker
+            .within(Instant::now() + Duration::from_secs(1), async { Ok(()) })
+            .await
+            .is_ok());
+    }
+
+    /// One ranker over a small synthetic model, shared by the fuzz cases.
+    fn fuzz_ranker() -> &'static (tempfile::TempDir, Arc<Ranker>, tokio::runtime::Runtime) {
+        static RANKER: std::sync::OnceLock<(
+            tempfile::TempDir,
+            Arc<Ranker>,
+            tokio::runtime::Runtime,
+        )> = std::sync::OnceLock::new();
+        RANKER.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("models");
+            let version =
+                recsys_shared::artifact::synthetic::synthetic_model(&root, 50, 5, 4, 3).unwrap();
+            let store = recsys_store::EmbeddedStore::open(&dir.path().join("store")).unwrap();
+            let ranker = Ranker::new(
+                FeatureReader::from_config(
+                    recsys_store::features::FeatureStore::new(Arc::new(store), 10),
+                    &Default::default(),
+                    &Default::default(),
+                ),
+                Duration::from_secs(5),
+            );
+            let catalog =
+                Catalog::load(&recsys_shared::artifact::ModelRoot::new(&root), &version).unwrap();
+            ranker.swap(Arc::new(catalog));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            (dir, Arc::new(ranker), runtime)
+        })
+    }
+
+    proptest::proptest! {
+        /// Fuzzing request validation: whatever the fields hold, an answer is a ranking or
+        /// INVALID_ARGUMENT / NOT_FOUND naming a field — never a panic or another code.
+        /// `PROPTEST_CASES=100000` runs it longer.
+        #[test]
+        fn fuzz_requests_are_answered_or_refused_naming_the_field(
+            user in "\\PC{0,300}",
+            k in proptest::num::u64::ANY,
+            rows in 0u64..40,
+            country in "\\PC{0,4}",
+            excluded in proptest::collection::vec("\\PC{0,20}", 0..4),
+            exclude_seen in proptest::bool::ANY,
+        ) {
+            let (_, ranker, runtime) = fuzz_ranker();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let ranked = runtime.block_on(ranker.rank(
+                RankRequest {
+                    user_id: user.clone(),
+                    k,
+                    country: country.clone(),
+                    exclude_item_ids: excluded,
+                    exclude_seen,
+                },
+                deadline,
+            ));
+            let homepage = runtime.block_on(ranker.homepage(
+                HomepageRequest { user_id: user.clone(), rows, items_per_row: k, country },
+                deadline,
+            ));
+            let similar = runtime.block_on(ranker.similar_items(
+                SimilarItemsRequest { item_id: user, k },
+                deadline,
+            ));
+            for status in [ranked.err(), homepage.err(), similar.err()].into_iter().flatten().map(Status::from) {
+                proptest::prop_assert!(
+                    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound),
+                    "{status:?}"
+                );
+                proptest::prop_assert!(status.message().contains(": "), "{}", status.message());
+            }
+        }
+    }
+}
