@@ -1,6 +1,7 @@
 //! The current model as the workers need it: item factors, the item index, `YᵀY` and the model's
-//! own λ and α for the fold-in. Reloaded when the offline tier moves `CURRENT`; a version that
-//! fails verification is refused and the loaded one kept.
+//! own λ and α for the fold-in. Reloaded when the offline tier moves `CURRENT`, by the policy every
+//! reader shares ([`CurrentFollower`]): a version that fails verification is refused until its
+//! files change, and the newest intact version before it is held meanwhile.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use recsys_shared::artifact::{files, read_factors, ModelRoot};
+use recsys_shared::artifact::{files, read_factors, CurrentFollower, LoadFailure, ModelRoot};
 use recsys_shared::foldin::{FoldIn, FoldInParams};
 use recsys_shared::kernels;
 use recsys_store::features::HistoryEntry;
@@ -107,44 +108,64 @@ impl ModelHandle {
         self.current.store(Some(Arc::new(model)));
     }
 
-    /// Loads `CURRENT` when it names a version other than the loaded one. Returns whether the model
-    /// changed; a version that cannot be loaded is logged, counted and skipped (and tried again
-    /// only after `CURRENT` moves once more).
-    pub async fn refresh(&self, root: &Path, refused: &mut Option<String>) -> bool {
-        let root = ModelRoot::new(root);
-        let version = match root.current_version() {
-            Ok(Some(v)) => v,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read CURRENT");
-                return false;
-            }
-        };
-        let loaded = self.get().map(|m| m.version.clone());
-        if loaded.as_deref() == Some(version.as_str()) || refused.as_deref() == Some(&version) {
-            return false;
+    /// Follows `CURRENT` under `root` by the one policy of [`CurrentFollower`] until the task is
+    /// dropped: polls now, then every `every`.
+    pub fn follow(self: Arc<Self>, root: &Path, every: std::time::Duration) -> ModelFollower {
+        ModelFollower {
+            handle: self,
+            follower: CurrentFollower::new(ModelRoot::new(root)),
+            every,
         }
-        let v = version.clone();
-        match tokio::task::spawn_blocking(move || FoldInModel::load(&root, &v)).await {
-            Ok(Ok(model)) => {
-                tracing::info!(version = %model.version, previous = ?loaded, "model loaded");
-                metrics::MODEL_LOADS.with_label_values(&["ok"]).inc();
-                self.set(model);
-                *refused = None;
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::error!(%version, error = %e, "model version refused; keeping the loaded one");
-                metrics::MODEL_LOADS.with_label_values(&["refused"]).inc();
-                *refused = Some(version);
-                false
-            }
-            Err(e) => {
-                tracing::error!(%version, error = %e, "model load panicked");
-                metrics::MODEL_LOADS.with_label_values(&["refused"]).inc();
-                *refused = Some(version);
-                false
-            }
+    }
+}
+
+/// A [`ModelHandle`] kept on the version `CURRENT` names (or the newest intact one before it).
+pub struct ModelFollower {
+    handle: Arc<ModelHandle>,
+    follower: CurrentFollower<ModelRoot>,
+    every: std::time::Duration,
+}
+
+impl ModelFollower {
+    /// One poll. Returns whether the model changed.
+    pub async fn refresh(&mut self) -> bool {
+        let held = self.handle.get().map(|m| m.version.clone());
+        let root = self.follower.source().clone();
+        let poll = self
+            .follower
+            .poll(held.as_deref(), |version| {
+                let root = root.clone();
+                async move {
+                    let loaded =
+                        tokio::task::spawn_blocking(move || FoldInModel::load(&root, &version))
+                            .await;
+                    match loaded {
+                        Ok(Ok(model)) => Ok(model),
+                        Ok(Err(e)) => Err(LoadFailure::Refused(e.to_string())),
+                        Err(e) => Err(LoadFailure::Refused(format!("model load panicked: {e}"))),
+                    }
+                }
+            })
+            .await;
+        for _ in 0..poll.refused {
+            metrics::MODEL_LOADS.with_label_values(&["refused"]).inc();
+        }
+        let Some(followed) = poll.followed else {
+            return false;
+        };
+        tracing::info!(version = %followed.version, previous = ?held, fallback = followed.fallback,
+            "model loaded");
+        metrics::MODEL_LOADS.with_label_values(&["ok"]).inc();
+        self.handle.set(followed.model);
+        true
+    }
+
+    /// Polls every `every` for ever (spawn it; abort the task to stop).
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tick.tick().await;
+            self.refresh().await;
         }
     }
 }

@@ -155,18 +155,12 @@ pub async fn run(
 
     // Model refresh: a new CURRENT is loaded in the background and swapped in between batches'
     // fold-ins (each batch holds the model it started with).
-    let model = applier.model().clone();
-    let mut refused = None;
-    model.refresh(&options.model_root, &mut refused).await;
-    let poll = Duration::from_millis(config.nearline.model_poll_ms);
-    let root = options.model_root.clone();
-    let refresher = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(poll);
-        loop {
-            tick.tick().await;
-            model.refresh(&root, &mut refused).await;
-        }
-    });
+    let mut follower = applier.model().clone().follow(
+        &options.model_root,
+        Duration::from_millis(config.nearline.model_poll_ms),
+    );
+    follower.refresh().await;
+    let refresher = tokio::spawn(follower.run());
 
     let mut report = RunReport::default();
     let batch_wait = Duration::from_millis(n.batch_wait_ms);

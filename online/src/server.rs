@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recsys_shared::artifact::ModelRoot;
+use recsys_shared::artifact::{CurrentFollower, LoadFailure, ModelRoot};
 use recsys_shared::config::{Config, StoreBackend};
 use recsys_shared::proto::v1::ranking_server::RankingServer;
 use recsys_shared::proto::FILE_DESCRIPTOR_SET;
@@ -80,117 +80,65 @@ impl RunningServer {
     }
 }
 
-/// Loads new model versions as `CURRENT` moves.
-///
-/// A version that fails to load (a checksum, a shape, a non-finite factor) is refused and
-/// remembered with the sizes and times of its files, and tried again as soon as they change (a
-/// re-copied file) — not at every poll, and not only after a restart. While `CURRENT` cannot be
-/// served, the server keeps or falls back to the newest intact version published before it.
+/// Loads new model versions as `CURRENT` moves, by the policy every reader of a model root shares
+/// ([`CurrentFollower`]): a version that fails to load (a checksum, a shape, a non-finite factor)
+/// is refused until its files change, and while `CURRENT` cannot be served the server keeps or
+/// falls back to the newest intact version published before it.
 struct ModelWatcher {
-    root: ModelRoot,
+    follower: CurrentFollower<ModelRoot>,
     ranker: Arc<Ranker>,
     /// Set when the server owns an embedded store: load each model's members into it first.
     load_into: Option<FeatureStore>,
     health: HealthReporter,
     ready: Arc<AtomicBool>,
-    /// Versions that failed to load, with the fingerprint of their files at the time.
-    refused: HashMap<String, Fingerprint>,
     /// Load attempts refused by this watcher (the metric counts the whole process).
     refusals: Arc<AtomicU64>,
 }
 
-/// Name, size and modification time of every file of a version directory.
-type Fingerprint = Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)>;
-
-fn fingerprint(root: &ModelRoot, version: &str) -> Fingerprint {
-    let mut print: Fingerprint = std::fs::read_dir(root.version_dir(version))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let meta = e.metadata().ok()?;
-                    Some((e.file_name(), meta.len(), meta.modified().ok()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    print.sort();
-    print
-}
-
 impl ModelWatcher {
     async fn refresh(&mut self) {
-        let current = match self.root.current_version() {
-            Ok(Some(v)) => v,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read CURRENT");
-                return;
-            }
-        };
         let serving = self.ranker.catalog().map(|c| c.version.clone());
-        if serving.as_deref() == Some(current.as_str()) || self.serve(&current).await {
-            return;
+        let root = self.follower.source().clone();
+        let poll = self
+            .follower
+            .poll(serving.as_deref(), |version| {
+                let root = root.clone();
+                async move {
+                    let started = Instant::now();
+                    match tokio::task::spawn_blocking(move || Catalog::load(&root, &version)).await
+                    {
+                        Ok(Ok(catalog)) => Ok((catalog, started)),
+                        Ok(Err(e)) => Err(LoadFailure::Refused(e.to_string())),
+                        Err(e) => Err(LoadFailure::Refused(format!("loader panicked: {e}"))),
+                    }
+                }
+            })
+            .await;
+        for _ in 0..poll.refused {
+            MODEL_SWAPS.with_label_values(&["refused"]).inc();
+            self.refusals.fetch_add(1, Ordering::Relaxed);
         }
-        // CURRENT cannot be served: keep, or fall back to, the newest intact version before it
-        // (never one after it: those may have been rolled back from).
-        let versions = match self.root.versions() {
-            Ok(versions) => versions,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list model versions");
-                return;
-            }
-        };
-        for candidate in versions.iter().rev().filter(|v| **v < current) {
-            if serving.as_deref() == Some(candidate.as_str()) {
-                return;
-            }
-            if self.serve(candidate).await {
+        if let Some(followed) = poll.followed {
+            if followed.fallback {
                 MODEL_SWAPS.with_label_values(&["fallback"]).inc();
-                tracing::warn!(version = %candidate, current = %current,
-                    "serving the newest intact version before CURRENT, which cannot be loaded");
-                return;
             }
+            let (catalog, started) = followed.model;
+            self.swap_in(&followed.version, catalog, started).await;
         }
     }
 
-    /// Loads `version` and swaps it in; false (and the version remembered as refused) when it
-    /// cannot be loaded.
-    async fn serve(&mut self, version: &str) -> bool {
-        let print = fingerprint(&self.root, version);
-        if self.refused.get(version) == Some(&print) {
-            return false;
-        }
-        let serving = self.ranker.catalog().map(|c| c.version.clone());
-        let started = Instant::now();
-        let root = self.root.clone();
-        let owned = version.to_string();
-        let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root, &owned))
-            .await
-            .unwrap_or_else(|e| {
-                Err(OnlineError::InvalidModel {
-                    version: version.to_string(),
-                    problem: format!("loader panicked: {e}"),
-                })
-            });
-        let catalog = match loaded {
-            Ok(c) => c,
-            Err(e) => {
-                MODEL_SWAPS.with_label_values(&["refused"]).inc();
-                self.refusals.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(version = %version, error = %e,
-                    serving = serving.as_deref().unwrap_or("none"),
-                    "refusing model version until its files change");
-                self.refused.insert(version.to_string(), print);
-                return false;
-            }
-        };
-        self.refused.remove(version);
+    /// Puts a loaded catalog in service (after loading its members into an owned embedded store).
+    async fn swap_in(&mut self, version: &str, catalog: Catalog, started: Instant) {
         if let Some(store) = &self.load_into {
             match bulk::is_loaded(store, version).await {
                 Ok(true) => {}
-                _ => match bulk::load_model_features(&self.root, Some(version), store, |_, _| {})
-                    .await
+                _ => match bulk::load_model_features(
+                    self.follower.source(),
+                    Some(version),
+                    store,
+                    |_, _| {},
+                )
+                .await
                 {
                     Ok(report) => tracing::info!(members = report.members, version = %version,
                         "loaded the model's member features into the embedded store"),
@@ -219,7 +167,6 @@ impl ModelWatcher {
         tracing::info!(version = %version, items, factor_mib = factor_bytes >> 20,
             previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
             took_ms = started.elapsed().as_millis() as u64, "model swapped in");
-        true
     }
 }
 
@@ -405,12 +352,11 @@ pub async fn start_with_reader(
     let refusals = Arc::new(AtomicU64::new(0));
     let owns_embedded = config.store.backend == StoreBackend::Embedded;
     let mut watcher = ModelWatcher {
-        root: ModelRoot::new(&config.model.root),
+        follower: CurrentFollower::new(ModelRoot::new(&config.model.root)),
         ranker: ranker.clone(),
         load_into: (owns_embedded && config.online.load_store_on_swap).then(|| features.clone()),
         health,
         ready: ready.clone(),
-        refused: HashMap::new(),
         refusals: refusals.clone(),
     };
     watcher.refresh().await;

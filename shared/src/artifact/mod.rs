@@ -23,12 +23,14 @@
 //! to conditional writes (a writer lease, `CURRENT` replaced by compare-and-swap), and readers
 //! mirror versions into a local root ([`ModelMirror`]) before loading them.
 
+mod follower;
 mod manifest;
 mod remote;
 mod root;
 pub mod synthetic;
 mod tables;
 
+pub use follower::{CurrentFollower, Followed, LoadFailure, Poll, VersionSource};
 pub use manifest::{
     ActivityBucket, AlgorithmParams, Curves, DataWindow, Evaluation, FileEntry, Manifest,
     RowCounts, FORMAT_VERSION,

@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::files;
+use super::follower::{CurrentFollower, LoadFailure};
 use super::manifest::Manifest;
 use super::root::{failpoint, hash_file, parse_manifest, ModelRoot};
 use crate::object_storage::{Conditional, ObjectVersion, RemoteLocation};
@@ -261,6 +262,23 @@ impl RemoteModelRoot {
         Ok(dirs)
     }
 
+    /// Every object of a version with its size, and the manifest's ETag: what changes when the
+    /// version's files are replaced (the follower's fingerprint).
+    pub(crate) async fn version_objects(&self, version: &str) -> Result<Vec<String>> {
+        let dir = self.location.join(version);
+        let mut print: Vec<String> = dir
+            .list()
+            .await?
+            .into_iter()
+            .map(|(name, size)| format!("{name} {size}"))
+            .collect();
+        if let Some((_, etag)) = dir.head(files::MANIFEST).await? {
+            print.push(format!("manifest {:?}", etag.e_tag));
+        }
+        print.sort();
+        Ok(print)
+    }
+
     /// Published versions (those with a manifest), oldest first.
     pub async fn versions(&self) -> Result<Vec<String>> {
         Ok(self
@@ -390,24 +408,22 @@ impl RemoteModelRoot {
 }
 
 /// Keeps a local model root (the cache) in step with a remote one, for the servers and workers:
-/// each [`ModelMirror::sync`] reads the remote `CURRENT` and, when it names a version the cache
-/// does not serve, downloads and verifies it and moves the cache's `CURRENT`.
-#[derive(Debug)]
+/// each [`ModelMirror::sync`] follows the remote `CURRENT` by the one policy of
+/// [`CurrentFollower`] (a version that fails verification is refused until its objects change,
+/// and the newest intact version before it is mirrored meanwhile), downloads and verifies the
+/// version and moves the cache's `CURRENT`.
 pub struct ModelMirror {
-    remote: RemoteModelRoot,
+    follower: CurrentFollower<RemoteModelRoot>,
     cache: ModelRoot,
     keep: usize,
-    /// A version whose download failed verification: not fetched again until `CURRENT` moves.
-    refused: Option<String>,
 }
 
 impl ModelMirror {
     pub fn new(remote: RemoteModelRoot, cache: impl AsRef<Path>, keep: usize) -> Self {
         ModelMirror {
-            remote,
+            follower: CurrentFollower::new(remote),
             cache: ModelRoot::new(cache.as_ref()),
             keep,
-            refused: None,
         }
     }
 
@@ -416,33 +432,60 @@ impl ModelMirror {
         &self.cache
     }
 
-    /// One poll. Returns the version newly made current in the cache, if any.
+    fn remote(&self) -> &RemoteModelRoot {
+        self.follower.source()
+    }
+
+    /// One poll. Returns the version newly made current in the cache, if any; an error when the
+    /// remote root could not be read or a version was refused.
     pub async fn sync(&mut self) -> Result<Option<String>> {
-        let Some(version) = self.remote.current_version().await? else {
-            return Ok(None);
-        };
         let cached = match self.cache.current_version() {
             Ok(v) => v,
             Err(SharedError::Io { .. }) => None,
             Err(e) => return Err(e),
         };
-        if cached.as_deref() == Some(version.as_str())
-            || self.refused.as_deref() == Some(version.as_str())
-        {
-            return Ok(None);
-        }
-        if let Err(e) = self.remote.download(&version, &self.cache).await {
-            if matches!(e, SharedError::Artifact { .. }) {
-                self.refused = Some(version);
+        let failure: std::sync::Arc<std::sync::Mutex<Option<SharedError>>> = Default::default();
+        let (remote, cache) = (self.remote().clone(), self.cache.clone());
+        let poll = self
+            .follower
+            .poll(cached.as_deref(), |version| {
+                let (remote, cache, failure) = (remote.clone(), cache.clone(), failure.clone());
+                async move {
+                    // A version the cache already holds intact (a rollback) is not fetched again.
+                    if cache.verify(&version).is_ok() {
+                        return Ok(());
+                    }
+                    let error = match remote.download(&version, &cache).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => e,
+                    };
+                    let message = error.to_string();
+                    let refused = matches!(error, SharedError::Artifact { .. });
+                    *failure.lock().expect("lock") = Some(error);
+                    Err(if refused {
+                        LoadFailure::Refused(message)
+                    } else {
+                        LoadFailure::Unavailable(message)
+                    })
+                }
+            })
+            .await;
+        let Some(followed) = poll.followed else {
+            if poll.refused > 0 || poll.unavailable.is_some() {
+                let failure = failure.lock().expect("lock").take();
+                return Err(failure.unwrap_or_else(|| SharedError::ObjectStore {
+                    url: self.remote().url().to_string(),
+                    problem: poll.unavailable.unwrap_or_default(),
+                }));
             }
-            return Err(e);
-        }
-        self.refused = None;
+            return Ok(None);
+        };
+        let version = followed.version;
         let lock = self.cache.lock()?;
         self.cache.set_current(&lock, &version)?;
         let removed = self.cache.prune(&lock, self.keep)?;
-        tracing::info!(%version, root = %self.remote.url(), cache = %self.cache.path().display(),
-            ?removed, "model version mirrored from object storage");
+        tracing::info!(%version, root = %self.remote().url(), cache = %self.cache.path().display(),
+            ?removed, fallback = followed.fallback, "model version mirrored from object storage");
         Ok(Some(version))
     }
 }
@@ -466,7 +509,7 @@ impl ModelMirror {
             Ok(None) => MIRROR_SYNCS.with_label_values(&["unchanged"]).inc(),
             Err(e) => {
                 MIRROR_SYNCS.with_label_values(&["failed"]).inc();
-                tracing::warn!(root = %self.remote.url(), error = %e,
+                tracing::warn!(root = %self.remote().url(), error = %e,
                     "cannot mirror the model root; serving what the cache holds");
             }
         }
