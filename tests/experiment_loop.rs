@@ -12,7 +12,7 @@ use std::process::Command;
 use rand::{Rng, SeedableRng};
 use recsys_nearline::event::Event;
 use recsys_nearline::produce::{produce_all, Encoding};
-use recsys_online::bench::synthetic_model;
+use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::Config;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::HomepageRequest;

@@ -16,7 +16,6 @@
 
 pub mod apply;
 pub mod archive;
-pub mod bench;
 pub mod error;
 pub mod event;
 pub mod feedback;

@@ -49,7 +49,7 @@ impl OfflineError {
         move |source| OfflineError::DataFusion { context, source }
     }
 
-    pub(crate) fn input(path: impl Into<PathBuf>, problem: impl Into<String>) -> OfflineError {
+    pub fn input(path: impl Into<PathBuf>, problem: impl Into<String>) -> OfflineError {
         OfflineError::Input {
             path: path.into(),
             problem: problem.into(),

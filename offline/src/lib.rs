@@ -12,7 +12,7 @@
 //!
 //! It owns: reading and validating the input tables, the SQL feature jobs, training, evaluation,
 //! hyper-parameter tuning, the evaluation report, the publish gate, the importers and the
-//! synthetic generator, the training benchmark, and the take-rate report of a live experiment
+//! synthetic generator, and the take-rate report of a live experiment
 //! over archived impressions and events ([`experiment_report`]). On the local engine the built-in
 //! feature queries run as Rust ([`coded_jobs`]) over integer-coded ids ([`id_codes`]), with the
 //! SQL's semantics; replaced queries and the Ballista cluster run the SQL.
@@ -26,13 +26,11 @@
 //! publish is atomic and locked).
 
 pub mod als;
-pub mod bench;
 pub mod coded_jobs;
 pub mod engine;
 mod error;
 pub mod evaluate;
 pub mod experiment_report;
-pub mod feature_bench;
 pub mod feature_tables;
 pub mod features;
 pub mod id_codes;
@@ -43,7 +41,6 @@ pub mod movielens;
 pub mod publish;
 pub mod report;
 pub use recsys_shared::progress;
-pub mod quality_bench;
 pub mod synth;
 pub mod tables;
 pub mod train;

@@ -23,8 +23,6 @@
 //!   [`connections`]: the cap on open connections.
 //! - [`server`]: wiring with gRPC health and reflection, HTTP/2 limits and keepalive, and
 //!   [`metrics`] on HTTP.
-//! - [`bench`]: the load generator and the scoring benchmark against NumPy (and TLS against
-//!   plaintext); [`soak`]: overload at twice saturation, the random-id flood and the cancel storm.
 //!
 //! It must never write model artifacts, and it writes to the feature store only when it owns an
 //! embedded one (the bulk load of a new model's members). Its only writes to Kafka are
@@ -32,7 +30,6 @@
 
 pub mod admission;
 pub mod auth;
-pub mod bench;
 pub mod catalog;
 pub mod connections;
 pub mod error;
@@ -44,6 +41,5 @@ pub mod rpc;
 pub mod rules;
 pub mod scoring;
 pub mod server;
-pub mod soak;
 
 pub use error::OnlineError;

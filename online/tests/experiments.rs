@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use recsys_online::bench::synthetic_model;
 use recsys_online::server::{start, RunningServer};
+use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::Config;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{HomepageRequest, HomepageResponse, RankRequest, VectorSource};

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recsys_online::bench::synthetic_model;
 use recsys_online::server::{start, RunningServer};
+use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::artifact::{files, ModelRoot};
 use recsys_shared::config::{CacheBackend, Config, StoreBackend};
 use recsys_shared::proto::v1::ranking_client::RankingClient;

@@ -61,7 +61,7 @@ pub(crate) enum NearlineCommand {
     },
     /// Throughput with one and two workers, and freshness against the online tier (starts its
     /// own Tansu broker, redis-server, workers and server; prints figures).
-    Bench(recsys_nearline::bench::BenchArgs),
+    Bench(recsys_bench::nearline::BenchArgs),
     /// Write the events or impressions topic to Parquet files the offline job reads
     /// (`<output>/partition=<p>/<first offset>.parquet`), each record exactly once: files are
     /// renamed into place, then the offsets committed. Runs until Ctrl-C / SIGTERM, or until the
@@ -173,7 +173,7 @@ pub(crate) fn run(command: &NearlineCommand, config_path: Option<&Path>) -> Resu
         }
         NearlineCommand::Bench(args) => {
             runtime()?
-                .block_on(recsys_nearline::bench::run(args))
+                .block_on(recsys_bench::nearline::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
         NearlineCommand::Archive {

@@ -106,10 +106,10 @@ pub(crate) enum OfflineCommand {
         verify: bool,
     },
     /// Training benchmark against the Python library `implicit`, and accuracy on MovieLens.
-    Bench(recsys_offline::bench::BenchArgs),
+    Bench(recsys_bench::training::BenchArgs),
     /// Quality against `implicit` per data set on the identical split: recsys default and tuned,
     /// implicit default and tuned with the same search time, with 95 % intervals.
-    BenchQuality(recsys_offline::quality_bench::QualityBenchArgs),
+    BenchQuality(recsys_bench::quality::QualityBenchArgs),
     /// Load a published model's member vectors and histories into the feature store
     /// ([store] in the config). Run after each publish; idempotent.
     LoadStore {
@@ -595,11 +595,11 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
         }
         OfflineCommand::BenchQuality(args) => {
             let config = validated(load_config(config_path)?)?;
-            recsys_offline::quality_bench::run(args, &config)?;
+            recsys_bench::quality::run(args, &config)?;
         }
         OfflineCommand::Bench(args) => {
             if args.features {
-                let rows = recsys_offline::feature_bench::run(
+                let rows = recsys_bench::features::run(
                     &args.feature_events,
                     args.rounds,
                     args.threads,
@@ -607,7 +607,7 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                 )?;
                 println!("{}", serde_json::json!({ "feature_jobs": rows }));
             } else {
-                recsys_offline::bench::run(args)?;
+                recsys_bench::training::run(args)?;
             }
         }
         OfflineCommand::LoadProfiles { input } => {

@@ -24,11 +24,11 @@ pub(crate) enum OnlineCommand {
         metrics_listen: Option<String>,
     },
     /// Load generator and scoring benchmark against NumPy (prints figures and ratios).
-    Bench(recsys_online::bench::BenchArgs),
+    Bench(recsys_bench::online::BenchArgs),
     /// Overload and fault benchmark: open-loop load at twice saturation for minutes (admitted
     /// p99, shed latency, RSS, panics), then a flood of made-up ids and a cancel storm against a
     /// frozen Redis store (RSS before and after).
-    Soak(recsys_online::soak::SoakArgs),
+    Soak(recsys_bench::soak::SoakArgs),
 }
 
 /// Runs one `recsys online` command.
@@ -60,12 +60,12 @@ pub(crate) fn run(command: &OnlineCommand, config_path: Option<&Path>) -> Result
         }
         OnlineCommand::Bench(args) => {
             runtime()?
-                .block_on(recsys_online::bench::run(args))
+                .block_on(recsys_bench::online::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
         OnlineCommand::Soak(args) => {
             runtime()?
-                .block_on(recsys_online::soak::run(args))
+                .block_on(recsys_bench::soak::run(args))
                 .map_err(|e| anyhow::anyhow!(e))?;
         }
     }

@@ -22,11 +22,11 @@ use std::time::Duration;
 use recsys_shared::artifact::Evaluation;
 use recsys_shared::config::{Config, EvaluationConfig, Protocol};
 
-use crate::bench::PeerArgs;
-use crate::evaluate;
-use crate::train::training_features;
-use crate::tuning::{self, TuneJob};
-use crate::{OfflineError, Result};
+use crate::training::PeerArgs;
+use recsys_offline::evaluate;
+use recsys_offline::train::training_features;
+use recsys_offline::tuning::{self, TuneJob};
+use recsys_offline::{OfflineError, Result};
 
 /// Options of `recsys offline bench-quality`.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,7 +70,7 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
     let work =
         tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
     let interactions = if source.join("ratings.csv").is_file() {
-        crate::movielens::import(source, work.path())?;
+        recsys_offline::movielens::import(source, work.path())?;
         work.path().join("interactions.parquet")
     } else {
         source.to_path_buf()

@@ -20,9 +20,9 @@ use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker}
 use recsys_store::bulk::load_model_features;
 use recsys_store::features::FeatureStore;
 
-use crate::event::Event;
-use crate::kafka::{ensure_topics, producer};
-use crate::produce::{produce_all, send, Encoding};
+use recsys_nearline::event::Event;
+use recsys_nearline::kafka::{ensure_topics, producer};
+use recsys_nearline::produce::{produce_all, send, Encoding};
 
 /// Options of `recsys nearline bench`.
 #[derive(clap::Args, Debug, Clone)]

@@ -16,14 +16,14 @@ use std::time::Instant;
 
 use recsys_shared::config::{Config, EvaluationConfig, FeatureConfig};
 
-use crate::als::{self, AlsParams};
-use crate::evaluate;
-use crate::features::FeatureJob;
-use crate::input::InputTable;
-use crate::matrix::SparseMatrix;
-use crate::synth::{SynthSpec, SynthWorld};
-use crate::train::{iteration_display, run_features};
-use crate::{OfflineError, Result};
+use recsys_offline::als::{self, AlsParams};
+use recsys_offline::evaluate;
+use recsys_offline::features::FeatureJob;
+use recsys_offline::input::InputTable;
+use recsys_offline::matrix::SparseMatrix;
+use recsys_offline::synth::{SynthSpec, SynthWorld};
+use recsys_offline::train::{iteration_display, run_features};
+use recsys_offline::{OfflineError, Result};
 
 /// Options of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -306,7 +306,7 @@ fn movielens_accuracy(args: &BenchArgs, params: &AlsParams) -> Result<serde_json
     );
     let work =
         tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
-    crate::movielens::import(&source, work.path())?;
+    recsys_offline::movielens::import(&source, work.path())?;
     let config = Config::default();
     let job = FeatureJob {
         config: &config.offline.features,

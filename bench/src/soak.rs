@@ -36,7 +36,7 @@ use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
 use tonic::transport::Channel;
 
-use crate::bench::{free_port, percentile, proc_status_kib, synthetic_model, wait_ready};
+use crate::online::{free_port, percentile, proc_status_kib, synthetic_model, wait_ready};
 
 /// Options of `recsys online soak`.
 #[derive(clap::Args, Debug, Clone)]

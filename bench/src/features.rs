@@ -4,7 +4,7 @@
 //! For each size a synthetic log is written by a child process (so its memory does not count),
 //! then rounds alternate: our job in this process, DuckDB in `deploy/bench/duckdb_features.py`;
 //! each side's fastest round counts. Ours is reported as a whole (the pass that validates every row
-//! and codes the ids as integers, then the built-in jobs over the codes, [`crate::coded_jobs`])
+//! and codes the ids as integers, then the built-in jobs over the codes, [`recsys_offline::coded_jobs`])
 //! and as the jobs alone; the whole is the figure to compare, since the coding is part of what
 //! makes our jobs fast while DuckDB's time includes reading and hashing the strings. Peak RSS is
 //! each process's high-water mark.
@@ -15,11 +15,11 @@ use std::time::Instant;
 
 use recsys_shared::config::Config;
 
-use crate::bench::{peak_rss_mib, PeerArgs};
-use crate::features::FeatureJob;
-use crate::input::InputTable;
-use crate::train::run_features;
-use crate::{OfflineError, Result};
+use crate::training::{peak_rss_mib, PeerArgs};
+use recsys_offline::features::FeatureJob;
+use recsys_offline::input::InputTable;
+use recsys_offline::train::run_features;
+use recsys_offline::{OfflineError, Result};
 
 /// One size's figures.
 #[derive(Debug, Clone, serde::Serialize)]
