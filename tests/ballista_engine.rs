@@ -2,7 +2,7 @@
 //! the `recsys` binary on loopback — reading their input from a real S3-protocol server, return
 //! the same training table, popularity and histories as the local engine on the same input.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use recsys_offline::features::{FeatureJob, Features};
@@ -12,24 +12,12 @@ use recsys_shared::config::{BallistaConfig, FeatureConfig};
 use recsys_shared::object_storage::RemoteLocation;
 use recsys_shared::testkit::{free_port, wait_for_port, S3Server};
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{command, Process};
 
 fn spawn(args: &[&str], env: &[(&str, String)]) -> Process {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
-    cmd.args(args)
-        .env("RECSYS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(args, env);
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     Process(cmd.spawn().expect("recsys runs"))
 }
 

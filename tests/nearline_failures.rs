@@ -25,6 +25,9 @@ use recsys_shared::ops::scrape;
 use recsys_shared::testkit::{free_port, RedisServer, TansuBroker, TansuStorage};
 use recsys_store::features::FeatureStore;
 
+mod common;
+use common::wait_until;
+
 const ITEMS: usize = 80;
 const MEMBERS: usize = 40;
 
@@ -274,14 +277,6 @@ impl Setup {
                 Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         }
-    }
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -4,7 +4,7 @@
 //! publish killed mid-upload, bad credentials and a missing bucket.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use recsys_shared::object_storage::RemoteLocation;
@@ -12,31 +12,8 @@ use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
 use recsys_shared::testkit::{free_port, wait_for_port, S3Server};
 
-fn command(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
-    cmd.args(args).env("RECSYS_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn recsys(args: &[&str], env: &[(&str, String)]) -> Output {
-    command(args, env).output().expect("recsys runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn last_json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let line = out
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-}
+mod common;
+use common::{command, last_json, recsys, stderr, Process, NO_ENV};
 
 /// A bucket holding a synthetic interaction log and catalog under `lake/`.
 struct Lake {
@@ -64,7 +41,7 @@ impl Lake {
                 "--output",
                 data.to_str().unwrap(),
             ],
-            &[],
+            NO_ENV,
         );
         assert!(o.status.success(), "{}", stderr(&o));
         let lake = Lake { s3, _dir: dir };
@@ -173,15 +150,6 @@ impl Lake {
     }
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Asks the server until it answers with `version` (or panics after `within`).
 fn wait_for_version(port: u16, version: &str, within: Duration) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -263,7 +231,7 @@ fn train_reads_and_publishes_on_s3_and_the_server_follows_current() {
         ],
         &env,
     );
-    let _server = Server(serve.stdout(Stdio::null()).spawn().unwrap());
+    let _server = Process(serve.stdout(Stdio::null()).spawn().unwrap());
     assert!(wait_for_port(grpc, Duration::from_secs(30)));
     wait_for_version(grpc, &first, Duration::from_secs(30));
     // The cache is a verified local copy.

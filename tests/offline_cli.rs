@@ -4,33 +4,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
-fn recsys(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
-    cmd.args(args).env("RECSYS_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("recsys runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn last_json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let line = out
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-}
+mod common;
+use common::{last_json, recsys, stderr, NO_ENV};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -55,7 +36,7 @@ impl Fixture {
                 "--output",
                 data.to_str().unwrap(),
             ],
-            &[],
+            NO_ENV,
         );
         assert!(o.status.success(), "{}", stderr(&o));
         Fixture { dir }
@@ -176,7 +157,7 @@ fn train_publishes_a_complete_version_and_beats_popularity() {
             "--model-root",
             root.to_str().unwrap(),
         ],
-        &[],
+        NO_ENV,
     );
     let out = String::from_utf8_lossy(&listed.stdout).to_string();
     let line = out
@@ -229,7 +210,7 @@ fn the_gate_refuses_a_worse_model_unless_forced_and_rollback_moves_current() {
             "--to",
             &good,
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(f.current().as_deref(), Some(good.as_str()));
@@ -242,7 +223,7 @@ fn the_gate_refuses_a_worse_model_unless_forced_and_rollback_moves_current() {
             "--to",
             "19700101T000000.000Z-dead",
         ],
-        &[],
+        NO_ENV,
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no such version"), "{}", stderr(&o));
@@ -270,7 +251,7 @@ fn retention_keeps_the_newest_versions() {
     let root = root.to_str().unwrap();
     let listed = recsys(
         &["offline", "versions", "--model-root", root, "--verify"],
-        &[],
+        NO_ENV,
     );
     assert!(listed.status.success(), "{}", stderr(&listed));
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("CORRUPT"));
@@ -281,7 +262,7 @@ fn retention_keeps_the_newest_versions() {
     fs::write(&factors, bytes).unwrap();
     let listed = recsys(
         &["offline", "versions", "--model-root", root, "--verify"],
-        &[],
+        NO_ENV,
     );
     let out = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(!listed.status.success(), "{out}");
@@ -474,7 +455,7 @@ fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
             blocker.join("models").to_str().unwrap(),
             "--skip-eval",
         ],
-        &[],
+        NO_ENV,
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("blocker/models"), "{}", stderr(&o));
@@ -516,7 +497,7 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
             "--export-split",
             split.to_str().unwrap(),
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let result = last_json(&o);
@@ -546,7 +527,7 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
             "--iterations",
             "6",
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let result = last_json(&o);
@@ -575,7 +556,7 @@ fn imports_movielens_latest_small_from_shared_data() {
             "--output",
             out.path().to_str().unwrap(),
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let result = last_json(&o);
@@ -609,7 +590,7 @@ fn every_command_has_help() {
         vec!["offline", "tune", "--help"],
         vec!["nearline", "archive", "--help"],
     ] {
-        let o = recsys(&args, &[]);
+        let o = recsys(&args, NO_ENV);
         assert!(o.status.success(), "{args:?}");
         let help = String::from_utf8_lossy(&o.stdout).to_string();
         assert!(help.contains("Usage"), "{args:?}");
@@ -637,10 +618,11 @@ fn every_command_has_help() {
             "{args:?}: a default written another way:\n{help}"
         );
     }
-    let top = String::from_utf8_lossy(&recsys(&["--help"], &[]).stdout).to_string();
+    let top = String::from_utf8_lossy(&recsys(&["--help"], NO_ENV).stdout).to_string();
     assert!(top.contains("Start with `recsys quickstart`"), "{top}");
-    let archive = String::from_utf8_lossy(&recsys(&["nearline", "archive", "--help"], &[]).stdout)
-        .to_string();
+    let archive =
+        String::from_utf8_lossy(&recsys(&["nearline", "archive", "--help"], NO_ENV).stdout)
+            .to_string();
     assert!(
         archive.contains("--group-id"),
         "one name for the group: {archive}"

@@ -3,34 +3,15 @@
 //! gRPC reads the loaded vector → SIGTERM stops the server cleanly. Also the CLI's errors.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{RankRequest, VectorSource};
 use recsys_shared::testkit::{free_port, wait_for_port, RedisServer};
 
-fn recsys(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
-    cmd.args(args).env("RECSYS_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("recsys runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let line = out
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no stdout: {}", stderr(o)));
-    serde_json::from_str(line).unwrap()
-}
+mod common;
+use common::{last_json, recsys, stderr, Process, NO_ENV};
 
 fn train(dir: &Path) -> String {
     let data = dir.join("data");
@@ -50,7 +31,7 @@ fn train(dir: &Path) -> String {
             "--output",
             data.to_str().unwrap(),
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let o = recsys(
@@ -69,19 +50,10 @@ fn train(dir: &Path) -> String {
             "3",
             "--skip-eval",
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    json(&o)["version"].as_str().unwrap().to_string()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    last_json(&o)["version"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -105,7 +77,7 @@ fn load_store_then_serve_across_processes() {
         &store_env,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let report = json(&o);
+    let report = last_json(&o);
     assert_eq!(report["model_version"], version.as_str());
     assert!(report["vectors"].as_u64().unwrap() > 100, "{report}");
     // Idempotent: a second run finds the version loaded.
@@ -119,7 +91,7 @@ fn load_store_then_serve_across_processes() {
         &store_env,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(json(&o)["already_loaded"], true);
+    assert_eq!(last_json(&o)["already_loaded"], true);
 
     let grpc = free_port();
     let metrics = free_port();
@@ -140,7 +112,7 @@ fn load_store_then_serve_across_processes() {
     for (k, v) in &store_env {
         cmd.env(k, v);
     }
-    let mut server = Server(cmd.spawn().unwrap());
+    let mut server = Process(cmd.spawn().unwrap());
     assert!(
         wait_for_port(grpc, Duration::from_secs(30)),
         "server did not listen"
@@ -184,7 +156,7 @@ fn load_store_then_serve_across_processes() {
         &[
             "client", "rank", "--user", "u0000001", "--k", "5", "--server", &url,
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout).to_string();
@@ -204,7 +176,7 @@ fn load_store_then_serve_across_processes() {
         &[("RECSYS_SERVER", url.clone())],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let page = json(&o);
+    let page = last_json(&o);
     assert_eq!(page["model_version"], version.as_str());
     assert!(page["rows"].as_array().unwrap().len() >= 2, "{page}");
     let o = recsys(
@@ -217,11 +189,11 @@ fn load_store_then_serve_across_processes() {
             "--server",
             &url,
         ],
-        &[],
+        NO_ENV,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(json(&o)["items"].as_array().unwrap().len(), 10);
-    let o = recsys(&["client", "rank", "--user", "", "--server", &url], &[]);
+    assert_eq!(last_json(&o)["items"].as_array().unwrap().len(), 10);
+    let o = recsys(&["client", "rank", "--user", "", "--server", &url], NO_ENV);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("InvalidArgument") && stderr(&o).contains("user_id"),
@@ -249,7 +221,7 @@ fn load_store_then_serve_across_processes() {
 
 #[test]
 fn online_cli_errors_name_what_is_wrong() {
-    let o = recsys(&["online", "serve", "--help"], &[]);
+    let o = recsys(&["online", "serve", "--help"], NO_ENV);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("--model-root"));
 
@@ -262,12 +234,12 @@ fn online_cli_errors_name_what_is_wrong() {
             "--server",
             &format!("http://127.0.0.1:{}", free_port()),
         ],
-        &[],
+        NO_ENV,
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no answer from"), "{}", stderr(&o));
 
-    let o = recsys(&["online", "serve", "--listen", "not-an-address"], &[]);
+    let o = recsys(&["online", "serve", "--listen", "not-an-address"], NO_ENV);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("online.listen"), "{}", stderr(&o));
 
@@ -279,7 +251,7 @@ fn online_cli_errors_name_what_is_wrong() {
             "--model-root",
             dir.path().to_str().unwrap(),
         ],
-        &[],
+        NO_ENV,
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no CURRENT"), "{}", stderr(&o));

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,19 +24,13 @@ use recsys_shared::proto::v1::{RankRequest, RankResponse};
 use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker};
 use tonic::transport::Channel;
 
+mod common;
+use common::{wait_until, Process};
+
 const MEMBER: &str = "u0000007";
 const APPLIED: &str = "recsys_nearline_events_total{outcome=\"applied\"}";
 
 /// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Platform {
     dir: tempfile::TempDir,
     redis: RedisServer,
@@ -173,14 +167,6 @@ fn mean_position(all: &HashMap<String, usize>, items: &[String]) -> f64 {
     items.iter().map(|i| all[i] as f64).sum::<f64>() / items.len() as f64
 }
 
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
     let platform = Platform {
@@ -258,7 +244,7 @@ async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
         "--metrics-listen",
         &format!("127.0.0.1:{worker_metrics}"),
     ]);
-    wait_for(
+    wait_until(
         "the worker to apply the warm-up event",
         Duration::from_secs(60),
         || scrape(worker_metrics, APPLIED) >= 1.0,
