@@ -1,0 +1,476 @@
+//! The configuration file: one TOML document, every field optional with a documented default, and
+//! every field overridable from the environment.
+//!
+//! An environment variable `RECSYS__<SECTION>__<KEY>=<value>` overrides `[section] key` (the path is
+//! lower-cased; `__` separates levels, so `RECSYS__OFFLINE__ALS__FACTORS=32` sets
+//! `[offline.als] factors = 32`). The value is read as a TOML value when it parses as one (`32`,
+//! `0.5`, `true`, `["a"]`) and as a string otherwise. Unknown keys are errors, in the file and in the
+//! environment alike, so a typo never silently falls back to a default.
+
+mod cache;
+mod model;
+mod nearline;
+mod offline;
+mod online;
+mod store;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, SharedError};
+
+pub use cache::{CacheBackend, CacheConfig};
+pub use model::ModelConfig;
+pub use nearline::{FeedbackConfig, NearlineConfig, NegativeFoldIn};
+pub use offline::{
+    AlsConfig, BallistaConfig, Engine, EvaluationConfig, FeatureConfig, OfflineConfig, Protocol,
+    PublishConfig, TuningConfig,
+};
+pub use online::{
+    ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,
+    ServerTlsConfig,
+};
+pub use store::{CassandraConfig, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "RECSYS__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where model versions are published.
+    pub model: ModelConfig,
+    /// The offline tier's jobs.
+    pub offline: OfflineConfig,
+    /// Where member features live (read by the online tier, written by nearline and load-store).
+    pub store: StoreConfig,
+    /// The cache in front of the store.
+    pub cache: CacheConfig,
+    /// The ranking API.
+    pub online: OnlineConfig,
+    /// The streaming workers.
+    pub nearline: NearlineConfig,
+}
+
+/// The first failed check of a section: `(holds, field, why)`.
+fn first_problem(checks: Vec<(bool, &str, &str)>) -> std::result::Result<(), String> {
+    match checks.into_iter().find(|(ok, _, _)| !ok) {
+        Some((_, field, why)) => Err(format!("`{field}` {why}")),
+        None => Ok(()),
+    }
+}
+
+/// A `[low, high]` search range: finite, ordered, and positive (or non-negative).
+fn range_ok([lo, hi]: [f64; 2], positive: bool) -> bool {
+    lo.is_finite() && hi.is_finite() && lo <= hi && if positive { lo > 0.0 } else { lo >= 0.0 }
+}
+
+/// A listen address must parse as `host:port`.
+fn check_address(field: &str, addr: &str) -> std::result::Result<(), String> {
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!(
+            "`{field}` is {addr:?}, not an address like 127.0.0.1:50051"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads the file (when given) and applies the process environment's overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Reads the file (when given) and applies the overrides among `env`.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        // The defaults as a table, with the file merged over them key by key: a section the file
+        // names only in part keeps `Config::default()`'s values for the rest (not the section
+        // type's own defaults, which differ where one type serves two roles, as `RedisConfig`
+        // does for the store and the cache).
+        let mut table =
+            toml::Table::try_from(Config::default()).map_err(|e| SharedError::Config {
+                origin: "defaults".into(),
+                problem: e.to_string(),
+            })?;
+        let from_file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| SharedError::io(path, e))?;
+                let from_file: toml::Table =
+                    toml::from_str(&text).map_err(|e| SharedError::Config {
+                        origin: path.display().to_string(),
+                        problem: e.to_string(),
+                    })?;
+                Some((from_file, path.display().to_string()))
+            }
+            None => None,
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        // Tables that are set whole: naming them in the file or the environment drops the default
+        // entries instead of adding to them.
+        for path in REPLACED_WHOLE {
+            let in_file = from_file
+                .as_ref()
+                .is_some_and(|(t, _)| lookup(t, path).is_some());
+            let prefix = format!("{ENV_PREFIX}{}__", path.join("__").to_uppercase());
+            let in_env = overrides.iter().any(|(k, _)| k.starts_with(&prefix));
+            if in_file || in_env {
+                let (last, parents) = path.split_last().expect("non-empty path");
+                if let Some(parent) = lookup_mut(&mut table, parents) {
+                    parent.remove(*last);
+                }
+            }
+        }
+        let origin = match from_file {
+            Some((from_file, origin)) => {
+                merge_into(&mut table, from_file);
+                origin
+            }
+            None => "defaults".to_string(),
+        };
+        for (name, value) in &overrides {
+            apply_override(&mut table, name, value)?;
+        }
+        let origin = if overrides.is_empty() {
+            origin
+        } else {
+            let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+            format!("{origin} with {}", names.join(", "))
+        };
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| SharedError::Config {
+                    origin: origin.clone(),
+                    problem: e.to_string(),
+                })?;
+        config
+            .validate()
+            .map_err(|problem| SharedError::Config { origin, problem })?;
+        Ok(config)
+    }
+
+    /// Checks ranges the types cannot express; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.model.validate()?;
+        self.offline.validate()?;
+        self.store.validate()?;
+        self.cache.validate()?;
+        self.online.validate()?;
+        self.nearline.validate()?;
+        // What one section requires of another.
+        first_problem(vec![
+            (
+                !self.nearline.feedback.enabled
+                    || self.online.impressions.topic != self.nearline.topic,
+                "nearline.feedback.enabled",
+                "needs online.impressions.topic to differ from nearline.topic",
+            ),
+            (
+                self.nearline
+                    .feedback
+                    .negative_event_types
+                    .iter()
+                    .all(|t| !self.offline.features.event_weights.contains_key(t)),
+                "nearline.feedback.negative_event_types",
+                "must not name an event type that has a weight in offline.features.event_weights",
+            ),
+        ])
+    }
+}
+
+/// Tables of the configuration that a file or the environment sets whole, not merged into the
+/// defaults (see [`FeatureConfig::event_weights`]).
+const REPLACED_WHOLE: &[&[&str]] = &[&["offline", "features", "event_weights"]];
+
+fn lookup<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(*first)?;
+    match rest {
+        [] => Some(value),
+        _ => lookup(value.as_table()?, rest),
+    }
+}
+
+fn lookup_mut<'a>(table: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml::Table> {
+    match path.split_first() {
+        None => Some(table),
+        Some((first, rest)) => lookup_mut(table.get_mut(*first)?.as_table_mut()?, rest),
+    }
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge_into(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_into(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(SharedError::Config {
+            origin: format!("environment variable {name}"),
+            problem: "empty path segment".into(),
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut cursor = table;
+    for segment in parents {
+        let entry = cursor
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| SharedError::Config {
+            origin: format!("environment variable {name}"),
+            problem: format!("`{segment}` is a value, not a section"),
+        })?;
+    }
+    cursor.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recsys.toml");
+        std::fs::write(
+            &file,
+            "[model]\nroot = \"/data/models\"\n[offline.als]\nfactors = 16\niterations = 3\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("RECSYS__OFFLINE__ALS__FACTORS", "32"),
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__PURCHASE", "2.5"),
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__RATING", "1.0"),
+                ("RECSYS__MODEL__ROOT", "/elsewhere"),
+                ("RECSYS_TEST_CASSANDRA", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.offline.als.factors, 32);
+        assert_eq!(config.offline.als.iterations, 3);
+        assert_eq!(config.offline.features.event_weights["purchase"], 2.5);
+        assert_eq!(config.model.root, PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn a_section_set_in_part_keeps_the_other_defaults_of_its_role() {
+        // `RedisConfig` serves the store (250 ms by default) and the cache (20 ms): naming only
+        // the store's URL must not give the store the cache's timeout.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recsys.toml");
+        std::fs::write(&file, "[store.redis]\nurl = \"redis://a:1/\"\n").unwrap();
+        let defaults = Config::default();
+        for config in [
+            Config::load_with_env(Some(&file), env(&[])).unwrap(),
+            Config::load_with_env(None, env(&[("RECSYS__STORE__REDIS__URL", "redis://a:1/")]))
+                .unwrap(),
+        ] {
+            assert_eq!(config.store.redis.url, "redis://a:1/");
+            assert_eq!(
+                config.store.redis.timeout_ms,
+                defaults.store.redis.timeout_ms
+            );
+            assert_eq!(
+                config.cache.redis.timeout_ms,
+                defaults.cache.redis.timeout_ms
+            );
+            assert_ne!(
+                defaults.store.redis.timeout_ms,
+                defaults.cache.redis.timeout_ms
+            );
+        }
+        // Event weights are set whole, by the file or by the environment.
+        std::fs::write(
+            &file,
+            "[offline.features]\nrating_event_type = \"stars\"\n[offline.features.event_weights]\nstars = 1.0\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config
+                .offline
+                .features
+                .event_weights
+                .keys()
+                .collect::<Vec<_>>(),
+            ["stars"]
+        );
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__RATING", "1.0"),
+                ("RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__BUY", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config
+                .offline
+                .features
+                .event_weights
+                .keys()
+                .collect::<Vec<_>>(),
+            ["buy", "rating"]
+        );
+    }
+
+    #[test]
+    fn typos_and_out_of_range_values_name_the_field() {
+        let typo = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTOSR", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            typo.contains("factosr") && typo.contains("RECSYS__OFFLINE__ALS__FACTOSR"),
+            "{typo}"
+        );
+        let range = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTORS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(range.contains("offline.als.factors"), "{range}");
+        let kind = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__ALPHA", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(kind.contains("alpha"), "{kind}");
+    }
+
+    #[test]
+    fn absurd_sizes_and_zero_timeouts_are_refused() {
+        for (var, value, field) in [
+            (
+                "RECSYS__NEARLINE__MAX_BATCH",
+                "1000000000000",
+                "nearline.max_batch",
+            ),
+            (
+                "RECSYS__NEARLINE__FEEDBACK__IMPRESSIONS_TO_HIDE",
+                "0",
+                "nearline.feedback.impressions_to_hide",
+            ),
+            (
+                "RECSYS__ONLINE__MAX_REQUEST_MS",
+                "0",
+                "online.max_request_ms",
+            ),
+            ("RECSYS__CACHE__CAPACITY", "0", "cache.capacity"),
+            (
+                "RECSYS__STORE__HISTORY_CAP",
+                "1000000000",
+                "store.history_cap",
+            ),
+            (
+                "RECSYS__CACHE__REDIS__TIMEOUT_MS",
+                "0",
+                "cache.redis.timeout_ms",
+            ),
+            (
+                "RECSYS__ONLINE__MAX_IN_FLIGHT",
+                "1000000",
+                "online.max_in_flight",
+            ),
+        ] {
+            let e = Config::load_with_env(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_rules_and_impression_settings_name_the_field() {
+        let cases = [
+            (
+                "[online.rules]\nboost = { i1 = 0.0 }\n",
+                "online.rules.boost.\"i1\"",
+            ),
+            ("[online.rules]\npin = [\"a\\nb\"]\n", "online.rules.pin"),
+            (
+                "[online.rules]\npin = [\"i1\"]\nbury = [\"i1\"]\n",
+                "online.rules.bury",
+            ),
+            (
+                "[online.impressions]\nsample_rate = 1.5\n",
+                "online.impressions.sample_rate",
+            ),
+            (
+                "[online.impressions]\nqueue_capacity = 0\n",
+                "online.impressions.queue_capacity",
+            ),
+            (
+                "[online.impressions]\ntopic = \"recsys.events\"\n[nearline.feedback]\nenabled = true\n",
+                "nearline.feedback.enabled",
+            ),
+            (
+                "[nearline.feedback]\nnegative_event_types = [\"play\"]\n",
+                "nearline.feedback.negative_event_types",
+            ),
+            (
+                "[online.maturity]\nratings = [\"G\", \"G\"]\n",
+                "online.maturity.ratings",
+            ),
+            (
+                "[online.maturity]\nwhen_store_unavailable = \"X\"\n",
+                "online.maturity.when_store_unavailable",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (text, field)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load_with_env(Some(&path), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        let path = dir.path().join("good.toml");
+        std::fs::write(
+            &path,
+            "[online.rules]\npin = [\"i1\"]\nboost = { i2 = 2.5 }\nbury = [\"i3\"]\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.online.rules.boost["i2"], 2.5);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(
+            Config::load_with_env(None, env(&[])).unwrap(),
+            Config::default()
+        );
+    }
+}

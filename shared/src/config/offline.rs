@@ -1,0 +1,447 @@
+//! `[offline]`: the batch jobs — the engine, the feature jobs, iALS, tuning, evaluation and the
+//! publish gate.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{first_problem, range_ok};
+
+/// The offline tier: feature jobs, training, evaluation and the publish gate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    /// Where the feature jobs' SQL runs. Default `local`.
+    pub engine: Engine,
+    pub ballista: BallistaConfig,
+    pub features: FeatureConfig,
+    pub als: AlsConfig,
+    pub evaluation: EvaluationConfig,
+    pub publish: PublishConfig,
+    pub tuning: TuningConfig,
+}
+
+/// The query engine of the feature jobs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// DataFusion in the job's own process.
+    #[default]
+    Local,
+    /// An Apache Ballista cluster (`[offline.ballista]`): the same SQL, run by its executors.
+    Ballista,
+}
+
+/// The Ballista cluster the feature jobs use when `offline.engine = "ballista"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BallistaConfig {
+    /// The scheduler, `df://host:port`. Default `df://127.0.0.1:50050`.
+    pub scheduler: String,
+}
+
+impl Default for BallistaConfig {
+    fn default() -> Self {
+        BallistaConfig {
+            scheduler: "df://127.0.0.1:50050".into(),
+        }
+    }
+}
+
+/// The search space and schedule of `recsys offline tune` (`[offline.tuning]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuningConfig {
+    /// Settings drawn at the start (the first rung). Default 24.
+    pub trials: usize,
+    /// Iterations of the first rung. Default 2.
+    pub min_iterations: usize,
+    /// Iterations of the last rung. Default 16.
+    pub max_iterations: usize,
+    /// Each rung keeps the best `1/eta` and multiplies their iterations by `eta`. Default 2.
+    pub eta: usize,
+    /// The validation metric to maximise: `ndcg@100`, `recall@20` or `recall@50`. Default
+    /// `ndcg@100`.
+    pub metric: String,
+    /// Fraction of the training side's eligible members held out for validation. Default 0.2.
+    pub validation_fraction: f64,
+    /// Latent factors to choose from. Default [32, 64, 128].
+    pub factors: Vec<usize>,
+    /// Range of λ·(n̄ + α₀N)^ν, the regularisation of a row with the mean number of observed
+    /// cells (log-uniform). Default [0.01, 100].
+    pub effective_regularization: [f64; 2],
+    /// Range of ν (uniform). Default [0, 1].
+    pub regularization_exp: [f64; 2],
+    /// Range of α₀ (log-uniform). Default [0.01, 1].
+    pub unobserved_weight: [f64; 2],
+    /// Range of α (log-uniform). Default [0.1, 30].
+    pub alpha: [f64; 2],
+    /// After the search, the best this many scored settings are trained again on
+    /// `recheck_splits` fresh validation splits of the training side and the best mean wins, so
+    /// that the choice does not rest on the one split every trial was ranked on (the maximum of
+    /// hundreds of noisy scores favours the luckiest). 0 or 1 turns it off. Default 5.
+    pub recheck_top: usize,
+    /// Fresh validation splits of the re-check. Default 3.
+    pub recheck_splits: usize,
+}
+
+impl Default for TuningConfig {
+    fn default() -> Self {
+        TuningConfig {
+            trials: 24,
+            min_iterations: 2,
+            max_iterations: 16,
+            eta: 2,
+            metric: "ndcg@100".into(),
+            validation_fraction: 0.2,
+            factors: vec![32, 64, 128],
+            effective_regularization: [0.01, 100.0],
+            regularization_exp: [0.0, 1.0],
+            unobserved_weight: [0.01, 1.0],
+            alpha: [0.1, 30.0],
+            recheck_top: 5,
+            recheck_splits: 3,
+        }
+    }
+}
+
+impl TuningConfig {
+    /// Whether `metric` is one the strong-generalization evaluation reports.
+    pub fn metric_is_known(&self) -> bool {
+        matches!(self.metric.as_str(), "ndcg@100" | "recall@20" | "recall@50")
+    }
+}
+
+/// How raw events become the training table (member × item → interaction strength).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureConfig {
+    /// Strength each event type contributes; an event type missing here is refused as unknown.
+    /// Default: play 1.0, add_to_list 0.5, click 0.25, rating 1.0. Setting this table (in the file
+    /// or by one `RECSYS__OFFLINE__FEATURES__EVENT_WEIGHTS__<TYPE>` variable) replaces the whole
+    /// default table: list every event type you accept.
+    pub event_weights: BTreeMap<String, f64>,
+    /// The event type whose `value` is a rating. Default `rating`.
+    pub rating_event_type: String,
+    /// A rating counts as a positive when its value is at least this. Default 4.0.
+    pub rating_threshold: f64,
+    /// Half-life of the time decay in days (`weight × 0.5^(age / half-life)`, age measured from
+    /// `--as-of` or the newest event); absent or 0 turns decay off. Default off.
+    pub decay_half_life_days: Option<f64>,
+    /// Members with fewer distinct positive items are dropped. Default 1.
+    pub min_user_interactions: u32,
+    /// Items with fewer distinct members are dropped. Default 1.
+    pub min_item_interactions: u32,
+    /// The largest share of interactions whose items are missing from the catalog that a job
+    /// leaves out of training with a warning; above it the job fails naming the count (a
+    /// catalog and a log that do not belong together). Default 0.01 (1 %); 1 never fails.
+    pub max_dropped_share: f64,
+    /// The newest history items published per member with a model. Default 500.
+    pub history_cap: usize,
+    /// A SQL file replacing the built-in training-table query (`offline/sql/training_table.sql`).
+    pub training_table_sql: Option<PathBuf>,
+    /// A SQL file replacing the built-in popularity query (`offline/sql/item_popularity.sql`).
+    pub popularity_sql: Option<PathBuf>,
+    /// A SQL file replacing the built-in history query (`offline/sql/user_history.sql`).
+    pub user_history_sql: Option<PathBuf>,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            event_weights: [
+                ("play", 1.0),
+                ("add_to_list", 0.5),
+                ("click", 0.25),
+                ("rating", 1.0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            rating_event_type: "rating".to_string(),
+            rating_threshold: 4.0,
+            decay_half_life_days: None,
+            min_user_interactions: 1,
+            min_item_interactions: 1,
+            max_dropped_share: 0.01,
+            history_cap: 500,
+            training_table_sql: None,
+            popularity_sql: None,
+            user_history_sql: None,
+        }
+    }
+}
+
+/// Implicit-feedback ALS hyper-parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlsConfig {
+    /// Latent factors. Default 64.
+    pub factors: usize,
+    /// λ, L2 regularisation. Default 0.1.
+    pub regularization: f32,
+    /// α, confidence per unit of strength: an observed cell weighs `α₀ + α r`. Default 10.
+    pub alpha: f32,
+    /// α₀, the weight of every unobserved cell (Rendle et al. 2022). Default 1, which with
+    /// `regularization_exp = 0` is Hu, Koren & Volinsky's objective (`c = 1 + α r`).
+    pub unobserved_weight: f32,
+    /// ν, frequency scaling of λ: a row with `n` observed cells out of `N` columns is
+    /// regularised by `λ (n + α₀ N)^ν`. Default 0 (plain λ).
+    pub regularization_exp: f32,
+    /// Standard deviation of the initial factors, divided by √factors. Default 0.1.
+    pub init_std: f32,
+    /// Alternations (item step + member step). Default 15.
+    pub iterations: usize,
+    /// Conjugate-gradient steps per solve. Default 3.
+    pub cg_steps: usize,
+    /// Worker threads; 0 means every core. Default 0.
+    pub threads: usize,
+    /// Seed of the factor initialisation. Default 42.
+    pub seed: u64,
+    /// Compute the training loss every iteration (shown on the progress bar; costs ~10 %).
+    /// Default true.
+    pub compute_loss: bool,
+}
+
+impl Default for AlsConfig {
+    fn default() -> Self {
+        AlsConfig {
+            factors: 64,
+            regularization: 0.1,
+            alpha: 10.0,
+            unobserved_weight: 1.0,
+            regularization_exp: 0.0,
+            init_std: 0.1,
+            iterations: 15,
+            cg_steps: 3,
+            threads: 0,
+            seed: 42,
+            compute_loss: true,
+        }
+    }
+}
+
+/// Evaluation protocol.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Held-out members folded in (Liang et al. 2018).
+    #[default]
+    StrongGeneralization,
+    /// Each member's latest interaction is the target.
+    LeaveLastOut,
+}
+
+impl Protocol {
+    /// The name used on the command line, in the config and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::StrongGeneralization => "strong-generalization",
+            Protocol::LeaveLastOut => "leave-last-out",
+        }
+    }
+}
+
+/// How models are evaluated before publishing and by `recsys offline evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    /// Default strong-generalization.
+    pub protocol: Protocol,
+    /// Fraction of eligible members held out (strong generalization). Default 0.2.
+    pub heldout_fraction: f64,
+    /// Members need at least this many positives to be evaluated (strong generalization). Default 5.
+    pub min_positives: usize,
+    /// Seed of the split. Default 42.
+    pub seed: u64,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig {
+            protocol: Protocol::StrongGeneralization,
+            heldout_fraction: 0.2,
+            min_positives: 5,
+            seed: 42,
+        }
+    }
+}
+
+/// The publish gate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// `CURRENT` does not move when the new model's NDCG is below the current model's by more
+    /// than this fraction of it. Default 0.05.
+    pub gate_margin: f64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig { gate_margin: 0.05 }
+    }
+}
+
+impl OfflineConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        first_problem(vec![
+            (
+                self.als.factors >= 1 && self.als.factors <= 1024,
+                "offline.als.factors",
+                "must be 1..=1024",
+            ),
+            (
+                self.als.regularization > 0.0 && self.als.regularization.is_finite(),
+                "offline.als.regularization",
+                "must be positive",
+            ),
+            (
+                self.als.alpha >= 0.0 && self.als.alpha.is_finite(),
+                "offline.als.alpha",
+                "must be non-negative",
+            ),
+            (
+                self.als.unobserved_weight >= 0.0 && self.als.unobserved_weight.is_finite(),
+                "offline.als.unobserved_weight",
+                "must be non-negative",
+            ),
+            (
+                (0.0..=4.0).contains(&self.als.regularization_exp),
+                "offline.als.regularization_exp",
+                "must be in 0..=4",
+            ),
+            (
+                self.als.init_std > 0.0 && self.als.init_std.is_finite(),
+                "offline.als.init_std",
+                "must be positive",
+            ),
+            (
+                self.als.iterations >= 1,
+                "offline.als.iterations",
+                "must be at least 1",
+            ),
+            (
+                self.als.cg_steps >= 1,
+                "offline.als.cg_steps",
+                "must be at least 1",
+            ),
+            (
+                self.evaluation.heldout_fraction > 0.0 && self.evaluation.heldout_fraction < 1.0,
+                "offline.evaluation.heldout_fraction",
+                "must be in (0, 1)",
+            ),
+            (
+                self.evaluation.min_positives >= 2,
+                "offline.evaluation.min_positives",
+                "must be at least 2",
+            ),
+            (
+                self.features.rating_threshold.is_finite(),
+                "offline.features.rating_threshold",
+                "must be finite",
+            ),
+            (
+                self.features
+                    .decay_half_life_days
+                    .is_none_or(|d| d >= 0.0 && d.is_finite()),
+                "offline.features.decay_half_life_days",
+                "must be non-negative",
+            ),
+            (
+                self.publish.gate_margin >= 0.0 && self.publish.gate_margin < 1.0,
+                "offline.publish.gate_margin",
+                "must be in [0, 1)",
+            ),
+            (
+                (1..=10_000).contains(&self.tuning.trials),
+                "offline.tuning.trials",
+                "must be 1..=10000",
+            ),
+            (
+                self.tuning.min_iterations >= 1
+                    && self.tuning.min_iterations <= self.tuning.max_iterations
+                    && self.tuning.max_iterations <= 1000,
+                "offline.tuning.min_iterations",
+                "must be at least 1 and at most offline.tuning.max_iterations (at most 1000)",
+            ),
+            (
+                (2..=10).contains(&self.tuning.eta),
+                "offline.tuning.eta",
+                "must be 2..=10",
+            ),
+            (
+                self.tuning.metric_is_known(),
+                "offline.tuning.metric",
+                "must be ndcg@100, recall@20 or recall@50",
+            ),
+            (
+                self.tuning.validation_fraction > 0.0 && self.tuning.validation_fraction < 1.0,
+                "offline.tuning.validation_fraction",
+                "must be in (0, 1)",
+            ),
+            (
+                !self.tuning.factors.is_empty()
+                    && self.tuning.factors.iter().all(|f| (1..=1024).contains(f)),
+                "offline.tuning.factors",
+                "must list 1..=1024 values",
+            ),
+            (
+                range_ok(self.tuning.effective_regularization, true),
+                "offline.tuning.effective_regularization",
+                "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                range_ok(self.tuning.regularization_exp, false)
+                    && self.tuning.regularization_exp[1] <= 4.0,
+                "offline.tuning.regularization_exp",
+                "must be [low, high] with 0 <= low <= high <= 4",
+            ),
+            (
+                range_ok(self.tuning.unobserved_weight, true),
+                "offline.tuning.unobserved_weight",
+                "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                range_ok(self.tuning.alpha, true),
+                "offline.tuning.alpha",
+                "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                (0.0..=1.0).contains(&self.features.max_dropped_share),
+                "offline.features.max_dropped_share",
+                "must be between 0 and 1",
+            ),
+            (
+                (1..=1_000_000).contains(&self.features.history_cap),
+                "offline.features.history_cap",
+                "must be 1..=1000000",
+            ),
+            (
+                self.als.iterations <= 10_000 && self.als.cg_steps <= 1000,
+                "offline.als.iterations",
+                "must be at most 10000 (and cg_steps at most 1000)",
+            ),
+            (
+                self.als.threads <= 4096,
+                "offline.als.threads",
+                "must be at most 4096",
+            ),
+        ])?;
+        let f = &self.features;
+        for (event_type, weight) in &f.event_weights {
+            if !(weight.is_finite() && *weight >= 0.0) {
+                return Err(format!(
+                    "`offline.features.event_weights.{event_type}` must be a non-negative number"
+                ));
+            }
+        }
+        if !f.event_weights.contains_key(&f.rating_event_type) {
+            return Err(format!(
+                "`offline.features.rating_event_type` is {:?}, which has no entry in `offline.features.event_weights`",
+                f.rating_event_type
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! `[online]`: the ranking API — its addresses and limits, business rules, maturity, impressions,
+//! TLS and API keys.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::first_problem;
+
+/// The ranking API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnlineConfig {
+    /// gRPC address. Default `127.0.0.1:50051`.
+    pub listen: String,
+    /// HTTP address of `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9464`.
+    pub metrics_listen: String,
+    /// How often `CURRENT` is checked for a new model. Default 1000 ms.
+    pub model_poll_ms: u64,
+    /// The experiments file (TOML; see `online::experiments`): which members see which model
+    /// version and row recipe. Unset: `experiments.toml` in the model root, if there is one (so
+    /// it ships with the models; with a model root on object storage, set this to a local
+    /// path). Polled with `CURRENT`; a file refused (the field is named in the log) leaves the
+    /// last good one in force.
+    pub experiments_file: Option<PathBuf>,
+    /// With the embedded store (which only this process can open), load a newly published model's
+    /// member vectors and histories into it before swapping the model in. Default true.
+    pub load_store_on_swap: bool,
+    /// Upper bound on any request's run time, whatever deadline the client sets. Default 5000 ms.
+    pub max_request_ms: u64,
+    /// Ranking requests worked on at once; more wait in the queue. 0 (the default) means one per
+    /// core: scoring is CPU work, and more in progress than the cores can run only makes every
+    /// one of them slower.
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; beyond this a request is shed at once with
+    /// `RESOURCE_EXHAUSTED`, before any work. A queued request whose deadline passes while it waits
+    /// is answered `DEADLINE_EXCEEDED` without being worked on. Default 64, which rides out
+    /// bursts (a training run next to the server, a traffic spike); 0 means as many as
+    /// `max_in_flight`, the latency-first setting: admitted requests then never wait behind more
+    /// than one round of work (see `recsys online soak`).
+    pub max_queued: usize,
+    /// HTTP/2 streams (concurrent calls) per connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// Open client connections. When they are all open, a new connection takes the place of the
+    /// oldest one still opening (one that has not yet sent the HTTP/2 preface); with none of
+    /// those it is closed at once. Default 4096.
+    pub max_connections: usize,
+    /// A connection must send its opening (the HTTP/2 preface, or a TLS hello) within this long
+    /// after it is accepted, or it is closed: HTTP/2 keepalive only guards a connection once it
+    /// has opened. Default 5000 ms.
+    pub opening_timeout_ms: u64,
+    /// HTTP/2 PING interval on idle connections, and how long to wait for the answer before
+    /// closing the connection. Default 30000 / 10000 ms.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    /// A connection is retired (GOAWAY, then `keepalive_timeout_ms` of grace for calls in
+    /// progress) after this long, so clients rebalance and no connection lives forever.
+    /// Default 1800000 ms (30 min).
+    pub max_connection_age_ms: u64,
+    /// Serve gRPC server reflection (what `grpcurl` uses without `.proto` files). Default true.
+    pub reflection: bool,
+    /// TLS on the gRPC port (and optionally the metrics port). Off unless `cert_file` is set.
+    pub tls: ServerTlsConfig,
+    /// API keys. Off unless `enabled`.
+    pub auth: AuthConfig,
+    /// Impressions: every Rank and Homepage answer logged to Kafka. Off unless `enabled`.
+    pub impressions: ImpressionsConfig,
+    /// Business rules applied after scoring: pin, boost, bury.
+    pub rules: RulesConfig,
+    /// The per-member maturity filter.
+    pub maturity: MaturityConfig,
+}
+
+/// The maturity filter: a member whose profile (`member_profile` in the store, written by
+/// `recsys offline load-profiles`) names a maximum rating is never shown an item rated above it.
+/// Members without one see everything.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaturityConfig {
+    /// The catalog's `maturity` ratings, least mature first. An item rated with a label not in
+    /// the list is shown to unrestricted members only. Default `G, PG, PG-13, R, NC-17`.
+    pub ratings: Vec<String>,
+    /// Whether restricted members see unrated items. Default true.
+    pub unrated_allowed: bool,
+    /// The limit applied while the store cannot be read (the member's profile is unknown), e.g.
+    /// `"PG"` for a service with children's profiles. Default none (unrestricted).
+    pub when_store_unavailable: Option<String>,
+}
+
+impl Default for MaturityConfig {
+    fn default() -> Self {
+        MaturityConfig {
+            ratings: ["G", "PG", "PG-13", "R", "NC-17"]
+                .map(String::from)
+                .to_vec(),
+            unrated_allowed: true,
+            when_store_unavailable: None,
+        }
+    }
+}
+
+impl MaturityConfig {
+    /// The level of `rating` (its position in `ratings`), or `None` when the list lacks it.
+    pub fn level(&self, rating: &str) -> Option<usize> {
+        self.ratings.iter().position(|r| r == rating)
+    }
+}
+
+/// Business rules applied to every ranked list after scoring (see `online::rules`). Ids the
+/// served model does not know are ignored; a rule never shows an item a filter excludes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Items put first, in this order, in every list they may appear in.
+    pub pin: Vec<String>,
+    /// Item → factor (> 0) multiplying its score before the list is re-sorted.
+    pub boost: BTreeMap<String, f64>,
+    /// Items moved behind every other candidate.
+    pub bury: Vec<String>,
+}
+
+impl RulesConfig {
+    pub fn is_empty(&self) -> bool {
+        self.pin.is_empty() && self.boost.is_empty() && self.bury.is_empty()
+    }
+
+    /// The first problem, naming the field.
+    fn problem(&self) -> Option<(String, String)> {
+        for (field, len) in [
+            ("pin", self.pin.len()),
+            ("boost", self.boost.len()),
+            ("bury", self.bury.len()),
+        ] {
+            if len > 1000 {
+                return Some((
+                    format!("online.rules.{field}"),
+                    format!("{len} items, at most 1000"),
+                ));
+            }
+        }
+        let ids = self
+            .pin
+            .iter()
+            .map(|i| ("pin", i))
+            .chain(self.boost.keys().map(|i| ("boost", i)))
+            .chain(self.bury.iter().map(|i| ("bury", i)));
+        for (field, id) in ids {
+            if let Some(problem) = crate::ids::id_problem(id) {
+                return Some((
+                    format!("online.rules.{field}"),
+                    format!("{id:?}: {problem}"),
+                ));
+            }
+        }
+        for (id, factor) in &self.boost {
+            if !factor.is_finite() || *factor <= 0.0 {
+                return Some((
+                    format!("online.rules.boost.{id:?}"),
+                    format!("{factor} is not a finite factor > 0"),
+                ));
+            }
+        }
+        if let Some(both) = self.pin.iter().find(|i| self.bury.contains(i)) {
+            return Some((
+                "online.rules.bury".into(),
+                format!("{both:?} is also pinned"),
+            ));
+        }
+        None
+    }
+}
+
+/// The impression log: what each answer showed, sent to Kafka (the brokers and client settings
+/// of `nearline`: one cluster) through a bounded queue that never slows or fails a request — when
+/// the queue is full or the broker does not take a message in time, the impression is dropped
+/// and counted (`recsys_impressions_dropped_total`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpressionsConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// Default `recsys.impressions`.
+    pub topic: String,
+    /// Share of answers logged, 0..=1 (a random draw per answer). Default 1.0.
+    pub sample_rate: f64,
+    /// Impressions waiting to be sent; past this they are dropped. Default 100000.
+    pub queue_capacity: usize,
+    /// An impression not delivered within this is dropped. Default 30000 ms.
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for ImpressionsConfig {
+    fn default() -> Self {
+        ImpressionsConfig {
+            enabled: false,
+            topic: "recsys.impressions".into(),
+            sample_rate: 1.0,
+            queue_capacity: 100_000,
+            delivery_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A server's TLS identity, and the CA of the clients it accepts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTlsConfig {
+    /// The server's certificate chain (PEM). Setting it (with `key_file`) turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Mutual TLS: a client must present a certificate signed by this CA (PEM).
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over the same TLS. Default false.
+    pub metrics: bool,
+}
+
+/// Bearer tokens / API keys checked on every call, each allowed a set of RPCs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a key (`authorization: Bearer <key>` or `x-api-key: <key>`) on every call.
+    /// Default false.
+    pub enabled: bool,
+    /// Health checks need a key too. Default false (load balancers and probes call them bare).
+    pub health_requires_key: bool,
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One client's key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    /// Who holds it (logs and metrics name the caller by this, never by the key).
+    pub name: String,
+    /// A file holding the key (one line).
+    pub key_file: Option<PathBuf>,
+    /// An environment variable holding the key.
+    pub key_env: Option<String>,
+    /// The RPCs it may call: `Rank`, `Homepage`, `SimilarItems`, `Health`, `Reflection`.
+    /// Empty: all of them.
+    pub rpcs: Vec<String>,
+}
+
+impl Default for OnlineConfig {
+    fn default() -> Self {
+        OnlineConfig {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            model_poll_ms: 1000,
+            experiments_file: None,
+            load_store_on_swap: true,
+            max_request_ms: 5000,
+            max_in_flight: 0,
+            max_queued: 64,
+            max_concurrent_streams: 256,
+            max_connections: 4096,
+            opening_timeout_ms: 5_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            max_connection_age_ms: 1_800_000,
+            reflection: true,
+            tls: ServerTlsConfig::default(),
+            auth: AuthConfig::default(),
+            impressions: ImpressionsConfig::default(),
+            rules: RulesConfig::default(),
+            maturity: MaturityConfig::default(),
+        }
+    }
+}
+
+impl OnlineConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        first_problem(vec![
+            (
+                (10..=3_600_000).contains(&self.model_poll_ms),
+                "online.model_poll_ms",
+                "must be 10..=3600000",
+            ),
+            (
+                (1..=600_000).contains(&self.max_request_ms),
+                "online.max_request_ms",
+                "must be 1..=600000",
+            ),
+            (
+                (0.0..=1.0).contains(&self.impressions.sample_rate),
+                "online.impressions.sample_rate",
+                "must be 0..=1",
+            ),
+            (
+                (1..=10_000_000).contains(&self.impressions.queue_capacity),
+                "online.impressions.queue_capacity",
+                "must be 1..=10000000",
+            ),
+            (
+                (100..=3_600_000).contains(&self.impressions.delivery_timeout_ms),
+                "online.impressions.delivery_timeout_ms",
+                "must be 100..=3600000",
+            ),
+            (
+                !self.impressions.enabled || !self.impressions.topic.trim().is_empty(),
+                "online.impressions.topic",
+                "must not be empty",
+            ),
+            (
+                self.max_in_flight <= 100_000,
+                "online.max_in_flight",
+                "must be at most 100000 (0: one per core)",
+            ),
+            (
+                self.max_queued <= 1_000_000,
+                "online.max_queued",
+                "must be at most 1000000",
+            ),
+            (
+                (1..=100_000).contains(&self.max_concurrent_streams),
+                "online.max_concurrent_streams",
+                "must be 1..=100000",
+            ),
+            (
+                (1..=1_000_000).contains(&self.max_connections),
+                "online.max_connections",
+                "must be 1..=1000000",
+            ),
+            (
+                (100..=600_000).contains(&self.opening_timeout_ms),
+                "online.opening_timeout_ms",
+                "must be 100..=600000",
+            ),
+            (
+                self.keepalive_interval_ms >= 1000 && self.keepalive_timeout_ms >= 100,
+                "online.keepalive_interval_ms",
+                "must be at least 1000 (and keepalive_timeout_ms at least 100)",
+            ),
+            (
+                self.max_connection_age_ms >= 1000,
+                "online.max_connection_age_ms",
+                "must be at least 1000",
+            ),
+        ])?;
+        if let Some((field, why)) = self.rules.problem() {
+            return Err(format!("`{field}`: {why}"));
+        }
+        let ratings = &self.maturity.ratings;
+        if ratings.is_empty() || ratings.len() > 64 {
+            return Err("`online.maturity.ratings` must list 1..=64 ratings".into());
+        }
+        for (n, rating) in ratings.iter().enumerate() {
+            if rating.is_empty() || ratings[..n].contains(rating) {
+                return Err(format!(
+                    "`online.maturity.ratings`: {rating:?} is empty or listed twice"
+                ));
+            }
+        }
+        if let Some(rating) = &self.maturity.when_store_unavailable {
+            if self.maturity.level(rating).is_none() {
+                return Err(format!(
+                    "`online.maturity.when_store_unavailable`: {rating:?} is not in online.maturity.ratings"
+                ));
+            }
+        }
+        super::check_address("online.listen", &self.listen)?;
+        super::check_address("online.metrics_listen", &self.metrics_listen)?;
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err("`online.tls.cert_file` and `online.tls.key_file` go together".into());
+        }
+        if (tls.client_ca_file.is_some() || tls.metrics) && tls.cert_file.is_none() {
+            return Err(
+                "`online.tls.client_ca_file` and `online.tls.metrics` need `online.tls.cert_file`"
+                    .into(),
+            );
+        }
+        let auth = &self.auth;
+        if auth.enabled && auth.keys.is_empty() {
+            return Err("`online.auth.enabled` needs at least one `[[online.auth.keys]]`".into());
+        }
+        for (i, key) in auth.keys.iter().enumerate() {
+            if key.name.is_empty() {
+                return Err(format!("`online.auth.keys[{i}].name` is empty"));
+            }
+            if key.key_file.is_some() == key.key_env.is_some() {
+                return Err(format!(
+                    "`online.auth.keys[{i}]` ({}) needs exactly one of `key_file` and `key_env`",
+                    key.name
+                ));
+            }
+            for rpc in &key.rpcs {
+                if crate::rpcs::named(rpc).is_none() {
+                    return Err(format!(
+                        "`online.auth.keys[{i}].rpcs` names {rpc:?}, not one of {}",
+                        crate::rpcs::names()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
