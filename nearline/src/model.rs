@@ -10,8 +10,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 
 use recsys_shared::artifact::{files, read_factors, CurrentFollower, LoadFailure, ModelRoot};
-use recsys_shared::foldin::{FoldIn, FoldInParams};
-use recsys_shared::kernels;
+use recsys_shared::model::ials::FoldIn;
+use recsys_shared::model::Family;
 use recsys_store::features::HistoryEntry;
 
 use crate::error::NearlineError;
@@ -23,9 +23,7 @@ pub struct FoldInModel {
     pub version: String,
     index: HashMap<String, u32>,
     factors: Vec<f32>,
-    k: usize,
-    gram: Vec<f32>,
-    params: FoldInParams,
+    fold_in: FoldIn,
 }
 
 impl FoldInModel {
@@ -55,13 +53,14 @@ impl FoldInModel {
         for (i, id) in table.ids.into_iter().enumerate() {
             index.insert(id, i as u32);
         }
+        let fold_in = match manifest.algorithm.family {
+            Family::Ials => FoldIn::new(&table.vectors, k, manifest.algorithm.fold_in_params()),
+        };
         Ok(FoldInModel {
             version: version.to_string(),
             index,
-            gram: kernels::gram(&table.vectors, k),
             factors: table.vectors,
-            k,
-            params: manifest.algorithm.fold_in_params(),
+            fold_in,
         })
     }
 
@@ -70,21 +69,16 @@ impl FoldInModel {
     }
 
     pub fn factors(&self) -> usize {
-        self.k
+        self.fold_in.factors()
     }
 
     /// The member's vector from their whole history (the offline evaluator's fold-in, with this
     /// model's λ and α). Items this model does not know are skipped; `None` when no item is known.
     pub fn fold_in(&self, history: &[HistoryEntry]) -> Result<Option<Vec<f32>>, NearlineError> {
-        let known: Vec<(u32, f32)> = history
-            .iter()
-            .filter_map(|e| self.index.get(&e.item_id).map(|&i| (i, e.strength)))
-            .collect();
-        if known.is_empty() {
-            return Ok(None);
-        }
-        let fold_in = FoldIn::with_gram(&self.factors, self.k, self.params, self.gram.clone());
-        Ok(Some(fold_in.solve(&known)?))
+        let history = history.iter().map(|e| (e.item_id.as_str(), e.strength));
+        Ok(self
+            .fold_in
+            .solve_ids(&self.factors, &self.index, history)?)
     }
 }
 

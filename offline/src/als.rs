@@ -10,7 +10,7 @@
 //! α₀ (`unobserved_weight`) weighs the unobserved cells, α the confidence per unit of interaction
 //! strength, ν (`regularization_exp`) scales λ with each row's frequency (`|I_u|` items of member
 //! `u` out of `|I|`, `|U_i|` members of item `i` out of `|U|`). α₀ = 1, ν = 0 is Hu, Koren &
-//! Volinsky (2008) with `c = 1 + α r` and plain λ. [`recsys_shared::foldin`] solves the member
+//! Volinsky (2008) with `c = 1 + α r` and plain λ. [`recsys_shared::model::ials`] solves the member
 //! side of the same objective exactly; the trainer's member step converges to the same vector.
 //!
 //! Each iteration solves every item against the fixed member factors, then every member against
@@ -25,7 +25,6 @@
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use recsys_shared::foldin::FoldInParams;
 use recsys_shared::kernels::{axpy, dot, gram, symv};
 
 use crate::matrix::SparseMatrix;
@@ -50,16 +49,6 @@ pub struct IterationReport {
     pub seconds: f64,
     /// Normalised training loss, when requested.
     pub loss: Option<f64>,
-}
-
-/// The objective's parameters as the fold-in takes them.
-pub fn fold_in_params(params: &AlsParams) -> FoldInParams {
-    FoldInParams {
-        regularization: params.regularization,
-        alpha: params.alpha,
-        unobserved_weight: params.unobserved_weight,
-        regularization_exp: params.regularization_exp,
-    }
 }
 
 /// Trains on a members × items matrix of interaction strengths `r`.
@@ -233,7 +222,7 @@ pub fn solve_side(
         alpha: params.alpha,
         unobserved_weight: params.unobserved_weight,
     };
-    let objective = fold_in_params(params);
+    let objective = params.objective();
     let columns = fixed.len() / k;
     target
         .par_chunks_mut(k)
@@ -340,7 +329,7 @@ pub fn loss(
     let g = parallel_gram(items, k);
     let alpha = params.alpha;
     let a0 = f64::from(params.unobserved_weight);
-    let objective = fold_in_params(params);
+    let objective = params.objective();
     let (data_loss, extra_confidence, member_reg) = users
         .par_chunks(k)
         .enumerate()
@@ -380,7 +369,7 @@ pub fn loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recsys_shared::foldin::{FoldIn, FoldInParams};
+    use recsys_shared::model::ials::{FoldIn, Objective};
 
     /// A small random members × items matrix with planted block structure.
     fn planted(users: usize, items: usize, seed: u64) -> SparseMatrix {
@@ -427,9 +416,9 @@ mod tests {
                 .collect();
             // Hu, Koren & Volinsky's objective, then α₀ and ν of Rendle et al.
             let fp = if trial % 2 == 0 {
-                FoldInParams::hkv(0.05 + trial as f32 * 0.01, 4.0)
+                Objective::hkv(0.05 + trial as f32 * 0.01, 4.0)
             } else {
-                FoldInParams {
+                Objective {
                     regularization: 0.001 * trial as f32,
                     alpha: 4.0,
                     unobserved_weight: 0.1 * trial as f32,
@@ -441,7 +430,7 @@ mod tests {
                 .copied()
                 .zip(strengths.iter().copied())
                 .collect();
-            let exact = FoldIn::new(&y, k, fp).solve(&history).unwrap();
+            let exact = FoldIn::new(&y, k, fp).solve(&y, &history).unwrap();
             let mut a = gram(&y, k);
             a.iter_mut().for_each(|g| *g *= fp.unobserved_weight);
             let system = SideSystem {
@@ -551,7 +540,7 @@ mod tests {
         for p in [params(60, 8), rendle_params(60, 8)] {
             let model = train(&m, &p, |_| {}).unwrap();
             let k = p.factors;
-            let fold_in = FoldIn::new(&model.item_factors, k, fold_in_params(&p));
+            let fold_in = FoldIn::new(&model.item_factors, k, p.objective());
             assert_folds_in_to_trained(&m, &model, &fold_in, k);
         }
     }
@@ -564,7 +553,7 @@ mod tests {
                 .copied()
                 .zip(strengths.iter().copied())
                 .collect();
-            let folded = fold_in.solve(&history).unwrap();
+            let folded = fold_in.solve(&model.item_factors, &history).unwrap();
             let trained = &model.user_factors[u * k..(u + 1) * k];
             let diff: f32 = folded
                 .iter()

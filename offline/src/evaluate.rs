@@ -4,7 +4,7 @@
 //! *Strong generalization* (Liang et al. 2018; Rendle et al. 2022): members with at least
 //! `min_positives` positives are eligible; a seeded fraction of them is held out; item factors are
 //! trained on everyone else; each held-out member's positives are split 80/20 at random, the 80 %
-//! folded in with [`recsys_shared::foldin::FoldIn`] (the nearline tier's function) and the 20 %
+//! folded in with [`recsys_shared::model::ials::FoldIn`] (the nearline tier's function) and the 20 %
 //! kept as the target. Every item is ranked except the folded-in ones.
 //!
 //! *Leave-last-out*: each member with two or more positives loses their latest one (the target);
@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use recsys_shared::artifact::{write_batches, ActivityBucket, Curves, Evaluation};
 use recsys_shared::config::{EvaluationConfig, Protocol};
-use recsys_shared::foldin::{FoldIn, FoldInParams};
 use recsys_shared::kernels::dot;
+use recsys_shared::model::ials::{FoldIn, Objective};
 use recsys_shared::SharedError;
 
 use crate::als::{self, AlsParams, IterationReport};
@@ -191,7 +191,7 @@ pub fn score_held_out(
     held: &HeldOut,
     item_factors: &[f32],
     k: usize,
-    params: &FoldInParams,
+    params: &Objective,
     popularity: &[f32],
     seed: u64,
 ) -> Result<Evaluation> {
@@ -204,7 +204,7 @@ pub fn score_held_out(
             let mut exclude: Vec<u32> = history.iter().map(|(i, _)| *i).collect();
             exclude.sort_unstable();
             Ok(Case {
-                vector: fold_in.solve(history)?,
+                vector: fold_in.solve(item_factors, history)?,
                 exclude,
                 target: target.clone(),
             })
@@ -236,7 +236,7 @@ fn strong_generalization(
         &held,
         &model.item_factors,
         model.factors,
-        &als::fold_in_params(params),
+        &params.objective(),
         &popularity,
         config.seed,
     )?;

@@ -523,7 +523,7 @@ fn validation_scores(
         validation,
         trainer.item_factors(),
         params.factors,
-        &crate::als::fold_in_params(params),
+        &params.objective(),
         popularity,
         seed,
     )

@@ -10,8 +10,8 @@ use recsys_shared::artifact::{
     files, read_catalog, read_factors, read_popularity, Manifest, ModelRoot,
 };
 use recsys_shared::config::MaturityConfig;
-use recsys_shared::foldin::{FoldIn, FoldInParams};
-use recsys_shared::kernels;
+use recsys_shared::model::ials::FoldIn;
+use recsys_shared::model::Family;
 use recsys_store::features::HistoryEntry;
 
 use crate::error::OnlineError;
@@ -57,9 +57,9 @@ pub struct Catalog {
     maturity_labels: Vec<String>,
     /// Item indices, most popular first, with their popularity scores.
     pub popularity: Vec<(u32, f32)>,
-    /// `YᵀY`, computed once per model for the fold-in.
-    gram: Vec<f32>,
-    pub fold_in_params: FoldInParams,
+    /// The fold-in of members with a history and no stored vector (`α₀ YᵀY` computed once per
+    /// model).
+    pub fold_in: FoldIn,
 }
 
 /// An item without a maturity rating.
@@ -155,10 +155,11 @@ impl Catalog {
             .filter_map(|row| index.get(&row.item_id).map(|&i| (i, row.score)))
             .collect();
         popularity.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let gram = kernels::gram(&factors.vectors, k);
+        let fold_in = match manifest.algorithm.family {
+            Family::Ials => FoldIn::new(&factors.vectors, k, manifest.algorithm.fold_in_params()),
+        };
         Ok(Catalog {
             version: version.to_string(),
-            fold_in_params: manifest.algorithm.fold_in_params(),
             manifest,
             items: ItemMatrix::new(factors.vectors, k),
             item_ids: factors.ids,
@@ -169,7 +170,7 @@ impl Catalog {
             maturity,
             maturity_labels,
             popularity,
-            gram,
+            fold_in,
         })
     }
 
@@ -243,20 +244,10 @@ impl Catalog {
     /// The member's vector computed from their history by the offline tier's fold-in, with this
     /// model's λ and α. Items the model does not know are skipped; `None` when none is known.
     pub fn fold_in(&self, history: &[HistoryEntry]) -> Result<Option<Vec<f32>>, OnlineError> {
-        let known: Vec<(u32, f32)> = history
-            .iter()
-            .filter_map(|e| self.index.get(&e.item_id).map(|&i| (i, e.strength)))
-            .collect();
-        if known.is_empty() {
-            return Ok(None);
-        }
-        let fold_in = FoldIn::with_gram(
-            self.items.as_slice(),
-            self.factors(),
-            self.fold_in_params,
-            self.gram.clone(),
-        );
-        Ok(Some(fold_in.solve(&known)?))
+        let history = history.iter().map(|e| (e.item_id.as_str(), e.strength));
+        Ok(self
+            .fold_in
+            .solve_ids(self.items.as_slice(), &self.index, history)?)
     }
 
     /// Bytes of the factor matrix as published (`n × k × 4`).

@@ -2,10 +2,11 @@
 //!
 //! What every tier of recsys agrees on: the domain types (member and item ids, interactions), the
 //! configuration file, the **model artifact** (a versioned directory of Parquet tables plus a
-//! manifest, published atomically behind a `CURRENT` pointer) and the **fold-in** — the exact ALS
-//! solve for one member against fixed item factors, used by the offline evaluator, the nearline
-//! workers and the online server alike so that all three compute the same vector from the same
-//! history.
+//! manifest, published atomically behind a `CURRENT` pointer, followed by every reader with one
+//! policy) and the **model seam** ([`model`]): the families recsys trains and serves, and for iALS
+//! the fold-in — the exact ALS solve for one member against fixed item factors, used by the offline
+//! evaluator, the nearline workers and the online server alike so that all three compute the same
+//! vector from the same history.
 //!
 //! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the impression record
 //! ([`impression`]), the operations endpoint
@@ -28,12 +29,12 @@
 pub mod artifact;
 pub mod config;
 pub mod error;
-pub mod foldin;
 pub mod ids;
 pub mod impression;
 pub mod kafka;
 pub mod kernels;
 pub mod logs;
+pub mod model;
 pub mod object_storage;
 pub mod ops;
 pub mod panics;

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::ials::Objective;
+use crate::model::Family;
+
 /// Bumped when the layout of a version changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -25,21 +28,19 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
-/// The training algorithm and its hyper-parameters. Fold-in must use the same λ, α, α₀ and ν
-/// ([`AlgorithmParams::fold_in_params`]).
+/// The model family that trained the version and its hyper-parameters. Fold-in must use the
+/// same objective ([`AlgorithmParams::fold_in_params`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlgorithmParams {
+    /// The model family; manifests written before families existed are iALS.
+    #[serde(default)]
+    pub family: Family,
     /// `ials-cg`: implicit ALS with the conjugate-gradient solver.
     pub name: String,
     pub factors: usize,
-    pub regularization: f32,
-    pub alpha: f32,
-    /// α₀; manifests written before it existed trained with 1.
-    #[serde(default = "one")]
-    pub unobserved_weight: f32,
-    /// ν; manifests written before it existed trained with 0 (plain λ).
-    #[serde(default)]
-    pub regularization_exp: f32,
+    /// iALS's λ, α, α₀ and ν (flattened: the JSON keeps them beside `factors`).
+    #[serde(flatten)]
+    pub objective: Objective,
     pub iterations: usize,
     pub cg_steps: usize,
     pub seed: u64,
@@ -48,19 +49,10 @@ pub struct AlgorithmParams {
     pub tuning: Option<serde_json::Value>,
 }
 
-fn one() -> f32 {
-    1.0
-}
-
 impl AlgorithmParams {
-    /// The parameters every fold-in of this model must use.
-    pub fn fold_in_params(&self) -> crate::foldin::FoldInParams {
-        crate::foldin::FoldInParams {
-            regularization: self.regularization,
-            alpha: self.alpha,
-            unobserved_weight: self.unobserved_weight,
-            regularization_exp: self.regularization_exp,
-        }
+    /// The objective every fold-in of this model must use.
+    pub fn fold_in_params(&self) -> Objective {
+        self.objective
     }
 }
 
@@ -133,4 +125,39 @@ pub struct ActivityBucket {
 pub struct FileEntry {
     pub sha256: String,
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_params_keep_their_json_and_an_absent_family_is_ials() {
+        // As written before families and the objective struct existed (and before α₀ and ν).
+        let written = serde_json::json!({
+            "name": "ials-cg", "factors": 64, "regularization": 0.05, "alpha": 12.0,
+            "iterations": 15, "cg_steps": 3, "seed": 7
+        });
+        let params: AlgorithmParams = serde_json::from_value(written).unwrap();
+        assert_eq!(params.family, Family::Ials);
+        assert_eq!(
+            params.fold_in_params(),
+            Objective {
+                regularization: 0.05,
+                alpha: 12.0,
+                unobserved_weight: 1.0,
+                regularization_exp: 0.0,
+            }
+        );
+        // The objective is written flat, beside `factors`, with the family named.
+        let json = serde_json::to_value(&params).unwrap();
+        assert_eq!(json["family"], "ials");
+        assert_eq!(json["regularization"], 0.05f32 as f64);
+        assert_eq!(json["unobserved_weight"], 1.0);
+        assert!(json.get("objective").is_none(), "{json}");
+        assert_eq!(
+            serde_json::from_value::<AlgorithmParams>(json).unwrap(),
+            params
+        );
+    }
 }

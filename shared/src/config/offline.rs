@@ -204,6 +204,18 @@ pub struct AlsConfig {
     pub compute_loss: bool,
 }
 
+impl AlsConfig {
+    /// The objective these settings train with (and every fold-in of the model then uses).
+    pub fn objective(&self) -> crate::model::ials::Objective {
+        crate::model::ials::Objective {
+            regularization: self.regularization,
+            alpha: self.alpha,
+            unobserved_weight: self.unobserved_weight,
+            regularization_exp: self.regularization_exp,
+        }
+    }
+}
+
 impl Default for AlsConfig {
     fn default() -> Self {
         AlsConfig {

@@ -24,26 +24,39 @@
 //! step minimises the same objective. The solve is exact (Cholesky in f64), costs
 //! `O(n k² + k³)` for a history of `n` items, and allocates only its `k × k` system.
 
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
 use crate::kernels;
 use crate::{Result, SharedError};
 
-/// The ALS hyper-parameters the fold-in needs; they must be the model's own.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FoldInParams {
+/// iALS's objective: the hyper-parameters the trainer minimises with and every fold-in must use
+/// (the model's own, from its manifest). In a manifest they sit in `algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
     /// λ, the L2 regularisation of every factor.
     pub regularization: f32,
     /// α, confidence per unit of interaction strength: an observed cell weighs `α₀ + α r`.
     pub alpha: f32,
-    /// α₀, the weight of every unobserved cell.
+    /// α₀, the weight of every unobserved cell; manifests written before it existed trained
+    /// with 1.
+    #[serde(default = "one")]
     pub unobserved_weight: f32,
-    /// ν: a member with `n` items out of `N` is regularised by `λ (n + α₀ N)^ν`.
+    /// ν: a member with `n` items out of `N` is regularised by `λ (n + α₀ N)^ν`; manifests
+    /// written before it existed trained with 0 (plain λ).
+    #[serde(default)]
     pub regularization_exp: f32,
 }
 
-impl FoldInParams {
+fn one() -> f32 {
+    1.0
+}
+
+impl Objective {
     /// Hu, Koren & Volinsky's objective: α₀ = 1, plain λ.
     pub fn hkv(regularization: f32, alpha: f32) -> Self {
-        FoldInParams {
+        Objective {
             regularization,
             alpha,
             unobserved_weight: 1.0,
@@ -62,34 +75,29 @@ impl FoldInParams {
     }
 }
 
-/// Folds member histories into vectors against one model's item factors.
+/// Folds member histories into vectors against one model's item factors. It holds what every
+/// solve shares (`α₀ YᵀY`, computed once per model) and takes the factors at each call, so the
+/// tier that holds them (the online catalog, the nearline model, the evaluator) keeps one copy.
 #[derive(Debug, Clone)]
-pub struct FoldIn<'a> {
-    item_factors: &'a [f32],
+pub struct FoldIn {
     k: usize,
-    params: FoldInParams,
+    params: Objective,
     /// `α₀ YᵀY`, row-major `k × k`, computed once per model.
     weighted_gram: Vec<f32>,
 }
 
-impl<'a> FoldIn<'a> {
+impl FoldIn {
     /// Prepares the fold-in for row-major item factors of width `k` (computes `YᵀY`, `O(n k²)`).
-    pub fn new(item_factors: &'a [f32], k: usize, params: FoldInParams) -> Self {
-        let gram = kernels::gram(item_factors, k);
-        Self::with_gram(item_factors, k, params, gram)
-    }
-
-    /// Prepares the fold-in with a `YᵀY` (without λ) the caller already has.
-    pub fn with_gram(
-        item_factors: &'a [f32],
-        k: usize,
-        params: FoldInParams,
-        gram: Vec<f32>,
-    ) -> Self {
+    pub fn new(item_factors: &[f32], k: usize, params: Objective) -> Self {
         assert!(
             k > 0 && item_factors.len().is_multiple_of(k),
             "item factors are not n × {k}"
         );
+        Self::with_gram(k, params, kernels::gram(item_factors, k))
+    }
+
+    /// Prepares the fold-in with a `YᵀY` (without λ) the caller already has.
+    pub fn with_gram(k: usize, params: Objective, gram: Vec<f32>) -> Self {
         assert_eq!(gram.len(), k * k, "gram matrix is not {k} × {k}");
         let mut weighted_gram = gram;
         if params.unobserved_weight != 1.0 {
@@ -98,7 +106,6 @@ impl<'a> FoldIn<'a> {
                 .for_each(|g| *g *= params.unobserved_weight);
         }
         FoldIn {
-            item_factors,
             k,
             params,
             weighted_gram,
@@ -110,16 +117,36 @@ impl<'a> FoldIn<'a> {
         self.k
     }
 
-    /// Number of items the factors cover.
-    pub fn items(&self) -> usize {
-        self.item_factors.len() / self.k
+    /// The objective it solves.
+    pub fn objective(&self) -> Objective {
+        self.params
+    }
+
+    /// The member's vector from a history of `(item id, strength)` pairs, items found through
+    /// `index` (id → row of `item_factors`). Items the model does not know are skipped; `None`
+    /// when none is known.
+    pub fn solve_ids<'h>(
+        &self,
+        item_factors: &[f32],
+        index: &HashMap<String, u32>,
+        history: impl IntoIterator<Item = (&'h str, f32)>,
+    ) -> Result<Option<Vec<f32>>> {
+        let known: Vec<(u32, f32)> = history
+            .into_iter()
+            .filter_map(|(id, strength)| index.get(id).map(|&i| (i, strength)))
+            .collect();
+        if known.is_empty() {
+            return Ok(None);
+        }
+        self.solve(item_factors, &known).map(Some)
     }
 
     /// The member's vector for a history of `(item index, interaction strength)` pairs. Repeated
     /// items are merged by adding their strengths; non-positive strengths are ignored. An empty
     /// history gives the zero vector.
-    pub fn solve(&self, history: &[(u32, f32)]) -> Result<Vec<f32>> {
+    pub fn solve(&self, item_factors: &[f32], history: &[(u32, f32)]) -> Result<Vec<f32>> {
         let k = self.k;
+        assert_eq!(item_factors.len() % k, 0, "item factors are not n × {k}");
         let mut merged: Vec<(u32, f32)> = history
             .iter()
             .copied()
@@ -137,7 +164,7 @@ impl<'a> FoldIn<'a> {
         if merged.is_empty() {
             return Ok(vec![0.0; k]);
         }
-        let n_items = self.items();
+        let n_items = item_factors.len() / k;
         let mut b = vec![0.0f32; k];
         let mut terms: Vec<(f32, &[f32])> = Vec::with_capacity(merged.len());
         for &(item, strength) in &merged {
@@ -147,7 +174,7 @@ impl<'a> FoldIn<'a> {
                     "item index {item} is outside the {n_items} item factors"
                 )));
             }
-            let y = &self.item_factors[item * k..(item + 1) * k];
+            let y = &item_factors[item * k..(item + 1) * k];
             let extra_confidence = self.params.alpha * strength;
             terms.push((extra_confidence, y));
             kernels::axpy(self.params.unobserved_weight + extra_confidence, y, &mut b);
@@ -259,7 +286,7 @@ mod tests {
     }
 
     /// The member objective of the module doc, written out cell by cell.
-    fn objective(y: &[f32], k: usize, p: FoldInParams, hist: &[(u32, f32)], x: &[f32]) -> f64 {
+    fn objective(y: &[f32], k: usize, p: Objective, hist: &[(u32, f32)], x: &[f32]) -> f64 {
         let mut loss = 0.0f64;
         let a0 = f64::from(p.unobserved_weight);
         for (i, row) in y.chunks(k).enumerate() {
@@ -305,13 +332,13 @@ mod tests {
         ];
         for (n, k, regularization, alpha, unobserved_weight, regularization_exp, hist) in cases {
             let y = factors(n, k);
-            let params = FoldInParams {
+            let params = Objective {
                 regularization,
                 alpha,
                 unobserved_weight,
                 regularization_exp,
             };
-            let x = FoldIn::new(&y, k, params).solve(&hist).unwrap();
+            let x = FoldIn::new(&y, k, params).solve(&y, &hist).unwrap();
             let best = objective(&y, k, params, &hist, &x);
             // Any perturbation of the solution is worse.
             for d in 0..k {
@@ -331,14 +358,20 @@ mod tests {
     fn repeated_items_merge_and_empty_history_is_zero() {
         let (n, k) = (10, 3);
         let y = factors(n, k);
-        let f = FoldIn::new(&y, k, FoldInParams::hkv(0.1, 2.0));
-        assert_eq!(f.solve(&[]).unwrap(), vec![0.0; k]);
-        let split = f.solve(&[(2, 1.0), (4, 1.0), (2, 1.0)]).unwrap();
-        let merged = f.solve(&[(4, 1.0), (2, 2.0)]).unwrap();
+        let f = FoldIn::new(&y, k, Objective::hkv(0.1, 2.0));
+        assert_eq!(f.solve(&y, &[]).unwrap(), vec![0.0; k]);
+        let split = f.solve(&y, &[(2, 1.0), (4, 1.0), (2, 1.0)]).unwrap();
+        let merged = f.solve(&y, &[(4, 1.0), (2, 2.0)]).unwrap();
         for (a, b) in split.iter().zip(&merged) {
             assert!((a - b).abs() < 1e-6);
         }
-        assert!(f.solve(&[(99, 1.0)]).is_err());
+        assert!(f.solve(&y, &[(99, 1.0)]).is_err());
+        let index: HashMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 4)].into();
+        let by_id = f
+            .solve_ids(&y, &index, [("a", 2.0), ("unknown", 5.0), ("b", 1.0)])
+            .unwrap();
+        assert_eq!(by_id, Some(merged.clone()), "unknown ids are skipped");
+        assert_eq!(f.solve_ids(&y, &index, [("unknown", 1.0)]).unwrap(), None);
     }
 
     #[test]
