@@ -26,7 +26,8 @@
 //!
 //! It must never write model artifacts, and it writes to the feature store only when it owns an
 //! embedded one (the bulk load of a new model's members). Its only writes to Kafka are
-//! impressions, and they never wait. It depends on `recsys-shared` only.
+//! impressions, and they never wait. It depends on `recsys-shared` and the feature store
+//! `recsys-store` only, never on another tier.
 
 pub mod admission;
 pub mod auth;
