@@ -10,7 +10,6 @@ use super::request::{bounded, check_country, check_deadline, check_id, limits};
 use super::{popular, request_id, scored, RankError, Ranker, Treatment};
 use crate::experiments::{RowKind, RowRecipe};
 use crate::impressions::{Shown, ShownRow};
-use crate::member::Member;
 use crate::rules;
 use crate::scoring::Scored;
 
@@ -31,13 +30,14 @@ impl Ranker {
         )?;
         let country = check_country(&request.country)?;
         let country = country.as_deref();
-        let Treatment {
-            catalog,
-            recipe,
-            assignments,
-        } = self.treatment(&request.user_id)?;
-        let member =
-            Member::look_up(&self.reader, &self.maturity, &catalog, &request.user_id).await;
+        let (
+            Treatment {
+                catalog,
+                recipe,
+                assignments,
+            },
+            member,
+        ) = self.treated(&request.user_id).await?;
         let personal = member.vector.is_some();
         // The default rows: top picks (for a member with a vector), "because you watched" rows
         // for the rest but one, and trending.

@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status};
 use crate::catalog::Catalog;
 use crate::experiments::{Experiments, RowRecipe};
 use crate::impressions::{ImpressionLog, PendingImpression, Shown};
+use crate::member::Member;
 use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS};
 use crate::scoring::Scored;
 pub use request::limits;
@@ -246,6 +247,14 @@ impl Ranker {
             recipe,
             assignments,
         })
+    }
+
+    /// The member's treatment and, for the catalog it chooses, the member.
+    async fn treated(&self, user_id: &str) -> Result<(Treatment, Member), RankError> {
+        let treatment = self.treatment(user_id)?;
+        let member =
+            Member::look_up(&self.reader, &self.maturity, &treatment.catalog, user_id).await;
+        Ok((treatment, member))
     }
 
     pub fn reader(&self) -> &FeatureReader {

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::request::{bounded, check_country, check_deadline, check_id, invalid, limits};
 use super::{popular, request_id, scored, RankError, Ranker, Treatment};
 use crate::impressions::{Shown, ShownRow};
-use crate::member::{member_tag, Member};
+use crate::member::member_tag;
 use crate::rules;
 
 impl Ranker {
@@ -35,13 +35,14 @@ impl Ranker {
         for id in &request.exclude_item_ids {
             check_id("exclude_item_ids", id)?;
         }
-        let Treatment {
-            catalog,
-            assignments,
-            ..
-        } = self.treatment(&request.user_id)?;
-        let member =
-            Member::look_up(&self.reader, &self.maturity, &catalog, &request.user_id).await;
+        let (
+            Treatment {
+                catalog,
+                assignments,
+                ..
+            },
+            member,
+        ) = self.treated(&request.user_id).await?;
         let mut excluded: HashSet<u32> = request
             .exclude_item_ids
             .iter()

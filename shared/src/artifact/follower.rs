@@ -252,17 +252,8 @@ mod tests {
     use crate::artifact::files;
 
     fn publish(root: &ModelRoot, payload: &str) -> String {
-        let lock = root.lock().unwrap();
-        let version = ModelRoot::new_version_id();
-        let staged = root.stage(&lock, &version).unwrap();
-        for name in [files::ITEM_FACTORS, files::ITEM_POPULARITY, files::ITEMS] {
-            std::fs::write(staged.path(name), payload).unwrap();
-        }
-        staged
-            .commit(super::super::root::tests::manifest())
-            .unwrap();
-        root.set_current(&lock, &version).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        let version = super::super::root::tests::stage_version(root, payload);
+        root.set_current(&root.lock().unwrap(), &version).unwrap();
         version
     }
 

@@ -533,20 +533,6 @@ mod tests {
     use super::*;
     use crate::testkit::S3Server;
 
-    fn local_version(root: &ModelRoot, payload: &str) -> String {
-        let lock = root.lock().unwrap();
-        let version = ModelRoot::new_version_id();
-        let staged = root.stage(&lock, &version).unwrap();
-        for name in [files::ITEM_FACTORS, files::ITEM_POPULARITY, files::ITEMS] {
-            std::fs::write(staged.path(name), payload).unwrap();
-        }
-        staged
-            .commit(super::super::root::tests::manifest())
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-        version
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lease_upload_compare_and_swap_prune_and_mirror() {
         let s3 = S3Server::start("models");
@@ -554,7 +540,10 @@ mod tests {
             RemoteModelRoot::new(RemoteLocation::parse_with(&s3.url("root"), &s3.env()).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let local = ModelRoot::new(dir.path().join("staging"));
-        let (v1, v2) = (local_version(&local, "one"), local_version(&local, "two"));
+        let (v1, v2) = (
+            super::super::root::tests::stage_version(&local, "one"),
+            super::super::root::tests::stage_version(&local, "two"),
+        );
 
         let mut lease = remote.lease(Duration::from_secs(60)).await.unwrap();
         let err = remote
@@ -629,7 +618,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let local = ModelRoot::new(dir.path().join("staging"));
-        let v1 = local_version(&local, "one");
+        let v1 = super::super::root::tests::stage_version(&local, "one");
         remote.upload(&mut lease, &local, &v1).await.unwrap();
         remote.set_current(&mut lease, &v1).await.unwrap();
         // Flip the bytes of one object on the server (same size): readers refuse the version.

@@ -369,6 +369,19 @@ pub(crate) mod tests {
     use super::super::manifest::{AlgorithmParams, DataWindow, RowCounts};
     use super::*;
 
+    /// Publishes a version whose files hold `payload` (without moving `CURRENT`).
+    pub(crate) fn stage_version(root: &ModelRoot, payload: &str) -> String {
+        let lock = root.lock().unwrap();
+        let version = ModelRoot::new_version_id();
+        let staged = root.stage(&lock, &version).unwrap();
+        for name in [files::ITEM_FACTORS, files::ITEM_POPULARITY, files::ITEMS] {
+            std::fs::write(staged.path(name), payload).unwrap();
+        }
+        staged.commit(manifest()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        version
+    }
+
     pub(crate) fn manifest() -> Manifest {
         Manifest {
             format_version: FORMAT_VERSION,
