@@ -31,7 +31,9 @@ pub use online::{
     ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,
     ServerTlsConfig,
 };
-pub use store::{CassandraConfig, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig};
+pub use store::{
+    CassandraConfig, ClientAuth, ClientTls, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig,
+};
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "RECSYS__";
@@ -366,6 +368,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(kind.contains("alpha"), "{kind}");
+    }
+
+    #[test]
+    fn redis_and_cassandra_clients_share_one_auth_and_tls_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recsys.toml");
+        std::fs::write(
+            &file,
+            "[store.redis.auth]\nusername = \"recsys\"\npassword_env = \"REDIS_PASSWORD\"\n\
+             [store.cassandra.tls]\nca_file = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(
+            Some(&file),
+            env(&[("RECSYS__CACHE__REDIS__TLS__CA_FILE", "/cache-ca.pem")]),
+        )
+        .unwrap();
+        assert_eq!(config.store.redis.auth.username.as_deref(), Some("recsys"));
+        assert_eq!(
+            config.store.redis.auth.password_env.as_deref(),
+            Some("REDIS_PASSWORD")
+        );
+        assert_eq!(
+            config.store.cassandra.tls.ca_file,
+            Some(PathBuf::from("/ca.pem"))
+        );
+        assert_eq!(
+            config.cache.redis.tls.ca_file,
+            Some(PathBuf::from("/cache-ca.pem"))
+        );
+        // A certificate without its key, and both password sources, name the field.
+        for (var, value, field) in [
+            (
+                "RECSYS__STORE__CASSANDRA__TLS__CERT_FILE",
+                "/c.pem",
+                "store.cassandra.tls.cert_file",
+            ),
+            (
+                "RECSYS__CACHE__REDIS__AUTH__PASSWORD_FILE",
+                "/p",
+                "cache.redis.auth.password_file",
+            ),
+        ] {
+            let mut pairs = vec![(var, value)];
+            if field.starts_with("cache") {
+                pairs.push(("RECSYS__CACHE__REDIS__AUTH__PASSWORD_ENV", "P"));
+            }
+            let e = Config::load_with_env(None, env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        // The flat keys of before are refused, naming the key.
+        let old = Config::load_with_env(None, env(&[("RECSYS__STORE__REDIS__TLS_CA_FILE", "/x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(old.contains("tls_ca_file"), "{old}");
     }
 
     #[test]

@@ -94,19 +94,12 @@ pub struct RedisConfig {
     pub url: String,
     /// Connect and response timeout of each command.
     pub timeout_ms: u64,
-    /// ACL user (Redis 6+). Default none (the `default` user).
-    pub username: Option<String>,
-    /// A file holding the password (one line; a trailing newline is ignored).
-    pub password_file: Option<PathBuf>,
-    /// An environment variable holding the password.
-    pub password_env: Option<String>,
-    /// With `rediss://`: the CA that signed the server's certificate (PEM); default the system's
-    /// roots.
-    pub tls_ca_file: Option<PathBuf>,
-    /// With `rediss://`: a client certificate and key (PEM), for servers that require one
+    /// `[….redis.auth]`: the ACL user (Redis 6+; default the `default` user) and its password.
+    pub auth: ClientAuth,
+    /// `[….redis.tls]`, with `rediss://`: the CA that signed the server's certificate (default
+    /// the system's roots) and a client certificate for servers that require one
     /// (`tls-auth-clients yes`).
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
+    pub tls: ClientTls,
 }
 
 impl Default for RedisConfig {
@@ -114,12 +107,8 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379/".into(),
             timeout_ms: 20,
-            username: None,
-            password_file: None,
-            password_env: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
+            auth: ClientAuth::default(),
+            tls: ClientTls::default(),
         }
     }
 }
@@ -137,16 +126,10 @@ pub struct CassandraConfig {
     /// Consistency level of every statement. Default `LOCAL_QUORUM`.
     pub consistency: String,
     pub connect_timeout_ms: u64,
-    /// Password authentication: the user, and the password from a file or an environment
-    /// variable. Default none.
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub password_env: Option<String>,
-    /// TLS to the nodes: the CA that signed their certificates (PEM). Setting it turns TLS on.
-    pub tls_ca_file: Option<PathBuf>,
-    /// A client certificate and key (PEM), for clusters that require one.
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
+    /// `[store.cassandra.auth]`: password authentication. Default none.
+    pub auth: ClientAuth,
+    /// `[store.cassandra.tls]`: TLS to the nodes; setting `ca_file` turns it on.
+    pub tls: ClientTls,
 }
 
 impl Default for CassandraConfig {
@@ -157,30 +140,76 @@ impl Default for CassandraConfig {
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             consistency: "LOCAL_QUORUM".into(),
             connect_timeout_ms: 10_000,
-            username: None,
-            password_file: None,
-            password_env: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
+            auth: ClientAuth::default(),
+            tls: ClientTls::default(),
         }
+    }
+}
+
+/// How a client of a store or cache authenticates: a user and the password from a file or an
+/// environment variable (never the file itself, and never printed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientAuth {
+    pub username: Option<String>,
+    /// A file holding the password (one line; a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+}
+
+impl ClientAuth {
+    /// The password, read from its file or variable; `field` names the section in errors.
+    pub fn password(&self, field: &str) -> Result<Option<String>, String> {
+        crate::secrets::resolve(
+            &format!("{field}.password"),
+            None,
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+        )
+    }
+
+    fn validate(&self, field: &str) -> Result<(), String> {
+        if self.password_file.is_some() && self.password_env.is_some() {
+            return Err(format!(
+                "`{field}.password_file` and `{field}.password_env` are exclusive"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// TLS from a client to a store or cache: the CA that signed the servers' certificates, and a
+/// client certificate and key for servers that require one (PEM files).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// The client certificate and key, when both are set.
+    pub fn identity(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.cert_file.as_deref().zip(self.key_file.as_deref())
+    }
+
+    fn validate(&self, field: &str) -> Result<(), String> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(format!(
+                "`{field}.cert_file` and `{field}.key_file` go together"
+            ));
+        }
+        Ok(())
     }
 }
 
 impl RedisConfig {
     /// Checks the client's secrets and TLS files; `field` is where it sits (`store.redis`).
     pub(super) fn validate(&self, field: &str) -> Result<(), String> {
-        if self.password_file.is_some() && self.password_env.is_some() {
-            return Err(format!(
-                "`{field}.password_file` and `{field}.password_env` are exclusive"
-            ));
-        }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return Err(format!(
-                "`{field}.tls_cert_file` and `{field}.tls_key_file` go together"
-            ));
-        }
-        Ok(())
+        self.auth.validate(&format!("{field}.auth"))?;
+        self.tls.validate(&format!("{field}.tls"))
     }
 }
 
@@ -218,6 +247,8 @@ impl StoreConfig {
                 "must be 1..=3600000",
             ),
         ])?;
-        self.redis.validate("store.redis")
+        self.redis.validate("store.redis")?;
+        self.cassandra.auth.validate("store.cassandra.auth")?;
+        self.cassandra.tls.validate("store.cassandra.tls")
     }
 }

@@ -107,38 +107,31 @@ impl CassandraStore {
             });
         }
         let mut builder = SessionBuilder::new().known_nodes(&config.contact_points);
-        let password = recsys_shared::secrets::resolve(
-            "store.cassandra.password",
-            None,
-            config.password_file.as_deref(),
-            config.password_env.as_deref(),
-        )
-        .map_err(|problem| StoreError::Invalid {
-            field: "store.cassandra.password",
-            problem,
-        })?;
-        match (&config.username, password) {
+        let password = config
+            .auth
+            .password("store.cassandra.auth")
+            .map_err(|problem| StoreError::Invalid {
+                field: "store.cassandra.auth.password",
+                problem,
+            })?;
+        match (&config.auth.username, password) {
             (Some(user), Some(password)) => builder = builder.user(user, password),
             (None, None) => {}
             _ => {
                 return Err(StoreError::Invalid {
-                    field: "store.cassandra.username",
-                    problem: "a username needs a password (password_file or password_env) and                               the other way round"
+                    field: "store.cassandra.auth.username",
+                    problem: "a username needs a password (password_file or password_env), and the other way round"
                         .into(),
                 })
             }
         }
-        if let Some(ca) = &config.tls_ca_file {
-            let identity = config
-                .tls_cert_file
-                .as_deref()
-                .zip(config.tls_key_file.as_deref());
-            let tls = recsys_shared::tls::client_config(ca, identity).map_err(|problem| {
-                StoreError::Invalid {
-                    field: "store.cassandra.tls_ca_file",
+        if let Some(ca) = &config.tls.ca_file {
+            let tls = recsys_shared::tls::client_config(ca, config.tls.identity()).map_err(
+                |problem| StoreError::Invalid {
+                    field: "store.cassandra.tls.ca_file",
                     problem,
-                }
-            })?;
+                },
+            )?;
             builder = builder.tls_context(Some(tls));
         }
         let session = tokio::time::timeout(

@@ -96,15 +96,12 @@ pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
         .as_str()
         .into_connection_info()
         .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url))))?;
-    let password = recsys_shared::secrets::resolve(
-        "redis.password",
-        None,
-        config.password_file.as_deref(),
-        config.password_env.as_deref(),
-    )
-    .map_err(|problem| invalid("redis.password", problem))?;
+    let password = config
+        .auth
+        .password("redis.auth")
+        .map_err(|problem| invalid("redis.auth.password", problem))?;
     let mut settings = info.redis_settings().clone();
-    if let Some(username) = &config.username {
+    if let Some(username) = &config.auth.username {
         settings = settings.set_username(username);
     }
     if let Some(password) = password {
@@ -114,19 +111,19 @@ pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
     let read = |field: &'static str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))
     };
-    if config.tls_ca_file.is_none() && config.tls_cert_file.is_none() {
+    if config.tls.ca_file.is_none() && config.tls.cert_file.is_none() {
         return redis::Client::open(info)
             .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url))));
     }
-    let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read("redis.tls_cert_file", cert)?,
-            client_key: read("redis.tls_key_file", key)?,
+    let client_tls = match config.tls.identity() {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls.cert_file", cert)?,
+            client_key: read("redis.tls.key_file", key)?,
         }),
-        _ => None,
+        None => None,
     };
-    let root_cert = match &config.tls_ca_file {
-        Some(ca) => Some(read("redis.tls_ca_file", ca)?),
+    let root_cert = match &config.tls.ca_file {
+        Some(ca) => Some(read("redis.tls.ca_file", ca)?),
         None => None,
     };
     redis::Client::build_with_tls(

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use recsys_shared::config::{CacheBackend, CacheConfig, CassandraConfig, RedisConfig, StoreConfig};
+use recsys_shared::config::{
+    CacheBackend, CacheConfig, CassandraConfig, ClientAuth, ClientTls, RedisConfig, StoreConfig,
+};
 use recsys_shared::testkit::RedisServer;
 use recsys_store::cache::{FeatureReader, Source};
 use recsys_store::features::{
@@ -855,9 +857,15 @@ async fn redis_over_tls_with_an_acl_user_conforms_and_bad_credentials_name_no_se
     let config = RedisConfig {
         url: server.url(),
         timeout_ms: 2000,
-        username: Some(TlsRedisServer::USER.into()),
-        password_file: Some(password_file),
-        tls_ca_file: Some(certs.path("ca.pem")),
+        auth: ClientAuth {
+            username: Some(TlsRedisServer::USER.into()),
+            password_file: Some(password_file),
+            password_env: None,
+        },
+        tls: ClientTls {
+            ca_file: Some(certs.path("ca.pem")),
+            ..ClientTls::default()
+        },
         ..RedisConfig::default()
     };
     let store: Arc<dyn KvStore> = Arc::new(RedisStore::connect(&config).await.unwrap());
@@ -876,8 +884,7 @@ async fn redis_over_tls_with_an_acl_user_conforms_and_bad_credentials_name_no_se
     // A wrong password is refused; the error names the URL but never a password.
     let wrong = RedisConfig {
         url: format!("rediss://recsys:inline-secret@localhost:{}/", server.port),
-        username: None,
-        password_file: None,
+        auth: ClientAuth::default(),
         ..config.clone()
     };
     let e = RedisStore::connect(&wrong).await.unwrap_err().to_string();
@@ -885,7 +892,7 @@ async fn redis_over_tls_with_an_acl_user_conforms_and_bad_credentials_name_no_se
     assert!(e.contains("localhost"), "{e}");
     // Without the CA the server's certificate is not trusted; without TLS nothing answers.
     let untrusted = RedisConfig {
-        tls_ca_file: None,
+        tls: ClientTls::default(),
         ..config.clone()
     };
     assert!(RedisStore::connect(&untrusted).await.is_err());
