@@ -866,7 +866,6 @@ async fn redis_over_tls_with_an_acl_user_conforms_and_bad_credentials_name_no_se
             ca_file: Some(certs.path("ca.pem")),
             ..ClientTls::default()
         },
-        ..RedisConfig::default()
     };
     let store: Arc<dyn KvStore> = Arc::new(RedisStore::connect(&config).await.unwrap());
     kv_conformance(store.clone()).await;
