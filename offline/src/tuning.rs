@@ -51,15 +51,15 @@ use crate::evaluate;
 use crate::features::TrainingTable;
 use crate::progress::Progress;
 use crate::{OfflineError, Result};
+use recsys_shared::model::ials::Objective;
 
 /// The hyper-parameters one trial sets; the rest come from `[offline.als]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Setting {
     pub factors: usize,
-    pub regularization: f32,
-    pub regularization_exp: f32,
-    pub unobserved_weight: f32,
-    pub alpha: f32,
+    /// λ, α, α₀ and ν (flattened: `tuning.json` lists them beside `factors`).
+    #[serde(flatten)]
+    pub objective: Objective,
     pub iterations: usize,
 }
 
@@ -68,12 +68,8 @@ impl Setting {
     pub fn apply(&self, base: &AlsParams) -> AlsParams {
         AlsParams {
             factors: self.factors,
-            regularization: self.regularization,
-            regularization_exp: self.regularization_exp,
-            unobserved_weight: self.unobserved_weight,
-            alpha: self.alpha,
             iterations: self.iterations,
-            ..base.clone()
+            ..base.with_objective(self.objective)
         }
     }
 }
@@ -246,10 +242,12 @@ fn draw_settings(
             let mass = mean_observed + a0 * columns as f64;
             Setting {
                 factors,
-                regularization: (effective / mass.powf(nu)) as f32,
-                regularization_exp: nu as f32,
-                unobserved_weight: a0 as f32,
-                alpha: alpha as f32,
+                objective: Objective {
+                    regularization: (effective / mass.powf(nu)) as f32,
+                    regularization_exp: nu as f32,
+                    unobserved_weight: a0 as f32,
+                    alpha: alpha as f32,
+                },
                 iterations: space.min_iterations,
             }
         })
@@ -662,6 +660,24 @@ mod tests {
     use super::*;
     use crate::evaluate::tests::clustered_table;
 
+    #[test]
+    fn a_setting_keeps_its_json_and_applies_its_objective() {
+        let written = serde_json::json!({
+            "factors": 32, "regularization": 0.25, "regularization_exp": 1.0,
+            "unobserved_weight": 0.125, "alpha": 3.0, "iterations": 8
+        });
+        let setting: Setting = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(serde_json::to_value(setting).unwrap(), written);
+        let applied = setting.apply(&AlsParams::default());
+        assert_eq!(applied.objective(), setting.objective);
+        assert_eq!((applied.factors, applied.iterations), (32, 8));
+        assert_eq!(
+            applied.cg_steps,
+            AlsParams::default().cg_steps,
+            "the rest kept"
+        );
+    }
+
     fn small_config() -> Config {
         let mut config = Config::default();
         config.offline.als.threads = 2;
@@ -946,18 +962,18 @@ mod tests {
             assert!(space.factors.contains(&s.factors));
             let [lo, hi] = space.unobserved_weight;
             assert!(
-                (lo as f32..=hi as f32).contains(&s.unobserved_weight),
+                (lo as f32..=hi as f32).contains(&s.objective.unobserved_weight),
                 "{s:?}"
             );
             let [lo, hi] = space.regularization_exp;
             assert!(
-                (lo as f32..=hi as f32).contains(&s.regularization_exp),
+                (lo as f32..=hi as f32).contains(&s.objective.regularization_exp),
                 "{s:?}"
             );
             // The effective regularisation of a mean row is in its range.
-            let mass = 40.0 + f64::from(s.unobserved_weight) * 1000.0;
-            let effective =
-                f64::from(s.regularization) * mass.powf(f64::from(s.regularization_exp));
+            let mass = 40.0 + f64::from(s.objective.unobserved_weight) * 1000.0;
+            let effective = f64::from(s.objective.regularization)
+                * mass.powf(f64::from(s.objective.regularization_exp));
             let [lo, hi] = space.effective_regularization;
             assert!(effective >= lo * 0.999 && effective <= hi * 1.001, "{s:?}");
         }

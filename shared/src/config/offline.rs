@@ -214,6 +214,17 @@ impl AlsConfig {
             regularization_exp: self.regularization_exp,
         }
     }
+
+    /// These settings with `objective` in place of their own λ, α, α₀ and ν.
+    pub fn with_objective(&self, objective: crate::model::ials::Objective) -> AlsConfig {
+        AlsConfig {
+            regularization: objective.regularization,
+            alpha: objective.alpha,
+            unobserved_weight: objective.unobserved_weight,
+            regularization_exp: objective.regularization_exp,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for AlsConfig {
