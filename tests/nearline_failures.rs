@@ -148,14 +148,8 @@ impl Setup {
             ("RECSYS__NEARLINE__BROKERS", self.broker.brokers()),
             ("RECSYS__NEARLINE__GROUP_ID", "failure-tests".into()),
             ("RECSYS__NEARLINE__MAX_BATCH", "40".into()),
-            (
-                "RECSYS__NEARLINE__FEEDBACK__ENABLED",
-                self.feedback.to_string(),
-            ),
-            (
-                "RECSYS__NEARLINE__FEEDBACK__IMPRESSIONS_TO_HIDE",
-                "2".into(),
-            ),
+            ("RECSYS__FEEDBACK__ENABLED", self.feedback.to_string()),
+            ("RECSYS__FEEDBACK__IMPRESSIONS_TO_HIDE", "2".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -167,8 +161,8 @@ impl Setup {
         config.store.backend = StoreBackend::Redis;
         config.store.redis.url = self.redis.url();
         config.store.history_cap = 1000;
-        config.nearline.feedback.enabled = self.feedback;
-        config.nearline.feedback.impressions_to_hide = 2;
+        config.feedback.enabled = self.feedback;
+        config.feedback.impressions_to_hide = 2;
         config
     }
 

@@ -13,7 +13,7 @@
 //! the stored history alone. Two distinct events of one member on one item in the same
 //! millisecond count once, at the larger strength.
 //!
-//! With `nearline.feedback` enabled the same step also folds the batch's impressions and
+//! With `feedback` enabled the same step also folds the batch's impressions and
 //! explicit negative events into the member's feedback state ([`crate::feedback`]) and writes
 //! the items it hides with the member's features; a negative event enters no history, and with
 //! `negative_fold_in = "forget"` it removes the member's earlier events on the item from the
@@ -83,7 +83,7 @@ impl Applier {
         }
     }
 
-    /// Applies negative feedback (`nearline.feedback`) too; `None` leaves it off.
+    /// Applies negative feedback (`feedback`) too; `None` leaves it off.
     pub fn with_feedback(mut self, feedback: Option<FeedbackRules>) -> Self {
         self.feedback = feedback;
         self

@@ -42,8 +42,8 @@ pub enum NearlineError {
     Stalled { attempts: u32, last: String },
     #[error("shutting down with a batch unfinished (left uncommitted)")]
     ShuttingDown,
-    /// The events and impressions topics cannot be consumed together (`nearline.feedback`).
-    #[error("nearline.feedback: {0}")]
+    /// The events and impressions topics cannot be consumed together (`feedback`).
+    #[error("feedback: {0}")]
     CoPartitioning(String),
     /// A secret setting could not be read (the message names the setting, never the secret).
     #[error("{0}")]

@@ -209,7 +209,7 @@ pub fn check_key(key: Option<&[u8]>, user_id: &str, what: &str) -> Result<(), Re
 #[derive(Debug, Clone)]
 pub struct EventRules {
     weights: BTreeMap<String, f64>,
-    /// Explicit negative event types (`nearline.feedback`, when enabled).
+    /// Explicit negative event types (`feedback`, when enabled).
     negative_types: std::collections::BTreeSet<String>,
     rating_event_type: String,
     rating_threshold: f64,
@@ -220,7 +220,7 @@ pub struct EventRules {
 impl EventRules {
     pub fn from_config(config: &Config) -> Self {
         let f = &config.offline.features;
-        let feedback = &config.nearline.feedback;
+        let feedback = &config.feedback;
         EventRules {
             weights: f.event_weights.clone(),
             negative_types: if feedback.enabled {
@@ -258,7 +258,7 @@ impl EventRules {
             return Err(Rejection::new(
                 RejectReason::UnknownEventType,
                 format!(
-                    "`event_type` {:?} has no weight in offline.features.event_weights (nor is it one of nearline.feedback.negative_event_types with feedback enabled)",
+                    "`event_type` {:?} has no weight in offline.features.event_weights (nor is it one of feedback.negative_event_types with feedback enabled)",
                     event.event_type
                 ),
             ));

@@ -95,9 +95,9 @@ pub struct FeedbackRules {
 }
 
 impl FeedbackRules {
-    /// `None` when `nearline.feedback.enabled` is false.
+    /// `None` when `feedback.enabled` is false.
     pub fn from_config(config: &Config) -> Option<FeedbackRules> {
-        let f = &config.nearline.feedback;
+        let f = &config.feedback;
         f.enabled.then(|| FeedbackRules {
             policy: FeedbackPolicy {
                 impressions_to_hide: f.impressions_to_hide as usize,
@@ -213,9 +213,9 @@ mod tests {
 
     fn rules() -> (EventRules, FeedbackRules) {
         let mut config = Config::default();
-        config.nearline.feedback.enabled = true;
-        config.nearline.feedback.impressions_to_hide = 2;
-        config.nearline.feedback.hide_for_hours = 1.0;
+        config.feedback.enabled = true;
+        config.feedback.impressions_to_hide = 2;
+        config.feedback.hide_for_hours = 1.0;
         (
             EventRules::from_config(&config),
             FeedbackRules::from_config(&config).expect("enabled"),

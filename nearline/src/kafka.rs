@@ -122,7 +122,7 @@ pub async fn ensure_co_partitioned(
         }
         if std::time::Instant::now() > deadline {
             return Err(NearlineError::CoPartitioning(format!(
-                "topic {first} does not exist; create it before starting a worker with nearline.feedback enabled"
+                "topic {first} does not exist; create it before starting a worker with feedback enabled"
             )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -6,7 +6,7 @@
 //! cache ([`apply`]), then commits the batch's offsets ([`worker`]). `recsys nearline produce`
 //! sends events from a file ([`produce`]); `recsys nearline archive` writes the events or
 //! impressions topic to Parquet for the offline job, exactly once ([`archive`]). Every Kafka
-//! client is configured in [`kafka`]. With `nearline.feedback` enabled the workers also consume
+//! client is configured in [`kafka`]. With `feedback` enabled the workers also consume
 //! the impressions topic and hide items a member keeps ignoring or turns down ([`feedback`]).
 //!
 //! This crate owns event decoding and validation, the apply step and the Kafka loop. It must not

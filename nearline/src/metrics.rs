@@ -29,7 +29,7 @@ pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registers once")
 });
 
-/// Impression records applied (`nearline.feedback`).
+/// Impression records applied (`feedback`).
 pub static IMPRESSIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "recsys_nearline_impressions_total",

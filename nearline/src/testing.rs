@@ -25,8 +25,8 @@ pub async fn applier_with_feedback(
     version: &str,
 ) -> crate::apply::Applier {
     let mut config = recsys_shared::config::Config::default();
-    config.nearline.feedback.enabled = true;
-    config.nearline.feedback.impressions_to_hide = 2;
+    config.feedback.enabled = true;
+    config.feedback.impressions_to_hide = 2;
     applier_with(dir, root, version, config).await
 }
 

@@ -19,7 +19,7 @@
 //! Rebalances are served inside `recv`, i.e. between batches, after the previous batch was
 //! committed, so a revoked partition never has applied-but-uncommitted events.
 //!
-//! With `nearline.feedback` enabled the worker subscribes to the impressions topic too. Both
+//! With `feedback` enabled the worker subscribes to the impressions topic too. Both
 //! topics are keyed by member and must have the same partition count: the range assignor then
 //! gives partition p of both to one worker, so each member still has exactly one writer.
 
@@ -143,7 +143,7 @@ pub async fn run(
         .create_with_context(WorkerContext {
             assigned: assigned.clone(),
         })?;
-    let feedback = n.feedback.enabled;
+    let feedback = config.feedback.enabled;
     let impressions_topic = config.online.impressions.topic.as_str();
     if feedback {
         consumer.subscribe(&[&n.topic, impressions_topic])?;
@@ -651,7 +651,7 @@ pub async fn serve(
             tracing::warn!(error = %e, %topic, "could not create the topic; {why}");
         }
     }
-    if config.nearline.feedback.enabled {
+    if config.feedback.enabled {
         crate::kafka::ensure_co_partitioned(
             config,
             &config.nearline.topic,

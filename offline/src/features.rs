@@ -41,7 +41,7 @@ pub struct Features {
     pub items: Option<(Arc<Schema>, Vec<RecordBatch>)>,
 }
 
-/// Explicit negative events (`nearline.feedback`, when enabled): the input may hold them, they
+/// Explicit negative events (`feedback`, when enabled): the input may hold them, they
 /// are never training positives, and with `negative_fold_in = "forget"` a member's events on an
 /// item up to their newest negative on it leave the training table and the history, as the
 /// nearline fold-in forgets them (so the next model does not bring them back).
@@ -54,7 +54,7 @@ pub struct NegativeEvents {
 }
 
 impl NegativeEvents {
-    /// The negatives `nearline.feedback` defines; none when feedback is off.
+    /// The negatives `feedback` defines; none when feedback is off.
     pub fn from_config(feedback: &FeedbackConfig) -> Self {
         if !feedback.enabled {
             return NegativeEvents::default();

@@ -128,7 +128,7 @@ impl TrainJob {
             as_of_ms: self.as_of_ms,
             threads: params.threads,
             cluster: crate::engine::cluster(&config.offline),
-            negatives: crate::features::NegativeEvents::from_config(&config.nearline.feedback),
+            negatives: crate::features::NegativeEvents::from_config(&config.feedback),
         };
         let started = Instant::now();
         let features = run_features(&feature_job, &interactions, Some(&items))?;
@@ -325,7 +325,7 @@ pub fn training_features(interactions: &std::path::Path, config: &Config) -> Res
         as_of_ms: None,
         threads: config.offline.als.threads,
         cluster: crate::engine::cluster(&config.offline),
-        negatives: crate::features::NegativeEvents::from_config(&config.nearline.feedback),
+        negatives: crate::features::NegativeEvents::from_config(&config.feedback),
     };
     run_features(&job, &input, None)
 }

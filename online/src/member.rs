@@ -23,7 +23,7 @@ static STORE_DOWN_LOG: LazyLock<LogEvery> = LazyLock::new(|| LogEvery::new(Durat
 pub(crate) struct Member {
     pub vector: Option<Vec<f32>>,
     pub history: Vec<HistoryEntry>,
-    /// Items the member's negative feedback hides now (`nearline.feedback`).
+    /// Items the member's negative feedback hides now (`feedback`).
     pub hidden: Vec<String>,
     /// The most mature rating the member's profile allows; `None` = unrestricted.
     pub max_maturity: Option<String>,

@@ -8,6 +8,7 @@
 //! environment alike, so a typo never silently falls back to a default.
 
 mod cache;
+mod feedback;
 mod model;
 mod nearline;
 mod offline;
@@ -21,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::{Result, SharedError};
 
 pub use cache::{CacheBackend, CacheConfig};
+pub use feedback::{FeedbackConfig, NegativeFoldIn};
 pub use model::ModelConfig;
-pub use nearline::{FeedbackConfig, NearlineConfig, NegativeFoldIn};
+pub use nearline::NearlineConfig;
 pub use offline::{
     AlsConfig, BallistaConfig, Engine, EvaluationConfig, FeatureConfig, OfflineConfig, Protocol,
     PublishConfig, TuningConfig,
@@ -54,6 +56,8 @@ pub struct Config {
     pub online: OnlineConfig,
     /// The streaming workers.
     pub nearline: NearlineConfig,
+    /// Negative feedback (impressions and explicit negative events), read by every tier.
+    pub feedback: FeedbackConfig,
 }
 
 /// The first failed check of a section: `(holds, field, why)`.
@@ -168,21 +172,20 @@ impl Config {
         self.cache.validate()?;
         self.online.validate()?;
         self.nearline.validate()?;
+        self.feedback.validate()?;
         // What one section requires of another.
         first_problem(vec![
             (
-                !self.nearline.feedback.enabled
-                    || self.online.impressions.topic != self.nearline.topic,
-                "nearline.feedback.enabled",
+                !self.feedback.enabled || self.online.impressions.topic != self.nearline.topic,
+                "feedback.enabled",
                 "needs online.impressions.topic to differ from nearline.topic",
             ),
             (
-                self.nearline
-                    .feedback
+                self.feedback
                     .negative_event_types
                     .iter()
                     .all(|t| !self.offline.features.event_weights.contains_key(t)),
-                "nearline.feedback.negative_event_types",
+                "feedback.negative_event_types",
                 "must not name an event type that has a weight in offline.features.event_weights",
             ),
         ])
@@ -436,9 +439,9 @@ mod tests {
                 "nearline.max_batch",
             ),
             (
-                "RECSYS__NEARLINE__FEEDBACK__IMPRESSIONS_TO_HIDE",
+                "RECSYS__FEEDBACK__IMPRESSIONS_TO_HIDE",
                 "0",
-                "nearline.feedback.impressions_to_hide",
+                "feedback.impressions_to_hide",
             ),
             (
                 "RECSYS__ONLINE__MAX_REQUEST_MS",
@@ -490,12 +493,12 @@ mod tests {
                 "online.impressions.queue_capacity",
             ),
             (
-                "[online.impressions]\ntopic = \"recsys.events\"\n[nearline.feedback]\nenabled = true\n",
-                "nearline.feedback.enabled",
+                "[online.impressions]\ntopic = \"recsys.events\"\n[feedback]\nenabled = true\n",
+                "feedback.enabled",
             ),
             (
-                "[nearline.feedback]\nnegative_event_types = [\"play\"]\n",
-                "nearline.feedback.negative_event_types",
+                "[feedback]\nnegative_event_types = [\"play\"]\n",
+                "feedback.negative_event_types",
             ),
             (
                 "[online.maturity]\nratings = [\"G\", \"G\"]\n",

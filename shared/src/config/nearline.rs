@@ -55,64 +55,6 @@ pub struct NearlineConfig {
     pub kafka_secret_files: BTreeMap<String, PathBuf>,
     /// librdkafka properties read from environment variables: property → variable.
     pub kafka_secret_env: BTreeMap<String, String>,
-    /// Negative feedback: impressions and explicit negative events.
-    pub feedback: FeedbackConfig,
-}
-
-/// Negative feedback in the nearline tier. When enabled, the workers also consume the online
-/// tier's impressions (`online.impressions.topic`, which must have as many partitions as
-/// `nearline.topic`, both keyed by member, so one worker owns each member on both) and hide from
-/// a member an item shown `impressions_to_hide` times within `hide_for_hours` without a positive
-/// event; an explicit negative event hides it until a newer positive one.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FeedbackConfig {
-    /// Default false.
-    pub enabled: bool,
-    /// Default 3.
-    pub impressions_to_hide: u32,
-    /// How long an item stays hidden, and how long an impression counts. Default 72.
-    pub hide_for_hours: f64,
-    /// Event types that are explicit negatives. They need no weight in
-    /// `offline.features.event_weights` (and give no strength). Default `thumbs_down`,
-    /// `not_interested`.
-    pub negative_event_types: Vec<String>,
-    /// What a negative event does to the member's vector: `ignore` (nothing: the item is only
-    /// hidden) or `forget` (the member's earlier positive events on the item leave the history,
-    /// so the fold-in no longer pulls towards it). Default `forget`.
-    pub negative_fold_in: NegativeFoldIn,
-    /// Items whose feedback state one member keeps (least recently active dropped first).
-    /// Default 1000.
-    pub max_items_per_member: usize,
-}
-
-/// See [`FeedbackConfig::negative_fold_in`].
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum NegativeFoldIn {
-    Ignore,
-    #[default]
-    Forget,
-}
-
-impl Default for FeedbackConfig {
-    fn default() -> Self {
-        FeedbackConfig {
-            enabled: false,
-            impressions_to_hide: 3,
-            hide_for_hours: 72.0,
-            negative_event_types: vec!["thumbs_down".into(), "not_interested".into()],
-            negative_fold_in: NegativeFoldIn::Forget,
-            max_items_per_member: 1000,
-        }
-    }
-}
-
-impl FeedbackConfig {
-    /// `hide_for_hours` in milliseconds.
-    pub fn hide_for_ms(&self) -> i64 {
-        (self.hide_for_hours * 3_600_000.0) as i64
-    }
 }
 
 impl Default for NearlineConfig {
@@ -134,7 +76,6 @@ impl Default for NearlineConfig {
             kafka: BTreeMap::new(),
             kafka_secret_files: BTreeMap::new(),
             kafka_secret_env: BTreeMap::new(),
-            feedback: FeedbackConfig::default(),
         }
     }
 }
@@ -145,21 +86,6 @@ impl NearlineConfig {
             (
                 (1..=100_000).contains(&self.max_batch),
                 "nearline.max_batch",
-                "must be 1..=100000",
-            ),
-            (
-                (1..=100).contains(&self.feedback.impressions_to_hide),
-                "nearline.feedback.impressions_to_hide",
-                "must be 1..=100",
-            ),
-            (
-                self.feedback.hide_for_hours > 0.0 && self.feedback.hide_for_hours <= 24.0 * 3650.0,
-                "nearline.feedback.hide_for_hours",
-                "must be in (0, 87600]",
-            ),
-            (
-                (1..=100_000).contains(&self.feedback.max_items_per_member),
-                "nearline.feedback.max_items_per_member",
                 "must be 1..=100000",
             ),
             (
