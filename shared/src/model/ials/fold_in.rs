@@ -117,11 +117,6 @@ impl FoldIn {
         self.k
     }
 
-    /// The objective it solves.
-    pub fn objective(&self) -> Objective {
-        self.params
-    }
-
     /// The member's vector from a history of `(item id, strength)` pairs, items found through
     /// `index` (id → row of `item_factors`). Items the model does not know are skipped; `None`
     /// when none is known.
