@@ -18,6 +18,7 @@ use async_trait::async_trait;
 
 use super::{ModelRoot, RemoteModelRoot};
 use crate::error::Result;
+use crate::SharedError;
 
 /// Where versions come from: a local model root or an object-storage one.
 #[async_trait]
@@ -87,13 +88,13 @@ impl VersionSource for RemoteModelRoot {
     }
 }
 
-/// Why a version was not loaded.
+/// Why a version was not loaded, with the loader's own error.
 #[derive(Debug)]
-pub enum LoadFailure {
+pub enum LoadFailure<E> {
     /// The version itself is bad: refused until its files change.
-    Refused(String),
+    Refused(E),
     /// Something else failed (a network error): nothing is remembered, the next poll retries.
-    Unavailable(String),
+    Unavailable(E),
 }
 
 /// A version newly loaded by a poll.
@@ -107,21 +108,27 @@ pub struct Followed<T> {
 
 /// What one poll did.
 #[derive(Debug)]
-pub struct Poll<T> {
+pub struct Poll<T, E> {
     /// The version to hold from now on, when it changed.
     pub followed: Option<Followed<T>>,
     /// Versions refused by this poll.
     pub refused: usize,
-    /// The source or a load could not be read; nothing changed.
-    pub unavailable: Option<String>,
+    /// The last load that failed in this poll (refused or unavailable).
+    pub load_error: Option<E>,
+    /// `CURRENT` or the version list could not be read; nothing changed.
+    pub source_error: Option<SharedError>,
+    /// A load or the source was unavailable: the poll stopped there, nothing changed.
+    pub unavailable: bool,
 }
 
-impl<T> Poll<T> {
+impl<T, E> Poll<T, E> {
     fn nothing() -> Self {
         Poll {
             followed: None,
             refused: 0,
-            unavailable: None,
+            load_error: None,
+            source_error: None,
+            unavailable: false,
         }
     }
 }
@@ -146,10 +153,11 @@ impl<S: VersionSource> CurrentFollower<S> {
     }
 
     /// One poll. `held` is the version the reader holds now; `load` loads a version.
-    pub async fn poll<T, F, Fut>(&mut self, held: Option<&str>, mut load: F) -> Poll<T>
+    pub async fn poll<T, E, F, Fut>(&mut self, held: Option<&str>, mut load: F) -> Poll<T, E>
     where
+        E: std::fmt::Display,
         F: FnMut(String) -> Fut,
-        Fut: Future<Output = std::result::Result<T, LoadFailure>>,
+        Fut: Future<Output = std::result::Result<T, LoadFailure<E>>>,
     {
         let mut poll = Poll::nothing();
         let current = match self.source.current_version().await {
@@ -157,7 +165,8 @@ impl<S: VersionSource> CurrentFollower<S> {
             Ok(None) => return poll,
             Err(e) => {
                 tracing::warn!(root = %self.source.describe(), error = %e, "cannot read CURRENT");
-                poll.unavailable = Some(e.to_string());
+                poll.unavailable = true;
+                poll.source_error = Some(e);
                 return poll;
             }
         };
@@ -173,7 +182,7 @@ impl<S: VersionSource> CurrentFollower<S> {
                 });
                 return poll;
             }
-            None if poll.unavailable.is_some() => return poll,
+            None if poll.unavailable => return poll,
             None => {}
         }
         // CURRENT cannot be loaded: keep, or fall back to, the newest intact version before it.
@@ -182,7 +191,8 @@ impl<S: VersionSource> CurrentFollower<S> {
             Err(e) => {
                 tracing::warn!(root = %self.source.describe(), error = %e,
                     "cannot list model versions");
-                poll.unavailable = Some(e.to_string());
+                poll.unavailable = true;
+                poll.source_error = Some(e);
                 return poll;
             }
         };
@@ -201,23 +211,24 @@ impl<S: VersionSource> CurrentFollower<S> {
                 });
                 return poll;
             }
-            if poll.unavailable.is_some() {
+            if poll.unavailable {
                 return poll;
             }
         }
         poll
     }
 
-    async fn try_load<T, F, Fut>(
+    async fn try_load<T, E, F, Fut>(
         &mut self,
         version: &str,
         held: Option<&str>,
         load: &mut F,
-        poll: &mut Poll<T>,
+        poll: &mut Poll<T, E>,
     ) -> Option<T>
     where
+        E: std::fmt::Display,
         F: FnMut(String) -> Fut,
-        Fut: Future<Output = std::result::Result<T, LoadFailure>>,
+        Fut: Future<Output = std::result::Result<T, LoadFailure<E>>>,
     {
         let print = self.source.fingerprint(version).await;
         if self.refused.get(version) == Some(&print) {
@@ -234,12 +245,14 @@ impl<S: VersionSource> CurrentFollower<S> {
                     "refusing model version until its files change");
                 self.refused.insert(version.to_string(), print);
                 poll.refused += 1;
+                poll.load_error = Some(problem);
                 None
             }
             Err(LoadFailure::Unavailable(problem)) => {
                 tracing::warn!(%version, error = %problem, root = %self.source.describe(),
                     "cannot load model version now; will retry");
-                poll.unavailable = Some(problem);
+                poll.unavailable = true;
+                poll.load_error = Some(problem);
                 None
             }
         }
@@ -261,7 +274,7 @@ mod tests {
     async fn verified(
         root: &ModelRoot,
         version: String,
-    ) -> std::result::Result<String, LoadFailure> {
+    ) -> std::result::Result<String, LoadFailure<String>> {
         root.verify(&version)
             .map(|m| m.version)
             .map_err(|e| LoadFailure::Refused(e.to_string()))
@@ -332,10 +345,11 @@ mod tests {
         let poll = follower
             .poll(None, |v| {
                 asked.push(v);
-                async { Err::<String, _>(LoadFailure::Unavailable("network".into())) }
+                async { Err::<String, _>(LoadFailure::Unavailable("network".to_string())) }
             })
             .await;
-        assert!(poll.followed.is_none() && poll.unavailable.is_some());
+        assert!(poll.followed.is_none() && poll.unavailable);
+        assert_eq!(poll.load_error.as_deref(), Some("network"));
         assert_eq!(
             asked,
             vec![v2.clone()],

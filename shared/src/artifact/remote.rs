@@ -444,41 +444,29 @@ impl ModelMirror {
             Err(SharedError::Io { .. }) => None,
             Err(e) => return Err(e),
         };
-        let failure: std::sync::Arc<std::sync::Mutex<Option<SharedError>>> = Default::default();
         let (remote, cache) = (self.remote().clone(), self.cache.clone());
         let poll = self
             .follower
             .poll(cached.as_deref(), |version| {
-                let (remote, cache, failure) = (remote.clone(), cache.clone(), failure.clone());
+                let (remote, cache) = (remote.clone(), cache.clone());
                 async move {
                     // A version the cache already holds intact (a rollback) is not fetched again.
                     if cache.verify(&version).is_ok() {
                         return Ok(());
                     }
-                    let error = match remote.download(&version, &cache).await {
-                        Ok(_) => return Ok(()),
-                        Err(e) => e,
-                    };
-                    let message = error.to_string();
-                    let refused = matches!(error, SharedError::Artifact { .. });
-                    *failure.lock().expect("lock") = Some(error);
-                    Err(if refused {
-                        LoadFailure::Refused(message)
-                    } else {
-                        LoadFailure::Unavailable(message)
-                    })
+                    match remote.download(&version, &cache).await {
+                        Ok(_) => Ok(()),
+                        Err(e @ SharedError::Artifact { .. }) => Err(LoadFailure::Refused(e)),
+                        Err(e) => Err(LoadFailure::Unavailable(e)),
+                    }
                 }
             })
             .await;
         let Some(followed) = poll.followed else {
-            if poll.refused > 0 || poll.unavailable.is_some() {
-                let failure = failure.lock().expect("lock").take();
-                return Err(failure.unwrap_or_else(|| SharedError::ObjectStore {
-                    url: self.remote().url().to_string(),
-                    problem: poll.unavailable.unwrap_or_default(),
-                }));
-            }
-            return Ok(None);
+            return match poll.load_error.or(poll.source_error) {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
         };
         let version = followed.version;
         let lock = self.cache.lock()?;
