@@ -402,23 +402,16 @@ mod tests {
             Some(PathBuf::from("/cache-ca.pem"))
         );
         // A certificate without its key, and both password sources, name the field.
-        for (var, value, field) in [
-            (
-                "RECSYS__STORE__CASSANDRA__TLS__CERT_FILE",
-                "/c.pem",
-                "store.cassandra.tls.cert_file",
-            ),
-            (
-                "RECSYS__CACHE__REDIS__AUTH__PASSWORD_FILE",
-                "/p",
-                "cache.redis.auth.password_file",
-            ),
+        let cert_alone: &[(&str, &str)] = &[("RECSYS__STORE__CASSANDRA__TLS__CERT_FILE", "/c.pem")];
+        let both_passwords: &[(&str, &str)] = &[
+            ("RECSYS__CACHE__REDIS__AUTH__PASSWORD_FILE", "/p"),
+            ("RECSYS__CACHE__REDIS__AUTH__PASSWORD_ENV", "P"),
+        ];
+        for (pairs, field) in [
+            (cert_alone, "store.cassandra.tls.cert_file"),
+            (both_passwords, "cache.redis.auth.password_file"),
         ] {
-            let mut pairs = vec![(var, value)];
-            if field.starts_with("cache") {
-                pairs.push(("RECSYS__CACHE__REDIS__AUTH__PASSWORD_ENV", "P"));
-            }
-            let e = Config::load_with_env(None, env(&pairs))
+            let e = Config::load_with_env(None, env(pairs))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{e}");
