@@ -14,7 +14,7 @@ pub use recsys_shared::artifact::synthetic::{random_factors, synthetic_model};
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
 
-use recsys_online::scoring::ItemMatrix;
+use recsys_shared::model::ials::ItemMatrix;
 
 /// Options of `recsys online bench`.
 #[derive(clap::Args, Debug, Clone)]

@@ -27,10 +27,10 @@ use recsys_shared::kernels::dot;
 use recsys_shared::model::ials::{FoldIn, Objective};
 use recsys_shared::SharedError;
 
-use crate::als::{self, AlsParams, IterationReport};
 use crate::features::TrainingTable;
 use crate::metrics::{hit_at, ndcg_at, recall_at, top_k};
 use crate::{OfflineError, Result};
+use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
 
 /// One evaluated member: the vector, what not to recommend, and what should be found.
 struct Case {
@@ -278,7 +278,7 @@ fn leave_last_out(
             keep.push((pair.user, pair.item, pair.strength));
         }
     }
-    let matrix = crate::matrix::SparseMatrix::from_triplets(
+    let matrix = recsys_shared::model::matrix::SparseMatrix::from_triplets(
         table.user_ids.len(),
         table.item_ids.len(),
         keep,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::id_codes::IdDictionary;
-use crate::matrix::SparseMatrix;
+use recsys_shared::model::matrix::SparseMatrix;
 
 /// One output row of the training or history job: ids as the query returned them.
 pub type PairRow<'a> = (&'a str, &'a str, f32, i64);

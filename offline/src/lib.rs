@@ -25,7 +25,6 @@
 //! [`recsys_shared::artifact::ModelRoot`] / [`recsys_shared::artifact::RemoteModelRoot`] (so every
 //! publish is atomic and locked).
 
-pub mod als;
 pub mod coded_jobs;
 pub mod engine;
 mod error;
@@ -35,7 +34,6 @@ pub mod feature_tables;
 pub mod features;
 pub mod id_codes;
 pub mod input;
-pub mod matrix;
 pub mod metrics;
 pub mod movielens;
 pub mod publish;

@@ -613,7 +613,7 @@ mod tests {
         use recsys_shared::config::EvaluationConfig;
         let dir = tempfile::tempdir().unwrap();
         let table = clustered_table();
-        let params = crate::als::AlsParams {
+        let params = recsys_shared::model::ials::train::AlsParams {
             factors: 8,
             threads: 2,
             compute_loss: false,
@@ -621,7 +621,7 @@ mod tests {
         };
         let config = EvaluationConfig::default();
         let (good, _) = crate::evaluate::evaluate(&table, &params, &config, |_| {}).unwrap();
-        let weak_params = crate::als::AlsParams {
+        let weak_params = recsys_shared::model::ials::train::AlsParams {
             iterations: 1,
             ..params.clone()
         };

@@ -15,13 +15,13 @@ use recsys_shared::artifact::{
 use recsys_shared::config::{Config, Protocol};
 use recsys_shared::SharedError;
 
-use crate::als::{self, AlsParams, IterationReport};
 use crate::evaluate::{self, Split};
 use crate::features::{FeatureJob, Features, TrainingTable};
 use crate::input::InputTable;
 use crate::progress::Progress;
 use crate::publish::Destination;
 use crate::{OfflineError, Result};
+use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
 
 /// What to train and where to publish.
 #[derive(Debug, Clone)]

@@ -46,11 +46,11 @@ use recsys_shared::artifact::Evaluation;
 use recsys_shared::config::{Config, EvaluationConfig, Protocol, TuningConfig};
 use recsys_shared::SharedError;
 
-use crate::als::{AlsParams, Trainer, TrainingData};
 use crate::evaluate;
 use crate::features::TrainingTable;
 use crate::progress::Progress;
 use crate::{OfflineError, Result};
+use recsys_shared::model::ials::train::{AlsParams, Trainer, TrainingData};
 use recsys_shared::model::ials::Objective;
 
 /// The hyper-parameters one trial sets; the rest come from `[offline.als]`.

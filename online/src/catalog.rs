@@ -15,7 +15,7 @@ use recsys_shared::model::Family;
 use recsys_store::features::HistoryEntry;
 
 use crate::error::OnlineError;
-use crate::scoring::ItemMatrix;
+use recsys_shared::model::ials::ItemMatrix;
 
 /// Bitset over item indices.
 #[derive(Debug, Clone)]

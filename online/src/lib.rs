@@ -40,7 +40,6 @@ pub mod member;
 pub mod metrics;
 pub mod rpc;
 pub mod rules;
-pub mod scoring;
 pub mod server;
 
 pub use error::OnlineError;

@@ -10,7 +10,7 @@
 use recsys_shared::config::RulesConfig;
 
 use crate::catalog::Catalog;
-use crate::scoring::Scored;
+use recsys_shared::model::top_k::Scored;
 
 /// How many candidates beyond `k` a list needs so that `k` remain after the rules.
 pub fn extra_candidates(rules: &RulesConfig) -> usize {

@@ -59,6 +59,9 @@ pub enum SharedError {
     /// location; never with credentials in it).
     #[error("{url}: {problem}")]
     ObjectStore { url: String, problem: String },
+    /// A training run cannot start with these parameters or resources.
+    #[error("{0}")]
+    Training(String),
     /// A linear-algebra input was not usable (e.g. not positive definite).
     #[error("numerics: {0}")]
     Numerics(String),

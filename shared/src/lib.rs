@@ -3,10 +3,11 @@
 //! What every tier of recsys agrees on: the domain types (member and item ids, interactions), the
 //! configuration file, the **model artifact** (a versioned directory of Parquet tables plus a
 //! manifest, published atomically behind a `CURRENT` pointer, followed by every reader with one
-//! policy) and the **model seam** ([`model`]): the families recsys trains and serves, and for iALS
-//! the fold-in — the exact ALS solve for one member against fixed item factors, used by the offline
-//! evaluator, the nearline workers and the online server alike so that all three compute the same
-//! vector from the same history.
+//! policy) and the **model seam** ([`model`]): the families recsys trains and serves, each in one
+//! folder with its trainer, member-state update and whole-catalog scorer. For iALS the member
+//! update is the fold-in — the exact ALS solve for one member against fixed item factors, used by
+//! the offline evaluator, the nearline workers and the online server alike so that all three
+//! compute the same vector from the same history.
 //!
 //! It also holds the protobuf API (`recsys.v1`, in [`proto`]), the impression record
 //! ([`impression`]), the operations endpoint

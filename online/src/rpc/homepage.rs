@@ -11,7 +11,7 @@ use super::{popular, request_id, scored, RankError, Ranker, Treatment};
 use crate::experiments::{RowKind, RowRecipe};
 use crate::impressions::{Shown, ShownRow};
 use crate::rules;
-use crate::scoring::Scored;
+use recsys_shared::model::top_k::Scored;
 
 impl Ranker {
     /// The homepage, and what it shows when its impression is logged.

@@ -34,7 +34,7 @@ use crate::experiments::{Experiments, RowRecipe};
 use crate::impressions::{ImpressionLog, PendingImpression, Shown};
 use crate::member::Member;
 use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS};
-use crate::scoring::Scored;
+use recsys_shared::model::top_k::Scored;
 pub use request::limits;
 use request::{check_deadline, deadline_exceeded, deadline_of};
 

@@ -10,13 +10,19 @@
 //!   history (iALS), or the history itself (item-item families);
 //! - how a member event changes that state (iALS: the exact fold-in of the whole history,
 //!   [`ials::FoldIn`], the one function every tier uses);
+//! - how it is trained from the member × item matrix ([`matrix::SparseMatrix`]; iALS:
+//!   [`ials::train`]);
 //! - how a member's scores over the whole catalog are computed (iALS: the item factors times the
-//!   member's vector).
+//!   member's vector, [`ials::ItemMatrix`]), ending in the shared [`top_k`] selection.
 //!
 //! The family's own numerics live in one folder here (`ials/`); a new family is a folder beside
-//! it plus one [`Family`] variant, which the tiers' `match`es then ask them to handle.
+//! it plus one [`Family`] variant, which the tiers' `match`es then ask them to handle. The tiers
+//! hold none of a family's numerics: offline builds the matrix and calls the trainer, nearline
+//! and online call the member-state update, online calls the scorer.
 
 pub mod ials;
+pub mod matrix;
+pub mod top_k;
 
 use serde::{Deserialize, Serialize};
 

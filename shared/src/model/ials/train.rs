@@ -10,7 +10,7 @@
 //! α₀ (`unobserved_weight`) weighs the unobserved cells, α the confidence per unit of interaction
 //! strength, ν (`regularization_exp`) scales λ with each row's frequency (`|I_u|` items of member
 //! `u` out of `|I|`, `|U_i|` members of item `i` out of `|U|`). α₀ = 1, ν = 0 is Hu, Koren &
-//! Volinsky (2008) with `c = 1 + α r` and plain λ. [`recsys_shared::model::ials`] solves the member
+//! Volinsky (2008) with `c = 1 + α r` and plain λ. [`super::FoldIn`] solves the member
 //! side of the same objective exactly; the trainer's member step converges to the same vector.
 //!
 //! Each iteration solves every item against the fixed member factors, then every member against
@@ -25,13 +25,13 @@
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use recsys_shared::kernels::{axpy, dot, gram, symv};
+use crate::kernels::{axpy, dot, gram, symv};
 
-use crate::matrix::SparseMatrix;
-use crate::{OfflineError, Result};
+use crate::model::matrix::SparseMatrix;
+use crate::{Result, SharedError};
 
 /// Hyper-parameters of a training run: the config section itself (`[offline.als]`).
-pub use recsys_shared::config::AlsConfig as AlsParams;
+pub use crate::config::AlsConfig as AlsParams;
 
 /// Trained factors: row-major, `factors` wide.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +77,7 @@ impl<'a> TrainingData<'a> {
             .num_threads(threads)
             .thread_name(|i| format!("als-{i}"))
             .build()
-            .map_err(|e| OfflineError::Usage(format!("cannot start {threads} threads: {e}")))?;
+            .map_err(|e| SharedError::Training(format!("cannot start {threads} threads: {e}")))?;
         Ok(TrainingData {
             matrix,
             by_item: matrix.transpose(),
@@ -101,12 +101,12 @@ impl<'a> Trainer<'a> {
     pub fn with_data(data: &'a TrainingData<'a>, params: &AlsParams) -> Result<Self> {
         let k = params.factors;
         if k == 0 || params.iterations == 0 || params.cg_steps == 0 {
-            return Err(OfflineError::Usage(
+            return Err(SharedError::Training(
                 "factors, iterations and cg_steps must be positive".into(),
             ));
         }
         if params.regularization <= 0.0 && params.unobserved_weight <= 0.0 {
-            return Err(OfflineError::Usage(
+            return Err(SharedError::Training(
                 "regularization and unobserved_weight cannot both be zero (the normal equations would be singular)".into(),
             ));
         }
@@ -369,7 +369,7 @@ pub fn loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recsys_shared::model::ials::{FoldIn, Objective};
+    use crate::model::ials::{FoldIn, Objective};
 
     /// A small random members × items matrix with planted block structure.
     fn planted(users: usize, items: usize, seed: u64) -> SparseMatrix {

@@ -1,0 +1,103 @@
+//! Top-k selection over a whole catalog's scores: what every family's scorer ends with.
+
+use std::cmp::Ordering;
+
+/// A scored item index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub index: u32,
+    pub score: f32,
+}
+
+/// The `k` highest of `scores` among `allowed` indices, best first; ties go to the lower index.
+///
+/// Scores above the running threshold are appended to a pool; when the pool reaches `2k` it is
+/// cut to its best `k` by `select_nth_unstable` and the threshold becomes the `k`-th best. That
+/// is linear on average and cheaper than a heap, whose pushes and pops dominate when thousands of
+/// scores beat an early, low threshold. Once the threshold is set, a block of 16 scores is first
+/// tested as a whole (a branch-free comparison the compiler vectorises) and skipped unless one of
+/// them is higher.
+pub fn select_top(scores: &[f32], k: usize, allowed: &impl Fn(u32) -> bool) -> Vec<Scored> {
+    if k == 0 {
+        return Vec::new();
+    }
+    const BLOCK: usize = 16;
+    let mut pool: Vec<Scored> = Vec::with_capacity(2 * k);
+    let mut threshold = f32::NEG_INFINITY;
+    for (b, block) in scores.chunks(BLOCK).enumerate() {
+        if !block.iter().fold(false, |any, &s| any | (s > threshold)) {
+            continue;
+        }
+        for (j, &score) in block.iter().enumerate() {
+            let index = (b * BLOCK + j) as u32;
+            if score > threshold && score.is_finite() && allowed(index) {
+                pool.push(Scored { index, score });
+                if pool.len() == 2 * k {
+                    keep_best(&mut pool, k);
+                    threshold = pool[k - 1].score;
+                }
+            }
+        }
+    }
+    keep_best(&mut pool, k);
+    sort_best_first(&mut pool);
+    pool
+}
+
+/// Cuts `items` to its best `k` (unordered, but the `k`-th best last).
+fn keep_best(items: &mut Vec<Scored>, k: usize) {
+    if items.len() > k {
+        items.select_nth_unstable_by(k - 1, best_first);
+        items.truncate(k);
+    }
+}
+
+fn best_first(a: &Scored, b: &Scored) -> Ordering {
+    b.score.total_cmp(&a.score).then(a.index.cmp(&b.index))
+}
+
+fn sort_best_first(items: &mut [Scored]) {
+    items.sort_unstable_by(best_first);
+}
+
+/// The best `k` of `items`, best first.
+pub fn best_of(mut items: Vec<Scored>, k: usize) -> Vec<Scored> {
+    sort_best_first(&mut items);
+    items.truncate(k);
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_top_equals_a_full_sort_with_ties_filters_and_non_finite_scores() {
+        // Few distinct values (many ties), some NaN and infinities, an index filter, and sizes
+        // that make the pool cut many times, once, or never.
+        let scores: Vec<f32> = (0..5_000u32)
+            .map(|i| match i % 97 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                _ => ((i.wrapping_mul(2_654_435_761) >> 7) % 50) as f32,
+            })
+            .collect();
+        let allowed = |i: u32| i % 7 != 3;
+        for k in [1, 5, 100, 1_000, 10_000] {
+            let got: Vec<(u32, f32)> = select_top(&scores, k, &allowed)
+                .into_iter()
+                .map(|s| (s.index, s.score))
+                .collect();
+            let mut want: Vec<(u32, f32)> = scores
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (i as u32, s))
+                .filter(|&(i, s)| s.is_finite() && allowed(i))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(k);
+            assert_eq!(got, want, "k = {k}");
+        }
+    }
+}
