@@ -64,12 +64,12 @@ async fn take_rate_per_variant_from_impressions_and_attributed_plays() {
     config.online.listen = "127.0.0.1:0".into();
     config.online.metrics_listen = "127.0.0.1:0".into();
     config.online.impressions.enabled = true;
-    config.nearline.brokers = broker.brokers();
+    config.kafka.brokers = broker.brokers();
     recsys_nearline::kafka::ensure_topics(
         &config,
         &[
-            (config.online.impressions.topic.as_str(), 2),
-            (config.nearline.topic.as_str(), 2),
+            (config.kafka.impressions_topic.as_str(), 2),
+            (config.kafka.events_topic.as_str(), 2),
         ],
     )
     .await
@@ -170,7 +170,7 @@ async fn take_rate_per_variant_from_impressions_and_attributed_plays() {
     let producer = recsys_nearline::kafka::producer(&config).unwrap();
     produce_all(
         &producer,
-        &config.nearline.topic,
+        &config.kafka.events_topic,
         &events,
         Encoding::Protobuf,
         0.0,

@@ -145,7 +145,7 @@ impl Setup {
             ("RECSYS__STORE__REDIS__URL", self.redis.url()),
             ("RECSYS__STORE__HISTORY_CAP", "1000".into()),
             ("RECSYS__CACHE__BACKEND", "none".into()),
-            ("RECSYS__NEARLINE__BROKERS", self.broker.brokers()),
+            ("RECSYS__KAFKA__BROKERS", self.broker.brokers()),
             ("RECSYS__NEARLINE__GROUP_ID", "failure-tests".into()),
             ("RECSYS__NEARLINE__MAX_BATCH", "40".into()),
             ("RECSYS__FEEDBACK__ENABLED", self.feedback.to_string()),

@@ -61,7 +61,7 @@ impl Platform {
             .env("RECSYS__CACHE__REDIS__TIMEOUT_MS", "200")
             .env("RECSYS__ONLINE__MODEL_POLL_MS", "200")
             .env("RECSYS__NEARLINE__MODEL_POLL_MS", "200")
-            .env("RECSYS__NEARLINE__BROKERS", self.broker.brokers())
+            .env("RECSYS__KAFKA__BROKERS", self.broker.brokers())
             .env("RECSYS__NEARLINE__GROUP_ID", "e2e");
         cmd
     }

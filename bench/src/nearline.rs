@@ -139,7 +139,7 @@ pub async fn run(args: &BenchArgs) -> BenchResult<()> {
     let broker = TansuBroker::start_in_memory();
     let redis = RedisServer::start();
     let mut config = Config::default();
-    config.nearline.brokers = broker.brokers();
+    config.kafka.brokers = broker.brokers();
     config.store.backend = StoreBackend::Redis;
     config.store.redis.url = redis.url();
     let env = Env {
@@ -150,7 +150,7 @@ pub async fn run(args: &BenchArgs) -> BenchResult<()> {
             ("RECSYS__STORE__REDIS__URL".into(), redis.url()),
             ("RECSYS__CACHE__BACKEND".into(), "redis".into()),
             ("RECSYS__CACHE__REDIS__URL".into(), redis.url()),
-            ("RECSYS__NEARLINE__BROKERS".into(), broker.brokers()),
+            ("RECSYS__KAFKA__BROKERS".into(), broker.brokers()),
         ],
     };
 
@@ -159,13 +159,13 @@ pub async fn run(args: &BenchArgs) -> BenchResult<()> {
     let events = random_events(&mut rng, args.events, args, "e");
     ensure_topics(
         &config,
-        &[(config.nearline.topic.as_str(), args.partitions)],
+        &[(config.kafka.events_topic.as_str(), args.partitions)],
     )
     .await?;
     let kafka = producer(&config)?;
     let produce_s = produce_all(
         &kafka,
-        &config.nearline.topic,
+        &config.kafka.events_topic,
         &events,
         Encoding::Protobuf,
         0.0,

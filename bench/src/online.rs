@@ -310,7 +310,7 @@ async fn server(
                         "RECSYS__ONLINE__IMPRESSIONS__DELIVERY_TIMEOUT_MS",
                         IMPRESSION_TIMEOUT_MS.to_string(),
                     ),
-                    ("RECSYS__NEARLINE__BROKERS", brokers.clone()),
+                    ("RECSYS__KAFKA__BROKERS", brokers.clone()),
                 ]);
             }
             vars
@@ -487,7 +487,7 @@ async fn experiment_runs(
         admin
             .create_topics(
                 &[NewTopic::new(
-                    &config.online.impressions.topic,
+                    &config.kafka.impressions_topic,
                     2,
                     TopicReplication::Fixed(1),
                 )],

@@ -20,7 +20,7 @@ if [ -z "$TANSU" ]; then
         cat >&2 <<MSG
 tansu (the Kafka-protocol broker) is not installed. Building it now with cargo into
 ~/.cache/recsys/tansu: this takes 10-25 minutes on a 2-core machine, once. Press Ctrl-C to stop;
-set TANSU=/path/to/tansu to use one you have, or point nearline.brokers at a running Kafka.
+set TANSU=/path/to/tansu to use one you have, or point kafka.brokers at a running Kafka.
 MSG
         CARGO_TARGET_DIR="$HOME/.cache/recsys/tansu-build" \
             cargo install tansu --locked --features dynostore,libsql --root "$HOME/.cache/recsys/tansu"
@@ -48,4 +48,4 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 echo "tansu listening on 127.0.0.1:$PORT (log $DATA/tansu.log)"
-echo "topics are created by the first worker (nearline.topic_partitions) or by recsys nearline produce"
+echo "topics are created by the first worker (kafka.events_partitions) or by recsys nearline produce"

@@ -28,7 +28,7 @@ pub enum NearlineError {
     #[error("{path}: {problem}")]
     Input { path: String, problem: String },
     /// No broker answered a metadata request in time.
-    #[error("no Kafka broker answered at {brokers} within {seconds} s ({detail}); start one (deploy/local/start-tansu.sh starts Tansu) or point --brokers / nearline.brokers at a running one")]
+    #[error("no Kafka broker answered at {brokers} within {seconds} s ({detail}); start one (deploy/local/start-tansu.sh starts Tansu) or point --brokers / kafka.brokers at a running one")]
     NoBroker {
         brokers: String,
         seconds: u64,

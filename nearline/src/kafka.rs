@@ -1,7 +1,7 @@
 //! The Kafka clients every part of the tier makes (the worker's consumer, the dead-letter and
 //! `produce` producers, the admin client that creates topics), configured once from
-//! `nearline.brokers` and `nearline.kafka`, with secret properties (`sasl.password`, …) read from
-//! files or the environment (`nearline.kafka_secret_files` / `kafka_secret_env`) and never
+//! `kafka.brokers` and `kafka.properties`, with secret properties (`sasl.password`, …) read from
+//! files or the environment (`kafka.secret_files` / `kafka.secret_env`) and never
 //! printed.
 //!
 //! librdkafka is built with OpenSSL, so `security.protocol` = `SSL` or `SASL_SSL` (with
@@ -24,7 +24,7 @@ pub fn client_config(config: &Config) -> Result<ClientConfig, NearlineError> {
     with_overrides(ClientConfig::new(), config)
 }
 
-/// `client` with the brokers, then `nearline.kafka` and the secret properties set over whatever
+/// `client` with the brokers, then `kafka.properties` and the secret properties set over whatever
 /// the code set, so an operator's setting always wins.
 pub fn with_overrides(
     mut client: ClientConfig,
@@ -46,7 +46,7 @@ pub fn producer(config: &Config) -> Result<FutureProducer, NearlineError> {
 }
 
 /// An idempotent, acks=all producer that gives a record up after `timeout` unacknowledged
-/// (`message.timeout.ms`; `nearline.kafka` may set it otherwise).
+/// (`message.timeout.ms`; `kafka.properties` may set it otherwise).
 pub fn producer_with_timeout(
     config: &Config,
     timeout: Duration,
@@ -165,27 +165,27 @@ mod tests {
         std::fs::write(&password, "from-a-file\n").unwrap();
         for protocol in ["SSL", "SASL_SSL"] {
             let mut config = Config::default();
-            config.nearline.brokers = "127.0.0.1:1".into();
+            config.kafka.brokers = "127.0.0.1:1".into();
             config
-                .nearline
                 .kafka
+                .properties
                 .insert("security.protocol".into(), protocol.into());
             config
-                .nearline
                 .kafka
+                .properties
                 .insert("ssl.ca.location".into(), ca.display().to_string());
             if protocol == "SASL_SSL" {
                 config
-                    .nearline
                     .kafka
+                    .properties
                     .insert("sasl.mechanism".into(), "SCRAM-SHA-512".into());
                 config
-                    .nearline
                     .kafka
+                    .properties
                     .insert("sasl.username".into(), "recsys".into());
                 config
-                    .nearline
-                    .kafka_secret_files
+                    .kafka
+                    .secret_files
                     .insert("sasl.password".into(), password.clone());
             }
             let client = client_config(&config).unwrap();
@@ -199,13 +199,10 @@ mod tests {
         }
         let mut missing = Config::default();
         missing
-            .nearline
-            .kafka_secret_files
+            .kafka
+            .secret_files
             .insert("sasl.password".into(), dir.path().join("nope"));
         let e = client_config(&missing).err().unwrap().to_string();
-        assert!(
-            e.contains("nearline.kafka_secret_files.sasl.password_file"),
-            "{e}"
-        );
+        assert!(e.contains("kafka.secret_files.sasl.password_file"), "{e}");
     }
 }

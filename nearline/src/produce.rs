@@ -185,7 +185,7 @@ pub fn read_events(
 pub const BROKER_CHECK: Duration = Duration::from_secs(5);
 
 /// How long one record may wait for the broker's acknowledgement (librdkafka's
-/// `message.timeout.ms`, unless `nearline.kafka` sets it).
+/// `message.timeout.ms`, unless `kafka.properties` sets it).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The producer `produce` sends with, once a broker has answered a metadata request within
@@ -204,7 +204,7 @@ pub async fn connect(
             .map_err(|e| format!("the metadata request did not finish: {e}"))
             .and_then(|answer| answer.map_err(|e| e.to_string()));
     answered.map_err(|detail| NearlineError::NoBroker {
-        brokers: config.nearline.brokers.clone(),
+        brokers: config.kafka.brokers.clone(),
         seconds: wait.as_secs(),
         detail,
     })?;

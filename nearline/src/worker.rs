@@ -144,14 +144,14 @@ pub async fn run(
             assigned: assigned.clone(),
         })?;
     let feedback = config.feedback.enabled;
-    let impressions_topic = config.online.impressions.topic.as_str();
+    let impressions_topic = config.kafka.impressions_topic.as_str();
     if feedback {
-        consumer.subscribe(&[&n.topic, impressions_topic])?;
+        consumer.subscribe(&[&config.kafka.events_topic, impressions_topic])?;
     } else {
-        consumer.subscribe(&[&n.topic])?;
+        consumer.subscribe(&[&config.kafka.events_topic])?;
     }
     let producer = producer(config)?;
-    tracing::info!(brokers = %n.brokers, topic = %n.topic, group = %n.group_id, "consumer started");
+    tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.events_topic, group = %n.group_id, "consumer started");
 
     // Model refresh: a new CURRENT is loaded in the background and swapped in between batches'
     // fold-ins (each batch holds the model it started with).
@@ -181,7 +181,7 @@ pub async fn run(
                 if !assigned.load(Ordering::Acquire)
                     && waiting_since.elapsed() > Duration::from_secs(30)
                 {
-                    tracing::warn!(topic = %n.topic, group = %n.group_id,
+                    tracing::warn!(topic = %config.kafka.events_topic, group = %n.group_id,
                         "no partitions assigned yet: does the topic exist, and does another worker of the group hold every partition?");
                     waiting_since = std::time::Instant::now();
                 }
@@ -322,9 +322,9 @@ impl BatchRun<'_> {
         let mut admitted: Vec<(&BorrowedMessage<'_>, Event)> = Vec::with_capacity(batch.len());
         let mut shown: Vec<(&BorrowedMessage<'_>, Shown)> = Vec::new();
         let mut rejected: Vec<(&BorrowedMessage<'_>, Rejection)> = Vec::new();
-        let impressions_topic = self.config.online.impressions.topic.as_str();
+        let impressions_topic = self.config.kafka.impressions_topic.as_str();
         for m in batch {
-            if m.topic() == impressions_topic && m.topic() != self.config.nearline.topic {
+            if m.topic() == impressions_topic && m.topic() != self.config.kafka.events_topic {
                 match decode_impression(m.payload(), m.key(), self.applier.event_rules(), now_ms) {
                     Ok(s) => shown.push((m, s)),
                     Err(r) => rejected.push((m, r)),
@@ -563,7 +563,7 @@ async fn dead_letter(
             });
         }
     }
-    let topic = &config.nearline.dead_letter_topic;
+    let topic = &config.kafka.dead_letter_topic;
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
     if let Some(key) = m.key() {
         record = record.key(key);
@@ -582,7 +582,7 @@ async fn dead_letter(
 }
 
 /// Opens the feature store and cache of `config`, serves `/metrics` and the probes on
-/// `nearline.metrics_listen`, creates the events topic (`nearline.topic_partitions`) and the
+/// `nearline.metrics_listen`, creates the events topic (`kafka.events_partitions`) and the
 /// dead-letter topic when they do not exist, and runs the consumer loop
 /// until `stop` resolves (or `options.max_events` were consumed).
 pub async fn serve(
@@ -634,15 +634,15 @@ pub async fn serve(
     tracing::info!(%addr, store = config.store.backend.name(), "nearline worker: /metrics, /healthz, /readyz");
     // The topics this worker reads and writes are created when they do not exist yet, so the
     // tiers can start in any order.
-    let n = &config.nearline;
+    let kafka = &config.kafka;
     for (topic, partitions, why) in [
         (
-            n.topic.as_str(),
-            n.topic_partitions,
+            kafka.events_topic.as_str(),
+            kafka.events_partitions,
             "it is consumed once it exists",
         ),
         (
-            n.dead_letter_topic.as_str(),
+            kafka.dead_letter_topic.as_str(),
             1,
             "it must exist before an event is dead-lettered",
         ),
@@ -654,8 +654,8 @@ pub async fn serve(
     if config.feedback.enabled {
         crate::kafka::ensure_co_partitioned(
             config,
-            &config.nearline.topic,
-            &config.online.impressions.topic,
+            &config.kafka.events_topic,
+            &config.kafka.impressions_topic,
         )
         .await?;
     }

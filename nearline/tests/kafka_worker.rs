@@ -80,7 +80,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
 
     let mut config = Config::default();
     config.model.root = models.path().to_path_buf();
-    config.nearline.brokers = broker.brokers();
+    config.kafka.brokers = broker.brokers();
     config.nearline.metrics_listen = format!("127.0.0.1:{}", free_port());
     config.nearline.group_id = "test-workers".into();
     config.store.backend = StoreBackend::Redis;
@@ -98,7 +98,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
         .await
         .unwrap();
 
-    ensure_topics(&config, &[(config.nearline.topic.as_str(), 4)])
+    ensure_topics(&config, &[(config.kafka.events_topic.as_str(), 4)])
         .await
         .unwrap();
     let producer = recsys_nearline::kafka::producer(&config).unwrap();
@@ -107,7 +107,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
     // Poison in the middle of the stream: garbage bytes, an unknown item, a missing field and a
     // timestamp a day in the future.
     for e in &good[..120] {
-        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+        send(&producer, &config.kafka.events_topic, e, Encoding::Protobuf)
             .await
             .unwrap();
     }
@@ -144,7 +144,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
     for (key, payload, content_type) in &poison {
         producer
             .send(
-                FutureRecord::to(&config.nearline.topic)
+                FutureRecord::to(&config.kafka.events_topic)
                     .key(key.as_bytes())
                     .payload(payload)
                     .headers(OwnedHeaders::new().insert(Header {
@@ -162,7 +162,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
         } else {
             Encoding::Protobuf
         };
-        send(&producer, &config.nearline.topic, e, encoding)
+        send(&producer, &config.kafka.events_topic, e, encoding)
             .await
             .unwrap();
     }
@@ -216,7 +216,7 @@ async fn events_are_folded_in_and_poison_goes_to_the_dead_letter_topic() {
 fn worker_config(models: &Path, broker: &TansuBroker, redis_url: String, group: &str) -> Config {
     let mut config = Config::default();
     config.model.root = models.to_path_buf();
-    config.nearline.brokers = broker.brokers();
+    config.kafka.brokers = broker.brokers();
     config.nearline.metrics_listen = format!("127.0.0.1:{}", free_port());
     config.nearline.group_id = group.into();
     config.store.backend = StoreBackend::Redis;
@@ -234,7 +234,7 @@ async fn dead_letters(config: &Config, n: usize) -> Vec<(String, String)> {
         .create()
         .unwrap();
     reader
-        .subscribe(&[&config.nearline.dead_letter_topic])
+        .subscribe(&[&config.kafka.dead_letter_topic])
         .unwrap();
     let mut out = Vec::new();
     while out.len() < n {
@@ -285,13 +285,13 @@ async fn a_member_with_undecodable_stored_state_is_dead_lettered_and_the_partiti
     let store = FeatureStore::new(recsys_store::open(&config.store).await.unwrap(), 500);
     assert!(store.get("m3").await.is_err(), "m3's state is undecodable");
 
-    ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
+    ensure_topics(&config, &[(config.kafka.events_topic.as_str(), 2)])
         .await
         .unwrap();
     let producer = recsys_nearline::kafka::producer(&config).unwrap();
     let all = events(96, chrono::Utc::now().timestamp_millis());
     for e in &all {
-        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+        send(&producer, &config.kafka.events_topic, e, Encoding::Protobuf)
             .await
             .unwrap();
     }
@@ -340,15 +340,15 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
         ("max.poll.interval.ms", "6000"),
         ("session.timeout.ms", "6000"),
     ] {
-        config.nearline.kafka.insert(key.into(), value.into());
+        config.kafka.properties.insert(key.into(), value.into());
     }
-    ensure_topics(&config, &[(config.nearline.topic.as_str(), 2)])
+    ensure_topics(&config, &[(config.kafka.events_topic.as_str(), 2)])
         .await
         .unwrap();
     let producer = recsys_nearline::kafka::producer(&config).unwrap();
     let all = events(120, chrono::Utc::now().timestamp_millis());
     for e in &all[..60] {
-        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+        send(&producer, &config.kafka.events_topic, e, Encoding::Protobuf)
             .await
             .unwrap();
     }
@@ -404,7 +404,7 @@ async fn a_store_outage_stalls_visibly_keeps_the_group_membership_and_resumes_wh
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.kill();
     for e in &all[60..] {
-        send(&producer, &config.nearline.topic, e, Encoding::Protobuf)
+        send(&producer, &config.kafka.events_topic, e, Encoding::Protobuf)
             .await
             .unwrap();
     }
@@ -494,14 +494,19 @@ async fn a_worker_started_first_creates_its_topic_is_ready_once_assigned_and_app
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        recsys_nearline::kafka::partition_count(&config, &config.nearline.topic).unwrap(),
-        Some(config.nearline.topic_partitions as usize)
+        recsys_nearline::kafka::partition_count(&config, &config.kafka.events_topic).unwrap(),
+        Some(config.kafka.events_partitions as usize)
     );
     let producer = recsys_nearline::kafka::producer(&config).unwrap();
     for e in events(N, chrono::Utc::now().timestamp_millis()) {
-        send(&producer, &config.nearline.topic, &e, Encoding::Protobuf)
-            .await
-            .unwrap();
+        send(
+            &producer,
+            &config.kafka.events_topic,
+            &e,
+            Encoding::Protobuf,
+        )
+        .await
+        .unwrap();
     }
     let report = tokio::time::timeout(Duration::from_secs(60), run)
         .await

@@ -1,5 +1,5 @@
 //! The impression log: what every Rank and Homepage answer showed, sent to Kafka topic
-//! `online.impressions.topic` (key = the member, so a member's impressions and events share a
+//! `kafka.impressions_topic` (key = the member, so a member's impressions and events share a
 //! partition order) as one JSON record per answer:
 //!
 //! ```json
@@ -173,7 +173,7 @@ pub struct ImpressionLog {
 
 impl ImpressionLog {
     /// The log `online.impressions` describes, or `None` when it is off. The brokers and client
-    /// settings (TLS, SASL, secrets) are `nearline`'s.
+    /// settings (TLS, SASL, secrets) are `[kafka]`'s.
     pub fn from_config(config: &Config) -> Result<Option<ImpressionLog>, OnlineError> {
         let settings = &config.online.impressions;
         if !settings.enabled {
@@ -210,7 +210,7 @@ impl ImpressionLog {
             closed: AtomicBool::new(false),
             unsent: AtomicUsize::new(0),
         });
-        let topic = settings.topic.clone();
+        let topic = config.kafka.impressions_topic.clone();
         let (sending, taken) = (producer.clone(), queue.clone());
         let sender = std::thread::Builder::new()
             .name("impressions".into())
@@ -232,7 +232,7 @@ impl ImpressionLog {
                 }
             })
             .map_err(|e| OnlineError::Config(format!("online.impressions: a thread: {e}")))?;
-        tracing::info!(topic = %settings.topic, sample_rate = settings.sample_rate,
+        tracing::info!(topic = %config.kafka.impressions_topic, sample_rate = settings.sample_rate,
             "logging impressions to Kafka");
         Ok(Some(ImpressionLog {
             queue,

@@ -31,7 +31,7 @@ fn config(dir: &Path, brokers: String) -> Config {
     config.online.impressions.enabled = true;
     config.online.impressions.queue_capacity = 100_000;
     config.online.impressions.delivery_timeout_ms = 1500;
-    config.nearline.brokers = brokers;
+    config.kafka.brokers = brokers;
     config
 }
 

@@ -43,7 +43,7 @@ pub(crate) enum NearlineCommand {
         /// The events (or impressions) file.
         #[arg(long)]
         input: PathBuf,
-        /// What the file holds. Impressions go to `--topic` or online.impressions.topic.
+        /// What the file holds. Impressions go to `--topic` or kafka.impressions_topic.
         #[arg(long, value_enum, default_value = "events")]
         kind: RecordKindArg,
         #[command(flatten)]
@@ -55,7 +55,7 @@ pub(crate) enum NearlineCommand {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
         /// Partitions of the topic when it does not exist yet and is created
-        /// [default: nearline.topic_partitions].
+        /// [default: kafka.events_partitions].
         #[arg(long)]
         partitions: Option<i32>,
     },
@@ -70,14 +70,14 @@ pub(crate) enum NearlineCommand {
         /// What the topic holds.
         #[arg(long, value_enum)]
         kind: RecordKindArg,
-        /// The topic [default: nearline.topic for events, online.impressions.topic for
+        /// The topic [default: kafka.events_topic for events, kafka.impressions_topic for
         /// impressions].
         #[arg(long)]
         topic: Option<String>,
         /// The archive directory.
         #[arg(long)]
         output: PathBuf,
-        /// Kafka bootstrap servers [config: nearline.brokers, default 127.0.0.1:9092].
+        /// Kafka bootstrap servers [config: kafka.brokers, default 127.0.0.1:9092].
         #[arg(long)]
         brokers: Option<String>,
         /// The consumer group [default: recsys-archive-<kind>].
@@ -106,10 +106,10 @@ pub(crate) enum RecordKindArg {
 
 #[derive(clap::Args)]
 pub(crate) struct KafkaArgs {
-    /// Kafka bootstrap servers [config: nearline.brokers, default 127.0.0.1:9092].
+    /// Kafka bootstrap servers [config: kafka.brokers, default 127.0.0.1:9092].
     #[arg(long)]
     brokers: Option<String>,
-    /// The events topic [config: nearline.topic, default recsys.events].
+    /// The events topic [config: kafka.events_topic, default recsys.events].
     #[arg(long)]
     topic: Option<String>,
 }
@@ -117,10 +117,10 @@ pub(crate) struct KafkaArgs {
 impl KafkaArgs {
     fn apply(&self, config: &mut Config) {
         if let Some(b) = &self.brokers {
-            config.nearline.brokers = b.clone();
+            config.kafka.brokers = b.clone();
         }
         if let Some(t) = &self.topic {
-            config.nearline.topic = t.clone();
+            config.kafka.events_topic = t.clone();
         }
     }
 }
@@ -190,7 +190,7 @@ pub(crate) fn run(command: &NearlineCommand, config_path: Option<&Path>) -> Resu
             use recsys_nearline::archive::{self, ArchiveKind, ArchiveOptions};
             let mut config = load_config(config_path)?;
             if let Some(b) = brokers {
-                config.nearline.brokers = b.clone();
+                config.kafka.brokers = b.clone();
             }
             let config = validated(config)?;
             let kind = match kind {
@@ -198,8 +198,8 @@ pub(crate) fn run(command: &NearlineCommand, config_path: Option<&Path>) -> Resu
                 RecordKindArg::Impressions => ArchiveKind::Impressions,
             };
             let topic = topic.clone().unwrap_or_else(|| match kind {
-                ArchiveKind::Events => config.nearline.topic.clone(),
-                ArchiveKind::Impressions => config.online.impressions.topic.clone(),
+                ArchiveKind::Events => config.kafka.events_topic.clone(),
+                ArchiveKind::Impressions => config.kafka.impressions_topic.clone(),
             });
             let options = ArchiveOptions {
                 kind,
@@ -240,15 +240,15 @@ pub(crate) fn run(command: &NearlineCommand, config_path: Option<&Path>) -> Resu
             let topic = kafka
                 .topic
                 .clone()
-                .unwrap_or_else(|| config.online.impressions.topic.clone());
+                .unwrap_or_else(|| config.kafka.impressions_topic.clone());
             if let Some(brokers) = &kafka.brokers {
-                config.nearline.brokers = brokers.clone();
+                config.kafka.brokers = brokers.clone();
             }
             let config = validated(config)?;
             let impressions = produce::read_impressions(input)?;
             let seconds = runtime()?.block_on(async {
                 let producer = produce::connect(&config, produce::BROKER_CHECK).await?;
-                let p = partitions.unwrap_or(config.nearline.topic_partitions);
+                let p = partitions.unwrap_or(config.kafka.events_partitions);
                 recsys_nearline::kafka::ensure_topics(&config, &[(topic.as_str(), p)]).await?;
                 produce::produce_impressions(&producer, &topic, &impressions, *rate, 10_000).await
             })?;
@@ -285,15 +285,15 @@ pub(crate) fn run(command: &NearlineCommand, config_path: Option<&Path>) -> Resu
             };
             let seconds = runtime()?.block_on(async {
                 let producer = produce::connect(&config, produce::BROKER_CHECK).await?;
-                let p = partitions.unwrap_or(config.nearline.topic_partitions);
+                let p = partitions.unwrap_or(config.kafka.events_partitions);
                 recsys_nearline::kafka::ensure_topics(
                     &config,
-                    &[(config.nearline.topic.as_str(), p)],
+                    &[(config.kafka.events_topic.as_str(), p)],
                 )
                 .await?;
                 produce::produce_all(
                     &producer,
-                    &config.nearline.topic,
+                    &config.kafka.events_topic,
                     &events,
                     encoding,
                     *rate,
@@ -305,7 +305,7 @@ pub(crate) fn run(command: &NearlineCommand, config_path: Option<&Path>) -> Resu
                 "{}",
                 serde_json::json!({
                     "events": events.len(),
-                    "topic": config.nearline.topic,
+                    "topic": config.kafka.events_topic,
                     "seconds": seconds,
                     "events_per_second": events.len() as f64 / seconds.max(1e-9),
                 })

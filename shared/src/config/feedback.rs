@@ -8,7 +8,7 @@ use super::first_problem;
 
 /// Negative feedback, applied by the nearline workers and read by the offline jobs (which forget
 /// what the workers forget). When enabled, the workers also consume the online tier's impressions
-/// (`online.impressions.topic`, which must have as many partitions as `nearline.topic`, both keyed
+/// (`kafka.impressions_topic`, which must have as many partitions as `kafka.events_topic`, both keyed
 /// by member, so one worker owns each member on both) and hide from a member an item shown
 /// `impressions_to_hide` times within `hide_for_hours` without a positive event; an explicit
 /// negative event hides it until a newer positive one.

@@ -9,6 +9,7 @@
 
 mod cache;
 mod feedback;
+mod kafka;
 mod model;
 mod nearline;
 mod offline;
@@ -23,6 +24,7 @@ use crate::{Result, SharedError};
 
 pub use cache::{CacheBackend, CacheConfig};
 pub use feedback::{FeedbackConfig, NegativeFoldIn};
+pub use kafka::KafkaConfig;
 pub use model::ModelConfig;
 pub use nearline::NearlineConfig;
 pub use offline::{
@@ -56,6 +58,9 @@ pub struct Config {
     pub online: OnlineConfig,
     /// The streaming workers.
     pub nearline: NearlineConfig,
+    /// The Kafka cluster and every topic, read by the nearline workers and the online tier's
+    /// impression log.
+    pub kafka: KafkaConfig,
     /// Negative feedback (impressions and explicit negative events), read by every tier.
     pub feedback: FeedbackConfig,
 }
@@ -172,13 +177,14 @@ impl Config {
         self.cache.validate()?;
         self.online.validate()?;
         self.nearline.validate()?;
+        self.kafka.validate()?;
         self.feedback.validate()?;
         // What one section requires of another.
         first_problem(vec![
             (
-                !self.feedback.enabled || self.online.impressions.topic != self.nearline.topic,
+                !self.feedback.enabled || self.kafka.impressions_topic != self.kafka.events_topic,
                 "feedback.enabled",
-                "needs online.impressions.topic to differ from nearline.topic",
+                "needs kafka.impressions_topic to differ from kafka.events_topic",
             ),
             (
                 self.feedback
@@ -424,6 +430,41 @@ mod tests {
     }
 
     #[test]
+    fn kafka_is_one_section_every_tier_reads() {
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("RECSYS__KAFKA__BROKERS", "k1:9092,k2:9092"),
+                ("RECSYS__KAFKA__IMPRESSIONS_TOPIC", "shown"),
+                ("RECSYS__KAFKA__SECRET_ENV__SASL.PASSWORD", "KAFKA_PASSWORD"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(config.kafka.impressions_topic, "shown");
+        assert_eq!(config.kafka.events_topic, "recsys.events");
+        assert_eq!(config.kafka.secret_env["sasl.password"], "KAFKA_PASSWORD");
+        let secret_inline: &[(&str, &str)] = &[("RECSYS__KAFKA__PROPERTIES__SASL.PASSWORD", "x")];
+        let same_topic: &[(&str, &str)] = &[("RECSYS__KAFKA__DEAD_LETTER_TOPIC", "recsys.events")];
+        let no_partitions: &[(&str, &str)] = &[("RECSYS__KAFKA__EVENTS_PARTITIONS", "0")];
+        // The settings that used to sit in [nearline] and [online.impressions] are refused by name.
+        let old_brokers: &[(&str, &str)] = &[("RECSYS__NEARLINE__BROKERS", "k:9092")];
+        let old_topic: &[(&str, &str)] = &[("RECSYS__ONLINE__IMPRESSIONS__TOPIC", "t")];
+        for (pairs, field) in [
+            (secret_inline, "kafka.properties.\"sasl.password\""),
+            (same_topic, "kafka.dead_letter_topic"),
+            (no_partitions, "kafka.events_partitions"),
+            (old_brokers, "brokers"),
+            (old_topic, "topic"),
+        ] {
+            let e = Config::load_with_env(None, env(pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{pairs:?}: {e}");
+        }
+    }
+
+    #[test]
     fn absurd_sizes_and_zero_timeouts_are_refused() {
         for (var, value, field) in [
             (
@@ -486,7 +527,7 @@ mod tests {
                 "online.impressions.queue_capacity",
             ),
             (
-                "[online.impressions]\ntopic = \"recsys.events\"\n[feedback]\nenabled = true\n",
+                "[kafka]\nimpressions_topic = \"recsys.events\"\n[feedback]\nenabled = true\n",
                 "feedback.enabled",
             ),
             (

@@ -1,27 +1,14 @@
-//! `[nearline]`: the streaming workers — Kafka, batches, the fold-in's history, negative feedback.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! `[nearline]`: the streaming workers — their consumer group, batches and event checks (the
+//! brokers and topics are `[kafka]`'s).
 
 use serde::{Deserialize, Serialize};
 
 use super::first_problem;
 
-/// The nearline workers: Kafka, batching, event validation.
+/// The nearline workers: consumer group, batching, event validation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NearlineConfig {
-    /// Kafka bootstrap servers, `host:port[,host:port…]`. Default `127.0.0.1:9092`.
-    pub brokers: String,
-    /// The member events. Default `recsys.events`.
-    pub topic: String,
-    /// Partitions of the events topic when a worker (or `produce`) creates it because it does
-    /// not exist yet; an existing topic is left as it is. The most workers one group can use.
-    /// Default 4.
-    pub topic_partitions: i32,
-    /// Where events that cannot be applied go, with the reason in a header.
-    /// Default `recsys.events.dead-letter`.
-    pub dead_letter_topic: String,
     /// Consumer group; scale out by starting more workers with the same group. Default
     /// `recsys-nearline`.
     pub group_id: String,
@@ -46,24 +33,11 @@ pub struct NearlineConfig {
     /// times with backoff (100 ms doubling to 5 s), the partitions paused and the worker not
     /// ready; then the worker stops with an error, the batch uncommitted. Default 60 (~4.5 min).
     pub max_batch_retries: u32,
-    /// Extra librdkafka properties for consumer and producer (`security.protocol`, …). Secret
-    /// ones (`sasl.password`, `ssl.key.password`, …) are refused here: give them in
-    /// `kafka_secret_files` or `kafka_secret_env`.
-    pub kafka: BTreeMap<String, String>,
-    /// librdkafka properties read from files: property → file (e.g. `"sasl.password" =
-    /// "/run/secrets/kafka"`).
-    pub kafka_secret_files: BTreeMap<String, PathBuf>,
-    /// librdkafka properties read from environment variables: property → variable.
-    pub kafka_secret_env: BTreeMap<String, String>,
 }
 
 impl Default for NearlineConfig {
     fn default() -> Self {
         NearlineConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "recsys.events".into(),
-            topic_partitions: 4,
-            dead_letter_topic: "recsys.events.dead-letter".into(),
             group_id: "recsys-nearline".into(),
             max_batch: 1000,
             batch_wait_ms: 5,
@@ -73,9 +47,6 @@ impl Default for NearlineConfig {
             metrics_listen: "127.0.0.1:9465".into(),
             model_poll_ms: 1000,
             max_batch_retries: 60,
-            kafka: BTreeMap::new(),
-            kafka_secret_files: BTreeMap::new(),
-            kafka_secret_env: BTreeMap::new(),
         }
     }
 }
@@ -99,11 +70,6 @@ impl NearlineConfig {
                 "must be at most 60000",
             ),
             (
-                (1..=10_000).contains(&self.topic_partitions),
-                "nearline.topic_partitions",
-                "must be 1..=10000",
-            ),
-            (
                 self.max_future_skew_ms >= 0,
                 "nearline.max_future_skew_ms",
                 "must be non-negative",
@@ -118,20 +84,8 @@ impl NearlineConfig {
                 "nearline.model_poll_ms",
                 "must be 10..=3600000",
             ),
-            (
-                !self.topic.is_empty() && self.topic != self.dead_letter_topic,
-                "nearline.dead_letter_topic",
-                "must differ from nearline.topic",
-            ),
         ])?;
         super::check_address("nearline.metrics_listen", &self.metrics_listen)?;
-        for key in self.kafka.keys() {
-            if key.contains("password") || key.contains("secret") {
-                return Err(format!(
-                    "`nearline.kafka.\"{key}\"` is a secret: give it in `nearline.kafka_secret_files` or `nearline.kafka_secret_env`, not in the file"
-                ));
-            }
-        }
         Ok(())
     }
 }

@@ -171,8 +171,7 @@ impl RulesConfig {
     }
 }
 
-/// The impression log: what each answer showed, sent to Kafka (the brokers and client settings
-/// of `nearline`: one cluster) through a bounded queue that never slows or fails a request — when
+/// The impression log: what each answer showed, sent to `kafka.impressions_topic` through a bounded queue that never slows or fails a request — when
 /// the queue is full or the broker does not take a message in time, the impression is dropped
 /// and counted (`recsys_impressions_dropped_total`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -180,8 +179,6 @@ impl RulesConfig {
 pub struct ImpressionsConfig {
     /// Default false.
     pub enabled: bool,
-    /// Default `recsys.impressions`.
-    pub topic: String,
     /// Share of answers logged, 0..=1 (a random draw per answer). Default 1.0.
     pub sample_rate: f64,
     /// Impressions waiting to be sent; past this they are dropped. Default 100000.
@@ -194,7 +191,6 @@ impl Default for ImpressionsConfig {
     fn default() -> Self {
         ImpressionsConfig {
             enabled: false,
-            topic: "recsys.impressions".into(),
             sample_rate: 1.0,
             queue_capacity: 100_000,
             delivery_timeout_ms: 30_000,
@@ -297,11 +293,6 @@ impl OnlineConfig {
                 (100..=3_600_000).contains(&self.impressions.delivery_timeout_ms),
                 "online.impressions.delivery_timeout_ms",
                 "must be 100..=3600000",
-            ),
-            (
-                !self.impressions.enabled || !self.impressions.topic.trim().is_empty(),
-                "online.impressions.topic",
-                "must not be empty",
             ),
             (
                 self.max_in_flight <= 100_000,

@@ -173,27 +173,33 @@ impl ItemMatrix {
         }
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.n
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }
 
+    #[inline]
     pub fn factors(&self) -> usize {
         self.k
     }
 
     /// Row-major `n × k` exact factors.
+    #[inline]
     pub fn as_slice(&self) -> &[f32] {
         &self.factors
     }
 
+    #[inline]
     pub fn row(&self, index: usize) -> &[f32] {
         &self.factors[index * self.k..(index + 1) * self.k]
     }
 
+    #[inline]
     pub fn norm(&self, index: usize) -> f32 {
         self.norms[index]
     }
@@ -204,6 +210,7 @@ impl ItemMatrix {
     }
 
     /// Exact score of one item.
+    #[inline]
     pub fn score(&self, index: usize, user: &[f32]) -> f32 {
         dot_f32(self.row(index), user)
     }
