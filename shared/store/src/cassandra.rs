@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use super::{
     fill_page, validate_id, validate_namespace, IdempotencyToken, Item, KvStore, Page, PageRequest,
-    Predicate, StoreError, StoreResult,
+    Predicate, RecordWrite, StoreError, StoreResult,
 };
 use recsys_shared::config::CassandraConfig;
 
@@ -238,13 +238,13 @@ impl KvStore for CassandraStore {
         BACKEND
     }
 
-    async fn write_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
+    async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
+        let RecordWrite {
+            namespace,
+            id,
+            items,
+            token,
+        } = write;
         let statements = self.statements(namespace).await?;
         let timestamp = write_timestamp(token);
         let writes = items.iter().map(|item| {

@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
     fill_page, frame, unframe, validate_id, validate_namespace, IdempotencyToken, Item, KvStore,
-    Page, PageRequest, Predicate, StoreError, StoreResult,
+    Page, PageRequest, Predicate, RecordWrite, RecordsWrite, StoreError, StoreResult,
 };
 
 const BACKEND: &str = "embedded";
@@ -156,26 +156,20 @@ impl KvStore for EmbeddedStore {
         BACKEND
     }
 
-    async fn write_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
-        self.write_records(namespace, &[(id.to_string(), items.to_vec())], token)
-            .await
+    async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
+        self.write_records(RecordsWrite {
+            namespace: write.namespace,
+            records: &[(write.id.to_string(), write.items.to_vec())],
+            token: write.token,
+        })
+        .await
     }
 
-    async fn write_records(
-        &self,
-        namespace: &str,
-        records: &[(String, Vec<Item>)],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
+    async fn write_records(&self, write: RecordsWrite<'_>) -> StoreResult<()> {
         let db = self.db.clone();
-        let namespace = namespace.to_string();
-        let records = records.to_vec();
+        let namespace = write.namespace.to_string();
+        let records = write.records.to_vec();
+        let token = write.token;
         tokio::task::spawn_blocking(move || Self::commit_records(&db, &namespace, &records, token))
             .await
             .map_err(err)?

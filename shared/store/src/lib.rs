@@ -270,6 +270,23 @@ pub(crate) fn fill_page(
     false
 }
 
+/// One record's write as a backend receives it: the arguments checked, `items` not empty.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordWrite<'a> {
+    pub namespace: &'a str,
+    pub id: &'a str,
+    pub items: &'a [Item],
+    pub token: IdempotencyToken,
+}
+
+/// Many records written with one token, as a backend receives them: every record checked.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordsWrite<'a> {
+    pub namespace: &'a str,
+    pub records: &'a [(String, Vec<Item>)],
+    pub token: IdempotencyToken,
+}
+
 /// The key-value data abstraction. Implementations are safe to share between tasks.
 #[async_trait]
 pub trait KvStore: Send + Sync + 'static {
@@ -290,7 +307,13 @@ pub trait KvStore: Send + Sync + 'static {
         if items.is_empty() {
             return Ok(());
         }
-        self.write_items(namespace, id, items, token).await
+        self.write_items(RecordWrite {
+            namespace,
+            id,
+            items,
+            token,
+        })
+        .await
     }
 
     /// Writes many records with one token (bulk loads, a nearline batch), each checked as
@@ -304,30 +327,32 @@ pub trait KvStore: Send + Sync + 'static {
         for (id, items) in records {
             validate_put(namespace, id, items)?;
         }
-        self.write_records(namespace, records, token).await
+        self.write_records(RecordsWrite {
+            namespace,
+            records,
+            token,
+        })
+        .await
     }
 
     /// The backend's write of one record, called with checked, non-empty arguments.
-    async fn write_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> StoreResult<()>;
+    async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()>;
 
     /// The backend's write of many checked records. Backends batch where they can; the default
     /// writes a few records at a time concurrently.
-    async fn write_records(
-        &self,
-        namespace: &str,
-        records: &[(String, Vec<Item>)],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
-        let puts: Vec<BoxFuture<'_, StoreResult<()>>> = records
+    async fn write_records(&self, write: RecordsWrite<'_>) -> StoreResult<()> {
+        let puts: Vec<BoxFuture<'_, StoreResult<()>>> = write
+            .records
             .iter()
             .filter(|(_, items)| !items.is_empty())
-            .map(|(id, items)| self.write_items(namespace, id, items, token))
+            .map(|(id, items)| {
+                self.write_items(RecordWrite {
+                    namespace: write.namespace,
+                    id,
+                    items,
+                    token: write.token,
+                })
+            })
             .collect();
         futures::stream::iter(puts)
             .buffer_unordered(RECORDS_IN_FLIGHT)

@@ -15,8 +15,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::{
-    fill_page, frame, unframe, validate_id, validate_namespace, IdempotencyToken, Item, KvStore,
-    Page, PageRequest, Predicate, StoreError, StoreResult,
+    fill_page, frame, unframe, validate_id, validate_namespace, Item, KvStore, Page, PageRequest,
+    Predicate, RecordWrite, RecordsWrite, StoreError, StoreResult,
 };
 use recsys_shared::config::RedisConfig;
 use recsys_shared::secrets::redact_url;
@@ -212,13 +212,13 @@ impl RedisStore {
     }
 
     /// The put script for one record: its two keys, the token, then key/framed-value pairs.
-    fn put_invocation(
-        &self,
-        namespace: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> redis::ScriptInvocation<'_> {
+    fn put_invocation(&self, write: RecordWrite<'_>) -> redis::ScriptInvocation<'_> {
+        let RecordWrite {
+            namespace,
+            id,
+            items,
+            token,
+        } = write;
         let (keys, values) = record_keys(namespace, id);
         let mut invocation = self.put.prepare_invoke();
         invocation
@@ -255,26 +255,20 @@ impl KvStore for RedisStore {
         BACKEND
     }
 
-    async fn write_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
-        let invocation = self.put_invocation(namespace, id, items, token);
+    async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
+        let invocation = self.put_invocation(write);
         let mut connection = self.connection.clone();
         self.run(invocation.invoke_async::<i64>(&mut connection))
             .await
             .map(|_| ())
     }
 
-    async fn write_records(
-        &self,
-        namespace: &str,
-        records: &[(String, Vec<Item>)],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
+    async fn write_records(&self, write: RecordsWrite<'_>) -> StoreResult<()> {
+        let RecordsWrite {
+            namespace,
+            records,
+            token,
+        } = write;
         // One pipeline per chunk of records: one write and one read on the socket for the chunk,
         // instead of one round trip per record. Each record is still its own atomic script. The
         // script is (re)loaded at the head of every pipeline, so a restarted Redis that lost its
@@ -285,8 +279,13 @@ impl KvStore for RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.load_script(&self.put).ignore();
                 for (id, items) in chunk.iter().filter(|(_, items)| !items.is_empty()) {
-                    pipe.invoke_script(&self.put_invocation(namespace, id, items, token))
-                        .ignore();
+                    pipe.invoke_script(&self.put_invocation(RecordWrite {
+                        namespace,
+                        id,
+                        items,
+                        token,
+                    }))
+                    .ignore();
                 }
                 pipe
             })

@@ -20,7 +20,7 @@ use recsys_store::features::{
 use recsys_store::feedback::{ItemFeedback, BLOCKED};
 use recsys_store::{
     get_all, CassandraStore, EmbeddedStore, IdempotencyToken, Item, KvStore, Page, PageRequest,
-    Predicate, RedisStore, StoreError, StoreResult,
+    Predicate, RecordWrite, RedisStore, StoreError, StoreResult,
 };
 
 fn token(ms: u64, nonce: u64) -> IdempotencyToken {
@@ -678,14 +678,8 @@ impl KvStore for TestStore {
     fn backend(&self) -> &'static str {
         "test"
     }
-    async fn write_items(
-        &self,
-        ns: &str,
-        id: &str,
-        items: &[Item],
-        token: IdempotencyToken,
-    ) -> StoreResult<()> {
-        self.inner.write_items(ns, id, items, token).await
+    async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
+        self.inner.write_items(write).await
     }
     async fn get_items(
         &self,
