@@ -21,8 +21,8 @@ use scylla::statement::Consistency;
 use tokio::sync::Mutex;
 
 use super::{
-    fill_page, validate_id, validate_namespace, IdempotencyToken, Item, KvStore, Page, PageRequest,
-    Predicate, RecordWrite, StoreError, StoreResult,
+    fill_page, validate_namespace, IdempotencyToken, Item, KvStore, Page, PageRequest, Predicate,
+    RecordRef, RecordWrite, StoreError, StoreResult,
 };
 use recsys_shared::config::CassandraConfig;
 
@@ -259,14 +259,13 @@ impl KvStore for CassandraStore {
         Ok(())
     }
 
-    async fn get_items(
+    async fn read_items(
         &self,
-        namespace: &str,
-        id: &str,
+        record: RecordRef<'_>,
         predicate: &Predicate,
         page: &PageRequest,
     ) -> StoreResult<Page> {
-        validate_id(id)?;
+        let RecordRef { namespace, id } = record;
         let statements = self.statements(namespace).await?;
         let predicate = predicate.after(page.page_token.as_deref());
         let mut out = Page::default();
@@ -318,13 +317,8 @@ impl KvStore for CassandraStore {
         Ok(out)
     }
 
-    async fn delete_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        predicate: &Predicate,
-    ) -> StoreResult<()> {
-        validate_id(id)?;
+    async fn remove_items(&self, record: RecordRef<'_>, predicate: &Predicate) -> StoreResult<()> {
+        let RecordRef { namespace, id } = record;
         let statements = self.statements(namespace).await?;
         let result = match predicate {
             Predicate::MatchAll => {

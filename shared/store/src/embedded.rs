@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    fill_page, frame, unframe, validate_id, validate_namespace, IdempotencyToken, Item, KvStore,
-    Page, PageRequest, Predicate, RecordWrite, RecordsWrite, StoreError, StoreResult,
+    fill_page, frame, unframe, IdempotencyToken, Item, KvStore, Page, PageRequest, Predicate,
+    RecordRef, RecordWrite, RecordsWrite, StoreError, StoreResult,
 };
 
 const BACKEND: &str = "embedded";
@@ -175,14 +175,12 @@ impl KvStore for EmbeddedStore {
             .map_err(err)?
     }
 
-    async fn get_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
-        validate_namespace(namespace)?;
+    async fn read_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
         // One read transaction for the whole batch.
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(ITEMS).map_err(err)?;
         ids.iter()
             .map(|id| {
-                validate_id(id)?;
                 let mut items = Vec::new();
                 Self::scan(
                     &table,
@@ -199,15 +197,13 @@ impl KvStore for EmbeddedStore {
             .collect()
     }
 
-    async fn get_items(
+    async fn read_items(
         &self,
-        namespace: &str,
-        id: &str,
+        record: RecordRef<'_>,
         predicate: &Predicate,
         page: &PageRequest,
     ) -> StoreResult<Page> {
-        validate_namespace(namespace)?;
-        validate_id(id)?;
+        let RecordRef { namespace, id } = record;
         let predicate = predicate.after(page.page_token.as_deref());
         let prefix = record_prefix(namespace, id);
         let txn = self.db.begin_read().map_err(err)?;
@@ -226,14 +222,8 @@ impl KvStore for EmbeddedStore {
         Ok(out)
     }
 
-    async fn delete_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        predicate: &Predicate,
-    ) -> StoreResult<()> {
-        validate_namespace(namespace)?;
-        validate_id(id)?;
+    async fn remove_items(&self, record: RecordRef<'_>, predicate: &Predicate) -> StoreResult<()> {
+        let RecordRef { namespace, id } = record;
         let db = self.db.clone();
         let prefix = record_prefix(namespace, id);
         let predicate = predicate.clone();

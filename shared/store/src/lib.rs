@@ -270,6 +270,13 @@ pub(crate) fn fill_page(
     false
 }
 
+/// One record of a namespace, as a backend receives it: both names checked.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub namespace: &'a str,
+    pub id: &'a str,
+}
+
 /// One record's write as a backend receives it: the arguments checked, `items` not empty.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordWrite<'a> {
@@ -367,6 +374,16 @@ pub trait KvStore: Send + Sync + 'static {
     /// history). Backends answer in one round trip where they can; the default reads the records
     /// page by page, a few at a time.
     async fn get_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
+        validate_namespace(namespace)?;
+        for id in ids {
+            validate_id(id)?;
+        }
+        self.read_records(namespace, ids).await
+    }
+
+    /// The backend's read of many checked records; the default reads them page by page, a few
+    /// at a time.
+    async fn read_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
         let reads: Vec<BoxFuture<'_, StoreResult<Vec<Item>>>> = ids
             .iter()
             .map(|id| {
@@ -375,7 +392,7 @@ pub trait KvStore: Send + Sync + 'static {
                     let mut items = Vec::new();
                     loop {
                         let page = self
-                            .get_items(namespace, id, &Predicate::MatchAll, &request)
+                            .read_items(RecordRef { namespace, id }, &Predicate::MatchAll, &request)
                             .await?;
                         items.extend(page.items);
                         match page.next_page_token {
@@ -401,6 +418,19 @@ pub trait KvStore: Send + Sync + 'static {
         id: &str,
         predicate: &Predicate,
         page: &PageRequest,
+    ) -> StoreResult<Page> {
+        validate_namespace(namespace)?;
+        validate_id(id)?;
+        self.read_items(RecordRef { namespace, id }, predicate, page)
+            .await
+    }
+
+    /// The backend's read of one checked record.
+    async fn read_items(
+        &self,
+        record: RecordRef<'_>,
+        predicate: &Predicate,
+        page: &PageRequest,
     ) -> StoreResult<Page>;
 
     /// Deletes the items of record `id` selected by `predicate`.
@@ -409,7 +439,15 @@ pub trait KvStore: Send + Sync + 'static {
         namespace: &str,
         id: &str,
         predicate: &Predicate,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        validate_namespace(namespace)?;
+        validate_id(id)?;
+        self.remove_items(RecordRef { namespace, id }, predicate)
+            .await
+    }
+
+    /// The backend's delete in one checked record.
+    async fn remove_items(&self, record: RecordRef<'_>, predicate: &Predicate) -> StoreResult<()>;
 }
 
 /// Records a default [`KvStore::get_records`] or [`KvStore::write_records`] handles concurrently.

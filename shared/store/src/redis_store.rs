@@ -15,8 +15,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::{
-    fill_page, frame, unframe, validate_id, validate_namespace, Item, KvStore, Page, PageRequest,
-    Predicate, RecordWrite, RecordsWrite, StoreError, StoreResult,
+    fill_page, frame, unframe, Item, KvStore, Page, PageRequest, Predicate, RecordRef, RecordWrite,
+    RecordsWrite, StoreError, StoreResult,
 };
 use recsys_shared::config::RedisConfig;
 use recsys_shared::secrets::redact_url;
@@ -310,11 +310,7 @@ impl KvStore for RedisStore {
             .map(|_| ())
     }
 
-    async fn get_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
-        validate_namespace(namespace)?;
-        for id in ids {
-            validate_id(id)?;
-        }
+    async fn read_records(&self, namespace: &str, ids: &[String]) -> StoreResult<Vec<Vec<Item>>> {
         // The values hash holds every item of a record, so one HGETALL per record answers it; a
         // pipeline per chunk of records makes that one round trip per chunk.
         type Records = StoreResult<Vec<Vec<Item>>>;
@@ -357,15 +353,13 @@ impl KvStore for RedisStore {
         Ok(chunks.into_iter().flatten().collect())
     }
 
-    async fn get_items(
+    async fn read_items(
         &self,
-        namespace: &str,
-        id: &str,
+        record: RecordRef<'_>,
         predicate: &Predicate,
         page: &PageRequest,
     ) -> StoreResult<Page> {
-        validate_namespace(namespace)?;
-        validate_id(id)?;
+        let RecordRef { namespace, id } = record;
         let predicate = predicate.after(page.page_token.as_deref());
         let (keys_key, values_key) = record_keys(namespace, id);
         let mut connection = self.connection.clone();
@@ -444,14 +438,8 @@ impl KvStore for RedisStore {
         Ok(out)
     }
 
-    async fn delete_items(
-        &self,
-        namespace: &str,
-        id: &str,
-        predicate: &Predicate,
-    ) -> StoreResult<()> {
-        validate_namespace(namespace)?;
-        validate_id(id)?;
+    async fn remove_items(&self, record: RecordRef<'_>, predicate: &Predicate) -> StoreResult<()> {
+        let RecordRef { namespace, id } = record;
         let (keys_key, values_key) = record_keys(namespace, id);
         let mut invocation = self.delete.prepare_invoke();
         invocation.key(keys_key).key(values_key);

@@ -20,7 +20,7 @@ use recsys_store::features::{
 use recsys_store::feedback::{ItemFeedback, BLOCKED};
 use recsys_store::{
     get_all, CassandraStore, EmbeddedStore, IdempotencyToken, Item, KvStore, Page, PageRequest,
-    Predicate, RecordWrite, RedisStore, StoreError, StoreResult,
+    Predicate, RecordRef, RecordWrite, RedisStore, StoreError, StoreResult,
 };
 
 fn token(ms: u64, nonce: u64) -> IdempotencyToken {
@@ -681,24 +681,23 @@ impl KvStore for TestStore {
     async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
         self.inner.write_items(write).await
     }
-    async fn get_items(
+    async fn read_items(
         &self,
-        ns: &str,
-        id: &str,
+        record: RecordRef<'_>,
         predicate: &Predicate,
         page: &PageRequest,
     ) -> StoreResult<Page> {
-        if ns == "member_vector" {
+        if record.namespace == "member_vector" {
             self.reads.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
         }
         if self.hung.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.inner.get_items(ns, id, predicate, page).await
+        self.inner.read_items(record, predicate, page).await
     }
-    async fn delete_items(&self, ns: &str, id: &str, predicate: &Predicate) -> StoreResult<()> {
-        self.inner.delete_items(ns, id, predicate).await
+    async fn remove_items(&self, record: RecordRef<'_>, predicate: &Predicate) -> StoreResult<()> {
+        self.inner.remove_items(record, predicate).await
     }
 }
 
