@@ -21,7 +21,7 @@ use scylla::statement::Consistency;
 use tokio::sync::Mutex;
 
 use super::{
-    fill_page, validate_namespace, IdempotencyToken, Item, KvStore, Page, PageRequest, Predicate,
+    fill_page, validate_namespace, IdempotencyToken, Item, KvStore, Page, Predicate, RecordRead,
     RecordRef, RecordWrite, StoreError, StoreResult,
 };
 use recsys_shared::config::CassandraConfig;
@@ -259,13 +259,13 @@ impl KvStore for CassandraStore {
         Ok(())
     }
 
-    async fn read_items(
-        &self,
-        record: RecordRef<'_>,
-        predicate: &Predicate,
-        page: &PageRequest,
-    ) -> StoreResult<Page> {
-        let RecordRef { namespace, id } = record;
+    async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
+        let RecordRead {
+            namespace,
+            id,
+            predicate,
+            page,
+        } = read;
         let statements = self.statements(namespace).await?;
         let predicate = predicate.after(page.page_token.as_deref());
         let mut out = Page::default();

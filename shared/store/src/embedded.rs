@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    fill_page, frame, unframe, IdempotencyToken, Item, KvStore, Page, PageRequest, Predicate,
+    fill_page, frame, unframe, IdempotencyToken, Item, KvStore, Page, Predicate, RecordRead,
     RecordRef, RecordWrite, RecordsWrite, StoreError, StoreResult,
 };
 
@@ -197,13 +197,13 @@ impl KvStore for EmbeddedStore {
             .collect()
     }
 
-    async fn read_items(
-        &self,
-        record: RecordRef<'_>,
-        predicate: &Predicate,
-        page: &PageRequest,
-    ) -> StoreResult<Page> {
-        let RecordRef { namespace, id } = record;
+    async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
+        let RecordRead {
+            namespace,
+            id,
+            predicate,
+            page,
+        } = read;
         let predicate = predicate.after(page.page_token.as_deref());
         let prefix = record_prefix(namespace, id);
         let txn = self.db.begin_read().map_err(err)?;

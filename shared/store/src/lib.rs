@@ -277,6 +277,15 @@ pub struct RecordRef<'a> {
     pub id: &'a str,
 }
 
+/// One page of one record to read, as a backend receives it: both names checked.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRead<'a> {
+    pub namespace: &'a str,
+    pub id: &'a str,
+    pub predicate: &'a Predicate,
+    pub page: &'a PageRequest,
+}
+
 /// One record's write as a backend receives it: the arguments checked, `items` not empty.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordWrite<'a> {
@@ -391,9 +400,13 @@ pub trait KvStore: Send + Sync + 'static {
                     let mut request = PageRequest::default();
                     let mut items = Vec::new();
                     loop {
-                        let page = self
-                            .read_items(RecordRef { namespace, id }, &Predicate::MatchAll, &request)
-                            .await?;
+                        let read = RecordRead {
+                            namespace,
+                            id,
+                            predicate: &Predicate::MatchAll,
+                            page: &request,
+                        };
+                        let page = self.read_items(read).await?;
                         items.extend(page.items);
                         match page.next_page_token {
                             Some(token) => request.page_token = Some(token),
@@ -421,17 +434,17 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> StoreResult<Page> {
         validate_namespace(namespace)?;
         validate_id(id)?;
-        self.read_items(RecordRef { namespace, id }, predicate, page)
-            .await
+        self.read_items(RecordRead {
+            namespace,
+            id,
+            predicate,
+            page,
+        })
+        .await
     }
 
-    /// The backend's read of one checked record.
-    async fn read_items(
-        &self,
-        record: RecordRef<'_>,
-        predicate: &Predicate,
-        page: &PageRequest,
-    ) -> StoreResult<Page>;
+    /// The backend's read of one page of a checked record.
+    async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page>;
 
     /// Deletes the items of record `id` selected by `predicate`.
     async fn delete_items(

@@ -15,7 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::{
-    fill_page, frame, unframe, Item, KvStore, Page, PageRequest, Predicate, RecordRef, RecordWrite,
+    fill_page, frame, unframe, Item, KvStore, Page, Predicate, RecordRead, RecordRef, RecordWrite,
     RecordsWrite, StoreError, StoreResult,
 };
 use recsys_shared::config::RedisConfig;
@@ -353,13 +353,13 @@ impl KvStore for RedisStore {
         Ok(chunks.into_iter().flatten().collect())
     }
 
-    async fn read_items(
-        &self,
-        record: RecordRef<'_>,
-        predicate: &Predicate,
-        page: &PageRequest,
-    ) -> StoreResult<Page> {
-        let RecordRef { namespace, id } = record;
+    async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
+        let RecordRead {
+            namespace,
+            id,
+            predicate,
+            page,
+        } = read;
         let predicate = predicate.after(page.page_token.as_deref());
         let (keys_key, values_key) = record_keys(namespace, id);
         let mut connection = self.connection.clone();

@@ -20,7 +20,7 @@ use recsys_store::features::{
 use recsys_store::feedback::{ItemFeedback, BLOCKED};
 use recsys_store::{
     get_all, CassandraStore, EmbeddedStore, IdempotencyToken, Item, KvStore, Page, PageRequest,
-    Predicate, RecordRef, RecordWrite, RedisStore, StoreError, StoreResult,
+    Predicate, RecordRead, RecordRef, RecordWrite, RedisStore, StoreError, StoreResult,
 };
 
 fn token(ms: u64, nonce: u64) -> IdempotencyToken {
@@ -681,20 +681,15 @@ impl KvStore for TestStore {
     async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
         self.inner.write_items(write).await
     }
-    async fn read_items(
-        &self,
-        record: RecordRef<'_>,
-        predicate: &Predicate,
-        page: &PageRequest,
-    ) -> StoreResult<Page> {
-        if record.namespace == "member_vector" {
+    async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
+        if read.namespace == "member_vector" {
             self.reads.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
         }
         if self.hung.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.inner.read_items(record, predicate, page).await
+        self.inner.read_items(read).await
     }
     async fn remove_items(&self, record: RecordRef<'_>, predicate: &Predicate) -> StoreResult<()> {
         self.inner.remove_items(record, predicate).await
