@@ -260,14 +260,9 @@ impl KvStore for CassandraStore {
     }
 
     async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
-        let RecordRead {
-            namespace,
-            id,
-            predicate,
-            page,
-        } = read;
+        let (namespace, id, page) = (read.namespace, read.id, read.page);
         let statements = self.statements(namespace).await?;
-        let predicate = predicate.after(page.page_token.as_deref());
+        let predicate = read.remaining();
         let mut out = Page::default();
         let mut used = 0;
         match &predicate {

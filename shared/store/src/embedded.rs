@@ -198,13 +198,8 @@ impl KvStore for EmbeddedStore {
     }
 
     async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
-        let RecordRead {
-            namespace,
-            id,
-            predicate,
-            page,
-        } = read;
-        let predicate = predicate.after(page.page_token.as_deref());
+        let (namespace, id, page) = (read.namespace, read.id, read.page);
+        let predicate = read.remaining();
         let prefix = record_prefix(namespace, id);
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(ITEMS).map_err(err)?;

@@ -286,6 +286,13 @@ pub struct RecordRead<'a> {
     pub page: &'a PageRequest,
 }
 
+impl RecordRead<'_> {
+    /// What the page asks for: the predicate, past the page token's key.
+    pub fn remaining(&self) -> Predicate {
+        self.predicate.after(self.page.page_token.as_deref())
+    }
+}
+
 /// One record's write as a backend receives it: the arguments checked, `items` not empty.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordWrite<'a> {

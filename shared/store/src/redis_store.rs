@@ -354,13 +354,8 @@ impl KvStore for RedisStore {
     }
 
     async fn read_items(&self, read: RecordRead<'_>) -> StoreResult<Page> {
-        let RecordRead {
-            namespace,
-            id,
-            predicate,
-            page,
-        } = read;
-        let predicate = predicate.after(page.page_token.as_deref());
+        let (namespace, id, page) = (read.namespace, read.id, read.page);
+        let predicate = read.remaining();
         let (keys_key, values_key) = record_keys(namespace, id);
         let mut connection = self.connection.clone();
         let mut out = Page::default();
