@@ -2,7 +2,7 @@
 //! the `recsys` binary on loopback — reading their input from a real S3-protocol server, return
 //! the same training table, popularity and histories as the local engine on the same input.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use recsys_offline::features::{FeatureJob, Features};
@@ -13,7 +13,7 @@ use recsys_shared::object_storage::RemoteLocation;
 use recsys_shared::testkit::{free_port, wait_for_port, S3Server};
 
 mod common;
-use common::{command, Process};
+use common::{command, synth, Process};
 
 fn spawn(args: &[&str], env: &[(&str, String)]) -> Process {
     let mut cmd = command(args, env);
@@ -48,25 +48,7 @@ fn feature_jobs_on_ballista_equal_the_local_engine() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let o = Command::new(env!("CARGO_BIN_EXE_recsys"))
-        .args([
-            "offline",
-            "synth",
-            "--users",
-            "500",
-            "--items",
-            "200",
-            "--interactions",
-            "30000",
-            "--seed",
-            "11",
-            "--output",
-            data.to_str().unwrap(),
-        ])
-        .env("RECSYS_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    synth(&data, 500, 200, 30_000, "11");
     let bucket = RemoteLocation::parse(&s3.url("")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for name in ["interactions.parquet", "items.parquet"] {

@@ -13,7 +13,7 @@ use recsys_shared::proto::v1::RankRequest;
 use recsys_shared::testkit::{free_port, wait_for_port, S3Server};
 
 mod common;
-use common::{command, last_json, recsys, stderr, Process, NO_ENV};
+use common::{command, last_json, recsys, stderr, synth, Process};
 
 /// A bucket holding a synthetic interaction log and catalog under `lake/`.
 struct Lake {
@@ -26,24 +26,7 @@ impl Lake {
         let s3 = S3Server::start("recsys");
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let o = recsys(
-            &[
-                "offline",
-                "synth",
-                "--users",
-                "300",
-                "--items",
-                "120",
-                "--interactions",
-                "15000",
-                "--seed",
-                seed,
-                "--output",
-                data.to_str().unwrap(),
-            ],
-            NO_ENV,
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
+        synth(&data, 300, 120, 15000, seed);
         let lake = Lake { s3, _dir: dir };
         for name in ["interactions.parquet", "items.parquet"] {
             lake.upload(&data.join(name), &format!("lake/{name}"));

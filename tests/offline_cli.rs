@@ -11,7 +11,7 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
 mod common;
-use common::{last_json, recsys, stderr, NO_ENV};
+use common::{last_json, recsys, stderr, synth, NO_ENV};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -21,24 +21,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let o = recsys(
-            &[
-                "offline",
-                "synth",
-                "--users",
-                "400",
-                "--items",
-                "150",
-                "--interactions",
-                "20000",
-                "--seed",
-                "3",
-                "--output",
-                data.to_str().unwrap(),
-            ],
-            NO_ENV,
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
+        synth(&data, 400, 150, 20000, "3");
         Fixture { dir }
     }
 
@@ -566,30 +549,31 @@ fn imports_movielens_latest_small_from_shared_data() {
 
 #[test]
 fn every_command_has_help() {
-    for args in [
-        vec!["--help"],
-        vec!["offline", "--help"],
-        vec!["offline", "train", "--help"],
-        vec!["import", "movielens", "--help"],
-        vec!["offline", "bench", "--help"],
-        vec!["nearline", "--help"],
-        vec!["online", "--help"],
-        vec!["online", "serve", "--help"],
-        vec!["online", "bench", "--help"],
-        vec!["offline", "load-store", "--help"],
-        vec!["nearline", "run", "--help"],
-        vec!["nearline", "produce", "--help"],
-        vec!["nearline", "bench", "--help"],
-        vec!["quickstart", "--help"],
-        vec!["client", "--help"],
-        vec!["client", "rank", "--help"],
-        vec!["offline", "synth", "--help"],
-        vec!["offline", "report", "--help"],
-        vec!["offline", "versions", "--help"],
-        vec!["offline", "rollback", "--help"],
-        vec!["offline", "tune", "--help"],
-        vec!["nearline", "archive", "--help"],
+    for command in [
+        "",
+        "offline",
+        "offline train",
+        "import movielens",
+        "offline bench",
+        "nearline",
+        "online",
+        "online serve",
+        "online bench",
+        "offline load-store",
+        "nearline run",
+        "nearline produce",
+        "nearline bench",
+        "quickstart",
+        "client",
+        "client rank",
+        "offline synth",
+        "offline report",
+        "offline versions",
+        "offline rollback",
+        "offline tune",
+        "nearline archive",
     ] {
+        let args: Vec<&str> = command.split_whitespace().chain(["--help"]).collect();
         let o = recsys(&args, NO_ENV);
         assert!(o.status.success(), "{args:?}");
         let help = String::from_utf8_lossy(&o.stdout).to_string();

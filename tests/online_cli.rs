@@ -11,29 +11,12 @@ use recsys_shared::proto::v1::{RankRequest, VectorSource};
 use recsys_shared::testkit::{free_port, wait_for_port, RedisServer};
 
 mod common;
-use common::{last_json, recsys, stderr, Process, NO_ENV};
+use common::{last_json, recsys, stderr, synth, Process, NO_ENV};
 
 fn train(dir: &Path) -> String {
     let data = dir.join("data");
     let models = dir.join("models");
-    let o = recsys(
-        &[
-            "offline",
-            "synth",
-            "--users",
-            "300",
-            "--items",
-            "120",
-            "--interactions",
-            "15000",
-            "--seed",
-            "5",
-            "--output",
-            data.to_str().unwrap(),
-        ],
-        NO_ENV,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    synth(&data, 300, 120, 15000, "5");
     let o = recsys(
         &[
             "offline",

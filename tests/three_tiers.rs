@@ -25,7 +25,7 @@ use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker}
 use tonic::transport::Channel;
 
 mod common;
-use common::{wait_until, Process};
+use common::{synth, wait_until, Process};
 
 const MEMBER: &str = "u0000007";
 const APPLIED: &str = "recsys_nearline_events_total{outcome=\"applied\"}";
@@ -175,20 +175,7 @@ async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
         broker: TansuBroker::start_in_memory(),
     };
     let data = platform.dir.path().join("data");
-    platform.run(&[
-        "offline",
-        "synth",
-        "--users",
-        "400",
-        "--items",
-        "200",
-        "--interactions",
-        "30000",
-        "--seed",
-        "11",
-        "--output",
-        data.to_str().unwrap(),
-    ]);
+    synth(&data, 400, 200, 30_000, "11");
     let v1 = platform.train("1");
     platform.run(&["offline", "load-store"]);
 

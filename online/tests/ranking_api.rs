@@ -88,6 +88,32 @@ async fn history_of(server: &RunningServer, user: &str) -> HashSet<String> {
     features.history.iter().map(|e| e.item_id.clone()).collect()
 }
 
+/// The services a server's reflection lists, asked through version `$v` of the protocol.
+macro_rules! list_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        let mut r = ServerReflectionClient::new($channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = r
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match stream.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rank_homepage_and_similar_items_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
@@ -505,47 +531,9 @@ async fn health_reflection_and_no_model_yet() {
     // Reflection, both versions of the protocol, lists the service.
     for v1 in [true, false] {
         let names = if v1 {
-            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-            use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-            use tonic_reflection::pb::v1::ServerReflectionRequest;
-            let mut r = ServerReflectionClient::new(channel.clone());
-            let request = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut stream = r
-                .server_reflection_info(tokio_stream::iter(vec![request]))
-                .await
-                .unwrap()
-                .into_inner();
-            match stream.message().await.unwrap().unwrap().message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-                }
-                other => panic!("unexpected reflection answer {other:?}"),
-            }
+            list_services!(v1, channel.clone())
         } else {
-            use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-            use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-            use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-            use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-            let mut r = ServerReflectionClient::new(channel.clone());
-            let request = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut stream = r
-                .server_reflection_info(tokio_stream::iter(vec![request]))
-                .await
-                .unwrap()
-                .into_inner();
-            match stream.message().await.unwrap().unwrap().message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-                }
-                other => panic!("unexpected reflection answer {other:?}"),
-            }
+            list_services!(v1alpha, channel.clone())
         };
         assert!(
             names.iter().any(|n| n == "recsys.v1.Ranking"),

@@ -56,3 +56,31 @@ pub fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `recsys offline synth`: a synthetic log of `users` members, `items` items and `interactions`
+/// rows from `seed`, written into `output`.
+pub fn synth(output: &std::path::Path, users: u32, items: u32, interactions: u32, seed: &str) {
+    let (users, items, interactions) = (
+        users.to_string(),
+        items.to_string(),
+        interactions.to_string(),
+    );
+    let o = recsys(
+        &[
+            "offline",
+            "synth",
+            "--users",
+            &users,
+            "--items",
+            &items,
+            "--interactions",
+            &interactions,
+            "--seed",
+            seed,
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        NO_ENV,
+    );
+    assert!(o.status.success(), "offline synth: {}", stderr(&o));
+}

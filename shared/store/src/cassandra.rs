@@ -239,12 +239,7 @@ impl KvStore for CassandraStore {
     }
 
     async fn write_items(&self, write: RecordWrite<'_>) -> StoreResult<()> {
-        let RecordWrite {
-            namespace,
-            id,
-            items,
-            token,
-        } = write;
+        let (namespace, id, items, token) = (write.namespace, write.id, write.items, write.token);
         let statements = self.statements(namespace).await?;
         let timestamp = write_timestamp(token);
         let writes = items.iter().map(|item| {

@@ -213,12 +213,7 @@ impl RedisStore {
 
     /// The put script for one record: its two keys, the token, then key/framed-value pairs.
     fn put_invocation(&self, write: RecordWrite<'_>) -> redis::ScriptInvocation<'_> {
-        let RecordWrite {
-            namespace,
-            id,
-            items,
-            token,
-        } = write;
+        let (namespace, id, items, token) = (write.namespace, write.id, write.items, write.token);
         let (keys, values) = record_keys(namespace, id);
         let mut invocation = self.put.prepare_invoke();
         invocation
