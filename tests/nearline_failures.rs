@@ -12,7 +12,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recsys_nearline::apply::{from_scratch, same_state};
@@ -274,19 +274,25 @@ impl Setup {
     }
 }
 
-/// Waits for a child whose output went to the test's own stderr.
-fn finished(mut child: Child) -> Output {
-    Output {
-        status: child.wait().unwrap(),
-        stdout: Vec::new(),
-        stderr: b"(see the test's stderr)".to_vec(),
-    }
+/// Waits for a producer, which must succeed (its output went to the test's own stderr).
+fn finished(mut child: Child) {
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a producer failed ({status}; see the stderr above)"
+    );
 }
 
 fn sigterm(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+}
+
+/// SIGTERM, then how the child ended.
+fn stop(child: &mut Child) -> std::process::ExitStatus {
+    sigterm(child);
+    child.wait().unwrap()
 }
 
 const APPLIED: &str = "recsys_nearline_events_total{outcome=\"applied\"}";
@@ -307,16 +313,10 @@ async fn a_worker_killed_mid_stream_and_restarted_reflects_every_event_once() {
     worker.wait().unwrap();
     let port = free_port();
     let mut worker = s.worker(port);
-    let produced = finished(producer);
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    finished(producer);
     let converged = s.converges(Duration::from_secs(90)).await;
     // Graceful stop: SIGTERM ends the worker cleanly.
-    sigterm(&mut worker);
-    let status = worker.wait().unwrap();
+    let status = stop(&mut worker);
     converged.unwrap();
     assert!(status.success(), "worker exit after SIGTERM: {status}");
 }
@@ -338,12 +338,7 @@ async fn two_workers_with_a_rebalance_mid_stream_reflect_every_event_once() {
         Duration::from_secs(90),
         || scrape(port_b, "recsys_nearline_rebalances_total{kind=\"assign\"}") >= 1.0,
     );
-    let produced = finished(producer);
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    finished(producer);
     let converged = s.converges(Duration::from_secs(90)).await;
     let applied_a = scrape(port_a, APPLIED);
     let applied_b = scrape(port_b, APPLIED);
@@ -383,12 +378,7 @@ async fn the_broker_restarted_mid_stream_loses_nothing() {
     };
     let first = write("first.jsonl", &s.events[..half]);
     let second = write("second.jsonl", &s.events[half..]);
-    let produced = finished(s.produce(&first, 0));
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    finished(s.produce(&first, 0));
     let port = free_port();
     let mut worker = s.worker(port);
     wait_until("some events applied", Duration::from_secs(90), || {
@@ -396,15 +386,9 @@ async fn the_broker_restarted_mid_stream_loses_nothing() {
     });
     let mut s = s;
     s.broker.restart();
-    let produced = finished(s.produce(&second, 0));
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
-    );
+    finished(s.produce(&second, 0));
     let converged = s.converges(Duration::from_secs(120)).await;
-    sigterm(&mut worker);
-    let status = worker.wait().unwrap();
+    let status = stop(&mut worker);
     converged.unwrap();
     assert!(status.success(), "{status}");
 }
@@ -447,16 +431,13 @@ async fn impressions_and_thumbs_downs_through_a_killed_worker_hide_what_from_scr
     let port = free_port();
     let mut worker = s.worker(port);
     for producer in [events, impressions] {
-        let produced = finished(producer);
-        assert!(produced.status.success(), "a producer failed");
+        finished(producer);
     }
     // Every impression again: redeliveries change nothing.
-    let again = finished(s.produce_impressions());
-    assert!(again.status.success());
+    finished(s.produce_impressions());
     let converged = s.converges(Duration::from_secs(120)).await;
     let impressions_applied = scrape(port, "recsys_nearline_impressions_total");
-    sigterm(&mut worker);
-    let status = worker.wait().unwrap();
+    let status = stop(&mut worker);
     converged.unwrap();
     assert!(impressions_applied > 0.0, "the worker consumed impressions");
     assert!(status.success(), "{status}");
