@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use recsys_shared::artifact::{
-    files, write_factors, write_history_rows, write_popularity, AlgorithmParams, DataWindow,
-    Evaluation, FactorTable, Manifest, ModelRoot, RowCounts, FORMAT_VERSION,
+    files, write_history_rows, write_popularity, AlgorithmParams, DataWindow, Evaluation, Manifest,
+    ModelRoot, RowCounts, FORMAT_VERSION,
 };
 use recsys_shared::config::{Config, Protocol};
+use recsys_shared::model::ials;
 use recsys_shared::SharedError;
 
 use crate::evaluate::{self, Split};
@@ -158,24 +159,11 @@ impl TrainJob {
         let version = ModelRoot::new_version_id();
         let (root, lock) = destination.staging();
         let staged = root.stage(lock, &version)?;
-        let k = model.factors;
-        write_factors(
-            &staged.path(files::ITEM_FACTORS),
-            "item_id",
-            &FactorTable {
-                ids: table.item_ids.clone(),
-                vectors: model.item_factors,
-                factors: k,
-            },
-        )?;
-        write_factors(
-            &staged.path(files::USER_FACTORS),
-            "user_id",
-            &FactorTable {
-                ids: table.user_ids.clone(),
-                vectors: model.user_factors,
-                factors: k,
-            },
+        ials::write_model(
+            &staged,
+            model,
+            table.item_ids.clone(),
+            table.user_ids.clone(),
         )?;
         write_popularity(&staged.path(files::ITEM_POPULARITY), &features.popularity)?;
         write_history_rows(&staged.path(files::USER_HISTORY), features.history.iter())?;

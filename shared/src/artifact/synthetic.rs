@@ -7,9 +7,10 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    files, write_catalog, write_factors, write_history, write_popularity, AlgorithmParams,
-    CatalogRow, DataWindow, FactorTable, HistoryRow, Manifest, ModelRoot, PopularityRow, RowCounts,
+    files, write_catalog, write_history, write_popularity, AlgorithmParams, CatalogRow, DataWindow,
+    HistoryRow, Manifest, ModelRoot, PopularityRow, RowCounts,
 };
+use crate::model::ials::train::AlsModel;
 use crate::Result;
 
 /// Uniform factors in ±0.3, roughly the scale of trained iALS factors.
@@ -36,24 +37,13 @@ pub fn synthetic_model(
     let version = ModelRoot::new_version_id();
     let staged = root.stage(&lock, &version)?;
     let item_ids: Vec<String> = (0..items).map(|j| format!("i{j}")).collect();
-    write_factors(
-        &staged.path(files::ITEM_FACTORS),
-        "item_id",
-        &FactorTable {
-            ids: item_ids.clone(),
-            vectors: random_factors(&mut rng, items, k),
-            factors: k,
-        },
-    )?;
-    write_factors(
-        &staged.path(files::USER_FACTORS),
-        "user_id",
-        &FactorTable {
-            ids: (0..members).map(|i| format!("m{i}")).collect(),
-            vectors: random_factors(&mut rng, members, k),
-            factors: k,
-        },
-    )?;
+    let model = AlsModel {
+        factors: k,
+        item_factors: random_factors(&mut rng, items, k),
+        user_factors: random_factors(&mut rng, members, k),
+    };
+    let member_ids = (0..members).map(|i| format!("m{i}")).collect();
+    crate::model::ials::write_model(&staged, model, item_ids.clone(), member_ids)?;
     let popularity: Vec<PopularityRow> = item_ids
         .iter()
         .enumerate()
