@@ -149,13 +149,7 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
                 .await
                 .map_err(|s| failed("Rank", s))?
                 .into_inner();
-            let served = Served {
-                model_version: &answer.model_version,
-                vector_source: answer.vector_source,
-                degraded: answer.degraded,
-                request_id: &answer.request_id,
-                experiments: &answer.experiments,
-            };
+            let served = served!(answer);
             if connection.json {
                 let mut json = served.json();
                 json["items"] = items_json(&answer.items);
@@ -184,13 +178,7 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
                 .await
                 .map_err(|s| failed("Homepage", s))?
                 .into_inner();
-            let served = Served {
-                model_version: &answer.model_version,
-                vector_source: answer.vector_source,
-                degraded: answer.degraded,
-                request_id: &answer.request_id,
-                experiments: &answer.experiments,
-            };
+            let served = served!(answer);
             if connection.json {
                 let mut json = served.json();
                 json["rows"] = rows_json(&answer);
@@ -315,6 +303,20 @@ fn items_json(items: &[ScoredItem]) -> serde_json::Value {
         .map(|i| serde_json::json!({"item_id": i.item_id, "score": i.score, "title": i.title}))
         .collect()
 }
+
+/// How `$answer` (a Rank or Homepage response: the same fields) was served.
+macro_rules! served {
+    ($answer:expr) => {
+        Served {
+            model_version: &$answer.model_version,
+            vector_source: $answer.vector_source,
+            degraded: $answer.degraded,
+            request_id: &$answer.request_id,
+            experiments: &$answer.experiments,
+        }
+    };
+}
+use served;
 
 /// What Rank and Homepage answers both say about how they were served.
 struct Served<'a> {

@@ -50,31 +50,24 @@ fn load_store_then_serve_across_processes() {
         ("RECSYS__STORE__REDIS__URL", redis.url()),
     ];
 
-    let o = recsys(
-        &[
-            "offline",
-            "load-store",
-            "--model-root",
-            models.to_str().unwrap(),
-        ],
-        &store_env,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let report = last_json(&o);
+    let load_store = || {
+        let o = recsys(
+            &[
+                "offline",
+                "load-store",
+                "--model-root",
+                models.to_str().unwrap(),
+            ],
+            &store_env,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)
+    };
+    let report = load_store();
     assert_eq!(report["model_version"], version.as_str());
     assert!(report["vectors"].as_u64().unwrap() > 100, "{report}");
     // Idempotent: a second run finds the version loaded.
-    let o = recsys(
-        &[
-            "offline",
-            "load-store",
-            "--model-root",
-            models.to_str().unwrap(),
-        ],
-        &store_env,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(last_json(&o)["already_loaded"], true);
+    assert_eq!(load_store()["already_loaded"], true);
 
     let grpc = free_port();
     let metrics = free_port();
