@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::first_problem;
 use super::store::RedisConfig;
+use super::{first_problem, within};
 
 /// Which cache sits in front of the store.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,6 +55,10 @@ impl Default for CacheConfig {
 
 impl CacheConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
+        within("cache.ttl_seconds", self.ttl_seconds, 1..=31_536_000)?;
+        within("cache.capacity", self.capacity, 1..=100_000_000)?;
+        within("cache.breaker_open_ms", self.breaker_open_ms, 1..=3_600_000)?;
+        within("cache.redis.timeout_ms", self.redis.timeout_ms, 1..=600_000)?;
         first_problem(vec![
             (
                 self.ttl_jitter >= 0.0 && self.ttl_jitter < 1.0,
@@ -62,29 +66,9 @@ impl CacheConfig {
                 "must be in [0, 1)",
             ),
             (
-                (1..=31_536_000).contains(&self.ttl_seconds),
-                "cache.ttl_seconds",
-                "must be 1..=31536000",
-            ),
-            (
-                (1..=100_000_000).contains(&self.capacity),
-                "cache.capacity",
-                "must be 1..=100000000",
-            ),
-            (
                 self.breaker_failures >= 1,
                 "cache.breaker_failures",
                 "must be at least 1",
-            ),
-            (
-                (1..=3_600_000).contains(&self.breaker_open_ms),
-                "cache.breaker_open_ms",
-                "must be 1..=3600000",
-            ),
-            (
-                (1..=600_000).contains(&self.redis.timeout_ms),
-                "cache.redis.timeout_ms",
-                "must be 1..=600000",
             ),
         ])?;
         self.redis.validate("cache.redis")

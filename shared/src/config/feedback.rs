@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::first_problem;
+use super::{first_problem, within};
 
 /// Negative feedback, applied by the nearline workers and read by the offline jobs (which forget
 /// what the workers forget). When enabled, the workers also consume the online tier's impressions
@@ -65,22 +65,20 @@ impl FeedbackConfig {
 
 impl FeedbackConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
-        first_problem(vec![
-            (
-                (1..=100).contains(&self.impressions_to_hide),
-                "feedback.impressions_to_hide",
-                "must be 1..=100",
-            ),
-            (
-                self.hide_for_hours > 0.0 && self.hide_for_hours <= 24.0 * 3650.0,
-                "feedback.hide_for_hours",
-                "must be in (0, 87600]",
-            ),
-            (
-                (1..=100_000).contains(&self.max_items_per_member),
-                "feedback.max_items_per_member",
-                "must be 1..=100000",
-            ),
-        ])
+        within(
+            "feedback.impressions_to_hide",
+            self.impressions_to_hide,
+            1..=100,
+        )?;
+        within(
+            "feedback.max_items_per_member",
+            self.max_items_per_member,
+            1..=100_000,
+        )?;
+        first_problem(vec![(
+            self.hide_for_hours > 0.0 && self.hide_for_hours <= 24.0 * 3650.0,
+            "feedback.hide_for_hours",
+            "must be in (0, 87600]",
+        )])
     }
 }

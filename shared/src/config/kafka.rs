@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::first_problem;
+use super::{first_problem, within};
 
 /// The Kafka cluster and its topics.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,16 +55,16 @@ impl Default for KafkaConfig {
 
 impl KafkaConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
+        within(
+            "kafka.events_partitions",
+            self.events_partitions,
+            1..=10_000,
+        )?;
         first_problem(vec![
             (
                 !self.brokers.trim().is_empty(),
                 "kafka.brokers",
                 "must name at least one broker",
-            ),
-            (
-                (1..=10_000).contains(&self.events_partitions),
-                "kafka.events_partitions",
-                "must be 1..=10000",
             ),
             (
                 !self.events_topic.trim().is_empty(),

@@ -73,6 +73,22 @@ fn first_problem(checks: Vec<(bool, &str, &str)>) -> std::result::Result<(), Str
     }
 }
 
+/// `field` must lie in `range`; the message gives the range.
+fn within<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> std::result::Result<(), String> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{field}` must be {}..={}",
+        range.start(),
+        range.end()
+    ))
+}
+
 /// A `[low, high]` search range: finite, ordered, and positive (or non-negative).
 fn range_ok([lo, hi]: [f64; 2], positive: bool) -> bool {
     lo.is_finite() && hi.is_finite() && lo <= hi && if positive { lo > 0.0 } else { lo >= 0.0 }

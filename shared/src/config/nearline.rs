@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::first_problem;
+use super::{first_problem, within};
 
 /// The nearline workers: consumer group, batching, event validation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,17 +53,10 @@ impl Default for NearlineConfig {
 
 impl NearlineConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
+        within("nearline.max_batch", self.max_batch, 1..=100_000)?;
+        within("nearline.concurrency", self.concurrency, 1..=1024)?;
+        within("nearline.model_poll_ms", self.model_poll_ms, 10..=3_600_000)?;
         first_problem(vec![
-            (
-                (1..=100_000).contains(&self.max_batch),
-                "nearline.max_batch",
-                "must be 1..=100000",
-            ),
-            (
-                (1..=1024).contains(&self.concurrency),
-                "nearline.concurrency",
-                "must be 1..=1024",
-            ),
             (
                 self.batch_wait_ms <= 60_000,
                 "nearline.batch_wait_ms",
@@ -78,11 +71,6 @@ impl NearlineConfig {
                 self.max_past_skew_ms >= 0,
                 "nearline.max_past_skew_ms",
                 "must be non-negative",
-            ),
-            (
-                (10..=3_600_000).contains(&self.model_poll_ms),
-                "nearline.model_poll_ms",
-                "must be 10..=3600000",
             ),
         ])?;
         super::check_address("nearline.metrics_listen", &self.metrics_listen)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{first_problem, range_ok};
+use super::{first_problem, range_ok, within};
 
 /// The offline tier: feature jobs, training, evaluation and the publish gate.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -308,6 +308,13 @@ impl Default for PublishConfig {
 
 impl OfflineConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
+        within("offline.tuning.trials", self.tuning.trials, 1..=10_000)?;
+        within("offline.tuning.eta", self.tuning.eta, 2..=10)?;
+        within(
+            "offline.features.history_cap",
+            self.features.history_cap,
+            1..=1_000_000,
+        )?;
         first_problem(vec![
             (
                 self.als.factors >= 1 && self.als.factors <= 1024,
@@ -377,21 +384,11 @@ impl OfflineConfig {
                 "must be in [0, 1)",
             ),
             (
-                (1..=10_000).contains(&self.tuning.trials),
-                "offline.tuning.trials",
-                "must be 1..=10000",
-            ),
-            (
                 self.tuning.min_iterations >= 1
                     && self.tuning.min_iterations <= self.tuning.max_iterations
                     && self.tuning.max_iterations <= 1000,
                 "offline.tuning.min_iterations",
                 "must be at least 1 and at most offline.tuning.max_iterations (at most 1000)",
-            ),
-            (
-                (2..=10).contains(&self.tuning.eta),
-                "offline.tuning.eta",
-                "must be 2..=10",
             ),
             (
                 self.tuning.metric_is_known(),
@@ -434,11 +431,6 @@ impl OfflineConfig {
                 (0.0..=1.0).contains(&self.features.max_dropped_share),
                 "offline.features.max_dropped_share",
                 "must be between 0 and 1",
-            ),
-            (
-                (1..=1_000_000).contains(&self.features.history_cap),
-                "offline.features.history_cap",
-                "must be 1..=1000000",
             ),
             (
                 self.als.iterations <= 10_000 && self.als.cg_steps <= 1000,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::first_problem;
+use super::{first_problem, within};
 
 /// The ranking API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -268,32 +268,39 @@ impl Default for OnlineConfig {
 
 impl OnlineConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
+        within("online.model_poll_ms", self.model_poll_ms, 10..=3_600_000)?;
+        within("online.max_request_ms", self.max_request_ms, 1..=600_000)?;
+        within(
+            "online.impressions.sample_rate",
+            self.impressions.sample_rate,
+            0.0..=1.0,
+        )?;
+        within(
+            "online.impressions.queue_capacity",
+            self.impressions.queue_capacity,
+            1..=10_000_000,
+        )?;
+        within(
+            "online.impressions.delivery_timeout_ms",
+            self.impressions.delivery_timeout_ms,
+            100..=3_600_000,
+        )?;
+        within(
+            "online.max_concurrent_streams",
+            self.max_concurrent_streams,
+            1..=100_000,
+        )?;
+        within(
+            "online.max_connections",
+            self.max_connections,
+            1..=1_000_000,
+        )?;
+        within(
+            "online.opening_timeout_ms",
+            self.opening_timeout_ms,
+            100..=600_000,
+        )?;
         first_problem(vec![
-            (
-                (10..=3_600_000).contains(&self.model_poll_ms),
-                "online.model_poll_ms",
-                "must be 10..=3600000",
-            ),
-            (
-                (1..=600_000).contains(&self.max_request_ms),
-                "online.max_request_ms",
-                "must be 1..=600000",
-            ),
-            (
-                (0.0..=1.0).contains(&self.impressions.sample_rate),
-                "online.impressions.sample_rate",
-                "must be 0..=1",
-            ),
-            (
-                (1..=10_000_000).contains(&self.impressions.queue_capacity),
-                "online.impressions.queue_capacity",
-                "must be 1..=10000000",
-            ),
-            (
-                (100..=3_600_000).contains(&self.impressions.delivery_timeout_ms),
-                "online.impressions.delivery_timeout_ms",
-                "must be 100..=3600000",
-            ),
             (
                 self.max_in_flight <= 100_000,
                 "online.max_in_flight",
@@ -303,21 +310,6 @@ impl OnlineConfig {
                 self.max_queued <= 1_000_000,
                 "online.max_queued",
                 "must be at most 1000000",
-            ),
-            (
-                (1..=100_000).contains(&self.max_concurrent_streams),
-                "online.max_concurrent_streams",
-                "must be 1..=100000",
-            ),
-            (
-                (1..=1_000_000).contains(&self.max_connections),
-                "online.max_connections",
-                "must be 1..=1000000",
-            ),
-            (
-                (100..=600_000).contains(&self.opening_timeout_ms),
-                "online.opening_timeout_ms",
-                "must be 100..=600000",
             ),
             (
                 self.keepalive_interval_ms >= 1000 && self.keepalive_timeout_ms >= 100,

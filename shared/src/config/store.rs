@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::first_problem;
+use super::{first_problem, within};
 
 /// Which key-value backend holds member features.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -215,38 +215,20 @@ impl RedisConfig {
 
 impl StoreConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
-        first_problem(vec![
-            (
-                (1..=1_000_000).contains(&self.history_cap),
-                "store.history_cap",
-                "must be 1..=1000000",
-            ),
-            (
-                (1..=600_000).contains(&self.read_timeout_ms),
-                "store.read_timeout_ms",
-                "must be 1..=600000",
-            ),
-            (
-                (1..=600_000).contains(&self.redis.timeout_ms),
-                "store.redis.timeout_ms",
-                "must be 1..=600000",
-            ),
-            (
-                (1..=600_000).contains(&self.cassandra.connect_timeout_ms),
-                "store.cassandra.connect_timeout_ms",
-                "must be 1..=600000",
-            ),
-            (
-                self.breaker_failures >= 1,
-                "store.breaker_failures",
-                "must be at least 1",
-            ),
-            (
-                (1..=3_600_000).contains(&self.breaker_open_ms),
-                "store.breaker_open_ms",
-                "must be 1..=3600000",
-            ),
-        ])?;
+        within("store.history_cap", self.history_cap, 1..=1_000_000)?;
+        within("store.read_timeout_ms", self.read_timeout_ms, 1..=600_000)?;
+        within("store.redis.timeout_ms", self.redis.timeout_ms, 1..=600_000)?;
+        within(
+            "store.cassandra.connect_timeout_ms",
+            self.cassandra.connect_timeout_ms,
+            1..=600_000,
+        )?;
+        within("store.breaker_open_ms", self.breaker_open_ms, 1..=3_600_000)?;
+        first_problem(vec![(
+            self.breaker_failures >= 1,
+            "store.breaker_failures",
+            "must be at least 1",
+        )])?;
         self.redis.validate("store.redis")?;
         self.cassandra.auth.validate("store.cassandra.auth")?;
         self.cassandra.tls.validate("store.cassandra.tls")
