@@ -62,6 +62,14 @@ impl Fixture {
         self.train_with(&self.path("data/interactions.parquet"), extra, &[])
     }
 
+    /// `recsys offline <command> --model-root <root> <extra>`.
+    fn on_root(&self, command: &str, extra: &[&str]) -> Output {
+        let root = self.root();
+        let mut args = vec!["offline", command, "--model-root", root.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        recsys(&args, NO_ENV)
+    }
+
     fn current(&self) -> Option<String> {
         fs::read_to_string(self.root().join("CURRENT"))
             .ok()
@@ -132,16 +140,7 @@ fn train_publishes_a_complete_version_and_beats_popularity() {
         manifest["rows"]["items"].as_u64().unwrap()
     );
     // `versions` lists the figures for people: four decimals, next to popularity's.
-    let root = f.root();
-    let listed = recsys(
-        &[
-            "offline",
-            "versions",
-            "--model-root",
-            root.to_str().unwrap(),
-        ],
-        NO_ENV,
-    );
+    let listed = f.on_root("versions", &[]);
     let out = String::from_utf8_lossy(&listed.stdout).to_string();
     let line = out
         .lines()
@@ -183,31 +182,10 @@ fn the_gate_refuses_a_worse_model_unless_forced_and_rollback_moves_current() {
     assert_eq!(forced["published"], true);
     assert_eq!(f.current().as_deref(), forced["version"].as_str());
 
-    let root = f.root();
-    let o = recsys(
-        &[
-            "offline",
-            "rollback",
-            "--model-root",
-            root.to_str().unwrap(),
-            "--to",
-            &good,
-        ],
-        NO_ENV,
-    );
+    let o = f.on_root("rollback", &["--to", &good]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(f.current().as_deref(), Some(good.as_str()));
-    let o = recsys(
-        &[
-            "offline",
-            "rollback",
-            "--model-root",
-            root.to_str().unwrap(),
-            "--to",
-            "19700101T000000.000Z-dead",
-        ],
-        NO_ENV,
-    );
+    let o = f.on_root("rollback", &["--to", "19700101T000000.000Z-dead"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no such version"), "{}", stderr(&o));
     assert_eq!(f.current().as_deref(), Some(good.as_str()));
@@ -230,12 +208,7 @@ fn retention_keeps_the_newest_versions() {
 
     // `versions --verify` checks every file's sha256: a flipped byte in the current version is
     // reported as CORRUPT (without --verify it was listed as current and fine) and fails the run.
-    let root = f.root();
-    let root = root.to_str().unwrap();
-    let listed = recsys(
-        &["offline", "versions", "--model-root", root, "--verify"],
-        NO_ENV,
-    );
+    let listed = f.on_root("versions", &["--verify"]);
     assert!(listed.status.success(), "{}", stderr(&listed));
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("CORRUPT"));
     let factors = f.root().join(&versions[1]).join("item_factors.parquet");
@@ -243,10 +216,7 @@ fn retention_keeps_the_newest_versions() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
     fs::write(&factors, bytes).unwrap();
-    let listed = recsys(
-        &["offline", "versions", "--model-root", root, "--verify"],
-        NO_ENV,
-    );
+    let listed = f.on_root("versions", &["--verify"]);
     let out = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(!listed.status.success(), "{out}");
     assert!(

@@ -279,6 +279,13 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error loading the defaults with `pairs` in the environment gives.
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        Config::load_with_env(None, env(pairs))
+            .unwrap_err()
+            .to_string()
+    }
     use std::path::PathBuf;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -348,15 +355,11 @@ mod tests {
         )
         .unwrap();
         let config = Config::load_with_env(Some(&file), env(&[])).unwrap();
-        assert_eq!(
-            config
-                .offline
-                .features
-                .event_weights
-                .keys()
-                .collect::<Vec<_>>(),
-            ["stars"]
-        );
+        let weights = |config: &Config| {
+            let names = config.offline.features.event_weights.keys();
+            names.cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(weights(&config), ["stars"]);
         let config = Config::load_with_env(
             None,
             env(&[
@@ -365,33 +368,19 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(
-            config
-                .offline
-                .features
-                .event_weights
-                .keys()
-                .collect::<Vec<_>>(),
-            ["buy", "rating"]
-        );
+        assert_eq!(weights(&config), ["buy", "rating"]);
     }
 
     #[test]
     fn typos_and_out_of_range_values_name_the_field() {
-        let typo = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTOSR", "3")]))
-            .unwrap_err()
-            .to_string();
+        let typo = refused(&[("RECSYS__OFFLINE__ALS__FACTOSR", "3")]);
         assert!(
             typo.contains("factosr") && typo.contains("RECSYS__OFFLINE__ALS__FACTOSR"),
             "{typo}"
         );
-        let range = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__FACTORS", "0")]))
-            .unwrap_err()
-            .to_string();
+        let range = refused(&[("RECSYS__OFFLINE__ALS__FACTORS", "0")]);
         assert!(range.contains("offline.als.factors"), "{range}");
-        let kind = Config::load_with_env(None, env(&[("RECSYS__OFFLINE__ALS__ALPHA", "lots")]))
-            .unwrap_err()
-            .to_string();
+        let kind = refused(&[("RECSYS__OFFLINE__ALS__ALPHA", "lots")]);
         assert!(kind.contains("alpha"), "{kind}");
     }
 
@@ -433,15 +422,11 @@ mod tests {
             (cert_alone, "store.cassandra.tls.cert_file"),
             (both_passwords, "cache.redis.auth.password_file"),
         ] {
-            let e = Config::load_with_env(None, env(pairs))
-                .unwrap_err()
-                .to_string();
+            let e = refused(pairs);
             assert!(e.contains(field), "{e}");
         }
         // The flat keys of before are refused, naming the key.
-        let old = Config::load_with_env(None, env(&[("RECSYS__STORE__REDIS__TLS_CA_FILE", "/x")]))
-            .unwrap_err()
-            .to_string();
+        let old = refused(&[("RECSYS__STORE__REDIS__TLS_CA_FILE", "/x")]);
         assert!(old.contains("tls_ca_file"), "{old}");
     }
 
@@ -473,9 +458,7 @@ mod tests {
             (old_brokers, "brokers"),
             (old_topic, "topic"),
         ] {
-            let e = Config::load_with_env(None, env(pairs))
-                .unwrap_err()
-                .to_string();
+            let e = refused(pairs);
             assert!(e.contains(field), "{pairs:?}: {e}");
         }
     }
@@ -515,9 +498,7 @@ mod tests {
                 "online.max_in_flight",
             ),
         ] {
-            let e = Config::load_with_env(None, env(&[(var, value)]))
-                .unwrap_err()
-                .to_string();
+            let e = refused(&[(var, value)]);
             assert!(e.contains(field), "{var}={value}: {e}");
         }
     }
