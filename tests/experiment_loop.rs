@@ -13,10 +13,9 @@ use rand::{Rng, SeedableRng};
 use recsys_nearline::event::Event;
 use recsys_nearline::produce::{produce_all, Encoding};
 use recsys_shared::artifact::synthetic::synthetic_model;
-use recsys_shared::config::Config;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::HomepageRequest;
-use recsys_shared::testkit::TansuBroker;
+use recsys_shared::testkit::{serving_config, TansuBroker};
 
 const MEMBERS: usize = 2000;
 
@@ -58,11 +57,7 @@ type Shown = (String, String, Vec<String>);
 async fn take_rate_per_variant_from_impressions_and_attributed_plays() {
     let broker = TansuBroker::start_in_memory();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.model.root = dir.path().join("models");
-    config.store.embedded.path = dir.path().join("features");
-    config.online.listen = "127.0.0.1:0".into();
-    config.online.metrics_listen = "127.0.0.1:0".into();
+    let mut config = serving_config(dir.path(), "features");
     config.online.impressions.enabled = true;
     config.kafka.brokers = broker.brokers();
     recsys_nearline::kafka::ensure_topics(

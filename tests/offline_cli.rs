@@ -62,6 +62,13 @@ impl Fixture {
         self.train_with(&self.path("data/interactions.parquet"), extra, &[])
     }
 
+    /// Trains without evaluation and returns the version published.
+    fn publish(&self) -> String {
+        let o = self.train(&["--skip-eval"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)["version"].as_str().unwrap().to_string()
+    }
+
     /// `recsys offline <command> --model-root <root> <extra>`.
     fn on_root(&self, command: &str, extra: &[&str]) -> Output {
         let root = self.root();
@@ -235,10 +242,7 @@ fn retention_keeps_the_newest_versions() {
 #[test]
 fn a_crash_mid_publish_leaves_current_on_the_previous_version() {
     let f = Fixture::new();
-    let first = last_json(&f.train(&["--skip-eval"]))["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = f.publish();
     for failpoint in ["publish-mid-write", "publish-before-current"] {
         let o = f.train_with(
             &f.path("data/interactions.parquet"),
@@ -282,10 +286,7 @@ fn text(values: &[&str]) -> Arc<StringArray> {
 #[test]
 fn bad_input_is_refused_with_a_precise_error_and_current_untouched() {
     let f = Fixture::new();
-    let first = last_json(&f.train(&["--skip-eval"]))["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = f.publish();
     let good = f.path("data/interactions.parquet");
 
     // One event whose `ts` column is dropped or replaced by `ts_column`.

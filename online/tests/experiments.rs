@@ -11,19 +11,14 @@ use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::Config;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{HomepageRequest, HomepageResponse, RankRequest, VectorSource};
+use recsys_shared::testkit::serving_config;
 
 const ITEMS: usize = 1500;
 const MEMBERS: usize = 200;
 const K: usize = 16;
 
 fn config(dir: &Path, store: &str) -> Config {
-    let mut config = Config::default();
-    config.model.root = dir.join("models");
-    config.store.embedded.path = dir.join(store);
-    config.online.listen = "127.0.0.1:0".into();
-    config.online.metrics_listen = "127.0.0.1:0".into();
-    config.online.model_poll_ms = 50;
-    config
+    serving_config(dir, store)
 }
 
 async fn homepage(server: &RunningServer, user: &str) -> HomepageResponse {

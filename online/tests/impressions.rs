@@ -17,17 +17,12 @@ use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::Config;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{HomepageRequest, RankRequest};
-use recsys_shared::testkit::TansuBroker;
+use recsys_shared::testkit::{serving_config, TansuBroker};
 
 const TOPIC: &str = "recsys.impressions";
 
 fn config(dir: &Path, brokers: String) -> Config {
-    let mut config = Config::default();
-    config.model.root = dir.join("models");
-    config.store.embedded.path = dir.join("features");
-    config.online.listen = "127.0.0.1:0".into();
-    config.online.metrics_listen = "127.0.0.1:0".into();
-    config.online.model_poll_ms = 50;
+    let mut config = serving_config(dir, "features");
     config.online.impressions.enabled = true;
     config.online.impressions.queue_capacity = 100_000;
     config.online.impressions.delivery_timeout_ms = 1500;

@@ -16,7 +16,7 @@ use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{
     HomepageRequest, RankRequest, RankResponse, SimilarItemsRequest, VectorSource,
 };
-use recsys_shared::testkit::RedisServer;
+use recsys_shared::testkit::{serving_config, RedisServer};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -25,13 +25,7 @@ const MEMBERS: usize = 300;
 const K: usize = 16;
 
 fn config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.model.root = dir.join("models");
-    config.store.embedded.path = dir.join("features");
-    config.online.listen = "127.0.0.1:0".into();
-    config.online.metrics_listen = "127.0.0.1:0".into();
-    config.online.model_poll_ms = 50;
-    config
+    serving_config(dir, "features")
 }
 
 /// [`config`] with `redis` as the store, generous store timeouts (the tests slow Redis down on

@@ -5,6 +5,18 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A configuration for an online server of a test's own: the model root and embedded store under
+/// `dir` (the store in `dir/<store>`), any free ports, the model polled every 50 ms.
+pub fn serving_config(dir: &std::path::Path, store: &str) -> crate::config::Config {
+    let mut config = crate::config::Config::default();
+    config.model.root = dir.join("models");
+    config.store.embedded.path = dir.join(store);
+    config.online.listen = "127.0.0.1:0".into();
+    config.online.metrics_listen = "127.0.0.1:0".into();
+    config.online.model_poll_ms = 50;
+    config
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
