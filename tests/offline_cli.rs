@@ -432,29 +432,25 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
     let f = Fixture::new();
     let interactions = f.path("data/interactions.parquet");
     let split = f.path("split");
-    let o = recsys(
-        &[
-            "offline",
-            "evaluate",
-            "--interactions",
-            interactions.to_str().unwrap(),
-            "--protocol",
-            "strong-generalization",
-            "--heldout-fraction",
-            "0.25",
-            "--seed",
-            "9",
-            "--factors",
-            "16",
-            "--iterations",
-            "6",
-            "--export-split",
-            split.to_str().unwrap(),
-        ],
-        NO_ENV,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let result = last_json(&o);
+    // Both protocols on the fixture's log, 16 factors, 6 iterations.
+    let interactions_path = interactions.to_str().unwrap();
+    let evaluate = |protocol: &[&str]| {
+        let mut args = vec!["offline", "evaluate", "--interactions", interactions_path];
+        args.extend(["--factors", "16", "--iterations", "6", "--protocol"]);
+        args.extend_from_slice(protocol);
+        let o = recsys(&args, NO_ENV);
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)
+    };
+    let result = evaluate(&[
+        "strong-generalization",
+        "--heldout-fraction",
+        "0.25",
+        "--seed",
+        "9",
+        "--export-split",
+        split.to_str().unwrap(),
+    ]);
     for key in ["recall@20", "recall@50", "ndcg@100", "coverage@20"] {
         assert!(
             result["metrics"][key].as_f64().unwrap() > 0.0,
@@ -468,23 +464,7 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
                 .unwrap();
         assert_eq!(rows.files.len(), 1);
     }
-    let o = recsys(
-        &[
-            "offline",
-            "evaluate",
-            "--interactions",
-            interactions.to_str().unwrap(),
-            "--protocol",
-            "leave-last-out",
-            "--factors",
-            "16",
-            "--iterations",
-            "6",
-        ],
-        NO_ENV,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let result = last_json(&o);
+    let result = evaluate(&["leave-last-out"]);
     assert!(
         result["metrics"]["hr@10"].as_f64().unwrap()
             > result["popularity"]["hr@10"].as_f64().unwrap(),

@@ -17,24 +17,20 @@ fn train(dir: &Path) -> String {
     let data = dir.join("data");
     let models = dir.join("models");
     synth(&data, 300, 120, 15000, "5");
-    let o = recsys(
-        &[
-            "offline",
-            "train",
-            "--interactions",
-            data.join("interactions.parquet").to_str().unwrap(),
-            "--items",
-            data.join("items.parquet").to_str().unwrap(),
-            "--model-root",
-            models.to_str().unwrap(),
-            "--factors",
-            "8",
-            "--iterations",
-            "3",
-            "--skip-eval",
-        ],
-        NO_ENV,
+    let (interactions, items) = (
+        data.join("interactions.parquet"),
+        data.join("items.parquet"),
     );
+    let mut args = vec![
+        "offline",
+        "train",
+        "--interactions",
+        interactions.to_str().unwrap(),
+    ];
+    args.extend(["--items", items.to_str().unwrap()]);
+    args.extend(["--model-root", models.to_str().unwrap()]);
+    args.extend(["--factors", "8", "--iterations", "3", "--skip-eval"]);
+    let o = recsys(&args, NO_ENV);
     assert!(o.status.success(), "{}", stderr(&o));
     last_json(&o)["version"].as_str().unwrap().to_string()
 }
