@@ -116,14 +116,8 @@ impl Platform {
             f.write_all(&e.to_json()).unwrap();
             f.write_all(b"\n").unwrap();
         }
-        self.run(&[
-            "nearline",
-            "produce",
-            "--input",
-            file.to_str().unwrap(),
-            "--partitions",
-            "4",
-        ]);
+        let input = file.to_str().unwrap();
+        self.run(&["nearline", "produce", "--input", input, "--partitions", "4"]);
     }
 }
 
