@@ -235,25 +235,34 @@ async fn kv_conformance(store: Arc<dyn KvStore>) {
     }
     assert_eq!(batch.last().unwrap().len(), many.len());
     assert!(s.get_records(ns, &[]).await.unwrap().is_empty());
-    match s.get_records("Bad-Namespace", &ids).await {
-        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "namespace"),
-        other => panic!("expected an invalid namespace, got {other:?}"),
-    }
 
-    // Bad arguments are typed errors naming the field.
-    match s
-        .put_items("Bad-Namespace", &id, &[Item::new("k", "v")], token(1, 1))
-        .await
-    {
-        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "namespace"),
-        other => panic!("expected an invalid namespace, got {other:?}"),
-    }
-    match s
-        .get_items(ns, "", &Predicate::MatchAll, &PageRequest::default())
-        .await
-    {
-        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "id"),
-        other => panic!("expected an invalid id, got {other:?}"),
+    // Bad arguments are typed errors naming the field, whichever operation gets them.
+    let (bad, all, first) = (
+        "Bad-Namespace",
+        &Predicate::MatchAll,
+        &PageRequest::default(),
+    );
+    let item = [Item::new("k", "v")];
+    assert_eq!(invalid(s.get_records(bad, &ids).await), "namespace");
+    assert_eq!(
+        invalid(s.put_items(bad, &id, &item, token(1, 1)).await),
+        "namespace"
+    );
+    assert_eq!(
+        invalid(s.get_items(bad, &id, all, first).await),
+        "namespace"
+    );
+    assert_eq!(invalid(s.delete_items(bad, &id, all).await), "namespace");
+    assert_eq!(invalid(s.get_items(ns, "", all, first).await), "id");
+    assert_eq!(invalid(s.delete_items(ns, "", all).await), "id");
+    assert_eq!(invalid(s.get_records(ns, &[String::new()]).await), "id");
+}
+
+/// The field an invalid-argument error names.
+fn invalid<T: std::fmt::Debug>(result: StoreResult<T>) -> String {
+    match result {
+        Err(StoreError::Invalid { field, .. }) => field.to_string(),
+        other => panic!("expected an invalid argument, got {other:?}"),
     }
 }
 
