@@ -175,7 +175,9 @@ impl ModelWatcher {
 /// A file is parsed and validated, and every model version its variants name is loaded and
 /// verified (reusing a catalog already held), before the new set replaces the old one. A file
 /// refused — a field named in the log — leaves the last good set in force and is not tried again
-/// until its text changes; a removed file ends every experiment.
+/// until its text changes; a removed file ends every experiment. A changed file is tried only once
+/// it reads the same at two polls in a row, so a file caught half-written (a copy that truncated
+/// it first) is never put in force.
 struct ExperimentsWatcher {
     path: std::path::PathBuf,
     root: ModelRoot,
@@ -184,9 +186,35 @@ struct ExperimentsWatcher {
     applied: Option<String>,
     /// The contents last refused.
     refused: Option<Vec<u8>>,
+    /// Changed contents waiting to read the same at the next poll.
+    settling: Settling,
+}
+
+/// Whether a changed file has stopped changing: the same contents at two polls in a row.
+#[derive(Debug, Default)]
+struct Settling(Option<Vec<u8>>);
+
+impl Settling {
+    /// Records `contents` as read at this poll; true when the previous poll read the same.
+    fn settled(&mut self, contents: &[u8]) -> bool {
+        if self.0.as_deref() == Some(contents) {
+            self.0 = None;
+            return true;
+        }
+        self.0 = Some(contents.to_vec());
+        false
+    }
 }
 
 impl ExperimentsWatcher {
+    /// Puts the file in force as it reads now (at start, before the first request).
+    async fn load_now(&mut self) {
+        if let Ok(bytes) = std::fs::read(&self.path) {
+            self.settling.settled(&bytes);
+        }
+        self.refresh().await;
+    }
+
     async fn refresh(&mut self) {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => Some(bytes),
@@ -199,6 +227,9 @@ impl ExperimentsWatcher {
         if bytes.as_deref() == self.applied.as_deref().map(str::as_bytes)
             || (bytes.is_some() && bytes == self.refused)
         {
+            return;
+        }
+        if bytes.as_ref().is_some_and(|b| !self.settling.settled(b)) {
             return;
         }
         let text = match bytes.map(String::from_utf8).transpose() {
@@ -370,8 +401,9 @@ pub async fn start_with_reader(
         ranker: ranker.clone(),
         applied: None,
         refused: None,
+        settling: Settling::default(),
     };
-    experiments.refresh().await;
+    experiments.load_now().await;
     if ranker.catalog().is_none() {
         tracing::warn!(root = %config.model.root.display(),
             "no servable model yet; answering UNAVAILABLE until one is published");
@@ -533,4 +565,23 @@ pub async fn start_with_reader(
         refusals,
         certificate,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settling;
+
+    #[test]
+    fn a_changed_file_settles_only_when_two_polls_read_the_same() {
+        let mut settling = Settling::default();
+        // A copy caught halfway: empty, then part of the text, then all of it.
+        assert!(!settling.settled(b""));
+        assert!(!settling.settled(b"[[experiment]]"));
+        assert!(!settling.settled(b"[[experiment]]\nname = \"a\"\n"));
+        assert!(settling.settled(b"[[experiment]]\nname = \"a\"\n"));
+        // Settled contents start over: the next change waits a poll again.
+        assert!(!settling.settled(b"[[experiment]]\nname = \"a\"\n"));
+        assert!(!settling.settled(b""));
+        assert!(settling.settled(b""));
+    }
 }
