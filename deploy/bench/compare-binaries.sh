@@ -15,11 +15,12 @@ after=${2:?usage: compare-binaries.sh BEFORE_BIN AFTER_BIN [ROUNDS] [OUT]}
 rounds=${3:-2}
 out=${4:-var/compare}
 mkdir -p "$out"
+root=$(cd "$(dirname "$0")/../.." && pwd)
 export RECSYS_TANSU=${RECSYS_TANSU:-$HOME/.cache/recsys/tansu/bin/tansu}
 export RECSYS_LOG=${RECSYS_LOG:-warn}
 
 declare -A benches=(
-    [training]="offline bench --skip-peer --rounds 2"
+    [training]="offline bench --skip-peer --rounds 2 --movielens $root/../shared/data/ml-latest-small"
     [kernel]="online bench --skip-server --skip-peer --rounds 3"
     [features]="offline bench --features --feature-events 5000000 --skip-peer --rounds 2"
     [nearline]="nearline bench --skip-freshness"
