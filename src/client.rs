@@ -64,9 +64,13 @@ pub enum ClientCommand {
         /// Only items available in this ISO 3166-1 alpha-2 country.
         #[arg(long, default_value = "")]
         country: String,
-        /// Leave out the items in the member's history.
-        #[arg(long)]
+        /// Leave out the items in the member's history [default: the server's
+        /// online.exclude_seen, true unless configured].
+        #[arg(long, conflicts_with = "include_seen")]
         exclude_seen: bool,
+        /// Keep the items in the member's history in the ranking.
+        #[arg(long)]
+        include_seen: bool,
         /// Leave out these items (repeat the flag, or separate with commas).
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
@@ -133,6 +137,7 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
             k,
             country,
             exclude_seen,
+            include_seen,
             exclude,
         } => {
             let answer = client
@@ -142,7 +147,11 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
                         k: *k,
                         country: country.clone(),
                         exclude_item_ids: exclude.clone(),
-                        exclude_seen: *exclude_seen,
+                        exclude_seen: match (exclude_seen, include_seen) {
+                            (true, _) => Some(true),
+                            (_, true) => Some(false),
+                            _ => None,
+                        },
                     },
                     timeout,
                 ))

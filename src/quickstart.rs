@@ -379,7 +379,7 @@ async fn top_picks(client: &mut RankingClient<Channel>, member: &str) -> Result<
             k: 20,
             country: String::new(),
             exclude_item_ids: Vec::new(),
-            exclude_seen: true,
+            exclude_seen: Some(true),
         })
         .await
         .context("Rank")?
@@ -401,7 +401,7 @@ async fn new_interest(
             k: 1000,
             country: String::new(),
             exclude_item_ids: Vec::new(),
-            exclude_seen: false,
+            exclude_seen: Some(false),
         })
         .await
         .context("Rank")?

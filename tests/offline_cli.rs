@@ -472,6 +472,138 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
     );
 }
 
+/// A benchmark split with planted structure: 4 groups of 50 members, each group's members
+/// having items of its own 30 only; every member has 6 training and 2 test items.
+fn planted_split(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut train = String::from("user_id,item_id\n");
+    let mut test = String::from("user_id,item_id\n");
+    for member in 0..200u32 {
+        let group = member % 4;
+        for j in 0..8u32 {
+            let item = group * 30 + (member * 7 + j * 11) % 30;
+            let line = format!("m{member},i{item}\n");
+            if j < 6 {
+                train.push_str(&line);
+            } else {
+                test.push_str(&line);
+            }
+        }
+    }
+    let (train_path, test_path) = (dir.join("train.csv"), dir.join("test.csv"));
+    fs::write(&train_path, train).unwrap();
+    fs::write(&test_path, test).unwrap();
+    (train_path, test_path)
+}
+
+#[test]
+fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
+    let f = Fixture::new();
+    let interactions = f.path("data/interactions.parquet");
+    for family in ["ease", "item-knn"] {
+        let o = recsys(
+            &[
+                "offline",
+                "evaluate",
+                "--interactions",
+                interactions.to_str().unwrap(),
+                "--family",
+                family,
+                "--lambda",
+                "50",
+            ],
+            NO_ENV,
+        );
+        assert!(o.status.success(), "{family}: {}", stderr(&o));
+        let result = last_json(&o);
+        assert!(
+            result["metrics"]["recall@20"].as_f64().unwrap()
+                > result["popularity"]["recall@20"].as_f64().unwrap(),
+            "{family}: {result}"
+        );
+    }
+
+    // The published protocol: every unseen item ranked, recall over all test items. Planted
+    // groups make any working family find most of them; popularity across 4 equal groups could
+    // not (a quarter of its picks are in the member's group).
+    let (train, test) = planted_split(f.dir.path());
+    for family in ["ials", "ease", "item-knn"] {
+        let o = recsys(
+            &[
+                "offline",
+                "evaluate",
+                "--train",
+                train.to_str().unwrap(),
+                "--test",
+                test.to_str().unwrap(),
+                "--family",
+                family,
+                "--k",
+                "10",
+                "--lambda",
+                "5",
+                "--factors",
+                "8",
+            ],
+            NO_ENV,
+        );
+        assert!(o.status.success(), "{family}: {}", stderr(&o));
+        let result = last_json(&o);
+        assert_eq!(result["family"], family.replace('-', "_"));
+        assert_eq!(result["evaluated_members"], 200);
+        assert_eq!(result["test_pairs"], 400);
+        assert_eq!(result["items"], 120);
+        let recall = result["recall"]["mean"].as_f64().unwrap();
+        let [low, high] = [0, 1].map(|i| result["recall"]["interval"][i].as_f64().unwrap());
+        assert!(low <= recall && recall <= high, "{result}");
+        assert!(recall > 0.6, "{family}: {result}");
+        assert!(result["ndcg"]["mean"].as_f64().unwrap() > 0.3, "{result}");
+    }
+
+    // A test pair that is also a training pair is refused, naming the file and line.
+    let overlap = f.path("overlap.csv");
+    let line = fs::read_to_string(&train)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    fs::write(&overlap, format!("user_id,item_id\n{line}\n")).unwrap();
+    let o = recsys(
+        &[
+            "offline",
+            "evaluate",
+            "--train",
+            train.to_str().unwrap(),
+            "--test",
+            overlap.to_str().unwrap(),
+        ],
+        NO_ENV,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("overlap.csv: line 2"), "{}", stderr(&o));
+
+    // Publishing is iALS's only, and says so.
+    let o = recsys(
+        &[
+            "offline",
+            "train",
+            "--interactions",
+            interactions.to_str().unwrap(),
+            "--items",
+            f.path("data/items.parquet").to_str().unwrap(),
+            "--model-root",
+            f.root().to_str().unwrap(),
+        ],
+        &[("RECSYS__OFFLINE__FAMILY", "ease")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("publishes iALS versions only"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn imports_movielens_latest_small_from_shared_data() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ml-latest-small");

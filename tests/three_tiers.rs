@@ -142,7 +142,7 @@ async fn rank(
         .rank(RankRequest {
             user_id: MEMBER.into(),
             k,
-            exclude_seen,
+            exclude_seen: Some(exclude_seen),
             ..Default::default()
         })
         .await

@@ -364,7 +364,7 @@ async fn server(
                             let request = RankRequest {
                                 user_id: format!("m{}", rng.random_range(0..members)),
                                 k: top,
-                                exclude_seen: true,
+                                exclude_seen: Some(true),
                                 ..Default::default()
                             };
                             let started = Instant::now();

@@ -285,7 +285,7 @@ fn request(rng: &mut impl Rng, members: usize, k: u64) -> RankRequest {
     RankRequest {
         user_id: format!("m{}", rng.random_range(0..members)),
         k,
-        exclude_seen: true,
+        exclude_seen: Some(true),
         ..Default::default()
     }
 }

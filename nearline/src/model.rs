@@ -55,6 +55,12 @@ impl FoldInModel {
         }
         let fold_in = match manifest.algorithm.family {
             Family::Ials => FoldIn::new(&table.vectors, k, manifest.algorithm.fold_in_params()),
+            family @ (Family::Ease | Family::ItemKnn) => {
+                return Err(invalid(format!(
+                    "a {} version; this release folds in iALS versions only",
+                    family.name()
+                )))
+            }
         };
         Ok(FoldInModel {
             version: version.to_string(),

@@ -23,22 +23,41 @@ use rayon::prelude::*;
 
 use recsys_shared::artifact::{write_batches, ActivityBucket, Curves, Evaluation};
 use recsys_shared::config::{EvaluationConfig, Protocol};
-use recsys_shared::kernels::dot;
-use recsys_shared::model::ials::{FoldIn, Objective};
+use recsys_shared::model::ials::{FoldIn, ItemMatrix, Objective};
+use recsys_shared::model::{MemberInput, Scorer};
 use recsys_shared::SharedError;
 
+use crate::family::{fit, FamilyParams, Fitted};
 use crate::features::TrainingTable;
 use crate::metrics::{hit_at, ndcg_at, recall_at, top_k};
 use crate::{OfflineError, Result};
 use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
 
-/// One evaluated member: the vector, what not to recommend, and what should be found.
+/// One evaluated member: their state for the model, what not to recommend, and what should be
+/// found.
 struct Case {
-    vector: Vec<f32>,
+    state: CaseState,
     /// Sorted item indices.
     exclude: Vec<u32>,
     /// Sorted item indices.
     target: Vec<u32>,
+}
+
+/// A member as the model's family represents them.
+enum CaseState {
+    /// iALS: folded in, or trained.
+    Vector(Vec<f32>),
+    /// History families: the item indices the member has.
+    History(Vec<u32>),
+}
+
+impl CaseState {
+    fn input(&self) -> MemberInput<'_> {
+        match self {
+            CaseState::Vector(v) => MemberInput::Vector(v),
+            CaseState::History(h) => MemberInput::History(h),
+        }
+    }
 }
 
 /// What one member's rankings scored, model and baseline side by side.
@@ -63,10 +82,26 @@ pub struct Split {
     pub target: Vec<(u32, u32)>,
 }
 
-/// Evaluates `params` on `table` with the configured protocol.
+/// Evaluates iALS with `params` on `table` with the configured protocol.
 pub fn evaluate(
     table: &TrainingTable,
     params: &AlsParams,
+    config: &EvaluationConfig,
+    on_iteration: impl FnMut(IterationReport),
+) -> Result<(Evaluation, Split)> {
+    evaluate_family(
+        table,
+        &FamilyParams::Ials(params.clone()),
+        config,
+        on_iteration,
+    )
+}
+
+/// Evaluates any family on `table` with the configured protocol (iALS reports its iterations
+/// to `on_iteration`).
+pub fn evaluate_family(
+    table: &TrainingTable,
+    params: &FamilyParams,
     config: &EvaluationConfig,
     on_iteration: impl FnMut(IterationReport),
 ) -> Result<(Evaluation, Split)> {
@@ -195,7 +230,25 @@ pub fn score_held_out(
     popularity: &[f32],
     seed: u64,
 ) -> Result<Evaluation> {
-    let fold_in = FoldIn::new(item_factors, k, *params);
+    let scorer = Scorer::Factors(ItemMatrix::new(item_factors.to_vec(), k));
+    score_held_out_with(held, &scorer, Some(params), popularity, seed)
+}
+
+/// [`score_held_out`] for any family's scorer: a factor model folds each member in with
+/// `objective`, a weight model ranks from the member's fold-in history itself.
+fn score_held_out_with(
+    held: &HeldOut,
+    scorer: &Scorer,
+    objective: Option<&Objective>,
+    popularity: &[f32],
+    seed: u64,
+) -> Result<Evaluation> {
+    let fold_in = match (scorer, objective) {
+        (Scorer::Factors(items), Some(objective)) => {
+            Some(FoldIn::new(items.as_slice(), items.factors(), *objective))
+        }
+        _ => None,
+    };
     let cases = held
         .histories
         .par_iter()
@@ -203,8 +256,14 @@ pub fn score_held_out(
         .map(|(history, target)| {
             let mut exclude: Vec<u32> = history.iter().map(|(i, _)| *i).collect();
             exclude.sort_unstable();
+            let state = match (scorer, &fold_in) {
+                (Scorer::Factors(items), Some(fold_in)) => {
+                    CaseState::Vector(fold_in.solve(items.as_slice(), history)?)
+                }
+                _ => CaseState::History(exclude.clone()),
+            };
             Ok(Case {
-                vector: fold_in.solve(item_factors, history)?,
+                state,
                 exclude,
                 target: target.clone(),
             })
@@ -212,8 +271,7 @@ pub fn score_held_out(
         .collect::<std::result::Result<Vec<_>, SharedError>>()?;
     Ok(score_cases(
         &cases,
-        item_factors,
-        k,
+        scorer,
         popularity,
         Protocol::StrongGeneralization,
         seed,
@@ -222,7 +280,7 @@ pub fn score_held_out(
 
 fn strong_generalization(
     table: &TrainingTable,
-    params: &AlsParams,
+    params: &FamilyParams,
     config: &EvaluationConfig,
     on_iteration: impl FnMut(IterationReport),
 ) -> Result<(Evaluation, Split)> {
@@ -230,22 +288,44 @@ fn strong_generalization(
     let split = held.split(table);
 
     let matrix = table.matrix(|p| !held.held[p.user as usize]);
-    let model = als::train(&matrix, params, on_iteration)?;
+    let fitted = fit_quietly(&matrix, params, on_iteration)?;
     let popularity = popularity_scores(&matrix.indices, table.item_ids.len());
-    let evaluation = score_held_out(
+    let objective = match params {
+        FamilyParams::Ials(p) => Some(p.objective()),
+        _ => None,
+    };
+    let evaluation = score_held_out_with(
         &held,
-        &model.item_factors,
-        model.factors,
-        &params.objective(),
+        &fitted.scorer,
+        objective.as_ref(),
         &popularity,
         config.seed,
     )?;
     Ok((evaluation, split))
 }
 
+/// Fits for an evaluation: iALS reports to `on_iteration` (the caller shows it), the other
+/// families show their own progress.
+fn fit_quietly(
+    matrix: &recsys_shared::model::matrix::SparseMatrix,
+    params: &FamilyParams,
+    mut on_iteration: impl FnMut(IterationReport),
+) -> Result<Fitted> {
+    match params {
+        FamilyParams::Ials(p) => {
+            let model = als::train(matrix, p, &mut on_iteration)?;
+            Ok(Fitted {
+                scorer: Scorer::Factors(ItemMatrix::new(model.item_factors, model.factors)),
+                member_vectors: Some(model.user_factors),
+            })
+        }
+        other => fit(matrix, other, other.threads(0), "evaluate", |_| {}),
+    }
+}
+
 fn leave_last_out(
     table: &TrainingTable,
-    params: &AlsParams,
+    params: &FamilyParams,
     on_iteration: impl FnMut(IterationReport),
 ) -> Result<(Evaluation, Split)> {
     let ranges = table.member_ranges();
@@ -283,12 +363,14 @@ fn leave_last_out(
         table.item_ids.len(),
         keep,
     );
-    let model = als::train(&matrix, params, on_iteration)?;
-    let k = model.factors;
+    let fitted = fit_quietly(&matrix, params, on_iteration)?;
     let cases: Vec<Case> = members
         .iter()
         .map(|&(u, target)| Case {
-            vector: model.user_factors[u * k..(u + 1) * k].to_vec(),
+            state: match fitted.member_vector(u) {
+                Some(vector) => CaseState::Vector(vector.to_vec()),
+                None => CaseState::History(matrix.row(u).0.to_vec()),
+            },
             exclude: matrix.row(u).0.to_vec(),
             target: vec![table.pairs[target].item],
         })
@@ -297,8 +379,7 @@ fn leave_last_out(
     Ok((
         score_cases(
             &cases,
-            &model.item_factors,
-            k,
+            &fitted.scorer,
             &popularity,
             Protocol::LeaveLastOut,
             0,
@@ -413,8 +494,7 @@ fn popularity_percentiles(popularity: &[f32]) -> Vec<f64> {
 /// over k and the by-activity breakdown, for the model and the popularity baseline.
 fn score_cases(
     cases: &[Case],
-    item_factors: &[f32],
-    k: usize,
+    scorer: &Scorer,
     popularity: &[f32],
     protocol: Protocol,
     seed: u64,
@@ -452,9 +532,7 @@ fn score_cases(
         .map_init(
             || vec![0f32; n_items],
             |scores, case| {
-                for (s, y) in scores.iter_mut().zip(item_factors.chunks_exact(k)) {
-                    *s = dot(y, &case.vector);
-                }
+                scorer.score_all(case.state.input(), scores);
                 let ranked = top_k(scores, depth, &case.exclude);
                 let baseline = top_k(popularity, depth, &case.exclude);
                 let mut model: Vec<f64> = metric_names

@@ -25,11 +25,13 @@
 //! [`recsys_shared::artifact::ModelRoot`] / [`recsys_shared::artifact::RemoteModelRoot`] (so every
 //! publish is atomic and locked).
 
+pub mod benchmark_split;
 pub mod coded_jobs;
 pub mod engine;
 mod error;
 pub mod evaluate;
 pub mod experiment_report;
+pub mod family;
 pub mod feature_tables;
 pub mod features;
 pub mod id_codes;

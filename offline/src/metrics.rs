@@ -35,6 +35,21 @@ pub fn recall_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
     hits as f64 / k.min(target.len()) as f64
 }
 
+/// Hits in the first `k` of `ranked` divided by `|target|`: the recall of the published
+/// benchmark protocols (NGCF, LightGCN, BARS), which a member with more than `k` targets can
+/// never reach 1 on; `target` sorted.
+pub fn full_recall_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
+    if target.is_empty() {
+        return 0.0;
+    }
+    let hits = ranked
+        .iter()
+        .take(k)
+        .filter(|i| target.binary_search(i).is_ok())
+        .count();
+    hits as f64 / target.len() as f64
+}
+
 /// Normalised discounted cumulative gain at `k`: `Σ 1/log2(rank+1)` over hits divided by the
 /// same sum for a perfect ranking of `min(k, |target|)` hits; `target` sorted.
 pub fn ndcg_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
@@ -93,5 +108,9 @@ mod tests {
         assert_eq!(hit_at(&ranked, &[30], 2), 0.0);
         assert_eq!(ndcg_at(&ranked, &[10, 20], 2), 1.0);
         assert_eq!(recall_at(&ranked, &[], 5), 0.0);
+        // The published protocol divides by every target: 1 hit of 3 at k = 2.
+        assert!((full_recall_at(&ranked, &target, 2) - 1.0 / 3.0).abs() < 1e-12);
+        assert!((full_recall_at(&ranked, &target, 5) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(full_recall_at(&ranked, &[], 5), 0.0);
     }
 }

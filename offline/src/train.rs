@@ -17,12 +17,14 @@ use recsys_shared::model::ials;
 use recsys_shared::SharedError;
 
 use crate::evaluate::{self, Split};
+use crate::family::FamilyParams;
 use crate::features::{FeatureJob, Features, TrainingTable};
 use crate::input::InputTable;
 use crate::progress::Progress;
 use crate::publish::Destination;
 use crate::{OfflineError, Result};
 use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
+use recsys_shared::model::Family;
 
 /// What to train and where to publish.
 #[derive(Debug, Clone)]
@@ -92,14 +94,18 @@ pub fn fit(table: &TrainingTable, params: &AlsParams, what: &str) -> Result<als:
     Ok(model)
 }
 
-/// Evaluates with a progress display.
+/// Evaluates any family with a progress display.
 pub fn evaluate_with_progress(
     table: &TrainingTable,
-    params: &AlsParams,
+    params: &FamilyParams,
     config: &recsys_shared::config::EvaluationConfig,
 ) -> Result<(Evaluation, Split)> {
-    let (mut progress, mut report) = iteration_display("evaluate", params.iterations);
-    let outcome = evaluate::evaluate(table, params, config, |r| report(&mut progress, r))?;
+    let iterations = match params {
+        FamilyParams::Ials(p) => p.iterations,
+        _ => 0,
+    };
+    let (mut progress, mut report) = iteration_display("evaluate", iterations);
+    let outcome = evaluate::evaluate_family(table, params, config, |r| report(&mut progress, r))?;
     progress.finish();
     Ok(outcome)
 }
@@ -120,6 +126,13 @@ impl TrainJob {
     /// Runs the whole job.
     pub fn run(&self) -> Result<TrainOutcome> {
         let config = &self.config;
+        if config.offline.family != Family::Ials {
+            return Err(OfflineError::Usage(format!(
+                "offline.family = {}: this release publishes iALS versions only; EASE and \
+                 item-kNN are evaluated with `recsys offline evaluate --family`",
+                config.offline.family.name()
+            )));
+        }
         let mut destination = Destination::open(&config.model)?;
         let interactions = InputTable::discover(&self.interactions)?;
         let items = InputTable::discover(&self.items)?;
@@ -146,8 +159,11 @@ impl TrainJob {
         let evaluation = if self.skip_eval {
             None
         } else {
-            let (evaluation, _) =
-                evaluate_with_progress(table, &params, &config.offline.evaluation)?;
+            let (evaluation, _) = evaluate_with_progress(
+                table,
+                &FamilyParams::Ials(params.clone()),
+                &config.offline.evaluation,
+            )?;
             tracing::info!(metrics = ?evaluation.metrics, popularity = ?evaluation.popularity, "evaluated");
             Some(evaluation)
         };
@@ -324,7 +340,7 @@ pub fn evaluate_only(
     config: &Config,
     export_split: Option<&std::path::Path>,
 ) -> Result<Evaluation> {
-    let params = config.offline.als.clone();
+    let params = FamilyParams::from_config(&config.offline);
     let features = training_features(interactions, config)?;
     let (evaluation, split) =
         evaluate_with_progress(&features.training, &params, &config.offline.evaluation)?;

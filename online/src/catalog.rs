@@ -157,6 +157,12 @@ impl Catalog {
         popularity.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let fold_in = match manifest.algorithm.family {
             Family::Ials => FoldIn::new(&factors.vectors, k, manifest.algorithm.fold_in_params()),
+            family @ (Family::Ease | Family::ItemKnn) => {
+                return Err(invalid(format!(
+                    "a {} version; this release serves iALS versions only",
+                    family.name()
+                )))
+            }
         };
         Ok(Catalog {
             version: version.to_string(),

@@ -370,7 +370,8 @@ pub async fn start_with_reader(
         Ranker::new(reader, Duration::from_millis(config.online.max_request_ms))
             .with_impressions(ImpressionLog::from_config(config)?)
             .with_rules(config.online.rules.clone())
-            .with_maturity(config.online.maturity.clone()),
+            .with_maturity(config.online.maturity.clone())
+            .with_exclude_seen(config.online.exclude_seen),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health

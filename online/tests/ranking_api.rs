@@ -146,7 +146,7 @@ async fn rank_homepage_and_similar_items_over_grpc() {
         .rank(RankRequest {
             user_id: "m1".into(),
             k: 200,
-            exclude_seen: true,
+            exclude_seen: Some(true),
             exclude_item_ids: vec![first.items[0].item_id.clone()],
             country: "fr".into(),
         })
@@ -160,6 +160,19 @@ async fn rank_homepage_and_similar_items_over_grpc() {
         let j: usize = item.item_id[1..].parse().unwrap();
         assert!(!j.is_multiple_of(10), "{} is US-only", item.item_id);
     }
+
+    // Unset, the server's default (`online.exclude_seen = true`) leaves the history out; a
+    // request may still ask for it.
+    let whole = |exclude_seen| RankRequest {
+        user_id: "m1".into(),
+        k: 1000,
+        exclude_seen,
+        ..Default::default()
+    };
+    let by_default = c.rank(whole(None)).await.unwrap().into_inner();
+    assert!(by_default.items.iter().all(|i| !seen.contains(&i.item_id)));
+    let with_seen = c.rank(whole(Some(false))).await.unwrap().into_inner();
+    assert!(with_seen.items.iter().any(|i| seen.contains(&i.item_id)));
 
     // An unknown member gets the popularity ranking, not an error.
     let cold = c.rank(rank("nobody")).await.unwrap().into_inner();

@@ -7,11 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
+use recsys_offline::benchmark_split::{evaluate_split, PairsSplit};
+use recsys_offline::family::FamilyParams;
 use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::{evaluate_only, TrainJob};
 use recsys_offline::tuning::{TuneJob, TuningResult};
 use recsys_shared::artifact::{ModelRoot, RemoteModelRoot};
 use recsys_shared::config::{Config, Protocol};
+use recsys_shared::model::Family;
 
 use super::{load_config, mirror_remote_root, remote_root, runtime, validated};
 
@@ -215,11 +218,83 @@ pub(crate) struct TuneArgs {
     als: AlsArgs,
 }
 
+/// The family and the parameters of the two history families.
+#[derive(Args)]
+pub(crate) struct FamilyArgs {
+    /// The model family [config: offline.family, default ials].
+    #[arg(long, value_enum)]
+    family: Option<FamilyArg>,
+    /// EASE's λ [config: offline.ease.lambda, default 200].
+    #[arg(long)]
+    lambda: Option<f32>,
+    /// EASE's weights kept per item for serving [config: offline.ease.top_n, default 1000].
+    #[arg(long)]
+    top_n: Option<usize>,
+    /// Item-kNN's neighbours per item [config: offline.item_knn.neighbours, default 100].
+    #[arg(long)]
+    neighbours: Option<usize>,
+    /// Item-kNN's shrinkage [config: offline.item_knn.shrink, default 10].
+    #[arg(long)]
+    shrink: Option<f32>,
+    /// Item-kNN's asymmetric-cosine exponent, 0.5 = cosine [config: offline.item_knn.alpha,
+    /// default 0.5].
+    #[arg(long)]
+    knn_alpha: Option<f32>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum FamilyArg {
+    Ials,
+    Ease,
+    ItemKnn,
+}
+
+impl FamilyArgs {
+    fn apply(&self, config: &mut Config) {
+        let offline = &mut config.offline;
+        if let Some(f) = self.family {
+            offline.family = match f {
+                FamilyArg::Ials => Family::Ials,
+                FamilyArg::Ease => Family::Ease,
+                FamilyArg::ItemKnn => Family::ItemKnn,
+            };
+        }
+        if let Some(v) = self.lambda {
+            offline.ease.lambda = v;
+        }
+        if let Some(v) = self.top_n {
+            offline.ease.top_n = v;
+        }
+        if let Some(v) = self.neighbours {
+            offline.item_knn.neighbours = v;
+        }
+        if let Some(v) = self.shrink {
+            offline.item_knn.shrink = v;
+        }
+        if let Some(v) = self.knn_alpha {
+            offline.item_knn.alpha = v;
+        }
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct EvaluateArgs {
-    /// Interactions Parquet file or directory.
-    #[arg(long)]
-    interactions: PathBuf,
+    /// Interactions Parquet file or directory (the configured protocol splits them).
+    #[arg(long, required_unless_present = "train", conflicts_with = "train")]
+    interactions: Option<PathBuf>,
+    /// A benchmark's own training pairs (CSV with user_id,item_id): with --test, scores the
+    /// published protocol (every item without a training pair ranked; Recall@k = hits / test
+    /// items) for any --family.
+    #[arg(long, requires = "test")]
+    train: Option<PathBuf>,
+    /// The benchmark's test pairs (CSV with user_id,item_id).
+    #[arg(long, requires = "train")]
+    test: Option<PathBuf>,
+    /// The cut-off of --train/--test's metrics.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    #[command(flatten)]
+    family: FamilyArgs,
     /// Evaluation protocol [config: offline.evaluation.protocol, default strong-generalization].
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
@@ -437,6 +512,22 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
         OfflineCommand::Evaluate(args) => {
             let mut config = load_config(config_path)?;
             args.als.apply(&mut config);
+            args.family.apply(&mut config);
+            if let (Some(train), Some(test)) = (&args.train, &args.test) {
+                let config = validated(config)?;
+                let offline = &config.offline;
+                let params = FamilyParams::from_config(offline);
+                let split = PairsSplit::read(train, test)?;
+                let threads = params.threads(offline.als.threads);
+                let result =
+                    evaluate_split(&split, &params, args.k, threads, offline.evaluation.seed)?;
+                println!("{}", serde_json::to_string(&result)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let interactions = args
+                .interactions
+                .as_deref()
+                .context("--interactions or --train/--test is required")?;
             let evaluation = &mut config.offline.evaluation;
             if let Some(p) = args.protocol {
                 evaluation.protocol = match p {
@@ -451,7 +542,7 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                 evaluation.seed = s;
             }
             let config = validated(config)?;
-            let result = evaluate_only(&args.interactions, &config, args.export_split.as_deref())?;
+            let result = evaluate_only(interactions, &config, args.export_split.as_deref())?;
             println!("{}", serde_json::to_string(&result)?);
         }
         OfflineCommand::Tune(args) => {

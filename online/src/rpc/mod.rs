@@ -83,6 +83,8 @@ pub struct Ranker {
     impressions: Option<ImpressionLog>,
     rules: RulesConfig,
     maturity: MaturityConfig,
+    /// Rank leaves out the member's history unless the request says otherwise.
+    exclude_seen: bool,
 }
 
 /// The experiments in force and the catalogs of the model versions their variants name (each
@@ -137,7 +139,14 @@ impl Ranker {
             impressions: None,
             rules: RulesConfig::default(),
             maturity: MaturityConfig::default(),
+            exclude_seen: true,
         }
+    }
+
+    /// Whether Rank leaves out the member's history when a request does not say.
+    pub fn with_exclude_seen(mut self, exclude_seen: bool) -> Self {
+        self.exclude_seen = exclude_seen;
+        self
     }
 
     /// Orders the catalog's maturity ratings for the per-member maturity filter.
@@ -430,7 +439,7 @@ mod tests {
             rows in 0u64..40,
             country in "\\PC{0,4}",
             excluded in proptest::collection::vec("\\PC{0,20}", 0..4),
-            exclude_seen in proptest::bool::ANY,
+            exclude_seen in proptest::option::of(proptest::bool::ANY),
         ) {
             let (_, ranker, runtime) = fuzz_ranker();
             let deadline = Instant::now() + Duration::from_secs(5);

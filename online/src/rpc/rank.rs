@@ -48,7 +48,7 @@ impl Ranker {
             .iter()
             .filter_map(|id| catalog.index.get(id).copied())
             .collect();
-        if request.exclude_seen {
+        if request.exclude_seen.unwrap_or(self.exclude_seen) {
             excluded.extend(member.seen(&catalog));
         }
         excluded.extend(member.hidden(&catalog));

@@ -38,9 +38,9 @@ pub use manifest::{
 pub use remote::{Lease, ModelMirror, RemoteModelRoot};
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{
-    read_catalog, read_factors, read_history, read_popularity, write_batches, write_catalog,
-    write_factors, write_history, write_history_rows, write_popularity, writer_properties,
-    CatalogRow, FactorTable, HistoryRow, PopularityRow,
+    read_catalog, read_factors, read_history, read_popularity, read_weights, write_batches,
+    write_catalog, write_factors, write_history, write_history_rows, write_popularity,
+    write_weights, writer_properties, CatalogRow, FactorTable, HistoryRow, PopularityRow,
 };
 
 /// File names inside a version directory.
@@ -48,6 +48,8 @@ pub mod files {
     pub const MANIFEST: &str = "manifest.json";
     pub const ITEM_FACTORS: &str = "item_factors.parquet";
     pub const USER_FACTORS: &str = "user_factors.parquet";
+    /// The item × item weights of a history family (EASE, item-kNN).
+    pub const ITEM_WEIGHTS: &str = "item_weights.parquet";
     pub const ITEM_POPULARITY: &str = "item_popularity.parquet";
     pub const ITEMS: &str = "items.parquet";
     pub const USER_HISTORY: &str = "user_history.parquet";

@@ -5,15 +5,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
-    TimestampMillisecondArray, UInt64Array,
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, ListArray, RecordBatch,
+    StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
-use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef, TimeUnit, UInt64Type};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{
+    DataType, Field, Float32Type, Schema, SchemaRef, TimeUnit, UInt32Type, UInt64Type,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::model::matrix::SparseMatrix;
 use crate::{Result, SharedError};
 
 const BATCH_ROWS: usize = 64 * 1024;
@@ -201,6 +205,134 @@ pub fn read_factors(path: &Path, id_column: &str) -> Result<FactorTable> {
     Ok(table)
 }
 
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", item, false)))
+}
+
+/// Writes `item_weights.parquet`, the item × item weights of a history family: one row per item
+/// (`item_id`, in row order), its `neighbours` (row numbers of this same table, ascending) and
+/// their `weights`.
+pub fn write_weights(path: &Path, item_ids: &[String], weights: &SparseMatrix) -> Result<()> {
+    assert_eq!(weights.rows, item_ids.len(), "one row of weights per item");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("neighbours", list_of(DataType::UInt32), false),
+        Field::new("weights", list_of(DataType::Float32), false),
+    ]));
+    let mut batches = Vec::new();
+    for start in (0..item_ids.len()).step_by(BATCH_ROWS) {
+        let end = (start + BATCH_ROWS).min(item_ids.len());
+        let (from, to) = (weights.indptr[start], weights.indptr[end]);
+        let offsets = OffsetBuffer::new(
+            weights.indptr[start..=end]
+                .iter()
+                .map(|&o| (o - from) as i32)
+                .collect::<Vec<i32>>()
+                .into(),
+        );
+        let list = |item: DataType, values: ArrayRef| {
+            ListArray::try_new(
+                Arc::new(Field::new("item", item, false)),
+                offsets.clone(),
+                values,
+                None,
+            )
+            .map_err(|e| SharedError::arrow(path, e))
+        };
+        let neighbours = list(
+            DataType::UInt32,
+            Arc::new(UInt32Array::from(weights.indices[from..to].to_vec())),
+        )?;
+        let values = list(
+            DataType::Float32,
+            Arc::new(Float32Array::from(weights.values[from..to].to_vec())),
+        )?;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(&item_ids[start..end])) as ArrayRef,
+                Arc::new(neighbours) as ArrayRef,
+                Arc::new(values) as ArrayRef,
+            ],
+        )
+        .map_err(|e| SharedError::arrow(path, e))?;
+        batches.push(batch);
+    }
+    write_batches(path, schema, &batches)
+}
+
+/// Reads a table written by [`write_weights`]: the item ids in row order and the weights.
+/// Every neighbour must be a row of the table, ascending within its row, every weight finite.
+pub fn read_weights(path: &Path) -> Result<(Vec<String>, SparseMatrix)> {
+    let mut ids = Vec::new();
+    let mut indptr = vec![0usize];
+    let mut indices: Vec<u32> = Vec::new();
+    let mut values: Vec<f32> = Vec::new();
+    let schema_error = |column: &str, problem: String| SharedError::Schema {
+        path: path.to_path_buf(),
+        column: column.to_string(),
+        problem,
+    };
+    for batch in open_batches(path)? {
+        ids.extend(strings(path, &batch, "item_id")?);
+        let neighbours = column(path, &batch, "neighbours")?
+            .as_list_opt::<i32>()
+            .ok_or_else(|| schema_error("neighbours", "expected List<UInt32>".into()))?;
+        let weights = column(path, &batch, "weights")?
+            .as_list_opt::<i32>()
+            .ok_or_else(|| schema_error("weights", "expected List<Float32>".into()))?;
+        for row in 0..batch.num_rows() {
+            let n = neighbours.value(row);
+            let n = n
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| schema_error("neighbours", "values are not UInt32".into()))?;
+            let w = weights.value(row);
+            let w = w
+                .as_primitive_opt::<Float32Type>()
+                .ok_or_else(|| schema_error("weights", "values are not Float32".into()))?;
+            let at = (indptr.len() - 1) as u64;
+            let row_error = |column: &str, problem: &str| SharedError::Row {
+                path: path.to_path_buf(),
+                row: at,
+                column: column.to_string(),
+                problem: problem.to_string(),
+            };
+            if n.len() != w.len() {
+                return Err(row_error("weights", "not as many weights as neighbours"));
+            }
+            if n.values().windows(2).any(|p| p[0] >= p[1]) {
+                return Err(row_error("neighbours", "not strictly ascending"));
+            }
+            if w.values().iter().any(|v| !v.is_finite()) {
+                return Err(row_error("weights", "not a finite number"));
+            }
+            indices.extend_from_slice(n.values());
+            values.extend_from_slice(w.values());
+            indptr.push(indices.len());
+        }
+    }
+    if let Some(pos) = indices.iter().position(|&j| j as usize >= ids.len()) {
+        let row = indptr.partition_point(|&o| o <= pos) - 1;
+        return Err(SharedError::Row {
+            path: path.to_path_buf(),
+            row: row as u64,
+            column: "neighbours".to_string(),
+            problem: format!("{} is not a row of the table", indices[pos]),
+        });
+    }
+    let n = ids.len();
+    Ok((
+        ids,
+        SparseMatrix {
+            rows: n,
+            cols: n,
+            indptr,
+            indices,
+            values,
+        },
+    ))
+}
+
 /// Writes `item_popularity.parquet`.
 pub fn write_popularity(path: &Path, rows: &[PopularityRow]) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![
@@ -332,6 +464,26 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_round_trip_and_a_neighbour_outside_the_table_is_refused_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let weights =
+            SparseMatrix::from_triplets(3, 3, vec![(0, 1, 0.5), (0, 2, -0.25), (2, 0, 1.5)]);
+        let path = dir.path().join("w.parquet");
+        write_weights(&path, &ids, &weights).unwrap();
+        assert_eq!(read_weights(&path).unwrap(), (ids.clone(), weights.clone()));
+
+        let wider = SparseMatrix {
+            cols: 9,
+            ..SparseMatrix::from_triplets(3, 9, vec![(1, 8, 1.0)])
+        };
+        let path = dir.path().join("bad.parquet");
+        write_weights(&path, &ids, &wider).unwrap();
+        let e = read_weights(&path).unwrap_err().to_string();
+        assert!(e.contains("row 1") && e.contains("neighbours"), "{e}");
+    }
 
     #[test]
     fn tables_round_trip() {

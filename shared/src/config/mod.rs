@@ -28,8 +28,8 @@ pub use kafka::KafkaConfig;
 pub use model::ModelConfig;
 pub use nearline::NearlineConfig;
 pub use offline::{
-    AlsConfig, BallistaConfig, Engine, EvaluationConfig, FeatureConfig, OfflineConfig, Protocol,
-    PublishConfig, TuningConfig,
+    AlsConfig, BallistaConfig, EaseConfig, Engine, EvaluationConfig, FeatureConfig, ItemKnnConfig,
+    OfflineConfig, Protocol, PublishConfig, TuningConfig,
 };
 pub use online::{
     ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,
@@ -382,6 +382,33 @@ mod tests {
         assert!(range.contains("offline.als.factors"), "{range}");
         let kind = refused(&[("RECSYS__OFFLINE__ALS__ALPHA", "lots")]);
         assert!(kind.contains("alpha"), "{kind}");
+        for (var, value, field) in [
+            ("RECSYS__OFFLINE__EASE__LAMBDA", "0", "offline.ease.lambda"),
+            ("RECSYS__OFFLINE__EASE__TOP_N", "0", "offline.ease.top_n"),
+            (
+                "RECSYS__OFFLINE__ITEM_KNN__NEIGHBOURS",
+                "0",
+                "offline.item_knn.neighbours",
+            ),
+            (
+                "RECSYS__OFFLINE__ITEM_KNN__SHRINK",
+                "-1",
+                "offline.item_knn.shrink",
+            ),
+            (
+                "RECSYS__OFFLINE__ITEM_KNN__ALPHA",
+                "2",
+                "offline.item_knn.alpha",
+            ),
+        ] {
+            let e = refused(&[(var, value)]);
+            assert!(e.contains(field), "{var}={value}: {e}");
+        }
+        let family = refused(&[("RECSYS__OFFLINE__FAMILY", "slim")]);
+        assert!(
+            family.contains("slim") || family.contains("family"),
+            "{family}"
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub struct OfflineConfig {
     pub engine: Engine,
     pub ballista: BallistaConfig,
     pub features: FeatureConfig,
+    /// The model family trained: `ials`, `ease` or `item_knn`. Default `ials`.
+    pub family: crate::model::Family,
     pub als: AlsConfig,
+    pub ease: EaseConfig,
+    pub item_knn: ItemKnnConfig,
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
     pub tuning: TuningConfig,
@@ -245,6 +249,47 @@ impl Default for AlsConfig {
     }
 }
 
+/// EASE's parameters (`[offline.ease]`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EaseConfig {
+    /// λ, added to the diagonal of `XᵀX`. Default 200.
+    pub lambda: f32,
+    /// Weights kept per item for serving (the rest of the dense row is dropped). Default 1000.
+    pub top_n: usize,
+}
+
+impl Default for EaseConfig {
+    fn default() -> Self {
+        EaseConfig {
+            lambda: 200.0,
+            top_n: 1000,
+        }
+    }
+}
+
+/// Item-kNN's parameters (`[offline.item_knn]`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ItemKnnConfig {
+    /// Neighbours kept per item. Default 100.
+    pub neighbours: usize,
+    /// Shrinkage added to the similarity's denominator. Default 10.
+    pub shrink: f32,
+    /// Exponent of the row item's count in the denominator; 0.5 is the cosine. Default 0.5.
+    pub alpha: f32,
+}
+
+impl Default for ItemKnnConfig {
+    fn default() -> Self {
+        ItemKnnConfig {
+            neighbours: 100,
+            shrink: 10.0,
+            alpha: 0.5,
+        }
+    }
+}
+
 /// Evaluation protocol.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -309,6 +354,13 @@ impl Default for PublishConfig {
 impl OfflineConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         within("offline.tuning.trials", self.tuning.trials, 1..=10_000)?;
+        within("offline.ease.top_n", self.ease.top_n, 1..=100_000)?;
+        within(
+            "offline.item_knn.neighbours",
+            self.item_knn.neighbours,
+            1..=100_000,
+        )?;
+        within("offline.item_knn.alpha", self.item_knn.alpha, 0.0..=1.0)?;
         within("offline.tuning.eta", self.tuning.eta, 2..=10)?;
         within(
             "offline.features.history_cap",
@@ -340,6 +392,16 @@ impl OfflineConfig {
                 (0.0..=4.0).contains(&self.als.regularization_exp),
                 "offline.als.regularization_exp",
                 "must be in 0..=4",
+            ),
+            (
+                self.ease.lambda > 0.0 && self.ease.lambda.is_finite(),
+                "offline.ease.lambda",
+                "must be positive",
+            ),
+            (
+                self.item_knn.shrink >= 0.0 && self.item_knn.shrink.is_finite(),
+                "offline.item_knn.shrink",
+                "must be non-negative",
             ),
             (
                 self.als.init_std > 0.0 && self.als.init_std.is_finite(),

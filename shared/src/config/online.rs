@@ -29,6 +29,9 @@ pub struct OnlineConfig {
     pub load_store_on_swap: bool,
     /// Upper bound on any request's run time, whatever deadline the client sets. Default 5000 ms.
     pub max_request_ms: u64,
+    /// Rank leaves out the items in the member's history unless the request sets
+    /// `exclude_seen = false` (homepage rows always leave them out). Default true.
+    pub exclude_seen: bool,
     /// Ranking requests worked on at once; more wait in the queue. 0 (the default) means one per
     /// core: scoring is CPU work, and more in progress than the cores can run only makes every
     /// one of them slower.
@@ -248,6 +251,7 @@ impl Default for OnlineConfig {
             experiments_file: None,
             load_store_on_swap: true,
             max_request_ms: 5000,
+            exclude_seen: true,
             max_in_flight: 0,
             max_queued: 64,
             max_concurrent_streams: 256,

@@ -15,12 +15,17 @@
 //! - how a member's scores over the whole catalog are computed (iALS: the item factors times the
 //!   member's vector, [`ials::ItemMatrix`]), ending in the shared [`top_k`] selection.
 //!
-//! The family's own numerics live in one folder here (`ials/`); a new family is a folder beside
-//! it plus one [`Family`] variant, which the tiers' `match`es then ask them to handle. The tiers
-//! hold none of a family's numerics: offline builds the matrix and calls the trainer, nearline
-//! and online call the member-state update, online calls the scorer.
+//! The family's own numerics live in one folder here (`ials/`, `ease/`, `item_knn/`); a new
+//! family is a folder beside them plus one [`Family`] variant, which the tiers' `match`es then ask
+//! them to handle. The history families share what they serve: item × item weights
+//! ([`item_weights::ItemWeights`]) summed over the member's history. The tiers hold none of a
+//! family's numerics: offline builds the matrix and calls the trainer, nearline and online call
+//! the member-state update, online calls the scorer.
 
+pub mod ease;
 pub mod ials;
+pub mod item_knn;
+pub mod item_weights;
 pub mod matrix;
 pub mod top_k;
 
@@ -33,6 +38,59 @@ pub enum Family {
     /// Implicit ALS (Hu, Koren & Volinsky 2008; Rendle et al. 2022): item and member factors.
     #[default]
     Ials,
+    /// EASE (Steck 2019): a closed-form item × item model, pruned to the largest weights per
+    /// item for serving.
+    Ease,
+    /// Item-kNN: each item's nearest items by shrunk cosine.
+    ItemKnn,
+}
+
+/// What a trained version scores the catalog with, whatever its family.
+#[derive(Debug, Clone)]
+pub enum Scorer {
+    /// iALS: the item factors; a member is a vector.
+    Factors(ials::ItemMatrix),
+    /// The history families: item × item weights; a member is their history.
+    Weights(item_weights::ItemWeights),
+}
+
+/// A member as a [`Scorer`] takes them.
+#[derive(Debug, Clone, Copy)]
+pub enum MemberInput<'a> {
+    Vector(&'a [f32]),
+    /// Item indices of the history.
+    History(&'a [u32]),
+}
+
+impl Scorer {
+    /// Items scored.
+    pub fn items(&self) -> usize {
+        match self {
+            Scorer::Factors(items) => items.len(),
+            Scorer::Weights(weights) => weights.items(),
+        }
+    }
+
+    /// Writes the member's exact score for every item into `out` (`items()` long).
+    ///
+    /// # Panics
+    /// If the member is not of the scorer's kind (a vector for weights, a history for factors):
+    /// the family decides which one a member is, see [`Family::member_state`].
+    pub fn score_all(&self, member: MemberInput<'_>, out: &mut [f32]) {
+        match (self, member) {
+            (Scorer::Factors(items), MemberInput::Vector(v)) => items.score_all_exact(v, out),
+            (Scorer::Weights(weights), MemberInput::History(h)) => {
+                out.fill(0.0);
+                weights.score_history(h, out);
+            }
+            (Scorer::Factors(_), MemberInput::History(_)) => {
+                panic!("factor models score a member's vector, not their history")
+            }
+            (Scorer::Weights(_), MemberInput::Vector(_)) => {
+                panic!("weight models score a member's history, not a vector")
+            }
+        }
+    }
 }
 
 /// How a family represents a member between events.
@@ -46,12 +104,14 @@ pub enum MemberState {
 
 impl Family {
     /// Every family, for help texts and errors.
-    pub const ALL: &'static [Family] = &[Family::Ials];
+    pub const ALL: &'static [Family] = &[Family::Ials, Family::Ease, Family::ItemKnn];
 
     /// The name in manifests and configuration.
     pub fn name(self) -> &'static str {
         match self {
             Family::Ials => "ials",
+            Family::Ease => "ease",
+            Family::ItemKnn => "item_knn",
         }
     }
 
@@ -59,6 +119,7 @@ impl Family {
     pub fn member_state(self) -> MemberState {
         match self {
             Family::Ials => MemberState::Vector,
+            Family::Ease | Family::ItemKnn => MemberState::History,
         }
     }
 }
@@ -76,5 +137,7 @@ mod tests {
         }
         assert_eq!(Family::default(), Family::Ials);
         assert_eq!(Family::Ials.member_state(), MemberState::Vector);
+        assert_eq!(Family::Ease.member_state(), MemberState::History);
+        assert_eq!(Family::ItemKnn.member_state(), MemberState::History);
     }
 }

@@ -1,0 +1,156 @@
+//! The offline side of the model seam: a family with its parameters ([`FamilyParams`], from
+//! `[offline]`), and fitting it on a member × item matrix with a progress display ([`fit`]) into
+//! what the evaluators score with ([`Fitted`]). The numerics are the family's own, under
+//! `recsys_shared::model`.
+
+use std::sync::Mutex;
+
+use recsys_shared::config::OfflineConfig;
+use recsys_shared::model::ease::{self, EaseParams, Phase};
+use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
+use recsys_shared::model::ials::ItemMatrix;
+use recsys_shared::model::item_knn::{self, KnnParams};
+use recsys_shared::model::matrix::SparseMatrix;
+use recsys_shared::model::{Family, Scorer};
+use recsys_shared::progress::Progress;
+
+use crate::train::iteration_display;
+use crate::{OfflineError, Result};
+
+/// A family and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FamilyParams {
+    Ials(AlsParams),
+    Ease(EaseParams),
+    ItemKnn(KnnParams),
+}
+
+impl FamilyParams {
+    /// The configured family (`offline.family`) with its section's parameters.
+    pub fn from_config(config: &OfflineConfig) -> Self {
+        match config.family {
+            Family::Ials => FamilyParams::Ials(config.als.clone()),
+            Family::Ease => FamilyParams::Ease(config.ease),
+            Family::ItemKnn => FamilyParams::ItemKnn(config.item_knn),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            FamilyParams::Ials(_) => Family::Ials,
+            FamilyParams::Ease(_) => Family::Ease,
+            FamilyParams::ItemKnn(_) => Family::ItemKnn,
+        }
+    }
+
+    /// The parameters as JSON, for results and reports.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            FamilyParams::Ials(p) => serde_json::json!({
+                "factors": p.factors, "regularization": p.regularization, "alpha": p.alpha,
+                "unobserved_weight": p.unobserved_weight, "regularization_exp": p.regularization_exp,
+                "iterations": p.iterations, "cg_steps": p.cg_steps, "seed": p.seed,
+            }),
+            FamilyParams::Ease(p) => serde_json::json!({"lambda": p.lambda, "top_n": p.top_n}),
+            FamilyParams::ItemKnn(p) => serde_json::json!({
+                "neighbours": p.neighbours, "shrink": p.shrink, "alpha": p.alpha,
+            }),
+        }
+    }
+
+    /// Worker threads of the fit (`offline.als.threads` for every family; 0 = every core).
+    pub fn threads(&self, config_threads: usize) -> usize {
+        match (self, config_threads) {
+            (FamilyParams::Ials(p), _) if p.threads > 0 => p.threads,
+            (_, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (_, n) => n,
+        }
+    }
+}
+
+/// A fitted model as the evaluators see it.
+pub struct Fitted {
+    pub scorer: Scorer,
+    /// iALS: the trained members' vectors, row-major (what leave-last-out and a benchmark's own
+    /// split rank training members with).
+    pub member_vectors: Option<Vec<f32>>,
+}
+
+impl Fitted {
+    /// Member `u`'s trained vector (iALS).
+    pub fn member_vector(&self, u: usize) -> Option<&[f32]> {
+        let (Scorer::Factors(items), Some(vectors)) = (&self.scorer, &self.member_vectors) else {
+            return None;
+        };
+        let k = items.factors();
+        vectors.get(u * k..(u + 1) * k)
+    }
+}
+
+/// Fits `params` on `matrix` (members × items) on `threads` threads, showing progress as `what`;
+/// iALS also reports every iteration to `on_iteration`.
+pub fn fit(
+    matrix: &SparseMatrix,
+    params: &FamilyParams,
+    threads: usize,
+    what: &str,
+    mut on_iteration: impl FnMut(IterationReport),
+) -> Result<Fitted> {
+    if let FamilyParams::Ials(p) = params {
+        let (mut progress, mut report) = iteration_display(what, p.iterations);
+        let model = als::train(matrix, p, |r| {
+            on_iteration(r);
+            report(&mut progress, r)
+        })?;
+        progress.finish();
+        return Ok(Fitted {
+            scorer: Scorer::Factors(ItemMatrix::new(model.item_factors, model.factors)),
+            member_vectors: Some(model.user_factors),
+        });
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| OfflineError::Usage(format!("cannot start {threads} threads: {e}")))?;
+    let weights = pool.install(|| match params {
+        FamilyParams::Ease(p) => fit_ease(matrix, p, what),
+        FamilyParams::ItemKnn(p) => {
+            let mut progress = Progress::new(what, 1);
+            let weights = item_knn::train(matrix, p)?;
+            progress.step(&format!("{} neighbours kept", weights.nnz()));
+            progress.finish();
+            Ok(weights)
+        }
+        FamilyParams::Ials(_) => unreachable!("fitted above"),
+    })?;
+    Ok(Fitted {
+        scorer: Scorer::Weights(weights),
+        member_vectors: None,
+    })
+}
+
+fn fit_ease(
+    matrix: &SparseMatrix,
+    params: &EaseParams,
+    what: &str,
+) -> Result<recsys_shared::model::item_weights::ItemWeights> {
+    const STEPS: u64 = 1000;
+    let progress = Mutex::new((Progress::new(what, STEPS), 0u64));
+    let weights = ease::train(matrix, params, &|phase| {
+        let mut guard = progress.lock().expect("progress");
+        let (bar, done) = &mut *guard;
+        let (at, message) = match phase {
+            Phase::Gram => (0, "XᵀX"),
+            Phase::Invert(share) => ((share * (STEPS - 1) as f64) as u64, "inverse"),
+            Phase::Prune => (STEPS - 1, "pruning"),
+        };
+        if at > *done {
+            bar.advance(at - *done, message);
+            *done = at;
+        }
+    })?;
+    let (mut bar, done) = progress.into_inner().expect("progress");
+    bar.advance(STEPS - done, "done");
+    bar.finish();
+    Ok(weights)
+}
