@@ -80,13 +80,14 @@ def main():
     B /= -diag[np.newaxis, :]
     B[np.diag_indices(n)] = 0
     if a.top_n > 0:
+        top_n = min(a.top_n, n - 1)
         rows, cols, vals = [], [], []
         for r0 in range(0, n, 1024):
             block = B[r0 : r0 + 1024]
-            idx = np.argpartition(-block, a.top_n, axis=1)[:, : a.top_n]
+            idx = np.argpartition(-block, top_n - 1, axis=1)[:, :top_n]
             v = np.take_along_axis(block, idx, axis=1)
             keep = v > 0
-            rr = np.repeat(np.arange(r0, r0 + block.shape[0]), a.top_n).reshape(idx.shape)
+            rr = np.repeat(np.arange(r0, r0 + block.shape[0]), top_n).reshape(idx.shape)
             rows.append(rr[keep]); cols.append(idx[keep]); vals.append(v[keep])
         B = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     fit_seconds = time.perf_counter() - started

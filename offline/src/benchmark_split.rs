@@ -349,6 +349,7 @@ mod tests {
             neighbours: 1,
             shrink: 0.0,
             alpha: 0.5,
+            member_weighting: Default::default(),
         });
         let result = evaluate_split(&split, &params, 1, 1, 7).unwrap();
         assert_eq!(result.evaluated_members, 2);

@@ -54,6 +54,7 @@ impl FamilyParams {
             FamilyParams::Ease(p) => serde_json::json!({"lambda": p.lambda, "top_n": p.top_n}),
             FamilyParams::ItemKnn(p) => serde_json::json!({
                 "neighbours": p.neighbours, "shrink": p.shrink, "alpha": p.alpha,
+                "member_weighting": p.member_weighting,
             }),
         }
     }

@@ -13,7 +13,7 @@ use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::{evaluate_only, TrainJob};
 use recsys_offline::tuning::{TuneJob, TuningResult};
 use recsys_shared::artifact::{ModelRoot, RemoteModelRoot};
-use recsys_shared::config::{Config, Protocol};
+use recsys_shared::config::{Config, MemberWeighting, Protocol};
 use recsys_shared::model::Family;
 
 use super::{load_config, mirror_remote_root, remote_root, runtime, validated};
@@ -230,16 +230,25 @@ pub(crate) struct FamilyArgs {
     /// EASE's weights kept per item for serving [config: offline.ease.top_n, default 1000].
     #[arg(long)]
     top_n: Option<usize>,
-    /// Item-kNN's neighbours per item [config: offline.item_knn.neighbours, default 100].
+    /// Item-kNN's neighbours per item [config: offline.item_knn.neighbours, default 200].
     #[arg(long)]
     neighbours: Option<usize>,
-    /// Item-kNN's shrinkage [config: offline.item_knn.shrink, default 10].
+    /// Item-kNN's shrinkage [config: offline.item_knn.shrink, default 50].
     #[arg(long)]
     shrink: Option<f32>,
     /// Item-kNN's asymmetric-cosine exponent, 0.5 = cosine [config: offline.item_knn.alpha,
-    /// default 0.5].
+    /// default 0.7].
     #[arg(long)]
     knn_alpha: Option<f32>,
+    /// Item-kNN's member weighting [config: offline.item_knn.member_weighting, default idf].
+    #[arg(long, value_enum)]
+    member_weighting: Option<MemberWeightingArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum MemberWeightingArg {
+    None,
+    Idf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -273,6 +282,12 @@ impl FamilyArgs {
         }
         if let Some(v) = self.knn_alpha {
             offline.item_knn.alpha = v;
+        }
+        if let Some(v) = self.member_weighting {
+            offline.item_knn.member_weighting = match v {
+                MemberWeightingArg::None => MemberWeighting::None,
+                MemberWeightingArg::Idf => MemberWeighting::Idf,
+            };
         }
     }
 }

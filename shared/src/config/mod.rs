@@ -29,7 +29,7 @@ pub use model::ModelConfig;
 pub use nearline::NearlineConfig;
 pub use offline::{
     AlsConfig, BallistaConfig, EaseConfig, Engine, EvaluationConfig, FeatureConfig, ItemKnnConfig,
-    OfflineConfig, Protocol, PublishConfig, TuningConfig,
+    MemberWeighting, OfflineConfig, Protocol, PublishConfig, TuningConfig,
 };
 pub use online::{
     ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,

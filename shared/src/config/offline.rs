@@ -272,20 +272,36 @@ impl Default for EaseConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ItemKnnConfig {
-    /// Neighbours kept per item. Default 100.
+    /// Neighbours kept per item. Default 200.
     pub neighbours: usize,
-    /// Shrinkage added to the similarity's denominator. Default 10.
+    /// Shrinkage added to the similarity's denominator. Default 50.
     pub shrink: f32,
-    /// Exponent of the row item's count in the denominator; 0.5 is the cosine. Default 0.5.
+    /// Exponent of the row item's count in the denominator; 0.5 is the cosine. Default 0.7.
     pub alpha: f32,
+    /// How much each member's co-occurrences count: `none` (1 each) or `idf` (`ln(items /
+    /// member's items)`, so a member with a long history says less about any one pair).
+    /// Default `idf`.
+    pub member_weighting: MemberWeighting,
+}
+
+/// Item-kNN's weight of a member in the similarity (`offline.item_knn.member_weighting`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberWeighting {
+    /// Every member counts 1.
+    None,
+    /// `ln(items / |member's items|)`, the inverse document frequency of the member.
+    #[default]
+    Idf,
 }
 
 impl Default for ItemKnnConfig {
     fn default() -> Self {
         ItemKnnConfig {
-            neighbours: 100,
-            shrink: 10.0,
-            alpha: 0.5,
+            neighbours: 200,
+            shrink: 50.0,
+            alpha: 0.7,
+            member_weighting: MemberWeighting::Idf,
         }
     }
 }

@@ -100,27 +100,31 @@ unsafe fn product(
 }
 
 /// Replaces the symmetric positive-definite `n×n` row-major `a` by its inverse (both triangles),
-/// on the caller's rayon pool. `progress` is told the share done (0..=1) after every block.
+/// on the caller's rayon pool. `progress` is told the share of the work done (0..=1) after every
+/// block.
 pub fn invert_spd(
     a: &mut [f32],
     n: usize,
     progress: &(dyn Fn(f64) + Sync),
 ) -> Result<(), NotPositiveDefinite> {
     assert_eq!(a.len(), n * n, "an n×n matrix");
-    // Each of the three steps is about a third of the work; within one, a block's share grows
-    // with what is left of the matrix, so the fraction of steps done is reported as such.
-    let step = |phase: usize| {
-        move |done: usize| progress((phase as f64 + done as f64 / n.max(1) as f64) / 3.0)
+    // Each of the three steps is about a third of the work (n³/3 multiply-adds). Within one, the
+    // work of a block depends on where it is: the share done when `x = rows / n` are done is
+    // 1 − (1 − x)³ for the factor (the trailing update shrinks), x³ for the triangular inverse
+    // (it runs from the last block) and 3x² − 2x³ for the product (block i costs (n − i)·i).
+    let n_f = n.max(1) as f64;
+    let step = |phase: usize, share: fn(f64) -> f64| {
+        move |rows: usize| progress((phase as f64 + share(rows as f64 / n_f)) / 3.0)
     };
     {
-        factor(a, n, &step(0))?;
+        factor(a, n, &step(0, |x| 1.0 - (1.0 - x).powi(3)))?;
         // The strictly upper triangle still holds the input; the steps below read whole blocks
         // and need zeros there.
         for r in 0..n {
             a[r * n + r + 1..(r + 1) * n].fill(0.0);
         }
-        invert_lower(a, n, &step(1));
-        multiply_transposed(a, n, &step(2));
+        invert_lower(a, n, &step(1, |x| x.powi(3)));
+        multiply_transposed(a, n, &step(2, |x| 3.0 * x * x - 2.0 * x.powi(3)));
         // P's lower triangle is complete; mirror it.
         for r in 0..n {
             for c in 0..r {

@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use crate::config::MemberWeighting;
 use crate::model::item_weights::ItemWeights;
 use crate::model::matrix::SparseMatrix;
 use crate::model::top_k::{select_top, Scored};
@@ -40,7 +41,26 @@ pub fn train(matrix: &SparseMatrix, params: &KnnParams) -> Result<ItemWeights> {
     }
     let n = matrix.cols;
     let by_item = matrix.transpose();
-    let counts: Vec<f32> = (0..n).map(|i| by_item.row(i).0.len() as f32).collect();
+    // A member's weight enters both the pair's count and each item's (squared) norm.
+    let member_weight: Vec<f32> = (0..matrix.rows)
+        .map(|u| match params.member_weighting {
+            MemberWeighting::None => 1.0,
+            MemberWeighting::Idf => {
+                let have = matrix.row(u).0.len().max(1) as f32;
+                (n as f32 / have).ln().max(0.0)
+            }
+        })
+        .collect();
+    let counts: Vec<f32> = (0..n)
+        .map(|i| {
+            by_item
+                .row(i)
+                .0
+                .iter()
+                .map(|&u| member_weight[u as usize])
+                .sum()
+        })
+        .collect();
     let rows: Vec<Vec<(u32, f32)>> = (0..n)
         .into_par_iter()
         .map_init(
@@ -48,12 +68,21 @@ pub fn train(matrix: &SparseMatrix, params: &KnnParams) -> Result<ItemWeights> {
             |(together, touched), i| {
                 let (members, _) = by_item.row(i);
                 for &u in members {
+                    let w = member_weight[u as usize];
+                    if w == 0.0 {
+                        continue;
+                    }
                     for &j in matrix.row(u as usize).0 {
                         if together[j as usize] == 0.0 {
                             touched.push(j);
                         }
-                        together[j as usize] += 1.0;
+                        together[j as usize] += w;
                     }
+                }
+                if counts[i] == 0.0 {
+                    touched.iter().for_each(|&j| together[j as usize] = 0.0);
+                    touched.clear();
+                    return Vec::new();
                 }
                 let left = counts[i].powf(params.alpha);
                 let mut candidates: Vec<Scored> = touched
@@ -117,6 +146,7 @@ mod tests {
             neighbours: 2,
             shrink: 1.0,
             alpha: 0.5,
+            member_weighting: MemberWeighting::None,
         };
         let weights = train(&x, &params).unwrap();
         let cosine = |both: f32, a: f32, b: f32| both / (a.sqrt() * b.sqrt() + 1.0);
@@ -155,12 +185,45 @@ mod tests {
     }
 
     #[test]
+    fn idf_weighting_counts_a_long_history_less() {
+        // Items 0 and 1 are shared by a member with 2 items (weight ln(4/2)) and items 2 and 3
+        // by a member with all 4 (weight ln(4/4) = 0: says nothing).
+        let x = matrix(&[&[0, 1], &[0, 1, 2, 3], &[2], &[3]], 4);
+        let params = KnnParams {
+            neighbours: 3,
+            shrink: 0.0,
+            alpha: 0.5,
+            member_weighting: MemberWeighting::Idf,
+        };
+        let weights = train(&x, &params).unwrap();
+        assert_eq!(weights.row(0).0, &[1]);
+        assert!(
+            (weights.row(0).1[0] - 1.0).abs() < 1e-6,
+            "cosine of equal weighted columns"
+        );
+        assert!(
+            weights.row(2).0.is_empty(),
+            "item 2 shares only a weightless member"
+        );
+        let plain = train(
+            &x,
+            &KnnParams {
+                member_weighting: MemberWeighting::None,
+                ..params
+            },
+        )
+        .unwrap();
+        assert_eq!(plain.row(2).0, &[0, 1, 3]);
+    }
+
+    #[test]
     fn bad_parameters_are_refused_by_name() {
         let x = matrix(&[&[0, 1]], 2);
         let base = KnnParams {
             neighbours: 5,
             shrink: 0.0,
             alpha: 0.5,
+            member_weighting: MemberWeighting::None,
         };
         for (params, field) in [
             (
