@@ -22,17 +22,21 @@ pub fn top_k(scores: &[f32], k: usize, excluded: &[u32]) -> Vec<u32> {
     candidates.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Targets among the first `k` of `ranked`; `target` sorted.
+fn hits_at(ranked: &[u32], target: &[u32], k: usize) -> usize {
+    ranked
+        .iter()
+        .take(k)
+        .filter(|i| target.binary_search(i).is_ok())
+        .count()
+}
+
 /// Hits in the first `k` of `ranked` divided by `min(k, |target|)`; `target` sorted.
 pub fn recall_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
     if target.is_empty() {
         return 0.0;
     }
-    let hits = ranked
-        .iter()
-        .take(k)
-        .filter(|i| target.binary_search(i).is_ok())
-        .count();
-    hits as f64 / k.min(target.len()) as f64
+    hits_at(ranked, target, k) as f64 / k.min(target.len()) as f64
 }
 
 /// Hits in the first `k` of `ranked` divided by `|target|`: the recall of the published
@@ -42,12 +46,7 @@ pub fn full_recall_at(ranked: &[u32], target: &[u32], k: usize) -> f64 {
     if target.is_empty() {
         return 0.0;
     }
-    let hits = ranked
-        .iter()
-        .take(k)
-        .filter(|i| target.binary_search(i).is_ok())
-        .count();
-    hits as f64 / target.len() as f64
+    hits_at(ranked, target, k) as f64 / target.len() as f64
 }
 
 /// Normalised discounted cumulative gain at `k`: `Σ 1/log2(rank+1)` over hits divided by the

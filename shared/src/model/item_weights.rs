@@ -22,6 +22,33 @@ pub struct Explained {
 }
 
 impl ItemWeights {
+    /// The weights of `rows[i]` = item `i`'s `(item, weight)` pairs, sorted by item.
+    pub fn from_rows(rows: Vec<Vec<(u32, f32)>>) -> Self {
+        let items = rows.len();
+        let mut indptr = Vec::with_capacity(items + 1);
+        indptr.push(0);
+        let mut indices = Vec::with_capacity(rows.iter().map(Vec::len).sum());
+        let mut values = Vec::with_capacity(indices.capacity());
+        for row in rows {
+            debug_assert!(
+                row.windows(2).all(|w| w[0].0 < w[1].0),
+                "a row sorted by item"
+            );
+            indices.extend(row.iter().map(|&(j, _)| j));
+            values.extend(row.iter().map(|&(_, w)| w));
+            indptr.push(indices.len());
+        }
+        ItemWeights {
+            matrix: SparseMatrix {
+                rows: items,
+                cols: items,
+                indptr,
+                indices,
+                values,
+            },
+        }
+    }
+
     /// Wraps a square matrix.
     ///
     /// # Panics

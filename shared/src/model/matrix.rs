@@ -45,6 +45,16 @@ impl SparseMatrix {
         }
     }
 
+    /// The binary matrix whose row `r` has a 1 at each column of `rows[r]`.
+    pub fn binary(rows: &[&[u32]], cols: usize) -> Self {
+        let triplets = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| row.iter().map(move |&c| (r as u32, c, 1.0)))
+            .collect();
+        SparseMatrix::from_triplets(rows.len(), cols, triplets)
+    }
+
     /// Number of stored entries.
     pub fn nnz(&self) -> usize {
         self.indices.len()

@@ -104,13 +104,7 @@ pub fn train(matrix: &SparseMatrix, params: &KnnParams) -> Result<ItemWeights> {
             },
         )
         .collect();
-    let mut triplets = Vec::with_capacity(rows.iter().map(Vec::len).sum());
-    for (i, row) in rows.into_iter().enumerate() {
-        triplets.extend(row.into_iter().map(|(j, w)| (i as u32, j, w)));
-    }
-    Ok(ItemWeights::from_matrix(SparseMatrix::from_triplets(
-        n, n, triplets,
-    )))
+    Ok(ItemWeights::from_rows(rows))
 }
 
 /// The `k` highest-scored candidates as `(item, similarity)`.
@@ -130,12 +124,7 @@ mod tests {
     use super::*;
 
     fn matrix(rows: &[&[u32]], items: usize) -> SparseMatrix {
-        let triplets = rows
-            .iter()
-            .enumerate()
-            .flat_map(|(u, items)| items.iter().map(move |&i| (u as u32, i, 1.0)))
-            .collect();
-        SparseMatrix::from_triplets(rows.len(), items, triplets)
+        SparseMatrix::binary(rows, items)
     }
 
     #[test]
