@@ -526,15 +526,16 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
     // groups make any working family find most of them; popularity across 4 equal groups could
     // not (a quarter of its picks are in the member's group).
     let (train, test) = planted_split(f.dir.path());
+    let on_split = |test: &Path, extra: &[&str]| {
+        let mut args = vec!["offline", "evaluate", "--train", train.to_str().unwrap()];
+        args.extend(["--test", test.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        recsys(&args, NO_ENV)
+    };
     for family in ["ials", "ease", "item-knn"] {
-        let o = recsys(
+        let o = on_split(
+            &test,
             &[
-                "offline",
-                "evaluate",
-                "--train",
-                train.to_str().unwrap(),
-                "--test",
-                test.to_str().unwrap(),
                 "--family",
                 family,
                 "--k",
@@ -544,7 +545,6 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
                 "--factors",
                 "8",
             ],
-            NO_ENV,
         );
         assert!(o.status.success(), "{family}: {}", stderr(&o));
         let result = last_json(&o);
@@ -568,17 +568,7 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
         .unwrap()
         .to_string();
     fs::write(&overlap, format!("user_id,item_id\n{line}\n")).unwrap();
-    let o = recsys(
-        &[
-            "offline",
-            "evaluate",
-            "--train",
-            train.to_str().unwrap(),
-            "--test",
-            overlap.to_str().unwrap(),
-        ],
-        NO_ENV,
-    );
+    let o = on_split(&overlap, &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("overlap.csv: line 2"), "{}", stderr(&o));
 
