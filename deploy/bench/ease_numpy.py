@@ -1,6 +1,6 @@
 """EASE in NumPy, the peer of recsys's EASE, scored with the published protocol of a split.
 
-Usage: python3 ease_numpy.py --train train.csv --test test.csv --lambda 200
+Usage: python3 ease_numpy.py --train train.csv --test test.csv --lambda 100
            [--method inv|cholesky] [--dtype float32|float64] [--top-n 0] [--k 20] [--threads 2]
 
 --method inv is Steck's reference code (P = np.linalg.inv(XᵀX + λI); it holds about four n×n
@@ -22,7 +22,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--train", required=True)
     p.add_argument("--test", required=True)
-    p.add_argument("--lambda", dest="lam", type=float, default=200.0)
+    p.add_argument("--lambda", dest="lam", type=float, default=100.0)
     p.add_argument("--method", choices=["inv", "cholesky"], default="inv")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--top-n", type=int, default=0)

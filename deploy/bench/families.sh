@@ -15,7 +15,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 split="${1:-$here/../../../shared/data/gowalla}"
 out="${2:-$(mktemp -d)/families.jsonl}"
 recsys="${RECSYS:-$here/../../target/release/recsys}"
-lambda="${LAMBDA:-200}"
+lambda="${LAMBDA:-100}"
 : >"$out"
 for family in ials item-knn ease; do
     echo "== $family" >&2

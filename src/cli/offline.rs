@@ -224,7 +224,7 @@ pub(crate) struct FamilyArgs {
     /// The model family [config: offline.family, default ials].
     #[arg(long, value_enum)]
     family: Option<FamilyArg>,
-    /// EASE's λ [config: offline.ease.lambda, default 200].
+    /// EASE's λ [config: offline.ease.lambda, default 100].
     #[arg(long)]
     lambda: Option<f32>,
     /// EASE's weights kept per item for serving [config: offline.ease.top_n, default 1000].

@@ -253,7 +253,7 @@ impl Default for AlsConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EaseConfig {
-    /// λ, added to the diagonal of `XᵀX`. Default 200.
+    /// λ, added to the diagonal of `XᵀX`. Default 100.
     pub lambda: f32,
     /// Weights kept per item for serving (the rest of the dense row is dropped). Default 1000.
     pub top_n: usize,
@@ -262,7 +262,7 @@ pub struct EaseConfig {
 impl Default for EaseConfig {
     fn default() -> Self {
         EaseConfig {
-            lambda: 200.0,
+            lambda: 100.0,
             top_n: 1000,
         }
     }
