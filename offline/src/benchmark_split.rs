@@ -207,7 +207,7 @@ pub fn evaluate_split(
     seed: u64,
 ) -> Result<SplitEvaluation> {
     let started = Instant::now();
-    let fitted = fit(&split.train, params, threads, "fit", |_| {})?;
+    let fitted = fit(&split.train, params, threads, "fit")?;
     let fit_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

@@ -312,14 +312,8 @@ fn fit_quietly(
     mut on_iteration: impl FnMut(IterationReport),
 ) -> Result<Fitted> {
     match params {
-        FamilyParams::Ials(p) => {
-            let model = als::train(matrix, p, &mut on_iteration)?;
-            Ok(Fitted {
-                scorer: Scorer::Factors(ItemMatrix::new(model.item_factors, model.factors)),
-                member_vectors: Some(model.user_factors),
-            })
-        }
-        other => fit(matrix, other, other.threads(0), "evaluate", |_| {}),
+        FamilyParams::Ials(p) => Ok(Fitted::from_ials(als::train(matrix, p, &mut on_iteration)?)),
+        other => fit(matrix, other, other.threads(0), "evaluate"),
     }
 }
 

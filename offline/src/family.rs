@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use recsys_shared::config::OfflineConfig;
 use recsys_shared::model::ease::{self, EaseParams, Phase};
-use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
+use recsys_shared::model::ials::train::{self as als, AlsParams};
 use recsys_shared::model::ials::ItemMatrix;
 use recsys_shared::model::item_knn::{self, KnnParams};
 use recsys_shared::model::matrix::SparseMatrix;
@@ -78,6 +78,14 @@ pub struct Fitted {
 }
 
 impl Fitted {
+    /// A trained iALS model: its item factors score, its member vectors rank training members.
+    pub fn from_ials(model: als::AlsModel) -> Self {
+        Fitted {
+            scorer: Scorer::Factors(ItemMatrix::new(model.item_factors, model.factors)),
+            member_vectors: Some(model.user_factors),
+        }
+    }
+
     /// Member `u`'s trained vector (iALS).
     pub fn member_vector(&self, u: usize) -> Option<&[f32]> {
         let (Scorer::Factors(items), Some(vectors)) = (&self.scorer, &self.member_vectors) else {
@@ -88,26 +96,18 @@ impl Fitted {
     }
 }
 
-/// Fits `params` on `matrix` (members × items) on `threads` threads, showing progress as `what`;
-/// iALS also reports every iteration to `on_iteration`.
+/// Fits `params` on `matrix` (members × items) on `threads` threads, showing progress as `what`.
 pub fn fit(
     matrix: &SparseMatrix,
     params: &FamilyParams,
     threads: usize,
     what: &str,
-    mut on_iteration: impl FnMut(IterationReport),
 ) -> Result<Fitted> {
     if let FamilyParams::Ials(p) = params {
         let (mut progress, mut report) = iteration_display(what, p.iterations);
-        let model = als::train(matrix, p, |r| {
-            on_iteration(r);
-            report(&mut progress, r)
-        })?;
+        let model = als::train(matrix, p, |r| report(&mut progress, r))?;
         progress.finish();
-        return Ok(Fitted {
-            scorer: Scorer::Factors(ItemMatrix::new(model.item_factors, model.factors)),
-            member_vectors: Some(model.user_factors),
-        });
+        return Ok(Fitted::from_ials(model));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
