@@ -572,7 +572,7 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("overlap.csv: line 2"), "{}", stderr(&o));
 
-    // Publishing is iALS's only, and says so.
+    // A history family publishes its weights, and its manifest names it with its parameters.
     let o = recsys(
         &[
             "offline",
@@ -584,14 +584,37 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
             "--model-root",
             f.root().to_str().unwrap(),
         ],
-        &[("RECSYS__OFFLINE__FAMILY", "ease")],
+        &[
+            ("RECSYS__OFFLINE__FAMILY", "ease"),
+            ("RECSYS__OFFLINE__EASE__TOP_N", "7"),
+        ],
     );
-    assert!(!o.status.success());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let version = last_json(&o)["version"].as_str().unwrap().to_string();
+    let dir = f.root().join(&version);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["algorithm"]["family"], "ease", "{manifest}");
+    assert_eq!(manifest["algorithm"]["top_n"], 7, "{manifest}");
+    assert!(manifest["algorithm"].get("factors").is_none(), "{manifest}");
     assert!(
-        stderr(&o).contains("publishes iALS versions only"),
-        "{}",
-        stderr(&o)
+        manifest["files"].get("item_weights.parquet").is_some(),
+        "{manifest}"
     );
+    assert!(
+        manifest["files"].get("item_factors.parquet").is_none(),
+        "{manifest}"
+    );
+    assert!(
+        manifest["evaluation"]["metrics"]["recall@20"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // Served at the pruning it was trained with: at most top_n weights per item.
+    let (_, weights) =
+        recsys_shared::artifact::read_weights(&dir.join("item_weights.parquet")).unwrap();
+    assert!((0..weights.rows).all(|i| weights.row(i).0.len() <= 7));
 }
 
 #[test]

@@ -8,6 +8,9 @@
 //! them) → `offline train` publishes a new version → the online tier switches to it under a
 //! concurrent load with no failed request, and the member's events still count under the new
 //! model (their vector is re-folded from the stored history).
+//!
+//! It runs for iALS (a vector per member, folded in by the worker) and for the history families:
+//! EASE first, then an item-kNN version swapped in under load — a change of family in service.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use recsys_nearline::event::Event;
 use recsys_shared::ops::scrape;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
-use recsys_shared::proto::v1::{RankRequest, RankResponse};
+use recsys_shared::proto::v1::{HomepageRequest, RankRequest, RankResponse, SimilarItemsRequest};
 use recsys_shared::testkit::{free_port, wait_for_port, RedisServer, TansuBroker};
 use tonic::transport::Channel;
 
@@ -77,15 +80,19 @@ impl Platform {
         o
     }
 
-    fn train(&self, seed: &str) -> String {
+    fn train(&self, seed: &str, family: &str) -> String {
         let data = self.dir.path().join("data");
-        let o = self.run(&[
+        let (interactions, items) = (
+            data.join("interactions.parquet"),
+            data.join("items.parquet"),
+        );
+        let args = [
             "offline",
             "train",
             "--interactions",
-            data.join("interactions.parquet").to_str().unwrap(),
+            interactions.to_str().unwrap(),
             "--items",
-            data.join("items.parquet").to_str().unwrap(),
+            items.to_str().unwrap(),
             "--factors",
             "16",
             "--iterations",
@@ -93,7 +100,14 @@ impl Platform {
             "--seed",
             seed,
             "--skip-eval",
-        ]);
+        ];
+        let mut cmd = self.command(&args);
+        let o = cmd.env("RECSYS__OFFLINE__FAMILY", family).output().unwrap();
+        assert!(
+            o.status.success(),
+            "recsys offline train ({family}): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let out = String::from_utf8_lossy(&o.stdout);
         let outcome: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
         outcome["version"].as_str().unwrap().to_string()
@@ -163,6 +177,30 @@ fn mean_position(all: &HashMap<String, usize>, items: &[String]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
+    three_tiers("ials", "ials").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_families_serve_take_events_and_swap_family_under_load() {
+    three_tiers("ease", "item_knn").await;
+}
+
+/// The items `item` pushes up most in the served model (`SimilarItems`).
+async fn neighbours(client: &mut RankingClient<Channel>, item: &str, k: u64) -> Vec<String> {
+    let similar = client
+        .similar_items(SimilarItemsRequest {
+            item_id: item.into(),
+            k,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!similar.items.is_empty(), "no item is similar to {item}");
+    assert!(similar.items.iter().all(|i| i.item_id != item));
+    similar.items.into_iter().map(|i| i.item_id).collect()
+}
+
+async fn three_tiers(first: &str, second: &str) {
     let platform = Platform {
         dir: tempfile::tempdir().unwrap(),
         redis: RedisServer::start(),
@@ -170,7 +208,7 @@ async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
     };
     let data = platform.dir.path().join("data");
     synth(&data, 400, 200, 30_000, "11");
-    let v1 = platform.train("1");
+    let v1 = platform.train("1", first);
     platform.run(&["offline", "load-store"]);
 
     let grpc = free_port();
@@ -267,14 +305,55 @@ async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
     assert_eq!(after_unseen.model_version, v1);
     assert_eq!(after_unseen.items.len(), 20);
     let after_all = rank(&mut client, 200, false).await.unwrap();
-    let (tail_before, tail_after) = (
-        mean_position(&positions(&before_all), &tail),
-        mean_position(&positions(&after_all), &tail),
+    // iALS: the played titles themselves climb (the member's vector moved toward them). The
+    // history families: the titles the played ones push up climb (an item's own weight is 0).
+    let moved = if first == "ials" {
+        tail.clone()
+    } else {
+        let mut pushed = Vec::new();
+        for item in &tail {
+            pushed.extend(neighbours(&mut client, item, 3).await);
+        }
+        pushed.retain(|i| !tail.contains(i) && !top.contains(i));
+        pushed
+    };
+    let (moved_before, moved_after) = (
+        mean_position(&positions(&before_all), &moved),
+        mean_position(&positions(&after_all), &moved),
     );
+    eprintln!("{first}: mean position of {moved:?} {moved_before} → {moved_after}");
     assert!(
-        tail_after < tail_before / 2.0,
-        "the ranking did not move toward the played titles: mean position {tail_before} → {tail_after}"
+        moved_after < moved_before / 2.0,
+        "the ranking did not move toward the played titles: mean position of {moved:?} \
+         {moved_before} → {moved_after}"
     );
+    // The homepage: top picks for the member, nothing they played on it, a "because you
+    // watched" row seeded by their newest play.
+    let page = client
+        .homepage(HomepageRequest {
+            user_id: MEMBER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.model_version, v1);
+    assert_eq!(page.rows[0].kind, "top_picks", "{:?}", page.rows);
+    assert!(
+        page.rows.iter().any(|r| r.kind == "because_you_watched"
+            && (tail.contains(&r.seed_item_id) || top.contains(&r.seed_item_id))
+            && !r.items.is_empty()),
+        "no row seeded by a play: {:?}",
+        page.rows
+    );
+    for row in &page.rows {
+        assert!(
+            !row.items
+                .iter()
+                .any(|i| top.contains(&i.item_id) || tail.contains(&i.item_id)),
+            "a played title on the homepage: {row:?}"
+        );
+    }
 
     // A new model version, published while the online tier is under load.
     let stop = Arc::new(AtomicBool::new(false));
@@ -322,7 +401,7 @@ async fn events_reach_the_ranking_and_a_new_model_swaps_in_under_load() {
     }
     let v2 = {
         let platform = &platform;
-        tokio::task::block_in_place(|| platform.train("2"))
+        tokio::task::block_in_place(|| platform.train("2", second))
     };
     assert_ne!(v2, v1);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -396,10 +396,12 @@ impl MemberUpdate {
                 }
             }
         }
-        let vector_current = stored
-            .vector
-            .as_ref()
-            .is_some_and(|v| v.model_version == model.version);
+        // The history families keep no vector: nothing is stale but the history.
+        let vector_current = !model.keeps_vectors()
+            || stored
+                .vector
+                .as_ref()
+                .is_some_and(|v| v.model_version == model.version);
         let fold = !new_entries.is_empty() || !forgotten.is_empty() || !vector_current;
         let (hidden, feedback) = match feedback {
             Some(f) => (f.hidden, f.change),

@@ -1,90 +1,62 @@
-//! The current model as the workers need it: item factors, the item index, `YᵀY` and the model's
-//! own λ and α for the fold-in. Reloaded when the offline tier moves `CURRENT`, by the policy every
+//! The current model as the workers need it: the item index and, for families whose member is a
+//! vector, the fold-in with the model's own objective (`YᵀY`, λ, α); the history families need
+//! no more than the index, their members' state being the history the worker writes. Reloaded when the offline tier moves `CURRENT`, by the policy every
 //! reader shares ([`CurrentFollower`]): a version that fails verification is refused until its
 //! files change, and the newest intact version before it is held meanwhile.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use recsys_shared::artifact::{files, read_factors, CurrentFollower, LoadFailure, ModelRoot};
-use recsys_shared::model::ials::FoldIn;
-use recsys_shared::model::Family;
+use recsys_shared::artifact::{CurrentFollower, LoadFailure, ModelRoot};
+use recsys_shared::model::published::PublishedModel;
+use recsys_shared::model::MemberState;
 use recsys_store::features::HistoryEntry;
 
 use crate::error::NearlineError;
 use crate::metrics;
 
-/// One model version's item factors, ready for fold-ins.
+/// One model version, ready for member updates: the item ids every event is checked against and,
+/// for families whose member is a vector, the fold-in.
 #[derive(Debug)]
 pub struct FoldInModel {
     pub version: String,
-    index: HashMap<String, u32>,
-    factors: Vec<f32>,
-    fold_in: FoldIn,
+    model: PublishedModel,
 }
 
 impl FoldInModel {
     /// Loads and verifies version `version` of `root`.
     pub fn load(root: &ModelRoot, version: &str) -> Result<FoldInModel, NearlineError> {
         let manifest = root.verify(version)?;
-        let table = read_factors(
-            &root.version_dir(version).join(files::ITEM_FACTORS),
-            "item_id",
-        )?;
-        let invalid = |problem: String| NearlineError::InvalidModel {
-            version: version.to_string(),
-            problem,
-        };
-        let k = table.factors;
-        if k != manifest.algorithm.factors || table.ids.is_empty() {
-            return Err(invalid(format!(
-                "{} item factors {k} wide; the manifest says {} wide",
-                table.ids.len(),
-                manifest.algorithm.factors
-            )));
-        }
-        if table.vectors.iter().any(|x| !x.is_finite()) {
-            return Err(invalid("a non-finite item factor".into()));
-        }
-        let mut index = HashMap::with_capacity(table.ids.len());
-        for (i, id) in table.ids.into_iter().enumerate() {
-            index.insert(id, i as u32);
-        }
-        let fold_in = match manifest.algorithm.family {
-            Family::Ials => FoldIn::new(&table.vectors, k, manifest.algorithm.fold_in_params()),
-            family @ (Family::Ease | Family::ItemKnn) => {
-                return Err(invalid(format!(
-                    "a {} version; this release folds in iALS versions only",
-                    family.name()
-                )))
-            }
-        };
+        let model = PublishedModel::load(root, version, &manifest)?;
         Ok(FoldInModel {
             version: version.to_string(),
-            index,
-            factors: table.vectors,
-            fold_in,
+            model,
         })
     }
 
     pub fn knows(&self, item_id: &str) -> bool {
-        self.index.contains_key(item_id)
+        self.model.knows(item_id)
     }
 
+    /// Factors per vector; 0 for the history families, which keep no vector.
     pub fn factors(&self) -> usize {
-        self.fold_in.factors()
+        self.model.factors()
+    }
+
+    /// Whether members of this model carry a vector (iALS) or are scored from their history.
+    pub fn keeps_vectors(&self) -> bool {
+        self.model.family.member_state() == MemberState::Vector
     }
 
     /// The member's vector from their whole history (the offline evaluator's fold-in, with this
-    /// model's λ and α). Items this model does not know are skipped; `None` when no item is known.
+    /// model's λ and α). Items this model does not know are skipped; `None` when no item is
+    /// known, and always for the history families.
     pub fn fold_in(&self, history: &[HistoryEntry]) -> Result<Option<Vec<f32>>, NearlineError> {
-        let history = history.iter().map(|e| (e.item_id.as_str(), e.strength));
         Ok(self
-            .fold_in
-            .solve_ids(&self.factors, &self.index, history)?)
+            .model
+            .fold_in(history.iter().map(|e| (e.item_id.as_str(), e.strength)))?)
     }
 }
 

@@ -5,12 +5,14 @@
 
 use std::sync::Mutex;
 
+use recsys_shared::artifact::{IalsRecord, ModelParams};
 use recsys_shared::config::OfflineConfig;
 use recsys_shared::model::ease::{self, EaseParams, Phase};
 use recsys_shared::model::ials::train::{self as als, AlsParams};
 use recsys_shared::model::ials::ItemMatrix;
 use recsys_shared::model::item_knn::{self, KnnParams};
 use recsys_shared::model::matrix::SparseMatrix;
+use recsys_shared::model::published::TrainedModel;
 use recsys_shared::model::{Family, Scorer};
 use recsys_shared::progress::Progress;
 
@@ -59,6 +61,24 @@ impl FamilyParams {
         }
     }
 
+    /// What a version records of these parameters: its `algorithm.name` and the family's own.
+    pub fn record(&self) -> (&'static str, ModelParams) {
+        match self {
+            FamilyParams::Ials(p) => (
+                "ials-cg",
+                ModelParams::Ials(IalsRecord {
+                    factors: p.factors,
+                    objective: p.objective(),
+                    iterations: p.iterations,
+                    cg_steps: p.cg_steps,
+                    seed: p.seed,
+                }),
+            ),
+            FamilyParams::Ease(p) => ("ease", ModelParams::Ease(*p)),
+            FamilyParams::ItemKnn(p) => ("item-knn", ModelParams::ItemKnn(*p)),
+        }
+    }
+
     /// Worker threads of the fit (`offline.als.threads` for every family; 0 = every core).
     pub fn threads(&self, config_threads: usize) -> usize {
         match (self, config_threads) {
@@ -83,6 +103,22 @@ impl Fitted {
         Fitted {
             scorer: Scorer::Factors(ItemMatrix::new(model.item_factors, model.factors)),
             member_vectors: Some(model.user_factors),
+        }
+    }
+
+    /// What a version publishes of the fit; row `u` of iALS's member vectors is `member_ids[u]`.
+    pub fn into_trained(self, member_ids: Vec<String>) -> TrainedModel {
+        match (self.scorer, self.member_vectors) {
+            (Scorer::Factors(items), Some(user_factors)) => TrainedModel::Factors {
+                model: als::AlsModel {
+                    factors: items.factors(),
+                    item_factors: items.as_slice().to_vec(),
+                    user_factors,
+                },
+                member_ids,
+            },
+            (Scorer::Weights(weights), _) => TrainedModel::Weights(weights),
+            (Scorer::Factors(_), None) => unreachable!("an iALS fit keeps its member vectors"),
         }
     }
 

@@ -354,15 +354,9 @@ pub fn render(
     );
     let _ = write!(
         html,
-        "<h2>Hyper-parameters</h2><p>{} factors, λ {}, ν {}, α {}, α₀ {}, {} iterations, {} CG steps, seed {}{}</p>",
-        a.factors,
-        a.objective.regularization,
-        a.objective.regularization_exp,
-        a.objective.alpha,
-        a.objective.unobserved_weight,
-        a.iterations,
-        a.cg_steps,
-        a.seed,
+        "<h2>Hyper-parameters</h2><p>{}: {}{}</p>",
+        a.family().name(),
+        escape(&a.model.describe()),
         match &a.tuning {
             Some(t) => format!(
                 "; chosen by tuning (<code>{}</code>)",

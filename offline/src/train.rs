@@ -13,7 +13,7 @@ use recsys_shared::artifact::{
     ModelRoot, RowCounts, FORMAT_VERSION,
 };
 use recsys_shared::config::{Config, Protocol};
-use recsys_shared::model::ials;
+use recsys_shared::model::published::write_model;
 use recsys_shared::SharedError;
 
 use crate::evaluate::{self, Split};
@@ -23,8 +23,7 @@ use crate::input::InputTable;
 use crate::progress::Progress;
 use crate::publish::Destination;
 use crate::{OfflineError, Result};
-use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
-use recsys_shared::model::Family;
+use recsys_shared::model::ials::train::IterationReport;
 
 /// What to train and where to publish.
 #[derive(Debug, Clone)]
@@ -85,15 +84,6 @@ pub fn iteration_display(
     (progress, report)
 }
 
-/// Fits on `table` with a progress display.
-pub fn fit(table: &TrainingTable, params: &AlsParams, what: &str) -> Result<als::AlsModel> {
-    let matrix = table.matrix(|_| true);
-    let (mut progress, mut report) = iteration_display(what, params.iterations);
-    let model = als::train(&matrix, params, |r| report(&mut progress, r))?;
-    progress.finish();
-    Ok(model)
-}
-
 /// Evaluates any family with a progress display.
 pub fn evaluate_with_progress(
     table: &TrainingTable,
@@ -126,21 +116,15 @@ impl TrainJob {
     /// Runs the whole job.
     pub fn run(&self) -> Result<TrainOutcome> {
         let config = &self.config;
-        if config.offline.family != Family::Ials {
-            return Err(OfflineError::Usage(format!(
-                "offline.family = {}: this release publishes iALS versions only; EASE and \
-                 item-kNN are evaluated with `recsys offline evaluate --family`",
-                config.offline.family.name()
-            )));
-        }
         let mut destination = Destination::open(&config.model)?;
         let interactions = InputTable::discover(&self.interactions)?;
         let items = InputTable::discover(&self.items)?;
-        let params = config.offline.als.clone();
+        let params = FamilyParams::from_config(&config.offline);
+        let threads = params.threads(config.offline.als.threads);
         let feature_job = FeatureJob {
             config: &config.offline.features,
             as_of_ms: self.as_of_ms,
-            threads: params.threads,
+            threads,
             cluster: crate::engine::cluster(&config.offline),
             negatives: crate::features::NegativeEvents::from_config(&config.feedback),
         };
@@ -159,27 +143,23 @@ impl TrainJob {
         let evaluation = if self.skip_eval {
             None
         } else {
-            let (evaluation, _) = evaluate_with_progress(
-                table,
-                &FamilyParams::Ials(params.clone()),
-                &config.offline.evaluation,
-            )?;
+            let (evaluation, _) =
+                evaluate_with_progress(table, &params, &config.offline.evaluation)?;
             tracing::info!(metrics = ?evaluation.metrics, popularity = ?evaluation.popularity, "evaluated");
             Some(evaluation)
         };
 
         let fit_started = Instant::now();
-        let model = fit(table, &params, "train")?;
+        let fitted = crate::family::fit(&table.matrix(|_| true), &params, threads, "train")?;
         let train_seconds = fit_started.elapsed().as_secs_f64();
 
         let version = ModelRoot::new_version_id();
         let (root, lock) = destination.staging();
         let staged = root.stage(lock, &version)?;
-        ials::write_model(
+        write_model(
             &staged,
-            model,
+            fitted.into_trained(table.user_ids.clone()),
             table.item_ids.clone(),
-            table.user_ids.clone(),
         )?;
         write_popularity(&staged.path(files::ITEM_POPULARITY), &features.popularity)?;
         write_history_rows(&staged.path(files::USER_HISTORY), features.history.iter())?;
@@ -194,19 +174,14 @@ impl TrainJob {
         )?;
         let catalog_items = catalog.iter().map(|b| b.num_rows() as u64).sum();
 
-        let als_config = &config.offline.als;
+        let (name, model) = params.record();
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             version: version.clone(),
             created_at: chrono::Utc::now(),
             algorithm: AlgorithmParams {
-                family: Default::default(),
-                name: "ials-cg".into(),
-                factors: als_config.factors,
-                objective: als_config.objective(),
-                iterations: als_config.iterations,
-                cg_steps: als_config.cg_steps,
-                seed: als_config.seed,
+                name: name.into(),
+                model,
                 tuning: self.tuning.clone(),
             },
             features: serde_json::to_value(&config.offline.features).expect("serialisable"),

@@ -1,21 +1,19 @@
-//! The in-memory catalog (Netflix Hollow's idea): the whole current model — item factors in one
-//! contiguous matrix, ids, titles, availability and popularity — loaded, validated and then swapped
+//! The in-memory catalog (Netflix Hollow's idea): the whole current model — its scorer (item
+//! factors or item weights, whatever the family), ids, titles, availability and popularity —
+//! loaded, validated and then swapped
 //! in atomically as one immutable value. Requests hold an `Arc` to the catalog they started with,
 //! so a swap never changes a request's model halfway.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use recsys_shared::artifact::{
-    files, read_catalog, read_factors, read_popularity, Manifest, ModelRoot,
-};
+use recsys_shared::artifact::{files, read_catalog, read_popularity, Manifest, ModelRoot};
 use recsys_shared::config::MaturityConfig;
-use recsys_shared::model::ials::FoldIn;
-use recsys_shared::model::Family;
+use recsys_shared::model::published::{PublishedModel, Taste};
+use recsys_shared::model::MemberState;
 use recsys_store::features::HistoryEntry;
 
 use crate::error::OnlineError;
-use recsys_shared::model::ials::ItemMatrix;
 
 /// Bitset over item indices.
 #[derive(Debug, Clone)]
@@ -42,9 +40,8 @@ impl ItemSet {
 pub struct Catalog {
     pub version: String,
     pub manifest: Manifest,
-    pub items: ItemMatrix,
-    pub item_ids: Vec<String>,
-    pub index: HashMap<String, u32>,
+    /// The version's model: its item ids and index, its scorer and (iALS) its fold-in.
+    pub model: PublishedModel,
     /// Empty when the catalog has no title for the item.
     pub titles: Vec<String>,
     /// Items shown everywhere (no country list).
@@ -57,9 +54,6 @@ pub struct Catalog {
     maturity_labels: Vec<String>,
     /// Item indices, most popular first, with their popularity scores.
     pub popularity: Vec<(u32, f32)>,
-    /// The fold-in of members with a history and no stored vector (`α₀ YᵀY` computed once per
-    /// model).
-    pub fold_in: FoldIn,
 }
 
 /// An item without a maturity rating.
@@ -78,36 +72,12 @@ impl Catalog {
     pub fn load(root: &ModelRoot, version: &str) -> Result<Catalog, OnlineError> {
         let manifest = root.verify(version)?;
         let dir = root.version_dir(version);
-        let factors = read_factors(&dir.join(files::ITEM_FACTORS), "item_id")?;
+        let model = PublishedModel::load(root, version, &manifest)?;
         let invalid = |problem: String| OnlineError::InvalidModel {
             version: version.to_string(),
             problem,
         };
-        let k = factors.factors;
-        if k != manifest.algorithm.factors {
-            return Err(invalid(format!(
-                "item factors are {k} wide, the manifest says {}",
-                manifest.algorithm.factors
-            )));
-        }
-        if factors.ids.is_empty() {
-            return Err(invalid("no items".into()));
-        }
-        if let Some(bad) = factors.vectors.iter().position(|x| !x.is_finite()) {
-            return Err(invalid(format!(
-                "item {} has a non-finite factor",
-                factors.ids[bad / k]
-            )));
-        }
-        let n = factors.ids.len();
-        let mut index = HashMap::with_capacity(n);
-        for (i, id) in factors.ids.iter().enumerate() {
-            if index.insert(id.clone(), i as u32).is_some() {
-                return Err(invalid(format!(
-                    "item {id} appears twice in the item factors"
-                )));
-            }
-        }
+        let n = model.len();
         let mut titles = vec![String::new(); n];
         let mut unrestricted = ItemSet::new(n);
         let mut available_in: HashMap<String, ItemSet> = HashMap::new();
@@ -115,7 +85,7 @@ impl Catalog {
         let mut maturity = vec![UNRATED; n];
         let mut maturity_labels: Vec<String> = Vec::new();
         for row in read_catalog(&dir.join(files::ITEMS))? {
-            let Some(&i) = index.get(&row.item_id) else {
+            let Some(&i) = model.index.get(&row.item_id) else {
                 continue;
             };
             let i = i as usize;
@@ -152,31 +122,19 @@ impl Catalog {
         }
         let mut popularity: Vec<(u32, f32)> = read_popularity(&dir.join(files::ITEM_POPULARITY))?
             .into_iter()
-            .filter_map(|row| index.get(&row.item_id).map(|&i| (i, row.score)))
+            .filter_map(|row| model.index.get(&row.item_id).map(|&i| (i, row.score)))
             .collect();
         popularity.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let fold_in = match manifest.algorithm.family {
-            Family::Ials => FoldIn::new(&factors.vectors, k, manifest.algorithm.fold_in_params()),
-            family @ (Family::Ease | Family::ItemKnn) => {
-                return Err(invalid(format!(
-                    "a {} version; this release serves iALS versions only",
-                    family.name()
-                )))
-            }
-        };
         Ok(Catalog {
             version: version.to_string(),
             manifest,
-            items: ItemMatrix::new(factors.vectors, k),
-            item_ids: factors.ids,
-            index,
+            model,
             titles,
             unrestricted,
             available_in,
             maturity,
             maturity_labels,
             popularity,
-            fold_in,
         })
     }
 
@@ -220,15 +178,21 @@ impl Catalog {
     }
 
     pub fn len(&self) -> usize {
-        self.item_ids.len()
+        self.model.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.item_ids.is_empty()
+        self.model.is_empty()
     }
 
-    pub fn factors(&self) -> usize {
-        self.items.factors()
+    /// Item `i`'s id.
+    pub fn item_id(&self, i: u32) -> &str {
+        &self.model.item_ids[i as usize]
+    }
+
+    /// Item `id`'s index, when the model knows it.
+    pub fn index_of(&self, id: &str) -> Option<u32> {
+        self.model.index.get(id).copied()
     }
 
     /// Whether item `i` may be shown in `country` (`None`: no filter).
@@ -247,17 +211,29 @@ impl Catalog {
         &self.titles[i as usize]
     }
 
-    /// The member's vector computed from their history by the offline tier's fold-in, with this
-    /// model's λ and α. Items the model does not know are skipped; `None` when none is known.
-    pub fn fold_in(&self, history: &[HistoryEntry]) -> Result<Option<Vec<f32>>, OnlineError> {
-        let history = history.iter().map(|e| (e.item_id.as_str(), e.strength));
-        Ok(self
-            .fold_in
-            .solve_ids(self.items.as_slice(), &self.index, history)?)
+    /// The member's taste from their history when nothing is stored for this model: the fold-in
+    /// with the version's own objective (iALS), or the history's known items (the history
+    /// families). `None` when the history holds no item the model knows.
+    pub fn taste_from_history(
+        &self,
+        history: &[HistoryEntry],
+    ) -> Result<Option<Taste>, OnlineError> {
+        Ok(match self.model.family.member_state() {
+            MemberState::Vector => self
+                .model
+                .fold_in(history.iter().map(|e| (e.item_id.as_str(), e.strength)))?
+                .map(Taste::Vector),
+            MemberState::History => {
+                let known = self
+                    .model
+                    .history_indices(history.iter().map(|e| e.item_id.as_str()));
+                (!known.is_empty()).then_some(Taste::History(known))
+            }
+        })
     }
 
-    /// Bytes of the factor matrix as published (`n × k × 4`).
-    pub fn factor_bytes(&self) -> usize {
-        self.len() * self.factors() * 4
+    /// Bytes of the scorer in memory (iALS: `n × k × 4`; the history families: their weights).
+    pub fn scorer_bytes(&self) -> usize {
+        self.model.scorer_bytes()
     }
 }

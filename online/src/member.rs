@@ -1,6 +1,6 @@
-//! The member as the ranking sees them: their vector for the model being served (cache → store →
-//! fold-in → cold start), history, hidden items and maturity limit; a store that cannot be read
-//! degrades to cold start.
+//! The member as the ranking sees them: their taste for the model being served — a vector (cache →
+//! store → fold-in → cold start) or, for the history families, the history itself — with their
+//! history, hidden items and maturity limit; a store that cannot be read degrades to cold start.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use recsys_shared::config::MaturityConfig;
 use recsys_shared::logs::LogEvery;
+use recsys_shared::model::published::Taste;
+use recsys_shared::model::MemberState;
 use recsys_shared::proto::v1::VectorSource;
 use recsys_store::cache::{FeatureReader, Source};
 use recsys_store::features::HistoryEntry;
@@ -21,7 +23,8 @@ static STORE_DOWN_LOG: LazyLock<LogEvery> = LazyLock::new(|| LogEvery::new(Durat
 
 /// A member as the ranking sees them.
 pub(crate) struct Member {
-    pub vector: Option<Vec<f32>>,
+    /// What the served model scores the member by; `None`: cold start.
+    pub taste: Option<Taste>,
     pub history: Vec<HistoryEntry>,
     /// Items the member's negative feedback hides now (`feedback`).
     pub hidden: Vec<String>,
@@ -37,8 +40,8 @@ pub fn member_tag(user_id: &str) -> String {
 }
 
 impl Member {
-    /// The member's vector for `catalog`: a stored one of this model, else folded in from the
-    /// history, else none (cold start). A store failure degrades to cold start. The source is
+    /// The member's taste for `catalog`: a stored vector of this model, else the taste from the
+    /// history (a fold-in, or the history itself), else none (cold start). A store failure degrades to cold start. The source is
     /// counted in `recsys_vector_source_total`.
     pub async fn look_up(
         reader: &FeatureReader,
@@ -66,7 +69,7 @@ impl Member {
                 }
                 VECTOR_SOURCES.with_label_values(&["degraded"]).inc();
                 return Member {
-                    vector: None,
+                    taste: None,
                     history: Vec::new(),
                     hidden: Vec::new(),
                     // The profile is unknown.
@@ -80,33 +83,40 @@ impl Member {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let hidden: Vec<String> = features.hidden_at(now_ms).map(str::to_string).collect();
         let max_maturity = features.profile.max_maturity.clone();
-        if let Some(v) = &features.vector {
-            if v.model_version == catalog.version && v.values.len() == catalog.factors() {
-                let source = match source {
-                    Source::Cache => VectorSource::Cache,
-                    Source::Store => VectorSource::Store,
-                };
-                return Member {
-                    vector: Some(v.values.clone()),
-                    history,
-                    hidden,
-                    max_maturity,
-                    source,
-                    degraded: false,
-                };
-            }
-        }
-        match catalog.fold_in(&history) {
-            Ok(Some(vector)) => Member {
-                vector: Some(vector),
+        let source = match source {
+            Source::Cache => VectorSource::Cache,
+            Source::Store => VectorSource::Store,
+        };
+        let stored = features.vector.as_ref().filter(|v| {
+            catalog.model.family.member_state() == MemberState::Vector
+                && v.model_version == catalog.version
+                && v.values.len() == catalog.model.factors()
+        });
+        if let Some(v) = stored {
+            return Member {
+                taste: Some(Taste::Vector(v.values.clone())),
                 history,
                 hidden,
                 max_maturity,
-                source: VectorSource::FoldIn,
+                source,
+                degraded: false,
+            };
+        }
+        match catalog.taste_from_history(&history) {
+            Ok(Some(taste)) => Member {
+                // The history families score the history as read: its source is the member's.
+                source: match taste {
+                    Taste::Vector(_) => VectorSource::FoldIn,
+                    Taste::History(_) => source,
+                },
+                taste: Some(taste),
+                history,
+                hidden,
+                max_maturity,
                 degraded: false,
             },
             Ok(None) => Member {
-                vector: None,
+                taste: None,
                 history,
                 hidden,
                 max_maturity,
@@ -116,7 +126,7 @@ impl Member {
             Err(e) => {
                 tracing::error!(member = %member_tag(user_id), error = %e, "fold-in failed");
                 Member {
-                    vector: None,
+                    taste: None,
                     history,
                     hidden,
                     max_maturity,
@@ -141,15 +151,13 @@ impl Member {
     pub fn seen(&self, catalog: &Catalog) -> HashSet<u32> {
         self.history
             .iter()
-            .filter_map(|e| catalog.index.get(&e.item_id).copied())
+            .filter_map(|e| catalog.index_of(&e.item_id))
             .collect()
     }
 
     /// The catalog indexes of the items the member's feedback hides.
     pub fn hidden<'a>(&'a self, catalog: &'a Catalog) -> impl Iterator<Item = u32> + 'a {
-        self.hidden
-            .iter()
-            .filter_map(|id| catalog.index.get(id).copied())
+        self.hidden.iter().filter_map(|id| catalog.index_of(id))
     }
 }
 

@@ -148,7 +148,8 @@ impl ModelWatcher {
             }
         }
         let items = catalog.len();
-        let factor_bytes = catalog.factor_bytes();
+        let scorer_bytes = catalog.scorer_bytes();
+        let catalog_family = catalog.model.family.name();
         let old = self.ranker.swap(Arc::new(catalog));
         if let Some(old) = &old {
             let _ = MODEL_VERSION.remove_label_values(&[&old.version]);
@@ -164,7 +165,7 @@ impl ModelWatcher {
                 .set_service_status("", ServingStatus::Serving)
                 .await;
         }
-        tracing::info!(version = %version, items, factor_mib = factor_bytes >> 20,
+        tracing::info!(version = %version, items, family = catalog_family, scorer_mib = scorer_bytes >> 20,
             previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
             took_ms = started.elapsed().as_millis() as u64, "model swapped in");
     }

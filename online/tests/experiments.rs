@@ -7,8 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use recsys_online::server::{start, RunningServer};
-use recsys_shared::artifact::synthetic::synthetic_model;
+use recsys_shared::artifact::synthetic::{synthetic_model, synthetic_model_of};
+use recsys_shared::artifact::{files, read_history, ModelRoot};
 use recsys_shared::config::Config;
+use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{HomepageRequest, HomepageResponse, RankRequest, VectorSource};
 use recsys_shared::testkit::serving_config;
@@ -231,4 +233,71 @@ async fn a_split_between_two_models_is_sticky_across_servers_and_survives_bad_fi
     assert_eq!(homepage(&a, "qa-member").await.model_version, v2);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_may_pin_a_version_of_another_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "features");
+    let root = &config.model.root;
+    let ease = synthetic_model_of(Family::Ease, root, ITEMS, MEMBERS, 30, 31).unwrap();
+    // Published last: CURRENT, whose member vectors and histories the server loads.
+    let ials = synthetic_model(root, ITEMS, MEMBERS, K, 32).unwrap();
+    std::fs::write(
+        root.join("experiments.toml"),
+        experiment_file(&ease, "").replace(
+            "rows = [\"trending\", \"top_picks\", \"because_you_watched*2\"]",
+            "",
+        ),
+    )
+    .unwrap();
+    let server = start(&config).await.unwrap();
+    until("the experiments in force", async || {
+        server.ranker.experiments().experiments.experiments.len() == 1
+    })
+    .await;
+    let mut c = RankingClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    let histories = read_history(
+        &ModelRoot::new(root)
+            .version_dir(&ials)
+            .join(files::USER_HISTORY),
+    )
+    .unwrap();
+    let mut served = HashMap::new();
+    for m in 0..40 {
+        let user = format!("m{m}");
+        let page = homepage(&server, &user).await;
+        let variant = variant_of(&page, "model-test").unwrap();
+        let ranked = c
+            .rank(RankRequest {
+                user_id: user.clone(),
+                k: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let history: HashSet<&String> = histories
+            .iter()
+            .filter(|row| row.user_id == user)
+            .map(|row| &row.item_id)
+            .collect();
+        assert_eq!(ranked.items.len(), 10, "{user}");
+        assert!(
+            ranked.items.iter().all(|i| !history.contains(&i.item_id)),
+            "{user}: a seen item ranked"
+        );
+        let expected = if variant == "treatment" { &ease } else { &ials };
+        assert_eq!(&ranked.model_version, expected, "{user} in {variant}");
+        assert_eq!(&page.model_version, expected, "{user} in {variant}");
+        assert_eq!(page.rows[0].kind, "top_picks", "{user} in {variant}");
+        if variant == "treatment" {
+            // The EASE variant scores the history as stored: no vector, no fold-in.
+            assert_eq!(ranked.vector_source, VectorSource::Store as i32, "{user}");
+        }
+        *served.entry(variant).or_insert(0) += 1;
+    }
+    assert!(served.len() == 2, "both variants served: {served:?}");
 }

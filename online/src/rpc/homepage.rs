@@ -38,8 +38,8 @@ impl Ranker {
             },
             member,
         ) = self.treated(&request.user_id).await?;
-        let personal = member.vector.is_some();
-        // The default rows: top picks (for a member with a vector), "because you watched" rows
+        let personal = member.taste.is_some();
+        // The default rows: top picks (for a member with a taste), "because you watched" rows
         // for the rest but one, and trending.
         let recipe = recipe.unwrap_or_else(|| {
             let mut rows_of = Vec::new();
@@ -86,7 +86,7 @@ impl Ranker {
             .history
             .iter()
             .rev()
-            .filter_map(|e| catalog.index.get(&e.item_id).copied());
+            .filter_map(|e| catalog.index_of(&e.item_id));
         let mut seeded = HashSet::new();
         let pool = per_row + rules::extra_candidates(&self.rules);
         let maturity = catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref());
@@ -104,8 +104,11 @@ impl Ranker {
             };
             match kind {
                 RowKind::TopPicks => {
-                    if let Some(vector) = &member.vector {
-                        let items = catalog.items.top_k(vector, per_row, |i| allowed(&used, i));
+                    if let Some(taste) = &member.taste {
+                        let items = catalog
+                            .model
+                            .scorer
+                            .top_k(taste.input(), per_row, |i| allowed(&used, i));
                         row(
                             "Top picks for you".into(),
                             kind.name(),
@@ -123,17 +126,18 @@ impl Ranker {
                         &self.rules,
                         &catalog,
                         catalog
-                            .items
-                            .similar(seed as usize, pool, |i| allowed(&used, i)),
+                            .model
+                            .scorer
+                            .similar(seed, pool, |i| allowed(&used, i)),
                         per_row,
                         |_| None,
                         |i| allowed(&used, i),
                     );
                     let name = match catalog.title(seed) {
-                        "" => catalog.item_ids[seed as usize].as_str(),
+                        "" => catalog.item_id(seed),
                         t => t,
                     };
-                    let seed_id = catalog.item_ids[seed as usize].clone();
+                    let seed_id = catalog.item_id(seed).to_string();
                     row(
                         format!("Because you watched {name}"),
                         kind.name(),

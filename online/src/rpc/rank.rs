@@ -46,7 +46,7 @@ impl Ranker {
         let mut excluded: HashSet<u32> = request
             .exclude_item_ids
             .iter()
-            .filter_map(|id| catalog.index.get(id).copied())
+            .filter_map(|id| catalog.index_of(id))
             .collect();
         if request.exclude_seen.unwrap_or(self.exclude_seen) {
             excluded.extend(member.seen(&catalog));
@@ -61,13 +61,13 @@ impl Ranker {
         };
         check_deadline(deadline, "before scoring")?;
         let pool = k + rules::extra_candidates(&self.rules);
-        let items = match &member.vector {
-            Some(vector) => rules::apply(
+        let items = match &member.taste {
+            Some(taste) => rules::apply(
                 &self.rules,
                 &catalog,
-                catalog.items.top_k(vector, pool, allowed),
+                catalog.model.scorer.top_k(taste.input(), pool, allowed),
                 k,
-                |i| Some(catalog.items.score(i as usize, vector)),
+                |i| Some(catalog.model.scorer.score(i, taste.input())),
                 allowed,
             ),
             None => rules::apply(

@@ -17,7 +17,7 @@ impl Ranker {
         check_id("item_id", &request.item_id)?;
         let k = bounded("k", request.k, limits::DEFAULT_K, limits::MAX_K)?;
         let catalog = self.serving()?;
-        let Some(&index) = catalog.index.get(&request.item_id) else {
+        let Some(index) = catalog.index_of(&request.item_id) else {
             return Err(RankError::NotFound {
                 field: "item_id",
                 problem: format!(
@@ -28,7 +28,7 @@ impl Ranker {
             });
         };
         check_deadline(deadline, "before scoring")?;
-        let items = catalog.items.similar(index as usize, k, |_| true);
+        let items = catalog.model.scorer.similar(index, k, |_| true);
         Ok(SimilarItemsResponse {
             items: scored(&catalog, items),
             model_version: catalog.version.clone(),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{EaseConfig, ItemKnnConfig};
 use crate::model::ials::Objective;
 use crate::model::Family;
 
@@ -28,15 +29,29 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
 }
 
-/// The model family that trained the version and its hyper-parameters. Fold-in must use the
-/// same objective ([`AlgorithmParams::fold_in_params`]).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The model family that trained the version, under `name`, and its hyper-parameters: the
+/// family's own ([`ModelParams`]) flattened beside `family` and `name`, so an iALS manifest keeps
+/// the JSON it had before families existed (a manifest without `family` is iALS).
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlgorithmParams {
-    /// The model family; manifests written before families existed are iALS.
-    #[serde(default)]
-    pub family: Family,
-    /// `ials-cg`: implicit ALS with the conjugate-gradient solver.
+    /// `ials-cg`: implicit ALS with the conjugate-gradient solver; `ease`; `item-knn`.
     pub name: String,
+    pub model: ModelParams,
+    /// Where the hyper-parameters came from: the tuning run that chose them, if any.
+    pub tuning: Option<serde_json::Value>,
+}
+
+/// A family's hyper-parameters as its versions record them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelParams {
+    Ials(IalsRecord),
+    Ease(EaseConfig),
+    ItemKnn(ItemKnnConfig),
+}
+
+/// What an iALS version records of its training. Fold-in must use the same objective.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IalsRecord {
     pub factors: usize,
     /// iALS's λ, α, α₀ and ν (flattened: the JSON keeps them beside `factors`).
     #[serde(flatten)]
@@ -44,15 +59,104 @@ pub struct AlgorithmParams {
     pub iterations: usize,
     pub cg_steps: usize,
     pub seed: u64,
-    /// Where the hyper-parameters came from: the tuning run that chose them, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tuning: Option<serde_json::Value>,
+}
+
+impl ModelParams {
+    /// The parameters in words, for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelParams::Ials(p) => format!(
+                "{} factors, λ {}, ν {}, α {}, α₀ {}, {} iterations, {} CG steps, seed {}",
+                p.factors,
+                p.objective.regularization,
+                p.objective.regularization_exp,
+                p.objective.alpha,
+                p.objective.unobserved_weight,
+                p.iterations,
+                p.cg_steps,
+                p.seed
+            ),
+            ModelParams::Ease(p) => format!("λ {}, {} weights kept per item", p.lambda, p.top_n),
+            ModelParams::ItemKnn(p) => format!(
+                "{} neighbours, shrink {}, α {}, member weighting {:?}",
+                p.neighbours, p.shrink, p.alpha, p.member_weighting
+            ),
+        }
+    }
 }
 
 impl AlgorithmParams {
-    /// The objective every fold-in of this model must use.
-    pub fn fold_in_params(&self) -> Objective {
-        self.objective
+    /// The family that trained the version.
+    pub fn family(&self) -> Family {
+        match self.model {
+            ModelParams::Ials(_) => Family::Ials,
+            ModelParams::Ease(_) => Family::Ease,
+            ModelParams::ItemKnn(_) => Family::ItemKnn,
+        }
+    }
+
+    /// The iALS record, when the version is iALS.
+    pub fn ials(&self) -> Option<&IalsRecord> {
+        match &self.model {
+            ModelParams::Ials(record) => Some(record),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for AlgorithmParams {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let params = match &self.model {
+            ModelParams::Ials(p) => serde_json::to_value(p),
+            ModelParams::Ease(p) => serde_json::to_value(p),
+            ModelParams::ItemKnn(p) => serde_json::to_value(p),
+        }
+        .map_err(S::Error::custom)?;
+        let serde_json::Value::Object(params) = params else {
+            return Err(S::Error::custom("a family's parameters are a JSON object"));
+        };
+        let mut map = serde_json::Map::new();
+        map.insert("family".into(), serde_json::json!(self.family().name()));
+        map.insert("name".into(), serde_json::json!(self.name));
+        map.extend(params);
+        if let Some(tuning) = &self.tuning {
+            map.insert("tuning".into(), tuning.clone());
+        }
+        map.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for AlgorithmParams {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let family: Family = match map.remove("family") {
+            Some(family) => serde_json::from_value(family).map_err(D::Error::custom)?,
+            None => Family::Ials,
+        };
+        let name = match map.remove("name") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(other) => {
+                return Err(D::Error::custom(format!("`name` is {other}, not a string")))
+            }
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let tuning = map.remove("tuning").filter(|t| !t.is_null());
+        let params = serde_json::Value::Object(map);
+        let field = |e: serde_json::Error| {
+            D::Error::custom(format!("the {} parameters: {e}", family.name()))
+        };
+        let model = match family {
+            Family::Ials => ModelParams::Ials(serde_json::from_value(params).map_err(field)?),
+            Family::Ease => ModelParams::Ease(serde_json::from_value(params).map_err(field)?),
+            Family::ItemKnn => ModelParams::ItemKnn(serde_json::from_value(params).map_err(field)?),
+        };
+        Ok(AlgorithmParams {
+            name,
+            model,
+            tuning,
+        })
     }
 }
 
@@ -139,9 +243,9 @@ mod tests {
             "iterations": 15, "cg_steps": 3, "seed": 7
         });
         let params: AlgorithmParams = serde_json::from_value(written).unwrap();
-        assert_eq!(params.family, Family::Ials);
+        assert_eq!(params.family(), Family::Ials);
         assert_eq!(
-            params.fold_in_params(),
+            params.ials().unwrap().objective,
             Objective {
                 regularization: 0.05,
                 alpha: 12.0,
@@ -155,9 +259,50 @@ mod tests {
         assert_eq!(json["regularization"], 0.05f32 as f64);
         assert_eq!(json["unobserved_weight"], 1.0);
         assert!(json.get("objective").is_none(), "{json}");
+        assert!(json.get("tuning").is_none(), "{json}");
         assert_eq!(
             serde_json::from_value::<AlgorithmParams>(json).unwrap(),
             params
+        );
+    }
+
+    #[test]
+    fn history_families_record_their_own_parameters() {
+        for model in [
+            ModelParams::Ease(EaseConfig {
+                lambda: 80.0,
+                top_n: 500,
+            }),
+            ModelParams::ItemKnn(ItemKnnConfig::default()),
+        ] {
+            let params = AlgorithmParams {
+                name: "x".into(),
+                model,
+                tuning: Some(serde_json::json!({"trials": 3})),
+            };
+            let json = serde_json::to_value(&params).unwrap();
+            assert_eq!(json["family"], params.family().name());
+            assert!(json.get("factors").is_none(), "{json}");
+            assert_eq!(
+                serde_json::from_value::<AlgorithmParams>(json).unwrap(),
+                params
+            );
+        }
+        let ease = serde_json::json!({"family": "ease", "name": "ease", "lambda": 1.0, "top_n": 5});
+        assert_eq!(
+            serde_json::from_value::<AlgorithmParams>(ease)
+                .unwrap()
+                .family(),
+            Family::Ease
+        );
+        // A field of another family is refused by name.
+        let wrong = serde_json::json!({"family": "ease", "name": "ease", "factors": 64});
+        let error = serde_json::from_value::<AlgorithmParams>(wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ease parameters") && error.contains("factors"),
+            "{error}"
         );
     }
 }

@@ -32,8 +32,8 @@ mod tables;
 
 pub use follower::{CurrentFollower, Followed, LoadFailure, Poll, VersionSource};
 pub use manifest::{
-    ActivityBucket, AlgorithmParams, Curves, DataWindow, Evaluation, FileEntry, Manifest,
-    RowCounts, FORMAT_VERSION,
+    ActivityBucket, AlgorithmParams, Curves, DataWindow, Evaluation, FileEntry, IalsRecord,
+    Manifest, ModelParams, RowCounts, FORMAT_VERSION,
 };
 pub use remote::{Lease, ModelMirror, RemoteModelRoot};
 pub use root::{ModelRoot, StagedVersion, WriterLock};

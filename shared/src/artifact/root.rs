@@ -366,7 +366,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::manifest::{AlgorithmParams, DataWindow, RowCounts};
+    use super::super::manifest::{AlgorithmParams, DataWindow, IalsRecord, ModelParams, RowCounts};
     use super::*;
 
     /// Publishes a version whose files hold `payload` (without moving `CURRENT`).
@@ -388,18 +388,19 @@ pub(crate) mod tests {
             version: String::new(),
             created_at: chrono::Utc::now(),
             algorithm: AlgorithmParams {
-                family: Default::default(),
                 name: "ials-cg".into(),
-                factors: 2,
-                objective: crate::model::ials::Objective {
-                    regularization: 0.1,
-                    alpha: 1.0,
-                    unobserved_weight: 1.0,
-                    regularization_exp: 0.0,
-                },
-                iterations: 1,
-                cg_steps: 1,
-                seed: 0,
+                model: ModelParams::Ials(IalsRecord {
+                    factors: 2,
+                    objective: crate::model::ials::Objective {
+                        regularization: 0.1,
+                        alpha: 1.0,
+                        unobserved_weight: 1.0,
+                        regularization_exp: 0.0,
+                    },
+                    iterations: 1,
+                    cg_steps: 1,
+                    seed: 0,
+                }),
                 tuning: None,
             },
             features: serde_json::json!({}),

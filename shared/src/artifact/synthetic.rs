@@ -1,5 +1,6 @@
 //! A synthetic published model for benchmarks, tests and demos that need a model of a given size
-//! without training one: random factors, titles, popularity and histories, written through the
+//! without training one: random factors (or item weights, for the history families), titles,
+//! popularity and histories, written through the
 //! same staging and publish path as a trained model.
 
 use std::path::Path;
@@ -8,9 +9,12 @@ use rand::{Rng, SeedableRng};
 
 use super::{
     files, write_catalog, write_history, write_popularity, AlgorithmParams, CatalogRow, DataWindow,
-    HistoryRow, Manifest, ModelRoot, PopularityRow, RowCounts,
+    HistoryRow, IalsRecord, Manifest, ModelParams, ModelRoot, PopularityRow, RowCounts,
 };
 use crate::model::ials::train::AlsModel;
+use crate::model::item_weights::ItemWeights;
+use crate::model::published::{write_model, TrainedModel};
+use crate::model::Family;
 use crate::Result;
 
 /// Uniform factors in ±0.3, roughly the scale of trained iALS factors.
@@ -21,10 +25,23 @@ pub fn random_factors(rng: &mut impl Rng, rows: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Publishes a synthetic model (random factors, titles, 10% of items restricted to `US`,
+/// Publishes a synthetic iALS model (random factors, titles, 10% of items restricted to `US`,
 /// popularity, and a 20-item history per member) into `root` and makes it `CURRENT`. Member ids
 /// are `m{i}`, item ids `i{j}`. Returns the version id.
 pub fn synthetic_model(
+    root: &Path,
+    items: usize,
+    members: usize,
+    k: usize,
+    seed: u64,
+) -> Result<String> {
+    synthetic_model_of(Family::Ials, root, items, members, k, seed)
+}
+
+/// [`synthetic_model`] of any family: iALS with `k` factors, or a history family whose every item
+/// pushes up `k` random others (positive weights).
+pub fn synthetic_model_of(
+    family: Family,
     root: &Path,
     items: usize,
     members: usize,
@@ -37,13 +54,58 @@ pub fn synthetic_model(
     let version = ModelRoot::new_version_id();
     let staged = root.stage(&lock, &version)?;
     let item_ids: Vec<String> = (0..items).map(|j| format!("i{j}")).collect();
-    let model = AlsModel {
-        factors: k,
-        item_factors: random_factors(&mut rng, items, k),
-        user_factors: random_factors(&mut rng, members, k),
+    let (model, params) = match family {
+        Family::Ials => {
+            let model = AlsModel {
+                factors: k,
+                item_factors: random_factors(&mut rng, items, k),
+                user_factors: random_factors(&mut rng, members, k),
+            };
+            let member_ids = (0..members).map(|i| format!("m{i}")).collect();
+            let params = ModelParams::Ials(IalsRecord {
+                factors: k,
+                objective: crate::model::ials::Objective {
+                    regularization: 0.1,
+                    alpha: 10.0,
+                    unobserved_weight: 1.0,
+                    regularization_exp: 0.0,
+                },
+                iterations: 0,
+                cg_steps: 0,
+                seed,
+            });
+            (TrainedModel::Factors { model, member_ids }, params)
+        }
+        Family::Ease | Family::ItemKnn => {
+            let rows = (0..items)
+                .map(|i| {
+                    let mut row: Vec<(u32, f32)> = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        let j = rng.random_range(0..items as u32);
+                        let w = rng.random_range(0.01f32..1.0);
+                        if j as usize != i {
+                            row.push((j, w));
+                        }
+                    }
+                    row.sort_unstable_by_key(|&(j, _)| j);
+                    row.dedup_by_key(|&mut (j, _)| j);
+                    row
+                })
+                .collect();
+            let params = match family {
+                Family::Ease => ModelParams::Ease(crate::config::EaseConfig {
+                    lambda: 100.0,
+                    top_n: k,
+                }),
+                _ => ModelParams::ItemKnn(crate::config::ItemKnnConfig {
+                    neighbours: k,
+                    ..Default::default()
+                }),
+            };
+            (TrainedModel::Weights(ItemWeights::from_rows(rows)), params)
+        }
     };
-    let member_ids = (0..members).map(|i| format!("m{i}")).collect();
-    crate::model::ials::write_model(&staged, model, item_ids.clone(), member_ids)?;
+    write_model(&staged, model, item_ids.clone())?;
     let popularity: Vec<PopularityRow> = item_ids
         .iter()
         .enumerate()
@@ -87,18 +149,8 @@ pub fn synthetic_model(
         version: version.clone(),
         created_at: chrono::Utc::now(),
         algorithm: AlgorithmParams {
-            family: Default::default(),
             name: "synthetic".into(),
-            factors: k,
-            objective: crate::model::ials::Objective {
-                regularization: 0.1,
-                alpha: 10.0,
-                unobserved_weight: 1.0,
-                regularization_exp: 0.0,
-            },
-            iterations: 0,
-            cg_steps: 0,
-            seed,
+            model: params,
             tuning: None,
         },
         features: serde_json::json!({}),

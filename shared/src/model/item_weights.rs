@@ -97,6 +97,18 @@ impl ItemWeights {
         }
     }
 
+    /// The score of `item` for a member with `history`: the sum of its weights in their rows.
+    pub fn score_item(&self, history: &[u32], item: u32) -> f32 {
+        history
+            .iter()
+            .filter(|&&i| (i as usize) < self.matrix.rows)
+            .map(|&i| {
+                let (cols, weights) = self.matrix.row(i as usize);
+                cols.binary_search(&item).map_or(0.0, |pos| weights[pos])
+            })
+            .sum()
+    }
+
     /// The `k` best items for a member with `history` among `allowed`, best first.
     pub fn top_k(&self, history: &[u32], k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
         let mut scores = vec![0.0f32; self.items()];
@@ -193,6 +205,9 @@ mod tests {
         let mut out = vec![0.0; 4];
         w.score_history(&[0, 1], &mut out);
         assert_eq!(out, vec![0.0, 0.5, 1.25, 0.0]);
+        for (j, &expected) in out.iter().enumerate() {
+            assert_eq!(w.score_item(&[0, 1], j as u32), expected, "item {j}");
+        }
         let top = w.top_k_explained(&[0, 1], 2, |j| j != 0 && j != 1);
         assert_eq!(top[0].scored.index, 2);
         assert_eq!(

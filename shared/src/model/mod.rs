@@ -27,6 +27,7 @@ pub mod ials;
 pub mod item_knn;
 pub mod item_weights;
 pub mod matrix;
+pub mod published;
 pub mod top_k;
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,62 @@ impl Scorer {
             (Scorer::Weights(_), MemberInput::Vector(_)) => {
                 panic!("weight models score a member's history, not a vector")
             }
+        }
+    }
+}
+
+impl Scorer {
+    /// The member's `k` best items among `allowed`, best first.
+    ///
+    /// # Panics
+    /// If the member is not of the scorer's kind (see [`Scorer::score_all`]).
+    pub fn top_k(
+        &self,
+        member: MemberInput<'_>,
+        k: usize,
+        allowed: impl Fn(u32) -> bool,
+    ) -> Vec<top_k::Scored> {
+        match (self, member) {
+            (Scorer::Factors(items), MemberInput::Vector(v)) => items.top_k(v, k, allowed),
+            (Scorer::Weights(weights), MemberInput::History(h)) => weights.top_k(h, k, allowed),
+            _ => panic!("a {} member for a {} scorer", member.kind(), self.kind()),
+        }
+    }
+
+    /// The member's score for item `i`.
+    ///
+    /// # Panics
+    /// If the member is not of the scorer's kind (see [`Scorer::score_all`]).
+    pub fn score(&self, i: u32, member: MemberInput<'_>) -> f32 {
+        match (self, member) {
+            (Scorer::Factors(items), MemberInput::Vector(v)) => items.score(i as usize, v),
+            (Scorer::Weights(weights), MemberInput::History(h)) => weights.score_item(h, i),
+            _ => panic!("a {} member for a {} scorer", member.kind(), self.kind()),
+        }
+    }
+
+    /// The `k` items nearest item `i` among `allowed` (iALS: cosine of the factors; the history
+    /// families: the items `i` pushes up most), `i` left out.
+    pub fn similar(&self, i: u32, k: usize, allowed: impl Fn(u32) -> bool) -> Vec<top_k::Scored> {
+        match self {
+            Scorer::Factors(items) => items.similar(i as usize, k, allowed),
+            Scorer::Weights(weights) => weights.similar(i as usize, k, allowed),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Scorer::Factors(_) => "factor",
+            Scorer::Weights(_) => "weight",
+        }
+    }
+}
+
+impl MemberInput<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            MemberInput::Vector(_) => "vector",
+            MemberInput::History(_) => "history",
         }
     }
 }

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::features::{FeatureStore, HistoryEntry, MemberVector};
 use super::{IdempotencyToken, StoreError};
-use recsys_shared::artifact::{files, read_factors, read_history, ModelRoot};
+use recsys_shared::artifact::{files, read_factors, read_history, FactorTable, ModelRoot};
+use recsys_shared::model::MemberState;
 use recsys_shared::SharedError;
 
 /// Namespace of the load log: id `loads`, one key per model version loaded.
@@ -104,7 +105,15 @@ pub async fn load_model_features(
     };
     let manifest = root.verify(&version)?;
     let dir = root.version_dir(&version);
-    let factors = read_factors(&dir.join(files::USER_FACTORS), "user_id")?;
+    // The history families publish no member vectors: their members are their histories.
+    let factors = match manifest.algorithm.family().member_state() {
+        MemberState::Vector => read_factors(&dir.join(files::USER_FACTORS), "user_id")?,
+        MemberState::History => FactorTable {
+            ids: Vec::new(),
+            vectors: Vec::new(),
+            factors: 0,
+        },
+    };
     let history_path = dir.join(files::USER_HISTORY);
     let history_rows = if history_path.exists() {
         read_history(&history_path)?

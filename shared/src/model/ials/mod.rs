@@ -1,13 +1,12 @@
 //! iALS: implicit alternating least squares, the whole family in one folder. Its [`Objective`]
 //! (λ, α, α₀, ν) is what the trainer ([`train`]) minimises and what every fold-in must use;
 //! [`FoldIn`] turns a member's history into their vector; [`ItemMatrix`] scores a member's vector
-//! against the whole catalog; [`write_model`] is what a version publishes of it.
+//! against the whole catalog. What a version publishes of it is written and read by
+//! [`crate::model::published`].
 
 mod fold_in;
 mod score;
 pub mod train;
-mod version;
 
 pub use fold_in::{cholesky_solve, FoldIn, Objective};
 pub use score::{candidates, ItemMatrix};
-pub use version::write_model;

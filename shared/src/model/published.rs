@@ -1,0 +1,213 @@
+//! A published version's model as the serving tiers hold it, whatever its family: the item ids in
+//! row order, the whole-catalog [`Scorer`] and — for families whose member is a vector — the
+//! [`FoldIn`] that turns a history into one. The one place that reads a family's files back
+//! ([`PublishedModel::load`]) and the one place that writes them ([`write_model`]); online and
+//! nearline both load through here, so they can never disagree on what a version means.
+
+use std::collections::HashMap;
+
+use crate::artifact::{
+    files, read_factors, read_weights, write_factors, write_weights, FactorTable, Manifest,
+    ModelParams, ModelRoot, StagedVersion,
+};
+use crate::model::ials::train::AlsModel;
+use crate::model::ials::{FoldIn, ItemMatrix};
+use crate::model::item_weights::ItemWeights;
+use crate::model::{Family, MemberInput, Scorer};
+use crate::{Result, SharedError};
+
+/// One version's model, validated.
+#[derive(Debug)]
+pub struct PublishedModel {
+    pub family: Family,
+    /// Row `i` of the scorer is `item_ids[i]`.
+    pub item_ids: Vec<String>,
+    pub index: HashMap<String, u32>,
+    pub scorer: Scorer,
+    /// iALS: the fold-in with the version's own objective (`α₀ YᵀY` computed once).
+    pub fold_in: Option<FoldIn>,
+}
+
+/// What a family's training produced, ready to be written into a version.
+pub enum TrainedModel {
+    /// iALS: item and member factors (row `u` of the member factors is `member_ids[u]`).
+    Factors {
+        model: AlsModel,
+        member_ids: Vec<String>,
+    },
+    /// The history families: item × item weights.
+    Weights(ItemWeights),
+}
+
+/// Writes `model` into `staged`: row `i` of what it scores is `item_ids[i]`.
+pub fn write_model(
+    staged: &StagedVersion,
+    model: TrainedModel,
+    item_ids: Vec<String>,
+) -> Result<()> {
+    match model {
+        TrainedModel::Factors { model, member_ids } => {
+            for (name, column, ids, vectors) in [
+                (files::ITEM_FACTORS, "item_id", item_ids, model.item_factors),
+                (
+                    files::USER_FACTORS,
+                    "user_id",
+                    member_ids,
+                    model.user_factors,
+                ),
+            ] {
+                let table = FactorTable {
+                    ids,
+                    vectors,
+                    factors: model.factors,
+                };
+                write_factors(&staged.path(name), column, &table)?;
+            }
+            Ok(())
+        }
+        TrainedModel::Weights(weights) => write_weights(
+            &staged.path(files::ITEM_WEIGHTS),
+            &item_ids,
+            weights.matrix(),
+        ),
+    }
+}
+
+impl PublishedModel {
+    /// Reads the model of verified version `version` (its `manifest`) from `root`.
+    pub fn load(root: &ModelRoot, version: &str, manifest: &Manifest) -> Result<PublishedModel> {
+        let dir = root.version_dir(version);
+        let invalid = |problem: String| SharedError::Artifact {
+            root: root.path().to_path_buf(),
+            version: version.to_string(),
+            problem,
+        };
+        let family = manifest.algorithm.family();
+        let (item_ids, scorer, fold_in) = match &manifest.algorithm.model {
+            ModelParams::Ials(record) => {
+                let table = read_factors(&dir.join(files::ITEM_FACTORS), "item_id")?;
+                let k = table.factors;
+                if k != record.factors {
+                    return Err(invalid(format!(
+                        "item factors are {k} wide, the manifest says {}",
+                        record.factors
+                    )));
+                }
+                if let Some(bad) = table.vectors.iter().position(|x| !x.is_finite()) {
+                    return Err(invalid(format!(
+                        "item {} has a non-finite factor",
+                        table.ids[bad / k.max(1)]
+                    )));
+                }
+                let fold_in = FoldIn::new(&table.vectors, k, record.objective);
+                (
+                    table.ids,
+                    Scorer::Factors(ItemMatrix::new(table.vectors, k)),
+                    Some(fold_in),
+                )
+            }
+            ModelParams::Ease(_) | ModelParams::ItemKnn(_) => {
+                let path = dir.join(files::ITEM_WEIGHTS);
+                if !path.exists() {
+                    return Err(invalid(format!(
+                        "a {} version without {}",
+                        family.name(),
+                        files::ITEM_WEIGHTS
+                    )));
+                }
+                let (ids, weights) = read_weights(&path)?;
+                (
+                    ids,
+                    Scorer::Weights(ItemWeights::from_matrix(weights)),
+                    None,
+                )
+            }
+        };
+        if item_ids.is_empty() {
+            return Err(invalid("no items".into()));
+        }
+        let mut index = HashMap::with_capacity(item_ids.len());
+        for (i, id) in item_ids.iter().enumerate() {
+            if index.insert(id.clone(), i as u32).is_some() {
+                return Err(invalid(format!("item {id} appears twice in the model")));
+            }
+        }
+        Ok(PublishedModel {
+            family,
+            item_ids,
+            index,
+            scorer,
+            fold_in,
+        })
+    }
+
+    /// Items the model scores.
+    pub fn len(&self) -> usize {
+        self.item_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.item_ids.is_empty()
+    }
+
+    /// Factors per vector (0 for the history families).
+    pub fn factors(&self) -> usize {
+        match &self.scorer {
+            Scorer::Factors(items) => items.factors(),
+            Scorer::Weights(_) => 0,
+        }
+    }
+
+    /// Bytes of the scorer in memory.
+    pub fn scorer_bytes(&self) -> usize {
+        match &self.scorer {
+            Scorer::Factors(items) => items.len() * items.factors() * 4,
+            Scorer::Weights(weights) => weights.heap_bytes(),
+        }
+    }
+
+    /// Whether the model knows `item_id`.
+    pub fn knows(&self, item_id: &str) -> bool {
+        self.index.contains_key(item_id)
+    }
+
+    /// The history's item indices (unknown items skipped), in the history's order.
+    pub fn history_indices<'h>(&self, history: impl IntoIterator<Item = &'h str>) -> Vec<u32> {
+        history
+            .into_iter()
+            .filter_map(|id| self.index.get(id).copied())
+            .collect()
+    }
+
+    /// The member's vector from their whole history with the version's own objective (iALS);
+    /// `None` when no item is known, or when the family keeps no vector.
+    pub fn fold_in<'h>(
+        &self,
+        history: impl IntoIterator<Item = (&'h str, f32)>,
+    ) -> Result<Option<Vec<f32>>> {
+        match (&self.fold_in, &self.scorer) {
+            (Some(fold_in), Scorer::Factors(items)) => {
+                fold_in.solve_ids(items.as_slice(), &self.index, history)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A member as a [`PublishedModel`] scores them: what [`MemberInput`] borrows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Taste {
+    /// iALS: the member's vector.
+    Vector(Vec<f32>),
+    /// The history families: the item indices of the history (never empty).
+    History(Vec<u32>),
+}
+
+impl Taste {
+    pub fn input(&self) -> MemberInput<'_> {
+        match self {
+            Taste::Vector(v) => MemberInput::Vector(v),
+            Taste::History(h) => MemberInput::History(h),
+        }
+    }
+}
