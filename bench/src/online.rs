@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-pub use recsys_shared::artifact::synthetic::{random_factors, synthetic_model};
+pub use recsys_shared::artifact::synthetic::{random_factors, synthetic_model, synthetic_model_of};
+use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
 
@@ -24,6 +25,13 @@ pub struct BenchArgs {
     pub items: Vec<usize>,
     #[arg(long, default_value_t = 64)]
     pub factors: usize,
+    /// The family of the served model: `ials` (factors), or `ease` / `item-knn` (item weights;
+    /// the NumPy kernel comparison is iALS's only and is skipped).
+    #[arg(long, value_enum, default_value_t = BenchFamily::Ials)]
+    pub family: BenchFamily,
+    /// Weights per item of a history family's synthetic model (EASE's default `top_n`).
+    #[arg(long, default_value_t = 1000)]
+    pub weights_per_item: usize,
     /// Items returned per query (the top-k of both recsys and NumPy).
     #[arg(long, default_value_t = 100)]
     pub top: usize,
@@ -76,6 +84,24 @@ pub struct BenchArgs {
     pub work_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+/// The model family `recsys online bench` serves.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchFamily {
+    Ials,
+    Ease,
+    ItemKnn,
+}
+
+impl BenchFamily {
+    fn family(self) -> Family {
+        match self {
+            BenchFamily::Ials => Family::Ials,
+            BenchFamily::Ease => Family::Ease,
+            BenchFamily::ItemKnn => Family::ItemKnn,
+        }
+    }
 }
 
 pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -271,7 +297,18 @@ async fn server(
     let models = dir.join("models");
     let store = dir.join("features");
     if !models.join("CURRENT").exists() {
-        synthetic_model(&models, n, args.members, args.factors, args.seed)?;
+        let width = match args.family {
+            BenchFamily::Ials => args.factors,
+            _ => args.weights_per_item,
+        };
+        synthetic_model_of(
+            args.family.family(),
+            &models,
+            n,
+            args.members,
+            width,
+            args.seed,
+        )?;
     }
     let grpc_port = free_port();
     let metrics_port = free_port();
@@ -633,11 +670,38 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
     };
     let args = Arc::new(args.clone());
     for &n in &args.items {
+        let dir = work.join(format!("n{n}"));
+        if args.family != BenchFamily::Ials {
+            eprintln!(
+                "== {n} items, {:?}: {} weights per item, top {} ==",
+                args.family, args.weights_per_item, args.top
+            );
+            let mut summary = serde_json::json!({
+                "items": n, "family": format!("{:?}", args.family),
+                "weights_per_item": args.weights_per_item,
+            });
+            if !args.skip_server {
+                let s = server(&args, n, &dir, ServerMode::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!(
+                    "server: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, {} errors; RSS {:.0} MiB (peak {:.0})",
+                    s.qps, args.concurrency, s.p50_ms, s.p99_ms, s.p999_ms, s.errors, s.rss_mib, s.peak_rss_mib
+                );
+                summary["concurrency"] = args.concurrency.into();
+                summary["qps"] = s.qps.into();
+                summary["p50_ms"] = s.p50_ms.into();
+                summary["p99_ms"] = s.p99_ms.into();
+                summary["errors"] = s.errors.into();
+                summary["rss_mib"] = s.rss_mib.into();
+            }
+            println!("{summary}");
+            continue;
+        }
         eprintln!(
             "== {n} items × {} factors, top {} ==",
             args.factors, args.top
         );
-        let dir = work.join(format!("n{n}"));
         let kernel = kernel(&args, n, &dir).map_err(|e| e.to_string())?;
         let ratio = kernel.numpy_us.map(|np| kernel.recsys_us / np);
         eprintln!(
