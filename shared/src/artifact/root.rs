@@ -324,7 +324,8 @@ pub(crate) fn parse_manifest(text: &str, version: &str) -> std::result::Result<M
     if manifest.version != version {
         return Err(format!("manifest names version {}", manifest.version));
     }
-    for required in [files::ITEM_FACTORS, files::ITEM_POPULARITY, files::ITEMS] {
+    let scorer = crate::model::published::scorer_file(manifest.algorithm.family());
+    for required in [scorer, files::ITEM_POPULARITY, files::ITEMS] {
         if !manifest.files.contains_key(required) {
             return Err(format!("manifest lists no {required}"));
         }

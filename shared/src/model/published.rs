@@ -13,7 +13,7 @@ use crate::artifact::{
 use crate::model::ials::train::AlsModel;
 use crate::model::ials::{FoldIn, ItemMatrix};
 use crate::model::item_weights::ItemWeights;
-use crate::model::{Family, MemberInput, Scorer};
+use crate::model::{Family, MemberInput, MemberState, Scorer};
 use crate::{Result, SharedError};
 
 /// One version's model, validated.
@@ -37,6 +37,14 @@ pub enum TrainedModel {
     },
     /// The history families: item × item weights.
     Weights(ItemWeights),
+}
+
+/// The file a version of `family` scores the catalog with: every version must list it.
+pub fn scorer_file(family: Family) -> &'static str {
+    match family.member_state() {
+        MemberState::Vector => files::ITEM_FACTORS,
+        MemberState::History => files::ITEM_WEIGHTS,
+    }
 }
 
 /// Writes `model` into `staged`: row `i` of what it scores is `item_ids[i]`.
@@ -209,5 +217,62 @@ impl Taste {
             Taste::Vector(v) => MemberInput::Vector(v),
             Taste::History(h) => MemberInput::History(h),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::synthetic::synthetic_model_of;
+
+    #[test]
+    fn every_family_writes_and_reads_back_through_one_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        for family in Family::ALL {
+            let version = synthetic_model_of(*family, dir.path(), 50, 10, 8, 3).unwrap();
+            let root = ModelRoot::new(dir.path());
+            let manifest = root.verify(&version).unwrap();
+            assert_eq!(manifest.algorithm.family(), *family);
+            assert!(manifest.files.contains_key(scorer_file(*family)));
+            let model = PublishedModel::load(&root, &version, &manifest).unwrap();
+            assert_eq!(model.family, *family);
+            assert_eq!(model.len(), 50);
+            assert_eq!(model.index["i7"], 7);
+            let history = [("i1", 1.0), ("i2", 1.0), ("unknown", 1.0)];
+            let taste = match family.member_state() {
+                MemberState::Vector => {
+                    let v = model.fold_in(history).unwrap().expect("known items");
+                    assert_eq!(v.len(), 8);
+                    Taste::Vector(v)
+                }
+                MemberState::History => {
+                    assert_eq!(model.fold_in(history).unwrap(), None, "no vector kept");
+                    let known = model.history_indices(history.iter().map(|h| h.0));
+                    assert_eq!(known, vec![1, 2]);
+                    Taste::History(known)
+                }
+            };
+            let top = model.scorer.top_k(taste.input(), 5, |i| i != 1 && i != 2);
+            assert_eq!(top.len(), 5);
+            for s in &top {
+                assert_eq!(model.scorer.score(s.index, taste.input()), s.score);
+            }
+        }
+    }
+
+    #[test]
+    fn a_history_version_without_its_weights_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = synthetic_model_of(Family::ItemKnn, dir.path(), 20, 5, 4, 1).unwrap();
+        let root = ModelRoot::new(dir.path());
+        let manifest = root.verify(&version).unwrap();
+        std::fs::remove_file(root.version_dir(&version).join(files::ITEM_WEIGHTS)).unwrap();
+        let error = PublishedModel::load(&root, &version, &manifest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("item_knn version without item_weights.parquet"),
+            "{error}"
+        );
     }
 }
