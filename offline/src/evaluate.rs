@@ -236,7 +236,7 @@ pub fn score_held_out(
 
 /// [`score_held_out`] for any family's scorer: a factor model folds each member in with
 /// `objective`, a weight model ranks from the member's fold-in history itself.
-fn score_held_out_with(
+pub(crate) fn score_held_out_with(
     held: &HeldOut,
     scorer: &Scorer,
     objective: Option<&Objective>,

@@ -32,6 +32,7 @@ mod error;
 pub mod evaluate;
 pub mod experiment_report;
 pub mod family;
+pub mod family_search;
 pub mod feature_tables;
 pub mod features;
 pub mod id_codes;

@@ -1,4 +1,12 @@
-//! `recsys offline tune`: hyper-parameter search for iALS that never looks at the test members.
+//! `recsys offline tune`: hyper-parameter search across the model families that never looks at
+//! the test members.
+//!
+//! The families of `offline.tuning.families` share the budget equally; the history families
+//! (EASE, item-kNN: one whole fit per trial, [`crate::family_search`]) run first, each to its
+//! share, then iALS's search below takes what is left. The family with the best validation score
+//! is chosen, and when that is iALS its iterations are chosen again on the validation split by
+//! early stopping, so that the final fit is trained to convergence whatever rung the budget
+//! reached.
 //!
 //! The test members are held out exactly as `recsys offline evaluate` holds them out with strong
 //! generalization (same fraction and seed; the search always uses that protocol), so the figures of the final fit compare with any other
@@ -43,10 +51,13 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use recsys_shared::artifact::Evaluation;
-use recsys_shared::config::{Config, EvaluationConfig, Protocol, TuningConfig};
+use recsys_shared::config::{Config, EvaluationConfig, OfflineConfig, Protocol, TuningConfig};
+use recsys_shared::model::Family;
 use recsys_shared::SharedError;
 
 use crate::evaluate;
+use crate::family::FamilyParams;
+use crate::family_search::{self, FamilyTrial, HistoryParams};
 use crate::features::TrainingTable;
 use crate::progress::Progress;
 use crate::{OfflineError, Result};
@@ -129,8 +140,30 @@ pub struct TuningResult {
     pub search_seconds: f64,
     /// The final fit with the chosen setting, on the test members of `offline evaluate`.
     pub test: Evaluation,
-    /// The same fit with `[offline.als]` as configured, for comparison.
+    /// The same fit with the configured family and its section as configured, for comparison.
     pub test_defaults: Evaluation,
+    /// The family chosen: the best validation score across the families searched.
+    #[serde(default)]
+    pub family: Family,
+    /// The chosen history family's parameters; `None` when iALS was chosen (`best`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<HistoryParams>,
+    /// The history families' scored settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub family_trials: Vec<FamilyTrial>,
+    /// Each family's best validation score (the search's split), by family name.
+    #[serde(default)]
+    pub family_best: BTreeMap<String, f64>,
+    /// Families whose share of the budget ran out before all their settings were scored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub families_cut: Vec<Family>,
+    /// iALS chosen: the iterations its final fits train, chosen on the validation split by
+    /// early stopping (`offline.tuning.convergence_patience`); `None`: the rung's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_iterations: Option<usize>,
+    /// The validation score after each iteration of that choice, `[iterations, score]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub convergence: Vec<[f64; 2]>,
 }
 
 impl TuningResult {
@@ -142,6 +175,63 @@ impl TuningResult {
             .map(|r| (r.bracket, r.trial))
             .collect::<std::collections::HashSet<_>>()
             .len()
+    }
+
+    /// Settings scored per family (iALS: drawn settings, each scored at every rung it reached).
+    pub fn family_settings(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        if !self.trials.is_empty() {
+            out.insert(Family::Ials.name().to_string(), self.settings_tried());
+        }
+        for trial in &self.family_trials {
+            *out.entry(trial.params.family().name().to_string())
+                .or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// What the budget could not cover, in words; `None` when it covered the search.
+    pub fn budget_warning(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.budget_exhausted {
+            let reached = self.trials.iter().map(|r| r.rung + 1).max().unwrap_or(0);
+            let rungs_total = rungs(&self.space).len();
+            parts.push(format!(
+                "iALS reached rung {reached} of {rungs_total} ({} settings, {} scored rungs)",
+                self.settings_tried(),
+                self.trials.len()
+            ));
+        }
+        let settings = self.family_settings();
+        for family in &self.families_cut {
+            parts.push(format!(
+                "{} scored {} of {} settings before its share ran out",
+                family.name(),
+                settings.get(family.name()).copied().unwrap_or(0),
+                self.space.trials
+            ));
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "the tuning budget was too small for this data: {}; give --budget more time for a fuller search",
+                parts.join("; ")
+            )
+        })
+    }
+
+    /// Puts the chosen family and setting in force in `offline` (what `train --params-from`
+    /// trains with).
+    pub fn apply(&self, offline: &mut OfflineConfig) {
+        match &self.chosen {
+            Some(history) => history.apply(offline),
+            None => {
+                offline.family = Family::Ials;
+                offline.als = self.best.apply(&offline.als);
+                if let Some(iterations) = self.final_iterations {
+                    offline.als.iterations = iterations;
+                }
+            }
+        }
     }
 
     /// Reads a `tuning.json` (or the directory holding one).
@@ -164,6 +254,9 @@ impl TuningResult {
     pub fn provenance(&self, source: &Path) -> serde_json::Value {
         serde_json::json!({
             "source": source.display().to_string(),
+            "family": self.family,
+            "chosen": self.chosen,
+            "final_iterations": self.final_iterations,
             "metric": self.metric,
             "best_trial": self.best_trial,
             "validation": self.validation,
@@ -354,7 +447,58 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             elapsed + Duration::from_secs_f64(one_split) >= b
         })
     };
+    // The history families first, each to its share of the search budget; iALS then has the
+    // rest (its `spent` looks at the whole budget).
+    let families = &space.families;
+    let searches_ials = families.contains(&Family::Ials);
+    let history: Vec<Family> = families
+        .iter()
+        .copied()
+        .filter(|f| *f != Family::Ials)
+        .collect();
+    let threads = FamilyParams::Ials(base.clone()).threads(base.threads);
+    let mut family_trials: Vec<FamilyTrial> = Vec::new();
+    let mut families_cut: Vec<Family> = Vec::new();
+    {
+        let on_validation = family_search::Validation {
+            matrix: &matrix,
+            held: &validation,
+            popularity: &popularity,
+            metric: &space.metric,
+            seed: job.seed,
+            threads,
+            started,
+        };
+        for (i, family) in history.iter().enumerate() {
+            let deadline = job
+                .budget
+                .map(|b| started + b.mul_f64(share * (i + 1) as f64 / families.len() as f64));
+            let (trials, cut) = family_search::search(
+                *family,
+                &on_validation,
+                space,
+                &config.offline,
+                n,
+                deadline,
+                &mut rng,
+                |trial| {
+                    let line = serde_json::to_string(trial).expect("serialisable");
+                    writeln!(trials_file, "{line}")
+                        .map_err(|e| SharedError::io(&trials_path, e))?;
+                    tracing::info!(target: "recsys::tuning", "{line}");
+                    Ok(())
+                },
+            )?;
+            if cut {
+                families_cut.push(*family);
+            }
+            family_trials.extend(trials);
+        }
+    }
     'brackets: for bracket in 0.. {
+        if !searches_ials {
+            break;
+        }
         let first = settings.len();
         settings.extend(draw_settings(
             space,
@@ -439,9 +583,22 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         progress = Progress::new("tuning", bracket_steps as u64);
     }
     progress.finish();
-    let mut best = best.expect("at least one trial was scored");
+    // Without iALS in the search, `best` stands for the configured iALS (never chosen).
+    let mut best = best.unwrap_or_else(|| TrialRecord {
+        trial: 0,
+        bracket: 0,
+        rung: 0,
+        setting: Setting {
+            factors: base.factors,
+            objective: base.objective(),
+            iterations: base.iterations,
+        },
+        score: f64::NEG_INFINITY,
+        validation: BTreeMap::new(),
+        elapsed_seconds: 0.0,
+    });
     drop(data);
-    let recheck = if rechecking {
+    let recheck = if rechecking && searches_ials {
         let deadline = job.budget.map(|b| started + b);
         let checked = recheck_best(
             table,
@@ -472,17 +629,70 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     // The whole choice: the search and the re-check.
     let search_seconds = started.elapsed().as_secs_f64();
 
+    // The choice across families: the best validation score on the search's split.
+    let mut family_best: BTreeMap<String, f64> = BTreeMap::new();
+    if searches_ials {
+        family_best.insert(Family::Ials.name().into(), best.score);
+    }
+    for trial in &family_trials {
+        let entry = family_best
+            .entry(trial.params.family().name().into())
+            .or_insert(f64::NEG_INFINITY);
+        *entry = entry.max(trial.score);
+    }
+    let best_history = family_trials
+        .iter()
+        .max_by(|a, b| a.score.total_cmp(&b.score).then(b.trial.cmp(&a.trial)));
+    let chosen_history = best_history
+        .filter(|h| !searches_ials || h.score > best.score)
+        .map(|h| h.params);
+
+    // iALS chosen: its iterations again, to convergence on the validation split.
+    let (final_iterations, convergence) = match chosen_history {
+        None if space.convergence_patience > 0 => {
+            let (iterations, curve) = converge(
+                &matrix,
+                &best.setting.apply(base),
+                &validation,
+                &popularity,
+                space,
+                job.seed,
+            )?;
+            (Some(iterations), curve)
+        }
+        _ => (None, Vec::new()),
+    };
+
     // The final fits on the whole training side, scored on the test members.
-    let chosen = best.setting.apply(base);
+    let chosen = match chosen_history {
+        Some(history) => history.family_params(),
+        None => {
+            let mut params = best.setting.apply(base);
+            if let Some(iterations) = final_iterations {
+                params.iterations = iterations;
+            }
+            FamilyParams::Ials(params)
+        }
+    };
     eprintln!(
-        "tuning: best trial {} ({} {:.4} on {} validation members) after {search_seconds:.0} s; final fit on the training side...",
-        best.trial,
+        "tuning: {} chosen ({} {:.4} on {} validation members; {}) after {search_seconds:.0} s; final fit on the training side...",
+        chosen.family().name(),
         space.metric,
-        best.score,
-        validation.members.len()
+        family_best[chosen.family().name()],
+        validation.members.len(),
+        family_best
+            .iter()
+            .map(|(f, s)| format!("{f} {s:.4}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
-    let (test_eval, _) = evaluate::evaluate(table, &chosen, evaluation, |_| {})?;
-    let (test_defaults, _) = evaluate::evaluate(table, base, evaluation, |_| {})?;
+    let (test_eval, _) = evaluate::evaluate_family(table, &chosen, evaluation, |_| {})?;
+    let (test_defaults, _) = evaluate::evaluate_family(
+        table,
+        &FamilyParams::from_config(&config.offline),
+        evaluation,
+        |_| {},
+    )?;
     let result = TuningResult {
         metric: space.metric.clone(),
         seed: job.seed,
@@ -497,6 +707,13 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         search_seconds,
         test: test_eval,
         test_defaults,
+        family: chosen.family(),
+        chosen: chosen_history,
+        family_trials,
+        family_best,
+        families_cut,
+        final_iterations,
+        convergence,
     };
     let path = job.out.join("tuning.json");
     let tmp = job.out.join("tuning.json.tmp");
@@ -525,6 +742,42 @@ fn validation_scores(
         popularity,
         seed,
     )
+}
+
+/// The iterations `params` should train: trained on the search's matrix and scored on the
+/// validation members after each iteration, stopped once `convergence_patience` in a row bring
+/// no improvement (at most `4 × max_iterations`); the best iteration count and the curve.
+fn converge(
+    matrix: &recsys_shared::model::matrix::SparseMatrix,
+    params: &AlsParams,
+    validation: &evaluate::HeldOut,
+    popularity: &[f32],
+    space: &TuningConfig,
+    seed: u64,
+) -> Result<(usize, Vec<[f64; 2]>)> {
+    let data = TrainingData::new(matrix, params.threads)?;
+    let mut trainer = Trainer::with_data(&data, params)?;
+    let most = (4 * space.max_iterations).max(params.iterations);
+    let mut progress = Progress::new("converging", most as u64);
+    let (mut best, mut best_score, mut curve) = (1, f64::NEG_INFINITY, Vec::new());
+    for iterations in 1..=most {
+        trainer.run(1, |_| {});
+        let score = validation_scores(validation, &trainer, params, popularity, seed)?.metrics
+            [&space.metric];
+        curve.push([iterations as f64, score]);
+        if score > best_score {
+            (best, best_score) = (iterations, score);
+        }
+        progress.advance(
+            1,
+            &format!("best {best} iterations, {} {best_score:.4}", space.metric),
+        );
+        if iterations - best >= space.convergence_patience {
+            break;
+        }
+    }
+    progress.finish();
+    Ok((best, curve))
 }
 
 /// The training iterations of the settings a re-check would take from `records` now: the best
@@ -659,6 +912,7 @@ fn best_message(best: Option<&TrialRecord>, metric: &str) -> String {
 mod tests {
     use super::*;
     use crate::evaluate::tests::clustered_table;
+    use crate::family_search::HistoryParams;
 
     #[test]
     fn a_setting_keeps_its_json_and_applies_its_objective() {
@@ -690,9 +944,144 @@ mod tests {
             factors: vec![4, 8],
             recheck_top: 3,
             recheck_splits: 2,
+            // iALS's own schedule is what most of these tests look at.
+            families: vec![Family::Ials],
             ..Default::default()
         };
         config
+    }
+
+    #[test]
+    fn every_family_is_searched_and_the_best_validation_score_is_chosen() {
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.tuning.families = Family::ALL.to_vec();
+        config.offline.tuning.trials = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &config, &job(dir.path())).unwrap();
+        let settings = result.family_settings();
+        assert_eq!(settings["ease"], 6, "{settings:?}");
+        assert_eq!(settings["item_knn"], 6, "{settings:?}");
+        assert!(settings["ials"] >= 1, "{settings:?}");
+        // The first trial of a history family is its configured section.
+        let first_ease = result
+            .family_trials
+            .iter()
+            .find(|t| t.params.family() == Family::Ease)
+            .unwrap();
+        assert_eq!(first_ease.params, HistoryParams::Ease(config.offline.ease));
+        // The chosen family has the best validation score of all.
+        let top = result
+            .family_best
+            .values()
+            .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        assert_eq!(result.family_best[result.family.name()], top, "{result:?}");
+        let mut offline = config.offline.clone();
+        result.apply(&mut offline);
+        assert_eq!(offline.family, result.family);
+        match result.chosen {
+            Some(history) => {
+                assert_eq!(history.family(), result.family);
+                let best = result
+                    .family_trials
+                    .iter()
+                    .filter(|t| t.params.family() == result.family)
+                    .map(|t| t.score)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                assert_eq!(
+                    result
+                        .family_trials
+                        .iter()
+                        .find(|t| t.params == history)
+                        .unwrap()
+                        .score,
+                    best
+                );
+            }
+            None => assert_eq!(result.family, Family::Ials),
+        }
+        // Every trial of every family is a line of trials.jsonl.
+        let lines = std::fs::read_to_string(dir.path().join("trials.jsonl"))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(lines, result.trials.len() + result.family_trials.len());
+        // And a tuning.json written before families existed still reads, as iALS.
+        let mut old = serde_json::to_value(&result).unwrap();
+        for field in ["family", "chosen", "family_trials", "family_best"] {
+            old.as_object_mut().unwrap().remove(field);
+        }
+        let old: TuningResult = serde_json::from_value(old).unwrap();
+        assert_eq!(old.family, Family::Ials);
+    }
+
+    #[test]
+    fn a_history_family_alone_is_chosen_and_trains_with_its_setting() {
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.tuning.families = vec![Family::ItemKnn];
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &config, &job(dir.path())).unwrap();
+        assert!(result.trials.is_empty(), "iALS was not searched");
+        assert_eq!(result.family, Family::ItemKnn);
+        let Some(HistoryParams::ItemKnn(chosen)) = result.chosen else {
+            panic!("{:?}", result.chosen);
+        };
+        let mut offline = config.offline.clone();
+        result.apply(&mut offline);
+        assert_eq!(offline.item_knn, chosen);
+        assert_eq!(result.final_iterations, None);
+    }
+
+    /// The fault: with a budget that reached only the first rung, `train --params-from` fitted
+    /// the rung's 2 iterations. The chosen iALS setting now trains to convergence on the
+    /// validation split.
+    #[test]
+    fn the_chosen_ials_setting_trains_to_convergence() {
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.tuning.max_iterations = 1;
+        config.offline.tuning.convergence_patience = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &config, &job(dir.path())).unwrap();
+        assert_eq!(result.best.iterations, 1, "the search's only rung");
+        let chosen = result.final_iterations.expect("converged");
+        let curve = &result.convergence;
+        let (best_at, best_score) = curve.iter().fold((0.0, f64::NEG_INFINITY), |(i, s), p| {
+            if p[1] > s {
+                (p[0], p[1])
+            } else {
+                (i, s)
+            }
+        });
+        assert_eq!(chosen as f64, best_at, "{curve:?}");
+        assert!(best_score.is_finite());
+        // Stopped `patience` iterations after the best, or at the cap of 4 × max_iterations.
+        let last = curve.last().unwrap()[0] as usize;
+        assert!(last - chosen == 2 || last == 4, "{curve:?}");
+        let mut offline = config.offline.clone();
+        result.apply(&mut offline);
+        assert_eq!(offline.als.iterations, chosen);
+        assert_eq!(offline.family, Family::Ials);
+    }
+
+    #[test]
+    fn a_budget_too_small_for_a_family_says_so() {
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.tuning.families = vec![Family::Ials, Family::Ease];
+        let dir = tempfile::tempdir().unwrap();
+        let job = TuneJob {
+            budget: Some(Duration::ZERO),
+            ..job(dir.path())
+        };
+        let result = tune(&table, &config, &job).unwrap();
+        // One EASE trial always runs; the next would not fit.
+        assert_eq!(result.family_settings()["ease"], 1);
+        assert_eq!(result.families_cut, vec![Family::Ease]);
+        let warning = result.budget_warning().expect("a warning");
+        assert!(warning.contains("ease scored 1 of 6 settings"), "{warning}");
+        assert!(warning.contains("iALS reached rung 1 of"), "{warning}");
     }
 
     /// Without a re-check, the chosen setting's validation figure is the best any scored trial

@@ -492,7 +492,7 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
             let tuning = match &args.params_from {
                 Some(path) => {
                     let result = TuningResult::read(path)?;
-                    config.offline.als = result.best.apply(&config.offline.als);
+                    result.apply(&mut config.offline);
                     Some(result.provenance(path))
                 }
                 None => None,
@@ -584,8 +584,12 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                 out: out.clone(),
             };
             let result = recsys_offline::tuning::tune_log(&args.interactions, &config, &job)?;
+            if let Some(warning) = result.budget_warning() {
+                tracing::warn!("{warning}");
+            }
             eprintln!(
-                "tuned {} on the test members: {:.4} (defaults {:.4}); recall@20 {:.4} (defaults {:.4}); written to {}",
+                "tuned ({} chosen) {} on the test members: {:.4} (defaults {:.4}); recall@20 {:.4} (defaults {:.4}); written to {}",
+                result.family.name(),
                 result.metric,
                 result.test.metrics[&result.metric],
                 result.test_defaults.metrics[&result.metric],
@@ -597,7 +601,13 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                 "{}",
                 serde_json::json!({
                     "out": out,
+                    "family": result.family,
+                    "chosen": result.chosen,
                     "best": result.best,
+                    "final_iterations": result.final_iterations,
+                    "family_best": result.family_best,
+                    "family_settings": result.family_settings(),
+                    "families_cut": result.families_cut,
                     "validation": result.validation,
                     "test": result.test.metrics,
                     "test_intervals": result.test.intervals,

@@ -88,6 +88,24 @@ pub struct TuningConfig {
     pub recheck_top: usize,
     /// Fresh validation splits of the re-check. Default 3.
     pub recheck_splits: usize,
+    /// The families searched, each in an equal share of the budget; the best validation score
+    /// across them is chosen. Default all three: `["ials", "ease", "item_knn"]`.
+    pub families: Vec<crate::model::Family>,
+    /// Range of EASE's λ (log-uniform); the first EASE trial is `[offline.ease]` as configured.
+    /// `top_n` is never searched: quality is measured at the pruning served. Default [10, 2000].
+    pub ease_lambda: [f64; 2],
+    /// Range of item-kNN's neighbours (log-uniform); the first item-kNN trial is
+    /// `[offline.item_knn]` as configured. Default [20, 1000].
+    pub knn_neighbours: [f64; 2],
+    /// Range of item-kNN's shrinkage (uniform). Default [0, 200].
+    pub knn_shrink: [f64; 2],
+    /// Range of item-kNN's asymmetric-cosine α (uniform). Default [0.3, 1].
+    pub knn_alpha: [f64; 2],
+    /// After the search, the chosen iALS setting's iterations are chosen again on the
+    /// validation split: trained on, scored after each iteration, stopped when this many in a
+    /// row bring no improvement (at most `4 × max_iterations`). 0 keeps the rung's iterations.
+    /// Default 3.
+    pub convergence_patience: usize,
 }
 
 impl Default for TuningConfig {
@@ -106,6 +124,12 @@ impl Default for TuningConfig {
             alpha: [0.1, 30.0],
             recheck_top: 5,
             recheck_splits: 3,
+            families: crate::model::Family::ALL.to_vec(),
+            ease_lambda: [10.0, 2000.0],
+            knn_neighbours: [20.0, 1000.0],
+            knn_shrink: [0.0, 200.0],
+            knn_alpha: [0.3, 1.0],
+            convergence_patience: 3,
         }
     }
 }
@@ -504,6 +528,31 @@ impl OfflineConfig {
                 range_ok(self.tuning.alpha, true),
                 "offline.tuning.alpha",
                 "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                !self.tuning.families.is_empty(),
+                "offline.tuning.families",
+                "must list at least one family (ials, ease, item_knn)",
+            ),
+            (
+                range_ok(self.tuning.ease_lambda, true),
+                "offline.tuning.ease_lambda",
+                "must be [low, high] with 0 < low <= high",
+            ),
+            (
+                range_ok(self.tuning.knn_neighbours, true) && self.tuning.knn_neighbours[0] >= 1.0,
+                "offline.tuning.knn_neighbours",
+                "must be [low, high] with 1 <= low <= high",
+            ),
+            (
+                range_ok(self.tuning.knn_shrink, false),
+                "offline.tuning.knn_shrink",
+                "must be [low, high] with 0 <= low <= high",
+            ),
+            (
+                range_ok(self.tuning.knn_alpha, false) && self.tuning.knn_alpha[1] <= 1.0,
+                "offline.tuning.knn_alpha",
+                "must be [low, high] with 0 <= low <= high <= 1",
             ),
             (
                 (0.0..=1.0).contains(&self.features.max_dropped_share),
