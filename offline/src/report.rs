@@ -509,6 +509,39 @@ pub fn render(
     html.push_str("<h2>Tuning</h2>");
     match tuning {
         Some(t) => {
+            // The families side by side, on the search's validation split.
+            let settings = t.family_settings();
+            let _ = write!(
+                html,
+                "<table id=\"families\"><tr><th>family</th><th>settings scored</th><th>best validation {}</th><th></th></tr>",
+                escape(&t.metric)
+            );
+            for (family, score) in &t.family_best {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}{}</td></tr>",
+                    escape(family),
+                    settings.get(family).copied().unwrap_or(0),
+                    score,
+                    if *family == t.family.name() {
+                        "chosen"
+                    } else {
+                        ""
+                    },
+                    if t.families_cut.iter().any(|f| f.name() == family) {
+                        " (budget ran out)"
+                    } else {
+                        ""
+                    },
+                );
+            }
+            html.push_str("</table>");
+            if let Some(iterations) = t.final_iterations {
+                let _ = write!(
+                    html,
+                    "<p>iALS's final fits train {iterations} iterations, chosen on the validation split by early stopping.</p>"
+                );
+            }
             let rungs = t.trials.iter().map(|r| r.rung).max().unwrap_or(0);
             let series: Vec<Series> = (0..=rungs)
                 .map(|rung| Series {
@@ -705,6 +738,68 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains(&bare), "{err}");
+    }
+
+    #[test]
+    fn the_report_shows_the_tuned_families_side_by_side() {
+        use crate::evaluate::tests::clustered_table;
+        use recsys_shared::artifact::synthetic::synthetic_model;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = recsys_shared::config::Config::default();
+        config.offline.als.threads = 2;
+        config.offline.tuning.trials = 2;
+        config.offline.tuning.max_iterations = 2;
+        config.offline.tuning.recheck_top = 0;
+        let tuning_dir = dir.path().join("tuning");
+        let job = crate::tuning::TuneJob {
+            trials: 2,
+            budget: None,
+            seed: 1,
+            out: tuning_dir.clone(),
+        };
+        let tuned = crate::tuning::tune(&clustered_table(), &config, &job).unwrap();
+        let root = ModelRoot::new(dir.path());
+        let v = synthetic_model(dir.path(), 50, 10, 4, 1).unwrap();
+        let mut manifest = root.manifest(&v).unwrap();
+        manifest.evaluation = Some(tuned.test.clone());
+        manifest.algorithm.tuning = Some(tuned.provenance(&tuning_dir));
+        std::fs::write(
+            root.version_dir(&v).join("manifest.json"),
+            serde_json::to_string(&manifest).unwrap(),
+        )
+        .unwrap();
+        let out = dir.path().join("report.html");
+        write_report(&ReportJob {
+            model_root: dir.path().to_path_buf(),
+            version: Some(v),
+            compare: vec![],
+            out: out.clone(),
+        })
+        .unwrap();
+        let html = std::fs::read_to_string(&out).unwrap();
+        let table = html
+            .split("<table id=\"families\">")
+            .nth(1)
+            .expect("the families table")
+            .split("</table>")
+            .next()
+            .unwrap();
+        for family in ["ials", "ease", "item_knn"] {
+            let row = table
+                .split(&format!("<tr><td>{family}</td>"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("no row for {family}: {table}"))
+                .split("</tr>")
+                .next()
+                .unwrap();
+            let best = format!("{:.4}", tuned.family_best[family]);
+            assert!(row.contains(&best), "{family}: {row}");
+            assert_eq!(
+                row.contains("chosen"),
+                tuned.family.name() == family,
+                "{row}"
+            );
+        }
     }
 
     #[test]
