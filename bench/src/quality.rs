@@ -7,8 +7,11 @@
 //! on its test members with 95 % bootstrap intervals:
 //!
 //! - **recsys default**: `[offline.als]` as configured;
-//! - **recsys tuned**: `recsys offline tune` (validation members from the training side only),
-//!   then one fit with the chosen setting;
+//! - **recsys tuned**: `recsys offline tune` across the families of `offline.tuning.families`
+//!   (validation members from the training side only), then one fit with the chosen family and
+//!   setting;
+//! - **recsys <family>**: every other family searched, fitted with its own best setting, so the
+//!   families are seen side by side on the same test members;
 //! - **implicit default**: the library's own defaults (100 factors, λ 0.01, α 1, 15 iterations);
 //! - **implicit tuned**: random search by `deploy/bench/implicit_quality.py` over its factors, λ,
 //!   α and iterations, on validation members carved the same way, given the same number of
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use recsys_shared::artifact::Evaluation;
 use recsys_shared::config::{Config, EvaluationConfig, Protocol};
+use recsys_shared::model::Family;
 
 use crate::training::PeerArgs;
 use recsys_offline::evaluate;
@@ -106,16 +110,39 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
     )?;
     let mut rows: Vec<(String, serde_json::Value)> = vec![
         ("recsys default".into(), ours(&tuned.test_defaults)),
-        ("recsys tuned".into(), ours(&tuned.test)),
+        (
+            format!("recsys tuned ({})", tuned.family.name()),
+            ours(&tuned.test),
+        ),
     ];
+    let mut per_family = serde_json::Map::new();
+    for family in Family::ALL {
+        if *family == tuned.family {
+            per_family.insert(family.name().into(), ours(&tuned.test));
+            continue;
+        }
+        let Some(params) = tuned.best_of(*family, &config.offline) else {
+            continue;
+        };
+        let (e, _) = evaluate::evaluate_family(table, &params, &evaluation, |_| {})?;
+        rows.push((format!("recsys {}", family.name()), ours(&e)));
+        per_family.insert(family.name().into(), ours(&e));
+    }
     let mut result = serde_json::json!({
         "data": source.display().to_string(),
         "members": table.user_ids.len(), "items": table.item_ids.len(), "pairs": table.pairs.len(),
         "recsys_default": ours(&tuned.test_defaults),
         "recsys_tuned": ours(&tuned.test),
-        "recsys_tuned_setting": tuned.best,
+        "recsys_tuned_family": tuned.family,
+        "recsys_tuned_setting": tuned.chosen.map_or_else(
+            || serde_json::to_value(tuned.best).expect("serialisable"),
+            |h| serde_json::to_value(h).expect("serialisable"),
+        ),
+        "recsys_families": per_family,
+        "recsys_family_validation": tuned.family_best,
         "recsys_search_seconds": tuned.search_seconds,
         "recsys_trials": tuned.trials.len(),
+        "recsys_settings_per_family": tuned.family_settings(),
     });
     if !args.peer.skip_peer {
         let peer = args.peer.run(
@@ -136,24 +163,29 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
         result["implicit_tuned"] = peer["tuned"].clone();
     }
     println!(
-        "{:<18} {:>26} {:>26} {:>26}",
+        "{:<24} {:>26} {:>26} {:>26}",
         "model", KEYS[0], KEYS[1], KEYS[2]
     );
     for (name, r) in &rows {
         println!(
-            "{name:<18} {:>26} {:>26} {:>26}",
+            "{name:<24} {:>26} {:>26} {:>26}",
             cell(&r["metrics"], &r["intervals"], KEYS[0]),
             cell(&r["metrics"], &r["intervals"], KEYS[1]),
             cell(&r["metrics"], &r["intervals"], KEYS[2]),
         );
     }
     println!(
-        "recsys tuned setting: {:?} after {:.0} s, {} scored rungs; implicit tuned: {}",
-        tuned.best,
+        "recsys tuned: {} {} after {:.0} s (settings per family {:?}, validation {:?}); implicit tuned: {}",
+        tuned.family.name(),
+        result["recsys_tuned_setting"],
         tuned.search_seconds,
-        tuned.trials.len(),
+        tuned.family_settings(),
+        tuned.family_best,
         result["implicit_tuned"]["setting"]
     );
+    if let Some(warning) = tuned.budget_warning() {
+        println!("{warning}");
+    }
     if !args.peer.skip_peer {
         let get = |row: &str, key: &str| result[row]["metrics"][key].as_f64().unwrap_or(f64::NAN);
         for key in ["ndcg@100", "recall@20"] {

@@ -219,6 +219,27 @@ impl TuningResult {
         })
     }
 
+    /// The best setting the search found for `family` (iALS at the iterations of its rung, or its
+    /// converged iterations when chosen); `None` when the family was not searched.
+    pub fn best_of(&self, family: Family, offline: &OfflineConfig) -> Option<FamilyParams> {
+        match family {
+            Family::Ials if self.trials.is_empty() => None,
+            Family::Ials => {
+                let mut params = self.best.apply(&offline.als);
+                if let (Family::Ials, Some(iterations)) = (self.family, self.final_iterations) {
+                    params.iterations = iterations;
+                }
+                Some(FamilyParams::Ials(params))
+            }
+            _ => self
+                .family_trials
+                .iter()
+                .filter(|t| t.params.family() == family)
+                .max_by(|a, b| a.score.total_cmp(&b.score).then(b.trial.cmp(&a.trial)))
+                .map(|t| t.params.family_params()),
+        }
+    }
+
     /// Puts the chosen family and setting in force in `offline` (what `train --params-from`
     /// trains with).
     pub fn apply(&self, offline: &mut OfflineConfig) {
