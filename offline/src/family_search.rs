@@ -118,14 +118,13 @@ fn draw(
     }
 }
 
-/// Searches `family` until `trials` settings are scored or, with a `deadline`, until the next
+/// Searches `family` (its ranges in `offline.tuning`) until `trials` settings are scored or, with a `deadline`, until the next
 /// one would not finish before it (judged by the trials so far; the first always runs).
 /// `on_trial` sees every trial as it is scored. Returns the trials and whether the deadline cut
 /// the search short.
 pub(crate) fn search(
     family: Family,
     validation: &Validation<'_>,
-    space: &TuningConfig,
     offline: &OfflineConfig,
     trials: usize,
     deadline: Option<Instant>,
@@ -135,7 +134,7 @@ pub(crate) fn search(
     let mut done: Vec<FamilyTrial> = Vec::new();
     let mut cut = false;
     for n in 0..trials.max(1) {
-        let params = draw(family, n, space, offline, rng);
+        let params = draw(family, n, &offline.tuning, offline, rng);
         if let (Some(deadline), Some(_)) = (deadline, done.first()) {
             let mean = done.iter().map(|t| t.seconds).sum::<f64>() / done.len() as f64;
             if Instant::now() + Duration::from_secs_f64(mean) > deadline {

@@ -497,7 +497,6 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             let (trials, cut) = family_search::search(
                 *family,
                 &on_validation,
-                space,
                 &config.offline,
                 n,
                 deadline,
