@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::online::BenchFamily;
 use rand::{Rng, SeedableRng};
-use recsys_shared::artifact::synthetic::synthetic_model;
+use recsys_shared::artifact::synthetic::synthetic_model_of;
 use recsys_shared::artifact::ModelRoot;
 use recsys_shared::config::{Config, StoreBackend};
 use recsys_shared::ops::scrape;
@@ -37,6 +38,13 @@ pub struct BenchArgs {
     pub items: usize,
     #[arg(long, default_value_t = 64)]
     pub factors: usize,
+    /// The family of the model the workers update members for: `ials` (an exact fold-in per
+    /// member event) or `ease` / `item-knn` (the history is the state; no fold-in).
+    #[arg(long, value_enum, default_value_t = BenchFamily::Ials)]
+    pub family: BenchFamily,
+    /// Weights per item of a history family's synthetic model.
+    #[arg(long, default_value_t = 1000)]
+    pub weights_per_item: usize,
     /// Partitions of the events topic.
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
@@ -131,11 +139,27 @@ pub async fn run(args: &BenchArgs) -> BenchResult<()> {
         .clone()
         .unwrap_or_else(|| scratch.path().to_path_buf());
     let models = dir.join("models");
+    let width = match args.family {
+        BenchFamily::Ials => args.factors,
+        _ => args.weights_per_item,
+    };
     eprintln!(
-        "nearline bench: {} events, {} members, {} items × {} factors, {} partitions",
-        args.events, args.members, args.items, args.factors, args.partitions
+        "nearline bench: {} events, {} members, {} items, {:?} ({width} {} per item), {} partitions",
+        args.events,
+        args.members,
+        args.items,
+        args.family,
+        if args.family == BenchFamily::Ials { "factors" } else { "weights" },
+        args.partitions
     );
-    synthetic_model(&models, args.items, args.members, args.factors, args.seed)?;
+    synthetic_model_of(
+        args.family.family(),
+        &models,
+        args.items,
+        args.members,
+        width,
+        args.seed,
+    )?;
     let broker = TansuBroker::start_in_memory();
     let redis = RedisServer::start();
     let mut config = Config::default();
@@ -394,7 +418,7 @@ async fn freshness(
     let (mut latencies_ms, missed) = probed?;
     latencies_ms.sort_by(f64::total_cmp);
     println!(
-        "freshness at {:.0} events/s: event produced → Rank answers from the new vector: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes ({} not seen within 5 s; target p99 ≤ 100 ms)",
+        "freshness at {:.0} events/s: event produced → Rank answers from the new state: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} probes ({} not seen within 5 s; target p99 ≤ 100 ms)",
         args.steady_rate,
         percentile(&latencies_ms, 0.5),
         percentile(&latencies_ms, 0.99),

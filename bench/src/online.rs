@@ -95,7 +95,7 @@ pub enum BenchFamily {
 }
 
 impl BenchFamily {
-    fn family(self) -> Family {
+    pub fn family(self) -> Family {
         match self {
             BenchFamily::Ials => Family::Ials,
             BenchFamily::Ease => Family::Ease,
