@@ -157,6 +157,9 @@ pub struct TuningResult {
     /// Families whose share of the budget ran out before all their settings were scored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub families_cut: Vec<Family>,
+    /// Families that could not train on this data, and why (left out of the choice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub families_skipped: Vec<SkippedFamily>,
     /// iALS chosen: the iterations its final fits train, chosen on the validation split by
     /// early stopping (`offline.tuning.convergence_patience`); `None`: the rung's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +293,13 @@ impl TuningResult {
             "test": self.test.metrics,
         })
     }
+}
+
+/// A family left out of the search because it cannot train on the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedFamily {
+    pub family: Family,
+    pub problem: String,
 }
 
 /// How long the search may run and how many settings it starts with.
@@ -480,6 +490,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     let threads = FamilyParams::Ials(base.clone()).threads(base.threads);
     let mut family_trials: Vec<FamilyTrial> = Vec::new();
     let mut families_cut: Vec<Family> = Vec::new();
+    let mut families_skipped: Vec<SkippedFamily> = Vec::new();
     {
         let on_validation = family_search::Validation {
             matrix: &matrix,
@@ -494,7 +505,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             let deadline = job
                 .budget
                 .map(|b| started + b.mul_f64(share * (i + 1) as f64 / families.len() as f64));
-            let (trials, cut) = family_search::search(
+            let searched = family_search::search(
                 *family,
                 &on_validation,
                 &config.offline,
@@ -508,12 +519,36 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
                     tracing::info!(target: "recsys::tuning", "{line}");
                     Ok(())
                 },
-            )?;
+            );
+            // A family that cannot train on this data (EASE on a catalog too large for memory)
+            // is left out of the choice, not the end of the search.
+            let (trials, cut) = match searched {
+                Ok(searched) => searched,
+                Err(crate::OfflineError::Shared(SharedError::Training(problem))) => {
+                    tracing::warn!(family = family.name(), %problem, "family left out of the search");
+                    families_skipped.push(SkippedFamily {
+                        family: *family,
+                        problem,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if cut {
                 families_cut.push(*family);
             }
             family_trials.extend(trials);
         }
+    }
+    if !searches_ials && family_trials.is_empty() {
+        return Err(OfflineError::Usage(format!(
+            "no family of offline.tuning.families could train on this data: {}",
+            families_skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.family.name(), s.problem))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
     }
     'brackets: for bracket in 0.. {
         if !searches_ials {
@@ -732,6 +767,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         family_trials,
         family_best,
         families_cut,
+        families_skipped,
         final_iterations,
         convergence,
     };
@@ -1083,6 +1119,30 @@ mod tests {
         result.apply(&mut offline);
         assert_eq!(offline.als.iterations, chosen);
         assert_eq!(offline.family, Family::Ials);
+    }
+
+    #[test]
+    fn a_family_that_cannot_train_is_left_out_of_the_choice() {
+        let table = clustered_table();
+        let mut config = small_config();
+        config.offline.tuning.families = vec![Family::Ials, Family::Ease];
+        config.offline.ease.lambda = -1.0;
+        let dir = tempfile::tempdir().unwrap();
+        let result = tune(&table, &config, &job(dir.path())).unwrap();
+        assert_eq!(result.family, Family::Ials);
+        assert_eq!(result.families_skipped.len(), 1);
+        assert_eq!(result.families_skipped[0].family, Family::Ease);
+        assert!(
+            result.families_skipped[0].problem.contains("lambda"),
+            "{:?}",
+            result.families_skipped
+        );
+        // With no family left, the search says why instead of choosing nothing.
+        config.offline.tuning.families = vec![Family::Ease];
+        let error = tune(&table, &config, &job(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ease: EASE's lambda"), "{error}");
     }
 
     #[test]

@@ -608,6 +608,7 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                     "family_best": result.family_best,
                     "family_settings": result.family_settings(),
                     "families_cut": result.families_cut,
+                    "families_skipped": result.families_skipped,
                     "validation": result.validation,
                     "test": result.test.metrics,
                     "test_intervals": result.test.intervals,

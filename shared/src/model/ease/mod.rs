@@ -48,8 +48,9 @@ pub fn train(
         ));
     }
     let n = matrix.cols;
+    check_memory(n, available_memory())?;
     on_phase(Phase::Gram);
-    let mut a = gram(matrix);
+    let mut a = gram(matrix)?;
     for i in 0..n {
         a[i * n + i] += params.lambda;
     }
@@ -81,10 +82,17 @@ pub fn train(
 
 /// The dense `XᵀX` of the binarised `matrix`, row-major: row `i` counts, for every item `j`, the
 /// members who have both.
-pub fn gram(matrix: &SparseMatrix) -> Vec<f32> {
+pub fn gram(matrix: &SparseMatrix) -> Result<Vec<f32>> {
     let n = matrix.cols;
     let by_item = matrix.transpose();
-    let mut a = vec![0.0f32; n * n];
+    let mut a: Vec<f32> = Vec::new();
+    a.try_reserve_exact(n * n).map_err(|_| {
+        SharedError::Training(format!(
+            "EASE cannot allocate its dense {n} × {n} matrix ({:.1} GiB): train item_knn or ials",
+            dense_bytes(n) as f64 / GIB
+        ))
+    })?;
+    a.resize(n * n, 0.0);
     a.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
         let (members, _) = by_item.row(i);
         for &u in members {
@@ -94,7 +102,37 @@ pub fn gram(matrix: &SparseMatrix) -> Vec<f32> {
             }
         }
     });
-    a
+    Ok(a)
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes of EASE's dense `n × n` matrix.
+pub fn dense_bytes(n: usize) -> u64 {
+    (n as u64) * (n as u64) * 4
+}
+
+/// The memory the kernel says can be allocated without swapping (`MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a catalog whose dense matrix (plus a tenth for the pruned rows and the rest) does not
+/// fit in `available` bytes, before anything is allocated, naming both sizes.
+fn check_memory(n: usize, available: Option<u64>) -> Result<()> {
+    let needed = dense_bytes(n) + dense_bytes(n) / 10;
+    match available {
+        Some(available) if needed > available => Err(SharedError::Training(format!(
+            "EASE on {n} items needs about {:.1} GiB (the dense {n} × {n} matrix), and {:.1} GiB \
+             is available: train item_knn or ials for a catalog this size",
+            needed as f64 / GIB,
+            available as f64 / GIB
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +141,23 @@ mod tests {
 
     fn matrix(rows: &[&[u32]], items: usize) -> SparseMatrix {
         SparseMatrix::binary(rows, items)
+    }
+
+    #[test]
+    fn a_catalog_too_large_for_memory_is_refused_by_size_before_allocating() {
+        // 100k items: 37.3 GiB dense; 24 GiB available.
+        let error = check_memory(100_000, Some(24 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("100000 items")
+                && error.contains("41.0 GiB")
+                && error.contains("24.0 GiB"),
+            "{error}"
+        );
+        assert!(error.contains("item_knn"), "{error}");
+        check_memory(40_981, Some(24 << 30)).unwrap();
+        check_memory(1_000_000, None).unwrap();
     }
 
     #[test]
@@ -115,7 +170,7 @@ mod tests {
         let weights = train(&x, &EaseParams { lambda, top_n: 5 }, &|_| {}).unwrap();
         // Reference: Gauss–Jordan inverse of XᵀX + λI in f64.
         let n = 5;
-        let g = gram(&x);
+        let g = gram(&x).unwrap();
         let mut m: Vec<Vec<f64>> = (0..n)
             .map(|i| {
                 let mut row: Vec<f64> = (0..n).map(|j| f64::from(g[i * n + j])).collect();
