@@ -453,7 +453,11 @@ async fn server(
         }
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort_unstable();
-        let factor_bytes = (n * args.factors * 4) as f64;
+        // What the scorer holds: factors (4 bytes each) or weights (an item index and a weight).
+        let factor_bytes = match args.family {
+            BenchFamily::Ials => (n * args.factors * 4) as f64,
+            _ => (n * args.weights_per_item * 8) as f64,
+        };
         Ok(ServerFigures {
             qps: latencies.len() as f64 / elapsed,
             p50_ms: percentile(&latencies, 0.50),
@@ -671,58 +675,43 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
     let args = Arc::new(args.clone());
     for &n in &args.items {
         let dir = work.join(format!("n{n}"));
-        if args.family != BenchFamily::Ials {
+        let mut summary = if args.family != BenchFamily::Ials {
+            // The kernel comparison with NumPy is of factor scoring: iALS's.
             eprintln!(
                 "== {n} items, {:?}: {} weights per item, top {} ==",
                 args.family, args.weights_per_item, args.top
             );
-            let mut summary = serde_json::json!({
+            serde_json::json!({
                 "items": n, "family": format!("{:?}", args.family),
                 "weights_per_item": args.weights_per_item,
-            });
-            if !args.skip_server {
-                let s = server(&args, n, &dir, ServerMode::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                eprintln!(
-                    "server: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, {} errors; RSS {:.0} MiB (peak {:.0})",
-                    s.qps, args.concurrency, s.p50_ms, s.p99_ms, s.p999_ms, s.errors, s.rss_mib, s.peak_rss_mib
-                );
-                summary["concurrency"] = args.concurrency.into();
-                summary["qps"] = s.qps.into();
-                summary["p50_ms"] = s.p50_ms.into();
-                summary["p99_ms"] = s.p99_ms.into();
-                summary["errors"] = s.errors.into();
-                summary["rss_mib"] = s.rss_mib.into();
-            }
-            println!("{summary}");
-            continue;
-        }
-        eprintln!(
-            "== {n} items × {} factors, top {} ==",
-            args.factors, args.top
-        );
-        let kernel = kernel(&args, n, &dir).map_err(|e| e.to_string())?;
-        let ratio = kernel.numpy_us.map(|np| kernel.recsys_us / np);
-        eprintln!(
-            "scoring: recsys {:.1} µs/query (quantised scan + exact re-score; recall of the exact top-{} {:.4}), exact f32 {:.1} µs/query, NumPy {} → ratio recsys/NumPy {}",
-            kernel.recsys_us,
-            args.top,
-            kernel.recall,
-            kernel.exact_us,
-            kernel.numpy_us.map_or("n/a".into(), |v| format!("{v:.1} µs/query")),
-            ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
-        );
-        let mut summary = serde_json::json!({
-            "items": n,
-            "factors": args.factors,
-            "top": args.top,
-            "recsys_us_per_query": kernel.recsys_us,
-            "recsys_exact_us_per_query": kernel.exact_us,
-            "numpy_us_per_query": kernel.numpy_us,
-            "ratio_vs_numpy": ratio,
-            "recall_vs_exact": kernel.recall,
-        });
+            })
+        } else {
+            eprintln!(
+                "== {n} items × {} factors, top {} ==",
+                args.factors, args.top
+            );
+            let kernel = kernel(&args, n, &dir).map_err(|e| e.to_string())?;
+            let ratio = kernel.numpy_us.map(|np| kernel.recsys_us / np);
+            eprintln!(
+                "scoring: recsys {:.1} µs/query (quantised scan + exact re-score; recall of the exact top-{} {:.4}), exact f32 {:.1} µs/query, NumPy {} → ratio recsys/NumPy {}",
+                kernel.recsys_us,
+                args.top,
+                kernel.recall,
+                kernel.exact_us,
+                kernel.numpy_us.map_or("n/a".into(), |v| format!("{v:.1} µs/query")),
+                ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+            );
+            serde_json::json!({
+                "items": n,
+                "factors": args.factors,
+                "top": args.top,
+                "recsys_us_per_query": kernel.recsys_us,
+                "recsys_exact_us_per_query": kernel.exact_us,
+                "numpy_us_per_query": kernel.numpy_us,
+                "ratio_vs_numpy": ratio,
+                "recall_vs_exact": kernel.recall,
+            })
+        };
         if !args.skip_server {
             let s = server(&args, n, &dir, ServerMode::default())
                 .await
