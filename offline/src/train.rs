@@ -90,11 +90,11 @@ pub fn evaluate_with_progress(
     params: &FamilyParams,
     config: &recsys_shared::config::EvaluationConfig,
 ) -> Result<(Evaluation, Split)> {
-    let iterations = match params {
-        FamilyParams::Ials(p) => p.iterations,
-        _ => 0,
+    // The history families show their fit's own progress; iALS shows its iterations here.
+    let FamilyParams::Ials(als) = params else {
+        return evaluate::evaluate_family(table, params, config, |_| {});
     };
-    let (mut progress, mut report) = iteration_display("evaluate", iterations);
+    let (mut progress, mut report) = iteration_display("evaluate", als.iterations);
     let outcome = evaluate::evaluate_family(table, params, config, |r| report(&mut progress, r))?;
     progress.finish();
     Ok(outcome)
