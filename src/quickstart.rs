@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use recsys_nearline::apply::Applier;
 use recsys_nearline::event::{Event, EventRules};
 use recsys_nearline::local::{self, Record};
-use recsys_nearline::model::{FoldInModel, ModelHandle};
+use recsys_nearline::model::{MemberModel, ModelHandle};
 use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::TrainJob;
 use recsys_shared::artifact::{files, read_history, ModelRoot};
@@ -267,7 +267,7 @@ async fn serve_and_stream(
         ),
     );
     let model = ModelHandle::new();
-    model.set(FoldInModel::load(&root, version)?);
+    model.set(MemberModel::load(&root, version)?);
     let applier = Applier::new(
         Arc::new(reader),
         model,

@@ -34,7 +34,7 @@ use crate::error::NearlineError;
 use crate::event::{decode, Event, EventRules, RejectReason, Rejection};
 use crate::feedback::{FeedbackRules, MergedFeedback, Shown};
 use crate::metrics;
-use crate::model::{FoldInModel, ModelHandle};
+use crate::model::{MemberModel, ModelHandle};
 use recsys_shared::config::NegativeFoldIn;
 use recsys_store::features::FeedbackChange;
 
@@ -199,7 +199,7 @@ impl Applier {
     /// cache.
     async fn apply_members(
         &self,
-        model: &Arc<FoldInModel>,
+        model: &Arc<MemberModel>,
         members: &[(&str, MemberBatch<'_>)],
     ) -> Result<BatchReport, NearlineError> {
         let mut report = BatchReport::default();
@@ -364,7 +364,7 @@ impl MemberUpdate {
         feedback: Option<MergedFeedback>,
         forget: bool,
         rules: &EventRules,
-        model: &FoldInModel,
+        model: &MemberModel,
         store: &FeatureStore,
     ) -> Option<MemberUpdate> {
         let mut history: BTreeMap<(i64, String), f32> = stored
@@ -428,7 +428,7 @@ impl MemberUpdate {
     }
 
     /// Folds the merged history into the member's vector with `model` (CPU only), when needed.
-    fn fold_in(mut self, model: &FoldInModel) -> Result<MemberUpdate, NearlineError> {
+    fn fold_in(mut self, model: &MemberModel) -> Result<MemberUpdate, NearlineError> {
         if !self.fold {
             return Ok(self);
         }
@@ -478,7 +478,7 @@ pub async fn from_scratch(
         problem: e.to_string(),
     })?;
     let model = ModelHandle::new();
-    model.set(FoldInModel::load(&ModelRoot::new(root), version)?);
+    model.set(MemberModel::load(&ModelRoot::new(root), version)?);
     let applier = Applier::new(
         Arc::new(FeatureReader::from_config(
             store.clone(),

@@ -20,17 +20,17 @@ use crate::metrics;
 /// One model version, ready for member updates: the item ids every event is checked against and,
 /// for families whose member is a vector, the fold-in.
 #[derive(Debug)]
-pub struct FoldInModel {
+pub struct MemberModel {
     pub version: String,
     model: PublishedModel,
 }
 
-impl FoldInModel {
+impl MemberModel {
     /// Loads and verifies version `version` of `root`.
-    pub fn load(root: &ModelRoot, version: &str) -> Result<FoldInModel, NearlineError> {
+    pub fn load(root: &ModelRoot, version: &str) -> Result<MemberModel, NearlineError> {
         let manifest = root.verify(version)?;
         let model = PublishedModel::load(root, version, &manifest)?;
-        Ok(FoldInModel {
+        Ok(MemberModel {
             version: version.to_string(),
             model,
         })
@@ -63,7 +63,7 @@ impl FoldInModel {
 /// The model the workers fold in with, swapped atomically when `CURRENT` moves.
 #[derive(Debug, Default)]
 pub struct ModelHandle {
-    current: ArcSwapOption<FoldInModel>,
+    current: ArcSwapOption<MemberModel>,
 }
 
 impl ModelHandle {
@@ -71,11 +71,11 @@ impl ModelHandle {
         Arc::new(ModelHandle::default())
     }
 
-    pub fn get(&self) -> Option<Arc<FoldInModel>> {
+    pub fn get(&self) -> Option<Arc<MemberModel>> {
         self.current.load_full()
     }
 
-    pub fn set(&self, model: FoldInModel) {
+    pub fn set(&self, model: MemberModel) {
         metrics::set_model_version(&model.version);
         self.current.store(Some(Arc::new(model)));
     }
@@ -109,7 +109,7 @@ impl ModelFollower {
                 let root = root.clone();
                 async move {
                     let loaded =
-                        tokio::task::spawn_blocking(move || FoldInModel::load(&root, &version))
+                        tokio::task::spawn_blocking(move || MemberModel::load(&root, &version))
                             .await;
                     match loaded {
                         Ok(Ok(model)) => Ok(model),

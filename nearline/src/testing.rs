@@ -42,7 +42,7 @@ async fn applier_with(
 
     let model = crate::model::ModelHandle::new();
     model.set(
-        crate::model::FoldInModel::load(&recsys_shared::artifact::ModelRoot::new(root), version)
+        crate::model::MemberModel::load(&recsys_shared::artifact::ModelRoot::new(root), version)
             .unwrap(),
     );
     config.store.embedded.path = dir.to_path_buf();
