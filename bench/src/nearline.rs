@@ -389,7 +389,13 @@ async fn freshness(
             let event = Event {
                 event_id: format!("p{probe}"),
                 user_id: member.clone(),
-                item_id: format!("i{}", rng.random_range(0..args.items)),
+                // The member's current top item: once the event is applied it is seen, and
+                // leaves the ranking whatever the family (a random item need not move a history
+                // family's top 20, which would read as an event never applied).
+                item_id: before
+                    .first()
+                    .map(|i| i.item_id.clone())
+                    .unwrap_or_else(|| format!("i{}", rng.random_range(0..args.items))),
                 event_type: "play".into(),
                 value: 0.0,
                 ts: chrono::Utc::now().timestamp_millis(),
