@@ -196,9 +196,11 @@ impl TuningResult {
     /// What the budget could not cover, in words; `None` when it covered the search.
     pub fn budget_warning(&self) -> Option<String> {
         let mut parts = Vec::new();
-        if self.budget_exhausted {
-            let reached = self.trials.iter().map(|r| r.rung + 1).max().unwrap_or(0);
-            let rungs_total = rungs(&self.space).len();
+        // A budget always ends some bracket early; it was too small only when no setting
+        // reached the last rung.
+        let reached = self.trials.iter().map(|r| r.rung + 1).max().unwrap_or(0);
+        let rungs_total = rungs(&self.space).len();
+        if self.budget_exhausted && reached < rungs_total {
             parts.push(format!(
                 "iALS reached rung {reached} of {rungs_total} ({} settings, {} scored rungs)",
                 self.settings_tried(),
@@ -1393,6 +1395,8 @@ mod tests {
         let second = budgeted.trials.iter().find(|t| t.bracket == 1).unwrap();
         assert!(one.trials.iter().all(|t| t.setting != second.setting));
         assert_chose_the_top_score(&budgeted);
+        // A whole bracket ran: the budget was not too small, whatever bracket it cut.
+        assert_eq!(budgeted.budget_warning(), None);
     }
 
     #[test]
