@@ -17,10 +17,11 @@ use std::time::Instant;
 use recsys_shared::config::{Config, EvaluationConfig, FeatureConfig};
 
 use recsys_offline::evaluate;
+use recsys_offline::family::iteration_display;
 use recsys_offline::features::FeatureJob;
 use recsys_offline::input::InputTable;
 use recsys_offline::synth::{SynthSpec, SynthWorld};
-use recsys_offline::train::{iteration_display, run_features};
+use recsys_offline::train::run_features;
 use recsys_offline::{OfflineError, Result};
 use recsys_shared::model::ials::train::{self as als, AlsParams};
 use recsys_shared::model::matrix::SparseMatrix;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use recsys_shared::artifact::published::PublishedModel;
 use recsys_shared::artifact::{CurrentFollower, LoadFailure, ModelRoot};
-use recsys_shared::model::published::PublishedModel;
 use recsys_shared::model::MemberState;
 use recsys_store::features::HistoryEntry;
 

@@ -5,18 +5,17 @@
 
 use std::sync::Mutex;
 
+use recsys_shared::artifact::published::TrainedModel;
 use recsys_shared::artifact::{IalsRecord, ModelParams};
 use recsys_shared::config::OfflineConfig;
 use recsys_shared::model::ease::{self, EaseParams, Phase};
-use recsys_shared::model::ials::train::{self as als, AlsParams};
+use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
 use recsys_shared::model::ials::ItemMatrix;
 use recsys_shared::model::item_knn::{self, KnnParams};
 use recsys_shared::model::matrix::SparseMatrix;
-use recsys_shared::model::published::TrainedModel;
 use recsys_shared::model::{Family, Scorer};
 use recsys_shared::progress::Progress;
 
-use crate::train::iteration_display;
 use crate::{OfflineError, Result};
 
 /// A family and its parameters.
@@ -130,6 +129,22 @@ impl Fitted {
         let k = items.factors();
         vectors.get(u * k..(u + 1) * k)
     }
+}
+
+/// A progress callback for training iterations.
+pub fn iteration_display(
+    what: &str,
+    iterations: usize,
+) -> (Progress, impl FnMut(&mut Progress, IterationReport)) {
+    let progress = Progress::new(what, iterations as u64);
+    let report = |progress: &mut Progress, r: IterationReport| {
+        let message = match r.loss {
+            Some(loss) => format!("loss {loss:.6}, {:.2}s", r.seconds),
+            None => format!("{:.2}s", r.seconds),
+        };
+        progress.step(&message);
+    };
+    (progress, report)
 }
 
 /// Fits `params` on `matrix` (members × items) on `threads` threads, showing progress as `what`.

@@ -8,22 +8,20 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use recsys_shared::artifact::published::write_model;
 use recsys_shared::artifact::{
     files, write_history_rows, write_popularity, AlgorithmParams, DataWindow, Evaluation, Manifest,
     ModelRoot, RowCounts, FORMAT_VERSION,
 };
 use recsys_shared::config::{Config, Protocol};
-use recsys_shared::model::published::write_model;
 use recsys_shared::SharedError;
 
 use crate::evaluate::{self, Split};
-use crate::family::FamilyParams;
+use crate::family::{iteration_display, FamilyParams};
 use crate::features::{FeatureJob, Features, TrainingTable};
 use crate::input::InputTable;
-use crate::progress::Progress;
 use crate::publish::Destination;
 use crate::{OfflineError, Result};
-use recsys_shared::model::ials::train::IterationReport;
 
 /// What to train and where to publish.
 #[derive(Debug, Clone)]
@@ -66,22 +64,6 @@ pub fn run_features(
         .build()
         .map_err(|e| OfflineError::Usage(format!("cannot start the query runtime: {e}")))?;
     runtime.block_on(job.run(interactions, items))
-}
-
-/// A progress callback for training iterations.
-pub fn iteration_display(
-    what: &str,
-    iterations: usize,
-) -> (Progress, impl FnMut(&mut Progress, IterationReport)) {
-    let progress = Progress::new(what, iterations as u64);
-    let report = |progress: &mut Progress, r: IterationReport| {
-        let message = match r.loss {
-            Some(loss) => format!("loss {loss:.6}, {:.2}s", r.seconds),
-            None => format!("{:.2}s", r.seconds),
-        };
-        progress.step(&message);
-    };
-    (progress, report)
 }
 
 /// Evaluates any family with a progress display.

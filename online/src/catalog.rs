@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use recsys_shared::artifact::published::{PublishedModel, Taste};
 use recsys_shared::artifact::{files, read_catalog, read_popularity, Manifest, ModelRoot};
 use recsys_shared::config::MaturityConfig;
-use recsys_shared::model::published::{PublishedModel, Taste};
 use recsys_shared::model::MemberState;
 use recsys_store::features::HistoryEntry;
 

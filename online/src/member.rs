@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use recsys_shared::artifact::published::Taste;
 use recsys_shared::config::MaturityConfig;
 use recsys_shared::logs::LogEvery;
-use recsys_shared::model::published::Taste;
 use recsys_shared::model::MemberState;
 use recsys_shared::proto::v1::VectorSource;
 use recsys_store::cache::{FeatureReader, Source};

@@ -25,6 +25,7 @@
 
 mod follower;
 mod manifest;
+pub mod published;
 mod remote;
 mod root;
 pub mod synthetic;

@@ -324,7 +324,7 @@ pub(crate) fn parse_manifest(text: &str, version: &str) -> std::result::Result<M
     if manifest.version != version {
         return Err(format!("manifest names version {}", manifest.version));
     }
-    let scorer = crate::model::published::scorer_file(manifest.algorithm.family());
+    let scorer = crate::artifact::published::scorer_file(manifest.algorithm.family());
     for required in [scorer, files::ITEM_POPULARITY, files::ITEMS] {
         if !manifest.files.contains_key(required) {
             return Err(format!("manifest lists no {required}"));

@@ -11,9 +11,9 @@ use super::{
     files, write_catalog, write_history, write_popularity, AlgorithmParams, CatalogRow, DataWindow,
     HistoryRow, IalsRecord, Manifest, ModelParams, ModelRoot, PopularityRow, RowCounts,
 };
+use crate::artifact::published::{write_model, TrainedModel};
 use crate::model::ials::train::AlsModel;
 use crate::model::item_weights::ItemWeights;
-use crate::model::published::{write_model, TrainedModel};
 use crate::model::Family;
 use crate::Result;
 

@@ -27,7 +27,6 @@ pub mod ials;
 pub mod item_knn;
 pub mod item_weights;
 pub mod matrix;
-pub mod published;
 pub mod top_k;
 
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! (λ, α, α₀, ν) is what the trainer ([`train`]) minimises and what every fold-in must use;
 //! [`FoldIn`] turns a member's history into their vector; [`ItemMatrix`] scores a member's vector
 //! against the whole catalog. What a version publishes of it is written and read by
-//! [`crate::model::published`].
+//! [`crate::artifact::published`].
 
 mod fold_in;
 mod score;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::artifact::{
+use super::{
     files, read_factors, read_weights, write_factors, write_weights, FactorTable, Manifest,
     ModelParams, ModelRoot, StagedVersion,
 };
