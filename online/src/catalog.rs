@@ -1,8 +1,7 @@
 //! The in-memory catalog (Netflix Hollow's idea): the whole current model — its scorer (item
 //! factors or item weights, whatever the family), ids, titles, availability and popularity —
-//! loaded, validated and then swapped
-//! in atomically as one immutable value. Requests hold an `Arc` to the catalog they started with,
-//! so a swap never changes a request's model halfway.
+//! loaded, validated and then swapped in atomically as one immutable value. Requests hold an
+//! `Arc` to the catalog they started with, so a swap never changes a request's model halfway.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
