@@ -163,6 +163,10 @@ fn train_publishes_a_complete_version_and_beats_popularity() {
         !line.contains(&recall.to_string()),
         "full precision: {line}"
     );
+    assert!(
+        line.contains(&format!("{version}  ials, ")),
+        "the family: {line}"
+    );
 }
 
 #[test]

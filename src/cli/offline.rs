@@ -391,7 +391,8 @@ fn version_summary(m: &recsys_shared::artifact::Manifest) -> String {
             .join(", ")
     });
     format!(
-        "{} members, {} items{}",
+        "{}, {} members, {} items{}",
+        m.algorithm.family().name(),
         m.rows.members,
         m.rows.items,
         figures
