@@ -82,6 +82,15 @@ pub(crate) struct Validation<'a> {
     pub started: Instant,
 }
 
+/// A draw from `[lo, hi]`, uniform in the logarithm (`lo` when the range is empty): how both
+/// searches draw a scale.
+pub(crate) fn log_uniform(rng: &mut StdRng, [lo, hi]: [f64; 2]) -> f64 {
+    if lo >= hi {
+        return lo;
+    }
+    (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln())).exp()
+}
+
 /// Draws the `n`th setting of `family` (0: as configured).
 fn draw(
     family: Family,
@@ -90,12 +99,6 @@ fn draw(
     offline: &OfflineConfig,
     rng: &mut StdRng,
 ) -> HistoryParams {
-    let log_uniform = |rng: &mut StdRng, [lo, hi]: [f64; 2]| -> f64 {
-        if lo >= hi {
-            return lo;
-        }
-        (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln())).exp()
-    };
     let uniform = |rng: &mut StdRng, [lo, hi]: [f64; 2]| lo + rng.random::<f64>() * (hi - lo);
     match family {
         Family::Ease if n == 0 => HistoryParams::Ease(offline.ease),

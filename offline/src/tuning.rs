@@ -57,7 +57,7 @@ use recsys_shared::SharedError;
 
 use crate::evaluate;
 use crate::family::FamilyParams;
-use crate::family_search::{self, FamilyTrial, HistoryParams};
+use crate::family_search::{self, log_uniform, FamilyTrial, HistoryParams};
 use crate::features::TrainingTable;
 use crate::progress::Progress;
 use crate::{OfflineError, Result};
@@ -351,12 +351,6 @@ fn draw_settings(
     mean_observed: f64,
     columns: usize,
 ) -> Vec<Setting> {
-    let log_uniform = |rng: &mut StdRng, [lo, hi]: [f64; 2]| -> f64 {
-        if lo >= hi {
-            return lo;
-        }
-        (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln())).exp()
-    };
     (0..n)
         .map(|_| {
             let factors = space.factors[rng.random_range(0..space.factors.len())];
