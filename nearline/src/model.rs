@@ -40,11 +40,6 @@ impl MemberModel {
         self.model.knows(item_id)
     }
 
-    /// Factors per vector; 0 for the history families, which keep no vector.
-    pub fn factors(&self) -> usize {
-        self.model.factors()
-    }
-
     /// Whether members of this model carry a vector (iALS) or are scored from their history.
     pub fn keeps_vectors(&self) -> bool {
         self.model.family.member_state() == MemberState::Vector
