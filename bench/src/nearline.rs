@@ -39,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub factors: usize,
     /// The family of the model the workers update members for: `ials` (an exact fold-in per
-    /// member event) or `ease` / `item-knn` (the history is the state; no fold-in).
+    /// member event) or `ease` / `item-knn` / `bspm` (the history is the state; no fold-in).
     #[arg(long, value_enum, default_value_t = BenchFamily::Ials)]
     pub family: BenchFamily,
     /// Weights per item of a history family's synthetic model.

@@ -25,7 +25,7 @@ pub struct BenchArgs {
     pub items: Vec<usize>,
     #[arg(long, default_value_t = 64)]
     pub factors: usize,
-    /// The family of the served model: `ials` (factors), or `ease` / `item-knn` (item weights;
+    /// The family of the served model: `ials` (factors), or `ease` / `item-knn` / `bspm` (item weights;
     /// the NumPy kernel comparison is iALS's only and is skipped).
     #[arg(long, value_enum, default_value_t = BenchFamily::Ials)]
     pub family: BenchFamily,
@@ -92,6 +92,7 @@ pub enum BenchFamily {
     Ials,
     Ease,
     ItemKnn,
+    Bspm,
 }
 
 impl BenchFamily {
@@ -100,6 +101,7 @@ impl BenchFamily {
             BenchFamily::Ials => Family::Ials,
             BenchFamily::Ease => Family::Ease,
             BenchFamily::ItemKnn => Family::ItemKnn,
+            BenchFamily::Bspm => Family::Bspm,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use recsys_shared::artifact::published::TrainedModel;
 use recsys_shared::artifact::{IalsRecord, ModelParams};
 use recsys_shared::config::OfflineConfig;
+use recsys_shared::model::bspm::{self, BspmParams};
 use recsys_shared::model::ease::{self, EaseParams, Phase};
 use recsys_shared::model::ials::train::{self as als, AlsParams, IterationReport};
 use recsys_shared::model::ials::ItemMatrix;
@@ -24,6 +25,7 @@ pub enum FamilyParams {
     Ials(AlsParams),
     Ease(EaseParams),
     ItemKnn(KnnParams),
+    Bspm(BspmParams),
 }
 
 impl FamilyParams {
@@ -33,6 +35,7 @@ impl FamilyParams {
             Family::Ials => FamilyParams::Ials(config.als.clone()),
             Family::Ease => FamilyParams::Ease(config.ease),
             Family::ItemKnn => FamilyParams::ItemKnn(config.item_knn),
+            Family::Bspm => FamilyParams::Bspm(config.bspm),
         }
     }
 
@@ -41,6 +44,7 @@ impl FamilyParams {
             FamilyParams::Ials(_) => Family::Ials,
             FamilyParams::Ease(_) => Family::Ease,
             FamilyParams::ItemKnn(_) => Family::ItemKnn,
+            FamilyParams::Bspm(_) => Family::Bspm,
         }
     }
 
@@ -56,6 +60,10 @@ impl FamilyParams {
             FamilyParams::ItemKnn(p) => serde_json::json!({
                 "neighbours": p.neighbours, "shrink": p.shrink, "alpha": p.alpha,
                 "member_weighting": p.member_weighting,
+            }),
+            FamilyParams::Bspm(p) => serde_json::json!({
+                "rank": p.rank, "low_pass_weight": p.low_pass_weight,
+                "sharpen_time": p.sharpen_time, "top_n": p.top_n, "seed": p.seed,
             }),
         }
     }
@@ -75,6 +83,7 @@ impl FamilyParams {
             ),
             FamilyParams::Ease(p) => ("ease", ModelParams::Ease(*p)),
             FamilyParams::ItemKnn(p) => ("item-knn", ModelParams::ItemKnn(*p)),
+            FamilyParams::Bspm(p) => ("bspm", ModelParams::Bspm(*p)),
         }
     }
 
@@ -173,6 +182,7 @@ pub fn fit(
             progress.finish();
             Ok(weights)
         }
+        FamilyParams::Bspm(p) => fit_bspm(matrix, p, what),
         FamilyParams::Ials(_) => unreachable!("fitted above"),
     })?;
     Ok(Fitted {
@@ -195,6 +205,34 @@ fn fit_ease(
             Phase::Gram => (0, "XᵀX"),
             Phase::Invert(share) => ((share * (STEPS - 1) as f64) as u64, "inverse"),
             Phase::Prune => (STEPS - 1, "pruning"),
+        };
+        if at > *done {
+            bar.advance(at - *done, message);
+            *done = at;
+        }
+    })?;
+    let (mut bar, done) = progress.into_inner().expect("progress");
+    bar.advance(STEPS - done, "done");
+    bar.finish();
+    Ok(weights)
+}
+
+fn fit_bspm(
+    matrix: &SparseMatrix,
+    params: &BspmParams,
+    what: &str,
+) -> Result<recsys_shared::model::item_weights::ItemWeights> {
+    // The subspace iteration is the first tenth of the bar, the item rows the rest.
+    const STEPS: u64 = 1000;
+    let progress = Mutex::new((Progress::new(what, STEPS), 0u64));
+    let weights = bspm::train(matrix, params, &|phase| {
+        let mut guard = progress.lock().expect("progress");
+        let (bar, done) = &mut *guard;
+        let (at, message) = match phase {
+            bspm::Phase::Spectrum(share) => ((share * 99.0) as u64, "low-pass basis"),
+            bspm::Phase::Filter(share) => {
+                (100 + (share * (STEPS - 101) as f64) as u64, "item rows")
+            }
         };
         if at > *done {
             bar.advance(at - *done, message);

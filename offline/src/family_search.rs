@@ -1,7 +1,7 @@
-//! The history families' part of `recsys offline tune`: EASE and item-kNN searched on the same
+//! The history families' part of `recsys offline tune`: EASE, item-kNN and BSPM searched on the same
 //! validation split as iALS, each in its own share of the budget. A history family has no
 //! iterations to halve, so a trial is one whole fit, scored once; the first trial of each family
-//! is its configured section (`[offline.ease]`, `[offline.item_knn]`), the rest are drawn from its
+//! is its configured section (`[offline.ease]`, `[offline.item_knn]`, `[offline.bspm]`), the rest are drawn from its
 //! ranges in `[offline.tuning]`. It owns the drawing, the trial loop and its records; it must not
 //! choose between families (the tuner does) nor touch the test members.
 
@@ -13,7 +13,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use recsys_shared::config::{
-    EaseConfig, ItemKnnConfig, MemberWeighting, OfflineConfig, TuningConfig,
+    BspmConfig, EaseConfig, ItemKnnConfig, MemberWeighting, OfflineConfig, TuningConfig,
 };
 use recsys_shared::model::matrix::SparseMatrix;
 use recsys_shared::model::Family;
@@ -28,6 +28,7 @@ use crate::Result;
 pub enum HistoryParams {
     Ease(EaseConfig),
     ItemKnn(ItemKnnConfig),
+    Bspm(BspmConfig),
 }
 
 impl HistoryParams {
@@ -35,6 +36,7 @@ impl HistoryParams {
         match self {
             HistoryParams::Ease(_) => Family::Ease,
             HistoryParams::ItemKnn(_) => Family::ItemKnn,
+            HistoryParams::Bspm(_) => Family::Bspm,
         }
     }
 
@@ -42,6 +44,7 @@ impl HistoryParams {
         match self {
             HistoryParams::Ease(p) => FamilyParams::Ease(*p),
             HistoryParams::ItemKnn(p) => FamilyParams::ItemKnn(*p),
+            HistoryParams::Bspm(p) => FamilyParams::Bspm(*p),
         }
     }
 
@@ -51,6 +54,7 @@ impl HistoryParams {
         match self {
             HistoryParams::Ease(p) => offline.ease = *p,
             HistoryParams::ItemKnn(p) => offline.item_knn = *p,
+            HistoryParams::Bspm(p) => offline.bspm = *p,
         }
     }
 }
@@ -116,6 +120,13 @@ fn draw(
             } else {
                 MemberWeighting::None
             },
+        }),
+        Family::Bspm if n == 0 => HistoryParams::Bspm(offline.bspm),
+        Family::Bspm => HistoryParams::Bspm(BspmConfig {
+            rank: log_uniform(rng, space.bspm_rank).round() as usize,
+            low_pass_weight: uniform(rng, space.bspm_low_pass_weight) as f32,
+            sharpen_time: uniform(rng, space.bspm_sharpen_time) as f32,
+            ..offline.bspm
         }),
         Family::Ials => unreachable!("iALS is searched by successive halving"),
     }

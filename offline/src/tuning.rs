@@ -1014,6 +1014,7 @@ mod tests {
         let settings = result.family_settings();
         assert_eq!(settings["ease"], 6, "{settings:?}");
         assert_eq!(settings["item_knn"], 6, "{settings:?}");
+        assert_eq!(settings["bspm"], 6, "{settings:?}");
         assert!(settings["ials"] >= 1, "{settings:?}");
         // The first trial of a history family is its configured section.
         let first_ease = result

@@ -227,9 +227,19 @@ pub(crate) struct FamilyArgs {
     /// EASE's λ [config: offline.ease.lambda, default 100].
     #[arg(long)]
     lambda: Option<f32>,
-    /// EASE's weights kept per item for serving [config: offline.ease.top_n, default 1000].
+    /// Weights kept per item for serving, EASE's and BSPM's [config: offline.ease.top_n and
+    /// offline.bspm.top_n, default 1000].
     #[arg(long)]
     top_n: Option<usize>,
+    /// BSPM's low-pass rank [config: offline.bspm.rank, default 448].
+    #[arg(long)]
+    rank: Option<usize>,
+    /// BSPM's low-pass weight β [config: offline.bspm.low_pass_weight, default 0.2].
+    #[arg(long)]
+    low_pass_weight: Option<f32>,
+    /// BSPM's sharpening time [config: offline.bspm.sharpen_time, default 2.5].
+    #[arg(long)]
+    sharpen_time: Option<f32>,
     /// Item-kNN's neighbours per item [config: offline.item_knn.neighbours, default 200].
     #[arg(long)]
     neighbours: Option<usize>,
@@ -256,6 +266,7 @@ pub(crate) enum FamilyArg {
     Ials,
     Ease,
     ItemKnn,
+    Bspm,
 }
 
 impl FamilyArgs {
@@ -266,6 +277,7 @@ impl FamilyArgs {
                 FamilyArg::Ials => Family::Ials,
                 FamilyArg::Ease => Family::Ease,
                 FamilyArg::ItemKnn => Family::ItemKnn,
+                FamilyArg::Bspm => Family::Bspm,
             };
         }
         if let Some(v) = self.lambda {
@@ -273,6 +285,16 @@ impl FamilyArgs {
         }
         if let Some(v) = self.top_n {
             offline.ease.top_n = v;
+            offline.bspm.top_n = v;
+        }
+        if let Some(v) = self.rank {
+            offline.bspm.rank = v;
+        }
+        if let Some(v) = self.low_pass_weight {
+            offline.bspm.low_pass_weight = v;
+        }
+        if let Some(v) = self.sharpen_time {
+            offline.bspm.sharpen_time = v;
         }
         if let Some(v) = self.neighbours {
             offline.item_knn.neighbours = v;

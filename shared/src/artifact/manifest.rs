@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{EaseConfig, ItemKnnConfig};
+use crate::config::{BspmConfig, EaseConfig, ItemKnnConfig};
 use crate::model::ials::Objective;
 use crate::model::Family;
 
@@ -34,7 +34,7 @@ pub struct Manifest {
 /// the JSON it had before families existed (a manifest without `family` is iALS).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlgorithmParams {
-    /// `ials-cg`: implicit ALS with the conjugate-gradient solver; `ease`; `item-knn`.
+    /// `ials-cg`: implicit ALS with the conjugate-gradient solver; `ease`; `item-knn`; `bspm`.
     pub name: String,
     pub model: ModelParams,
     /// Where the hyper-parameters came from: the tuning run that chose them, if any.
@@ -47,6 +47,7 @@ pub enum ModelParams {
     Ials(IalsRecord),
     Ease(EaseConfig),
     ItemKnn(ItemKnnConfig),
+    Bspm(BspmConfig),
 }
 
 /// What an iALS version records of its training. Fold-in must use the same objective.
@@ -81,6 +82,10 @@ impl ModelParams {
                 "{} neighbours, shrink {}, α {}, member weighting {:?}",
                 p.neighbours, p.shrink, p.alpha, p.member_weighting
             ),
+            ModelParams::Bspm(p) => format!(
+                "low-pass rank {}, β {}, sharpening time {}, {} weights kept per item",
+                p.rank, p.low_pass_weight, p.sharpen_time, p.top_n
+            ),
         }
     }
 }
@@ -92,6 +97,7 @@ impl AlgorithmParams {
             ModelParams::Ials(_) => Family::Ials,
             ModelParams::Ease(_) => Family::Ease,
             ModelParams::ItemKnn(_) => Family::ItemKnn,
+            ModelParams::Bspm(_) => Family::Bspm,
         }
     }
 
@@ -111,6 +117,7 @@ impl Serialize for AlgorithmParams {
             ModelParams::Ials(p) => serde_json::to_value(p),
             ModelParams::Ease(p) => serde_json::to_value(p),
             ModelParams::ItemKnn(p) => serde_json::to_value(p),
+            ModelParams::Bspm(p) => serde_json::to_value(p),
         }
         .map_err(S::Error::custom)?;
         let serde_json::Value::Object(params) = params else {
@@ -151,6 +158,7 @@ impl<'de> Deserialize<'de> for AlgorithmParams {
             Family::Ials => ModelParams::Ials(serde_json::from_value(params).map_err(field)?),
             Family::Ease => ModelParams::Ease(serde_json::from_value(params).map_err(field)?),
             Family::ItemKnn => ModelParams::ItemKnn(serde_json::from_value(params).map_err(field)?),
+            Family::Bspm => ModelParams::Bspm(serde_json::from_value(params).map_err(field)?),
         };
         Ok(AlgorithmParams {
             name,
@@ -274,6 +282,7 @@ mod tests {
                 top_n: 500,
             }),
             ModelParams::ItemKnn(ItemKnnConfig::default()),
+            ModelParams::Bspm(BspmConfig::default()),
         ] {
             let params = AlgorithmParams {
                 name: "x".into(),

@@ -114,7 +114,7 @@ impl PublishedModel {
                     Some(fold_in),
                 )
             }
-            ModelParams::Ease(_) | ModelParams::ItemKnn(_) => {
+            ModelParams::Ease(_) | ModelParams::ItemKnn(_) | ModelParams::Bspm(_) => {
                 let path = dir.join(files::ITEM_WEIGHTS);
                 if !path.exists() {
                     return Err(invalid(format!(

@@ -76,7 +76,7 @@ pub fn synthetic_model_of(
             });
             (TrainedModel::Factors { model, member_ids }, params)
         }
-        Family::Ease | Family::ItemKnn => {
+        Family::Ease | Family::ItemKnn | Family::Bspm => {
             let rows = (0..items)
                 .map(|i| {
                     let mut row: Vec<(u32, f32)> = Vec::with_capacity(k);
@@ -96,6 +96,10 @@ pub fn synthetic_model_of(
                 Family::Ease => ModelParams::Ease(crate::config::EaseConfig {
                     lambda: 100.0,
                     top_n: k,
+                }),
+                Family::Bspm => ModelParams::Bspm(crate::config::BspmConfig {
+                    top_n: k,
+                    ..Default::default()
                 }),
                 _ => ModelParams::ItemKnn(crate::config::ItemKnnConfig {
                     neighbours: k,

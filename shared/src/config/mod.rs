@@ -28,8 +28,8 @@ pub use kafka::KafkaConfig;
 pub use model::ModelConfig;
 pub use nearline::NearlineConfig;
 pub use offline::{
-    AlsConfig, BallistaConfig, EaseConfig, Engine, EvaluationConfig, FeatureConfig, ItemKnnConfig,
-    MemberWeighting, OfflineConfig, Protocol, PublishConfig, TuningConfig,
+    AlsConfig, BallistaConfig, BspmConfig, EaseConfig, Engine, EvaluationConfig, FeatureConfig,
+    ItemKnnConfig, MemberWeighting, OfflineConfig, Protocol, PublishConfig, TuningConfig,
 };
 pub use online::{
     ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,

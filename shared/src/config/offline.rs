@@ -16,11 +16,12 @@ pub struct OfflineConfig {
     pub engine: Engine,
     pub ballista: BallistaConfig,
     pub features: FeatureConfig,
-    /// The model family trained: `ials`, `ease` or `item_knn`. Default `ials`.
+    /// The model family trained: `ials`, `ease`, `item_knn` or `bspm`. Default `ials`.
     pub family: crate::model::Family,
     pub als: AlsConfig,
     pub ease: EaseConfig,
     pub item_knn: ItemKnnConfig,
+    pub bspm: BspmConfig,
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
     pub tuning: TuningConfig,
@@ -89,7 +90,7 @@ pub struct TuningConfig {
     /// Fresh validation splits of the re-check. Default 3.
     pub recheck_splits: usize,
     /// The families searched, each in an equal share of the budget; the best validation score
-    /// across them is chosen. Default all three: `["ials", "ease", "item_knn"]`.
+    /// across them is chosen. Default all four: `["ials", "ease", "item_knn", "bspm"]`.
     pub families: Vec<crate::model::Family>,
     /// Range of EASE's λ (log-uniform); the first EASE trial is `[offline.ease]` as configured.
     /// `top_n` is never searched: quality is measured at the pruning served. Default [10, 2000].
@@ -101,6 +102,13 @@ pub struct TuningConfig {
     pub knn_shrink: [f64; 2],
     /// Range of item-kNN's asymmetric-cosine α (uniform). Default [0.3, 1].
     pub knn_alpha: [f64; 2],
+    /// Range of BSPM's low-pass rank (log-uniform); the first BSPM trial is `[offline.bspm]` as
+    /// configured. `top_n` is never searched. Default [32, 1024].
+    pub bspm_rank: [f64; 2],
+    /// Range of BSPM's low-pass weight β (uniform). Default [0, 0.5].
+    pub bspm_low_pass_weight: [f64; 2],
+    /// Range of BSPM's sharpening time (uniform). Default [0, 4].
+    pub bspm_sharpen_time: [f64; 2],
     /// After the search, the chosen iALS setting's iterations are chosen again on the
     /// validation split: trained on, scored after each iteration, stopped when this many in a
     /// row bring no improvement (at most `4 × max_iterations`). 0 keeps the rung's iterations.
@@ -129,6 +137,9 @@ impl Default for TuningConfig {
             knn_neighbours: [20.0, 1000.0],
             knn_shrink: [0.0, 200.0],
             knn_alpha: [0.3, 1.0],
+            bspm_rank: [32.0, 1024.0],
+            bspm_low_pass_weight: [0.0, 0.5],
+            bspm_sharpen_time: [0.0, 4.0],
             convergence_patience: 3,
         }
     }
@@ -308,6 +319,56 @@ pub struct ItemKnnConfig {
     pub member_weighting: MemberWeighting,
 }
 
+/// BSPM's parameters (`[offline.bspm]`): see `recsys_shared::model::bspm`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BspmConfig {
+    /// Singular directions of the ideal low-pass filter (capped at the members and items the
+    /// data has). Default 448.
+    pub rank: usize,
+    /// β, the low-pass filter's weight beside the blurring; 0 leaves it out (and skips its
+    /// subspace iteration). Default 0.2.
+    pub low_pass_weight: f32,
+    /// Time of the sharpening step; 0 leaves it out. Default 2.5.
+    pub sharpen_time: f32,
+    /// Weights kept per item for serving. Default 1000.
+    pub top_n: usize,
+    /// Seed of the subspace iteration's random start. Default 42.
+    pub seed: u64,
+}
+
+impl Default for BspmConfig {
+    fn default() -> Self {
+        BspmConfig {
+            rank: 448,
+            low_pass_weight: 0.2,
+            sharpen_time: 2.5,
+            top_n: 1000,
+            seed: 42,
+        }
+    }
+}
+
+impl BspmConfig {
+    /// The first parameter out of range, named as in the config file.
+    pub fn check(&self) -> Result<(), String> {
+        within("offline.bspm.rank", self.rank, 1..=4096)?;
+        within("offline.bspm.top_n", self.top_n, 1..=100_000)?;
+        first_problem(vec![
+            (
+                self.low_pass_weight >= 0.0 && self.low_pass_weight.is_finite(),
+                "offline.bspm.low_pass_weight",
+                "must be zero or more",
+            ),
+            (
+                (0.0..=10.0).contains(&self.sharpen_time),
+                "offline.bspm.sharpen_time",
+                "must be in 0..=10",
+            ),
+        ])
+    }
+}
+
 /// Item-kNN's weight of a member in the similarity (`offline.item_knn.member_weighting`).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -401,6 +462,7 @@ impl OfflineConfig {
             1..=100_000,
         )?;
         within("offline.item_knn.alpha", self.item_knn.alpha, 0.0..=1.0)?;
+        self.bspm.check()?;
         within("offline.tuning.eta", self.tuning.eta, 2..=10)?;
         within(
             "offline.features.history_cap",
@@ -532,7 +594,7 @@ impl OfflineConfig {
             (
                 !self.tuning.families.is_empty(),
                 "offline.tuning.families",
-                "must list at least one family (ials, ease, item_knn)",
+                "must list at least one family (ials, ease, item_knn, bspm)",
             ),
             (
                 range_ok(self.tuning.ease_lambda, true),
@@ -553,6 +615,24 @@ impl OfflineConfig {
                 range_ok(self.tuning.knn_alpha, false) && self.tuning.knn_alpha[1] <= 1.0,
                 "offline.tuning.knn_alpha",
                 "must be [low, high] with 0 <= low <= high <= 1",
+            ),
+            (
+                range_ok(self.tuning.bspm_rank, true)
+                    && self.tuning.bspm_rank[0] >= 1.0
+                    && self.tuning.bspm_rank[1] <= 4096.0,
+                "offline.tuning.bspm_rank",
+                "must be [low, high] with 1 <= low <= high <= 4096",
+            ),
+            (
+                range_ok(self.tuning.bspm_low_pass_weight, false),
+                "offline.tuning.bspm_low_pass_weight",
+                "must be [low, high] with 0 <= low <= high",
+            ),
+            (
+                range_ok(self.tuning.bspm_sharpen_time, false)
+                    && self.tuning.bspm_sharpen_time[1] <= 10.0,
+                "offline.tuning.bspm_sharpen_time",
+                "must be [low, high] with 0 <= low <= high <= 10",
             ),
             (
                 (0.0..=1.0).contains(&self.features.max_dropped_share),

@@ -15,13 +15,14 @@
 //! - how a member's scores over the whole catalog are computed (iALS: the item factors times the
 //!   member's vector, [`ials::ItemMatrix`]), ending in the shared [`top_k`] selection.
 //!
-//! The family's own numerics live in one folder here (`ials/`, `ease/`, `item_knn/`); a new
+//! The family's own numerics live in one folder here (`ials/`, `ease/`, `item_knn/`, `bspm/`); a new
 //! family is a folder beside them plus one [`Family`] variant, which the tiers' `match`es then ask
 //! them to handle. The history families share what they serve: item × item weights
 //! ([`item_weights::ItemWeights`]) summed over the member's history. The tiers hold none of a
 //! family's numerics: offline builds the matrix and calls the trainer, nearline and online call
 //! the member-state update, online calls the scorer.
 
+pub mod bspm;
 pub mod ease;
 pub mod ials;
 pub mod item_knn;
@@ -43,6 +44,9 @@ pub enum Family {
     Ease,
     /// Item-kNN: each item's nearest items by shrunk cosine.
     ItemKnn,
+    /// BSPM (Choi et al. 2023): a linear filter over the normalised item graph (blurring, an
+    /// ideal low-pass filter, sharpening), pruned to the largest weights per item for serving.
+    Bspm,
 }
 
 /// What a trained version scores the catalog with, whatever its family.
@@ -160,7 +164,7 @@ pub enum MemberState {
 
 impl Family {
     /// Every family, for help texts and errors.
-    pub const ALL: &'static [Family] = &[Family::Ials, Family::Ease, Family::ItemKnn];
+    pub const ALL: &'static [Family] = &[Family::Ials, Family::Ease, Family::ItemKnn, Family::Bspm];
 
     /// The name in manifests and configuration.
     pub fn name(self) -> &'static str {
@@ -168,6 +172,7 @@ impl Family {
             Family::Ials => "ials",
             Family::Ease => "ease",
             Family::ItemKnn => "item_knn",
+            Family::Bspm => "bspm",
         }
     }
 
@@ -175,7 +180,7 @@ impl Family {
     pub fn member_state(self) -> MemberState {
         match self {
             Family::Ials => MemberState::Vector,
-            Family::Ease | Family::ItemKnn => MemberState::History,
+            Family::Ease | Family::ItemKnn | Family::Bspm => MemberState::History,
         }
     }
 }
@@ -195,5 +200,6 @@ mod tests {
         assert_eq!(Family::Ials.member_state(), MemberState::Vector);
         assert_eq!(Family::Ease.member_state(), MemberState::History);
         assert_eq!(Family::ItemKnn.member_state(), MemberState::History);
+        assert_eq!(Family::Bspm.member_state(), MemberState::History);
     }
 }
