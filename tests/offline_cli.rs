@@ -503,7 +503,7 @@ fn planted_split(dir: &Path) -> (PathBuf, PathBuf) {
 fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
     let f = Fixture::new();
     let interactions = f.path("data/interactions.parquet");
-    for family in ["ease", "item-knn"] {
+    for family in ["ease", "item-knn", "bspm"] {
         let o = recsys(
             &[
                 "offline",
@@ -536,7 +536,7 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
         args.extend_from_slice(extra);
         recsys(&args, NO_ENV)
     };
-    for family in ["ials", "ease", "item-knn"] {
+    for family in ["ials", "ease", "item-knn", "bspm"] {
         let o = on_split(
             &test,
             &[
@@ -577,48 +577,53 @@ fn every_family_evaluates_on_the_log_and_on_a_benchmark_split() {
     assert!(stderr(&o).contains("overlap.csv: line 2"), "{}", stderr(&o));
 
     // A history family publishes its weights, and its manifest names it with its parameters.
-    let o = recsys(
-        &[
-            "offline",
-            "train",
-            "--interactions",
-            interactions.to_str().unwrap(),
-            "--items",
-            f.path("data/items.parquet").to_str().unwrap(),
-            "--model-root",
-            f.root().to_str().unwrap(),
-        ],
-        &[
-            ("RECSYS__OFFLINE__FAMILY", "ease"),
-            ("RECSYS__OFFLINE__EASE__TOP_N", "7"),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let version = last_json(&o)["version"].as_str().unwrap().to_string();
-    let dir = f.root().join(&version);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["algorithm"]["family"], "ease", "{manifest}");
-    assert_eq!(manifest["algorithm"]["top_n"], 7, "{manifest}");
-    assert!(manifest["algorithm"].get("factors").is_none(), "{manifest}");
-    assert!(
-        manifest["files"].get("item_weights.parquet").is_some(),
-        "{manifest}"
-    );
-    assert!(
-        manifest["files"].get("item_factors.parquet").is_none(),
-        "{manifest}"
-    );
-    assert!(
-        manifest["evaluation"]["metrics"]["recall@20"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
-    // Served at the pruning it was trained with: at most top_n weights per item.
-    let (_, weights) =
-        recsys_shared::artifact::read_weights(&dir.join("item_weights.parquet")).unwrap();
-    assert!((0..weights.rows).all(|i| weights.row(i).0.len() <= 7));
+    for (family, top_n) in [
+        ("ease", "RECSYS__OFFLINE__EASE__TOP_N"),
+        ("bspm", "RECSYS__OFFLINE__BSPM__TOP_N"),
+    ] {
+        // A root of its own: the publish gate compares with nothing.
+        let root = f.path(&format!("models-{family}"));
+        let o = recsys(
+            &[
+                "offline",
+                "train",
+                "--interactions",
+                interactions.to_str().unwrap(),
+                "--items",
+                f.path("data/items.parquet").to_str().unwrap(),
+                "--model-root",
+                root.to_str().unwrap(),
+            ],
+            &[("RECSYS__OFFLINE__FAMILY", family), (top_n, "7")],
+        );
+        assert!(o.status.success(), "{family}: {}", stderr(&o));
+        let version = last_json(&o)["version"].as_str().unwrap().to_string();
+        let dir = root.join(&version);
+        let manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["algorithm"]["family"], family, "{manifest}");
+        assert_eq!(manifest["algorithm"]["top_n"], 7, "{manifest}");
+        assert!(manifest["algorithm"].get("factors").is_none(), "{manifest}");
+        assert!(
+            manifest["files"].get("item_weights.parquet").is_some(),
+            "{manifest}"
+        );
+        assert!(
+            manifest["files"].get("item_factors.parquet").is_none(),
+            "{manifest}"
+        );
+        assert!(
+            manifest["evaluation"]["metrics"]["recall@20"]
+                .as_f64()
+                .unwrap()
+                > 0.0,
+            "{family}: {manifest}"
+        );
+        // Served at the pruning it was trained with: at most top_n weights per item.
+        let (_, weights) =
+            recsys_shared::artifact::read_weights(&dir.join("item_weights.parquet")).unwrap();
+        assert!((0..weights.rows).all(|i| weights.row(i).0.len() <= 7));
+    }
 }
 
 #[test]

@@ -432,17 +432,32 @@ mod tests {
         // With more members than items and every direction kept, the row space of R̃ is every
         // item some member has: Q·Qᵀ is the identity there, so only the diagonal (never kept)
         // changes and the rows stay as the blur made them.
+        // (A pair the blur leaves at 0 may come out at rounding level, so rows are compared
+        // dense.)
+        let dense = |w: &ItemWeights, i: usize| {
+            let mut row = [0.0f32; 16];
+            let (cols, values) = w.row(i);
+            cols.iter()
+                .zip(values)
+                .for_each(|(&j, &v)| row[j as usize] = v);
+            row
+        };
+        let mut largest_change = 0.0f32;
         for i in 0..16 {
-            let (a_cols, a_values) = plain.row(i);
-            let (b_cols, b_values) = filtered.row(i);
-            assert_eq!(a_cols, b_cols);
-            for (a, b) in a_values.iter().zip(b_values) {
-                assert!((a - b).abs() < 1e-4, "row {i}: {a} vs {b}");
+            for (a, b) in dense(&plain, i).iter().zip(dense(&filtered, i)) {
+                largest_change = largest_change.max((a - b).abs());
             }
         }
+        assert!(largest_change < 1e-4, "{largest_change}");
         // Below full rank it does change them.
         let low = train(&x, &BspmParams { rank: 2, ..with }, &|_| {}).unwrap();
-        assert_ne!(low, plain);
+        let changed = (0..16).any(|i| {
+            dense(&plain, i)
+                .iter()
+                .zip(dense(&low, i))
+                .any(|(a, b)| (a - b).abs() > 1e-3)
+        });
+        assert!(changed);
     }
 
     #[test]
