@@ -17,7 +17,7 @@ out="${2:-$(mktemp -d)/families.jsonl}"
 recsys="${RECSYS:-$here/../../target/release/recsys}"
 lambda="${LAMBDA:-100}"
 : >"$out"
-for family in ials item-knn ease; do
+for family in ials item-knn ease bspm; do
     echo "== $family" >&2
     extra=()
     [ "$family" = ease ] && extra=(--lambda "$lambda")
