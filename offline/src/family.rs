@@ -196,25 +196,13 @@ fn fit_ease(
     params: &EaseParams,
     what: &str,
 ) -> Result<recsys_shared::model::item_weights::ItemWeights> {
-    const STEPS: u64 = 1000;
-    let progress = Mutex::new((Progress::new(what, STEPS), 0u64));
-    let weights = ease::train(matrix, params, &|phase| {
-        let mut guard = progress.lock().expect("progress");
-        let (bar, done) = &mut *guard;
-        let (at, message) = match phase {
-            Phase::Gram => (0, "XᵀX"),
-            Phase::Invert(share) => ((share * (STEPS - 1) as f64) as u64, "inverse"),
-            Phase::Prune => (STEPS - 1, "pruning"),
-        };
-        if at > *done {
-            bar.advance(at - *done, message);
-            *done = at;
-        }
-    })?;
-    let (mut bar, done) = progress.into_inner().expect("progress");
-    bar.advance(STEPS - done, "done");
-    bar.finish();
-    Ok(weights)
+    with_bar(what, |to| {
+        ease::train(matrix, params, &|phase| match phase {
+            Phase::Gram => to(0, "XᵀX"),
+            Phase::Invert(share) => to((share * (BAR_STEPS - 1) as f64) as u64, "inverse"),
+            Phase::Prune => to(BAR_STEPS - 1, "pruning"),
+        })
+    })
 }
 
 fn fit_bspm(
@@ -223,24 +211,37 @@ fn fit_bspm(
     what: &str,
 ) -> Result<recsys_shared::model::item_weights::ItemWeights> {
     // The subspace iteration is the first tenth of the bar, the item rows the rest.
-    const STEPS: u64 = 1000;
-    let progress = Mutex::new((Progress::new(what, STEPS), 0u64));
-    let weights = bspm::train(matrix, params, &|phase| {
+    with_bar(what, |to| {
+        bspm::train(matrix, params, &|phase| match phase {
+            bspm::Phase::Spectrum(share) => to((share * 99.0) as u64, "low-pass basis"),
+            bspm::Phase::Filter(share) => {
+                to(100 + (share * (BAR_STEPS - 101) as f64) as u64, "item rows")
+            }
+        })
+    })
+}
+
+/// Steps of a one-fit progress bar.
+const BAR_STEPS: u64 = 1000;
+
+/// Runs `train` with a progress bar of [`BAR_STEPS`] steps, which it moves forward by calling
+/// `to(step, message)` from any thread.
+fn with_bar<T>(
+    what: &str,
+    train: impl FnOnce(&(dyn Fn(u64, &'static str) + Sync)) -> recsys_shared::Result<T>,
+) -> Result<T> {
+    let progress = Mutex::new((Progress::new(what, BAR_STEPS), 0u64));
+    let to = |at: u64, message: &'static str| {
         let mut guard = progress.lock().expect("progress");
         let (bar, done) = &mut *guard;
-        let (at, message) = match phase {
-            bspm::Phase::Spectrum(share) => ((share * 99.0) as u64, "low-pass basis"),
-            bspm::Phase::Filter(share) => {
-                (100 + (share * (STEPS - 101) as f64) as u64, "item rows")
-            }
-        };
         if at > *done {
             bar.advance(at - *done, message);
             *done = at;
         }
-    })?;
+    };
+    let trained = train(&to)?;
     let (mut bar, done) = progress.into_inner().expect("progress");
-    bar.advance(STEPS - done, "done");
+    bar.advance(BAR_STEPS - done, "done");
     bar.finish();
-    Ok(weights)
+    Ok(trained)
 }

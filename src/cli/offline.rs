@@ -344,6 +344,10 @@ pub(crate) struct EvaluateArgs {
     /// Write the exact split to DIR/{train,foldin,target}.parquet.
     #[arg(long)]
     export_split: Option<PathBuf>,
+    /// Evaluate the family and setting a `recsys offline tune` run chose (its tuning.json or
+    /// directory); flags given as well override it.
+    #[arg(long)]
+    params_from: Option<PathBuf>,
     #[command(flatten)]
     als: AlsArgs,
 }
@@ -549,6 +553,9 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
         }
         OfflineCommand::Evaluate(args) => {
             let mut config = load_config(config_path)?;
+            if let Some(path) = &args.params_from {
+                TuningResult::read(path)?.apply(&mut config.offline);
+            }
             args.als.apply(&mut config);
             args.family.apply(&mut config);
             if let (Some(train), Some(test)) = (&args.train, &args.test) {

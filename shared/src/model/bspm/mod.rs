@@ -93,20 +93,12 @@ impl Normalised {
 
     /// `R̃ · X` for `X` items × `width` row-major: members × `width`.
     pub fn times_rows(&self, x: &[f32], width: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.members() * width];
-        out.par_chunks_mut(width.max(1))
-            .enumerate()
-            .for_each(|(u, row)| gather(&self.by_member, u, x, width, row));
-        out
+        times(&self.by_member, x, width)
     }
 
     /// `R̃ᵀ · Y` for `Y` members × `width` row-major: items × `width`.
     pub fn transposed_times_rows(&self, y: &[f32], width: usize) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.items() * width];
-        out.par_chunks_mut(width.max(1))
-            .enumerate()
-            .for_each(|(i, row)| gather(&self.by_item, i, y, width, row));
-        out
+        times(&self.by_item, y, width)
     }
 
     /// `P̃ · X = R̃ᵀ R̃ X` for the items × `BLOCK` block `x`, on this thread, into `out` (items ×
@@ -121,6 +113,15 @@ impl Normalised {
             gather(&self.by_item, i, members, BLOCK, row);
         }
     }
+}
+
+/// `m · x` for `x` `m.cols` × `width` row-major, rows in parallel.
+fn times(m: &SparseMatrix, x: &[f32], width: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m.rows * width];
+    out.par_chunks_mut(width.max(1))
+        .enumerate()
+        .for_each(|(r, row)| gather(m, r, x, width, row));
+    out
 }
 
 /// `out += Σ_p value_p · x[index_p]` over row `r` of `m`, each `x` row `width` wide.
@@ -217,28 +218,15 @@ fn filter_block(
     if rank > 0 {
         // start[j, c] += β · scale_i / scale_j · (Q Qᵀ)[i, j], i = first + c.
         s.next.fill(0.0);
-        // SAFETY: `basis` is items × rank row-major; rows first..first+width are in bounds;
-        // `next` is items × BLOCK and distinct from both operands.
+        // SAFETY: `basis` is items × rank row-major and rows first..first+width exist (read
+        // transposed: rank × width); `next` is items × BLOCK and distinct from both.
         unsafe {
-            gemm::gemm(
-                n,
-                width,
-                rank,
+            subspace::multiply(
+                [n, width, rank],
                 s.next.as_mut_ptr(),
-                1,
-                BLOCK as isize,
-                false,
-                basis.as_ptr(),
-                1,
-                rank as isize,
-                basis.as_ptr().add(first * rank),
-                rank as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                BLOCK,
+                subspace::View::rows(basis.as_ptr(), rank),
+                subspace::View::transposed(basis.as_ptr().add(first * rank), rank),
                 Parallelism::None,
             );
         }
