@@ -1,5 +1,8 @@
 //! Dense f32 kernels on slices for the hot paths (ALS, fold-in, whole-catalog scoring).
 //!
+//! Dense matrix products (EASE's inverse, BSPM's filter) go to the `gemm` crate's kernels through
+//! `product`.
+//!
 //! Plain functions over slices, written so LLVM vectorises them (several independent accumulators,
 //! fixed-width chunks); no allocation, no bounds checks inside the loops.
 
@@ -71,6 +74,65 @@ pub fn gram(rows: &[f32], k: usize) -> Vec<f32> {
         }
     }
     acc.into_iter().map(|v| v as f32).collect()
+}
+
+/// Dense matrix products on the `gemm` crate's kernels (EASE's inverse, BSPM's filter):
+/// `dst (m×k) = alpha·dst + beta·lhs (m×d) · rhs (d×k)` on row-major views with the given row
+/// strides; `lhs_t`/`rhs_t` read the operand transposed (a `d×m` / `k×d` row-major block).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    m: usize,
+    k: usize,
+    d: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_stride: usize,
+    lhs_t: bool,
+    rhs: *const f32,
+    rhs_stride: usize,
+    rhs_t: bool,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || k == 0 {
+        return;
+    }
+    let (lhs_rs, lhs_cs) = if lhs_t {
+        (1, lhs_stride as isize)
+    } else {
+        (lhs_stride as isize, 1)
+    };
+    let (rhs_rs, rhs_cs) = if rhs_t {
+        (1, rhs_stride as isize)
+    } else {
+        (rhs_stride as isize, 1)
+    };
+    // SAFETY: the caller guarantees the views are in bounds and `dst` overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            k,
+            d,
+            dst,
+            1,
+            dst_stride as isize,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 #[cfg(test)]

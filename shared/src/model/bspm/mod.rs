@@ -22,6 +22,7 @@ pub mod subspace;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::kernels::product;
 use crate::model::item_weights::{largest_of_row, ItemWeights};
 use crate::model::matrix::SparseMatrix;
 use crate::{Result, SharedError};
@@ -221,12 +222,20 @@ fn filter_block(
         // SAFETY: `basis` is items × rank row-major and rows first..first+width exist (read
         // transposed: rank × width); `next` is items × BLOCK and distinct from both.
         unsafe {
-            subspace::multiply(
-                [n, width, rank],
+            product(
+                n,
+                width,
+                rank,
                 s.next.as_mut_ptr(),
                 BLOCK,
-                subspace::View::rows(basis.as_ptr(), rank),
-                subspace::View::transposed(basis.as_ptr().add(first * rank), rank),
+                false,
+                basis.as_ptr(),
+                rank,
+                false,
+                basis.as_ptr().add(first * rank),
+                rank,
+                true,
+                1.0,
                 Parallelism::None,
             );
         }

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::Normalised;
+use crate::kernels::product;
 
 /// An orthonormal basis of the top-`k` right singular subspace of `r`, `n × k'` row-major with
 /// `k' ≤ min(k, members, items)` columns (fewer when the data has fewer directions), after
@@ -44,74 +45,6 @@ pub fn low_pass_basis(
     (q, width)
 }
 
-/// A matrix operand as `gemm` reads it: the first element and the strides between columns and
-/// between rows.
-#[derive(Clone, Copy)]
-pub(super) struct View {
-    ptr: *const f32,
-    col_stride: isize,
-    row_stride: isize,
-}
-
-impl View {
-    /// A row-major matrix with rows `stride` apart.
-    pub(super) fn rows(ptr: *const f32, stride: usize) -> Self {
-        View {
-            ptr,
-            col_stride: 1,
-            row_stride: stride as isize,
-        }
-    }
-
-    /// The transpose of a row-major matrix with rows `stride` apart.
-    pub(super) fn transposed(ptr: *const f32, stride: usize) -> Self {
-        View {
-            ptr,
-            col_stride: stride as isize,
-            row_stride: 1,
-        }
-    }
-}
-
-/// `dst = lhs · rhs` for `[m, k, d]`: `dst` `m × k` row-major with rows `dst_stride` apart, `lhs`
-/// `m × d`, `rhs` `d × k`.
-///
-/// # Safety
-/// Every view must lie inside its buffer and `dst` must overlap neither operand.
-pub(super) unsafe fn multiply(
-    [m, k, d]: [usize; 3],
-    dst: *mut f32,
-    dst_stride: usize,
-    lhs: View,
-    rhs: View,
-    parallelism: Parallelism,
-) {
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        gemm::gemm(
-            m,
-            k,
-            d,
-            dst,
-            1,
-            dst_stride as isize,
-            false,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// Cholesky-QR twice: an orthonormal basis of the columns of `a` (`rows × cols` row-major), with
 /// the columns that are (numerically) combinations of earlier ones dropped.
 fn orthonormalise(mut a: Vec<f32>, rows: usize, mut cols: usize) -> (Vec<f32>, usize) {
@@ -129,12 +62,20 @@ fn orthonormalise(mut a: Vec<f32>, rows: usize, mut cols: usize) -> (Vec<f32>, u
         }
         // SAFETY: `a` is rows × cols and `rhs` cols × w, both row-major; `next` is fresh.
         unsafe {
-            multiply(
-                [rows, w, cols],
+            product(
+                rows,
+                w,
+                cols,
                 next.as_mut_ptr(),
                 w,
-                View::rows(a.as_ptr(), cols),
-                View::rows(rhs.as_ptr(), w),
+                false,
+                a.as_ptr(),
+                cols,
+                false,
+                rhs.as_ptr(),
+                w,
+                false,
+                1.0,
                 Parallelism::Rayon(0),
             );
         }
@@ -154,12 +95,20 @@ fn gram(a: &[f32], cols: usize) -> Vec<f64> {
             // SAFETY: `chunk` is `part_rows × cols` row-major, read transposed as the left
             // operand; `part` is fresh and `cols × cols`.
             unsafe {
-                multiply(
-                    [cols, cols, part_rows],
+                product(
+                    cols,
+                    cols,
+                    part_rows,
                     part.as_mut_ptr(),
                     cols,
-                    View::transposed(chunk.as_ptr(), cols),
-                    View::rows(chunk.as_ptr(), cols),
+                    false,
+                    chunk.as_ptr(),
+                    cols,
+                    true,
+                    chunk.as_ptr(),
+                    cols,
+                    false,
+                    1.0,
                     Parallelism::None,
                 );
             }

@@ -7,6 +7,8 @@
 //! block products run in the `gemm` crate's kernels, the small diagonal blocks here in `f64`.
 
 use gemm::Parallelism;
+
+use crate::kernels::product;
 use rayon::prelude::*;
 
 /// Block size: the diagonal blocks factored and inverted by the scalar code, and the panel width
@@ -38,64 +40,6 @@ impl Shared {
     fn offset(self, index: usize) -> *mut f32 {
         // SAFETY: callers pass an index inside the buffer.
         unsafe { self.0.add(index) }
-    }
-}
-
-/// `dst (m×k) = alpha·dst + beta·lhs (m×d) · rhs (d×k)` on row-major views with the given row
-/// strides; `lhs_t`/`rhs_t` read the operand transposed (a `d×m` / `k×d` row-major block).
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    m: usize,
-    k: usize,
-    d: usize,
-    dst: *mut f32,
-    dst_stride: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_stride: usize,
-    lhs_t: bool,
-    rhs: *const f32,
-    rhs_stride: usize,
-    rhs_t: bool,
-    beta: f32,
-    parallelism: Parallelism,
-) {
-    if m == 0 || k == 0 {
-        return;
-    }
-    let (lhs_rs, lhs_cs) = if lhs_t {
-        (1, lhs_stride as isize)
-    } else {
-        (lhs_stride as isize, 1)
-    };
-    let (rhs_rs, rhs_cs) = if rhs_t {
-        (1, rhs_stride as isize)
-    } else {
-        (rhs_stride as isize, 1)
-    };
-    // SAFETY: the caller guarantees the views are in bounds and `dst` overlaps neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            k,
-            d,
-            dst,
-            1,
-            dst_stride as isize,
-            accumulate,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 
