@@ -15,7 +15,7 @@ use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
 
-use recsys_shared::model::ials::ItemMatrix;
+use recsys_shared::model::ials::{BatchQuery, ItemMatrix};
 
 /// Options of `recsys online bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Member vectors scored per kernel round.
     #[arg(long, default_value_t = 500)]
     pub queries: usize,
+    /// Members per pass of the kernel's batched figure (recsys's `top_k_batch`, NumPy's `Y @ U`);
+    /// the server batches whatever is queued, up to `online.batch.max_members`.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
     /// Alternating rounds — of the kernel (recsys, NumPy, recsys, ...) and, with
     /// `--experiments`, of the one-request-at-a-time servers (plain, experiment, experiment +
     /// impressions); the fastest of each is reported.
@@ -118,6 +122,9 @@ struct KernelFigures {
     recsys_us: f64,
     exact_us: f64,
     numpy_us: Option<f64>,
+    /// µs per query when `--batch` queries share a pass.
+    batched_us: f64,
+    numpy_batched_us: Option<f64>,
     recall: f64,
 }
 
@@ -131,12 +138,13 @@ fn time_queries(queries: &[Vec<f32>], mut f: impl FnMut(&[f32]) -> usize) -> f64
     started.elapsed().as_secs_f64() * 1e6 / queries.len() as f64
 }
 
-fn run_numpy(args: &BenchArgs, dir: &Path) -> Result<f64, String> {
+fn run_numpy(args: &BenchArgs, dir: &Path, batch: usize) -> Result<f64, String> {
     let script = args.peer_dir.join("numpy_scoring.py");
     let out = Command::new(&args.python)
         .arg(&script)
         .arg(dir)
         .args(["--k", &args.top.to_string(), "--rounds", "1"])
+        .args(["--batch", &batch.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("{} {}: {e}", args.python, script.display()))?;
@@ -194,29 +202,54 @@ fn kernel(
         recsys_us: f64::INFINITY,
         exact_us: f64::INFINITY,
         numpy_us: None,
+        batched_us: f64::INFINITY,
+        numpy_batched_us: None,
         recall,
     };
+    let batch = args.batch.max(1);
+    let all = |_: u32| true;
     for round in 0..args.rounds {
         let r = time_queries(&queries, |q| matrix.top_k(q, args.top, |_| true).len());
         let e = time_queries(&queries, |q| {
             matrix.top_k_exact(q, args.top, |_| true).len()
         });
+        let started = Instant::now();
+        let mut sink = 0usize;
+        for chunk in queries.chunks(batch) {
+            let batch: Vec<BatchQuery> = chunk
+                .iter()
+                .map(|user| BatchQuery {
+                    user,
+                    k: args.top,
+                    allowed: &all,
+                })
+                .collect();
+            sink += matrix.top_k_batch(&batch).len();
+        }
+        std::hint::black_box(sink);
+        let b = started.elapsed().as_secs_f64() * 1e6 / queries.len() as f64;
         figures.recsys_us = figures.recsys_us.min(r);
         figures.exact_us = figures.exact_us.min(e);
+        figures.batched_us = figures.batched_us.min(b);
         let mut line = format!(
-            "  round {}: recsys {r:.1} µs/query (exact f32 path {e:.1})",
+            "  round {}: recsys {r:.1} µs/query (exact f32 path {e:.1}; {batch} per pass {b:.1})",
             round + 1
         );
         if !args.skip_peer {
-            match run_numpy(args, dir) {
-                Ok(us) => {
-                    figures.numpy_us = Some(figures.numpy_us.map_or(us, |b: f64| b.min(us)));
-                    line.push_str(&format!(", NumPy {us:.1} µs/query"));
-                }
-                Err(e) => {
-                    eprintln!(
-                        "  NumPy peer failed ({e}); pip install -r deploy/bench/requirements.txt"
-                    );
+            for (size, best) in [
+                (1, &mut figures.numpy_us),
+                (batch, &mut figures.numpy_batched_us),
+            ] {
+                match run_numpy(args, dir, size) {
+                    Ok(us) => {
+                        *best = Some(best.map_or(us, |b: f64| b.min(us)));
+                        line.push_str(&format!(", NumPy {size} per product {us:.1} µs/query"));
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "  NumPy peer failed ({e}); pip install -r deploy/bench/requirements.txt"
+                        );
+                    }
                 }
             }
         }
@@ -257,6 +290,8 @@ struct ServerMode<'a> {
     seconds: Option<u64>,
     /// Requests in flight (default `--concurrency`).
     concurrency: Option<usize>,
+    /// `online.batch.enabled` (default: the server's default, on).
+    batching: Option<bool>,
 }
 
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -329,6 +364,10 @@ async fn server(
         // queue them all (as before admission control) so the figures are throughput and
         // latency, not shedding. `recsys online soak` measures the shedding.
         .env("RECSYS__ONLINE__MAX_QUEUED", "1024")
+        .envs(
+            mode.batching
+                .map(|on| ("RECSYS__ONLINE__BATCH__ENABLED", on.to_string())),
+        )
         .envs(tls.iter().flat_map(|certs| {
             [
                 ("RECSYS__ONLINE__TLS__CERT_FILE", certs.path("server.pem")),
@@ -486,6 +525,57 @@ async fn server(
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// Batched scans against the path without them (`online.batch.enabled = false`: each request
+/// scans alone, on the thread serving it) at the same concurrency, and one request at a time.
+async fn batching_runs(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+    batched: &ServerFigures,
+) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
+    let alone = server(
+        args,
+        n,
+        dir,
+        ServerMode {
+            batching: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let single = server(
+        args,
+        n,
+        dir,
+        ServerMode {
+            concurrency: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let gain = batched.qps / alone.qps;
+    eprintln!(
+        "server without batched scans: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, {} errors → batched scans serve {gain:.2}× its QPS",
+        alone.qps, args.concurrency, alone.p50_ms, alone.p99_ms, alone.errors,
+    );
+    eprintln!(
+        "server one request at a time: {:.0} QPS, p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, {} errors",
+        single.qps, single.p50_ms, single.p99_ms, single.p999_ms, single.errors,
+    );
+    Ok(vec![
+        ("unbatched_qps", alone.qps.into()),
+        ("unbatched_p99_ms", alone.p99_ms.into()),
+        ("unbatched_errors", alone.errors.into()),
+        ("batched_qps_gain", gain.into()),
+        ("one_at_a_time_p50_ms", single.p50_ms.into()),
+        ("one_at_a_time_p99_ms", single.p99_ms.into()),
+        ("one_at_a_time_p999_ms", single.p999_ms.into()),
+        ("one_at_a_time_errors", single.errors.into()),
+    ])
 }
 
 /// The mean of one part of `recsys_experiment_work_seconds`, in µs (0 when unobserved).
@@ -694,14 +784,26 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             );
             let kernel = kernel(&args, n, &dir).map_err(|e| e.to_string())?;
             let ratio = kernel.numpy_us.map(|np| kernel.recsys_us / np);
+            let batched_ratio = kernel.numpy_batched_us.map(|np| kernel.batched_us / np);
+            let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1} µs/query"));
+            let times = |r: Option<f64>| r.map_or("n/a".into(), |r| format!("{r:.2}"));
             eprintln!(
                 "scoring: recsys {:.1} µs/query (quantised scan + exact re-score; recall of the exact top-{} {:.4}), exact f32 {:.1} µs/query, NumPy {} → ratio recsys/NumPy {}",
                 kernel.recsys_us,
                 args.top,
                 kernel.recall,
                 kernel.exact_us,
-                kernel.numpy_us.map_or("n/a".into(), |v| format!("{v:.1} µs/query")),
-                ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+                us(kernel.numpy_us),
+                times(ratio),
+            );
+            eprintln!(
+                "scoring {} per pass: recsys {:.1} µs/query ({:.1}× its one-at-a-time), NumPy {} per matrix product {} → ratio recsys/NumPy {}",
+                args.batch,
+                kernel.batched_us,
+                kernel.recsys_us / kernel.batched_us,
+                args.batch,
+                us(kernel.numpy_batched_us),
+                times(batched_ratio),
             );
             serde_json::json!({
                 "items": n,
@@ -711,6 +813,10 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 "recsys_exact_us_per_query": kernel.exact_us,
                 "numpy_us_per_query": kernel.numpy_us,
                 "ratio_vs_numpy": ratio,
+                "batch": args.batch,
+                "recsys_batched_us_per_query": kernel.batched_us,
+                "numpy_batched_us_per_query": kernel.numpy_batched_us,
+                "batched_ratio_vs_numpy": batched_ratio,
                 "recall_vs_exact": kernel.recall,
             })
         };
@@ -731,6 +837,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             summary["peak_rss_mib"] = s.peak_rss_mib.into();
             summary["rss_target_mib"] = s.limit_mib.into();
             summary["concurrency"] = args.concurrency.into();
+            if args.family == BenchFamily::Ials {
+                for (key, value) in batching_runs(&args, n, &dir, &s).await? {
+                    summary[key] = value;
+                }
+            }
             if args.tls {
                 let certs = recsys_shared::testkit::TestCertificates::generate();
                 let t = server(

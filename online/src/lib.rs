@@ -6,8 +6,9 @@
 //!   contiguous matrix, ids, titles, availability, popularity), loaded and validated in the
 //!   background when `CURRENT` moves and swapped in atomically; a corrupt version is refused and
 //!   the served one kept.
-//! - [`scoring`]: whole-catalog scoring — quantised `i8` scan, exact `f32` re-scoring of the
-//!   candidate pool, partial top-k.
+//! - [`scan`]: member vectors scored against the whole catalog in batched passes — requests
+//!   queued while a pass runs share the next one (the scoring itself is the model family's, in
+//!   `recsys_shared::model`).
 //! - [`rpc`]: one file per RPC (`Rank`, `Homepage`, `SimilarItems`), the checks every request
 //!   goes through, and the adapter from the ranking's domain error to a gRPC status;
 //!   [`member`]: the member's vector (cache → store → fold-in → cold start, degraded when the
@@ -40,6 +41,7 @@ pub mod member;
 pub mod metrics;
 pub mod rpc;
 pub mod rules;
+pub mod scan;
 pub mod server;
 
 pub use error::OnlineError;

@@ -4,8 +4,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 /// Requests by RPC and gRPC status code name.
@@ -51,6 +52,26 @@ pub fn experiment_work(part: &str, started: std::time::Instant) {
         .with_label_values(&[part])
         .observe(started.elapsed().as_secs_f64());
 }
+
+/// Members scored per pass of a batched scan (`online.batch`).
+pub static SCAN_BATCH_MEMBERS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "recsys_scan_batch_members",
+        "Member vectors scored in one pass over the item codes",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+    )
+    .expect("registers once")
+});
+
+/// Time a member vector waited for its batched scan to start.
+pub static SCAN_QUEUE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "recsys_scan_queue_seconds",
+        "Time a request waited in the scan queue before its pass started",
+        vec![1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1]
+    )
+    .expect("registers once")
+});
 
 /// Where member vectors came from (`cache`, `store`, `fold_in`, `cold_start`) and `degraded`.
 pub static VECTOR_SOURCES: LazyLock<IntCounterVec> = LazyLock::new(|| {

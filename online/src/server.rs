@@ -372,7 +372,8 @@ pub async fn start_with_reader(
             .with_impressions(ImpressionLog::from_config(config)?)
             .with_rules(config.online.rules.clone())
             .with_maturity(config.online.maturity.clone())
-            .with_exclude_seen(config.online.exclude_seen),
+            .with_exclude_seen(config.online.exclude_seen)
+            .with_scan_batches(&config.online.batch),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -506,9 +507,11 @@ pub async fn start_with_reader(
         tracing::warn!(listen = %online.listen,
             "the gRPC port is reachable from other hosts and no API key is required (online.auth)");
     }
-    let max_in_flight = match online.max_in_flight {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let max_in_flight = match (online.max_in_flight, online.batch.enabled) {
+        (0, false) => cores,
+        (0, true) => cores * online.batch.max_members,
+        (n, _) => n,
     };
     let admission = AdmissionLayer {
         admission: Admission::new(

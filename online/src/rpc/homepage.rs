@@ -2,12 +2,13 @@
 //! rows seeded by their newest history, trending), no title twice on a page.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use recsys_shared::proto::v1::{HomepageRequest, HomepageResponse, Row};
 use tokio::time::Instant;
 
 use super::request::{bounded, check_country, check_deadline, check_id, limits};
-use super::{popular, request_id, scored, RankError, Ranker, Treatment};
+use super::{popular, request_id, scored, Eligible, RankError, Ranker, Treatment};
 use crate::experiments::{RowKind, RowRecipe};
 use crate::impressions::{Shown, ShownRow};
 use crate::rules;
@@ -105,10 +106,13 @@ impl Ranker {
             match kind {
                 RowKind::TopPicks => {
                     if let Some(taste) = &member.taste {
-                        let items = catalog
-                            .model
-                            .scorer
-                            .top_k(taste.input(), per_row, |i| allowed(&used, i));
+                        let eligible = Eligible {
+                            catalog: catalog.clone(),
+                            excluded: Arc::new(used.clone()),
+                            country: country.map(str::to_string),
+                            maturity: maturity.clone(),
+                        };
+                        let items = self.top_k(taste, per_row, &eligible, deadline).await?;
                         row(
                             "Top picks for you".into(),
                             kind.name(),

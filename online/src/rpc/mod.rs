@@ -13,13 +13,15 @@ mod rank;
 pub mod request;
 mod similar;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use recsys_shared::config::{MaturityConfig, RulesConfig};
+use recsys_shared::artifact::published::Taste;
+use recsys_shared::config::{MaturityConfig, RulesConfig, ScanBatchConfig};
+use recsys_shared::model::Scorer;
 use recsys_shared::proto::v1::ranking_server::Ranking;
 use recsys_shared::proto::v1::{
     ExperimentAssignment, HomepageRequest, HomepageResponse, RankRequest, RankResponse, ScoredItem,
@@ -29,11 +31,12 @@ use recsys_store::cache::FeatureReader;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, MaturityFilter};
 use crate::experiments::{Experiments, RowRecipe};
 use crate::impressions::{ImpressionLog, PendingImpression, Shown};
 use crate::member::Member;
 use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS};
+use crate::scan::{ScanError, ScanQueue};
 use recsys_shared::model::top_k::Scored;
 pub use request::limits;
 use request::{check_deadline, deadline_exceeded, deadline_of};
@@ -59,6 +62,12 @@ pub enum RankError {
     /// `DEADLINE_EXCEEDED`: the request's deadline passed before the step.
     #[error("deadline exceeded {late_ms} ms ago, {step}")]
     DeadlineExceeded { late_ms: u128, step: &'static str },
+    /// `RESOURCE_EXHAUSTED`: the scan queue is full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// `INTERNAL`: the scan failed (logged where it failed).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<RankError> for Status {
@@ -69,6 +78,8 @@ impl From<RankError> for Status {
             RankError::NotFound { .. } => Status::not_found(message),
             RankError::NoModel => Status::unavailable(message),
             RankError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+            RankError::Overloaded(_) => Status::resource_exhausted(message),
+            RankError::Internal(_) => Status::internal(message),
         }
     }
 }
@@ -85,6 +96,26 @@ pub struct Ranker {
     maturity: MaturityConfig,
     /// Rank leaves out the member's history unless the request says otherwise.
     exclude_seen: bool,
+    /// Batched scans of member vectors (`online.batch`); `None`: each request scans inline.
+    scans: Option<ScanQueue>,
+}
+
+/// The items one request may show: owned, so that a scan thread can ask it too.
+#[derive(Clone)]
+struct Eligible {
+    catalog: Arc<Catalog>,
+    /// Excluded by the request, seen or hidden by the member, or already placed in a row.
+    excluded: Arc<HashSet<u32>>,
+    country: Option<String>,
+    maturity: Option<MaturityFilter>,
+}
+
+impl Eligible {
+    fn allows(&self, i: u32) -> bool {
+        !self.excluded.contains(&i)
+            && self.catalog.available(i, self.country.as_deref())
+            && self.catalog.maturity_allows(self.maturity.as_ref(), i)
+    }
 }
 
 /// The experiments in force and the catalogs of the model versions their variants name (each
@@ -140,7 +171,52 @@ impl Ranker {
             rules: RulesConfig::default(),
             maturity: MaturityConfig::default(),
             exclude_seen: true,
+            scans: None,
         }
+    }
+
+    /// Scores member vectors in batched scans (`online.batch`; off unless `enabled`).
+    pub fn with_scan_batches(mut self, config: &ScanBatchConfig) -> Self {
+        self.scans = config.enabled.then(|| ScanQueue::start(config));
+        self
+    }
+
+    /// The member's `k` best items among the `eligible` ones by the catalog's scorer: a vector
+    /// through the batched scan when it is on, otherwise scored here.
+    async fn top_k(
+        &self,
+        taste: &Taste,
+        k: usize,
+        eligible: &Eligible,
+        deadline: Instant,
+    ) -> Result<Vec<Scored>, RankError> {
+        let catalog = &eligible.catalog;
+        if let (Some(scans), Taste::Vector(vector), Scorer::Factors(_)) =
+            (&self.scans, taste, &catalog.model.scorer)
+        {
+            let filter = eligible.clone();
+            return scans
+                .top_k(
+                    catalog.clone(),
+                    vector.clone(),
+                    k,
+                    Box::new(move |i| filter.allows(i)),
+                    deadline.into_std(),
+                )
+                .await
+                .map_err(|e| match e {
+                    ScanError::DeadlineExceeded => RankError::DeadlineExceeded {
+                        late_ms: 0,
+                        step: "waiting for the scan",
+                    },
+                    ScanError::Full => RankError::Overloaded(e.to_string()),
+                    ScanError::Failed(why) => RankError::Internal(why),
+                });
+        }
+        Ok(catalog
+            .model
+            .scorer
+            .top_k(taste.input(), k, |i| eligible.allows(i)))
     }
 
     /// Whether Rank leaves out the member's history when a request does not say.

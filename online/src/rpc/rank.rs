@@ -2,12 +2,13 @@
 //! the items they asked to exclude, have seen or hide left out, and the business rules applied.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use recsys_shared::proto::v1::{RankRequest, RankResponse};
 use tokio::time::Instant;
 
 use super::request::{bounded, check_country, check_deadline, check_id, invalid, limits};
-use super::{popular, request_id, scored, RankError, Ranker, Treatment};
+use super::{popular, request_id, scored, Eligible, RankError, Ranker, Treatment};
 use crate::impressions::{Shown, ShownRow};
 use crate::member::member_tag;
 use crate::rules;
@@ -52,20 +53,20 @@ impl Ranker {
             excluded.extend(member.seen(&catalog));
         }
         excluded.extend(member.hidden(&catalog));
-        let country = country.as_deref();
-        let maturity = catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref());
-        let allowed = |i: u32| {
-            !excluded.contains(&i)
-                && catalog.available(i, country)
-                && catalog.maturity_allows(maturity.as_ref(), i)
+        let eligible = Eligible {
+            maturity: catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref()),
+            catalog: catalog.clone(),
+            excluded: Arc::new(excluded),
+            country,
         };
+        let allowed = |i: u32| eligible.allows(i);
         check_deadline(deadline, "before scoring")?;
         let pool = k + rules::extra_candidates(&self.rules);
         let items = match &member.taste {
             Some(taste) => rules::apply(
                 &self.rules,
                 &catalog,
-                catalog.model.scorer.top_k(taste.input(), pool, allowed),
+                self.top_k(taste, pool, &eligible, deadline).await?,
                 k,
                 |i| Some(catalog.model.scorer.score(i, taste.input())),
                 allowed,

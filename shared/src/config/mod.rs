@@ -33,7 +33,7 @@ pub use offline::{
 };
 pub use online::{
     ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,
-    ServerTlsConfig,
+    ScanBatchConfig, ServerTlsConfig,
 };
 pub use store::{
     CassandraConfig, ClientAuth, ClientTls, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig,

@@ -10,38 +10,67 @@ pub struct Scored {
 }
 
 /// The `k` highest of `scores` among `allowed` indices, best first; ties go to the lower index.
+pub fn select_top(scores: &[f32], k: usize, allowed: &impl Fn(u32) -> bool) -> Vec<Scored> {
+    let mut top = TopK::new(k);
+    top.offer(scores, 0, allowed);
+    top.into_best()
+}
+
+/// The `k` highest scores offered so far, fed a block of the catalog at a time (what a scan that
+/// scores many members per pass keeps for each of them).
 ///
 /// Scores above the running threshold are appended to a pool; when the pool reaches `2k` it is
 /// cut to its best `k` by `select_nth_unstable` and the threshold becomes the `k`-th best. That
 /// is linear on average and cheaper than a heap, whose pushes and pops dominate when thousands of
-/// scores beat an early, low threshold. Once the threshold is set, a block of 16 scores is first
+/// scores beat an early, low threshold. Once the threshold is set, a run of 16 scores is first
 /// tested as a whole (a branch-free comparison the compiler vectorises) and skipped unless one of
-/// them is higher.
-pub fn select_top(scores: &[f32], k: usize, allowed: &impl Fn(u32) -> bool) -> Vec<Scored> {
-    if k == 0 {
-        return Vec::new();
-    }
-    const BLOCK: usize = 16;
-    let mut pool: Vec<Scored> = Vec::with_capacity(2 * k);
-    let mut threshold = f32::NEG_INFINITY;
-    for (b, block) in scores.chunks(BLOCK).enumerate() {
-        if !block.iter().fold(false, |any, &s| any | (s > threshold)) {
-            continue;
+/// them is higher. `allowed` is asked only about scores above the threshold.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    k: usize,
+    pool: Vec<Scored>,
+    threshold: f32,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            pool: Vec::with_capacity(2 * k),
+            threshold: f32::NEG_INFINITY,
         }
-        for (j, &score) in block.iter().enumerate() {
-            let index = (b * BLOCK + j) as u32;
-            if score > threshold && score.is_finite() && allowed(index) {
-                pool.push(Scored { index, score });
-                if pool.len() == 2 * k {
-                    keep_best(&mut pool, k);
-                    threshold = pool[k - 1].score;
+    }
+
+    /// Offers `scores[j]` as the score of item `first + j`.
+    pub fn offer<F: Fn(u32) -> bool + ?Sized>(&mut self, scores: &[f32], first: u32, allowed: &F) {
+        const RUN: usize = 16;
+        if self.k == 0 {
+            return;
+        }
+        for (r, run) in scores.chunks(RUN).enumerate() {
+            let threshold = self.threshold;
+            if !run.iter().fold(false, |any, &s| any | (s > threshold)) {
+                continue;
+            }
+            for (j, &score) in run.iter().enumerate() {
+                let index = first + (r * RUN + j) as u32;
+                if score > self.threshold && score.is_finite() && allowed(index) {
+                    self.pool.push(Scored { index, score });
+                    if self.pool.len() == 2 * self.k {
+                        keep_best(&mut self.pool, self.k);
+                        self.threshold = self.pool[self.k - 1].score;
+                    }
                 }
             }
         }
     }
-    keep_best(&mut pool, k);
-    sort_best_first(&mut pool);
-    pool
+
+    /// The best `k` offered, best first.
+    pub fn into_best(mut self) -> Vec<Scored> {
+        keep_best(&mut self.pool, self.k);
+        sort_best_first(&mut self.pool);
+        self.pool
+    }
 }
 
 /// Cuts `items` to its best `k` (unordered, but the `k`-th best last).
@@ -98,6 +127,23 @@ mod tests {
             want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             want.truncate(k);
             assert_eq!(got, want, "k = {k}");
+            // Fed in uneven blocks, the collector keeps the same items.
+            let mut top = TopK::new(k);
+            let mut first = 0;
+            for (b, size) in [1usize, 15, 16, 17, 1000, 333].iter().cycle().enumerate() {
+                if first >= scores.len() {
+                    break;
+                }
+                let end = (first + size + b % 3).min(scores.len());
+                top.offer(&scores[first..end], first as u32, &allowed);
+                first = end;
+            }
+            let blocked: Vec<(u32, f32)> = top
+                .into_best()
+                .into_iter()
+                .map(|s| (s.index, s.score))
+                .collect();
+            assert_eq!(blocked, want, "k = {k}, in blocks");
         }
     }
 }

@@ -9,4 +9,4 @@ mod score;
 pub mod train;
 
 pub use fold_in::{cholesky_solve, FoldIn, Objective};
-pub use score::{candidates, ItemMatrix};
+pub use score::{candidates, BatchQuery, ItemMatrix};

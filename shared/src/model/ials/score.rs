@@ -7,11 +7,16 @@
 //! re-scores those exactly in `f32` and returns the top `k` by exact score. The approximation only
 //! chooses the candidate pool; every returned score is exact. Nothing is allocated per item: the
 //! score buffer is reused per thread.
+//!
+//! Many members can be scored in one pass ([`ItemMatrix::top_k_batch`]): the codes are read a
+//! cache-sized block at a time and every member of the batch is scored against the block before
+//! the next is read, so a catalog larger than the CPU's caches crosses the memory bus once per
+//! batch instead of once per member — what bounds a million-item scan under concurrent load.
 
 use std::cell::RefCell;
 
 use crate::kernels::dot as dot_f32;
-use crate::model::top_k::{best_of, select_top, Scored};
+use crate::model::top_k::{best_of, select_top, Scored, TopK};
 
 /// Item factors laid out for scoring.
 #[derive(Debug, Clone)]
@@ -76,18 +81,20 @@ fn scan_i8_avx2(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(k.is_multiple_of(32) && user.len() == k);
-    let mut signs = Vec::with_capacity(k / 32);
-    let mut magnitudes = Vec::with_capacity(k / 32);
-    for chunk in user.chunks_exact(32) {
+    assert!(k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS && user.len() == k);
+    let chunks = k / 32;
+    let mut signs = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
+    let mut magnitudes = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
+    for (c, chunk) in user.chunks_exact(32).enumerate() {
         let u = load32(chunk);
-        signs.push(u);
-        magnitudes.push(_mm256_abs_epi8(u));
+        signs[c] = u;
+        magnitudes[c] = _mm256_abs_epi8(u);
     }
+    let (signs, magnitudes) = (&signs[..chunks], &magnitudes[..chunks]);
     let ones = _mm256_set1_epi16(1);
     let row_sum = |row: &[i8]| -> __m256i {
         let mut acc = _mm256_setzero_si256();
-        for ((chunk, &u), &m) in row.chunks_exact(32).zip(&signs).zip(&magnitudes) {
+        for ((chunk, &u), &m) in row.chunks_exact(32).zip(signs).zip(magnitudes) {
             let x = _mm256_sign_epi8(load32(chunk), u);
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(m, x), ones));
         }
@@ -141,6 +148,38 @@ fn load32(bytes: &[i8]) -> std::arch::x86_64::__m256i {
     assert!(bytes.len() >= 32);
     // SAFETY: `bytes` holds at least 32 bytes (asserted); the load is unaligned.
     unsafe { std::arch::x86_64::_mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// The widest vector the AVX2 scan takes (its per-query registers live on the stack); wider
+/// ones take the portable path.
+const MAX_SIMD_FACTORS: usize = 512;
+
+/// Bytes of item codes scored per block of a batched scan: the block stays in the core's L2
+/// cache while every member of the batch is scored against it, so the catalog is read from
+/// memory once per batch, not once per member.
+const BLOCK_BYTES: usize = 128 * 1024;
+
+/// One member of a batched scan ([`ItemMatrix::top_k_batch`]).
+pub struct BatchQuery<'a> {
+    pub user: &'a [f32],
+    /// Items returned.
+    pub k: usize,
+    /// Which items may be returned; asked only about items that would make the candidate pool.
+    pub allowed: &'a (dyn Fn(u32) -> bool + 'a),
+}
+
+/// A member vector quantised like the item rows.
+struct QueryCodes {
+    codes: Vec<i8>,
+    scale: f32,
+}
+
+impl QueryCodes {
+    fn new(user: &[f32]) -> QueryCodes {
+        let mut codes = vec![0i8; user.len()];
+        let scale = quantize(user, &mut codes);
+        QueryCodes { codes, scale }
+    }
 }
 
 /// Size of the candidate pool re-scored exactly for a top-`k`.
@@ -226,54 +265,90 @@ impl ItemMatrix {
     /// Approximate (quantised) scores of every item into `out`.
     pub fn score_all_quantized(&self, user: &[f32], out: &mut [f32]) {
         assert_eq!(user.len(), self.k);
-        let mut q_user = vec![0i8; self.k];
-        let user_scale = quantize(user, &mut q_user);
+        self.scan(0..self.n, &QueryCodes::new(user), out);
+    }
+
+    /// Approximate scores of the items in `rows` into `out`.
+    fn scan(&self, rows: std::ops::Range<usize>, query: &QueryCodes, out: &mut [f32]) {
+        let k = self.k;
+        let codes = &self.quantized[rows.start * k..rows.end * k];
+        let scales = &self.scales[rows.clone()];
+        let out = &mut out[..rows.len()];
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        if self.k.is_multiple_of(32) {
+        if k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS {
             // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
             // runs on has it.
             unsafe {
-                scan_i8_avx2(
-                    &self.quantized,
-                    self.k,
-                    &q_user,
-                    &self.scales,
-                    user_scale,
-                    out,
-                );
+                scan_i8_avx2(codes, k, &query.codes, scales, query.scale, out);
             }
             return;
         }
-        let q_user: Vec<i16> = q_user.into_iter().map(i16::from).collect();
-        for ((row, scale), o) in self
-            .quantized
-            .chunks_exact(self.k)
-            .zip(&self.scales)
-            .zip(out.iter_mut())
-        {
-            *o = dot_i8(row, &q_user) as f32 * (scale * user_scale);
+        let user: Vec<i16> = query.codes.iter().map(|&q| i16::from(q)).collect();
+        for ((row, scale), o) in codes.chunks_exact(k).zip(scales).zip(out.iter_mut()) {
+            *o = dot_i8(row, &user) as f32 * (scale * query.scale);
         }
     }
 
     /// The `k` best items for `user` among those `allowed`, by exact score, best first.
     pub fn top_k(&self, user: &[f32], k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
-        if k == 0 || self.n == 0 {
-            return Vec::new();
+        let query = BatchQuery {
+            user,
+            k,
+            allowed: &allowed,
+        };
+        self.top_k_batch(std::slice::from_ref(&query))
+            .pop()
+            .expect("one answer per query")
+    }
+
+    /// Each query's `k` best items among its `allowed`, by exact score, best first — from one pass
+    /// over the item codes for the whole batch.
+    ///
+    /// The codes are read a block of [`BLOCK_BYTES`] at a time; each member is scored against the
+    /// block while it is in cache and keeps its own candidate pool ([`candidates`]`(k)`, by
+    /// quantised score), which is then re-scored exactly. A member's answer is exactly what
+    /// [`ItemMatrix::top_k`] gives them alone: batching changes the memory traffic, not the result.
+    pub fn top_k_batch(&self, queries: &[BatchQuery<'_>]) -> Vec<Vec<Scored>> {
+        for q in queries {
+            assert_eq!(q.user.len(), self.k, "a member vector of the wrong width");
         }
+        let codes: Vec<QueryCodes> = queries.iter().map(|q| QueryCodes::new(q.user)).collect();
+        let mut pools: Vec<TopK> = queries
+            .iter()
+            .map(|q| TopK::new(if q.k == 0 { 0 } else { candidates(q.k) }))
+            .collect();
+        let block = (BLOCK_BYTES / self.k).max(8);
         SCORES.with(|buffer| {
             let mut scores = buffer.borrow_mut();
-            scores.resize(self.n, 0.0);
-            self.score_all_quantized(user, &mut scores);
-            let pool = select_top(&scores, candidates(k), &allowed);
-            let exact: Vec<Scored> = pool
-                .into_iter()
-                .map(|s| Scored {
-                    index: s.index,
-                    score: self.score(s.index as usize, user),
-                })
-                .collect();
-            best_of(exact, k)
-        })
+            scores.resize(block.min(self.n), 0.0);
+            let mut start = 0;
+            while start < self.n {
+                let end = (start + block).min(self.n);
+                for ((query, codes), pool) in queries.iter().zip(&codes).zip(&mut pools) {
+                    if query.k == 0 {
+                        continue;
+                    }
+                    self.scan(start..end, codes, &mut scores);
+                    pool.offer(&scores[..end - start], start as u32, query.allowed);
+                }
+                start = end;
+            }
+        });
+        queries
+            .iter()
+            .zip(pools)
+            .map(|(query, pool)| {
+                let exact: Vec<Scored> = pool
+                    .into_best()
+                    .into_iter()
+                    .map(|s| Scored {
+                        index: s.index,
+                        score: self.score(s.index as usize, query.user),
+                    })
+                    .collect();
+                best_of(exact, query.k)
+            })
+            .collect()
     }
 
     /// The `k` best items by exact score over the whole catalog (the reference `top_k` is measured
@@ -369,6 +444,49 @@ mod tests {
                 "scores are exact"
             );
             assert!(s.index % 7 != 0, "filtered items never come back");
+        }
+    }
+
+    #[test]
+    fn a_batched_scan_answers_each_member_as_if_alone() {
+        // 5,000 rows span several blocks (the last one partial); members differ in k, filter
+        // and vector (one is zero).
+        let (m, _) = random_matrix(5_000, 64, 6);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut users: Vec<Vec<f32>> = (0..6)
+            .map(|_| (0..64).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        users[3] = vec![0.0; 64];
+        let filters: Vec<Box<dyn Fn(u32) -> bool>> = vec![
+            Box::new(|_| true),
+            Box::new(|i| i % 3 == 0),
+            Box::new(|i| i > 4_000),
+            Box::new(|_| true),
+            Box::new(|_| false),
+            Box::new(|i| i % 2 == 1),
+        ];
+        let ks = [10, 100, 7, 20, 5, 0];
+        let queries: Vec<BatchQuery> = users
+            .iter()
+            .zip(&filters)
+            .zip(ks)
+            .map(|((user, allowed), k)| BatchQuery {
+                user,
+                k,
+                allowed: allowed.as_ref(),
+            })
+            .collect();
+        let batched = m.top_k_batch(&queries);
+        assert_eq!(batched.len(), 6);
+        for (q, got) in queries.iter().zip(&batched) {
+            let alone = m.top_k(q.user, q.k, q.allowed);
+            assert_eq!(got, &alone, "k {}", q.k);
+            let nothing_allowed = q.k == 5;
+            assert_eq!(got.len(), if nothing_allowed { 0 } else { q.k });
+            if q.user.iter().any(|&x| x != 0.0) {
+                let ids: Vec<u32> = got.iter().map(|s| s.index).collect();
+                assert_eq!(ids, naive_top(&m, q.user, q.k, q.allowed), "k {}", q.k);
+            }
         }
     }
 
