@@ -69,9 +69,19 @@ pub struct MaturityFilter {
 impl Catalog {
     /// Loads and validates version `version` of `root` (checksums, shapes, ids).
     pub fn load(root: &ModelRoot, version: &str) -> Result<Catalog, OnlineError> {
+        Self::load_with(root, version, false)
+    }
+
+    /// [`Catalog::load`], with `map_factors`: an iALS version's exact item factors mapped from
+    /// its raw file rather than held (`online.item_factors = "mapped"`).
+    pub fn load_with(
+        root: &ModelRoot,
+        version: &str,
+        map_factors: bool,
+    ) -> Result<Catalog, OnlineError> {
         let manifest = root.verify(version)?;
         let dir = root.version_dir(version);
-        let model = PublishedModel::load(root, version, &manifest)?;
+        let model = PublishedModel::load_with(root, version, &manifest, map_factors)?;
         let invalid = |problem: String| OnlineError::InvalidModel {
             version: version.to_string(),
             problem,

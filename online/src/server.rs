@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recsys_shared::artifact::{CurrentFollower, LoadFailure, ModelRoot};
-use recsys_shared::config::{Config, StoreBackend};
+use recsys_shared::config::{Config, ItemFactorsIn, StoreBackend};
 use recsys_shared::proto::v1::ranking_server::RankingServer;
 use recsys_shared::proto::FILE_DESCRIPTOR_SET;
 use recsys_shared::tls::Validity;
@@ -93,19 +93,25 @@ struct ModelWatcher {
     ready: Arc<AtomicBool>,
     /// Load attempts refused by this watcher (the metric counts the whole process).
     refusals: Arc<AtomicU64>,
+    /// `online.item_factors = "mapped"`.
+    map_factors: bool,
 }
 
 impl ModelWatcher {
     async fn refresh(&mut self) {
         let serving = self.ranker.catalog().map(|c| c.version.clone());
         let root = self.follower.source().clone();
+        let map_factors = self.map_factors;
         let poll = self
             .follower
             .poll(serving.as_deref(), |version| {
                 let root = root.clone();
                 async move {
                     let started = Instant::now();
-                    match tokio::task::spawn_blocking(move || Catalog::load(&root, &version)).await
+                    match tokio::task::spawn_blocking(move || {
+                        Catalog::load_with(&root, &version, map_factors)
+                    })
+                    .await
                     {
                         Ok(Ok(catalog)) => Ok((catalog, started)),
                         Ok(Err(e)) => Err(LoadFailure::Refused(e.to_string())),
@@ -183,6 +189,8 @@ struct ExperimentsWatcher {
     path: std::path::PathBuf,
     root: ModelRoot,
     ranker: Arc<Ranker>,
+    /// `online.item_factors = "mapped"`.
+    map_factors: bool,
     /// The text in force; `None` when no file is.
     applied: Option<String>,
     /// The contents last refused.
@@ -285,9 +293,12 @@ impl ExperimentsWatcher {
                 _ => {
                     let root = self.root.clone();
                     let owned = version.clone();
-                    let loaded = tokio::task::spawn_blocking(move || Catalog::load(&root, &owned))
-                        .await
-                        .map_err(|e| format!("{field}: loading {version:?} panicked: {e}"))?;
+                    let map_factors = self.map_factors;
+                    let loaded = tokio::task::spawn_blocking(move || {
+                        Catalog::load_with(&root, &owned, map_factors)
+                    })
+                    .await
+                    .map_err(|e| format!("{field}: loading {version:?} panicked: {e}"))?;
                     Arc::new(loaded.map_err(|e| {
                         format!("{field}: model version {version:?} cannot be served: {e}")
                     })?)
@@ -392,6 +403,7 @@ pub async fn start_with_reader(
         health,
         ready: ready.clone(),
         refusals: refusals.clone(),
+        map_factors: config.online.item_factors == ItemFactorsIn::Mapped,
     };
     watcher.refresh().await;
     let mut experiments = ExperimentsWatcher {
@@ -402,6 +414,7 @@ pub async fn start_with_reader(
             .unwrap_or_else(|| config.model.root.join("experiments.toml")),
         root: ModelRoot::new(&config.model.root),
         ranker: ranker.clone(),
+        map_factors: config.online.item_factors == ItemFactorsIn::Mapped,
         applied: None,
         refused: None,
         settling: Settling::default(),

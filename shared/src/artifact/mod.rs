@@ -39,15 +39,20 @@ pub use manifest::{
 pub use remote::{Lease, ModelMirror, RemoteModelRoot};
 pub use root::{ModelRoot, StagedVersion, WriterLock};
 pub use tables::{
-    read_catalog, read_factors, read_history, read_popularity, read_weights, write_batches,
-    write_catalog, write_factors, write_history, write_history_rows, write_popularity,
-    write_weights, writer_properties, CatalogRow, FactorTable, HistoryRow, PopularityRow,
+    read_catalog, read_factor_ids, read_factors, read_history, read_popularity, read_weights,
+    write_batches, write_catalog, write_factors, write_history, write_history_rows,
+    write_popularity, write_raw_factors, write_weights, writer_properties, CatalogRow, FactorTable,
+    HistoryRow, PopularityRow,
 };
 
 /// File names inside a version directory.
 pub mod files {
     pub const MANIFEST: &str = "manifest.json";
     pub const ITEM_FACTORS: &str = "item_factors.parquet";
+    /// iALS: the item factors again as raw little-endian `f32` rows (n × k, in the order of
+    /// `item_factors.parquet`), so a server can map them instead of holding them
+    /// (`online.item_factors = "mapped"`).
+    pub const ITEM_FACTORS_RAW: &str = "item_factors.f32";
     pub const USER_FACTORS: &str = "user_factors.parquet";
     /// The item × item weights of a history family (EASE, item-kNN).
     pub const ITEM_WEIGHTS: &str = "item_weights.parquet";

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use super::{
-    files, read_factors, read_weights, write_factors, write_weights, FactorTable, Manifest,
-    ModelParams, ModelRoot, StagedVersion,
+    files, read_factor_ids, read_factors, read_weights, write_factors, write_raw_factors,
+    write_weights, FactorTable, Manifest, ModelParams, ModelRoot, StagedVersion,
 };
 use crate::model::ials::train::AlsModel;
 use crate::model::ials::{FoldIn, ItemMatrix};
@@ -55,6 +55,7 @@ pub fn write_model(
 ) -> Result<()> {
     match model {
         TrainedModel::Factors { model, member_ids } => {
+            write_raw_factors(&staged.path(files::ITEM_FACTORS_RAW), &model.item_factors)?;
             for (name, column, ids, vectors) in [
                 (files::ITEM_FACTORS, "item_id", item_ids, model.item_factors),
                 (
@@ -82,8 +83,20 @@ pub fn write_model(
 }
 
 impl PublishedModel {
-    /// Reads the model of verified version `version` (its `manifest`) from `root`.
+    /// Reads the model of verified version `version` (its `manifest`) from `root`, the item
+    /// factors held in memory.
     pub fn load(root: &ModelRoot, version: &str, manifest: &Manifest) -> Result<PublishedModel> {
+        Self::load_with(root, version, manifest, false)
+    }
+
+    /// [`PublishedModel::load`], with `map_factors`: an iALS version's exact item factors mapped
+    /// from its raw file rather than held (a version published without one is read as usual).
+    pub fn load_with(
+        root: &ModelRoot,
+        version: &str,
+        manifest: &Manifest,
+        map_factors: bool,
+    ) -> Result<PublishedModel> {
         let dir = root.version_dir(version);
         let invalid = |problem: String| SharedError::Artifact {
             root: root.path().to_path_buf(),
@@ -93,26 +106,43 @@ impl PublishedModel {
         let family = manifest.algorithm.family();
         let (item_ids, scorer, fold_in) = match &manifest.algorithm.model {
             ModelParams::Ials(record) => {
-                let table = read_factors(&dir.join(files::ITEM_FACTORS), "item_id")?;
-                let k = table.factors;
-                if k != record.factors {
-                    return Err(invalid(format!(
-                        "item factors are {k} wide, the manifest says {}",
-                        record.factors
-                    )));
-                }
-                if let Some(bad) = table.vectors.iter().position(|x| !x.is_finite()) {
+                let raw = dir.join(files::ITEM_FACTORS_RAW);
+                let k = record.factors;
+                let (ids, mut items) =
+                    if map_factors && manifest.files.contains_key(files::ITEM_FACTORS_RAW) {
+                        let ids = read_factor_ids(&dir.join(files::ITEM_FACTORS), "item_id")?;
+                        let items = ItemMatrix::map(&raw, k)
+                            .map_err(|e| invalid(format!("{}: {e}", files::ITEM_FACTORS_RAW)))?;
+                        if items.len() != ids.len() {
+                            return Err(invalid(format!(
+                                "{} holds {} rows, {} names {} items",
+                                files::ITEM_FACTORS_RAW,
+                                items.len(),
+                                files::ITEM_FACTORS,
+                                ids.len()
+                            )));
+                        }
+                        (ids, items)
+                    } else {
+                        let table = read_factors(&dir.join(files::ITEM_FACTORS), "item_id")?;
+                        if table.factors != k {
+                            return Err(invalid(format!(
+                                "item factors are {} wide, the manifest says {k}",
+                                table.factors
+                            )));
+                        }
+                        (table.ids, ItemMatrix::new(table.vectors, k))
+                    };
+                if let Some(bad) = items.as_slice().iter().position(|x| !x.is_finite()) {
                     return Err(invalid(format!(
                         "item {} has a non-finite factor",
-                        table.ids[bad / k.max(1)]
+                        ids[bad / k.max(1)]
                     )));
                 }
-                let fold_in = FoldIn::new(&table.vectors, k, record.objective);
-                (
-                    table.ids,
-                    Scorer::Factors(ItemMatrix::new(table.vectors, k)),
-                    Some(fold_in),
-                )
+                let fold_in = FoldIn::new(items.as_slice(), k, record.objective);
+                // Loading read every mapped row; from here on only re-scored rows are needed.
+                items.release_mapped_rows();
+                (ids, Scorer::Factors(items), Some(fold_in))
             }
             ModelParams::Ease(_) | ModelParams::ItemKnn(_) | ModelParams::Bspm(_) => {
                 let path = dir.join(files::ITEM_WEIGHTS);
@@ -169,7 +199,7 @@ impl PublishedModel {
     /// Bytes of the scorer in memory.
     pub fn scorer_bytes(&self) -> usize {
         match &self.scorer {
-            Scorer::Factors(items) => items.len() * items.factors() * 4,
+            Scorer::Factors(items) => items.heap_bytes(),
             Scorer::Weights(weights) => weights.heap_bytes(),
         }
     }

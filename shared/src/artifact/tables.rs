@@ -13,7 +13,7 @@ use arrow::datatypes::{
     DataType, Field, Float32Type, Schema, SchemaRef, TimeUnit, UInt32Type, UInt64Type,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -154,6 +154,39 @@ fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>> 
         .iter()
         .map(|s| s.unwrap_or_default().to_string())
         .collect())
+}
+
+/// Only the ids of a factor table written by [`write_factors`] (the vectors are not decoded).
+pub fn read_factor_ids(path: &Path, id_column: &str) -> Result<Vec<String>> {
+    let file = File::open(path).map_err(|e| SharedError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| SharedError::parquet(path, e))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), [id_column]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| SharedError::parquet(path, e))?;
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| SharedError::arrow(path, e))?;
+        ids.extend(strings(path, &batch, id_column)?);
+    }
+    Ok(ids)
+}
+
+/// Writes row-major `f32` rows as raw little-endian bytes: what [`crate::model::ials::ItemMatrix`]
+/// maps (the same rows as the factor table beside it).
+pub fn write_raw_factors(path: &Path, vectors: &[f32]) -> Result<()> {
+    use std::io::Write;
+    let file = File::create(path).map_err(|e| SharedError::io(path, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    for chunk in vectors.chunks(16 * 1024) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.write_all(&bytes)
+            .map_err(|e| SharedError::io(path, e))?;
+    }
+    out.flush().map_err(|e| SharedError::io(path, e))
 }
 
 /// Reads a factor table written by [`write_factors`].

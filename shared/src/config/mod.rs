@@ -32,8 +32,8 @@ pub use offline::{
     ItemKnnConfig, MemberWeighting, OfflineConfig, Protocol, PublishConfig, TuningConfig,
 };
 pub use online::{
-    ApiKeyConfig, AuthConfig, ImpressionsConfig, MaturityConfig, OnlineConfig, RulesConfig,
-    ScanBatchConfig, ServerTlsConfig,
+    ApiKeyConfig, AuthConfig, ImpressionsConfig, ItemFactorsIn, MaturityConfig, OnlineConfig,
+    RulesConfig, ScanBatchConfig, ServerTlsConfig,
 };
 pub use store::{
     CassandraConfig, ClientAuth, ClientTls, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig,

@@ -76,6 +76,20 @@ pub struct OnlineConfig {
     pub maturity: MaturityConfig,
     /// Batched whole-catalog scans of member vectors (iALS).
     pub batch: ScanBatchConfig,
+    /// Where an iALS version's exact item factors are kept: `memory` (the default), or `mapped`
+    /// from the version's raw file — the server then holds the `i8` codes the scan reads (a
+    /// quarter of the bytes) and reads from the file only the rows it re-scores, which the kernel
+    /// keeps in its page cache. For catalogs of millions of items.
+    pub item_factors: ItemFactorsIn,
+}
+
+/// Where a server keeps an iALS version's exact item factors (`online.item_factors`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemFactorsIn {
+    #[default]
+    Memory,
+    Mapped,
 }
 
 /// Batched scans: a request that scores a member vector against the whole catalog joins a queue;
@@ -302,6 +316,7 @@ impl Default for OnlineConfig {
             rules: RulesConfig::default(),
             maturity: MaturityConfig::default(),
             batch: ScanBatchConfig::default(),
+            item_factors: ItemFactorsIn::default(),
         }
     }
 }

@@ -24,12 +24,36 @@ pub struct ItemMatrix {
     n: usize,
     k: usize,
     /// Row-major `n × k`.
-    factors: Vec<f32>,
+    factors: Rows,
     /// Row-major `n × k`, `factors[i] ≈ scales[i] · quantized[i]`.
     quantized: Vec<i8>,
     scales: Vec<f32>,
     /// `‖y_i‖`, for cosine similarity.
     norms: Vec<f32>,
+}
+
+/// The exact rows: held in memory, or mapped from a version's raw factor file — then only the
+/// rows a request re-scores are read, and the kernel may drop them from memory again.
+#[derive(Debug, Clone)]
+enum Rows {
+    Owned(Vec<f32>),
+    Mapped(std::sync::Arc<memmap2::Mmap>),
+}
+
+impl std::ops::Deref for Rows {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Rows::Owned(rows) => rows,
+            Rows::Mapped(map) => {
+                // SAFETY: the mapping starts on a page boundary (aligned for f32), its length is a
+                // multiple of 4 (checked in `ItemMatrix::map`), every bit pattern is an f32, and
+                // the bytes are little-endian f32 on a little-endian target (checked there too).
+                unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<f32>(), map.len() / 4) }
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -190,6 +214,34 @@ pub fn candidates(k: usize) -> usize {
 impl ItemMatrix {
     /// Lays out row-major `n × k` factors.
     pub fn new(factors: Vec<f32>, k: usize) -> Self {
+        Self::from_rows(Rows::Owned(factors), k)
+    }
+
+    /// Maps the raw little-endian `f32` rows of `path` (`n × k`, see
+    /// [`crate::artifact::files::ITEM_FACTORS_RAW`]) instead of reading them into memory: the
+    /// quantised rows, scales and norms are computed from it once, and afterwards only the rows a
+    /// request re-scores are read. The file must not change while it is mapped (a published
+    /// version never does).
+    pub fn map(path: &std::path::Path, k: usize) -> std::io::Result<Self> {
+        let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+        if cfg!(target_endian = "big") {
+            return Err(invalid("raw factor files are little-endian".into()));
+        }
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the file belongs to a published version, which is never modified or truncated
+        // while a server uses it (versions are immutable; pruning keeps served ones).
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        if k == 0 || !map.len().is_multiple_of(4 * k) {
+            return Err(invalid(format!(
+                "{} bytes are not rows of {k} f32 values",
+                map.len()
+            )));
+        }
+        let _ = map.advise(memmap2::Advice::Random);
+        Ok(Self::from_rows(Rows::Mapped(std::sync::Arc::new(map)), k))
+    }
+
+    fn from_rows(factors: Rows, k: usize) -> Self {
         assert!(
             k > 0 && factors.len().is_multiple_of(k),
             "factors are not n × {k}"
@@ -209,6 +261,26 @@ impl ItemMatrix {
             quantized,
             scales,
             norms,
+        }
+    }
+
+    /// Whether the exact rows are mapped from a file rather than held.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.factors, Rows::Mapped(_))
+    }
+
+    /// Lets the kernel drop the mapped rows from this process's memory (they stay in the page
+    /// cache and come back on the next read): after loading, which read every row, only the rows
+    /// requests re-score need to be resident. Does nothing for held rows, or while a clone
+    /// shares the mapping.
+    pub fn release_mapped_rows(&mut self) {
+        if let Rows::Mapped(map) = &mut self.factors {
+            if let Some(map) = std::sync::Arc::get_mut(map) {
+                // SAFETY: `&mut self` and the unshared `Arc` mean no borrow of the mapping is
+                // alive; for a shared file mapping MADV_DONTNEED only drops resident pages, which
+                // read back from the (unchanged) file.
+                let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            }
         }
     }
 
@@ -243,9 +315,13 @@ impl ItemMatrix {
         self.norms[index]
     }
 
-    /// Bytes held for scoring (exact + quantised rows, scales and norms).
+    /// Bytes held for scoring (exact rows unless mapped, quantised rows, scales and norms).
     pub fn heap_bytes(&self) -> usize {
-        self.factors.len() * 4 + self.quantized.len() + self.n * 8
+        let exact = match &self.factors {
+            Rows::Owned(rows) => rows.len() * 4,
+            Rows::Mapped(_) => 0,
+        };
+        exact + self.quantized.len() + self.n * 8
     }
 
     /// Exact score of one item.
@@ -488,6 +564,32 @@ mod tests {
                 assert_eq!(ids, naive_top(&m, q.user, q.k, q.allowed), "k {}", q.k);
             }
         }
+    }
+
+    #[test]
+    fn mapped_rows_score_like_held_rows() {
+        let (held, user) = random_matrix(2_000, 32, 8);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.f32");
+        crate::artifact::write_raw_factors(&path, held.as_slice()).unwrap();
+        let mut mapped = ItemMatrix::map(&path, 32).unwrap();
+        mapped.release_mapped_rows();
+        assert!(mapped.is_mapped() && !held.is_mapped());
+        assert_eq!(mapped.len(), 2_000);
+        assert_eq!(
+            mapped.as_slice(),
+            held.as_slice(),
+            "rows read back after release"
+        );
+        assert_eq!(
+            mapped.top_k(&user, 50, |i| i % 5 != 0),
+            held.top_k(&user, 50, |i| i % 5 != 0)
+        );
+        assert!(mapped.heap_bytes() < held.heap_bytes());
+        // A file that is not whole rows is refused.
+        std::fs::write(&path, [0u8; 4 * 32 + 2]).unwrap();
+        let refused = ItemMatrix::map(&path, 32).unwrap_err();
+        assert!(refused.to_string().contains("not rows of 32"), "{refused}");
     }
 
     #[test]
