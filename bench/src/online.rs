@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Measure only the kernel.
     #[arg(long)]
     pub skip_server: bool,
+    /// Also run the server with `online.item_factors = "mapped"` (iALS) and print its latency and
+    /// memory — anonymous, and file pages of the mapped factors resident — next to the held run's.
+    #[arg(long)]
+    pub mapped: bool,
     /// Do not run the NumPy peer.
     #[arg(long)]
     pub skip_peer: bool,
@@ -266,6 +270,9 @@ struct ServerFigures {
     errors: u64,
     rss_mib: f64,
     peak_rss_mib: f64,
+    /// Of `rss_mib`: anonymous memory, and resident pages of mapped files.
+    rss_anon_mib: f64,
+    rss_file_mib: f64,
     limit_mib: f64,
     /// Impressions sent and dropped (experiment runs).
     impressions_sent: f64,
@@ -292,6 +299,8 @@ struct ServerMode<'a> {
     concurrency: Option<usize>,
     /// `online.batch.enabled` (default: the server's default, on).
     batching: Option<bool>,
+    /// `online.item_factors = "mapped"`.
+    mapped: bool,
 }
 
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -364,6 +373,10 @@ async fn server(
         // queue them all (as before admission control) so the figures are throughput and
         // latency, not shedding. `recsys online soak` measures the shedding.
         .env("RECSYS__ONLINE__MAX_QUEUED", "1024")
+        .envs(
+            mode.mapped
+                .then_some(("RECSYS__ONLINE__ITEM_FACTORS", "mapped")),
+        )
         .envs(
             mode.batching
                 .map(|on| ("RECSYS__ONLINE__BATCH__ENABLED", on.to_string())),
@@ -507,6 +520,8 @@ async fn server(
             errors,
             rss_mib: proc_status_kib(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
             peak_rss_mib: proc_status_kib(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+            rss_anon_mib: proc_status_kib(pid, "RssAnon:").unwrap_or(0) as f64 / 1024.0,
+            rss_file_mib: proc_status_kib(pid, "RssFile:").unwrap_or(0) as f64 / 1024.0,
             limit_mib: 2.0 * factor_bytes / (1 << 20) as f64 + 200.0,
             impressions_sent: recsys_shared::ops::scrape(
                 metrics_port,
@@ -841,6 +856,31 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 for (key, value) in batching_runs(&args, n, &dir, &s).await? {
                     summary[key] = value;
                 }
+            }
+            if args.mapped && args.family == BenchFamily::Ials {
+                let m = server(
+                    &args,
+                    n,
+                    &dir,
+                    ServerMode {
+                        mapped: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let codes_mib = (n * (args.factors + 8)) as f64 / (1 << 20) as f64;
+                eprintln!(
+                    "server with mapped factors: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, {} errors; RSS {:.0} MiB = {:.0} anonymous + {:.0} of mapped file pages (peak {:.0}); held factors: {:.0} anonymous; the i8 codes, scales and norms are {codes_mib:.0} MiB",
+                    m.qps, args.concurrency, m.p50_ms, m.p99_ms, m.errors, m.rss_mib, m.rss_anon_mib, m.rss_file_mib, m.peak_rss_mib, s.rss_anon_mib,
+                );
+                summary["mapped_qps"] = m.qps.into();
+                summary["mapped_p99_ms"] = m.p99_ms.into();
+                summary["mapped_rss_mib"] = m.rss_mib.into();
+                summary["mapped_rss_anon_mib"] = m.rss_anon_mib.into();
+                summary["mapped_rss_file_mib"] = m.rss_file_mib.into();
+                summary["mapped_peak_rss_mib"] = m.peak_rss_mib.into();
+                summary["rss_anon_mib"] = s.rss_anon_mib.into();
             }
             if args.tls {
                 let certs = recsys_shared::testkit::TestCertificates::generate();
