@@ -243,3 +243,117 @@ fn online_cli_errors_name_what_is_wrong() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("redis.url"), "{}", stderr(&o));
 }
+
+/// A server on `models` with its own embedded store (loaded from the version on start) and the
+/// given settings; returns it with its gRPC and metrics ports.
+fn serve(models: &Path, store: &Path, settings: &[(&str, &str)]) -> (Process, u16, u16) {
+    let grpc = free_port();
+    let metrics = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recsys"));
+    cmd.args(["online", "serve", "--model-root", models.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .env("RECSYS_LOG", "warn")
+        .env("RECSYS__STORE__EMBEDDED__PATH", store)
+        .envs(settings.iter().copied())
+        .stdout(Stdio::null());
+    let server = Process(cmd.spawn().unwrap());
+    assert!(
+        wait_for_port(grpc, Duration::from_secs(30)),
+        "server did not listen"
+    );
+    (server, grpc, metrics)
+}
+
+#[test]
+fn mapped_factors_and_batched_scans_answer_like_held_factors_scanned_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = train(dir.path());
+    let models = dir.path().join("models");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models.join(&version).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        manifest["files"]["item_factors.f32"]["bytes"].as_u64() > Some(0),
+        "an iALS version publishes its raw item rows: {manifest}"
+    );
+    // Mapped factors with batched scans (waiting up to 50 ms so that concurrent requests do
+    // share passes), against held factors with each request scanning alone.
+    let (_mapped, mapped_port, mapped_metrics) = serve(
+        &models,
+        &dir.path().join("store-a"),
+        &[
+            ("RECSYS__ONLINE__ITEM_FACTORS", "mapped"),
+            ("RECSYS__ONLINE__BATCH__MAX_WAIT_US", "50000"),
+        ],
+    );
+    let (_held, held_port, held_metrics) = serve(
+        &models,
+        &dir.path().join("store-b"),
+        &[("RECSYS__ONLINE__BATCH__ENABLED", "false")],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answers = |port: u16| {
+        runtime.block_on(async move {
+            let channel =
+                tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let asks = (0..24).map(|m| {
+                let mut client = RankingClient::new(channel.clone());
+                async move {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    loop {
+                        let request = RankRequest {
+                            user_id: format!("u{:07}", m * 7 + 1),
+                            k: 15,
+                            country: if m % 3 == 0 {
+                                "US".into()
+                            } else {
+                                String::new()
+                            },
+                            ..Default::default()
+                        };
+                        match client.rank(request).await {
+                            Ok(r) => break r.into_inner(),
+                            Err(e) if Instant::now() < deadline => {
+                                eprintln!("not ready yet: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(asks).await
+        })
+    };
+    let (mapped, held) = (answers(mapped_port), answers(held_port));
+    for (m, (a, b)) in mapped.iter().zip(&held).enumerate() {
+        assert_eq!(a.vector_source, VectorSource::Store as i32, "member {m}");
+        let ranked = |r: &recsys_shared::proto::v1::RankResponse| {
+            r.items
+                .iter()
+                .map(|i| (i.item_id.clone(), i.score))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranked(a), ranked(b), "member {m}");
+        assert_eq!(a.items.len(), 15, "member {m}");
+    }
+    let passes = |port| recsys_shared::ops::scrape(port, "recsys_scan_batch_members_count");
+    let scanned = |port| recsys_shared::ops::scrape(port, "recsys_scan_batch_members_sum");
+    assert_eq!(
+        scanned(mapped_metrics),
+        24.0,
+        "every Rank went through the scan queue"
+    );
+    assert!(
+        passes(mapped_metrics) < 24.0,
+        "24 concurrent requests took {} passes",
+        passes(mapped_metrics)
+    );
+    assert_eq!(passes(held_metrics), 0.0, "batching off: no pass");
+}

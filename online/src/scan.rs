@@ -1,10 +1,12 @@
 //! Batched whole-catalog scans of member vectors (`online.batch`).
 //!
-//! A request that needs its member's vector scored against the whole catalog joins a queue. Scan
-//! threads take the first queued request, then every other one already queued (up to
-//! `max_members`, waiting at most `max_wait_us` for more), and score them all in one pass over
-//! the item codes ([`ItemMatrix::top_k_batch`]), each with its own filter and `k`; the answers go
-//! back to the waiting requests. A lone request is a batch of one and waits for nothing.
+//! A request that needs its member's vector scored against the whole catalog joins a queue. The
+//! scan thread takes the first queued request, then every other one already queued (up to
+//! `max_members`, waiting at most `max_wait_us` for more), and scores them all in one pass over
+//! the item codes ([`ItemMatrix::top_k_batch`], which spreads a large catalog's pass over every
+//! core), each with its own filter and `k`; the answers go back to the waiting requests. A lone
+//! request is a batch of one and waits for nothing; requests arriving during a pass form the
+//! next one, so under load batches fill by themselves.
 //!
 //! A request whose deadline passed while it was queued is answered without being scanned. A scan
 //! that panics answers its batch with an error and the thread carries on. Owns no catalog: each
@@ -13,7 +15,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recsys_shared::config::ScanBatchConfig;
@@ -26,7 +28,7 @@ use crate::catalog::Catalog;
 use crate::metrics::{SCAN_BATCH_MEMBERS, SCAN_QUEUE_SECONDS};
 
 /// Which items a request may be shown, asked from a scan thread.
-pub type ItemFilter = Box<dyn Fn(u32) -> bool + Send>;
+pub type ItemFilter = Box<dyn Fn(u32) -> bool + Send + Sync>;
 
 /// Why a queued scan gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,31 +54,23 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Scored>, ScanError>>,
 }
 
-/// The queue and its scan threads; the threads end when the queue is dropped.
+/// The queue and its scan thread; the thread ends when the queue is dropped.
 pub struct ScanQueue {
     sender: SyncSender<Job>,
 }
 
 impl ScanQueue {
-    /// Starts `config.threads` scan threads (0: one per core).
+    /// Starts the scan thread.
     pub fn start(config: &ScanBatchConfig) -> ScanQueue {
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
         // Admission bounds the requests in progress, so the queue holds at most that many; the
         // bound only matters when `online.max_in_flight` is set above it.
-        let (sender, receiver) = mpsc::sync_channel(threads * config.max_members.max(1) * 64);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for t in 0..threads {
-            let receiver = receiver.clone();
-            let max_members = config.max_members.max(1);
-            let max_wait = Duration::from_micros(config.max_wait_us);
-            std::thread::Builder::new()
-                .name(format!("recsys-scan-{t}"))
-                .spawn(move || scan_thread(&receiver, max_members, max_wait))
-                .expect("spawns a scan thread");
-        }
+        let (sender, receiver) = mpsc::sync_channel(config.max_members.max(1) * 64);
+        let max_members = config.max_members.max(1);
+        let max_wait = Duration::from_micros(config.max_wait_us);
+        std::thread::Builder::new()
+            .name("recsys-scan".into())
+            .spawn(move || scan_thread(&receiver, max_members, max_wait))
+            .expect("spawns the scan thread");
         ScanQueue { sender }
     }
 
@@ -115,7 +109,7 @@ impl ScanQueue {
     }
 }
 
-fn scan_thread(receiver: &Mutex<Receiver<Job>>, max_members: usize, max_wait: Duration) {
+fn scan_thread(receiver: &Receiver<Job>, max_members: usize, max_wait: Duration) {
     loop {
         let Some(jobs) = next_batch(receiver, max_members, max_wait) else {
             return;
@@ -145,11 +139,10 @@ fn scan_thread(receiver: &Mutex<Receiver<Job>>, max_members: usize, max_wait: Du
 
 /// The first queued job (waiting for it) and the ones queued behind it.
 fn next_batch(
-    receiver: &Mutex<Receiver<Job>>,
+    receiver: &Receiver<Job>,
     max_members: usize,
     max_wait: Duration,
 ) -> Option<Vec<Job>> {
-    let receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
     let first = receiver.recv().ok()?;
     let mut jobs = vec![first];
     let until = Instant::now() + max_wait;
@@ -252,12 +245,11 @@ mod tests {
         let Scorer::Factors(items) = &catalog.model.scorer else {
             panic!("a factor model")
         };
-        // One thread that waits up to a second for eight requests: they form one batch.
+        // Waiting up to 100 ms for eight requests: they share passes.
         let queue = Arc::new(ScanQueue::start(&ScanBatchConfig {
             enabled: true,
             max_members: 8,
             max_wait_us: 100_000,
-            threads: 1,
         }));
         let batches_before = SCAN_BATCH_MEMBERS.get_sample_count();
         let members_before = SCAN_BATCH_MEMBERS.get_sample_sum();
@@ -299,10 +291,7 @@ mod tests {
     async fn late_or_malformed_requests_are_refused_alone() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path());
-        let queue = ScanQueue::start(&ScanBatchConfig {
-            threads: 1,
-            ..ScanBatchConfig::default()
-        });
+        let queue = ScanQueue::start(&ScanBatchConfig::default());
         let passed = Instant::now() - Duration::from_millis(1);
         let late = queue
             .top_k(catalog.clone(), vector(1), 5, Box::new(|_| true), passed)

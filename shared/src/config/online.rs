@@ -93,24 +93,22 @@ pub enum ItemFactorsIn {
 }
 
 /// Batched scans: a request that scores a member vector against the whole catalog joins a queue;
-/// a scan thread takes every request already queued and scores them all in one pass over the
-/// item codes, each with its own filters and `k`. At low load a request is a batch of one and
+/// the scan thread takes every request already queued and scores them all in one pass over the
+/// item codes (spread over every core for a large catalog), each with its own filters and `k`. At low load a request is a batch of one and
 /// waits for nothing; under load the catalog is read from memory once per batch instead of once
 /// per request (`recsys online bench --items 1000000` shows the difference). The history
 /// families (EASE, item-kNN, BSPM) read a few rows per history item and are not batched.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScanBatchConfig {
-    /// Score member vectors on the scan threads, in batches. Off: each request scans the catalog
+    /// Score member vectors on the scan thread, in batches. Off: each request scans the catalog
     /// on its own, on the thread that serves it. Default true.
     pub enabled: bool,
     /// Members scored in one pass at most. Default 32.
     pub max_members: usize,
-    /// How long a scan thread holding one request waits for more before it starts; 0 (the
+    /// How long the scan thread holding one request waits for more before it starts; 0 (the
     /// default) takes only what is already queued, so no request ever waits for a batch to fill.
     pub max_wait_us: u64,
-    /// Scan threads; 0 (the default) means one per core.
-    pub threads: usize,
 }
 
 impl Default for ScanBatchConfig {
@@ -119,7 +117,6 @@ impl Default for ScanBatchConfig {
             enabled: true,
             max_members: 32,
             max_wait_us: 0,
-            threads: 0,
         }
     }
 }
@@ -356,7 +353,6 @@ impl OnlineConfig {
             self.batch.max_wait_us,
             0..=100_000,
         )?;
-        within("online.batch.threads", self.batch.threads, 0..=1024)?;
         within(
             "online.opening_timeout_ms",
             self.opening_timeout_ms,

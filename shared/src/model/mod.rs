@@ -106,7 +106,7 @@ impl Scorer {
         &self,
         member: MemberInput<'_>,
         k: usize,
-        allowed: impl Fn(u32) -> bool,
+        allowed: impl Fn(u32) -> bool + Sync,
     ) -> Vec<top_k::Scored> {
         match (self, member) {
             (Scorer::Factors(items), MemberInput::Vector(v)) => items.top_k(v, k, allowed),

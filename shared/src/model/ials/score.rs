@@ -11,9 +11,13 @@
 //! Many members can be scored in one pass ([`ItemMatrix::top_k_batch`]): the codes are read a
 //! cache-sized block at a time and every member of the batch is scored against the block before
 //! the next is read, so a catalog larger than the CPU's caches crosses the memory bus once per
-//! batch instead of once per member — what bounds a million-item scan under concurrent load.
+//! batch instead of once per member — what bounds a million-item scan under concurrent load. A
+//! large catalog's pass is cut into parts scanned on the rayon pool's threads at once, so one
+//! member alone is answered by every core.
 
 use std::cell::RefCell;
+
+use rayon::prelude::*;
 
 use crate::kernels::dot as dot_f32;
 use crate::model::top_k::{best_of, select_top, Scored, TopK};
@@ -28,6 +32,8 @@ pub struct ItemMatrix {
     /// Row-major `n × k`, `factors[i] ≈ scales[i] · quantized[i]`.
     quantized: Vec<i8>,
     scales: Vec<f32>,
+    /// `Σ_j quantized[i][j]`, for the AVX2 kernel's offset.
+    code_sums: Vec<i32>,
     /// `‖y_i‖`, for cosine similarity.
     norms: Vec<f32>,
 }
@@ -90,47 +96,51 @@ fn dot_i8(a: &[i8], b: &[i16]) -> i32 {
     sum
 }
 
-/// The quantised scan with AVX2 for `k` a multiple of 32: per 32 bytes of a row, `vpsignb` moves
-/// the user's signs onto the row, `vpmaddubsw` multiplies by the user's magnitudes into i16 pairs
-/// (at most 2 × 127 × 127, no saturation since values are in ±127) and `vpmaddwd` widens to i32.
-/// One pass over the i8 matrix, a quarter of the f32 matrix's bytes.
+/// The quantised scan with AVX2 for `k` a multiple of 32. The member's codes are 7-bit and
+/// offset by [`MEMBER_OFFSET`] into `1..=127`, so `vpmaddubsw` takes them as its unsigned operand
+/// and the item row, straight from memory, as its signed one: per 32 bytes of a row one
+/// `vpmaddubsw` (pairs of products, at most 2 × 127 × 127, no saturation) and one `vpmaddwd`
+/// widening to i32. The offset's share, `MEMBER_OFFSET · Σ q`, is taken off with the row's
+/// stored code sum. One pass over the i8 matrix, a quarter of the f32 matrix's bytes.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[target_feature(enable = "avx2")]
 fn scan_i8_avx2(
     matrix: &[i8],
     k: usize,
-    user: &[i8],
+    query: &QueryCodes,
     scales: &[f32],
-    user_scale: f32,
+    code_sums: &[i32],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS && user.len() == k);
+    assert!(k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS && query.offset.len() == k);
     let chunks = k / 32;
-    let mut signs = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
-    let mut magnitudes = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
-    for (c, chunk) in user.chunks_exact(32).enumerate() {
-        let u = load32(chunk);
-        signs[c] = u;
-        magnitudes[c] = _mm256_abs_epi8(u);
+    let mut member = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
+    for (c, chunk) in query.offset.chunks_exact(32).enumerate() {
+        member[c] = load32(chunk);
     }
-    let (signs, magnitudes) = (&signs[..chunks], &magnitudes[..chunks]);
+    let member = &member[..chunks];
     let ones = _mm256_set1_epi16(1);
     let row_sum = |row: &[i8]| -> __m256i {
         let mut acc = _mm256_setzero_si256();
-        for ((chunk, &u), &m) in row.chunks_exact(32).zip(signs).zip(magnitudes) {
-            let x = _mm256_sign_epi8(load32(chunk), u);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(m, x), ones));
+        for (chunk, &u) in row.chunks_exact(32).zip(member) {
+            let x = load32(chunk);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
         }
         acc
     };
     // Eight rows at a time: their partial sums reduce together (`vphaddd`, one lane swap), and
-    // the eight scores are scaled and stored with one instruction each.
-    let scale8 = _mm256_set1_ps(user_scale);
+    // the eight scores are corrected, scaled and stored with one instruction each.
+    let scale8 = _mm256_set1_ps(query.scale);
     let mut rows = matrix.chunks_exact(8 * k);
     let mut outs = out.chunks_exact_mut(8);
     let mut scale_chunks = scales.chunks_exact(8);
-    for ((block, o), sc) in (&mut rows).zip(&mut outs).zip(&mut scale_chunks) {
+    let mut sum_chunks = code_sums.chunks_exact(8);
+    for (((block, o), sc), cs) in (&mut rows)
+        .zip(&mut outs)
+        .zip(&mut scale_chunks)
+        .zip(&mut sum_chunks)
+    {
         let a: [__m256i; 8] = std::array::from_fn(|r| row_sum(&block[r * k..(r + 1) * k]));
         let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
         let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
@@ -138,20 +148,24 @@ fn scan_i8_avx2(
             _mm256_permute2x128_si256(h0123, h4567, 0x20),
             _mm256_permute2x128_si256(h0123, h4567, 0x31),
         );
-        assert!(sc.len() == 8 && o.len() == 8);
-        // SAFETY: `sc` and `o` hold eight f32 each (asserted); loads and stores are unaligned.
+        assert!(sc.len() == 8 && o.len() == 8 && cs.len() == 8);
+        // SAFETY: `sc`, `cs` and `o` hold eight 4-byte values each (asserted); loads and stores
+        // are unaligned.
         unsafe {
+            let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(_mm256_loadu_si256(cs.as_ptr().cast()));
+            let dots = _mm256_sub_epi32(sums, offset);
             let factors = _mm256_mul_ps(_mm256_loadu_ps(sc.as_ptr()), scale8);
             _mm256_storeu_ps(
                 o.as_mut_ptr(),
-                _mm256_mul_ps(_mm256_cvtepi32_ps(sums), factors),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(dots), factors),
             );
         }
     }
-    for ((row, scale), o) in rows
+    for (((row, scale), code_sum), o) in rows
         .remainder()
         .chunks_exact(k)
         .zip(scale_chunks.remainder())
+        .zip(sum_chunks.remainder())
         .zip(outs.into_remainder())
     {
         let acc = row_sum(row);
@@ -161,7 +175,8 @@ fn scan_i8_avx2(
         );
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        *o = _mm_cvtsi128_si32(s) as f32 * (scale * user_scale);
+        let dot = _mm_cvtsi128_si32(s) - (code_sum << MEMBER_SHIFT);
+        *o = dot as f32 * (scale * query.scale);
     }
 }
 
@@ -183,26 +198,59 @@ const MAX_SIMD_FACTORS: usize = 512;
 /// memory once per batch, not once per member.
 const BLOCK_BYTES: usize = 128 * 1024;
 
+/// The fewest rows a pass gives one thread: below it, splitting costs more than it saves.
+const MIN_PART_ROWS: usize = 32 * 1024;
+
 /// One member of a batched scan ([`ItemMatrix::top_k_batch`]).
 pub struct BatchQuery<'a> {
     pub user: &'a [f32],
     /// Items returned.
     pub k: usize,
     /// Which items may be returned; asked only about items that would make the candidate pool.
-    pub allowed: &'a (dyn Fn(u32) -> bool + 'a),
+    pub allowed: &'a (dyn Fn(u32) -> bool + Sync + 'a),
 }
 
-/// A member vector quantised like the item rows.
+/// The offset that makes a member's 7-bit codes (`-63..=63`) unsigned (`1..=127`), a power of
+/// two: `MEMBER_OFFSET = 1 << MEMBER_SHIFT`.
+const MEMBER_SHIFT: i32 = 6;
+const MEMBER_OFFSET: i32 = 1 << MEMBER_SHIFT;
+
+/// A member vector quantised for the scan: 7-bit codes (`m ≈ scale · code`), and the same codes
+/// offset into `1..=127` for the unsigned operand of the AVX2 kernel.
 struct QueryCodes {
     codes: Vec<i8>,
+    offset: Vec<i8>,
     scale: f32,
 }
 
 impl QueryCodes {
     fn new(user: &[f32]) -> QueryCodes {
-        let mut codes = vec![0i8; user.len()];
-        let scale = quantize(user, &mut codes);
-        QueryCodes { codes, scale }
+        let max = user.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let limit = (MEMBER_OFFSET - 1) as f32;
+        let scale = if max == 0.0 || !max.is_finite() {
+            0.0
+        } else {
+            max / limit
+        };
+        let codes: Vec<i8> = user
+            .iter()
+            .map(|x| {
+                if scale == 0.0 {
+                    0
+                } else {
+                    (x / scale).round().clamp(-limit, limit) as i8
+                }
+            })
+            .collect();
+        let offset = codes
+            .iter()
+            .map(|&c| (i32::from(c) + MEMBER_OFFSET) as i8)
+            .collect();
+        QueryCodes {
+            codes,
+            offset,
+            scale,
+        }
     }
 }
 
@@ -250,8 +298,10 @@ impl ItemMatrix {
         let mut quantized = vec![0i8; n * k];
         let mut scales = Vec::with_capacity(n);
         let mut norms = Vec::with_capacity(n);
+        let mut code_sums = Vec::with_capacity(n);
         for (row, q) in factors.chunks_exact(k).zip(quantized.chunks_exact_mut(k)) {
             scales.push(quantize(row, q));
+            code_sums.push(q.iter().map(|&c| i32::from(c)).sum());
             norms.push(dot_f32(row, row).sqrt());
         }
         ItemMatrix {
@@ -260,6 +310,7 @@ impl ItemMatrix {
             factors,
             quantized,
             scales,
+            code_sums,
             norms,
         }
     }
@@ -321,7 +372,7 @@ impl ItemMatrix {
             Rows::Owned(rows) => rows.len() * 4,
             Rows::Mapped(_) => 0,
         };
-        exact + self.quantized.len() + self.n * 8
+        exact + self.quantized.len() + self.n * 12
     }
 
     /// Exact score of one item.
@@ -352,10 +403,11 @@ impl ItemMatrix {
         let out = &mut out[..rows.len()];
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         if k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS {
+            let sums = &self.code_sums[rows.clone()];
             // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
             // runs on has it.
             unsafe {
-                scan_i8_avx2(codes, k, &query.codes, scales, query.scale, out);
+                scan_i8_avx2(codes, k, query, scales, sums, out);
             }
             return;
         }
@@ -366,13 +418,18 @@ impl ItemMatrix {
     }
 
     /// The `k` best items for `user` among those `allowed`, by exact score, best first.
-    pub fn top_k(&self, user: &[f32], k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
+    pub fn top_k(
+        &self,
+        user: &[f32],
+        k: usize,
+        allowed: impl Fn(u32) -> bool + Sync,
+    ) -> Vec<Scored> {
         let query = BatchQuery {
             user,
             k,
             allowed: &allowed,
         };
-        self.top_k_batch(std::slice::from_ref(&query))
+        self.top_k_blocked(std::slice::from_ref(&query), BLOCK_BYTES)
             .pop()
             .expect("one answer per query")
     }
@@ -385,37 +442,40 @@ impl ItemMatrix {
     /// quantised score), which is then re-scored exactly. A member's answer is exactly what
     /// [`ItemMatrix::top_k`] gives them alone: batching changes the memory traffic, not the result.
     pub fn top_k_batch(&self, queries: &[BatchQuery<'_>]) -> Vec<Vec<Scored>> {
+        self.top_k_blocked(queries, BLOCK_BYTES)
+    }
+
+    fn top_k_blocked(&self, queries: &[BatchQuery<'_>], block_bytes: usize) -> Vec<Vec<Scored>> {
         for q in queries {
             assert_eq!(q.user.len(), self.k, "a member vector of the wrong width");
         }
         let codes: Vec<QueryCodes> = queries.iter().map(|q| QueryCodes::new(q.user)).collect();
-        let mut pools: Vec<TopK> = queries
-            .iter()
-            .map(|q| TopK::new(if q.k == 0 { 0 } else { candidates(q.k) }))
+        // The catalog is cut into parts of at least `MIN_PART_ROWS`, one per thread of the
+        // pool; each part keeps every member's own candidate pool, and the pools are merged by
+        // exact score — the same cut for a batch of one, so batching never changes an answer.
+        let parts = self
+            .n
+            .div_ceil(MIN_PART_ROWS)
+            .clamp(1, rayon::current_num_threads().max(1));
+        let rows = self.n.div_ceil(parts).max(1);
+        let pools: Vec<Vec<TopK>> = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let range = (p * rows).min(self.n)..((p + 1) * rows).min(self.n);
+                self.candidates_in(range, queries, &codes, block_bytes)
+            })
             .collect();
-        let block = (BLOCK_BYTES / self.k).max(8);
-        SCORES.with(|buffer| {
-            let mut scores = buffer.borrow_mut();
-            scores.resize(block.min(self.n), 0.0);
-            let mut start = 0;
-            while start < self.n {
-                let end = (start + block).min(self.n);
-                for ((query, codes), pool) in queries.iter().zip(&codes).zip(&mut pools) {
-                    if query.k == 0 {
-                        continue;
-                    }
-                    self.scan(start..end, codes, &mut scores);
-                    pool.offer(&scores[..end - start], start as u32, query.allowed);
-                }
-                start = end;
+        let mut merged: Vec<Vec<Scored>> = vec![Vec::new(); queries.len()];
+        for part in pools {
+            for (all, pool) in merged.iter_mut().zip(part) {
+                all.extend(pool.into_best());
             }
-        });
+        }
         queries
             .iter()
-            .zip(pools)
+            .zip(merged)
             .map(|(query, pool)| {
                 let exact: Vec<Scored> = pool
-                    .into_best()
                     .into_iter()
                     .map(|s| Scored {
                         index: s.index,
@@ -425,6 +485,38 @@ impl ItemMatrix {
                 best_of(exact, query.k)
             })
             .collect()
+    }
+
+    /// Every query's candidate pool among the items in `range`, scanned a block at a time.
+    fn candidates_in(
+        &self,
+        range: std::ops::Range<usize>,
+        queries: &[BatchQuery<'_>],
+        codes: &[QueryCodes],
+        block_bytes: usize,
+    ) -> Vec<TopK> {
+        let mut pools: Vec<TopK> = queries
+            .iter()
+            .map(|q| TopK::new(if q.k == 0 { 0 } else { candidates(q.k) }))
+            .collect();
+        let block = (block_bytes / self.k).max(8);
+        SCORES.with(|buffer| {
+            let mut scores = buffer.borrow_mut();
+            scores.resize(block.min(range.len()), 0.0);
+            let mut start = range.start;
+            while start < range.end {
+                let end = (start + block).min(range.end);
+                for ((query, codes), pool) in queries.iter().zip(codes).zip(&mut pools) {
+                    if query.k == 0 {
+                        continue;
+                    }
+                    self.scan(start..end, codes, &mut scores);
+                    pool.offer(&scores[..end - start], start as u32, query.allowed);
+                }
+                start = end;
+            }
+        });
+        pools
     }
 
     /// The `k` best items by exact score over the whole catalog (the reference `top_k` is measured
@@ -533,7 +625,7 @@ mod tests {
             .map(|_| (0..64).map(|_| rng.random_range(-1.0..1.0)).collect())
             .collect();
         users[3] = vec![0.0; 64];
-        let filters: Vec<Box<dyn Fn(u32) -> bool>> = vec![
+        let filters: Vec<Box<dyn Fn(u32) -> bool + Sync>> = vec![
             Box::new(|_| true),
             Box::new(|i| i % 3 == 0),
             Box::new(|i| i > 4_000),
@@ -564,6 +656,65 @@ mod tests {
                 assert_eq!(ids, naive_top(&m, q.user, q.k, q.allowed), "k {}", q.k);
             }
         }
+    }
+
+    /// `cargo test --release -p recsys-shared --lib -- --ignored --nocapture block_sizes`
+    #[test]
+    #[ignore = "a measurement"]
+    fn block_sizes() {
+        let (m, _) = random_matrix(1_000_000, 64, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let users: Vec<Vec<f32>> = (0..32)
+            .map(|_| (0..64).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        let all = |_: u32| true;
+        let queries: Vec<BatchQuery> = users
+            .iter()
+            .map(|user| BatchQuery {
+                user,
+                k: 100,
+                allowed: &all,
+            })
+            .collect();
+        for block in [4096, 8192, 16384, 32768, 65536, 131072] {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let started = std::time::Instant::now();
+                std::hint::black_box(m.top_k_blocked(&queries, block));
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+            eprintln!("block {block}: {:.0} µs per member", best * 1e6 / 32.0);
+        }
+        // The scan alone, from cache: 1,000 passes over 2,048 rows.
+        let small = ItemMatrix::new(m.as_slice()[..2048 * 64].to_vec(), 64);
+        let codes = QueryCodes::new(&users[0]);
+        let mut out = vec![0.0; 2048];
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            small.scan(0..2048, &codes, &mut out);
+            std::hint::black_box(&out);
+        }
+        eprintln!(
+            "scan from cache: {:.2} ns per row",
+            started.elapsed().as_secs_f64() * 1e9 / 2048e3
+        );
+        let mut top = TopK::new(400);
+        let started = std::time::Instant::now();
+        for b in 0..1000u32 {
+            top.offer(&out, b * 2048, &all);
+        }
+        eprintln!(
+            "offer: {:.2} ns per score",
+            started.elapsed().as_secs_f64() * 1e9 / 2048e3
+        );
+        let started = std::time::Instant::now();
+        for q in &queries[..8] {
+            std::hint::black_box(m.top_k(q.user, 100, |_| true));
+        }
+        eprintln!(
+            "alone: {:.0} µs per member",
+            started.elapsed().as_secs_f64() * 1e6 / 8.0
+        );
     }
 
     #[test]
@@ -612,12 +763,12 @@ mod tests {
             let (m, user) = random_matrix(302, k, 5);
             let mut fast = vec![0.0; 302];
             m.score_all_quantized(&user, &mut fast);
-            let mut q_user = vec![0i8; k];
-            let user_scale = quantize(&user, &mut q_user);
-            let q_user: Vec<i16> = q_user.into_iter().map(i16::from).collect();
+            let query = QueryCodes::new(&user);
+            assert!(query.codes.iter().all(|c| (-63..=63).contains(c)));
+            let q_user: Vec<i16> = query.codes.iter().map(|&c| i16::from(c)).collect();
             for (i, f) in fast.iter().enumerate() {
                 let row = &m.quantized[i * k..(i + 1) * k];
-                let want = dot_i8(row, &q_user) as f32 * (m.scales[i] * user_scale);
+                let want = dot_i8(row, &q_user) as f32 * (m.scales[i] * query.scale);
                 assert_eq!(*f, want, "row {i}, k {k}");
             }
         }
