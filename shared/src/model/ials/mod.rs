@@ -4,6 +4,7 @@
 //! against the whole catalog. What a version publishes of it is written and read by
 //! [`crate::artifact::published`].
 
+mod codes;
 mod fold_in;
 mod score;
 pub mod train;

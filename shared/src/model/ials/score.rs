@@ -1,9 +1,9 @@
 //! Whole-catalog scoring: one member vector against every item, then a partial top-k.
 //!
-//! The item factors are held twice: exact `f32` rows, and `i8` rows with one scale per item
-//! (symmetric quantisation, `y ≈ scale · q`). A query quantises the member vector the same way,
-//! scores every item with integer dot products — a quarter of the memory traffic of `f32`, which is
-//! what bounds a 100k-item scan — keeps the best `candidates(k)` by that approximate score, then
+//! The item factors are held twice: exact `f32` rows (in memory, or mapped from the version's raw
+//! file), and `i8` rows with one scale per item (`codes.rs`). A query quantises the member vector,
+//! scores every item with integer dot products — a quarter of the memory traffic of `f32`, which
+//! is what bounds a large scan — keeps the best `candidates(k)` by that approximate score, then
 //! re-scores those exactly in `f32` and returns the top `k` by exact score. The approximation only
 //! chooses the candidate pool; every returned score is exact. Nothing is allocated per item: the
 //! score buffer is reused per thread.
@@ -19,6 +19,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::codes::{quantize, scan_rows, QueryCodes};
 use crate::kernels::dot as dot_f32;
 use crate::model::top_k::{best_of, select_top, Scored, TopK};
 
@@ -66,133 +67,6 @@ thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn quantize(row: &[f32], out: &mut [i8]) -> f32 {
-    let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    if max == 0.0 || !max.is_finite() {
-        out.iter_mut().for_each(|q| *q = 0);
-        return 0.0;
-    }
-    let scale = max / 127.0;
-    for (q, x) in out.iter_mut().zip(row) {
-        *q = (x / scale).round().clamp(-127.0, 127.0) as i8;
-    }
-    scale
-}
-
-#[inline]
-fn dot_i8(a: &[i8], b: &[i16]) -> i32 {
-    // i8 × i16 products summed in i32: LLVM turns this into vpmovsxbw + vpmaddwd on AVX2.
-    let mut acc = [0i32; 16];
-    let chunks = a.len() / 16;
-    for c in 0..chunks {
-        for l in 0..16 {
-            acc[l] += a[c * 16 + l] as i32 * b[c * 16 + l] as i32;
-        }
-    }
-    let mut sum: i32 = acc.iter().sum();
-    for i in chunks * 16..a.len() {
-        sum += a[i] as i32 * b[i] as i32;
-    }
-    sum
-}
-
-/// The quantised scan with AVX2 for `k` a multiple of 32. The member's codes are 7-bit and
-/// offset by [`MEMBER_OFFSET`] into `1..=127`, so `vpmaddubsw` takes them as its unsigned operand
-/// and the item row, straight from memory, as its signed one: per 32 bytes of a row one
-/// `vpmaddubsw` (pairs of products, at most 2 × 127 × 127, no saturation) and one `vpmaddwd`
-/// widening to i32. The offset's share, `MEMBER_OFFSET · Σ q`, is taken off with the row's
-/// stored code sum. One pass over the i8 matrix, a quarter of the f32 matrix's bytes.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx2")]
-fn scan_i8_avx2(
-    matrix: &[i8],
-    k: usize,
-    query: &QueryCodes,
-    scales: &[f32],
-    code_sums: &[i32],
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    assert!(k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS && query.offset.len() == k);
-    let chunks = k / 32;
-    let mut member = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
-    for (c, chunk) in query.offset.chunks_exact(32).enumerate() {
-        member[c] = load32(chunk);
-    }
-    let member = &member[..chunks];
-    let ones = _mm256_set1_epi16(1);
-    let row_sum = |row: &[i8]| -> __m256i {
-        let mut acc = _mm256_setzero_si256();
-        for (chunk, &u) in row.chunks_exact(32).zip(member) {
-            let x = load32(chunk);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
-        }
-        acc
-    };
-    // Eight rows at a time: their partial sums reduce together (`vphaddd`, one lane swap), and
-    // the eight scores are corrected, scaled and stored with one instruction each.
-    let scale8 = _mm256_set1_ps(query.scale);
-    let mut rows = matrix.chunks_exact(8 * k);
-    let mut outs = out.chunks_exact_mut(8);
-    let mut scale_chunks = scales.chunks_exact(8);
-    let mut sum_chunks = code_sums.chunks_exact(8);
-    for (((block, o), sc), cs) in (&mut rows)
-        .zip(&mut outs)
-        .zip(&mut scale_chunks)
-        .zip(&mut sum_chunks)
-    {
-        let a: [__m256i; 8] = std::array::from_fn(|r| row_sum(&block[r * k..(r + 1) * k]));
-        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
-        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
-        let sums = _mm256_add_epi32(
-            _mm256_permute2x128_si256(h0123, h4567, 0x20),
-            _mm256_permute2x128_si256(h0123, h4567, 0x31),
-        );
-        assert!(sc.len() == 8 && o.len() == 8 && cs.len() == 8);
-        // SAFETY: `sc`, `cs` and `o` hold eight 4-byte values each (asserted); loads and stores
-        // are unaligned.
-        unsafe {
-            let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(_mm256_loadu_si256(cs.as_ptr().cast()));
-            let dots = _mm256_sub_epi32(sums, offset);
-            let factors = _mm256_mul_ps(_mm256_loadu_ps(sc.as_ptr()), scale8);
-            _mm256_storeu_ps(
-                o.as_mut_ptr(),
-                _mm256_mul_ps(_mm256_cvtepi32_ps(dots), factors),
-            );
-        }
-    }
-    for (((row, scale), code_sum), o) in rows
-        .remainder()
-        .chunks_exact(k)
-        .zip(scale_chunks.remainder())
-        .zip(sum_chunks.remainder())
-        .zip(outs.into_remainder())
-    {
-        let acc = row_sum(row);
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(acc),
-            _mm256_extracti128_si256(acc, 1),
-        );
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        let dot = _mm_cvtsi128_si32(s) - (code_sum << MEMBER_SHIFT);
-        *o = dot as f32 * (scale * query.scale);
-    }
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn load32(bytes: &[i8]) -> std::arch::x86_64::__m256i {
-    assert!(bytes.len() >= 32);
-    // SAFETY: `bytes` holds at least 32 bytes (asserted); the load is unaligned.
-    unsafe { std::arch::x86_64::_mm256_loadu_si256(bytes.as_ptr().cast()) }
-}
-
-/// The widest vector the AVX2 scan takes (its per-query registers live on the stack); wider
-/// ones take the portable path.
-const MAX_SIMD_FACTORS: usize = 512;
-
 /// Bytes of item codes scored per block of a batched scan: the block stays in the core's L2
 /// cache while every member of the batch is scored against it, so the catalog is read from
 /// memory once per batch, not once per member.
@@ -208,50 +82,6 @@ pub struct BatchQuery<'a> {
     pub k: usize,
     /// Which items may be returned; asked only about items that would make the candidate pool.
     pub allowed: &'a (dyn Fn(u32) -> bool + Sync + 'a),
-}
-
-/// The offset that makes a member's 7-bit codes (`-63..=63`) unsigned (`1..=127`), a power of
-/// two: `MEMBER_OFFSET = 1 << MEMBER_SHIFT`.
-const MEMBER_SHIFT: i32 = 6;
-const MEMBER_OFFSET: i32 = 1 << MEMBER_SHIFT;
-
-/// A member vector quantised for the scan: 7-bit codes (`m ≈ scale · code`), and the same codes
-/// offset into `1..=127` for the unsigned operand of the AVX2 kernel.
-struct QueryCodes {
-    codes: Vec<i8>,
-    offset: Vec<i8>,
-    scale: f32,
-}
-
-impl QueryCodes {
-    fn new(user: &[f32]) -> QueryCodes {
-        let max = user.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let limit = (MEMBER_OFFSET - 1) as f32;
-        let scale = if max == 0.0 || !max.is_finite() {
-            0.0
-        } else {
-            max / limit
-        };
-        let codes: Vec<i8> = user
-            .iter()
-            .map(|x| {
-                if scale == 0.0 {
-                    0
-                } else {
-                    (x / scale).round().clamp(-limit, limit) as i8
-                }
-            })
-            .collect();
-        let offset = codes
-            .iter()
-            .map(|&c| (i32::from(c) + MEMBER_OFFSET) as i8)
-            .collect();
-        QueryCodes {
-            codes,
-            offset,
-            scale,
-        }
-    }
 }
 
 /// Size of the candidate pool re-scored exactly for a top-`k`.
@@ -398,23 +228,14 @@ impl ItemMatrix {
     /// Approximate scores of the items in `rows` into `out`.
     fn scan(&self, rows: std::ops::Range<usize>, query: &QueryCodes, out: &mut [f32]) {
         let k = self.k;
-        let codes = &self.quantized[rows.start * k..rows.end * k];
-        let scales = &self.scales[rows.clone()];
-        let out = &mut out[..rows.len()];
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        if k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS {
-            let sums = &self.code_sums[rows.clone()];
-            // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
-            // runs on has it.
-            unsafe {
-                scan_i8_avx2(codes, k, query, scales, sums, out);
-            }
-            return;
-        }
-        let user: Vec<i16> = query.codes.iter().map(|&q| i16::from(q)).collect();
-        for ((row, scale), o) in codes.chunks_exact(k).zip(scales).zip(out.iter_mut()) {
-            *o = dot_i8(row, &user) as f32 * (scale * query.scale);
-        }
+        scan_rows(
+            &self.quantized[rows.start * k..rows.end * k],
+            k,
+            query,
+            &self.scales[rows.clone()],
+            &self.code_sums[rows.clone()],
+            &mut out[..rows.len()],
+        );
     }
 
     /// The `k` best items for `user` among those `allowed`, by exact score, best first.
@@ -429,7 +250,7 @@ impl ItemMatrix {
             k,
             allowed: &allowed,
         };
-        self.top_k_blocked(std::slice::from_ref(&query), BLOCK_BYTES)
+        self.top_k_batch(std::slice::from_ref(&query))
             .pop()
             .expect("one answer per query")
     }
@@ -442,10 +263,6 @@ impl ItemMatrix {
     /// quantised score), which is then re-scored exactly. A member's answer is exactly what
     /// [`ItemMatrix::top_k`] gives them alone: batching changes the memory traffic, not the result.
     pub fn top_k_batch(&self, queries: &[BatchQuery<'_>]) -> Vec<Vec<Scored>> {
-        self.top_k_blocked(queries, BLOCK_BYTES)
-    }
-
-    fn top_k_blocked(&self, queries: &[BatchQuery<'_>], block_bytes: usize) -> Vec<Vec<Scored>> {
         for q in queries {
             assert_eq!(q.user.len(), self.k, "a member vector of the wrong width");
         }
@@ -462,7 +279,7 @@ impl ItemMatrix {
             .into_par_iter()
             .map(|p| {
                 let range = (p * rows).min(self.n)..((p + 1) * rows).min(self.n);
-                self.candidates_in(range, queries, &codes, block_bytes)
+                self.candidates_in(range, queries, &codes)
             })
             .collect();
         let mut merged: Vec<Vec<Scored>> = vec![Vec::new(); queries.len()];
@@ -493,13 +310,12 @@ impl ItemMatrix {
         range: std::ops::Range<usize>,
         queries: &[BatchQuery<'_>],
         codes: &[QueryCodes],
-        block_bytes: usize,
     ) -> Vec<TopK> {
         let mut pools: Vec<TopK> = queries
             .iter()
             .map(|q| TopK::new(if q.k == 0 { 0 } else { candidates(q.k) }))
             .collect();
-        let block = (block_bytes / self.k).max(8);
+        let block = (BLOCK_BYTES / self.k).max(8);
         SCORES.with(|buffer| {
             let mut scores = buffer.borrow_mut();
             scores.resize(block.min(range.len()), 0.0);
@@ -556,6 +372,7 @@ impl ItemMatrix {
 
 #[cfg(test)]
 mod tests {
+    use super::super::codes::dot_i8;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -656,65 +473,6 @@ mod tests {
                 assert_eq!(ids, naive_top(&m, q.user, q.k, q.allowed), "k {}", q.k);
             }
         }
-    }
-
-    /// `cargo test --release -p recsys-shared --lib -- --ignored --nocapture block_sizes`
-    #[test]
-    #[ignore = "a measurement"]
-    fn block_sizes() {
-        let (m, _) = random_matrix(1_000_000, 64, 1);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let users: Vec<Vec<f32>> = (0..32)
-            .map(|_| (0..64).map(|_| rng.random_range(-1.0..1.0)).collect())
-            .collect();
-        let all = |_: u32| true;
-        let queries: Vec<BatchQuery> = users
-            .iter()
-            .map(|user| BatchQuery {
-                user,
-                k: 100,
-                allowed: &all,
-            })
-            .collect();
-        for block in [4096, 8192, 16384, 32768, 65536, 131072] {
-            let mut best = f64::INFINITY;
-            for _ in 0..3 {
-                let started = std::time::Instant::now();
-                std::hint::black_box(m.top_k_blocked(&queries, block));
-                best = best.min(started.elapsed().as_secs_f64());
-            }
-            eprintln!("block {block}: {:.0} µs per member", best * 1e6 / 32.0);
-        }
-        // The scan alone, from cache: 1,000 passes over 2,048 rows.
-        let small = ItemMatrix::new(m.as_slice()[..2048 * 64].to_vec(), 64);
-        let codes = QueryCodes::new(&users[0]);
-        let mut out = vec![0.0; 2048];
-        let started = std::time::Instant::now();
-        for _ in 0..1000 {
-            small.scan(0..2048, &codes, &mut out);
-            std::hint::black_box(&out);
-        }
-        eprintln!(
-            "scan from cache: {:.2} ns per row",
-            started.elapsed().as_secs_f64() * 1e9 / 2048e3
-        );
-        let mut top = TopK::new(400);
-        let started = std::time::Instant::now();
-        for b in 0..1000u32 {
-            top.offer(&out, b * 2048, &all);
-        }
-        eprintln!(
-            "offer: {:.2} ns per score",
-            started.elapsed().as_secs_f64() * 1e9 / 2048e3
-        );
-        let started = std::time::Instant::now();
-        for q in &queries[..8] {
-            std::hint::black_box(m.top_k(q.user, 100, |_| true));
-        }
-        eprintln!(
-            "alone: {:.0} µs per member",
-            started.elapsed().as_secs_f64() * 1e6 / 8.0
-        );
     }
 
     #[test]
