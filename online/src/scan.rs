@@ -75,7 +75,7 @@ impl ScanQueue {
     }
 
     /// The member's `k` best items among `allowed` by the catalog's factor scorer, scored in the
-    /// next pass; `None` when the catalog's model does not score vectors (a history family).
+    /// next pass (refused when the catalog's model does not score vectors: a history family).
     pub async fn top_k(
         &self,
         catalog: Arc<Catalog>,
@@ -84,11 +84,6 @@ impl ScanQueue {
         allowed: ItemFilter,
         deadline: Instant,
     ) -> Result<Vec<Scored>, ScanError> {
-        if !matches!(catalog.model.scorer, Scorer::Factors(_)) {
-            return Err(ScanError::Failed(
-                "a vector scan of a model without item factors".into(),
-            ));
-        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             catalog,
