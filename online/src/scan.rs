@@ -39,7 +39,7 @@ pub enum ScanError {
     /// The queue is full (only when `online.max_in_flight` admits more requests than it holds).
     #[error("the scan queue is full")]
     Full,
-    /// The scan failed (a panic, logged) or the scan threads are gone.
+    /// The scan failed (a panic, logged) or the scan thread is gone.
     #[error("the scan failed: {0}")]
     Failed(String),
 }
@@ -64,8 +64,8 @@ impl ScanQueue {
     pub fn start(config: &ScanBatchConfig) -> ScanQueue {
         // Admission bounds the requests in progress, so the queue holds at most that many; the
         // bound only matters when `online.max_in_flight` is set above it.
-        let (sender, receiver) = mpsc::sync_channel(config.max_members.max(1) * 64);
         let max_members = config.max_members.max(1);
+        let (sender, receiver) = mpsc::sync_channel(max_members * 64);
         let max_wait = Duration::from_micros(config.max_wait_us);
         std::thread::Builder::new()
             .name("recsys-scan".into())
@@ -96,7 +96,7 @@ impl ScanQueue {
         };
         self.sender.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => ScanError::Full,
-            TrySendError::Disconnected(_) => ScanError::Failed("the scan threads are gone".into()),
+            TrySendError::Disconnected(_) => ScanError::Failed("the scan thread is gone".into()),
         })?;
         answer
             .await

@@ -90,7 +90,13 @@ impl Ranker {
             .filter_map(|e| catalog.index_of(&e.item_id));
         let mut seeded = HashSet::new();
         let pool = per_row + rules::extra_candidates(&self.rules);
-        let maturity = catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref());
+        // What the member may be shown at all; each row also leaves out what earlier rows placed.
+        let showable = Eligible {
+            catalog: catalog.clone(),
+            excluded: Arc::default(),
+            country: country.map(str::to_string),
+            maturity: catalog.maturity_filter(&self.maturity, member.max_maturity.as_deref()),
+        };
         for (n, kind) in recipe.rows().enumerate() {
             if n > 0 {
                 // Each row is a whole-catalog scan: give a cancelled request the chance to stop,
@@ -98,19 +104,13 @@ impl Ranker {
                 tokio::task::yield_now().await;
                 check_deadline(deadline, "between homepage rows")?;
             }
-            let allowed = |used: &HashSet<u32>, i: u32| {
-                !used.contains(&i)
-                    && catalog.available(i, country)
-                    && catalog.maturity_allows(maturity.as_ref(), i)
-            };
+            let allowed = |used: &HashSet<u32>, i: u32| !used.contains(&i) && showable.allows(i);
             match kind {
                 RowKind::TopPicks => {
                     if let Some(taste) = &member.taste {
                         let eligible = Eligible {
-                            catalog: catalog.clone(),
                             excluded: Arc::new(used.clone()),
-                            country: country.map(str::to_string),
-                            maturity: maturity.clone(),
+                            ..showable.clone()
                         };
                         let items = self.top_k(taste, per_row, &eligible, deadline).await?;
                         row(
