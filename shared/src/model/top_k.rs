@@ -53,14 +53,53 @@ impl TopK {
                 continue;
             }
             for (j, &score) in run.iter().enumerate() {
-                let index = first + (r * RUN + j) as u32;
-                if score > self.threshold && score.is_finite() && allowed(index) {
-                    self.pool.push(Scored { index, score });
-                    if self.pool.len() == 2 * self.k {
-                        keep_best(&mut self.pool, self.k);
-                        self.threshold = self.pool[self.k - 1].score;
-                    }
+                self.push(first + (r * RUN + j) as u32, score, allowed);
+            }
+        }
+    }
+
+    /// The score an item must beat to enter: what a scan may test whole runs of scores against
+    /// before offering them (it only rises).
+    pub fn threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    /// Offers the scores of the runs of 8 a scan flagged: bit `g` of `flags` set when
+    /// `scores[8g..8g + 8]` holds one above a threshold no higher than [`TopK::threshold`] was
+    /// when the run was scored — the same items as [`TopK::offer`] of all of `scores`, without
+    /// looking at the rest again.
+    pub fn offer_flagged<F: Fn(u32) -> bool + ?Sized>(
+        &mut self,
+        scores: &[f32],
+        first: u32,
+        flags: &[u64],
+        allowed: &F,
+    ) {
+        const RUN: usize = 8;
+        if self.k == 0 {
+            return;
+        }
+        for (w, &word) in flags.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let run = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = (run * RUN).min(scores.len());
+                let end = (start + RUN).min(scores.len());
+                for (j, &score) in scores[start..end].iter().enumerate() {
+                    self.push(first + (start + j) as u32, score, allowed);
                 }
+            }
+        }
+    }
+
+    #[inline]
+    fn push<F: Fn(u32) -> bool + ?Sized>(&mut self, index: u32, score: f32, allowed: &F) {
+        if score > self.threshold && score.is_finite() && allowed(index) {
+            self.pool.push(Scored { index, score });
+            if self.pool.len() == 2 * self.k {
+                keep_best(&mut self.pool, self.k);
+                self.threshold = self.pool[self.k - 1].score;
             }
         }
     }
@@ -144,6 +183,24 @@ mod tests {
                 .map(|s| (s.index, s.score))
                 .collect();
             assert_eq!(blocked, want, "k = {k}, in blocks");
+            // Offered by flagged runs of 8, flagged against a threshold taken before each block
+            // (as a scan does), the collector keeps the same items.
+            let mut top = TopK::new(k);
+            for (b, block) in scores.chunks(200).enumerate() {
+                let threshold = top.threshold();
+                let mut flags = [0u64; 1];
+                for (g, run) in block.chunks(8).enumerate() {
+                    let above = run.iter().any(|&s| s > threshold);
+                    flags[0] |= u64::from(above) << g;
+                }
+                top.offer_flagged(block, (b * 200) as u32, &flags, &allowed);
+            }
+            let flagged: Vec<(u32, f32)> = top
+                .into_best()
+                .into_iter()
+                .map(|s| (s.index, s.score))
+                .collect();
+            assert_eq!(flagged, want, "k = {k}, flagged");
         }
     }
 }

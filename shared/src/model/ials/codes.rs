@@ -1,7 +1,26 @@
-//! The i8 codes the whole-catalog scan reads: item rows quantised symmetrically to 8 bits with
-//! one scale per row (`y ≈ scale · q`), a member's vector to 7 bits, and the scan of a run of
-//! rows against one member — AVX2 where the build has it, portable integer code otherwise, the
-//! two equal to the last bit. Allocates nothing per row.
+//! The i8 codes the whole-catalog scan reads, and the scan itself.
+//!
+//! Item rows are quantised symmetrically to 8 bits with one scale per row (`y ≈ scale · q`), a
+//! member's vector to 7 bits. The codes are laid out in tiles of [`TILE`] rows interleaved four
+//! codes at a time — tile `t`, slice `d`, row `r` at `t·8·w + d·32 + r·4` — so that one 32-byte
+//! load holds the same four dimensions of eight rows, one `vpmaddubsw` against the member's four
+//! codes broadcast scores all eight, and a tile's eight scores come out in one register with no
+//! horizontal sum. The kernel scores a few tiles for a few members per step (register blocking),
+//! so each load of item codes serves several members of a batch. AVX2 where the build has it,
+//! portable integer code otherwise, the two equal to the last bit. Allocates nothing per row.
+
+use std::ops::Range;
+
+/// Rows per tile.
+pub(super) const TILE: usize = 8;
+
+/// Codes of one row per 32-bit lane.
+const SLICE: usize = 4;
+
+/// The offset that makes a member's 7-bit codes (`-63..=63`) unsigned (`1..=127`), a power of
+/// two: `MEMBER_OFFSET = 1 << MEMBER_SHIFT`.
+const MEMBER_SHIFT: i32 = 6;
+const MEMBER_OFFSET: i32 = 1 << MEMBER_SHIFT;
 
 /// Quantises `row` into `out` (`-127..=127`); returns the scale (0 for a zero or non-finite row).
 pub(super) fn quantize(row: &[f32], out: &mut [i8]) -> f32 {
@@ -17,42 +36,166 @@ pub(super) fn quantize(row: &[f32], out: &mut [i8]) -> f32 {
     scale
 }
 
-#[inline]
-pub(super) fn dot_i8(a: &[i8], b: &[i16]) -> i32 {
-    // i8 × i16 products summed in i32: LLVM turns this into vpmovsxbw + vpmaddwd on AVX2.
-    let mut acc = [0i32; 16];
-    let chunks = a.len() / 16;
-    for c in 0..chunks {
-        for l in 0..16 {
-            acc[l] += a[c * 16 + l] as i32 * b[c * 16 + l] as i32;
-        }
-    }
-    let mut sum: i32 = acc.iter().sum();
-    for i in chunks * 16..a.len() {
-        sum += a[i] as i32 * b[i] as i32;
-    }
-    sum
+/// Every item's codes, tiled, with the per-row scale and code sum the scan needs. Rows past the
+/// catalog's end that fill its last tile are zero with scale 0.
+#[derive(Debug, Clone)]
+pub(super) struct ItemCodes {
+    rows: usize,
+    /// Codes per row: the factor count rounded up to a whole slice (the padding codes are 0).
+    width: usize,
+    tiles: Vec<i8>,
+    scales: Vec<f32>,
+    /// `Σ_j q[i][j]`, for the AVX2 kernel's member offset.
+    sums: Vec<i32>,
 }
 
-/// The widest vector the AVX2 scan takes (its per-query registers live on the stack); wider
-/// ones take the portable path.
-const MAX_SIMD_FACTORS: usize = 512;
+impl ItemCodes {
+    /// Quantises row-major `rows × k` factors.
+    pub(super) fn new(factors: &[f32], k: usize) -> ItemCodes {
+        let rows = factors.len() / k;
+        let width = k.next_multiple_of(SLICE);
+        let padded = rows.next_multiple_of(TILE);
+        let mut tiles = vec![0i8; padded * width];
+        let mut scales = vec![0.0f32; padded];
+        let mut sums = vec![0i32; padded];
+        let mut q = vec![0i8; width];
+        for (i, row) in factors.chunks_exact(k).enumerate() {
+            scales[i] = quantize(row, &mut q[..k]);
+            sums[i] = q.iter().map(|&c| i32::from(c)).sum();
+            let (t, r) = (i / TILE, i % TILE);
+            for (d, slice) in q.chunks_exact(SLICE).enumerate() {
+                let at = t * TILE * width + d * TILE * SLICE + r * SLICE;
+                tiles[at..at + SLICE].copy_from_slice(slice);
+            }
+        }
+        ItemCodes {
+            rows,
+            width,
+            tiles,
+            scales,
+            sums,
+        }
+    }
 
-/// The offset that makes a member's 7-bit codes (`-63..=63`) unsigned (`1..=127`), a power of
-/// two: `MEMBER_OFFSET = 1 << MEMBER_SHIFT`.
-const MEMBER_SHIFT: i32 = 6;
-const MEMBER_OFFSET: i32 = 1 << MEMBER_SHIFT;
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.tiles.len() + self.scales.len() * 8
+    }
 
-/// A member vector quantised for the scan: 7-bit codes (`m ≈ scale · code`), and the same codes
-/// offset into `1..=127` for the unsigned operand of the AVX2 kernel.
-pub(super) struct QueryCodes {
+    /// The codes of row `i` (`width` of them).
+    #[cfg(test)]
+    pub(super) fn row(&self, i: usize) -> Vec<i8> {
+        let (t, r) = (i / TILE, i % TILE);
+        (0..self.width)
+            .map(|j| {
+                self.tiles
+                    [t * TILE * self.width + (j / SLICE) * TILE * SLICE + r * SLICE + j % SLICE]
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub(super) fn scale(&self, i: usize) -> f32 {
+        self.scales[i]
+    }
+
+    /// Approximate scores of the rows in `rows` (its start a multiple of [`TILE`]) for every
+    /// member: row `rows.start + j` of member `m` into `out[m · stride + j]`. Whole tiles are
+    /// scored, so `stride` must hold `rows.len()` rounded up to a tile; the scores past
+    /// `rows.end` are the next rows' (or zero past the catalog) and are for the caller to ignore.
+    /// Bit `g` of member `m`'s `words` flag words is set when a score of the `g`-th tile is above
+    /// `thresholds[m]` (flags are only ever set, never cleared).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan(
+        &self,
+        rows: Range<usize>,
+        members: &[&MemberCodes],
+        out: &mut [f32],
+        stride: usize,
+        thresholds: &[f32],
+        flags: &mut [u64],
+        words: usize,
+    ) {
+        let tiles = self.tile_range(rows);
+        assert!(tiles.len() * TILE <= stride && members.len() * stride <= out.len());
+        assert!(thresholds.len() >= members.len() && flags.len() >= members.len() * words);
+        assert!(tiles.len() <= words * 64);
+        for m in members {
+            assert_eq!(
+                m.words.len() * SLICE,
+                self.width,
+                "a member of the wrong width"
+            );
+        }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        {
+            // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
+            // runs on has it; the bounds the kernel relies on are asserted above.
+            unsafe { avx2::scan(self, tiles, members, out, stride, thresholds, flags, words) };
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        self.scan_portable(tiles, members, out, stride, thresholds, flags, words);
+    }
+
+    fn tile_range(&self, rows: Range<usize>) -> Range<usize> {
+        assert!(
+            rows.start.is_multiple_of(TILE) && rows.end <= self.rows,
+            "a scan starts on a tile"
+        );
+        rows.start / TILE..rows.end.div_ceil(TILE)
+    }
+
+    /// The scan in portable integer code: what the AVX2 kernel must equal bit for bit.
+    #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_portable(
+        &self,
+        tiles: Range<usize>,
+        members: &[&MemberCodes],
+        out: &mut [f32],
+        stride: usize,
+        thresholds: &[f32],
+        flags: &mut [u64],
+        words: usize,
+    ) {
+        let w = self.width;
+        for (m, member) in members.iter().enumerate() {
+            for (g, t) in tiles.clone().enumerate() {
+                let tile = &self.tiles[t * TILE * w..(t + 1) * TILE * w];
+                let mut above = false;
+                for r in 0..TILE {
+                    let mut dot = 0i32;
+                    for (d, slice) in member.codes.chunks_exact(SLICE).enumerate() {
+                        let at = d * TILE * SLICE + r * SLICE;
+                        for (&c, &q) in slice.iter().zip(&tile[at..at + SLICE]) {
+                            dot += i32::from(c) * i32::from(q);
+                        }
+                    }
+                    let row = t * TILE + r;
+                    let score = dot as f32 * (self.scales[row] * member.scale);
+                    out[m * stride + g * TILE + r] = score;
+                    above |= score > thresholds[m];
+                }
+                flags[m * words + g / 64] |= u64::from(above) << (g % 64);
+            }
+        }
+    }
+}
+
+/// A member vector quantised for the scan: 7-bit codes (`m ≈ scale · code`), padded to the item
+/// codes' width with zeros, and the same codes offset into `1..=127` and packed four to a word
+/// for the AVX2 kernel's broadcasts.
+pub(super) struct MemberCodes {
+    #[cfg_attr(
+        all(target_arch = "x86_64", target_feature = "avx2", not(test)),
+        allow(dead_code)
+    )]
     pub(super) codes: Vec<i8>,
-    offset: Vec<i8>,
+    words: Vec<u32>,
     pub(super) scale: f32,
 }
 
-impl QueryCodes {
-    pub(super) fn new(user: &[f32]) -> QueryCodes {
+impl MemberCodes {
+    pub(super) fn new(user: &[f32], width: usize) -> MemberCodes {
         let max = user.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         let limit = (MEMBER_OFFSET - 1) as f32;
         let scale = if max == 0.0 || !max.is_finite() {
@@ -60,7 +203,7 @@ impl QueryCodes {
         } else {
             max / limit
         };
-        let codes: Vec<i8> = user
+        let mut codes: Vec<i8> = user
             .iter()
             .map(|x| {
                 if scale == 0.0 {
@@ -70,133 +213,159 @@ impl QueryCodes {
                 }
             })
             .collect();
-        let offset = codes
-            .iter()
-            .map(|&c| (i32::from(c) + MEMBER_OFFSET) as i8)
+        codes.resize(width.max(codes.len()), 0);
+        let words = codes
+            .chunks(SLICE)
+            .map(|slice| {
+                let mut word = [MEMBER_OFFSET as u8; SLICE];
+                for (b, &c) in word.iter_mut().zip(slice) {
+                    *b = (i32::from(c) + MEMBER_OFFSET) as u8;
+                }
+                u32::from_le_bytes(word)
+            })
             .collect();
-        QueryCodes {
+        MemberCodes {
             codes,
-            offset,
+            words,
             scale,
         }
     }
 }
 
-/// Approximate scores of the rows `codes` (row-major, `k` per row, with their `scales` and
-/// `code_sums`) for `query`, into `out`.
-pub(super) fn scan_rows(
-    codes: &[i8],
-    k: usize,
-    query: &QueryCodes,
-    scales: &[f32],
-    code_sums: &[i32],
-    out: &mut [f32],
-) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS {
-        // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
-        // runs on has it.
-        unsafe {
-            scan_i8_avx2(codes, k, query, scales, code_sums, out);
-        }
-        return;
-    }
-    let _ = code_sums;
-    let user: Vec<i16> = query.codes.iter().map(|&q| i16::from(q)).collect();
-    for ((row, scale), o) in codes.chunks_exact(k).zip(scales).zip(out.iter_mut()) {
-        *o = dot_i8(row, &user) as f32 * (scale * query.scale);
-    }
-}
-
-/// The quantised scan with AVX2 for `k` a multiple of 32. The member's codes are 7-bit and
-/// offset by [`MEMBER_OFFSET`] into `1..=127`, so `vpmaddubsw` takes them as its unsigned operand
-/// and the item row, straight from memory, as its signed one: per 32 bytes of a row one
-/// `vpmaddubsw` (pairs of products, at most 2 × 127 × 127, no saturation) and one `vpmaddwd`
-/// widening to i32. The offset's share, `MEMBER_OFFSET · Σ q`, is taken off with the row's
-/// stored code sum. One pass over the i8 matrix, a quarter of the f32 matrix's bytes.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx2")]
-fn scan_i8_avx2(
-    matrix: &[i8],
-    k: usize,
-    query: &QueryCodes,
-    scales: &[f32],
-    code_sums: &[i32],
-    out: &mut [f32],
-) {
+mod avx2 {
+    //! The AVX2 scan. The member's codes are 7-bit and offset by [`MEMBER_OFFSET`] into
+    //! `1..=127`, so `vpmaddubsw` takes four of them broadcast as its unsigned operand and a slice
+    //! of eight rows as its signed one (pairs of products, at most 2 × 127 × 127: no saturation),
+    //! and `vpmaddwd` widens to one i32 per row. The offset's share, `MEMBER_OFFSET · Σ q`, is
+    //! taken off with the row's stored code sum.
+
     use std::arch::x86_64::*;
-    assert!(k.is_multiple_of(32) && k <= MAX_SIMD_FACTORS && query.offset.len() == k);
-    let chunks = k / 32;
-    let mut member = [_mm256_setzero_si256(); MAX_SIMD_FACTORS / 32];
-    for (c, chunk) in query.offset.chunks_exact(32).enumerate() {
-        member[c] = load32(chunk);
-    }
-    let member = &member[..chunks];
-    let ones = _mm256_set1_epi16(1);
-    let row_sum = |row: &[i8]| -> __m256i {
-        let mut acc = _mm256_setzero_si256();
-        for (chunk, &u) in row.chunks_exact(32).zip(member) {
-            let x = load32(chunk);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
-        }
-        acc
-    };
-    // Eight rows at a time: their partial sums reduce together (`vphaddd`, one lane swap), and
-    // the eight scores are corrected, scaled and stored with one instruction each.
-    let scale8 = _mm256_set1_ps(query.scale);
-    let mut rows = matrix.chunks_exact(8 * k);
-    let mut outs = out.chunks_exact_mut(8);
-    let mut scale_chunks = scales.chunks_exact(8);
-    let mut sum_chunks = code_sums.chunks_exact(8);
-    for (((block, o), sc), cs) in (&mut rows)
-        .zip(&mut outs)
-        .zip(&mut scale_chunks)
-        .zip(&mut sum_chunks)
-    {
-        let a: [__m256i; 8] = std::array::from_fn(|r| row_sum(&block[r * k..(r + 1) * k]));
-        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
-        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
-        let sums = _mm256_add_epi32(
-            _mm256_permute2x128_si256(h0123, h4567, 0x20),
-            _mm256_permute2x128_si256(h0123, h4567, 0x31),
-        );
-        assert!(sc.len() == 8 && o.len() == 8 && cs.len() == 8);
-        // SAFETY: `sc`, `cs` and `o` hold eight 4-byte values each (asserted); loads and stores
-        // are unaligned.
-        unsafe {
-            let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(_mm256_loadu_si256(cs.as_ptr().cast()));
-            let dots = _mm256_sub_epi32(sums, offset);
-            let factors = _mm256_mul_ps(_mm256_loadu_ps(sc.as_ptr()), scale8);
-            _mm256_storeu_ps(
-                o.as_mut_ptr(),
-                _mm256_mul_ps(_mm256_cvtepi32_ps(dots), factors),
-            );
-        }
-    }
-    for (((row, scale), code_sum), o) in rows
-        .remainder()
-        .chunks_exact(k)
-        .zip(scale_chunks.remainder())
-        .zip(sum_chunks.remainder())
-        .zip(outs.into_remainder())
-    {
-        let acc = row_sum(row);
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(acc),
-            _mm256_extracti128_si256(acc, 1),
-        );
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        let dot = _mm_cvtsi128_si32(s) - (code_sum << MEMBER_SHIFT);
-        *o = dot as f32 * (scale * query.scale);
-    }
-}
+    use std::ops::Range;
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn load32(bytes: &[i8]) -> std::arch::x86_64::__m256i {
-    assert!(bytes.len() >= 32);
-    // SAFETY: `bytes` holds at least 32 bytes (asserted); the load is unaligned.
-    unsafe { std::arch::x86_64::_mm256_loadu_si256(bytes.as_ptr().cast()) }
+    use super::{ItemCodes, MemberCodes, MEMBER_SHIFT, SLICE, TILE};
+
+    /// Members per step of the kernel, and tiles per step: 4 × 2 accumulators, each slice of a
+    /// tile loaded once for four members.
+    const MEMBERS: usize = 4;
+    const TILES: usize = 2;
+
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn scan(
+        codes: &ItemCodes,
+        tiles: Range<usize>,
+        members: &[&MemberCodes],
+        out: &mut [f32],
+        stride: usize,
+        thresholds: &[f32],
+        flags: &mut [u64],
+        words: usize,
+    ) {
+        let mut first = 0;
+        while first < members.len() {
+            let group = &members[first..(first + MEMBERS).min(members.len())];
+            let at = Group {
+                first,
+                stride,
+                words,
+            };
+            // SAFETY (for each call): the caller's asserts bound every index the kernel forms.
+            unsafe {
+                match group.len() {
+                    1 => run::<1>(codes, tiles.clone(), group, at, out, thresholds, flags),
+                    2 => run::<2>(codes, tiles.clone(), group, at, out, thresholds, flags),
+                    3 => run::<3>(codes, tiles.clone(), group, at, out, thresholds, flags),
+                    _ => run::<MEMBERS>(codes, tiles.clone(), group, at, out, thresholds, flags),
+                }
+            }
+            first += group.len();
+        }
+    }
+
+    /// Where a group of members writes: its first member's index, the score stride, flag words.
+    #[derive(Clone, Copy)]
+    struct Group {
+        first: usize,
+        stride: usize,
+        words: usize,
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn run<const M: usize>(
+        codes: &ItemCodes,
+        tiles: Range<usize>,
+        members: &[&MemberCodes],
+        at: Group,
+        out: &mut [f32],
+        thresholds: &[f32],
+        flags: &mut [u64],
+    ) {
+        let mut t = tiles.start;
+        unsafe {
+            while t + TILES <= tiles.end {
+                step::<M, TILES>(codes, t, tiles.start, members, at, out, thresholds, flags);
+                t += TILES;
+            }
+            if t < tiles.end {
+                step::<M, 1>(codes, t, tiles.start, members, at, out, thresholds, flags);
+            }
+        }
+    }
+
+    /// `R` tiles from tile `t` for `M` members. (The loops index the accumulator grid and the
+    /// loaded slices by the same constants, unrolled; iterators would hide that.)
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn step<const M: usize, const R: usize>(
+        codes: &ItemCodes,
+        t: usize,
+        first_tile: usize,
+        members: &[&MemberCodes],
+        at: Group,
+        out: &mut [f32],
+        thresholds: &[f32],
+        flags: &mut [u64],
+    ) {
+        let w = codes.width;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); R]; M];
+        // SAFETY: tiles `t..t + R` lie in `codes.tiles` (the caller's tile range is within the
+        // padded rows); each member has `w / SLICE` words (asserted by the caller).
+        unsafe {
+            let tile = codes.tiles.as_ptr().add(t * TILE * w);
+            let words: [*const u32; M] = std::array::from_fn(|m| members[m].words.as_ptr());
+            for d in 0..w / SLICE {
+                let x: [__m256i; R] = std::array::from_fn(|r| {
+                    _mm256_loadu_si256(tile.add(r * TILE * w + d * TILE * SLICE).cast())
+                });
+                for m in 0..M {
+                    let u = _mm256_set1_epi32(*words[m].add(d) as i32);
+                    for r in 0..R {
+                        let pairs = _mm256_maddubs_epi16(u, x[r]);
+                        acc[m][r] = _mm256_add_epi32(acc[m][r], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for r in 0..R {
+                let row = (t + r) * TILE;
+                let g = t + r - first_tile;
+                let sums = _mm256_loadu_si256(codes.sums.as_ptr().add(row).cast());
+                let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(sums);
+                let scales = _mm256_loadu_ps(codes.scales.as_ptr().add(row));
+                for m in 0..M {
+                    let member = at.first + m;
+                    let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[m][r], offset));
+                    let factor = _mm256_mul_ps(scales, _mm256_set1_ps(members[m].scale));
+                    let scores = _mm256_mul_ps(dots, factor);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(member * at.stride + g * TILE), scores);
+                    let threshold = _mm256_set1_ps(*thresholds.get_unchecked(member));
+                    let above = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(scores, threshold));
+                    *flags.get_unchecked_mut(member * at.words + g / 64) |=
+                        u64::from(above != 0) << (g % 64);
+                }
+            }
+        }
+    }
 }

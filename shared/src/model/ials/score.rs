@@ -1,25 +1,27 @@
 //! Whole-catalog scoring: one member vector against every item, then a partial top-k.
 //!
 //! The item factors are held twice: exact `f32` rows (in memory, or mapped from the version's raw
-//! file), and `i8` rows with one scale per item (`codes.rs`). A query quantises the member vector,
+//! file), and `i8` codes with one scale per item, tiled for the scan (`codes.rs`). A query quantises the member vector,
 //! scores every item with integer dot products — a quarter of the memory traffic of `f32`, which
 //! is what bounds a large scan — keeps the best `candidates(k)` by that approximate score, then
 //! re-scores those exactly in `f32` and returns the top `k` by exact score. The approximation only
 //! chooses the candidate pool; every returned score is exact. Nothing is allocated per item: the
 //! score buffer is reused per thread.
 //!
-//! Many members can be scored in one pass ([`ItemMatrix::top_k_batch`]): the codes are read a
-//! cache-sized block at a time and every member of the batch is scored against the block before
-//! the next is read, so a catalog larger than the CPU's caches crosses the memory bus once per
-//! batch instead of once per member — what bounds a million-item scan under concurrent load. A
-//! large catalog's pass is cut into parts scanned on the rayon pool's threads at once, so one
-//! member alone is answered by every core.
+//! Many members can be scored in one pass ([`ItemMatrix::top_k_batch`]): each tile of codes is
+//! scored for several members per load, a block of rows at a time whose scores stay in cache, so
+//! a catalog larger than the CPU's caches crosses the memory bus once per batch instead of once
+//! per member, and the kernel's multiplies, not its loads, bound a batch — what bounds a
+//! million-item scan under concurrent load. The scan flags the runs of eight scores above each
+//! member's running threshold, and only those are offered to the member's top-k. A large
+//! catalog's pass is cut into parts scanned on the rayon pool's threads at once, so one member
+//! alone is answered by every core.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::codes::{quantize, scan_rows, QueryCodes};
+use super::codes::{ItemCodes, MemberCodes, TILE};
 use crate::kernels::dot as dot_f32;
 use crate::model::top_k::{best_of, select_top, Scored, TopK};
 
@@ -30,11 +32,8 @@ pub struct ItemMatrix {
     k: usize,
     /// Row-major `n × k`.
     factors: Rows,
-    /// Row-major `n × k`, `factors[i] ≈ scales[i] · quantized[i]`.
-    quantized: Vec<i8>,
-    scales: Vec<f32>,
-    /// `Σ_j quantized[i][j]`, for the AVX2 kernel's offset.
-    code_sums: Vec<i32>,
+    /// `factors[i] ≈ scale_i · codes_i`, tiled for the scan.
+    codes: ItemCodes,
     /// `‖y_i‖`, for cosine similarity.
     norms: Vec<f32>,
 }
@@ -65,12 +64,19 @@ impl std::ops::Deref for Rows {
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A batched scan's block of scores (member-major) and its flag words.
+    static BLOCK: RefCell<(Vec<f32>, Vec<u64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Bytes of item codes scored per block of a batched scan: the block stays in the core's L2
-/// cache while every member of the batch is scored against it, so the catalog is read from
-/// memory once per batch, not once per member.
-const BLOCK_BYTES: usize = 128 * 1024;
+/// Bytes of one block's scores, every member of the batch together: they stay in the core's L2
+/// cache between the scan that writes them and the top-k that reads the flagged runs.
+const BLOCK_SCORE_BYTES: usize = 128 * 1024;
+
+/// Rows per block of a batched scan of `members` members: a multiple of 64 (whole tiles, whole
+/// flag words).
+fn block_rows(members: usize) -> usize {
+    (BLOCK_SCORE_BYTES / (4 * members.max(1)) / 64 * 64).clamp(64, 2048)
+}
 
 /// The fewest rows a pass gives one thread: below it, splitting costs more than it saves.
 const MIN_PART_ROWS: usize = 32 * 1024;
@@ -125,22 +131,15 @@ impl ItemMatrix {
             "factors are not n × {k}"
         );
         let n = factors.len() / k;
-        let mut quantized = vec![0i8; n * k];
-        let mut scales = Vec::with_capacity(n);
-        let mut norms = Vec::with_capacity(n);
-        let mut code_sums = Vec::with_capacity(n);
-        for (row, q) in factors.chunks_exact(k).zip(quantized.chunks_exact_mut(k)) {
-            scales.push(quantize(row, q));
-            code_sums.push(q.iter().map(|&c| i32::from(c)).sum());
-            norms.push(dot_f32(row, row).sqrt());
-        }
+        let norms = factors
+            .chunks_exact(k)
+            .map(|row| dot_f32(row, row).sqrt())
+            .collect();
         ItemMatrix {
             n,
             k,
+            codes: ItemCodes::new(&factors, k),
             factors,
-            quantized,
-            scales,
-            code_sums,
             norms,
         }
     }
@@ -202,7 +201,7 @@ impl ItemMatrix {
             Rows::Owned(rows) => rows.len() * 4,
             Rows::Mapped(_) => 0,
         };
-        exact + self.quantized.len() + self.n * 12
+        exact + self.codes.heap_bytes() + self.n * 4
     }
 
     /// Exact score of one item.
@@ -222,20 +221,23 @@ impl ItemMatrix {
     /// Approximate (quantised) scores of every item into `out`.
     pub fn score_all_quantized(&self, user: &[f32], out: &mut [f32]) {
         assert_eq!(user.len(), self.k);
-        self.scan(0..self.n, &QueryCodes::new(user), out);
-    }
-
-    /// Approximate scores of the items in `rows` into `out`.
-    fn scan(&self, rows: std::ops::Range<usize>, query: &QueryCodes, out: &mut [f32]) {
-        let k = self.k;
-        scan_rows(
-            &self.quantized[rows.start * k..rows.end * k],
-            k,
-            query,
-            &self.scales[rows.clone()],
-            &self.code_sums[rows.clone()],
-            &mut out[..rows.len()],
+        let member = MemberCodes::new(user, self.k.next_multiple_of(4));
+        let stride = self.n.next_multiple_of(TILE);
+        let mut scores = vec![0.0; stride];
+        let mut flags = vec![0u64; stride.div_ceil(TILE * 64).max(1)];
+        let words = flags.len();
+        let never = [f32::INFINITY];
+        let members = [&member];
+        self.codes.scan(
+            0..self.n,
+            &members,
+            &mut scores,
+            stride,
+            &never,
+            &mut flags,
+            words,
         );
+        out[..self.n].copy_from_slice(&scores[..self.n]);
     }
 
     /// The `k` best items for `user` among those `allowed`, by exact score, best first.
@@ -266,7 +268,11 @@ impl ItemMatrix {
         for q in queries {
             assert_eq!(q.user.len(), self.k, "a member vector of the wrong width");
         }
-        let codes: Vec<QueryCodes> = queries.iter().map(|q| QueryCodes::new(q.user)).collect();
+        let width = self.k.next_multiple_of(4);
+        let codes: Vec<MemberCodes> = queries
+            .iter()
+            .map(|q| MemberCodes::new(q.user, width))
+            .collect();
         // The catalog is cut into parts of at least `MIN_PART_ROWS`, one per thread of the
         // pool; each part keeps every member's own candidate pool, and the pools are merged by
         // exact score — the same cut for a batch of one, so batching never changes an answer.
@@ -274,7 +280,7 @@ impl ItemMatrix {
             .n
             .div_ceil(MIN_PART_ROWS)
             .clamp(1, rayon::current_num_threads().max(1));
-        let rows = self.n.div_ceil(parts).max(1);
+        let rows = self.n.div_ceil(parts).next_multiple_of(TILE).max(TILE);
         let pools: Vec<Vec<TopK>> = (0..parts)
             .into_par_iter()
             .map(|p| {
@@ -304,30 +310,53 @@ impl ItemMatrix {
             .collect()
     }
 
-    /// Every query's candidate pool among the items in `range`, scanned a block at a time.
+    /// Every query's candidate pool among the items in `range` (its start on a tile), scanned a
+    /// block at a time.
     fn candidates_in(
         &self,
         range: std::ops::Range<usize>,
         queries: &[BatchQuery<'_>],
-        codes: &[QueryCodes],
+        codes: &[MemberCodes],
     ) -> Vec<TopK> {
         let mut pools: Vec<TopK> = queries
             .iter()
             .map(|q| TopK::new(if q.k == 0 { 0 } else { candidates(q.k) }))
             .collect();
-        let block = (BLOCK_BYTES / self.k).max(8);
-        SCORES.with(|buffer| {
-            let mut scores = buffer.borrow_mut();
-            scores.resize(block.min(range.len()), 0.0);
+        let active: Vec<usize> = (0..queries.len()).filter(|&q| queries[q].k > 0).collect();
+        if active.is_empty() || range.is_empty() {
+            return pools;
+        }
+        let members: Vec<&MemberCodes> = active.iter().map(|&q| &codes[q]).collect();
+        let block = block_rows(members.len());
+        let words = (block / TILE).div_ceil(64);
+        BLOCK.with(|buffers| {
+            let (scores, flags) = &mut *buffers.borrow_mut();
+            scores.resize(members.len() * block, 0.0);
+            flags.resize(members.len() * words, 0);
+            let mut thresholds = vec![0.0f32; members.len()];
             let mut start = range.start;
             while start < range.end {
                 let end = (start + block).min(range.end);
-                for ((query, codes), pool) in queries.iter().zip(codes).zip(&mut pools) {
-                    if query.k == 0 {
-                        continue;
-                    }
-                    self.scan(start..end, codes, &mut scores);
-                    pool.offer(&scores[..end - start], start as u32, query.allowed);
+                for (threshold, &q) in thresholds.iter_mut().zip(&active) {
+                    *threshold = pools[q].threshold();
+                }
+                flags.fill(0);
+                self.codes.scan(
+                    start..end,
+                    &members,
+                    scores,
+                    block,
+                    &thresholds,
+                    flags,
+                    words,
+                );
+                for (m, &q) in active.iter().enumerate() {
+                    pools[q].offer_flagged(
+                        &scores[m * block..m * block + (end - start)],
+                        start as u32,
+                        &flags[m * words..(m + 1) * words],
+                        queries[q].allowed,
+                    );
                 }
                 start = end;
             }
@@ -372,7 +401,6 @@ impl ItemMatrix {
 
 #[cfg(test)]
 mod tests {
-    use super::super::codes::dot_i8;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -514,20 +542,71 @@ mod tests {
     }
 
     #[test]
-    fn the_simd_scan_equals_the_integer_dot_product() {
-        // k = 96 takes the AVX2 path (k a multiple of 32) when built for it; the integer dot
-        // product is the reference, and the two must agree exactly.
-        for k in [32, 96] {
-            let (m, user) = random_matrix(302, k, 5);
-            let mut fast = vec![0.0; 302];
-            m.score_all_quantized(&user, &mut fast);
-            let query = QueryCodes::new(&user);
-            assert!(query.codes.iter().all(|c| (-63..=63).contains(c)));
-            let q_user: Vec<i16> = query.codes.iter().map(|&c| i16::from(c)).collect();
-            for (i, f) in fast.iter().enumerate() {
-                let row = &m.quantized[i * k..(i + 1) * k];
-                let want = dot_i8(row, &q_user) as f32 * (m.scales[i] * query.scale);
-                assert_eq!(*f, want, "row {i}, k {k}");
+    fn the_scan_equals_the_integer_dot_product_of_each_row() {
+        // Widths that are and are not whole slices, a catalog that ends inside a tile and after
+        // an odd number of tiles, member counts that fill the kernel's groups and leave
+        // remainders: the scan (AVX2 when built for it) must equal the row-by-row integer dot
+        // product exactly, and flag exactly the tiles holding a score above the threshold.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (k, n) in [(32, 302), (37, 96), (64, 1_001), (6, 17)] {
+            let (m, _) = random_matrix(n, k, k as u64);
+            let width = k.next_multiple_of(4);
+            for count in [1, 3, 4, 6, 9] {
+                let users: Vec<Vec<f32>> = (0..count)
+                    .map(|_| (0..k).map(|_| rng.random_range(-1.0..1.0)).collect())
+                    .collect();
+                let members: Vec<MemberCodes> =
+                    users.iter().map(|u| MemberCodes::new(u, width)).collect();
+                let refs: Vec<&MemberCodes> = members.iter().collect();
+                let thresholds: Vec<f32> = (0..count).map(|c| c as f32 * 0.3 - 0.5).collect();
+                let stride = n.next_multiple_of(TILE);
+                let words = (stride / TILE).div_ceil(64);
+                let mut scores = vec![0.0; count * stride];
+                let mut flags = vec![0u64; count * words];
+                m.codes.scan(
+                    0..n,
+                    &refs,
+                    &mut scores,
+                    stride,
+                    &thresholds,
+                    &mut flags,
+                    words,
+                );
+                let mut portable = vec![0.0; count * stride];
+                let mut portable_flags = vec![0u64; count * words];
+                let tiles = 0..n.div_ceil(TILE);
+                m.codes.scan_portable(
+                    tiles,
+                    &refs,
+                    &mut portable,
+                    stride,
+                    &thresholds,
+                    &mut portable_flags,
+                    words,
+                );
+                assert_eq!(scores, portable, "k {k}, {count} members");
+                assert_eq!(flags, portable_flags, "k {k}, {count} members");
+                for (c, member) in members.iter().enumerate() {
+                    assert!(member.codes.iter().all(|c| (-63..=63).contains(c)));
+                    for i in 0..n {
+                        let dot: i32 = m
+                            .codes
+                            .row(i)
+                            .iter()
+                            .zip(&member.codes)
+                            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                            .sum();
+                        let want = dot as f32 * (m.codes.scale(i) * member.scale);
+                        assert_eq!(scores[c * stride + i], want, "row {i}, k {k}");
+                    }
+                    for g in 0..n.div_ceil(TILE) {
+                        let above = scores[c * stride + g * TILE..c * stride + (g + 1) * TILE]
+                            .iter()
+                            .any(|&s| s > thresholds[c]);
+                        let flagged = flags[c * words + g / 64] >> (g % 64) & 1 == 1;
+                        assert_eq!(flagged, above, "tile {g}, k {k}");
+                    }
+                }
             }
         }
     }
