@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use recsys_shared::artifact::published::{PublishedModel, Taste};
-use recsys_shared::artifact::{files, read_catalog, read_popularity, Manifest, ModelRoot};
+use recsys_shared::artifact::{files, read_catalog, read_popularity, Manifest, ModelRoot, Texts};
 use recsys_shared::config::MaturityConfig;
 use recsys_shared::model::MemberState;
 use recsys_store::features::HistoryEntry;
@@ -42,7 +42,7 @@ pub struct Catalog {
     /// The version's model: its item ids and index, its scorer and (iALS) its fold-in.
     pub model: PublishedModel,
     /// Empty when the catalog has no title for the item.
-    pub titles: Vec<String>,
+    pub titles: Texts,
     /// Items shown everywhere (no country list).
     unrestricted: ItemSet,
     /// Per country: the items whose list names it.
@@ -94,7 +94,7 @@ impl Catalog {
         let mut maturity = vec![UNRATED; n];
         let mut maturity_labels: Vec<String> = Vec::new();
         for row in read_catalog(&dir.join(files::ITEMS))? {
-            let Some(&i) = model.index.get(&row.item_id) else {
+            let Some(i) = model.ids.row(&row.item_id) else {
                 continue;
             };
             let i = i as usize;
@@ -131,9 +131,10 @@ impl Catalog {
         }
         let mut popularity: Vec<(u32, f32)> = read_popularity(&dir.join(files::ITEM_POPULARITY))?
             .into_iter()
-            .filter_map(|row| model.index.get(&row.item_id).map(|&i| (i, row.score)))
+            .filter_map(|row| model.ids.row(&row.item_id).map(|i| (i, row.score)))
             .collect();
         popularity.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let titles = Texts::new(&titles).map_err(|e| invalid(format!("items.parquet: {e}")))?;
         Ok(Catalog {
             version: version.to_string(),
             manifest,
@@ -196,12 +197,12 @@ impl Catalog {
 
     /// Item `i`'s id.
     pub fn item_id(&self, i: u32) -> &str {
-        &self.model.item_ids[i as usize]
+        self.model.ids.get(i)
     }
 
     /// Item `id`'s index, when the model knows it.
     pub fn index_of(&self, id: &str) -> Option<u32> {
-        self.model.index.get(id).copied()
+        self.model.ids.row(id)
     }
 
     /// Whether item `i` may be shown in `country` (`None`: no filter).
@@ -217,7 +218,7 @@ impl Catalog {
     }
 
     pub fn title(&self, i: u32) -> &str {
-        &self.titles[i as usize]
+        self.titles.get(i)
     }
 
     /// The member's taste from their history when nothing is stored for this model: the fold-in

@@ -142,7 +142,7 @@ fn scored(catalog: &Catalog, items: impl IntoIterator<Item = Scored>) -> Vec<Sco
     items
         .into_iter()
         .map(|s| ScoredItem {
-            item_id: catalog.model.item_ids[s.index as usize].clone(),
+            item_id: catalog.model.ids.get(s.index).to_owned(),
             score: s.score,
             title: catalog.title(s.index).to_string(),
         })

@@ -24,6 +24,7 @@
 //! mirror versions into a local root ([`ModelMirror`]) before loading them.
 
 mod follower;
+pub mod item_ids;
 mod manifest;
 pub mod published;
 mod remote;
@@ -32,6 +33,7 @@ pub mod synthetic;
 mod tables;
 
 pub use follower::{CurrentFollower, Followed, LoadFailure, Poll, VersionSource};
+pub use item_ids::{ItemIds, Texts};
 pub use manifest::{
     ActivityBucket, AlgorithmParams, Curves, DataWindow, Evaluation, FileEntry, IalsRecord,
     Manifest, ModelParams, RowCounts, FORMAT_VERSION,

@@ -4,11 +4,9 @@
 //! ([`PublishedModel::load`]) and the one place that writes them ([`write_model`]); online and
 //! nearline both load through here, so they can never disagree on what a version means.
 
-use std::collections::HashMap;
-
 use super::{
     files, read_factor_ids, read_factors, read_weights, write_factors, write_raw_factors,
-    write_weights, FactorTable, Manifest, ModelParams, ModelRoot, StagedVersion,
+    write_weights, FactorTable, ItemIds, Manifest, ModelParams, ModelRoot, StagedVersion,
 };
 use crate::model::ials::train::AlsModel;
 use crate::model::ials::{FoldIn, ItemMatrix};
@@ -20,9 +18,8 @@ use crate::{Result, SharedError};
 #[derive(Debug)]
 pub struct PublishedModel {
     pub family: Family,
-    /// Row `i` of the scorer is `item_ids[i]`.
-    pub item_ids: Vec<String>,
-    pub index: HashMap<String, u32>,
+    /// Row `i` of the scorer is `ids.get(i)`; `ids.row(id)` finds it.
+    pub ids: ItemIds,
     pub scorer: Scorer,
     /// iALS: the fold-in with the version's own objective (`α₀ YᵀY` computed once).
     pub fold_in: Option<FoldIn>,
@@ -164,16 +161,11 @@ impl PublishedModel {
         if item_ids.is_empty() {
             return Err(invalid("no items".into()));
         }
-        let mut index = HashMap::with_capacity(item_ids.len());
-        for (i, id) in item_ids.iter().enumerate() {
-            if index.insert(id.clone(), i as u32).is_some() {
-                return Err(invalid(format!("item {id} appears twice in the model")));
-            }
-        }
+        let ids = ItemIds::new(&item_ids).map_err(|e| invalid(format!("{e} in the model")))?;
+        drop(item_ids);
         Ok(PublishedModel {
             family,
-            item_ids,
-            index,
+            ids,
             scorer,
             fold_in,
         })
@@ -181,11 +173,11 @@ impl PublishedModel {
 
     /// Items the model scores.
     pub fn len(&self) -> usize {
-        self.item_ids.len()
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.item_ids.is_empty()
+        self.ids.is_empty()
     }
 
     /// Factors per vector (0 for the history families).
@@ -206,14 +198,14 @@ impl PublishedModel {
 
     /// Whether the model knows `item_id`.
     pub fn knows(&self, item_id: &str) -> bool {
-        self.index.contains_key(item_id)
+        self.ids.contains(item_id)
     }
 
     /// The history's item indices (unknown items skipped), in the history's order.
     pub fn history_indices<'h>(&self, history: impl IntoIterator<Item = &'h str>) -> Vec<u32> {
         history
             .into_iter()
-            .filter_map(|id| self.index.get(id).copied())
+            .filter_map(|id| self.ids.row(id))
             .collect()
     }
 
@@ -225,7 +217,7 @@ impl PublishedModel {
     ) -> Result<Option<Vec<f32>>> {
         match (&self.fold_in, &self.scorer) {
             (Some(fold_in), Scorer::Factors(items)) => {
-                fold_in.solve_ids(items.as_slice(), &self.index, history)
+                fold_in.solve_ids(items.as_slice(), &self.ids, history)
             }
             _ => Ok(None),
         }
@@ -267,7 +259,7 @@ mod tests {
             let model = PublishedModel::load(&root, &version, &manifest).unwrap();
             assert_eq!(model.family, *family);
             assert_eq!(model.len(), 50);
-            assert_eq!(model.index["i7"], 7);
+            assert_eq!(model.ids.row("i7"), Some(7));
             let history = [("i1", 1.0), ("i2", 1.0), ("unknown", 1.0)];
             let taste = match family.member_state() {
                 MemberState::Vector => {

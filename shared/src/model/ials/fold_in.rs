@@ -24,10 +24,9 @@
 //! step minimises the same objective. The solve is exact (Cholesky in f64), costs
 //! `O(n k² + k³)` for a history of `n` items, and allocates only its `k × k` system.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::ItemIds;
 use crate::kernels;
 use crate::{Result, SharedError};
 
@@ -123,12 +122,12 @@ impl FoldIn {
     pub fn solve_ids<'h>(
         &self,
         item_factors: &[f32],
-        index: &HashMap<String, u32>,
+        ids: &ItemIds,
         history: impl IntoIterator<Item = (&'h str, f32)>,
     ) -> Result<Option<Vec<f32>>> {
         let known: Vec<(u32, f32)> = history
             .into_iter()
-            .filter_map(|(id, strength)| index.get(id).map(|&i| (i, strength)))
+            .filter_map(|(id, strength)| ids.row(id).map(|i| (i, strength)))
             .collect();
         if known.is_empty() {
             return Ok(None);
@@ -361,7 +360,7 @@ mod tests {
             assert!((a - b).abs() < 1e-6);
         }
         assert!(f.solve(&y, &[(99, 1.0)]).is_err());
-        let index: HashMap<String, u32> = [("a".to_string(), 2), ("b".to_string(), 4)].into();
+        let index = ItemIds::new(["x0", "x1", "a", "x3", "b"]).unwrap();
         let by_id = f
             .solve_ids(&y, &index, [("a", 2.0), ("unknown", 5.0), ("b", 1.0)])
             .unwrap();
