@@ -177,12 +177,7 @@ mod tests {
                 top.offer(&scores[first..end], first as u32, &allowed);
                 first = end;
             }
-            let blocked: Vec<(u32, f32)> = top
-                .into_best()
-                .into_iter()
-                .map(|s| (s.index, s.score))
-                .collect();
-            assert_eq!(blocked, want, "k = {k}, in blocks");
+            assert_eq!(pairs(top), want, "k = {k}, in blocks");
             // Offered by flagged runs of 8, flagged against a threshold taken before each block
             // (as a scan does), the collector keeps the same items.
             let mut top = TopK::new(k);
@@ -195,12 +190,14 @@ mod tests {
                 }
                 top.offer_flagged(block, (b * 200) as u32, &flags, &allowed);
             }
-            let flagged: Vec<(u32, f32)> = top
-                .into_best()
-                .into_iter()
-                .map(|s| (s.index, s.score))
-                .collect();
-            assert_eq!(flagged, want, "k = {k}, flagged");
+            assert_eq!(pairs(top), want, "k = {k}, flagged");
         }
+    }
+
+    fn pairs(top: TopK) -> Vec<(u32, f32)> {
+        top.into_best()
+            .into_iter()
+            .map(|s| (s.index, s.score))
+            .collect()
     }
 }

@@ -99,26 +99,24 @@ impl ItemCodes {
     }
 
     /// Approximate scores of the rows in `rows` (its start a multiple of [`TILE`]) for every
-    /// member: row `rows.start + j` of member `m` into `out[m · stride + j]`. Whole tiles are
-    /// scored, so `stride` must hold `rows.len()` rounded up to a tile; the scores past
-    /// `rows.end` are the next rows' (or zero past the catalog) and are for the caller to ignore.
-    /// Bit `g` of member `m`'s `words` flag words is set when a score of the `g`-th tile is above
-    /// `thresholds[m]` (flags are only ever set, never cleared).
-    #[allow(clippy::too_many_arguments)]
+    /// member, into `block` (see [`ScanBlock`]).
     pub(super) fn scan(
         &self,
         rows: Range<usize>,
         members: &[&MemberCodes],
-        out: &mut [f32],
-        stride: usize,
-        thresholds: &[f32],
-        flags: &mut [u64],
-        words: usize,
+        block: &mut ScanBlock<'_>,
     ) {
         let tiles = self.tile_range(rows);
-        assert!(tiles.len() * TILE <= stride && members.len() * stride <= out.len());
-        assert!(thresholds.len() >= members.len() && flags.len() >= members.len() * words);
-        assert!(tiles.len() <= words * 64);
+        let ScanBlock {
+            scores,
+            stride,
+            thresholds,
+            flags,
+            words,
+        } = block;
+        assert!(tiles.len() * TILE <= *stride && members.len() * *stride <= scores.len());
+        assert!(thresholds.len() >= members.len() && flags.len() >= members.len() * *words);
+        assert!(tiles.len() <= *words * 64);
         for m in members {
             assert_eq!(
                 m.words.len() * SLICE,
@@ -130,10 +128,10 @@ impl ItemCodes {
         {
             // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
             // runs on has it; the bounds the kernel relies on are asserted above.
-            unsafe { avx2::scan(self, tiles, members, out, stride, thresholds, flags, words) };
+            unsafe { avx2::scan(self, tiles, members, block) };
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-        self.scan_portable(tiles, members, out, stride, thresholds, flags, words);
+        self.scan_portable(tiles, members, block);
     }
 
     fn tile_range(&self, rows: Range<usize>) -> Range<usize> {
@@ -146,18 +144,14 @@ impl ItemCodes {
 
     /// The scan in portable integer code: what the AVX2 kernel must equal bit for bit.
     #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn scan_portable(
         &self,
         tiles: Range<usize>,
         members: &[&MemberCodes],
-        out: &mut [f32],
-        stride: usize,
-        thresholds: &[f32],
-        flags: &mut [u64],
-        words: usize,
+        block: &mut ScanBlock<'_>,
     ) {
         let w = self.width;
+        let (stride, words) = (block.stride, block.words);
         for (m, member) in members.iter().enumerate() {
             for (g, t) in tiles.clone().enumerate() {
                 let tile = &self.tiles[t * TILE * w..(t + 1) * TILE * w];
@@ -172,13 +166,26 @@ impl ItemCodes {
                     }
                     let row = t * TILE + r;
                     let score = dot as f32 * (self.scales[row] * member.scale);
-                    out[m * stride + g * TILE + r] = score;
-                    above |= score > thresholds[m];
+                    block.scores[m * stride + g * TILE + r] = score;
+                    above |= score > block.thresholds[m];
                 }
-                flags[m * words + g / 64] |= u64::from(above) << (g % 64);
+                block.flags[m * words + g / 64] |= u64::from(above) << (g % 64);
             }
         }
     }
+}
+
+/// Where a scan writes, per member `m`: the score of the block's row `j` at
+/// `scores[m · stride + j]` (whole tiles are scored, so `stride` holds the block's rows rounded up
+/// to a tile; scores past the block's end are the next rows', or zero past the catalog, for the
+/// caller to ignore), and bit `g` of its `words` flag words from `flags[m · words]` set when a
+/// score of the block's `g`-th tile is above `thresholds[m]` (flags are only ever set).
+pub(super) struct ScanBlock<'a> {
+    pub(super) scores: &'a mut [f32],
+    pub(super) stride: usize,
+    pub(super) thresholds: &'a [f32],
+    pub(super) flags: &'a mut [u64],
+    pub(super) words: usize,
 }
 
 /// A member vector quantised for the scan: 7-bit codes (`m ≈ scale · code`), padded to the item
@@ -243,7 +250,7 @@ mod avx2 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{ItemCodes, MemberCodes, MEMBER_SHIFT, SLICE, TILE};
+    use super::{ItemCodes, MemberCodes, ScanBlock, MEMBER_SHIFT, SLICE, TILE};
 
     /// Members per step of the kernel, and tiles per step: 4 × 2 accumulators, each slice of a
     /// tile loaded once for four members.
@@ -251,64 +258,46 @@ mod avx2 {
     const TILES: usize = 2;
 
     #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn scan(
         codes: &ItemCodes,
         tiles: Range<usize>,
         members: &[&MemberCodes],
-        out: &mut [f32],
-        stride: usize,
-        thresholds: &[f32],
-        flags: &mut [u64],
-        words: usize,
+        block: &mut ScanBlock<'_>,
     ) {
         let mut first = 0;
         while first < members.len() {
             let group = &members[first..(first + MEMBERS).min(members.len())];
-            let at = Group {
-                first,
-                stride,
-                words,
-            };
+            let tiles = tiles.clone();
             // SAFETY (for each call): the caller's asserts bound every index the kernel forms.
             unsafe {
                 match group.len() {
-                    1 => run::<1>(codes, tiles.clone(), group, at, out, thresholds, flags),
-                    2 => run::<2>(codes, tiles.clone(), group, at, out, thresholds, flags),
-                    3 => run::<3>(codes, tiles.clone(), group, at, out, thresholds, flags),
-                    _ => run::<MEMBERS>(codes, tiles.clone(), group, at, out, thresholds, flags),
+                    1 => run::<1>(codes, tiles, group, first, block),
+                    2 => run::<2>(codes, tiles, group, first, block),
+                    3 => run::<3>(codes, tiles, group, first, block),
+                    _ => run::<MEMBERS>(codes, tiles, group, first, block),
                 }
             }
             first += group.len();
         }
     }
 
-    /// Where a group of members writes: its first member's index, the score stride, flag words.
-    #[derive(Clone, Copy)]
-    struct Group {
-        first: usize,
-        stride: usize,
-        words: usize,
-    }
-
+    /// The members `first..first + M` of the scan.
     #[target_feature(enable = "avx2")]
     unsafe fn run<const M: usize>(
         codes: &ItemCodes,
         tiles: Range<usize>,
         members: &[&MemberCodes],
-        at: Group,
-        out: &mut [f32],
-        thresholds: &[f32],
-        flags: &mut [u64],
+        first: usize,
+        block: &mut ScanBlock<'_>,
     ) {
         let mut t = tiles.start;
         unsafe {
             while t + TILES <= tiles.end {
-                step::<M, TILES>(codes, t, tiles.start, members, at, out, thresholds, flags);
+                step::<M, TILES>(codes, t, tiles.start, members, first, block);
                 t += TILES;
             }
             if t < tiles.end {
-                step::<M, 1>(codes, t, tiles.start, members, at, out, thresholds, flags);
+                step::<M, 1>(codes, t, tiles.start, members, first, block);
             }
         }
     }
@@ -317,16 +306,14 @@ mod avx2 {
     /// loaded slices by the same constants, unrolled; iterators would hide that.)
     #[target_feature(enable = "avx2")]
     #[inline]
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn step<const M: usize, const R: usize>(
         codes: &ItemCodes,
         t: usize,
         first_tile: usize,
         members: &[&MemberCodes],
-        at: Group,
-        out: &mut [f32],
-        thresholds: &[f32],
-        flags: &mut [u64],
+        first: usize,
+        block: &mut ScanBlock<'_>,
     ) {
         let w = codes.width;
         let ones = _mm256_set1_epi16(1);
@@ -355,14 +342,18 @@ mod avx2 {
                 let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(sums);
                 let scales = _mm256_loadu_ps(codes.scales.as_ptr().add(row));
                 for m in 0..M {
-                    let member = at.first + m;
+                    let member = first + m;
                     let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[m][r], offset));
                     let factor = _mm256_mul_ps(scales, _mm256_set1_ps(members[m].scale));
                     let scores = _mm256_mul_ps(dots, factor);
-                    _mm256_storeu_ps(out.as_mut_ptr().add(member * at.stride + g * TILE), scores);
-                    let threshold = _mm256_set1_ps(*thresholds.get_unchecked(member));
+                    let at = block
+                        .scores
+                        .as_mut_ptr()
+                        .add(member * block.stride + g * TILE);
+                    _mm256_storeu_ps(at, scores);
+                    let threshold = _mm256_set1_ps(*block.thresholds.get_unchecked(member));
                     let above = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(scores, threshold));
-                    *flags.get_unchecked_mut(member * at.words + g / 64) |=
+                    *block.flags.get_unchecked_mut(member * block.words + g / 64) |=
                         u64::from(above != 0) << (g % 64);
                 }
             }

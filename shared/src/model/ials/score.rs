@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::codes::{ItemCodes, MemberCodes, TILE};
+use super::codes::{ItemCodes, MemberCodes, ScanBlock, TILE};
 use crate::kernels::dot as dot_f32;
 use crate::model::top_k::{best_of, select_top, Scored, TopK};
 
@@ -228,15 +228,14 @@ impl ItemMatrix {
         let words = flags.len();
         let never = [f32::INFINITY];
         let members = [&member];
-        self.codes.scan(
-            0..self.n,
-            &members,
-            &mut scores,
+        let mut block = ScanBlock {
+            scores: &mut scores,
             stride,
-            &never,
-            &mut flags,
+            thresholds: &never,
+            flags: &mut flags,
             words,
-        );
+        };
+        self.codes.scan(0..self.n, &members, &mut block);
         out[..self.n].copy_from_slice(&scores[..self.n]);
     }
 
@@ -341,15 +340,14 @@ impl ItemMatrix {
                     *threshold = pools[q].threshold();
                 }
                 flags.fill(0);
-                self.codes.scan(
-                    start..end,
-                    &members,
+                let mut written = ScanBlock {
                     scores,
-                    block,
-                    &thresholds,
+                    stride: block,
+                    thresholds: &thresholds,
                     flags,
                     words,
-                );
+                };
+                self.codes.scan(start..end, &members, &mut written);
                 for (m, &q) in active.iter().enumerate() {
                     pools[q].offer_flagged(
                         &scores[m * block..m * block + (end - start)],
@@ -566,11 +564,13 @@ mod tests {
                 m.codes.scan(
                     0..n,
                     &refs,
-                    &mut scores,
-                    stride,
-                    &thresholds,
-                    &mut flags,
-                    words,
+                    &mut ScanBlock {
+                        scores: &mut scores,
+                        stride,
+                        thresholds: &thresholds,
+                        flags: &mut flags,
+                        words,
+                    },
                 );
                 let mut portable = vec![0.0; count * stride];
                 let mut portable_flags = vec![0u64; count * words];
@@ -578,11 +578,13 @@ mod tests {
                 m.codes.scan_portable(
                     tiles,
                     &refs,
-                    &mut portable,
-                    stride,
-                    &thresholds,
-                    &mut portable_flags,
-                    words,
+                    &mut ScanBlock {
+                        scores: &mut portable,
+                        stride,
+                        thresholds: &thresholds,
+                        flags: &mut portable_flags,
+                        words,
+                    },
                 );
                 assert_eq!(scores, portable, "k {k}, {count} members");
                 assert_eq!(flags, portable_flags, "k {k}, {count} members");
