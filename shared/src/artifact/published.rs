@@ -217,7 +217,7 @@ impl PublishedModel {
     ) -> Result<Option<Vec<f32>>> {
         match (&self.fold_in, &self.scorer) {
             (Some(fold_in), Scorer::Factors(items)) => {
-                fold_in.solve_ids(items.as_slice(), &self.ids, history)
+                fold_in.solve_ids(items.as_slice(), |id| self.ids.row(id), history)
             }
             _ => Ok(None),
         }

@@ -26,7 +26,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::ItemIds;
 use crate::kernels;
 use crate::{Result, SharedError};
 
@@ -117,17 +116,17 @@ impl FoldIn {
     }
 
     /// The member's vector from a history of `(item id, strength)` pairs, items found through
-    /// `index` (id → row of `item_factors`). Items the model does not know are skipped; `None`
+    /// `row_of` (id → row of `item_factors`). Items the model does not know are skipped; `None`
     /// when none is known.
     pub fn solve_ids<'h>(
         &self,
         item_factors: &[f32],
-        ids: &ItemIds,
+        row_of: impl Fn(&str) -> Option<u32>,
         history: impl IntoIterator<Item = (&'h str, f32)>,
     ) -> Result<Option<Vec<f32>>> {
         let known: Vec<(u32, f32)> = history
             .into_iter()
-            .filter_map(|(id, strength)| ids.row(id).map(|i| (i, strength)))
+            .filter_map(|(id, strength)| row_of(id).map(|i| (i, strength)))
             .collect();
         if known.is_empty() {
             return Ok(None);
@@ -360,12 +359,16 @@ mod tests {
             assert!((a - b).abs() < 1e-6);
         }
         assert!(f.solve(&y, &[(99, 1.0)]).is_err());
-        let index = ItemIds::new(["x0", "x1", "a", "x3", "b"]).unwrap();
+        let index = |id: &str| match id {
+            "a" => Some(2),
+            "b" => Some(4),
+            _ => None,
+        };
         let by_id = f
-            .solve_ids(&y, &index, [("a", 2.0), ("unknown", 5.0), ("b", 1.0)])
+            .solve_ids(&y, index, [("a", 2.0), ("unknown", 5.0), ("b", 1.0)])
             .unwrap();
         assert_eq!(by_id, Some(merged.clone()), "unknown ids are skipped");
-        assert_eq!(f.solve_ids(&y, &index, [("unknown", 1.0)]).unwrap(), None);
+        assert_eq!(f.solve_ids(&y, index, [("unknown", 1.0)]).unwrap(), None);
     }
 
     #[test]
