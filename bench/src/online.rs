@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-pub use recsys_shared::artifact::synthetic::{random_factors, synthetic_model, synthetic_model_of};
+pub use recsys_shared::artifact::synthetic::{
+    clustered_factors, synthetic_model, synthetic_model_of,
+};
 use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
@@ -175,10 +177,8 @@ fn kernel(
 ) -> Result<KernelFigures, Box<dyn std::error::Error>> {
     let k = args.factors;
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ n as u64);
-    let factors = random_factors(&mut rng, n, k);
-    let queries: Vec<Vec<f32>> = (0..args.queries)
-        .map(|_| random_factors(&mut rng, 1, k))
-        .collect();
+    let (factors, members) = clustered_factors(&mut rng, n, args.queries, k);
+    let queries: Vec<Vec<f32>> = members.chunks(k).map(<[f32]>::to_vec).collect();
     std::fs::create_dir_all(dir)?;
     write_f32(&dir.join("items.f32"), &factors)?;
     write_f32(&dir.join("queries.f32"), &queries.concat())?;

@@ -142,6 +142,7 @@ impl TrainJob {
             &staged,
             fitted.into_trained(table.user_ids.clone()),
             table.item_ids.clone(),
+            &config.offline.ann_index,
         )?;
         write_popularity(&staged.path(files::ITEM_POPULARITY), &features.popularity)?;
         write_history_rows(&staged.path(files::USER_HISTORY), features.history.iter())?;

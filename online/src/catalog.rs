@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use recsys_shared::artifact::published::{PublishedModel, Taste};
+use recsys_shared::artifact::published::{LoadOptions, PublishedModel, Taste};
 use recsys_shared::artifact::{files, read_catalog, read_popularity, Manifest, ModelRoot, Texts};
 use recsys_shared::config::MaturityConfig;
 use recsys_shared::model::MemberState;
@@ -69,19 +69,19 @@ pub struct MaturityFilter {
 impl Catalog {
     /// Loads and validates version `version` of `root` (checksums, shapes, ids).
     pub fn load(root: &ModelRoot, version: &str) -> Result<Catalog, OnlineError> {
-        Self::load_with(root, version, false)
+        Self::load_with(root, version, LoadOptions::default())
     }
 
-    /// [`Catalog::load`], with `map_factors`: an iALS version's exact item factors mapped from
-    /// its raw file rather than held (`online.item_factors = "mapped"`).
+    /// [`Catalog::load`], the model held as `options` say (`online.item_factors`, the item index
+    /// for `online.retrieval = "ann"`).
     pub fn load_with(
         root: &ModelRoot,
         version: &str,
-        map_factors: bool,
+        options: LoadOptions,
     ) -> Result<Catalog, OnlineError> {
         let manifest = root.verify(version)?;
         let dir = root.version_dir(version);
-        let model = PublishedModel::load_with(root, version, &manifest, map_factors)?;
+        let model = PublishedModel::load_with(root, version, &manifest, options)?;
         let invalid = |problem: String| OnlineError::InvalidModel {
             version: version.to_string(),
             problem,

@@ -21,6 +21,7 @@
 //! weight = 1
 //! model_version = "20261130T120000Z-3f2a"
 //! rows = ["top_picks", "because_you_watched*2", "trending"]
+//! retrieval = "ann"           # or "exact"; default: online.retrieval
 //! ```
 //!
 //! Allocation is a pure function of the member id and the salt — SHA-256(salt, 0, member): the
@@ -28,7 +29,7 @@
 //! which variant (by weight) — so every server gives a member the same variant with no shared
 //! state, and experiments with different salts are independent. A member can be in several
 //! experiments; the first in file order whose variant names a model version chooses the model,
-//! and likewise for the row recipe. A control or holdout is a variant like any other.
+//! and likewise for the row recipe and the retrieval. A control or holdout is a variant like any other.
 //!
 //! This module owns parsing, validation and allocation. It must not hold per-member state or do
 //! I/O on the request path; loading the named model versions is the server's job
@@ -37,6 +38,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use recsys_shared::config::Retrieval;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -94,6 +96,7 @@ struct VariantSpec {
     weight: f64,
     model_version: Option<String>,
     rows: Option<Vec<String>>,
+    retrieval: Option<Retrieval>,
 }
 
 /// A kind of homepage row.
@@ -194,6 +197,8 @@ pub struct Variant {
     pub model_version: Option<String>,
     /// The homepage rows; `None` = the default rows.
     pub recipe: Option<RowRecipe>,
+    /// How member vectors find their items (`exact` or `ann`); `None` = `online.retrieval`.
+    pub retrieval: Option<Retrieval>,
 }
 
 /// One experiment.
@@ -346,6 +351,7 @@ impl Experiments {
                     weight: v.weight,
                     model_version: v.model_version,
                     recipe,
+                    retrieval: v.retrieval,
                 });
             }
             if !(total > 0.0 && total.is_finite()) {

@@ -145,7 +145,7 @@ impl PendingImpression {
                             row: row as u32,
                             row_kind: shown.kind.to_string(),
                             position: position as u32,
-                            item_id: catalog.model.ids.get(index).to_owned(),
+                            item_id: catalog.item_id(index).to_owned(),
                         })
                 })
                 .collect(),

@@ -8,13 +8,14 @@
 //!   the served one kept.
 //! - [`scan`]: member vectors scored against the whole catalog in batched passes — requests
 //!   queued while a pass runs share the next one (the scoring itself is the model family's, in
-//!   `recsys_shared::model`).
+//!   `recsys_shared::model`); [`retrieval`]: the approximate alternative, the version's item
+//!   index searched inside each request's filter and re-scored exactly, its recall sampled.
 //! - [`rpc`]: one file per RPC (`Rank`, `Homepage`, `SimilarItems`), the checks every request
 //!   goes through, and the adapter from the ranking's domain error to a gRPC status;
 //!   [`member`]: the member's vector (cache → store → fold-in → cold start, degraded when the
 //!   store is down), history and hidden items.
 //! - [`experiments`]: the experiments file — sticky, stateless allocation of members to variants
-//!   that choose a model version and/or a row recipe; the server loads the versions they name.
+//!   that choose a model version, a row recipe and/or the retrieval; the server loads the versions they name.
 //! - [`impressions`]: every answer's items logged to Kafka through a bounded queue that drops
 //!   (and counts) rather than slow a request.
 //! - [`rules`]: business rules after scoring — pin, boost, bury from `online.rules`.
@@ -39,6 +40,7 @@ pub mod experiments;
 pub mod impressions;
 pub mod member;
 pub mod metrics;
+pub mod retrieval;
 pub mod rpc;
 pub mod rules;
 pub mod scan;

@@ -192,3 +192,26 @@ pub static TLS_NOT_AFTER: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("registers once")
 });
+
+/// Member-vector retrievals by how they found their items (`exact`, `ann`) and, for a request
+/// that asked for `ann` and was scanned exactly, why (`no_index`: the version has none;
+/// `failed`: the search failed, logged).
+pub static RETRIEVALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_retrievals_total",
+        "Member-vector retrievals by method, and ANN requests answered exactly by reason",
+        &["retrieval", "fallback"]
+    )
+    .expect("registers once")
+});
+
+/// Recall@k of sampled ANN answers against the exact scan of the same request.
+pub static ANN_RECALL: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "recsys_ann_recall_at_k",
+        "Share of the exact top k an ANN answer found, for the sampled share of ANN requests \
+         (online.ann.recall_sample_rate) scored exactly in the background",
+        vec![0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]
+    )
+    .expect("registers once")
+});

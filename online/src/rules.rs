@@ -32,7 +32,7 @@ pub fn apply(
         candidates.truncate(k);
         return candidates;
     }
-    let known = |id: &String| catalog.model.ids.row(id);
+    let known = |id: &String| catalog.index_of(id);
     let scored_or_missing = |candidates: &[Scored], index: u32| -> Option<f32> {
         candidates
             .iter()
@@ -109,7 +109,7 @@ mod tests {
     fn list(catalog: &Catalog, ids: &[(&str, f32)]) -> Vec<Scored> {
         ids.iter()
             .map(|(id, score)| Scored {
-                index: catalog.model.ids.row(id).unwrap(),
+                index: catalog.index_of(id).unwrap(),
                 score: *score,
             })
             .collect()
@@ -117,14 +117,14 @@ mod tests {
 
     fn ids(catalog: &Catalog, list: &[Scored]) -> Vec<String> {
         list.iter()
-            .map(|s| catalog.model.ids.get(s.index).to_owned())
+            .map(|s| catalog.item_id(s.index).to_owned())
             .collect()
     }
 
     #[test]
     fn pin_boost_and_bury_reorder_within_the_filters() {
         let catalog = catalog();
-        let id = |i: u32| catalog.model.ids.get(i).to_owned();
+        let id = |i: u32| catalog.item_id(i).to_owned();
         let candidates = list(
             &catalog,
             &[(&id(0), 5.0), (&id(1), 4.0), (&id(2), 3.0), (&id(3), 2.0)],
@@ -134,14 +134,14 @@ mod tests {
             boost: [(id(3), 3.0), (id(7), 10.0)].into_iter().collect(),
             bury: vec![id(0)],
         };
-        let excluded = catalog.model.ids.row(&id(8)).unwrap();
+        let excluded = catalog.index_of(&id(8)).unwrap();
         let out = apply(
             &rules,
             &catalog,
             candidates,
             5,
             // Item 7 is missing from the candidates; the list knows its score.
-            |i| (i == catalog.model.ids.row(&id(7)).unwrap()).then_some(0.5),
+            |i| (i == catalog.index_of(&id(7)).unwrap()).then_some(0.5),
             |i| i != excluded,
         );
         // Pinned 9 (not a candidate, no score: 0), pinned 2; then by boosted score: 3 (2×3 = 6),
@@ -165,7 +165,7 @@ mod tests {
             list(&catalog, &[(&id(0), 1.0)]),
             3,
             |_| None,
-            |i| i == catalog.model.ids.row(&id(0)).unwrap(),
+            |i| i == catalog.index_of(&id(0)).unwrap(),
         );
         assert_eq!(ids(&catalog, &only), [id(0)]);
     }

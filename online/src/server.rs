@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use recsys_shared::artifact::published::LoadOptions;
 use recsys_shared::artifact::{CurrentFollower, LoadFailure, ModelRoot};
-use recsys_shared::config::{Config, ItemFactorsIn, StoreBackend};
+use recsys_shared::config::{Config, ItemFactorsIn, OnlineConfig, StoreBackend};
 use recsys_shared::proto::v1::ranking_server::RankingServer;
 use recsys_shared::proto::FILE_DESCRIPTOR_SET;
 use recsys_shared::tls::Validity;
@@ -93,15 +94,15 @@ struct ModelWatcher {
     ready: Arc<AtomicBool>,
     /// Load attempts refused by this watcher (the metric counts the whole process).
     refusals: Arc<AtomicU64>,
-    /// `online.item_factors = "mapped"`.
-    map_factors: bool,
+    /// `online.item_factors`, and the item index's search width.
+    load: LoadOptions,
 }
 
 impl ModelWatcher {
     async fn refresh(&mut self) {
         let serving = self.ranker.catalog().map(|c| c.version.clone());
         let root = self.follower.source().clone();
-        let map_factors = self.map_factors;
+        let load = self.load;
         let poll = self
             .follower
             .poll(serving.as_deref(), |version| {
@@ -109,7 +110,7 @@ impl ModelWatcher {
                 async move {
                     let started = Instant::now();
                     match tokio::task::spawn_blocking(move || {
-                        Catalog::load_with(&root, &version, map_factors)
+                        Catalog::load_with(&root, &version, load)
                     })
                     .await
                     {
@@ -189,8 +190,8 @@ struct ExperimentsWatcher {
     path: std::path::PathBuf,
     root: ModelRoot,
     ranker: Arc<Ranker>,
-    /// `online.item_factors = "mapped"`.
-    map_factors: bool,
+    /// `online.item_factors`, and the item index's search width.
+    load: LoadOptions,
     /// The text in force; `None` when no file is.
     applied: Option<String>,
     /// The contents last refused.
@@ -293,9 +294,9 @@ impl ExperimentsWatcher {
                 _ => {
                     let root = self.root.clone();
                     let owned = version.clone();
-                    let map_factors = self.map_factors;
+                    let load = self.load;
                     let loaded = tokio::task::spawn_blocking(move || {
-                        Catalog::load_with(&root, &owned, map_factors)
+                        Catalog::load_with(&root, &owned, load)
                     })
                     .await
                     .map_err(|e| format!("{field}: loading {version:?} panicked: {e}"))?;
@@ -356,6 +357,16 @@ fn server_tls(
 
 /// Starts everything the configuration describes and returns once the ports are bound and the
 /// current model (if any) is loaded.
+/// How this server holds each version: the factors as `online.item_factors` says; the item index
+/// whenever a version has one (mapping costs nothing until a search reads it, and an experiment
+/// variant may ask for `ann` even when the default is `exact`).
+fn load_options(online: &OnlineConfig) -> LoadOptions {
+    LoadOptions {
+        map_factors: online.item_factors == ItemFactorsIn::Mapped,
+        item_index: Some(online.ann.expansion),
+    }
+}
+
 pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
     let kv = recsys_store::open(&config.store).await?;
     let features = FeatureStore::new(kv, config.store.history_cap);
@@ -384,7 +395,8 @@ pub async fn start_with_reader(
             .with_rules(config.online.rules.clone())
             .with_maturity(config.online.maturity.clone())
             .with_exclude_seen(config.online.exclude_seen)
-            .with_scan_batches(&config.online.batch),
+            .with_scan_batches(&config.online.batch)
+            .with_retrieval(config.online.retrieval, &config.online.ann),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -403,7 +415,7 @@ pub async fn start_with_reader(
         health,
         ready: ready.clone(),
         refusals: refusals.clone(),
-        map_factors: config.online.item_factors == ItemFactorsIn::Mapped,
+        load: load_options(&config.online),
     };
     watcher.refresh().await;
     let mut experiments = ExperimentsWatcher {
@@ -414,7 +426,7 @@ pub async fn start_with_reader(
             .unwrap_or_else(|| config.model.root.join("experiments.toml")),
         root: ModelRoot::new(&config.model.root),
         ranker: ranker.clone(),
-        map_factors: config.online.item_factors == ItemFactorsIn::Mapped,
+        load: load_options(&config.online),
         applied: None,
         refused: None,
         settling: Settling::default(),

@@ -35,6 +35,7 @@ impl Ranker {
             Treatment {
                 catalog,
                 recipe,
+                retrieval,
                 assignments,
             },
             member,
@@ -112,7 +113,9 @@ impl Ranker {
                             excluded: Arc::new(used.clone()),
                             ..showable.clone()
                         };
-                        let items = self.top_k(taste, per_row, &eligible, deadline).await?;
+                        let items = self
+                            .top_k(taste, per_row, &eligible, retrieval, deadline)
+                            .await?;
                         row(
                             "Top picks for you".into(),
                             kind.name(),

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use recsys_shared::artifact::published::Taste;
-use recsys_shared::config::{MaturityConfig, RulesConfig, ScanBatchConfig};
+use recsys_shared::config::{
+    AnnSearchConfig, MaturityConfig, Retrieval, RulesConfig, ScanBatchConfig,
+};
 use recsys_shared::model::Scorer;
 use recsys_shared::proto::v1::ranking_server::Ranking;
 use recsys_shared::proto::v1::{
@@ -35,7 +37,8 @@ use crate::catalog::{Catalog, MaturityFilter};
 use crate::experiments::{Experiments, RowRecipe};
 use crate::impressions::{ImpressionLog, PendingImpression, Shown};
 use crate::member::Member;
-use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS};
+use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS, RETRIEVALS};
+use crate::retrieval::AnnRetrieval;
 use crate::scan::{ScanError, ScanQueue};
 use recsys_shared::model::top_k::Scored;
 pub use request::limits;
@@ -98,6 +101,9 @@ pub struct Ranker {
     exclude_seen: bool,
     /// Batched scans of member vectors (`online.batch`); `None`: each request scans inline.
     scans: Option<ScanQueue>,
+    /// How member vectors find their items unless an experiment variant says otherwise.
+    retrieval: Retrieval,
+    ann: AnnRetrieval,
 }
 
 /// The items one request may show: owned, so that a scan thread can ask it too.
@@ -130,6 +136,7 @@ pub struct ExperimentSet {
 struct Treatment {
     catalog: Arc<Catalog>,
     recipe: Option<RowRecipe>,
+    retrieval: Retrieval,
     assignments: Vec<ExperimentAssignment>,
 }
 
@@ -142,7 +149,7 @@ fn scored(catalog: &Catalog, items: impl IntoIterator<Item = Scored>) -> Vec<Sco
     items
         .into_iter()
         .map(|s| ScoredItem {
-            item_id: catalog.model.ids.get(s.index).to_owned(),
+            item_id: catalog.item_id(s.index).to_owned(),
             score: s.score,
             title: catalog.title(s.index).to_string(),
         })
@@ -172,6 +179,8 @@ impl Ranker {
             maturity: MaturityConfig::default(),
             exclude_seen: true,
             scans: None,
+            retrieval: Retrieval::Exact,
+            ann: AnnRetrieval::new(&AnnSearchConfig::default()),
         }
     }
 
@@ -182,15 +191,47 @@ impl Ranker {
     }
 
     /// The member's `k` best items among the `eligible` ones by the catalog's scorer: a vector
-    /// through the batched scan when it is on, otherwise scored here.
+    /// from the item index with `Retrieval::Ann` when the version has one, else through the
+    /// batched scan when it is on, otherwise scored here.
     async fn top_k(
         &self,
         taste: &Taste,
         k: usize,
         eligible: &Eligible,
+        retrieval: Retrieval,
         deadline: Instant,
     ) -> Result<Vec<Scored>, RankError> {
         let catalog = &eligible.catalog;
+        if let (Taste::Vector(vector), Scorer::Factors(items)) = (taste, &catalog.model.scorer) {
+            let fallback = match (retrieval, &catalog.model.item_index) {
+                (Retrieval::Exact, _) => "",
+                (Retrieval::Ann, None) => "no_index",
+                (Retrieval::Ann, Some(index)) => {
+                    match self
+                        .ann
+                        .top_k(index, items, vector, k, |i| eligible.allows(i))
+                    {
+                        Ok(found) => {
+                            RETRIEVALS.with_label_values(&["ann", ""]).inc();
+                            let filter = eligible.clone();
+                            self.ann.sample_recall(
+                                catalog.clone(),
+                                vector.clone(),
+                                k,
+                                &found,
+                                move |i| filter.allows(i),
+                            );
+                            return Ok(found);
+                        }
+                        Err(why) => {
+                            tracing::warn!(version = %catalog.version, "item index search failed, scanning: {why}");
+                            "failed"
+                        }
+                    }
+                }
+            };
+            RETRIEVALS.with_label_values(&["exact", fallback]).inc();
+        }
         if let (Some(scans), Taste::Vector(vector), Scorer::Factors(_)) =
             (&self.scans, taste, &catalog.model.scorer)
         {
@@ -217,6 +258,13 @@ impl Ranker {
             .model
             .scorer
             .top_k(taste.input(), k, |i| eligible.allows(i)))
+    }
+
+    /// How member vectors find their items (`online.retrieval`, `online.ann`).
+    pub fn with_retrieval(mut self, retrieval: Retrieval, ann: &AnnSearchConfig) -> Self {
+        self.retrieval = retrieval;
+        self.ann = AnnRetrieval::new(ann);
+        self
     }
 
     /// Whether Rank leaves out the member's history when a request does not say.
@@ -314,6 +362,10 @@ impl Ranker {
             None => self.serving()?,
         };
         let recipe = assigned.iter().find_map(|a| a.variant.recipe.clone());
+        let retrieval = assigned
+            .iter()
+            .find_map(|a| a.variant.retrieval)
+            .unwrap_or(self.retrieval);
         let assignments = assigned
             .iter()
             .map(|a| {
@@ -330,6 +382,7 @@ impl Ranker {
         Ok(Treatment {
             catalog,
             recipe,
+            retrieval,
             assignments,
         })
     }

@@ -39,6 +39,7 @@ impl Ranker {
         let (
             Treatment {
                 catalog,
+                retrieval,
                 assignments,
                 ..
             },
@@ -66,7 +67,8 @@ impl Ranker {
             Some(taste) => rules::apply(
                 &self.rules,
                 &catalog,
-                self.top_k(taste, pool, &eligible, deadline).await?,
+                self.top_k(taste, pool, &eligible, retrieval, deadline)
+                    .await?,
                 k,
                 |i| Some(catalog.model.scorer.score(i, taste.input())),
                 allowed,

@@ -55,6 +55,9 @@ pub mod files {
     /// `item_factors.parquet`), so a server can map them instead of holding them
     /// (`online.item_factors = "mapped"`).
     pub const ITEM_FACTORS_RAW: &str = "item_factors.f32";
+    /// iALS, when `[offline.ann_index]` asks for it: the nearest-neighbour index over the item
+    /// factors (USearch's format), for servers with `online.retrieval = "ann"`.
+    pub const ITEM_INDEX: &str = "item_index.usearch";
     pub const USER_FACTORS: &str = "user_factors.parquet";
     /// The item × item weights of a history family (EASE, item-kNN).
     pub const ITEM_WEIGHTS: &str = "item_weights.parquet";

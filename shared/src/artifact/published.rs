@@ -8,10 +8,13 @@ use super::{
     files, read_factor_ids, read_factors, read_weights, write_factors, write_raw_factors,
     write_weights, FactorTable, ItemIds, Manifest, ModelParams, ModelRoot, StagedVersion,
 };
+use crate::config::AnnIndexConfig;
+use crate::model::ials::ann::{IndexShape, ItemIndex};
 use crate::model::ials::train::AlsModel;
 use crate::model::ials::{FoldIn, ItemMatrix};
 use crate::model::item_weights::ItemWeights;
 use crate::model::{Family, MemberInput, MemberState, Scorer};
+use crate::progress::Progress;
 use crate::{Result, SharedError};
 
 /// One version's model, validated.
@@ -23,7 +26,23 @@ pub struct PublishedModel {
     pub scorer: Scorer,
     /// iALS: the fold-in with the version's own objective (`α₀ YᵀY` computed once).
     pub fold_in: Option<FoldIn>,
+    /// iALS: the version's item index, when it has one and the loader asked for it.
+    pub item_index: Option<ItemIndex>,
 }
+
+/// How a serving tier holds a version's model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Map an iALS version's exact item factors from its raw file rather than hold them (a
+    /// version published without one is read as usual).
+    pub map_factors: bool,
+    /// Map the version's item index, when it has one, its searches exploring this many
+    /// candidates (efSearch).
+    pub item_index: Option<usize>,
+}
+
+/// Searches of one item index that may run at once: more than a server has threads.
+const INDEX_SEARCH_SLOTS: usize = 256;
 
 /// What a family's training produced, ready to be written into a version.
 pub enum TrainedModel {
@@ -44,15 +63,25 @@ pub fn scorer_file(family: Family) -> &'static str {
     }
 }
 
-/// Writes `model` into `staged`: row `i` of what it scores is `item_ids[i]`.
+/// Writes `model` into `staged`: row `i` of what it scores is `item_ids[i]`. An iALS model is
+/// published with its item index when `ann_index` wants one for its catalog.
 pub fn write_model(
     staged: &StagedVersion,
     model: TrainedModel,
     item_ids: Vec<String>,
+    ann_index: &AnnIndexConfig,
 ) -> Result<()> {
     match model {
         TrainedModel::Factors { model, member_ids } => {
             write_raw_factors(&staged.path(files::ITEM_FACTORS_RAW), &model.item_factors)?;
+            if ann_index.wanted(item_ids.len()) {
+                write_item_index(
+                    &staged.path(files::ITEM_INDEX),
+                    &model.item_factors,
+                    model.factors,
+                    ann_index,
+                )?;
+            }
             for (name, column, ids, vectors) in [
                 (files::ITEM_FACTORS, "item_id", item_ids, model.item_factors),
                 (
@@ -79,21 +108,67 @@ pub fn write_model(
     }
 }
 
+/// Builds the item index over `item_factors` and writes it to `path`, with progress.
+fn write_item_index(
+    path: &std::path::Path,
+    item_factors: &[f32],
+    factors: usize,
+    config: &AnnIndexConfig,
+) -> Result<()> {
+    let items = item_factors.len() / factors.max(1);
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let progress = std::sync::Mutex::new((Progress::new("item index", items as u64), 0usize));
+    let started = std::time::Instant::now();
+    let index = ItemIndex::build(
+        item_factors,
+        factors,
+        IndexShape {
+            connectivity: config.connectivity,
+            expansion_add: config.expansion_add,
+        },
+        threads,
+        |linked| {
+            let mut guard = progress.lock().expect("not poisoned");
+            let (bar, shown) = &mut *guard;
+            // Chunks finish out of order; advance by what is new.
+            if linked > *shown {
+                bar.advance((linked - *shown) as u64, "items linked");
+                *shown = linked;
+            }
+        },
+    )
+    .map_err(|e| SharedError::Training(e.to_string()))?;
+    index
+        .save(path)
+        .map_err(|e| SharedError::Training(e.to_string()))?;
+    progress.into_inner().expect("not poisoned").0.finish();
+    tracing::info!(
+        items,
+        seconds = started.elapsed().as_secs_f64(),
+        mib = index.bytes() >> 20,
+        "item index built"
+    );
+    Ok(())
+}
+
 impl PublishedModel {
     /// Reads the model of verified version `version` (its `manifest`) from `root`, the item
     /// factors held in memory.
     pub fn load(root: &ModelRoot, version: &str, manifest: &Manifest) -> Result<PublishedModel> {
-        Self::load_with(root, version, manifest, false)
+        Self::load_with(root, version, manifest, LoadOptions::default())
     }
 
-    /// [`PublishedModel::load`], with `map_factors`: an iALS version's exact item factors mapped
-    /// from its raw file rather than held (a version published without one is read as usual).
+    /// [`PublishedModel::load`], held as `options` say.
     pub fn load_with(
         root: &ModelRoot,
         version: &str,
         manifest: &Manifest,
-        map_factors: bool,
+        options: LoadOptions,
     ) -> Result<PublishedModel> {
+        let map_factors = options.map_factors;
         let dir = root.version_dir(version);
         let invalid = |problem: String| SharedError::Artifact {
             root: root.path().to_path_buf(),
@@ -163,11 +238,28 @@ impl PublishedModel {
         }
         let ids = ItemIds::new(&item_ids).map_err(|e| invalid(format!("{e} in the model")))?;
         drop(item_ids);
+        let item_index = match (options.item_index, &scorer) {
+            (Some(expansion), Scorer::Factors(items))
+                if manifest.files.contains_key(files::ITEM_INDEX) =>
+            {
+                let index = ItemIndex::open(
+                    &dir.join(files::ITEM_INDEX),
+                    items.len(),
+                    items.factors(),
+                    expansion,
+                    INDEX_SEARCH_SLOTS,
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+                Some(index)
+            }
+            _ => None,
+        };
         Ok(PublishedModel {
             family,
             ids,
             scorer,
             fold_in,
+            item_index,
         })
     }
 

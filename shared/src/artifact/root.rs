@@ -14,6 +14,8 @@ use crate::{Result, SharedError};
 const CURRENT: &str = "CURRENT";
 const LOCK: &str = ".lock";
 const STAGING_PREFIX: &str = ".tmp-";
+/// How long [`ModelRoot::lock`] asks again for a busy lock before it reports another writer.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Test hook: `RECSYS_FAILPOINT=publish-mid-write` aborts the process after the first table file of
 /// a version is synced, `publish-before-current` after the version directory is renamed into place
@@ -80,8 +82,8 @@ impl ModelRoot {
         self.root.join(version)
     }
 
-    /// Takes the writer lock, creating the root if needed. Fails at once (it does not wait) when
-    /// another process holds it.
+    /// Takes the writer lock, creating the root if needed. Fails when another writer still holds
+    /// it after [`LOCK_PATIENCE`] (it does not queue behind a running job).
     pub fn lock(&self) -> Result<WriterLock> {
         fs::create_dir_all(&self.root).map_err(|e| SharedError::io(&self.root, e))?;
         let path = self.root.join(LOCK);
@@ -91,13 +93,24 @@ impl ModelRoot {
             .write(true)
             .open(&path)
             .map_err(|e| SharedError::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(WriterLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(self.error(format!(
-                "another writer (a train or rollback) holds {}; wait for it to finish",
-                path.display()
-            ))),
-            Err(std::fs::TryLockError::Error(e)) => Err(SharedError::io(&path, e)),
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(WriterLock { _file: file }),
+                // A lock just released can still be held for a moment by a child process forked
+                // (by any thread of the releasing process) between its fork and its exec, which
+                // shares the open file; so a busy lock is asked again for a short while.
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(self.error(format!(
+                        "another writer (a train or rollback) holds {}; wait for it to finish",
+                        path.display()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(SharedError::io(&path, e)),
+            }
         }
     }
 
@@ -421,6 +434,25 @@ pub(crate) mod tests {
         staged.commit(manifest()).unwrap();
         root.set_current(lock, &version).unwrap();
         version
+    }
+
+    #[test]
+    fn a_lock_released_while_a_child_still_shares_the_file_is_taken_once_the_child_exits() {
+        // A process forked while the lock was held keeps the open file (and so the lock) until it
+        // execs or exits; a child given the lock file as its stdin does the same for 300 ms.
+        let dir = tempfile::tempdir().unwrap();
+        let root = ModelRoot::new(dir.path().join("models"));
+        let lock = root.lock().unwrap();
+        let shared = lock._file.try_clone().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .stdin(std::process::Stdio::from(shared))
+            .spawn()
+            .unwrap();
+        drop(lock);
+        let again = root.lock();
+        child.wait().unwrap();
+        assert!(again.is_ok(), "{:?}", again.err());
     }
 
     #[test]

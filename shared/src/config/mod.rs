@@ -28,12 +28,13 @@ pub use kafka::KafkaConfig;
 pub use model::ModelConfig;
 pub use nearline::NearlineConfig;
 pub use offline::{
-    AlsConfig, BallistaConfig, BspmConfig, EaseConfig, Engine, EvaluationConfig, FeatureConfig,
-    ItemKnnConfig, MemberWeighting, OfflineConfig, Protocol, PublishConfig, TuningConfig,
+    AlsConfig, AnnIndexConfig, BallistaConfig, BspmConfig, EaseConfig, Engine, EvaluationConfig,
+    FeatureConfig, ItemKnnConfig, MemberWeighting, OfflineConfig, Protocol, PublishConfig,
+    TuningConfig,
 };
 pub use online::{
-    ApiKeyConfig, AuthConfig, ImpressionsConfig, ItemFactorsIn, MaturityConfig, OnlineConfig,
-    RulesConfig, ScanBatchConfig, ServerTlsConfig,
+    AnnSearchConfig, ApiKeyConfig, AuthConfig, ImpressionsConfig, ItemFactorsIn, MaturityConfig,
+    OnlineConfig, Retrieval, RulesConfig, ScanBatchConfig, ServerTlsConfig,
 };
 pub use store::{
     CassandraConfig, ClientAuth, ClientTls, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig,

@@ -25,6 +25,45 @@ pub struct OfflineConfig {
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
     pub tuning: TuningConfig,
+    pub ann_index: AnnIndexConfig,
+}
+
+/// The approximate nearest-neighbour index an iALS version is published with, for servers with
+/// `online.retrieval = "ann"` (`[offline.ann_index]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnIndexConfig {
+    /// Build the index at all. Default true.
+    pub enabled: bool,
+    /// Only for catalogs of at least this many items (below it an exact scan is about as fast,
+    /// and building costs nothing worth saving either way; 0: always). Default 100,000.
+    pub min_items: usize,
+    /// Links per item in the graph (HNSW's M): more finds more of the true top at a higher cost
+    /// in memory (8 bytes per link) and build time. Default 16.
+    pub connectivity: usize,
+    /// Candidates kept while linking an item (efConstruction). Default 128.
+    pub expansion_add: usize,
+    /// Threads that build it; 0 means every core. Default 0.
+    pub threads: usize,
+}
+
+impl Default for AnnIndexConfig {
+    fn default() -> Self {
+        AnnIndexConfig {
+            enabled: true,
+            min_items: 100_000,
+            connectivity: 16,
+            expansion_add: 128,
+            threads: 0,
+        }
+    }
+}
+
+impl AnnIndexConfig {
+    /// Whether a catalog of `items` gets an index.
+    pub fn wanted(&self, items: usize) -> bool {
+        self.enabled && items >= self.min_items
+    }
 }
 
 /// The query engine of the feature jobs.
@@ -463,6 +502,16 @@ impl OfflineConfig {
         )?;
         within("offline.item_knn.alpha", self.item_knn.alpha, 0.0..=1.0)?;
         self.bspm.check()?;
+        within(
+            "offline.ann_index.connectivity",
+            self.ann_index.connectivity,
+            2..=128,
+        )?;
+        within(
+            "offline.ann_index.expansion_add",
+            self.ann_index.expansion_add,
+            self.ann_index.connectivity..=4096,
+        )?;
         within("offline.tuning.eta", self.tuning.eta, 2..=10)?;
         within(
             "offline.features.history_cap",

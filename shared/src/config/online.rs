@@ -81,6 +81,55 @@ pub struct OnlineConfig {
     /// quarter of the bytes) and reads from the file only the rows it re-scores, which the kernel
     /// keeps in its page cache. For catalogs of millions of items.
     pub item_factors: ItemFactorsIn,
+    /// How a member's vector finds its items: `exact` (the default: the whole catalog scored,
+    /// every answer the true top), or `ann` — the version's nearest-neighbour index
+    /// (`[offline.ann_index]`) proposes candidates and they are re-scored exactly: a few hundred
+    /// microseconds at any catalog size, at a recall below 1 (`[online.ann]`). An experiment
+    /// variant may choose its own. A version published without an index is scanned exactly.
+    pub retrieval: Retrieval,
+    pub ann: AnnSearchConfig,
+}
+
+/// How a member's vector finds its items (`online.retrieval`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retrieval {
+    #[default]
+    Exact,
+    Ann,
+}
+
+impl Retrieval {
+    pub fn name(self) -> &'static str {
+        match self {
+            Retrieval::Exact => "exact",
+            Retrieval::Ann => "ann",
+        }
+    }
+}
+
+/// Searches of the item index (`online.retrieval = "ann"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnSearchConfig {
+    /// Candidates a search explores (efSearch): higher finds more of the true top and costs
+    /// proportionally more. Default 256.
+    pub expansion: usize,
+    /// Candidates re-scored exactly per item asked for. Default 2.
+    pub candidates_per_item: usize,
+    /// Share of ANN requests also scored exactly in the background, to report the recall in
+    /// production (`recsys_ann_recall_at_k`). Default 0.01.
+    pub recall_sample_rate: f64,
+}
+
+impl Default for AnnSearchConfig {
+    fn default() -> Self {
+        AnnSearchConfig {
+            expansion: 256,
+            candidates_per_item: 2,
+            recall_sample_rate: 0.01,
+        }
+    }
 }
 
 /// Where a server keeps an iALS version's exact item factors (`online.item_factors`).
@@ -314,6 +363,8 @@ impl Default for OnlineConfig {
             maturity: MaturityConfig::default(),
             batch: ScanBatchConfig::default(),
             item_factors: ItemFactorsIn::default(),
+            retrieval: Retrieval::default(),
+            ann: AnnSearchConfig::default(),
         }
     }
 }
@@ -322,6 +373,17 @@ impl OnlineConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         within("online.model_poll_ms", self.model_poll_ms, 10..=3_600_000)?;
         within("online.max_request_ms", self.max_request_ms, 1..=600_000)?;
+        within("online.ann.expansion", self.ann.expansion, 1..=100_000)?;
+        within(
+            "online.ann.candidates_per_item",
+            self.ann.candidates_per_item,
+            1..=100,
+        )?;
+        within(
+            "online.ann.recall_sample_rate",
+            self.ann.recall_sample_rate,
+            0.0..=1.0,
+        )?;
         within(
             "online.impressions.sample_rate",
             self.impressions.sample_rate,

@@ -81,6 +81,11 @@ impl ItemCodes {
         self.tiles.len() + self.scales.len() * 8
     }
 
+    /// Codes per row: the factor count rounded up to a whole slice.
+    pub(super) fn width(&self) -> usize {
+        self.width
+    }
+
     /// The codes of row `i` (`width` of them).
     #[cfg(test)]
     pub(super) fn row(&self, i: usize) -> Vec<i8> {

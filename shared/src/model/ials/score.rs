@@ -1,12 +1,12 @@
 //! Whole-catalog scoring: one member vector against every item, then a partial top-k.
 //!
 //! The item factors are held twice: exact `f32` rows (in memory, or mapped from the version's raw
-//! file), and `i8` codes with one scale per item, tiled for the scan (`codes.rs`). A query quantises the member vector,
-//! scores every item with integer dot products — a quarter of the memory traffic of `f32`, which
-//! is what bounds a large scan — keeps the best `candidates(k)` by that approximate score, then
-//! re-scores those exactly in `f32` and returns the top `k` by exact score. The approximation only
-//! chooses the candidate pool; every returned score is exact. Nothing is allocated per item: the
-//! score buffer is reused per thread.
+//! file), and `i8` codes with one scale per item, tiled for the scan (`codes.rs`). A query
+//! quantises the member vector, scores every item with integer dot products — a quarter of the
+//! memory traffic of `f32`, which is what bounds a large scan — keeps the best `candidates(k)` by
+//! that approximate score, then re-scores those exactly in `f32` and returns the top `k` by exact
+//! score. The approximation only chooses the candidate pool; every returned score is exact. Nothing
+//! is allocated per item: the score buffer is reused per thread.
 //!
 //! Many members can be scored in one pass ([`ItemMatrix::top_k_batch`]): each tile of codes is
 //! scored for several members per load, a block of rows at a time whose scores stay in cache, so
@@ -221,7 +221,7 @@ impl ItemMatrix {
     /// Approximate (quantised) scores of every item into `out`.
     pub fn score_all_quantized(&self, user: &[f32], out: &mut [f32]) {
         assert_eq!(user.len(), self.k);
-        let member = MemberCodes::new(user, self.k.next_multiple_of(4));
+        let member = MemberCodes::new(user, self.codes.width());
         let stride = self.n.next_multiple_of(TILE);
         let mut scores = vec![0.0; stride];
         let mut flags = vec![0u64; stride.div_ceil(TILE * 64).max(1)];
@@ -267,7 +267,7 @@ impl ItemMatrix {
         for q in queries {
             assert_eq!(q.user.len(), self.k, "a member vector of the wrong width");
         }
-        let width = self.k.next_multiple_of(4);
+        let width = self.codes.width();
         let codes: Vec<MemberCodes> = queries
             .iter()
             .map(|q| MemberCodes::new(q.user, width))
@@ -378,6 +378,20 @@ impl ItemMatrix {
         })
     }
 
+    /// The `k` best of `candidates` for `user` by exact score, best first (ties to the lower
+    /// index): what an approximate search's candidates become.
+    pub fn rescore(&self, user: &[f32], candidates: &[u32], k: usize) -> Vec<Scored> {
+        let mut scored: Vec<Scored> = candidates
+            .iter()
+            .map(|&index| Scored {
+                index,
+                score: self.score(index as usize, user),
+            })
+            .collect();
+        best_first(&mut scored, k);
+        scored
+    }
+
     /// The `k` items most similar to item `index` by cosine similarity, the item itself left out.
     pub fn similar(&self, index: usize, k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
         let norm = self.norms[index];
@@ -395,6 +409,12 @@ impl ItemMatrix {
             select_top(&scores, k, &|i| i as usize != index && allowed(i))
         })
     }
+}
+
+/// Sorts best first (ties to the lower index) and keeps `k`.
+fn best_first(scored: &mut Vec<Scored>, k: usize) {
+    scored.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+    scored.truncate(k);
 }
 
 #[cfg(test)]

@@ -1,0 +1,125 @@
+//! Approximate retrieval of a member vector's items (`online.retrieval = "ann"`, or an experiment
+//! variant's `retrieval`): the version's item index proposes `candidates_per_item × k` items,
+//! asking the request's filter about each inside the search, and they are re-scored exactly, so
+//! every score served is exact and only recall is approximate.
+//!
+//! Recall is observed in production: a share of ANN requests (`recall_sample_rate`) is also
+//! scanned exactly on a blocking thread after the answer has gone, and the overlap is reported as
+//! `recsys_ann_recall_at_k`. At most [`MAX_CHECKS`] such scans run at once; a sample that finds
+//! them all busy is skipped, so checking never queues work behind the requests it measures.
+//!
+//! This module decides nothing about which requests use the index (the treatment does) and owns
+//! no index (the catalog's model does).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use recsys_shared::config::AnnSearchConfig;
+use recsys_shared::model::ials::ann::ItemIndex;
+use recsys_shared::model::ials::ItemMatrix;
+use recsys_shared::model::top_k::Scored;
+
+use crate::catalog::Catalog;
+use crate::metrics::ANN_RECALL;
+
+/// Exact scans checking ANN answers that may run at once.
+pub const MAX_CHECKS: usize = 2;
+
+/// Searches the item index and re-scores, and samples its recall.
+pub struct AnnRetrieval {
+    candidates_per_item: usize,
+    sample_rate: f64,
+    checks: Arc<AtomicUsize>,
+}
+
+impl AnnRetrieval {
+    pub fn new(config: &AnnSearchConfig) -> Self {
+        AnnRetrieval {
+            candidates_per_item: config.candidates_per_item.max(1),
+            sample_rate: config.recall_sample_rate,
+            checks: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The member's `k` best items among those `allowed`, from the index's candidates re-scored
+    /// exactly; `Err` when the search itself failed (the caller scans instead).
+    pub fn top_k(
+        &self,
+        index: &ItemIndex,
+        items: &ItemMatrix,
+        user: &[f32],
+        k: usize,
+        allowed: impl Fn(u32) -> bool,
+    ) -> Result<Vec<Scored>, String> {
+        let candidates = index
+            .search(user, k.saturating_mul(self.candidates_per_item), allowed)
+            .map_err(|e| e.to_string())?;
+        Ok(items.rescore(user, &candidates, k))
+    }
+
+    /// With probability `recall_sample_rate`, scans `catalog` exactly for the same request in the
+    /// background and reports how much of that top `k` `answer` held.
+    pub fn sample_recall(
+        &self,
+        catalog: Arc<Catalog>,
+        user: Vec<f32>,
+        k: usize,
+        answer: &[Scored],
+        allowed: impl Fn(u32) -> bool + Send + Sync + 'static,
+    ) {
+        if self.sample_rate <= 0.0 || rand::random::<f64>() >= self.sample_rate {
+            return;
+        }
+        if self
+            .checks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CHECKS).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return;
+        }
+        let found: Vec<u32> = answer.iter().map(|s| s.index).collect();
+        let running = Running(self.checks.clone());
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            if let recsys_shared::model::Scorer::Factors(items) = &catalog.model.scorer {
+                let exact = items.top_k(&user, k, allowed);
+                if let Some(recall) = recall(&found, &exact) {
+                    ANN_RECALL.observe(recall);
+                }
+            }
+        });
+    }
+}
+
+/// One running check, counted down when it ends (even by a panic).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Share of `exact` that `found` holds; `None` when nothing was eligible.
+fn recall(found: &[u32], exact: &[Scored]) -> Option<f64> {
+    if exact.is_empty() {
+        return None;
+    }
+    let hits = exact.iter().filter(|s| found.contains(&s.index)).count();
+    Some(hits as f64 / exact.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_is_the_share_of_the_exact_answer_found() {
+        let exact: Vec<Scored> = (0..4).map(|index| Scored { index, score: 1.0 }).collect();
+        assert_eq!(recall(&[0, 1, 9, 3], &exact), Some(0.75));
+        assert_eq!(recall(&[], &exact), Some(0.0));
+        assert_eq!(recall(&[1], &[]), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! ANN retrieval through real servers: a version published with its item index, one server
+//! scanning exactly and one whose experiment variant asks for `ann`, the same members ranked by
+//! both with filters (country, seen items, explicit exclusions); the recall the server samples in
+//! the background; and a version without an index answered exactly, the fallback counted.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use recsys_online::server::{start, RunningServer};
+use recsys_shared::artifact::synthetic::synthetic_model_with;
+use recsys_shared::artifact::{files, ModelRoot};
+use recsys_shared::config::{AnnIndexConfig, Config, Retrieval};
+use recsys_shared::model::Family;
+use recsys_shared::proto::v1::ranking_client::RankingClient;
+use recsys_shared::proto::v1::{RankRequest, RankResponse};
+use recsys_shared::testkit::serving_config;
+use tonic::transport::Channel;
+
+const ITEMS: usize = 20_000;
+const MEMBERS: usize = 200;
+const K: usize = 16;
+
+fn config(dir: &Path, store: &str) -> Config {
+    serving_config(dir, store)
+}
+
+async fn client(server: &RunningServer) -> RankingClient<Channel> {
+    RankingClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap()
+}
+
+/// The sum of the samples starting with `prefix` on the server's metrics page (the metrics are
+/// the process's: every server of this test adds to them).
+fn metric(server: &RunningServer, prefix: &str) -> f64 {
+    recsys_shared::ops::scrape(server.metrics_addr.port(), prefix)
+}
+
+fn request(member: usize) -> RankRequest {
+    RankRequest {
+        user_id: format!("m{member}"),
+        k: 50,
+        exclude_seen: Some(true),
+        exclude_item_ids: vec![format!("i{}", member * 7)],
+        country: "fr".into(),
+    }
+}
+
+fn ids(response: &RankResponse) -> Vec<String> {
+    response.items.iter().map(|i| i.item_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ann_variant_ranks_inside_the_filters_with_exact_scores_and_reports_its_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut exact_config = config(dir.path(), "features-exact");
+    let always = AnnIndexConfig {
+        min_items: 0,
+        ..Default::default()
+    };
+    let version = synthetic_model_with(
+        Family::Ials,
+        &exact_config.model.root,
+        ITEMS,
+        MEMBERS,
+        K,
+        1,
+        &always,
+    )
+    .unwrap();
+    let manifest = ModelRoot::new(&exact_config.model.root)
+        .verify(&version)
+        .unwrap();
+    assert!(
+        manifest.files.contains_key(files::ITEM_INDEX),
+        "the index is published and checksummed with the version"
+    );
+    exact_config.online.batch.enabled = false;
+    let exact = start(&exact_config).await.unwrap();
+
+    // The second server's default is exact too; its only experiment sends every member to a
+    // variant that asks for `ann`, and every ANN answer is checked in the background.
+    let mut ann_config = config(dir.path(), "features-ann");
+    let experiments = dir.path().join("experiments.toml");
+    std::fs::write(
+        &experiments,
+        "[[experiment]]\nname = \"retrieval\"\n\n[[experiment.variant]]\nname = \"ann\"\n\
+         weight = 1\nretrieval = \"ann\"\n",
+    )
+    .unwrap();
+    ann_config.online.experiments_file = Some(experiments);
+    ann_config.online.ann.recall_sample_rate = 1.0;
+    let ann = start(&ann_config).await.unwrap();
+    let (mut e, mut a) = (client(&exact).await, client(&ann).await);
+
+    let answered_by_index = metric(
+        &ann,
+        "recsys_retrievals_total{fallback=\"\",retrieval=\"ann\"}",
+    );
+    let (mut hits, mut wanted) = (0usize, 0usize);
+    for member in 0..60 {
+        let want = e.rank(request(member)).await.unwrap().into_inner();
+        let got = a.rank(request(member)).await.unwrap().into_inner();
+        assert_eq!(got.experiments[0].variant, "ann");
+        assert_eq!(
+            got.items.len(),
+            50,
+            "the filter is applied inside the search"
+        );
+        let history: HashSet<String> = ann
+            .ranker
+            .reader()
+            .get(&format!("m{member}"))
+            .await
+            .unwrap()
+            .0
+            .history
+            .iter()
+            .map(|h| h.item_id.clone())
+            .collect();
+        for item in &got.items {
+            let j: usize = item.item_id[1..].parse().unwrap();
+            assert!(!j.is_multiple_of(10), "{} is US-only", item.item_id);
+            assert!(
+                !history.contains(&item.item_id),
+                "{} was seen",
+                item.item_id
+            );
+            assert_ne!(j, member * 7, "explicitly excluded");
+        }
+        assert!(got.items.windows(2).all(|w| w[0].score >= w[1].score));
+        // Every score is exact: an item both answers hold has the same score in both.
+        for item in &got.items {
+            if let Some(same) = want.items.iter().find(|w| w.item_id == item.item_id) {
+                assert_eq!(same.score, item.score, "{}", item.item_id);
+            }
+        }
+        let exact_ids: HashSet<String> = ids(&want).into_iter().collect();
+        hits += ids(&got).iter().filter(|i| exact_ids.contains(*i)).count();
+        wanted += exact_ids.len();
+    }
+    let recall = hits as f64 / wanted as f64;
+    assert!(recall >= 0.95, "recall@50 {recall}");
+    assert!(
+        metric(
+            &ann,
+            "recsys_retrievals_total{fallback=\"\",retrieval=\"ann\"}"
+        ) >= answered_by_index + 60.0
+    );
+
+    // The server's own recall samples agree (at most two checks run at once, so some are
+    // skipped; every one that ran is counted).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&ann, "recsys_ann_recall_at_k_count") < 10.0 {
+        assert!(Instant::now() < deadline, "no recall sample was reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sampled =
+        metric(&ann, "recsys_ann_recall_at_k_sum") / metric(&ann, "recsys_ann_recall_at_k_count");
+    assert!(sampled >= 0.95, "sampled recall {sampled}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ann_on_a_version_without_an_index_is_answered_exactly_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), "features");
+    synthetic_model_with(
+        Family::Ials,
+        &config.model.root,
+        2000,
+        50,
+        K,
+        2,
+        &AnnIndexConfig::default(),
+    )
+    .unwrap();
+    let mut exact_config = config.clone();
+    exact_config.store.embedded.path = dir.path().join("features-exact");
+    config.online.retrieval = Retrieval::Ann;
+    let server = start(&config).await.unwrap();
+    let exact = start(&exact_config).await.unwrap();
+    let fallbacks = metric(&server, "recsys_retrievals_total{fallback=\"no_index\"");
+    let got = client(&server)
+        .await
+        .rank(request(3))
+        .await
+        .unwrap()
+        .into_inner();
+    let want = client(&exact)
+        .await
+        .rank(request(3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&got), ids(&want));
+    assert!(metric(&server, "recsys_retrievals_total{fallback=\"no_index\"") >= fallbacks + 1.0);
+}
