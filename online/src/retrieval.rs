@@ -1,7 +1,7 @@
 //! Approximate retrieval of a member vector's items (`online.retrieval = "ann"`, or an experiment
-//! variant's `retrieval`): the version's item index proposes `candidates_per_item × k` items,
-//! asking the request's filter about each inside the search, and they are re-scored exactly, so
-//! every score served is exact and only recall is approximate.
+//! variant's `retrieval`): the version's item index proposes `candidates_per_item × k` items per
+//! norm range, asking the request's filter about each inside the search, and scores them exactly,
+//! so every score served is exact and only recall is approximate.
 //!
 //! Recall is observed in production: a share of ANN requests (`recall_sample_rate`) is also
 //! scanned exactly on a blocking thread after the answer has gone, and the overlap is reported as
@@ -41,7 +41,7 @@ impl AnnRetrieval {
         }
     }
 
-    /// The member's `k` best items among those `allowed`, from the index's candidates re-scored
+    /// The member's `k` best items among those `allowed`, from the index's candidates scored
     /// exactly; `Err` when the search itself failed (the caller scans instead).
     pub fn top_k(
         &self,
@@ -51,10 +51,15 @@ impl AnnRetrieval {
         k: usize,
         allowed: impl Fn(u32) -> bool,
     ) -> Result<Vec<Scored>, String> {
-        let candidates = index
-            .search(user, k.saturating_mul(self.candidates_per_item), allowed)
-            .map_err(|e| e.to_string())?;
-        Ok(items.rescore(user, &candidates, k))
+        index
+            .search(
+                user,
+                k,
+                k.saturating_mul(self.candidates_per_item),
+                allowed,
+                |i| items.score(i as usize, user),
+            )
+            .map_err(|e| e.to_string())
     }
 
     /// With probability `recall_sample_rate`, scans `catalog` exactly for the same request in the

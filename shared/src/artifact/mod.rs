@@ -56,8 +56,9 @@ pub mod files {
     /// (`online.item_factors = "mapped"`).
     pub const ITEM_FACTORS_RAW: &str = "item_factors.f32";
     /// iALS, when `[offline.ann_index]` asks for it: the nearest-neighbour index over the item
-    /// factors (USearch's format), for servers with `online.retrieval = "ann"`.
-    pub const ITEM_INDEX: &str = "item_index.usearch";
+    /// factors (HNSW graphs per norm range, `model::ials::ann`), for servers with
+    /// `online.retrieval = "ann"`.
+    pub const ITEM_INDEX: &str = "item_index.ann";
     pub const USER_FACTORS: &str = "user_factors.parquet";
     /// The item × item weights of a history family (EASE, item-kNN).
     pub const ITEM_WEIGHTS: &str = "item_weights.parquet";

@@ -1,30 +1,50 @@
 //! The approximate nearest-neighbour index over a version's item factors, for
-//! `online.retrieval = "ann"`: an HNSW graph (USearch), built by the offline job when it publishes
-//! the version (`item_index.usearch`, listed and checksummed in the manifest like every other
-//! file) and mapped, not read, by a server.
+//! `online.retrieval = "ann"`: HNSW graphs (USearch), built by the offline job when it publishes
+//! the version (`item_index.ann`, listed and checksummed in the manifest like every other file)
+//! and mapped, not read, by a server.
 //!
-//! Scores are inner products, which are not a distance: an HNSW graph linked by inner product
-//! gathers its links on the longest vectors and misses much of the true top (measured: recall@100
-//! 0.60 at efSearch 1,024 on a million clustered items). So the graph is built by Euclidean
-//! distance over each item extended by one coordinate, `[y, √(M² − |y|²)]` with `M` the longest
-//! item's norm: every extended item then has norm `M`, and for a query extended by 0,
-//! `|q − y'|² = |q|² + M² − 2 q·y`, so the nearest by distance are exactly the largest inner
-//! products (Bachrach et al. 2014).
+//! Scores are inner products, and an inner product is not a distance: on a million clustered
+//! items with log-normal norms (the shape of trained factors: popular items are longer), one HNSW
+//! graph linked by inner product finds 0.60 of the true top 100 at efSearch 1,024 (FAISS's
+//! `IndexHNSWFlat` the same), one graph over the MIPS-to-Euclidean transform `[y, √(M² − |y|²)]`
+//! 0.39, and one graph linked by angle and searched by inner product 0.95 at 2.6 ms. So the items
+//! are cut into **norm ranges** (Yan et al. 2018): longest first, a range closes when an item is
+//! shorter than its longest by [`RANGE_RATIO`] (and it holds [`MIN_RANGE`] items). Each range has
+//! its own graph, linked by angle — inside a range the lengths differ little, so the angle orders
+//! the items almost as the inner product does — and searched by inner product. A query searches
+//! the ranges longest first and stops as soon as `|q| ×` the next range's longest norm cannot beat
+//! the k-th best exact score found: most queries search the few longest ranges only.
 //!
-//! A search walks the graph with the member's vector and asks the caller's filter about every item
-//! it would return, so country, maturity, hidden and seen items are left out inside the search
-//! (a post-filter would come back short when a filter removes most of what is nearest). It yields
-//! candidate rows only; [`ItemMatrix::rescore`](super::ItemMatrix::rescore) scores them exactly, so
-//! every score a caller sees is exact and only recall is approximate.
+//! A search asks the caller's filter about every item it would return, so country, maturity,
+//! hidden and seen items are left out inside the search (a post-filter comes back short when a
+//! filter removes most of what is nearest), and scores its candidates exactly with the caller's
+//! scorer: every score served is exact, only recall is approximate.
 //!
-//! This module owns the index's file and its parameters; it must not decide when an index is
-//! used (the online tier's `retrieval` setting does).
+//! The file: `RECSYSANN` and a format byte, the factor count, the item count and the range count,
+//! then per range its longest norm, offset and length, then each range's graph as USearch
+//! serialises it (f16 vectors: half the bytes of f32, the same recall here). This module owns the
+//! file and the search; it must not decide when an index is used (the online tier's `retrieval`
+//! setting does).
 
+use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-/// How the graph is built (`offline.ann_index`).
+use crate::model::top_k::Scored;
+
+/// A norm range closes when an item is this much shorter than the range's longest.
+pub const RANGE_RATIO: f32 = 1.3;
+/// ... and only once it holds this many items (the longest items are few and far apart).
+pub const MIN_RANGE: usize = 20_000;
+
+const MAGIC: &[u8; 10] = b"RECSYSANN\x01";
+const HEADER: usize = 10 + 2 + 4 + 8 + 4;
+const RANGE_ENTRY: usize = 4 + 8 + 8;
+const ALIGN: usize = 64;
+
+/// How the graphs are built (`offline.ann_index`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexShape {
     /// Links per node (HNSW's M).
@@ -42,10 +62,18 @@ pub enum AnnError {
     File { path: String, problem: String },
 }
 
+/// One norm range: its graph and its longest item's norm.
+struct NormRange {
+    graph: Index,
+    longest: f32,
+}
+
 /// An item index, built or mapped from a version's file.
 pub struct ItemIndex {
-    /// Over the extended rows: `factors + 1` dimensions, Euclidean.
-    index: Index,
+    /// Longest first. Declared before `_file` so the graphs that view it are dropped first.
+    ranges: Vec<NormRange>,
+    /// The mapped file the graphs view (`None` when built here).
+    _file: Option<memmap2::Mmap>,
     items: usize,
     factors: usize,
 }
@@ -55,15 +83,16 @@ impl std::fmt::Debug for ItemIndex {
         f.debug_struct("ItemIndex")
             .field("items", &self.items)
             .field("factors", &self.factors)
+            .field("ranges", &self.ranges.len())
             .finish()
     }
 }
 
 fn options(factors: usize, shape: IndexShape) -> IndexOptions {
     IndexOptions {
-        dimensions: factors + 1,
-        metric: MetricKind::L2sq,
-        quantization: ScalarKind::F32,
+        dimensions: factors,
+        metric: MetricKind::Cos,
+        quantization: ScalarKind::F16,
         connectivity: shape.connectivity,
         expansion_add: shape.expansion_add,
         expansion_search: 64,
@@ -75,8 +104,27 @@ fn index_error(e: impl std::fmt::Display) -> AnnError {
     AnnError::Index(e.to_string())
 }
 
+/// Rows cut into norm ranges, longest first.
+fn norm_ranges(norms: &[f32]) -> Vec<Vec<u32>> {
+    let mut order: Vec<u32> = (0..norms.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| norms[b as usize].total_cmp(&norms[a as usize]));
+    let mut ranges = Vec::new();
+    let mut range: Vec<u32> = Vec::new();
+    for i in order {
+        let longest = range.first().map_or(f32::INFINITY, |&j| norms[j as usize]);
+        if range.len() >= MIN_RANGE && norms[i as usize] * RANGE_RATIO < longest {
+            ranges.push(std::mem::take(&mut range));
+        }
+        range.push(i);
+    }
+    if !range.is_empty() {
+        ranges.push(range);
+    }
+    ranges
+}
+
 impl ItemIndex {
-    /// Builds the graph over `item_factors` (row `i` is key `i`) on `threads` threads, calling
+    /// Builds the graphs over `item_factors` (row `i` is key `i`) on `threads` threads, calling
     /// `progress` with the rows linked so far now and then.
     pub fn build(
         item_factors: &[f32],
@@ -86,66 +134,98 @@ impl ItemIndex {
         progress: impl Fn(usize) + Sync,
     ) -> Result<ItemIndex, AnnError> {
         let items = item_factors.len() / factors.max(1);
-        let squared_norm = |i: usize| -> f32 {
-            item_factors[i * factors..(i + 1) * factors]
-                .iter()
-                .map(|x| x * x)
-                .sum()
-        };
-        let longest = (0..items).map(squared_norm).fold(0.0f32, f32::max);
-        let index = Index::new(&options(factors, shape)).map_err(index_error)?;
+        let row = |i: u32| &item_factors[i as usize * factors..(i as usize + 1) * factors];
+        let norms: Vec<f32> = (0..items as u32)
+            .map(|i| row(i).iter().map(|x| x * x).sum::<f32>().sqrt())
+            .collect();
         let threads = threads.max(1);
-        index
-            .reserve_capacity_and_threads(items, threads)
-            .map_err(index_error)?;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let failed = std::sync::Mutex::new(None);
-        const CHUNK: usize = 4096;
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| loop {
-                    let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
-                    if start >= items {
-                        return;
-                    }
-                    let end = (start + CHUNK).min(items);
-                    let mut row = vec![0.0f32; factors + 1];
-                    for i in start..end {
-                        row[..factors]
-                            .copy_from_slice(&item_factors[i * factors..(i + 1) * factors]);
-                        row[factors] = (longest - squared_norm(i)).max(0.0).sqrt();
-                        if let Err(e) = index.add(i as u64, &row) {
-                            *failed.lock().expect("not poisoned") = Some(e.to_string());
+        let linked = std::sync::atomic::AtomicUsize::new(0);
+        let mut ranges = Vec::new();
+        for members in norm_ranges(&norms) {
+            let graph = Index::new(&options(factors, shape)).map_err(index_error)?;
+            graph
+                .reserve_capacity_and_threads(members.len(), threads)
+                .map_err(index_error)?;
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let failed = std::sync::Mutex::new(None);
+            const CHUNK: usize = 1024;
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| loop {
+                        let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                        if start >= members.len() {
                             return;
                         }
-                    }
-                    progress(end);
-                });
+                        let end = (start + CHUNK).min(members.len());
+                        for &i in &members[start..end] {
+                            if let Err(e) = graph.add(u64::from(i), row(i)) {
+                                *failed.lock().expect("not poisoned") = Some(e.to_string());
+                                return;
+                            }
+                        }
+                        let done =
+                            linked.fetch_add(end - start, std::sync::atomic::Ordering::AcqRel);
+                        progress(done + end - start);
+                    });
+                }
+            });
+            if let Some(problem) = failed.into_inner().expect("not poisoned") {
+                return Err(AnnError::Index(problem));
             }
-        });
-        if let Some(problem) = failed.into_inner().expect("not poisoned") {
-            return Err(AnnError::Index(problem));
+            ranges.push(NormRange {
+                graph,
+                longest: norms[members[0] as usize],
+            });
         }
         Ok(ItemIndex {
-            index,
+            ranges,
+            _file: None,
             items,
             factors,
         })
     }
 
-    /// Writes the index to `path`.
+    /// Writes the index to `path` (synced).
     pub fn save(&self, path: &Path) -> Result<(), AnnError> {
-        let name = path.to_string_lossy();
-        self.index.save(&name).map_err(|e| AnnError::File {
-            path: name.to_string(),
-            problem: e.to_string(),
-        })
+        let bad = |problem: String| AnnError::File {
+            path: path.display().to_string(),
+            problem,
+        };
+        let mut graphs = Vec::with_capacity(self.ranges.len());
+        for range in &self.ranges {
+            let mut bytes = vec![0u8; range.graph.serialized_length()];
+            range
+                .graph
+                .save_to_buffer(&mut bytes)
+                .map_err(|e| bad(e.to_string()))?;
+            graphs.push(bytes);
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(self.factors as u32).to_le_bytes());
+        out.extend_from_slice(&(self.items as u64).to_le_bytes());
+        out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
+        let mut offset = (HEADER + RANGE_ENTRY * graphs.len()).next_multiple_of(ALIGN);
+        for (range, graph) in self.ranges.iter().zip(&graphs) {
+            out.extend_from_slice(&range.longest.to_le_bytes());
+            out.extend_from_slice(&(offset as u64).to_le_bytes());
+            out.extend_from_slice(&(graph.len() as u64).to_le_bytes());
+            offset = (offset + graph.len()).next_multiple_of(ALIGN);
+        }
+        for graph in &graphs {
+            out.resize(out.len().next_multiple_of(ALIGN), 0);
+            out.extend_from_slice(graph);
+        }
+        let mut file = File::create(path).map_err(|e| bad(e.to_string()))?;
+        file.write_all(&out).map_err(|e| bad(e.to_string()))?;
+        file.sync_all().map_err(|e| bad(e.to_string()))
     }
 
-    /// Maps the index at `path` (its graph and vectors stay in the page cache, not on the heap),
+    /// Maps the index at `path` (its graphs and vectors stay in the page cache, not on the heap),
     /// checked against the version it belongs to: `items` rows of `factors`. Searches explore
-    /// `expansion` candidates (efSearch; see [`ItemIndex::set_expansion`]); up to `threads` of
-    /// them may run at once.
+    /// `expansion` candidates per range (efSearch; see [`ItemIndex::set_expansion`]); up to
+    /// `threads` of them may run at once.
     pub fn open(
         path: &Path,
         items: usize,
@@ -153,40 +233,96 @@ impl ItemIndex {
         expansion: usize,
         threads: usize,
     ) -> Result<ItemIndex, AnnError> {
-        let name = path.to_string_lossy().to_string();
         let bad = |problem: String| AnnError::File {
-            path: name.clone(),
+            path: path.display().to_string(),
             problem,
         };
-        let index = Index::restore_view(&name).map_err(|e| bad(e.to_string()))?;
-        if index.dimensions() != factors + 1 || index.metric_kind() != MetricKind::L2sq {
+        let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+        // SAFETY: a published version's files are never written again (a new version is a new
+        // directory), so the mapped bytes do not change under the graphs that view them.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(e.to_string()))?;
+        let bytes: &[u8] = &map;
+        if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(bad("not an item index of this format".into()));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        let (held_factors, held_items, count) = (
+            u32_at(12) as usize,
+            u64_at(16) as usize,
+            u32_at(24) as usize,
+        );
+        if held_factors != factors {
             return Err(bad(format!(
-                "{} dimensions by {:?}, the version's {factors} factors need {} by L2sq",
-                index.dimensions(),
-                index.metric_kind(),
-                factors + 1
+                "{held_factors} factors, the version has {factors}"
             )));
         }
-        if index.size() != items {
-            return Err(bad(format!(
-                "{} items, the version has {items}",
-                index.size()
-            )));
+        if held_items != items {
+            return Err(bad(format!("{held_items} items, the version has {items}")));
         }
-        index
-            .reserve_capacity_and_threads(items, threads.max(1))
+        if bytes.len() < HEADER + RANGE_ENTRY * count {
+            return Err(bad("cut short in its range table".into()));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        let mut indexed = 0;
+        for r in 0..count {
+            let at = HEADER + RANGE_ENTRY * r;
+            let longest = f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+            let (offset, len) = (u64_at(at + 4) as usize, u64_at(at + 12) as usize);
+            let Some(graph_bytes) = offset
+                .checked_add(len)
+                .and_then(|end| bytes.get(offset..end))
+            else {
+                return Err(bad(format!("range {r} lies outside the file")));
+            };
+            let graph = Index::new(&options(
+                factors,
+                IndexShape {
+                    connectivity: 16,
+                    expansion_add: 128,
+                },
+            ))
             .map_err(|e| bad(e.to_string()))?;
-        index.change_expansion_search(expansion.max(1));
+            // SAFETY: the graph views bytes of `map`, which the returned index holds and drops
+            // after the graphs (field order), and which nothing writes (above).
+            unsafe { graph.view_from_buffer(graph_bytes) }
+                .map_err(|e| bad(format!("range {r}: {e}")))?;
+            if graph.dimensions() != factors {
+                return Err(bad(format!(
+                    "range {r} has {} dimensions, the version {factors} factors",
+                    graph.dimensions()
+                )));
+            }
+            graph
+                .reserve_capacity_and_threads(graph.size(), threads.max(1))
+                .map_err(|e| bad(format!("range {r}: {e}")))?;
+            // Linked by angle, searched by inner product.
+            graph
+                .change_metric_kind(MetricKind::IP)
+                .map_err(|e| bad(format!("range {r}: {e}")))?;
+            graph.change_expansion_search(expansion.max(1));
+            indexed += graph.size();
+            ranges.push(NormRange { graph, longest });
+        }
+        if indexed != items {
+            return Err(bad(format!(
+                "its ranges hold {indexed} items, the version has {items}"
+            )));
+        }
         Ok(ItemIndex {
-            index,
+            ranges,
+            _file: Some(map),
             items,
             factors,
         })
     }
 
-    /// Candidates a search explores (efSearch): more is slower and finds more of the true nearest.
+    /// Candidates a search explores per range (efSearch): more is slower and finds more of the
+    /// true top.
     pub fn set_expansion(&self, expansion: usize) {
-        self.index.change_expansion_search(expansion.max(1));
+        for range in &self.ranges {
+            range.graph.change_expansion_search(expansion.max(1));
+        }
     }
 
     /// Items in the index.
@@ -198,29 +334,48 @@ impl ItemIndex {
         self.items == 0
     }
 
-    /// Bytes of the index (graph and vectors), mapped or held.
-    pub fn bytes(&self) -> usize {
-        self.index.memory_usage()
+    /// Norm ranges (one graph each).
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
     }
 
-    /// Up to `count` rows nearest `query` by inner product among those `allowed`, best first by
-    /// the index's score.
+    /// Bytes of the graphs and their vectors, mapped or held.
+    pub fn bytes(&self) -> usize {
+        self.ranges.iter().map(|r| r.graph.memory_usage()).sum()
+    }
+
+    /// The `k` best items for `query` among those `allowed` by `score` (the exact inner product
+    /// of a row with `query`), best first (ties to the lower row); each range is asked for its
+    /// `per_range` nearest by the index's own score, the ranges longest first until none left
+    /// can beat the k-th best.
     pub fn search(
         &self,
         query: &[f32],
-        count: usize,
+        k: usize,
+        per_range: usize,
         allowed: impl Fn(u32) -> bool,
-    ) -> Result<Vec<u32>, AnnError> {
+        score: impl Fn(u32) -> f32,
+    ) -> Result<Vec<Scored>, AnnError> {
         assert_eq!(query.len(), self.factors, "a query of the wrong width");
-        let count = count.min(self.items);
-        let mut extended = Vec::with_capacity(self.factors + 1);
-        extended.extend_from_slice(query);
-        extended.push(0.0);
-        let matches = self
-            .index
-            .filtered_search(&extended, count, |key: u64| allowed(key as u32))
-            .map_err(index_error)?;
-        Ok(matches.keys.into_iter().map(|k| k as u32).collect())
+        let length = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut best: Vec<Scored> = Vec::with_capacity(k + per_range);
+        for range in &self.ranges {
+            if best.len() >= k && best[k - 1].score >= length * range.longest {
+                break;
+            }
+            let count = per_range.max(k).min(range.graph.size());
+            let matches = range
+                .graph
+                .filtered_search(query, count, |key: u64| allowed(key as u32))
+                .map_err(index_error)?;
+            best.extend(matches.keys.into_iter().map(|key| Scored {
+                index: key as u32,
+                score: score(key as u32),
+            }));
+            best.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+            best.truncate(k);
+        }
+        Ok(best)
     }
 }
 
@@ -236,58 +391,74 @@ mod tests {
         expansion_add: 128,
     };
 
-    fn recall(found: &[u32], exact: &[u32]) -> f64 {
-        let exact: std::collections::HashSet<_> = exact.iter().collect();
-        found.iter().filter(|i| exact.contains(i)).count() as f64 / exact.len() as f64
+    fn recall(found: &[Scored], exact: &[Scored]) -> f64 {
+        let exact: std::collections::HashSet<_> = exact.iter().map(|s| s.index).collect();
+        found.iter().filter(|s| exact.contains(&s.index)).count() as f64 / exact.len() as f64
+    }
+
+    #[test]
+    fn norm_ranges_close_at_the_ratio_once_full_longest_first() {
+        let norms: Vec<f32> = (0..3 * MIN_RANGE)
+            .map(|i| 1.0 + i as f32 / MIN_RANGE as f32)
+            .collect();
+        let ranges = norm_ranges(&norms);
+        // Every row once, longest first.
+        let mut all: Vec<u32> = ranges.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..norms.len() as u32).collect::<Vec<_>>());
+        assert!(ranges.len() >= 2);
+        for pair in ranges.windows(2) {
+            // A range closed because it was full and the next row was shorter by the ratio.
+            let longest = norms[pair[0][0] as usize];
+            let next = norms[pair[1][0] as usize];
+            assert!(pair[0].len() >= MIN_RANGE);
+            assert!(next * RANGE_RATIO < longest, "{next} after {longest}");
+            assert!(norms[*pair[0].last().unwrap() as usize] >= next);
+        }
     }
 
     #[test]
     fn a_mapped_index_finds_the_largest_inner_products_inside_the_filter() {
-        let (items, factors, k) = (20_000, 16, 20);
+        // More than one norm range, so the pruning between ranges is exercised.
+        let (items, factors, k) = (3 * MIN_RANGE, 16, 20);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (item_factors, members) = clustered_factors(&mut rng, items, 30, factors);
         let built = ItemIndex::build(&item_factors, factors, SHAPE, 2, |_| {}).unwrap();
         assert_eq!(built.len(), items);
+        assert!(built.ranges() >= 2, "{} ranges", built.ranges());
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("item_index.usearch");
+        let path = dir.path().join("item_index.ann");
         built.save(&path).unwrap();
         drop(built);
         let index = ItemIndex::open(&path, items, factors, 128, 4).unwrap();
+        assert!(index.ranges() >= 2);
         let matrix = ItemMatrix::new(item_factors, factors);
         let (mut plain, mut filtered) = (0.0, 0.0);
         for user in members.chunks(factors) {
-            let exact: Vec<u32> = matrix
-                .top_k_exact(user, k, |_| true)
-                .iter()
-                .map(|s| s.index)
-                .collect();
-            let found = index.search(user, k, |_| true).unwrap();
+            let score = |i: u32| matrix.score(i as usize, user);
+            let exact = matrix.top_k_exact(user, k, |_| true);
+            let found = index.search(user, k, k, |_| true, score).unwrap();
             plain += recall(&found, &exact);
             // The filter is asked inside the search: a filter that removes two items in three
             // still gets k answers, all allowed.
             let allowed = |i: u32| i.is_multiple_of(3);
-            let exact: Vec<u32> = matrix
-                .top_k_exact(user, k, allowed)
-                .iter()
-                .map(|s| s.index)
-                .collect();
-            let found = index.search(user, k, allowed).unwrap();
+            let exact = matrix.top_k_exact(user, k, allowed);
+            let found = index.search(user, k, k, allowed, score).unwrap();
             assert_eq!(found.len(), k);
-            assert!(found.iter().all(|&i| allowed(i)), "{found:?}");
+            assert!(found.iter().all(|s| allowed(s.index)), "{found:?}");
             filtered += recall(&found, &exact);
-            // Re-scored candidates carry exact scores, best first.
-            let rescored = matrix.rescore(user, &found, k);
-            for pair in rescored.windows(2) {
+            // Exact scores, best first.
+            for pair in found.windows(2) {
                 assert!(pair[0].score >= pair[1].score);
             }
-            for s in &rescored {
-                assert_eq!(s.score, matrix.score(s.index as usize, user));
+            for s in &found {
+                assert_eq!(s.score, score(s.index));
             }
         }
         let members = members.len() / factors;
         let (plain, filtered) = (plain / members as f64, filtered / members as f64);
-        assert!(plain >= 0.9, "recall {plain}");
-        assert!(filtered >= 0.9, "filtered recall {filtered}");
+        assert!(plain >= 0.95, "recall {plain}");
+        assert!(filtered >= 0.95, "filtered recall {filtered}");
     }
 
     #[test]
@@ -295,7 +466,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let (item_factors, _) = clustered_factors(&mut rng, 500, 0, 8);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("item_index.usearch");
+        let path = dir.path().join("item_index.ann");
         ItemIndex::build(&item_factors, 8, SHAPE, 1, |_| {})
             .unwrap()
             .save(&path)
@@ -304,13 +475,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("item_index.usearch") && err.contains("500 items"),
+            err.contains("item_index.ann") && err.contains("500 items"),
             "{err}"
         );
         let err = ItemIndex::open(&path, 500, 16, 64, 1)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("9 dimensions"), "{err}");
+        assert!(err.contains("8 factors"), "{err}");
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let err = ItemIndex::open(&path, 500, 8, 64, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside the file"), "{err}");
         std::fs::write(&path, b"not an index").unwrap();
         assert!(ItemIndex::open(&path, 500, 8, 64, 1).is_err());
     }

@@ -378,20 +378,6 @@ impl ItemMatrix {
         })
     }
 
-    /// The `k` best of `candidates` for `user` by exact score, best first (ties to the lower
-    /// index): what an approximate search's candidates become.
-    pub fn rescore(&self, user: &[f32], candidates: &[u32], k: usize) -> Vec<Scored> {
-        let mut scored: Vec<Scored> = candidates
-            .iter()
-            .map(|&index| Scored {
-                index,
-                score: self.score(index as usize, user),
-            })
-            .collect();
-        best_first(&mut scored, k);
-        scored
-    }
-
     /// The `k` items most similar to item `index` by cosine similarity, the item itself left out.
     pub fn similar(&self, index: usize, k: usize, allowed: impl Fn(u32) -> bool) -> Vec<Scored> {
         let norm = self.norms[index];
@@ -409,12 +395,6 @@ impl ItemMatrix {
             select_top(&scores, k, &|i| i as usize != index && allowed(i))
         })
     }
-}
-
-/// Sorts best first (ties to the lower index) and keeps `k`.
-fn best_first(scored: &mut Vec<Scored>, k: usize) {
-    scored.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-    scored.truncate(k);
 }
 
 #[cfg(test)]
