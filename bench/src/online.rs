@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 pub use recsys_shared::artifact::synthetic::{
-    clustered_factors, synthetic_model, synthetic_model_of,
+    clustered_factors, synthetic_model, synthetic_model_of, synthetic_model_with,
 };
+use recsys_shared::config::AnnIndexConfig;
 use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
@@ -68,7 +69,21 @@ pub struct BenchArgs {
     /// memory — anonymous, and file pages of the mapped factors resident — next to the held run's.
     #[arg(long)]
     pub mapped: bool,
-    /// Do not run the NumPy peer.
+    /// Also measure ANN retrieval (iALS): the item index built over the kernel's items against
+    /// FAISS HNSW and IVF-PQ (`deploy/bench/faiss_ann.py`), then a server with
+    /// `online.retrieval = "ann"` (its version published with the index).
+    #[arg(long)]
+    pub ann: bool,
+    /// efSearch values of the item index measured with `--ann`.
+    #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256])]
+    pub ann_expansion: Vec<usize>,
+    /// Candidates per item asked of each norm range with `--ann` (`online.ann.candidates_per_item`).
+    #[arg(long, default_value_t = 1)]
+    pub ann_candidates_per_item: usize,
+    /// efSearch values of FAISS's HNSW with `--ann`.
+    #[arg(long, value_delimiter = ',', default_values_t = [128usize, 256, 512, 1024])]
+    pub faiss_ef: Vec<usize>,
+    /// Do not run the NumPy and FAISS peers.
     #[arg(long)]
     pub skip_peer: bool,
     /// Also run the server with TLS on the gRPC port (certificates generated with `openssl`) and
@@ -132,6 +147,7 @@ struct KernelFigures {
     batched_us: f64,
     numpy_batched_us: Option<f64>,
     recall: f64,
+    ann: Option<crate::ann::AnnFigures>,
 }
 
 fn time_queries(queries: &[Vec<f32>], mut f: impl FnMut(&[f32]) -> usize) -> f64 {
@@ -209,6 +225,7 @@ fn kernel(
         batched_us: f64::INFINITY,
         numpy_batched_us: None,
         recall,
+        ann: None,
     };
     let batch = args.batch.max(1);
     let all = |_: u32| true;
@@ -259,6 +276,9 @@ fn kernel(
         }
         eprintln!("{line}");
     }
+    if args.ann {
+        figures.ann = Some(crate::ann::measure(args, dir, &matrix, &queries)?);
+    }
     Ok(figures)
 }
 
@@ -301,6 +321,8 @@ struct ServerMode<'a> {
     batching: Option<bool>,
     /// `online.item_factors = "mapped"`.
     mapped: bool,
+    /// `online.retrieval = "ann"`.
+    ann: bool,
 }
 
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -347,13 +369,20 @@ async fn server(
             BenchFamily::Ials => args.factors,
             _ => args.weights_per_item,
         };
-        synthetic_model_of(
+        // With `--ann` the version carries its item index, whatever the catalog's size.
+        let index = AnnIndexConfig {
+            enabled: args.ann,
+            min_items: 0,
+            ..Default::default()
+        };
+        synthetic_model_with(
             args.family.family(),
             &models,
             n,
             args.members,
             width,
             args.seed,
+            &index,
         )?;
     }
     let grpc_port = free_port();
@@ -377,6 +406,7 @@ async fn server(
             mode.mapped
                 .then_some(("RECSYS__ONLINE__ITEM_FACTORS", "mapped")),
         )
+        .envs(mode.ann.then_some(("RECSYS__ONLINE__RETRIEVAL", "ann")))
         .envs(
             mode.batching
                 .map(|on| ("RECSYS__ONLINE__BATCH__ENABLED", on.to_string())),
@@ -761,6 +791,109 @@ async fn experiment_runs(
     ])
 }
 
+/// Prints the ANN figures beside FAISS's and the exact scan's, and adds them to `summary`.
+fn report_ann(
+    args: &BenchArgs,
+    ann: &crate::ann::AnnFigures,
+    exact_us: f64,
+    summary: &mut serde_json::Value,
+) {
+    use crate::ann::at_recall;
+    const TARGET: f64 = 0.95;
+    let ours = at_recall(&ann.points, TARGET, |p| p.filtered_recall.min(p.recall));
+    let hnsw: Vec<_> = ann.faiss.iter().filter(|p| p.index == "hnsw").collect();
+    let theirs = at_recall(&hnsw, TARGET, |p| p.recall);
+    let faiss_build = hnsw.first().map(|p| p.build_s);
+    eprintln!(
+        "ANN: item index built in {:.0} s ({} norm ranges, {:.0} MiB); FAISS HNSW built in {} → build time ratio recsys/FAISS {}",
+        ann.build_s,
+        ann.ranges,
+        ann.mib,
+        faiss_build.map_or("n/a".into(), |b| format!("{b:.0} s")),
+        faiss_build.map_or("n/a".into(), |b| format!("{:.2}", ann.build_s / b)),
+    );
+    match ours {
+        Some(p) => eprintln!(
+            "ANN at recall@{} ≥ {TARGET} (filtered too): efSearch {}, {:.0} µs/query ({:.1}× faster than the exact scan); FAISS HNSW {}",
+            args.top,
+            p.expansion,
+            p.us_per_query,
+            exact_us / p.us_per_query,
+            theirs.map_or("never reached it".to_string(), |f| format!(
+                "efSearch {}: {:.0} µs/query → ratio recsys/FAISS {:.2}",
+                f.param,
+                f.us_per_query,
+                p.us_per_query / f.us_per_query
+            )),
+        ),
+        None => eprintln!("ANN never reached recall@{} ≥ {TARGET} at the efSearch values tried", args.top),
+    }
+    summary["ann_build_s"] = ann.build_s.into();
+    summary["ann_ranges"] = ann.ranges.into();
+    summary["ann_mib"] = ann.mib.into();
+    summary["ann_points"] = ann
+        .points
+        .iter()
+        .map(|p| {
+            serde_json::json!({"ef": p.expansion, "recall": p.recall,
+                "filtered_recall": p.filtered_recall, "us_per_query": p.us_per_query})
+        })
+        .collect();
+    summary["faiss_points"] = ann
+        .faiss
+        .iter()
+        .map(|p| {
+            serde_json::json!({"index": p.index, "param": p.param, "build_s": p.build_s,
+                "recall": p.recall, "us_per_query": p.us_per_query})
+        })
+        .collect();
+}
+
+/// The server with `online.retrieval = "ann"`: at `--concurrency` and one request at a time.
+async fn ann_runs(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+    exact: &ServerFigures,
+) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
+    let loaded = server(
+        args,
+        n,
+        dir,
+        ServerMode {
+            ann: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let single = server(
+        args,
+        n,
+        dir,
+        ServerMode {
+            ann: true,
+            concurrency: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "server with ANN retrieval: {:.0} QPS at concurrency {} ({:.1}× the exact batched scan's {:.0}), p99 {:.2} ms, {} errors; one at a time p50 {:.2} ms, p99 {:.2} ms; RSS {:.0} MiB ({:.0} anonymous + {:.0} file pages)",
+        loaded.qps, args.concurrency, loaded.qps / exact.qps, exact.qps, loaded.p99_ms, loaded.errors,
+        single.p50_ms, single.p99_ms, loaded.rss_mib, loaded.rss_anon_mib, loaded.rss_file_mib,
+    );
+    Ok(vec![
+        ("ann_qps", loaded.qps.into()),
+        ("ann_p99_ms", loaded.p99_ms.into()),
+        ("ann_errors", (loaded.errors + single.errors).into()),
+        ("ann_one_at_a_time_p50_ms", single.p50_ms.into()),
+        ("ann_one_at_a_time_p99_ms", single.p99_ms.into()),
+        ("ann_rss_mib", loaded.rss_mib.into()),
+    ])
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -820,7 +953,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 us(kernel.numpy_batched_us),
                 times(batched_ratio),
             );
-            serde_json::json!({
+            let mut summary = serde_json::json!({
                 "items": n,
                 "factors": args.factors,
                 "top": args.top,
@@ -833,7 +966,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 "numpy_batched_us_per_query": kernel.numpy_batched_us,
                 "batched_ratio_vs_numpy": batched_ratio,
                 "recall_vs_exact": kernel.recall,
-            })
+            });
+            if let Some(ann) = &kernel.ann {
+                report_ann(&args, ann, kernel.recsys_us, &mut summary);
+            }
+            summary
         };
         if !args.skip_server {
             let s = server(&args, n, &dir, ServerMode::default())
@@ -854,6 +991,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             summary["concurrency"] = args.concurrency.into();
             if args.family == BenchFamily::Ials {
                 for (key, value) in batching_runs(&args, n, &dir, &s).await? {
+                    summary[key] = value;
+                }
+            }
+            if args.ann && args.family == BenchFamily::Ials {
+                for (key, value) in ann_runs(&args, n, &dir, &s).await? {
                     summary[key] = value;
                 }
             }

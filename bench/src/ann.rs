@@ -1,0 +1,188 @@
+//! `recsys online bench --ann`: the item index (`model::ials::ann`) against FAISS on the kernel's
+//! own items and queries — build time, recall@top against the exact answers, µs per query one at
+//! a time — with FAISS's `IndexHNSWFlat` (inner product, the same links per node and
+//! efConstruction, the same threads) and IVF-PQ run by `deploy/bench/faiss_ann.py` in the same
+//! invocation. Filtered recall uses the synthetic catalog's own filters (a French member who may
+//! not see R-rated titles: every 10th item is US-only, every 7th from i3 rated R).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use recsys_shared::model::ials::ann::{IndexShape, ItemIndex};
+use recsys_shared::model::ials::ItemMatrix;
+use recsys_shared::model::top_k::Scored;
+
+use crate::online::BenchArgs;
+
+/// One setting's figures.
+pub struct AnnPoint {
+    pub expansion: usize,
+    pub recall: f64,
+    pub filtered_recall: f64,
+    pub us_per_query: f64,
+}
+
+/// FAISS's figures for one setting.
+pub struct FaissPoint {
+    pub index: String,
+    pub param: u64,
+    pub build_s: f64,
+    pub recall: f64,
+    pub us_per_query: f64,
+}
+
+pub struct AnnFigures {
+    pub build_s: f64,
+    pub ranges: usize,
+    pub mib: f64,
+    pub points: Vec<AnnPoint>,
+    pub faiss: Vec<FaissPoint>,
+}
+
+/// What the synthetic catalog lets a French member with a PG limit see.
+fn french_pg(i: u32) -> bool {
+    !i.is_multiple_of(10) && i % 7 != 3
+}
+
+fn overlap(found: &[Scored], exact: &[Scored]) -> usize {
+    found
+        .iter()
+        .filter(|f| exact.iter().any(|e| e.index == f.index))
+        .count()
+}
+
+/// Builds the index over `matrix`, measures it at each `--ann-expansion`, then FAISS.
+pub fn measure(
+    args: &BenchArgs,
+    dir: &Path,
+    matrix: &ItemMatrix,
+    queries: &[Vec<f32>],
+) -> Result<AnnFigures, Box<dyn std::error::Error>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shape = IndexShape {
+        connectivity: 16,
+        expansion_add: 128,
+    };
+    eprintln!(
+        "  building the item index ({} items, {threads} threads)...",
+        matrix.len()
+    );
+    let started = Instant::now();
+    let built = ItemIndex::build(matrix.as_slice(), matrix.factors(), shape, threads, |_| {})?;
+    let build_s = started.elapsed().as_secs_f64();
+    let path = dir.join("item_index.ann");
+    built.save(&path)?;
+    drop(built);
+    let index = ItemIndex::open(&path, matrix.len(), matrix.factors(), 64, 4)?;
+    let top = args.top;
+    let exact: Vec<Vec<Scored>> = queries
+        .iter()
+        .map(|q| matrix.top_k_exact(q, top, |_| true))
+        .collect();
+    let exact_filtered: Vec<Vec<Scored>> = queries
+        .iter()
+        .map(|q| matrix.top_k_exact(q, top, french_pg))
+        .collect();
+    let truth: Vec<u8> = exact
+        .iter()
+        .flat_map(|e| e.iter().flat_map(|s| s.index.to_le_bytes()))
+        .collect();
+    std::fs::write(dir.join("truth.u32"), truth)?;
+    let mut points = Vec::new();
+    for &expansion in &args.ann_expansion {
+        index.set_expansion(expansion);
+        let per_range = top * args.ann_candidates_per_item;
+        let search = |q: &[f32], allowed: &dyn Fn(u32) -> bool| {
+            index
+                .search(q, top, per_range, allowed, |i| matrix.score(i as usize, q))
+                .expect("search")
+        };
+        let started = Instant::now();
+        let found: Vec<Vec<Scored>> = queries.iter().map(|q| search(q, &|_| true)).collect();
+        let us_per_query = started.elapsed().as_secs_f64() * 1e6 / queries.len() as f64;
+        let filtered: Vec<Vec<Scored>> = queries.iter().map(|q| search(q, &french_pg)).collect();
+        let hits: usize = found.iter().zip(&exact).map(|(f, e)| overlap(f, e)).sum();
+        let filtered_hits: usize = filtered
+            .iter()
+            .zip(&exact_filtered)
+            .map(|(f, e)| overlap(f, e))
+            .sum();
+        let point = AnnPoint {
+            expansion,
+            recall: hits as f64 / (queries.len() * top) as f64,
+            filtered_recall: filtered_hits as f64 / (queries.len() * top) as f64,
+            us_per_query,
+        };
+        eprintln!(
+            "  recsys ANN efSearch {expansion}: recall@{top} {:.4} (filtered {:.4}), {:.0} µs/query",
+            point.recall, point.filtered_recall, point.us_per_query
+        );
+        points.push(point);
+    }
+    let faiss = if args.skip_peer {
+        Vec::new()
+    } else {
+        run_faiss(args, dir, threads).unwrap_or_else(|e| {
+            eprintln!("  FAISS peer failed ({e}); pip install -r deploy/bench/requirements.txt");
+            Vec::new()
+        })
+    };
+    Ok(AnnFigures {
+        build_s,
+        ranges: index.ranges(),
+        mib: index.bytes() as f64 / (1 << 20) as f64,
+        points,
+        faiss,
+    })
+}
+
+fn run_faiss(args: &BenchArgs, dir: &Path, threads: usize) -> Result<Vec<FaissPoint>, String> {
+    let script = args.peer_dir.join("faiss_ann.py");
+    let efs: Vec<String> = args.faiss_ef.iter().map(usize::to_string).collect();
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg(dir)
+        .args([
+            "--k",
+            &args.factors.to_string(),
+            "--top",
+            &args.top.to_string(),
+        ])
+        .args(["--threads", &threads.to_string(), "--ef", &efs.join(",")])
+        .arg("--ivf-pq")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{} {}: {e}", args.python, script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} exited with {}", script.display(), out.status));
+    }
+    let mut points = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let json: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("FAISS output {line:?}: {e}"))?;
+        let number = |key: &str| {
+            json[key]
+                .as_f64()
+                .ok_or_else(|| format!("FAISS output {line:?} has no {key}"))
+        };
+        let point = FaissPoint {
+            index: json["index"].as_str().unwrap_or("?").to_string(),
+            param: number("param")? as u64,
+            build_s: number("build_s")?,
+            recall: number("recall")?,
+            us_per_query: number("us_per_query")?,
+        };
+        eprintln!(
+            "  FAISS {} {}: recall@{} {:.4}, {:.0} µs/query (built in {:.0} s)",
+            point.index, point.param, args.top, point.recall, point.us_per_query, point.build_s
+        );
+        points.push(point);
+    }
+    Ok(points)
+}
+
+/// The first setting of `points` (cheapest first) reaching `recall`.
+pub fn at_recall<T>(points: &[T], recall: f64, of: impl Fn(&T) -> f64) -> Option<&T> {
+    points.iter().find(|p| of(p) >= recall)
+}
