@@ -112,10 +112,11 @@ impl Retrieval {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnnSearchConfig {
-    /// Candidates a search explores (efSearch): higher finds more of the true top and costs
-    /// proportionally more. Default 256.
+    /// Candidates a search explores in each norm range (efSearch; a search for more items than
+    /// this explores that many): higher finds more of the true top and costs proportionally more.
+    /// Default 64.
     pub expansion: usize,
-    /// Candidates re-scored exactly per item asked for. Default 2.
+    /// Candidates asked of each norm range per item wanted, all scored exactly. Default 1.
     pub candidates_per_item: usize,
     /// Share of ANN requests also scored exactly in the background, to report the recall in
     /// production (`recsys_ann_recall_at_k`). Default 0.01.
@@ -125,8 +126,8 @@ pub struct AnnSearchConfig {
 impl Default for AnnSearchConfig {
     fn default() -> Self {
         AnnSearchConfig {
-            expansion: 256,
-            candidates_per_item: 2,
+            expansion: 64,
+            candidates_per_item: 1,
             recall_sample_rate: 0.01,
         }
     }

@@ -339,9 +339,13 @@ impl ItemIndex {
         self.ranges.len()
     }
 
-    /// Bytes of the graphs and their vectors, mapped or held.
+    /// Bytes of the graphs and their vectors: the mapped file's length, or what the built graphs
+    /// hold.
     pub fn bytes(&self) -> usize {
-        self.ranges.iter().map(|r| r.graph.memory_usage()).sum()
+        match &self._file {
+            Some(map) => map.len(),
+            None => self.ranges.iter().map(|r| r.graph.memory_usage()).sum(),
+        }
     }
 
     /// The `k` best items for `query` among those `allowed` by `score` (the exact inner product
