@@ -141,6 +141,7 @@ async fn an_ann_variant_ranks_inside_the_filters_with_exact_scores_and_reports_i
         wanted += exact_ids.len();
     }
     let recall = hits as f64 / wanted as f64;
+    eprintln!("recall@50 against the exact server: {recall:.4}");
     assert!(recall >= 0.95, "recall@50 {recall}");
     assert!(
         metric(
@@ -158,6 +159,7 @@ async fn an_ann_variant_ranks_inside_the_filters_with_exact_scores_and_reports_i
     }
     let sampled =
         metric(&ann, "recsys_ann_recall_at_k_sum") / metric(&ann, "recsys_ann_recall_at_k_count");
+    eprintln!("recall the server sampled: {sampled:.4}");
     assert!(sampled >= 0.95, "sampled recall {sampled}");
 }
 

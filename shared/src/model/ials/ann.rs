@@ -9,7 +9,7 @@
 //! `IndexHNSWFlat` the same), one graph over the MIPS-to-Euclidean transform `[y, √(M² − |y|²)]`
 //! 0.39, and one graph linked by angle and searched by inner product 0.95 at 2.6 ms. So the items
 //! are cut into **norm ranges** (Yan et al. 2018): longest first, a range closes when an item is
-//! shorter than its longest by [`RANGE_RATIO`] (and it holds [`MIN_RANGE`] items). Each range has
+//! shorter than its longest by [`RANGE_RATIO`] (and it holds [`min_range`] items). Each range has
 //! its own graph, linked by angle — inside a range the lengths differ little, so the angle orders
 //! the items almost as the inner product does — and searched by inner product. A query searches
 //! the ranges longest first and stops as soon as `|q| ×` the next range's longest norm cannot beat
@@ -36,8 +36,11 @@ use crate::model::top_k::Scored;
 
 /// A norm range closes when an item is this much shorter than the range's longest.
 pub const RANGE_RATIO: f32 = 1.3;
-/// ... and only once it holds this many items (the longest items are few and far apart).
-pub const MIN_RANGE: usize = 20_000;
+/// ... and only once it holds a sixteenth of the catalog, at least 1,000 and at most 20,000 items
+/// (the longest items are few and far apart).
+pub fn min_range(items: usize) -> usize {
+    (items / 16).clamp(1_000, 20_000)
+}
 
 const MAGIC: &[u8; 10] = b"RECSYSANN\x01";
 const HEADER: usize = 10 + 2 + 4 + 8 + 4;
@@ -108,11 +111,12 @@ fn index_error(e: impl std::fmt::Display) -> AnnError {
 fn norm_ranges(norms: &[f32]) -> Vec<Vec<u32>> {
     let mut order: Vec<u32> = (0..norms.len() as u32).collect();
     order.sort_unstable_by(|&a, &b| norms[b as usize].total_cmp(&norms[a as usize]));
+    let min = min_range(norms.len());
     let mut ranges = Vec::new();
     let mut range: Vec<u32> = Vec::new();
     for i in order {
         let longest = range.first().map_or(f32::INFINITY, |&j| norms[j as usize]);
-        if range.len() >= MIN_RANGE && norms[i as usize] * RANGE_RATIO < longest {
+        if range.len() >= min && norms[i as usize] * RANGE_RATIO < longest {
             ranges.push(std::mem::take(&mut range));
         }
         range.push(i);
@@ -402,8 +406,10 @@ mod tests {
 
     #[test]
     fn norm_ranges_close_at_the_ratio_once_full_longest_first() {
-        let norms: Vec<f32> = (0..3 * MIN_RANGE)
-            .map(|i| 1.0 + i as f32 / MIN_RANGE as f32)
+        let items = 60_000;
+        let min = min_range(items);
+        let norms: Vec<f32> = (0..items)
+            .map(|i| 1.0 + 3.0 * i as f32 / items as f32)
             .collect();
         let ranges = norm_ranges(&norms);
         // Every row once, longest first.
@@ -415,7 +421,7 @@ mod tests {
             // A range closed because it was full and the next row was shorter by the ratio.
             let longest = norms[pair[0][0] as usize];
             let next = norms[pair[1][0] as usize];
-            assert!(pair[0].len() >= MIN_RANGE);
+            assert!(pair[0].len() >= min);
             assert!(next * RANGE_RATIO < longest, "{next} after {longest}");
             assert!(norms[*pair[0].last().unwrap() as usize] >= next);
         }
@@ -424,7 +430,7 @@ mod tests {
     #[test]
     fn a_mapped_index_finds_the_largest_inner_products_inside_the_filter() {
         // More than one norm range, so the pruning between ranges is exercised.
-        let (items, factors, k) = (3 * MIN_RANGE, 16, 20);
+        let (items, factors, k) = (60_000, 16, 20);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (item_factors, members) = clustered_factors(&mut rng, items, 30, factors);
         let built = ItemIndex::build(&item_factors, factors, SHAPE, 2, |_| {}).unwrap();
