@@ -13,7 +13,18 @@ use recsys_shared::model::ials::ann::{IndexShape, ItemIndex};
 use recsys_shared::model::ials::ItemMatrix;
 use recsys_shared::model::top_k::Scored;
 
-use crate::online::BenchArgs;
+/// What `--ann` measures: from `recsys online bench`'s options.
+pub struct AnnSettings<'a> {
+    pub top: usize,
+    pub factors: usize,
+    /// efSearch values of the item index.
+    pub expansions: &'a [usize],
+    pub candidates_per_item: usize,
+    /// efSearch values of FAISS's HNSW.
+    pub faiss_ef: &'a [usize],
+    /// The Python interpreter and the directory of `faiss_ann.py`; `None`: no FAISS.
+    pub peer: Option<(&'a str, &'a Path)>,
+}
 
 /// One setting's figures.
 pub struct AnnPoint {
@@ -54,7 +65,7 @@ fn overlap(found: &[Scored], exact: &[Scored]) -> usize {
 
 /// Builds the index over `matrix`, measures it at each `--ann-expansion`, then FAISS.
 pub fn measure(
-    args: &BenchArgs,
+    args: &AnnSettings<'_>,
     dir: &Path,
     matrix: &ItemMatrix,
     queries: &[Vec<f32>],
@@ -90,9 +101,9 @@ pub fn measure(
         .collect();
     std::fs::write(dir.join("truth.u32"), truth)?;
     let mut points = Vec::new();
-    for &expansion in &args.ann_expansion {
+    for &expansion in args.expansions {
         index.set_expansion(expansion);
-        let per_range = top * args.ann_candidates_per_item;
+        let per_range = top * args.candidates_per_item;
         let search = |q: &[f32], allowed: &dyn Fn(u32) -> bool| {
             index
                 .search(q, top, per_range, allowed, |i| matrix.score(i as usize, q))
@@ -120,13 +131,16 @@ pub fn measure(
         );
         points.push(point);
     }
-    let faiss = if args.skip_peer {
-        Vec::new()
-    } else {
-        run_faiss(args, dir, threads).unwrap_or_else(|e| {
-            eprintln!("  FAISS peer failed ({e}); pip install -r deploy/bench/requirements.txt");
-            Vec::new()
-        })
+    let faiss = match args.peer {
+        None => Vec::new(),
+        Some((python, peer_dir)) => {
+            run_faiss(args, python, peer_dir, dir, threads).unwrap_or_else(|e| {
+                eprintln!(
+                    "  FAISS peer failed ({e}); pip install -r deploy/bench/requirements.txt"
+                );
+                Vec::new()
+            })
+        }
     };
     Ok(AnnFigures {
         build_s,
@@ -137,10 +151,16 @@ pub fn measure(
     })
 }
 
-fn run_faiss(args: &BenchArgs, dir: &Path, threads: usize) -> Result<Vec<FaissPoint>, String> {
-    let script = args.peer_dir.join("faiss_ann.py");
+fn run_faiss(
+    args: &AnnSettings<'_>,
+    python: &str,
+    peer_dir: &Path,
+    dir: &Path,
+    threads: usize,
+) -> Result<Vec<FaissPoint>, String> {
+    let script = peer_dir.join("faiss_ann.py");
     let efs: Vec<String> = args.faiss_ef.iter().map(usize::to_string).collect();
-    let out = Command::new(&args.python)
+    let out = Command::new(python)
         .arg(&script)
         .arg(dir)
         .args([
@@ -153,7 +173,7 @@ fn run_faiss(args: &BenchArgs, dir: &Path, threads: usize) -> Result<Vec<FaissPo
         .arg("--ivf-pq")
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("{} {}: {e}", args.python, script.display()))?;
+        .map_err(|e| format!("{python} {}: {e}", script.display()))?;
     if !out.status.success() {
         return Err(format!("{} exited with {}", script.display(), out.status));
     }
@@ -185,4 +205,56 @@ fn run_faiss(args: &BenchArgs, dir: &Path, threads: usize) -> Result<Vec<FaissPo
 /// The first setting of `points` (cheapest first) reaching `recall`.
 pub fn at_recall<T>(points: &[T], recall: f64, of: impl Fn(&T) -> f64) -> Option<&T> {
     points.iter().find(|p| of(p) >= recall)
+}
+
+/// Prints the ANN figures beside FAISS's and the exact scan's, and adds them to `summary`.
+pub fn report(top: usize, ann: &AnnFigures, exact_us: f64, summary: &mut serde_json::Value) {
+    const TARGET: f64 = 0.95;
+    let ours = at_recall(&ann.points, TARGET, |p| p.filtered_recall.min(p.recall));
+    let hnsw: Vec<_> = ann.faiss.iter().filter(|p| p.index == "hnsw").collect();
+    let theirs = at_recall(&hnsw, TARGET, |p| p.recall);
+    let faiss_build = hnsw.first().map(|p| p.build_s);
+    eprintln!(
+        "ANN: item index built in {:.0} s ({} norm ranges, {:.0} MiB); FAISS HNSW built in {} → build time ratio recsys/FAISS {}",
+        ann.build_s,
+        ann.ranges,
+        ann.mib,
+        faiss_build.map_or("n/a".into(), |b| format!("{b:.0} s")),
+        faiss_build.map_or("n/a".into(), |b| format!("{:.2}", ann.build_s / b)),
+    );
+    match ours {
+        Some(p) => eprintln!(
+            "ANN at recall@{} ≥ {TARGET} (filtered too): efSearch {}, {:.0} µs/query ({:.1}× faster than the exact scan); FAISS HNSW {}",
+            top,
+            p.expansion,
+            p.us_per_query,
+            exact_us / p.us_per_query,
+            theirs.map_or("never reached it".to_string(), |f| format!(
+                "efSearch {}: {:.0} µs/query → ratio recsys/FAISS {:.2}",
+                f.param,
+                f.us_per_query,
+                p.us_per_query / f.us_per_query
+            )),
+        ),
+        None => eprintln!("ANN never reached recall@{} ≥ {TARGET} at the efSearch values tried", top),
+    }
+    summary["ann_build_s"] = ann.build_s.into();
+    summary["ann_ranges"] = ann.ranges.into();
+    summary["ann_mib"] = ann.mib.into();
+    summary["ann_points"] = ann
+        .points
+        .iter()
+        .map(|p| {
+            serde_json::json!({"ef": p.expansion, "recall": p.recall,
+                "filtered_recall": p.filtered_recall, "us_per_query": p.us_per_query})
+        })
+        .collect();
+    summary["faiss_points"] = ann
+        .faiss
+        .iter()
+        .map(|p| {
+            serde_json::json!({"index": p.index, "param": p.param, "build_s": p.build_s,
+                "recall": p.recall, "us_per_query": p.us_per_query})
+        })
+        .collect();
 }

@@ -277,7 +277,15 @@ fn kernel(
         eprintln!("{line}");
     }
     if args.ann {
-        figures.ann = Some(crate::ann::measure(args, dir, &matrix, &queries)?);
+        let settings = crate::ann::AnnSettings {
+            top: args.top,
+            factors: args.factors,
+            expansions: &args.ann_expansion,
+            candidates_per_item: args.ann_candidates_per_item,
+            faiss_ef: &args.faiss_ef,
+            peer: (!args.skip_peer).then_some((args.python.as_str(), args.peer_dir.as_path())),
+        };
+        figures.ann = Some(crate::ann::measure(&settings, dir, &matrix, &queries)?);
     }
     Ok(figures)
 }
@@ -572,6 +580,16 @@ async fn server(
     result
 }
 
+/// [`server`], its error as text.
+async fn server_figures(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+    mode: ServerMode<'_>,
+) -> Result<ServerFigures, String> {
+    server(args, n, dir, mode).await.map_err(|e| e.to_string())
+}
+
 /// Batched scans against the path without them (`online.batch.enabled = false`: each request
 /// scans alone, on the thread serving it) at the same concurrency, and one request at a time.
 async fn batching_runs(
@@ -580,7 +598,7 @@ async fn batching_runs(
     dir: &Path,
     batched: &ServerFigures,
 ) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
-    let alone = server(
+    let alone = server_figures(
         args,
         n,
         dir,
@@ -589,9 +607,8 @@ async fn batching_runs(
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let single = server(
+    .await?;
+    let single = server_figures(
         args,
         n,
         dir,
@@ -600,8 +617,7 @@ async fn batching_runs(
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let gain = batched.qps / alone.qps;
     eprintln!(
         "server without batched scans: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, {} errors → batched scans serve {gain:.2}× its QPS",
@@ -791,64 +807,6 @@ async fn experiment_runs(
     ])
 }
 
-/// Prints the ANN figures beside FAISS's and the exact scan's, and adds them to `summary`.
-fn report_ann(
-    args: &BenchArgs,
-    ann: &crate::ann::AnnFigures,
-    exact_us: f64,
-    summary: &mut serde_json::Value,
-) {
-    use crate::ann::at_recall;
-    const TARGET: f64 = 0.95;
-    let ours = at_recall(&ann.points, TARGET, |p| p.filtered_recall.min(p.recall));
-    let hnsw: Vec<_> = ann.faiss.iter().filter(|p| p.index == "hnsw").collect();
-    let theirs = at_recall(&hnsw, TARGET, |p| p.recall);
-    let faiss_build = hnsw.first().map(|p| p.build_s);
-    eprintln!(
-        "ANN: item index built in {:.0} s ({} norm ranges, {:.0} MiB); FAISS HNSW built in {} → build time ratio recsys/FAISS {}",
-        ann.build_s,
-        ann.ranges,
-        ann.mib,
-        faiss_build.map_or("n/a".into(), |b| format!("{b:.0} s")),
-        faiss_build.map_or("n/a".into(), |b| format!("{:.2}", ann.build_s / b)),
-    );
-    match ours {
-        Some(p) => eprintln!(
-            "ANN at recall@{} ≥ {TARGET} (filtered too): efSearch {}, {:.0} µs/query ({:.1}× faster than the exact scan); FAISS HNSW {}",
-            args.top,
-            p.expansion,
-            p.us_per_query,
-            exact_us / p.us_per_query,
-            theirs.map_or("never reached it".to_string(), |f| format!(
-                "efSearch {}: {:.0} µs/query → ratio recsys/FAISS {:.2}",
-                f.param,
-                f.us_per_query,
-                p.us_per_query / f.us_per_query
-            )),
-        ),
-        None => eprintln!("ANN never reached recall@{} ≥ {TARGET} at the efSearch values tried", args.top),
-    }
-    summary["ann_build_s"] = ann.build_s.into();
-    summary["ann_ranges"] = ann.ranges.into();
-    summary["ann_mib"] = ann.mib.into();
-    summary["ann_points"] = ann
-        .points
-        .iter()
-        .map(|p| {
-            serde_json::json!({"ef": p.expansion, "recall": p.recall,
-                "filtered_recall": p.filtered_recall, "us_per_query": p.us_per_query})
-        })
-        .collect();
-    summary["faiss_points"] = ann
-        .faiss
-        .iter()
-        .map(|p| {
-            serde_json::json!({"index": p.index, "param": p.param, "build_s": p.build_s,
-                "recall": p.recall, "us_per_query": p.us_per_query})
-        })
-        .collect();
-}
-
 /// The server with `online.retrieval = "ann"`: at `--concurrency` and one request at a time.
 async fn ann_runs(
     args: &BenchArgs,
@@ -856,7 +814,7 @@ async fn ann_runs(
     dir: &Path,
     exact: &ServerFigures,
 ) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
-    let loaded = server(
+    let loaded = server_figures(
         args,
         n,
         dir,
@@ -865,9 +823,8 @@ async fn ann_runs(
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let single = server(
+    .await?;
+    let single = server_figures(
         args,
         n,
         dir,
@@ -877,8 +834,7 @@ async fn ann_runs(
             ..Default::default()
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     eprintln!(
         "server with ANN retrieval: {:.0} QPS at concurrency {} ({:.1}× the exact batched scan's {:.0}), p99 {:.2} ms, {} errors; one at a time p50 {:.2} ms, p99 {:.2} ms; RSS {:.0} MiB ({:.0} anonymous + {:.0} file pages)",
         loaded.qps, args.concurrency, loaded.qps / exact.qps, exact.qps, loaded.p99_ms, loaded.errors,
@@ -968,7 +924,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 "recall_vs_exact": kernel.recall,
             });
             if let Some(ann) = &kernel.ann {
-                report_ann(&args, ann, kernel.recsys_us, &mut summary);
+                crate::ann::report(args.top, ann, kernel.recsys_us, &mut summary);
             }
             summary
         };
