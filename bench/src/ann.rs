@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use recsys_shared::model::ials::ann::{IndexShape, ItemIndex};
+use recsys_shared::artifact::published::build_item_index;
+use recsys_shared::config::AnnIndexConfig;
+use recsys_shared::model::ials::ann::ItemIndex;
 use recsys_shared::model::ials::ItemMatrix;
 use recsys_shared::model::top_k::Scored;
 
@@ -71,16 +73,17 @@ pub fn measure(
     queries: &[Vec<f32>],
 ) -> Result<AnnFigures, Box<dyn std::error::Error>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let shape = IndexShape {
-        connectivity: 16,
-        expansion_add: 128,
+    let config = AnnIndexConfig {
+        min_items: 0,
+        threads,
+        ..Default::default()
     };
     eprintln!(
         "  building the item index ({} items, {threads} threads)...",
         matrix.len()
     );
     let started = Instant::now();
-    let built = ItemIndex::build(matrix.as_slice(), matrix.factors(), shape, threads, |_| {})?;
+    let built = build_item_index(matrix.as_slice(), matrix.factors(), &config)?;
     let build_s = started.elapsed().as_secs_f64();
     let path = dir.join("item_index.ann");
     built.save(&path)?;

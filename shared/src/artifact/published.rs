@@ -108,13 +108,25 @@ pub fn write_model(
     }
 }
 
-/// Builds the item index over `item_factors` and writes it to `path`, with progress.
+/// Builds the item index over `item_factors` and writes it to `path`.
 fn write_item_index(
     path: &std::path::Path,
     item_factors: &[f32],
     factors: usize,
     config: &AnnIndexConfig,
 ) -> Result<()> {
+    build_item_index(item_factors, factors, config)?
+        .save(path)
+        .map_err(|e| SharedError::Training(e.to_string()))
+}
+
+/// Builds the item index over `item_factors` as `config` says, with progress on a terminal (log
+/// lines otherwise).
+pub fn build_item_index(
+    item_factors: &[f32],
+    factors: usize,
+    config: &AnnIndexConfig,
+) -> Result<ItemIndex> {
     let items = item_factors.len() / factors.max(1);
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -141,9 +153,6 @@ fn write_item_index(
         },
     )
     .map_err(|e| SharedError::Training(e.to_string()))?;
-    index
-        .save(path)
-        .map_err(|e| SharedError::Training(e.to_string()))?;
     progress.into_inner().expect("not poisoned").0.finish();
     tracing::info!(
         items,
@@ -151,7 +160,7 @@ fn write_item_index(
         mib = index.bytes() >> 20,
         "item index built"
     );
-    Ok(())
+    Ok(index)
 }
 
 impl PublishedModel {
