@@ -23,6 +23,7 @@ use recsys_shared::artifact::published::Taste;
 use recsys_shared::config::{
     AnnSearchConfig, MaturityConfig, Retrieval, RulesConfig, ScanBatchConfig,
 };
+use recsys_shared::logs::LogEvery;
 use recsys_shared::model::Scorer;
 use recsys_shared::proto::v1::ranking_server::Ranking;
 use recsys_shared::proto::v1::{
@@ -105,6 +106,10 @@ pub struct Ranker {
     retrieval: Retrieval,
     ann: AnnRetrieval,
 }
+
+/// A failing item index fails every ANN request: logged once a second, with the count held back.
+static INDEX_FAILED_LOG: std::sync::LazyLock<LogEvery> =
+    std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(1)));
 
 /// The items one request may show: owned, so that a scan thread can ask it too.
 #[derive(Clone)]
@@ -224,7 +229,9 @@ impl Ranker {
                             return Ok(found);
                         }
                         Err(why) => {
-                            tracing::warn!(version = %catalog.version, "item index search failed, scanning: {why}");
+                            if let Some(held_back) = INDEX_FAILED_LOG.check() {
+                                tracing::warn!(version = %catalog.version, held_back, "item index search failed, scanning: {why}");
+                            }
                             "failed"
                         }
                     }
