@@ -17,6 +17,14 @@
 //!   α and iterations, on validation members carved the same way, given the same number of
 //!   seconds recsys's search took.
 //!
+//! A benchmark's own split (`--split DIR`, a directory holding `train.csv` and `test.csv`, such as
+//! `../shared/data/gowalla`) is scored with its published protocol instead: `offline tune` on the
+//! training pairs only, every family fitted with its best setting on all of them and scored on
+//! the test pairs (every item the member has no training pair with ranked, Recall@20 and NDCG@20);
+//! implicit tuned by `deploy/bench/implicit_split.py` in the same seconds; a NumPy EASE
+//! (`deploy/bench/ease_numpy.py`) at the best EASE setting with `--numpy-ease`; and the published
+//! figures read from the split's `README.md`.
+//!
 //! Figures are printed, never asserted; the last line is JSON.
 
 use std::path::{Path, PathBuf};
@@ -35,9 +43,21 @@ use recsys_offline::{OfflineError, Result};
 /// Options of `recsys offline bench-quality`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QualityBenchArgs {
-    /// Data sets: MovieLens directories (ratings.csv) or interactions Parquet files/directories.
-    #[arg(long = "data", default_value = "../shared/data/ml-latest-small")]
+    /// Data sets: MovieLens directories (ratings.csv) or interactions Parquet files/directories
+    /// (../shared/data/ml-latest-small when neither this nor --split is given).
+    #[arg(long = "data")]
     pub data: Vec<PathBuf>,
+    /// Benchmark splits: directories holding train.csv and test.csv (`user_id,item_id`), scored
+    /// with the published protocol (e.g. ../shared/data/gowalla).
+    #[arg(long = "split")]
+    pub splits: Vec<PathBuf>,
+    /// On a split, also run the NumPy EASE at the best EASE setting (dense inverse by LAPACK's
+    /// potrf + potri; at 41k items about 7 GB and tens of minutes on one thread).
+    #[arg(long)]
+    pub numpy_ease: bool,
+    /// Threads of the NumPy EASE (OpenBLAS's threaded Cholesky crashes at Gowalla's size here).
+    #[arg(long, default_value_t = 1)]
+    pub numpy_ease_threads: usize,
     /// Time budget of recsys's search (the peer gets as many seconds as recsys's search took).
     #[arg(long, value_parser = tuning::parse_duration, default_value = "5m")]
     pub budget: Duration,
@@ -209,10 +229,270 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
 /// Runs the benchmark over every data set; returns the JSON summary (also printed last).
 pub fn run(args: &QualityBenchArgs, config: &Config) -> Result<serde_json::Value> {
     let mut sets = Vec::new();
-    for source in &args.data {
+    let default_data = [PathBuf::from("../shared/data/ml-latest-small")];
+    let data = if args.data.is_empty() && args.splits.is_empty() {
+        &default_data[..]
+    } else {
+        &args.data[..]
+    };
+    for source in data {
         sets.push(one(args, config, source)?);
+    }
+    for dir in &args.splits {
+        sets.push(one_split(args, config, dir)?);
     }
     let summary = serde_json::json!({ "data_sets": sets });
     println!("{summary}");
     Ok(summary)
+}
+
+/// The published figures in a split's README: the rows of its first table whose second and third
+/// cells are numbers (`≈` allowed), as `(model, Recall@20, NDCG@20)`.
+fn published_figures(readme: &str) -> Vec<(String, f64, f64)> {
+    let number = |cell: &str| cell.trim().trim_start_matches('≈').trim().parse::<f64>().ok();
+    readme
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().strip_prefix('|')?.split('|').collect();
+            match cells.as_slice() {
+                [model, recall, ndcg, ..] => {
+                    Some((model.trim().to_string(), number(recall)?, number(ndcg)?))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn estimate(e: &recsys_offline::benchmark_split::Estimate) -> serde_json::Value {
+    serde_json::json!({"mean": e.mean, "interval": e.interval})
+}
+
+fn split_cell(v: &serde_json::Value) -> String {
+    let mean = v["mean"].as_f64().or_else(|| v.as_f64()).unwrap_or(f64::NAN);
+    match v["interval"].as_array() {
+        Some(ci) if ci.len() == 2 => format!(
+            "{mean:.4} [{:.4}, {:.4}]",
+            ci[0].as_f64().unwrap_or(f64::NAN),
+            ci[1].as_f64().unwrap_or(f64::NAN)
+        ),
+        _ => format!("{mean:.4}"),
+    }
+}
+
+/// Benchmarks one published split (`dir/train.csv`, `dir/test.csv`) with its own protocol.
+fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<serde_json::Value> {
+    use recsys_offline::benchmark_split::{evaluate_split, PairsSplit};
+    use recsys_offline::family::FamilyParams;
+    use recsys_offline::feature_tables::TrainingTable;
+
+    const K: usize = 20;
+    let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
+    let split = PairsSplit::read(&train, &test)?;
+    // The training pairs as the log `offline tune` searches on: one play per pair.
+    let table = TrainingTable::from_rows((0..split.members.len()).flat_map(|u| {
+        let member = split.members[u].as_str();
+        let items = &split.items;
+        split.train.row(u).0.iter().map(move |&i| (member, items[i as usize].as_str(), 1.0, 0))
+    }));
+    println!(
+        "== {} (its own split): {} members, {} items, {} training pairs, {} test pairs",
+        dir.display(),
+        split.members.len(),
+        split.items.len(),
+        split.train.nnz(),
+        split.test_pairs()
+    );
+    let work =
+        tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
+    let tuned = tuning::tune(
+        &table,
+        config,
+        &TuneJob {
+            trials: args.trials.unwrap_or(config.offline.tuning.trials),
+            budget: Some(args.budget),
+            seed: args.seed,
+            out: work.path().join("tuning"),
+        },
+    )?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let seed = config.offline.evaluation.seed;
+    let mut rows: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut per_family = serde_json::Map::new();
+    let mut ease_setting = None;
+    let mut chosen_offline = config.offline.clone();
+    tuned.apply(&mut chosen_offline);
+    let chosen = FamilyParams::from_config(&chosen_offline);
+    let mut candidates = vec![(format!("recsys tuned ({})", tuned.family.name()), chosen)];
+    for family in Family::ALL {
+        if *family != tuned.family {
+            if let Some(params) = tuned.best_of(*family, &config.offline) {
+                candidates.push((format!("recsys {}", family.name()), params));
+            }
+        }
+    }
+    candidates.push((
+        format!("recsys default ({})", config.offline.family.name()),
+        FamilyParams::from_config(&config.offline),
+    ));
+    for (name, params) in candidates {
+        if let FamilyParams::Ease(p) = &params {
+            ease_setting.get_or_insert(*p);
+        }
+        let e = evaluate_split(&split, &params, K, threads, seed)?;
+        let value = serde_json::json!({
+            "family": e.family, "params": e.params,
+            "recall": estimate(&e.recall), "ndcg": estimate(&e.ndcg),
+            "fit_seconds": e.fit_seconds,
+        });
+        if !name.starts_with("recsys default") {
+            per_family.insert(e.family.name().into(), value.clone());
+        }
+        rows.push((name, value));
+    }
+    let mut result = serde_json::json!({
+        "split": dir.display().to_string(),
+        "members": split.members.len(), "items": split.items.len(),
+        "training_pairs": split.train.nnz(), "test_pairs": split.test_pairs(),
+        "recsys_tuned": rows[0].1.clone(),
+        "recsys_tuned_family": tuned.family,
+        "recsys_families": per_family,
+        "recsys_family_validation": tuned.family_best,
+        "recsys_search_seconds": tuned.search_seconds,
+        "recsys_settings_per_family": tuned.family_settings(),
+    });
+    if !args.peer.skip_peer {
+        let peer = args.peer.run(
+            "implicit_split.py",
+            &[
+                format!("--train={}", train.display()),
+                format!("--test={}", test.display()),
+                format!("--budget-seconds={:.1}", tuned.search_seconds.max(1.0)),
+                format!("--seed={}", args.seed),
+                format!("--threads={threads}"),
+            ],
+        )?;
+        result["implicit_tuned"] = peer.clone();
+        rows.push(("implicit tuned".into(), peer));
+        if let (true, Some(ease)) = (args.numpy_ease, ease_setting) {
+            let numpy = args.peer.run(
+                "ease_numpy.py",
+                &[
+                    format!("--train={}", train.display()),
+                    format!("--test={}", test.display()),
+                    format!("--lambda={}", ease.lambda),
+                    format!("--top-n={}", ease.top_n),
+                    "--method=cholesky".into(),
+                    format!("--threads={}", args.numpy_ease_threads),
+                ],
+            )?;
+            result["numpy_ease"] = numpy.clone();
+            rows.push((format!("NumPy EASE (λ {})", ease.lambda), numpy));
+            // Ours on the same threads, for the fit time.
+            let same = if args.numpy_ease_threads == threads {
+                per_family.get("ease").cloned().unwrap_or_default()
+            } else {
+                let e = evaluate_split(
+                    &split,
+                    &FamilyParams::Ease(ease),
+                    K,
+                    args.numpy_ease_threads,
+                    seed,
+                )?;
+                serde_json::json!({"recall": estimate(&e.recall), "ndcg": estimate(&e.ndcg), "fit_seconds": e.fit_seconds})
+            };
+            result["ease_same_threads"] = same;
+        }
+    }
+    let published = std::fs::read_to_string(dir.join("README.md"))
+        .map(|readme| published_figures(&readme))
+        .unwrap_or_default();
+    println!(
+        "{:<30} {:>26} {:>26} {:>9}",
+        "model", "Recall@20", "NDCG@20", "fit s"
+    );
+    for (name, r) in &rows {
+        println!(
+            "{name:<30} {:>26} {:>26} {:>9.1}",
+            split_cell(&r["recall"]),
+            split_cell(&r["ndcg"]),
+            r["fit_seconds"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    for (model, recall, ndcg) in &published {
+        println!("{:<30} {recall:>26.4} {ndcg:>26.4}", format!("published: {model}"));
+    }
+    result["published"] = published
+        .iter()
+        .map(|(m, r, n)| serde_json::json!({"model": m, "recall@20": r, "ndcg@20": n}))
+        .collect();
+    println!(
+        "recsys tuned: {} after {:.0} s (settings per family {:?}, validation {:?})",
+        tuned.family.name(),
+        tuned.search_seconds,
+        tuned.family_settings(),
+        tuned.family_best,
+    );
+    if let Some(warning) = tuned.budget_warning() {
+        println!("{warning}");
+    }
+    let mean = |v: &serde_json::Value, key: &str| v[key]["mean"].as_f64().unwrap_or(f64::NAN);
+    let best = &result["recsys_tuned"];
+    if let Some((model, recall, ndcg)) = published
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .cloned()
+    {
+        println!(
+            "recsys tuned - best published ({model}): Recall@20 {:+.4}, NDCG@20 {:+.4}",
+            mean(best, "recall") - recall,
+            mean(best, "ndcg") - ndcg
+        );
+    }
+    if !args.peer.skip_peer {
+        let peer = &result["implicit_tuned"];
+        for key in ["recall", "ndcg"] {
+            let d = mean(best, key) - mean(peer, key);
+            println!(
+                "tuned   {key}@20: recsys - implicit = {d:+.4} (target >= +0.01: {})",
+                if d >= 0.01 { "met" } else { "NOT met" }
+            );
+        }
+        if let (Some(numpy), Some(ours)) = (result.get("numpy_ease"), result.get("ease_same_threads")) {
+            let (theirs, mine) = (
+                numpy["recall"].as_f64().unwrap_or(f64::NAN),
+                mean(ours, "recall"),
+            );
+            println!(
+                "EASE: recsys {mine:.4} vs NumPy {theirs:.4} Recall@20 ({:+.4}); fit {:.0} s vs {:.0} s on {} thread(s) ({:.2}x)",
+                mine - theirs,
+                ours["fit_seconds"].as_f64().unwrap_or(f64::NAN),
+                numpy["fit_seconds"].as_f64().unwrap_or(f64::NAN),
+                args.numpy_ease_threads,
+                ours["fit_seconds"].as_f64().unwrap_or(f64::NAN)
+                    / numpy["fit_seconds"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_published_table_is_read_from_the_split_readme() {
+        let readme = "# x\n\n| model | Recall@20 | NDCG@20 | source |\n|---|---|---|---|\n\
+                      | ItemKNN (cosine) | 0.1570 | 0.1214 | BARS |\n\
+                      | SimpleX | ≈ 0.187 | ≈ 0.156 | BARS |\n\nNot a row | 1 | 2\n";
+        let rows = published_figures(readme);
+        assert_eq!(
+            rows,
+            vec![
+                ("ItemKNN (cosine)".to_string(), 0.1570, 0.1214),
+                ("SimpleX".to_string(), 0.187, 0.156),
+            ]
+        );
+    }
 }

@@ -1,11 +1,15 @@
 """EASE in NumPy, the peer of recsys's EASE, scored with the published protocol of a split.
 
 Usage: python3 ease_numpy.py --train train.csv --test test.csv --lambda 100
-           [--method inv|cholesky] [--dtype float32|float64] [--top-n 0] [--k 20] [--threads 2]
+           [--method inv|cholesky] [--lapack numpy|scipy] [--dtype float32|float64] [--top-n 0]
+           [--k 20] [--threads 2]
 
 --method inv is Steck's reference code (P = np.linalg.inv(XᵀX + λI); it holds about four n×n
-matrices at once); --method cholesky is SciPy's LAPACK potrf + potri in place (one n×n matrix),
-the fastest a NumPy user gets. --top-n N keeps the N largest positive weights of each row, as
+matrices at once); --method cholesky is LAPACK's potrf + potri in place (one n×n matrix), the
+fastest a NumPy user gets: from the OpenBLAS NumPy ships (--lapack numpy, called through ctypes)
+or SciPy's. At Gowalla's 40,981 items OpenBLAS's threaded potrf crashes (SIGSEGV in
+sgemm_otcopy under ssyrk_thread_LN, spotrf_L_parallel; seen with OpenBLAS 0.3.27 and 0.3.31, both
+builds, and with OPENBLAS_CORETYPE=Haswell), so at that size run it with --threads 1. --top-n N keeps the N largest positive weights of each row, as
 recsys serves EASE; 0 keeps B dense. The protocol: every item the member has no training pair
 with is ranked; Recall@k = hits / test items; NDCG@k binary with ideal DCG over min(test, k).
 Prints one JSON line: recall, ndcg, fit_seconds (XᵀX to B), peak RSS.
@@ -18,6 +22,38 @@ import sys
 import time
 
 
+def numpy_lapack(dtype):
+    """potrf and potri (in place, SciPy's calling convention) from the OpenBLAS NumPy ships, whose
+    integers are 64-bit, called through ctypes."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    here = os.path.dirname(np.__file__)
+    found = glob.glob(os.path.join(here, "..", "numpy.libs", "libscipy_openblas64_*.so"))
+    if not found:
+        sys.exit("NumPy's OpenBLAS (numpy.libs/libscipy_openblas64_*.so) not found; use --lapack scipy")
+    lib = ctypes.CDLL(found[0])
+    prefix = "s" if dtype == np.float32 else "d"
+    i64 = ctypes.c_int64
+
+    def call(name):
+        fn = getattr(lib, f"scipy_{prefix}{name}_64_")
+
+        def run(a, lower=1, **_):
+            assert a.flags.f_contiguous and a.shape[0] == a.shape[1]
+            n, info = i64(a.shape[0]), i64(0)
+            uplo = ctypes.c_char(b"L" if lower else b"U")
+            fn(ctypes.byref(uplo), ctypes.byref(n), a.ctypes.data_as(ctypes.c_void_p),
+               ctypes.byref(n), ctypes.byref(info), ctypes.c_size_t(1))
+            return a, info.value
+
+        return run
+
+    return call("potrf"), call("potri")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--train", required=True)
@@ -28,6 +64,9 @@ def main():
     p.add_argument("--top-n", type=int, default=0)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lapack", choices=["numpy", "scipy"], default="numpy",
+                   help="whose OpenBLAS runs potrf/potri: NumPy's (64-bit indices) or SciPy's (32-bit; "
+                        "its threaded potrf crashes in ssyrk at Gowalla's 41k items)")
     a = p.parse_args()
     os.environ["OPENBLAS_NUM_THREADS"] = str(a.threads)
     os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -58,23 +97,25 @@ def main():
         P = np.linalg.inv(G)
         del G
     else:
-        from scipy.linalg import lapack
+        if a.lapack == "numpy":
+            potrf, potri = numpy_lapack(dtype)
+        else:
+            from scipy.linalg import lapack
 
-        potrf, potri = (lapack.spotrf, lapack.spotri) if dtype == np.float32 else (lapack.dpotrf, lapack.dpotri)
-        F = G.T  # Fortran order, no copy (G is symmetric)
+            potrf, potri = (lapack.spotrf, lapack.spotri) if dtype == np.float32 else (lapack.dpotrf, lapack.dpotri)
+        F = G if G.flags.f_contiguous else G.T  # Fortran order, no copy (G is symmetric)
         L, info = potrf(F, lower=1, overwrite_a=1, clean=0)
         if info != 0:
             sys.exit(f"potrf failed: {info}")
         P, info = potri(L, lower=1, overwrite_c=1)
         if info != 0:
             sys.exit(f"potri failed: {info}")
-        P = P.T  # row-major view; the lower triangle of the Fortran matrix is the upper here
-        for r0 in range(0, n, 2048):  # mirror the upper triangle down, a block of rows at a time
+        for r0 in range(0, n, 2048):  # mirror the lower triangle up, a block of columns at a time
             r1 = min(n, r0 + 2048)
-            P[r0:r1, :r0] = P[:r0, r0:r1].T
+            P[:r0, r0:r1] = P[r0:r1, :r0].T
             D = P[r0:r1, r0:r1]
-            lower = np.tril_indices(r1 - r0, -1)
-            D[lower] = D.T[lower]
+            upper = np.triu_indices(r1 - r0, 1)
+            D[upper] = D.T[upper]
     diag = np.diag(P).copy()
     B = P
     B /= -diag[np.newaxis, :]

@@ -19,6 +19,9 @@
 
 pub mod subspace;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -145,6 +148,7 @@ pub fn train(
     on_phase: &(dyn Fn(Phase) + Sync),
 ) -> Result<ItemWeights> {
     params.check().map_err(SharedError::Training)?;
+    let started = Instant::now();
     let n = matrix.cols;
     let r = Normalised::new(matrix);
     let (basis, rank) = if params.low_pass_weight > 0.0 {
@@ -156,23 +160,90 @@ pub fn train(
     };
     on_phase(Phase::Filter(0.0));
     let blocks = n.div_ceil(BLOCK);
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let blocks_of_rows: Vec<Vec<Vec<(u32, f32)>>> = (0..blocks)
+    let guard = TimeGuard {
+        limit: params.max_minutes,
+        started,
+        filter_started: Instant::now(),
+        blocks,
+        judge_after: (2 * rayon::current_num_threads()).min(blocks),
+    };
+    let done = AtomicUsize::new(0);
+    let stopped = AtomicBool::new(false);
+    let blocks_of_rows: Result<Vec<Vec<Vec<(u32, f32)>>>> = (0..blocks)
         .into_par_iter()
         .map_init(
             || Scratch::new(r.members(), n),
             |scratch, b| {
+                if stopped.load(Ordering::Relaxed) {
+                    return Ok(Vec::new());
+                }
                 let first = b * BLOCK;
                 let rows = filter_block(&r, &basis, rank, params, first, scratch);
-                let finished = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                 on_phase(Phase::Filter(finished as f64 / blocks as f64));
-                rows
+                if let Err(projected) = guard.check(finished, Instant::now()) {
+                    stopped.store(true, Ordering::Relaxed);
+                    return Err(SharedError::Training(format!(
+                        "BSPM would take about {} to filter {n} items over {} interactions \
+                         ({finished} of {blocks} blocks of item rows done), more than \
+                         offline.bspm.max_minutes = {}; raise it (0: no limit), or train a \
+                         family whose time grows with the interactions only (offline.family = \
+                         \"ials\")",
+                        minutes(projected),
+                        matrix.nnz(),
+                        params.max_minutes,
+                    )));
+                }
+                Ok(rows)
             },
         )
         .collect();
     Ok(ItemWeights::from_rows(
-        blocks_of_rows.into_iter().flatten().collect(),
+        blocks_of_rows?.into_iter().flatten().collect(),
     ))
+}
+
+/// Stops a fit whose projected time passes `offline.bspm.max_minutes`, judged from the pace of
+/// the item rows filtered so far (the rows dominate: each is five passes over the interactions).
+struct TimeGuard {
+    /// Minutes; 0 means no limit.
+    limit: f64,
+    /// When the fit began (the low-pass basis before the rows counts too).
+    started: Instant,
+    filter_started: Instant,
+    blocks: usize,
+    /// Blocks finished before the pace is trusted (a couple per thread).
+    judge_after: usize,
+}
+
+impl TimeGuard {
+    /// `Err(projected)` if the whole fit, projected at the pace of `done` blocks by `now`,
+    /// would take longer than the limit.
+    fn check(&self, done: usize, now: Instant) -> std::result::Result<(), Duration> {
+        if self.limit <= 0.0 || done < self.judge_after.max(1) {
+            return Ok(());
+        }
+        let filtering = now.saturating_duration_since(self.filter_started);
+        let left = filtering.mul_f64((self.blocks - done.min(self.blocks)) as f64 / done as f64);
+        let projected = now.saturating_duration_since(self.started) + left;
+        if projected.as_secs_f64() > self.limit * 60.0 {
+            Err(projected)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// `d` for a person: minutes below two hours, hours below two days, days beyond.
+fn minutes(d: Duration) -> String {
+    let m = d.as_secs_f64() / 60.0;
+    if m < 120.0 {
+        format!("{m:.0} min")
+    } else if m < 48.0 * 60.0 {
+        format!("{:.1} h", m / 60.0)
+    } else {
+        format!("{:.1} days", m / 1440.0)
+    }
 }
 
 /// One thread's buffers for a block: items × `BLOCK` (four) and members × `BLOCK`.
@@ -471,5 +542,58 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("offline.bspm.sharpen_time"), "{error}");
+    }
+
+    #[test]
+    fn the_time_guard_projects_the_fit_from_the_pace_of_the_rows() {
+        let t0 = Instant::now();
+        let guard = TimeGuard {
+            limit: 1.0,
+            started: t0,
+            filter_started: t0 + Duration::from_secs(10),
+            blocks: 100,
+            judge_after: 4,
+        };
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Too few blocks to judge by, however slow.
+        assert!(guard.check(3, at(50)).is_ok());
+        // 4 blocks in 2 s: 48 s to go after 12 s, one minute in all.
+        assert!(guard.check(4, at(12)).is_ok());
+        // 4 blocks in 3 s: 72 s to go after 13 s.
+        let projected = guard.check(4, at(13)).unwrap_err();
+        assert_eq!(projected, Duration::from_secs(85));
+        // No limit.
+        let unlimited = TimeGuard { limit: 0.0, ..guard };
+        assert!(unlimited.check(4, at(1000)).is_ok());
+    }
+
+    #[test]
+    fn a_fit_projected_past_its_limit_stops_with_the_setting_named() {
+        let x = random_matrix(60, 300, 0.05, 3);
+        let error = train(
+            &x,
+            &BspmParams {
+                rank: 8,
+                top_n: 10,
+                max_minutes: 1e-9,
+                ..Default::default()
+            },
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("offline.bspm.max_minutes"), "{error}");
+        assert!(error.contains("300 items"), "{error}");
+        // The same fit with the default limit finishes.
+        let weights = train(
+            &x,
+            &BspmParams {
+                rank: 8,
+                top_n: 10,
+                ..Default::default()
+            },
+            &|_| {},
+        );
+        assert!(weights.is_ok());
     }
 }
