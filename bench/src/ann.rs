@@ -3,13 +3,15 @@
 //! a time — with FAISS's `IndexHNSWFlat` (inner product, the same links per node and
 //! efConstruction, the same threads) and IVF-PQ run by `deploy/bench/faiss_ann.py` in the same
 //! invocation. Filtered recall uses the synthetic catalog's own filters (a French member who may
-//! not see R-rated titles: every 10th item is US-only, every 7th from i3 rated R).
+//! not see R-rated titles: every 10th item is US-only, every 7th from i3 rated R). Then the
+//! similar-items index (the same graphs over unit rows) against `SimilarItems`' exact cosine scan,
+//! top 20 for 200 seed items.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use recsys_shared::artifact::published::build_item_index;
+use recsys_shared::artifact::published::{build_item_index, build_similar_index};
 use recsys_shared::config::AnnIndexConfig;
 use recsys_shared::model::ials::ann::ItemIndex;
 use recsys_shared::model::ials::ItemMatrix;
@@ -51,6 +53,75 @@ pub struct AnnFigures {
     pub mib: f64,
     pub points: Vec<AnnPoint>,
     pub faiss: Vec<FaissPoint>,
+    pub similar: SimilarFigures,
+}
+
+/// The similar-items index (cosine) against `SimilarItems`' exact scan.
+pub struct SimilarFigures {
+    pub build_s: f64,
+    pub k: usize,
+    pub exact_us: f64,
+    /// (efSearch, recall@k, µs per query).
+    pub points: Vec<(usize, f64, f64)>,
+}
+
+/// Items most like a sampled item, top this many (what a "because you watched" row shows).
+const SIMILAR_K: usize = 20;
+/// Items sampled as seeds.
+const SIMILAR_SEEDS: usize = 200;
+
+/// Builds the similar-items index over `matrix` and measures it against the exact cosine scan.
+fn measure_similar(
+    args: &AnnSettings<'_>,
+    dir: &Path,
+    matrix: &ItemMatrix,
+    config: &AnnIndexConfig,
+) -> Result<SimilarFigures, Box<dyn std::error::Error>> {
+    eprintln!("  building the similar-items index...");
+    let started = Instant::now();
+    let built = build_similar_index(matrix.as_slice(), matrix.factors(), config)?;
+    let build_s = started.elapsed().as_secs_f64();
+    let path = dir.join("similar_index.ann");
+    built.save(&path)?;
+    drop(built);
+    let index = ItemIndex::open(&path, matrix.len(), matrix.factors(), 64, 4)?;
+    let seeds: Vec<usize> = (0..SIMILAR_SEEDS)
+        .map(|s| s * matrix.len() / SIMILAR_SEEDS)
+        .collect();
+    let started = Instant::now();
+    let exact: Vec<Vec<Scored>> = seeds
+        .iter()
+        .map(|&seed| matrix.similar(seed, SIMILAR_K, |_| true))
+        .collect();
+    let exact_us = started.elapsed().as_secs_f64() * 1e6 / seeds.len() as f64;
+    let mut points = Vec::new();
+    for &expansion in args.expansions {
+        index.set_expansion(expansion);
+        let per_range = SIMILAR_K * args.candidates_per_item;
+        let started = Instant::now();
+        let found: Vec<Vec<Scored>> = seeds
+            .iter()
+            .map(|&seed| {
+                index
+                    .similar(matrix, seed, SIMILAR_K, per_range, |_| true)
+                    .expect("search")
+            })
+            .collect();
+        let us = started.elapsed().as_secs_f64() * 1e6 / seeds.len() as f64;
+        let hits: usize = found.iter().zip(&exact).map(|(f, e)| overlap(f, e)).sum();
+        let wanted: usize = exact.iter().map(Vec::len).sum();
+        let recall = hits as f64 / wanted.max(1) as f64;
+        eprintln!(
+            "  similar items efSearch {expansion}: recall@{SIMILAR_K} {recall:.4}, {us:.0} µs/query (exact scan {exact_us:.0})"
+        );
+        points.push((expansion, recall, us));
+    }
+    Ok(SimilarFigures {
+        build_s,
+        k: SIMILAR_K,
+        exact_us,
+        points,
+    })
 }
 
 /// What the synthetic catalog lets a French member with a PG limit see.
@@ -134,6 +205,7 @@ pub fn measure(
         );
         points.push(point);
     }
+    let similar = measure_similar(args, dir, matrix, &config)?;
     let faiss = match args.peer {
         None => Vec::new(),
         Some((python, peer_dir)) => {
@@ -151,6 +223,7 @@ pub fn measure(
         mib: index.bytes() as f64 / (1 << 20) as f64,
         points,
         faiss,
+        similar,
     })
 }
 
@@ -241,6 +314,28 @@ pub fn report(top: usize, ann: &AnnFigures, exact_us: f64, summary: &mut serde_j
         ),
         None => eprintln!("ANN never reached recall@{} ≥ {TARGET} at the efSearch values tried", top),
     }
+    let similar = &ann.similar;
+    if let Some((ef, recall, us)) = similar.points.iter().find(|p| p.1 >= TARGET) {
+        eprintln!(
+            "similar items: index built in {:.0} s; at efSearch {ef} recall@{} {recall:.4}, {us:.0} µs/query against the exact scan's {:.0} ({:.1}× faster)",
+            similar.build_s,
+            similar.k,
+            similar.exact_us,
+            similar.exact_us / us
+        );
+    } else {
+        eprintln!(
+            "similar items: recall@{} never reached {TARGET} at the efSearch values tried",
+            similar.k
+        );
+    }
+    summary["similar_build_s"] = similar.build_s.into();
+    summary["similar_exact_us"] = similar.exact_us.into();
+    summary["similar_points"] = similar
+        .points
+        .iter()
+        .map(|(ef, recall, us)| serde_json::json!({"ef": ef, "recall": recall, "us_per_query": us}))
+        .collect();
     summary["ann_build_s"] = ann.build_s.into();
     summary["ann_ranges"] = ann.ranges.into();
     summary["ann_mib"] = ann.mib.into();

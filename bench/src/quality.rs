@@ -249,7 +249,13 @@ pub fn run(args: &QualityBenchArgs, config: &Config) -> Result<serde_json::Value
 /// The published figures in a split's README: the rows of its first table whose second and third
 /// cells are numbers (`≈` allowed), as `(model, Recall@20, NDCG@20)`.
 fn published_figures(readme: &str) -> Vec<(String, f64, f64)> {
-    let number = |cell: &str| cell.trim().trim_start_matches('≈').trim().parse::<f64>().ok();
+    let number = |cell: &str| {
+        cell.trim()
+            .trim_start_matches('≈')
+            .trim()
+            .parse::<f64>()
+            .ok()
+    };
     readme
         .lines()
         .filter_map(|line| {
@@ -269,7 +275,10 @@ fn estimate(e: &recsys_offline::benchmark_split::Estimate) -> serde_json::Value 
 }
 
 fn split_cell(v: &serde_json::Value) -> String {
-    let mean = v["mean"].as_f64().or_else(|| v.as_f64()).unwrap_or(f64::NAN);
+    let mean = v["mean"]
+        .as_f64()
+        .or_else(|| v.as_f64())
+        .unwrap_or(f64::NAN);
     match v["interval"].as_array() {
         Some(ci) if ci.len() == 2 => format!(
             "{mean:.4} [{:.4}, {:.4}]",
@@ -293,7 +302,12 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
     let table = TrainingTable::from_rows((0..split.members.len()).flat_map(|u| {
         let member = split.members[u].as_str();
         let items = &split.items;
-        split.train.row(u).0.iter().map(move |&i| (member, items[i as usize].as_str(), 1.0, 0))
+        split
+            .train
+            .row(u)
+            .0
+            .iter()
+            .map(move |&i| (member, items[i as usize].as_str(), 1.0, 0))
     }));
     println!(
         "== {} (its own split): {} members, {} items, {} training pairs, {} test pairs",
@@ -420,7 +434,10 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
         );
     }
     for (model, recall, ndcg) in &published {
-        println!("{:<30} {recall:>26.4} {ndcg:>26.4}", format!("published: {model}"));
+        println!(
+            "{:<30} {recall:>26.4} {ndcg:>26.4}",
+            format!("published: {model}")
+        );
     }
     result["published"] = published
         .iter()
@@ -438,10 +455,8 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
     }
     let mean = |v: &serde_json::Value, key: &str| v[key]["mean"].as_f64().unwrap_or(f64::NAN);
     let best = &result["recsys_tuned"];
-    if let Some((model, recall, ndcg)) = published
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .cloned()
+    if let Some((model, recall, ndcg)) =
+        published.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned()
     {
         println!(
             "recsys tuned - best published ({model}): Recall@20 {:+.4}, NDCG@20 {:+.4}",
@@ -458,7 +473,9 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
                 if d >= 0.01 { "met" } else { "NOT met" }
             );
         }
-        if let (Some(numpy), Some(ours)) = (result.get("numpy_ease"), result.get("ease_same_threads")) {
+        if let (Some(numpy), Some(ours)) =
+            (result.get("numpy_ease"), result.get("ease_same_threads"))
+        {
             let (theirs, mine) = (
                 numpy["recall"].as_f64().unwrap_or(f64::NAN),
                 mean(ours, "recall"),

@@ -196,6 +196,15 @@ pub static TLS_NOT_AFTER: LazyLock<IntGauge> = LazyLock::new(|| {
 /// Member-vector retrievals by how they found their items (`exact`, `ann`) and, for a request
 /// that asked for `ann` and was scanned exactly, why (`no_index`: the version has none;
 /// `failed`: the search failed, logged).
+pub static SIMILAR_RETRIEVALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "recsys_similar_retrievals_total",
+        "Similar-item retrievals (SimilarItems, because-you-watched rows) by method, and ANN ones answered by a scan by reason",
+        &["retrieval", "fallback"]
+    )
+    .expect("registers once")
+});
+
 pub static RETRIEVALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "recsys_retrievals_total",

@@ -1,5 +1,6 @@
 //! Approximate retrieval of a member vector's items (`online.retrieval = "ann"`, or an experiment
-//! variant's `retrieval`): the version's item index proposes `candidates_per_item × k` items per
+//! variant's `retrieval`), and of an item's nearest items for `SimilarItems` and the "because you
+//! watched" rows from the similar-items index: the version's item index proposes `candidates_per_item × k` items per
 //! norm range, asking the request's filter about each inside the search, and scores them exactly,
 //! so every score served is exact and only recall is approximate.
 //!
@@ -58,6 +59,27 @@ impl AnnRetrieval {
                 k.saturating_mul(self.candidates_per_item),
                 allowed,
                 |i| items.score(i as usize, user),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `k` items most like item `seed` by cosine among those `allowed`, from the version's
+    /// similar-items index; `Err` when the search failed (the caller scans instead).
+    pub fn similar(
+        &self,
+        index: &ItemIndex,
+        items: &ItemMatrix,
+        seed: u32,
+        k: usize,
+        allowed: impl Fn(u32) -> bool,
+    ) -> Result<Vec<Scored>, String> {
+        index
+            .similar(
+                items,
+                seed as usize,
+                k,
+                k.saturating_mul(self.candidates_per_item),
+                allowed,
             )
             .map_err(|e| e.to_string())
     }

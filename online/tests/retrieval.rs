@@ -1,7 +1,8 @@
 //! ANN retrieval through real servers: a version published with its item index, one server
 //! scanning exactly and one whose experiment variant asks for `ann`, the same members ranked by
 //! both with filters (country, seen items, explicit exclusions); the recall the server samples in
-//! the background; and a version without an index answered exactly, the fallback counted.
+//! the background; SimilarItems and the "because you watched" rows from the similar-items index
+//! against a scan; and a version without an index answered exactly, the fallback counted.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,7 +14,7 @@ use recsys_shared::artifact::{files, ModelRoot};
 use recsys_shared::config::{AnnIndexConfig, Config, Retrieval};
 use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
-use recsys_shared::proto::v1::{RankRequest, RankResponse};
+use recsys_shared::proto::v1::{HomepageRequest, RankRequest, RankResponse, SimilarItemsRequest};
 use recsys_shared::testkit::serving_config;
 use tonic::transport::Channel;
 
@@ -197,4 +198,96 @@ async fn ann_on_a_version_without_an_index_is_answered_exactly_and_counted() {
         .into_inner();
     assert_eq!(ids(&got), ids(&want));
     assert!(metric(&server, "recsys_retrievals_total{fallback=\"no_index\"") >= fallbacks + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_items_come_from_the_similar_items_index_with_exact_cosines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut exact_config = config(dir.path(), "features-exact");
+    let always = AnnIndexConfig {
+        min_items: 0,
+        ..Default::default()
+    };
+    let version = synthetic_model_with(
+        Family::Ials,
+        &exact_config.model.root,
+        ITEMS,
+        MEMBERS,
+        K,
+        3,
+        &always,
+    )
+    .unwrap();
+    let manifest = ModelRoot::new(&exact_config.model.root)
+        .verify(&version)
+        .unwrap();
+    assert!(manifest.files.contains_key(files::SIMILAR_INDEX));
+    exact_config.online.batch.enabled = false;
+    let exact = start(&exact_config).await.unwrap();
+    let mut ann_config = config(dir.path(), "features-ann");
+    ann_config.online.retrieval = Retrieval::Ann;
+    let ann = start(&ann_config).await.unwrap();
+    let (mut e, mut a) = (client(&exact).await, client(&ann).await);
+    let by_index = "recsys_similar_retrievals_total{fallback=\"\",retrieval=\"ann\"}";
+    let before = metric(&ann, by_index);
+    let (mut hits, mut wanted) = (0usize, 0usize);
+    for item in (0..ITEMS).step_by(ITEMS / 40) {
+        let request = SimilarItemsRequest {
+            item_id: format!("i{item}"),
+            k: 20,
+        };
+        let want = e.similar_items(request.clone()).await.unwrap().into_inner();
+        let got = a.similar_items(request).await.unwrap().into_inner();
+        assert_eq!(got.items.len(), 20);
+        assert!(got.items.iter().all(|i| i.item_id != format!("i{item}")));
+        for found in &got.items {
+            if let Some(same) = want.items.iter().find(|w| w.item_id == found.item_id) {
+                assert!(
+                    (same.score - found.score).abs() < 1e-5,
+                    "{}: {} vs {}",
+                    found.item_id,
+                    same.score,
+                    found.score
+                );
+            }
+        }
+        let exact_ids: HashSet<String> = ids_of(&want.items).into_iter().collect();
+        hits += ids_of(&got.items)
+            .iter()
+            .filter(|i| exact_ids.contains(*i))
+            .count();
+        wanted += exact_ids.len();
+    }
+    let recall = hits as f64 / wanted as f64;
+    eprintln!("SimilarItems recall@20 against the exact server: {recall:.4}");
+    assert!(recall >= 0.95, "recall@20 {recall}");
+    assert!(metric(&ann, by_index) >= before + 40.0);
+
+    // A homepage's "because you watched" rows search the same index.
+    let before = metric(&ann, by_index);
+    let page = a
+        .homepage(HomepageRequest {
+            user_id: "m5".into(),
+            rows: 4,
+            items_per_row: 10,
+            country: "fr".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let because = page
+        .rows
+        .iter()
+        .filter(|r| r.kind == "because_you_watched")
+        .count();
+    assert!(
+        because > 0,
+        "{:?}",
+        page.rows.iter().map(|r| &r.kind).collect::<Vec<_>>()
+    );
+    assert!(metric(&ann, by_index) >= before + because as f64);
+}
+
+fn ids_of(items: &[recsys_shared::proto::v1::ScoredItem]) -> Vec<String> {
+    items.iter().map(|i| i.item_id.clone()).collect()
 }

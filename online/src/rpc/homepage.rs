@@ -132,10 +132,7 @@ impl Ranker {
                     let items = rules::apply(
                         &self.rules,
                         &catalog,
-                        catalog
-                            .model
-                            .scorer
-                            .similar(seed, pool, |i| allowed(&used, i)),
+                        self.similar(&catalog, seed, pool, retrieval, |i| allowed(&used, i)),
                         per_row,
                         |_| None,
                         |i| allowed(&used, i),

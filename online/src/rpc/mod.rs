@@ -38,7 +38,7 @@ use crate::catalog::{Catalog, MaturityFilter};
 use crate::experiments::{Experiments, RowRecipe};
 use crate::impressions::{ImpressionLog, PendingImpression, Shown};
 use crate::member::Member;
-use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS, RETRIEVALS};
+use crate::metrics::{experiment_work, EXPERIMENT_REQUESTS, RETRIEVALS, SIMILAR_RETRIEVALS};
 use crate::retrieval::AnnRetrieval;
 use crate::scan::{ScanError, ScanQueue};
 use recsys_shared::model::top_k::Scored;
@@ -265,6 +265,40 @@ impl Ranker {
             .model
             .scorer
             .top_k(taste.input(), k, |i| eligible.allows(i)))
+    }
+
+    /// The `k` items most like item `seed` among those `allowed`: from the version's
+    /// similar-items index with `Retrieval::Ann` when it has one (iALS), else by the scorer's
+    /// own scan.
+    fn similar(
+        &self,
+        catalog: &Catalog,
+        seed: u32,
+        k: usize,
+        retrieval: Retrieval,
+        allowed: impl Fn(u32) -> bool,
+    ) -> Vec<Scored> {
+        if let (Retrieval::Ann, Scorer::Factors(items)) = (retrieval, &catalog.model.scorer) {
+            let fallback = match &catalog.model.similar_index {
+                None => "no_index",
+                Some(index) => match self.ann.similar(index, items, seed, k, &allowed) {
+                    Ok(found) => {
+                        SIMILAR_RETRIEVALS.with_label_values(&["ann", ""]).inc();
+                        return found;
+                    }
+                    Err(why) => {
+                        if let Some(held_back) = INDEX_FAILED_LOG.check() {
+                            tracing::warn!(version = %catalog.version, held_back, "similar-items index search failed, scanning: {why}");
+                        }
+                        "failed"
+                    }
+                },
+            };
+            SIMILAR_RETRIEVALS
+                .with_label_values(&["exact", fallback])
+                .inc();
+        }
+        catalog.model.scorer.similar(seed, k, allowed)
     }
 
     /// How member vectors find their items (`online.retrieval`, `online.ann`).

@@ -28,7 +28,7 @@ impl Ranker {
             });
         };
         check_deadline(deadline, "before scoring")?;
-        let items = catalog.model.scorer.similar(index, k, |_| true);
+        let items = self.similar(&catalog, index, k, self.retrieval, |_| true);
         Ok(SimilarItemsResponse {
             items: scored(&catalog, items),
             model_version: catalog.version.clone(),

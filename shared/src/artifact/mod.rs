@@ -59,6 +59,10 @@ pub mod files {
     /// factors (HNSW graphs per norm range, `model::ials::ann`), for servers with
     /// `online.retrieval = "ann"`.
     pub const ITEM_INDEX: &str = "item_index.ann";
+    /// iALS, beside the item index unless `offline.ann_index.similar_items` is off: the same
+    /// graphs over the item factors scaled to length 1, whose inner product is the cosine that
+    /// `SimilarItems` ranks by.
+    pub const SIMILAR_INDEX: &str = "similar_index.ann";
     pub const USER_FACTORS: &str = "user_factors.parquet";
     /// The item × item weights of a history family (EASE, item-kNN).
     pub const ITEM_WEIGHTS: &str = "item_weights.parquet";

@@ -28,6 +28,8 @@ pub struct PublishedModel {
     pub fold_in: Option<FoldIn>,
     /// iALS: the version's item index, when it has one and the loader asked for it.
     pub item_index: Option<ItemIndex>,
+    /// iALS: the version's similar-items index (over unit rows), likewise.
+    pub similar_index: Option<ItemIndex>,
 }
 
 /// How a serving tier holds a version's model.
@@ -75,12 +77,16 @@ pub fn write_model(
         TrainedModel::Factors { model, member_ids } => {
             write_raw_factors(&staged.path(files::ITEM_FACTORS_RAW), &model.item_factors)?;
             if ann_index.wanted(item_ids.len()) {
-                write_item_index(
+                save_index(
                     &staged.path(files::ITEM_INDEX),
-                    &model.item_factors,
-                    model.factors,
-                    ann_index,
+                    build_item_index(&model.item_factors, model.factors, ann_index)?,
                 )?;
+                if ann_index.similar_items {
+                    save_index(
+                        &staged.path(files::SIMILAR_INDEX),
+                        build_similar_index(&model.item_factors, model.factors, ann_index)?,
+                    )?;
+                }
             }
             for (name, column, ids, vectors) in [
                 (files::ITEM_FACTORS, "item_id", item_ids, model.item_factors),
@@ -108,14 +114,9 @@ pub fn write_model(
     }
 }
 
-/// Builds the item index over `item_factors` and writes it to `path`.
-fn write_item_index(
-    path: &std::path::Path,
-    item_factors: &[f32],
-    factors: usize,
-    config: &AnnIndexConfig,
-) -> Result<()> {
-    build_item_index(item_factors, factors, config)?
+/// Writes a built index to `path`.
+fn save_index(path: &std::path::Path, index: ItemIndex) -> Result<()> {
+    index
         .save(path)
         .map_err(|e| SharedError::Training(e.to_string()))
 }
@@ -127,14 +128,52 @@ pub fn build_item_index(
     factors: usize,
     config: &AnnIndexConfig,
 ) -> Result<ItemIndex> {
+    build_with_progress(
+        "item index",
+        item_factors,
+        factors,
+        config,
+        |f, k, shape, threads, progress| ItemIndex::build(f, k, shape, threads, progress),
+    )
+}
+
+/// Builds the similar-items index (over the rows scaled to length 1) as `config` says, with
+/// progress.
+pub fn build_similar_index(
+    item_factors: &[f32],
+    factors: usize,
+    config: &AnnIndexConfig,
+) -> Result<ItemIndex> {
+    build_with_progress(
+        "similar-items index",
+        item_factors,
+        factors,
+        config,
+        |f, k, shape, threads, progress| ItemIndex::build_unit(f, k, shape, threads, progress),
+    )
+}
+
+fn build_with_progress(
+    what: &'static str,
+    item_factors: &[f32],
+    factors: usize,
+    config: &AnnIndexConfig,
+    build: impl FnOnce(
+        &[f32],
+        usize,
+        IndexShape,
+        usize,
+        &(dyn Fn(usize) + Sync),
+    ) -> std::result::Result<ItemIndex, crate::model::ials::ann::AnnError>,
+) -> Result<ItemIndex> {
     let items = item_factors.len() / factors.max(1);
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let progress = std::sync::Mutex::new((Progress::new("item index", items as u64), 0usize));
+    let progress = std::sync::Mutex::new((Progress::new(what, items as u64), 0usize));
     let started = std::time::Instant::now();
-    let index = ItemIndex::build(
+    let index = build(
         item_factors,
         factors,
         IndexShape {
@@ -142,7 +181,7 @@ pub fn build_item_index(
             expansion_add: config.expansion_add,
         },
         threads,
-        |linked| {
+        &|linked| {
             let mut guard = progress.lock().expect("not poisoned");
             let (bar, shown) = &mut *guard;
             // Chunks finish out of order; advance by what is new.
@@ -158,7 +197,7 @@ pub fn build_item_index(
         items,
         seconds = started.elapsed().as_secs_f64(),
         mib = index.bytes() >> 20,
-        "item index built"
+        "{what} built"
     );
     Ok(index)
 }
@@ -247,28 +286,31 @@ impl PublishedModel {
         }
         let ids = ItemIds::new(&item_ids).map_err(|e| invalid(format!("{e} in the model")))?;
         drop(item_ids);
-        let item_index = match (options.item_index, &scorer) {
-            (Some(expansion), Scorer::Factors(items))
-                if manifest.files.contains_key(files::ITEM_INDEX) =>
-            {
-                let index = ItemIndex::open(
-                    &dir.join(files::ITEM_INDEX),
-                    items.len(),
-                    items.factors(),
-                    expansion,
-                    INDEX_SEARCH_SLOTS,
-                )
-                .map_err(|e| invalid(e.to_string()))?;
-                Some(index)
+        let open_index = |file: &str| -> Result<Option<ItemIndex>> {
+            match (options.item_index, &scorer) {
+                (Some(expansion), Scorer::Factors(items)) if manifest.files.contains_key(file) => {
+                    ItemIndex::open(
+                        &dir.join(file),
+                        items.len(),
+                        items.factors(),
+                        expansion,
+                        INDEX_SEARCH_SLOTS,
+                    )
+                    .map(Some)
+                    .map_err(|e| invalid(e.to_string()))
+                }
+                _ => Ok(None),
             }
-            _ => None,
         };
+        let item_index = open_index(files::ITEM_INDEX)?;
+        let similar_index = open_index(files::SIMILAR_INDEX)?;
         Ok(PublishedModel {
             family,
             ids,
             scorer,
             fold_in,
             item_index,
+            similar_index,
         })
     }
 

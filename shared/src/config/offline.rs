@@ -45,6 +45,11 @@ pub struct AnnIndexConfig {
     pub expansion_add: usize,
     /// Threads that build it; 0 means every core. Default 0.
     pub threads: usize,
+    /// Also publish the similar-items index (the same graphs over the factors scaled to length
+    /// 1, `similar_index.ann`), which `SimilarItems` and the "because you watched" rows search
+    /// with `online.retrieval = "ann"`: about as large and as long to build as the item index.
+    /// Default true.
+    pub similar_items: bool,
 }
 
 impl Default for AnnIndexConfig {
@@ -55,6 +60,7 @@ impl Default for AnnIndexConfig {
             connectivity: 16,
             expansion_add: 128,
             threads: 0,
+            similar_items: true,
         }
     }
 }

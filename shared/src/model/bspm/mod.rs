@@ -169,7 +169,7 @@ pub fn train(
     };
     let done = AtomicUsize::new(0);
     let stopped = AtomicBool::new(false);
-    let blocks_of_rows: Result<Vec<Vec<Vec<(u32, f32)>>>> = (0..blocks)
+    let blocks_of_rows: Result<Vec<BlockRows>> = (0..blocks)
         .into_par_iter()
         .map_init(
             || Scratch::new(r.members(), n),
@@ -202,6 +202,9 @@ pub fn train(
         blocks_of_rows?.into_iter().flatten().collect(),
     ))
 }
+
+/// The pruned rows of one block of items: each row's kept `(item, weight)`.
+type BlockRows = Vec<Vec<(u32, f32)>>;
 
 /// Stops a fit whose projected time passes `offline.bspm.max_minutes`, judged from the pace of
 /// the item rows filtered so far (the rows dominate: each is five passes over the interactions).
@@ -563,7 +566,10 @@ mod tests {
         let projected = guard.check(4, at(13)).unwrap_err();
         assert_eq!(projected, Duration::from_secs(85));
         // No limit.
-        let unlimited = TimeGuard { limit: 0.0, ..guard };
+        let unlimited = TimeGuard {
+            limit: 0.0,
+            ..guard
+        };
         assert!(unlimited.check(4, at(1000)).is_ok());
     }
 
