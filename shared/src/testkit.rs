@@ -342,6 +342,152 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of the test's own: `masters` `redis-server`s (no replicas, no persistence) on
+/// free ports, the 16,384 slots spread over them by `redis-cli --cluster create`, stopped when
+/// dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    /// Each node's cluster bus port.
+    buses: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts it and waits until every node reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> RedisCluster {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "recsys-redis-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster's node files");
+        let buses: Vec<u16> = (0..masters).map(|_| free_port()).collect();
+        let nodes: Vec<RedisServer> = buses
+            .iter()
+            .map(|&bus| {
+                let port = free_port();
+                RedisServer {
+                    port,
+                    child: Some(Self::spawn_node(&dir, port, bus)),
+                }
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes, buses, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.nodes.iter().all(|n| cluster.state_ok(n.port)) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never reported cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// One node: cluster mode with its node file in `dir`; a lost master costs only its own
+    /// slots (`cluster-require-full-coverage no`), as a store deployment should be set.
+    fn spawn_node(dir: &std::path::Path, port: u16, bus: u16) -> Child {
+        let nodes_file = dir.join(format!("nodes-{port}.conf"));
+        spawn_redis(
+            port,
+            &[
+                "--port",
+                &port.to_string(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+                "--cluster-config-file",
+                &nodes_file.display().to_string(),
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--dir",
+                &dir.display().to_string(),
+            ],
+        )
+    }
+
+    /// `kill -9`s node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again where it was: it rejoins with its slots (and, without persistence,
+    /// none of its keys) and the call returns once every node reports `cluster_state:ok`.
+    pub fn restart(&mut self, i: usize) {
+        let port = self.nodes[i].port;
+        self.nodes[i].child = Some(Self::spawn_node(&self.dir, port, self.buses[i]));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.nodes.iter().all(|n| self.state_ok(n.port)) {
+            assert!(Instant::now() < deadline, "the cluster never recovered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn state_ok(&self, port: u16) -> bool {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            .unwrap_or(false)
+    }
+
+    /// `redis://` URLs of every node (the seeds a client is given).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node holding `key`'s slot: the first node answers a `TYPE` of it itself or with
+    /// `MOVED <slot> <host>:<port>`.
+    pub fn node_of(&self, key: &str) -> usize {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.nodes[0].port.to_string(), "TYPE", key])
+            .output()
+            .expect("redis-cli must be installed");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let port = match text.trim().strip_prefix("MOVED ") {
+            Some(moved) => moved
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .expect("MOVED names host:port"),
+            None => self.nodes[0].port,
+        };
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("the owner is one of the nodes")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Where the `tansu` binary is: `$RECSYS_TANSU`, else `~/.cache/recsys/tansu/bin/tansu` (where
 /// `.ci/run` installs it), else `tansu` on `PATH`.
 pub fn tansu_binary() -> std::path::PathBuf {

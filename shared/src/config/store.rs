@@ -100,6 +100,10 @@ pub struct RedisConfig {
     /// the system's roots) and a client certificate for servers that require one
     /// (`tls-auth-clients yes`).
     pub tls: ClientTls,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, or `rediss://`): when set, the client
+    /// is a cluster client that learns the slots from them and follows the cluster as it
+    /// changes, and `url` is not used. Default none: one server at `url`.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -109,6 +113,7 @@ impl Default for RedisConfig {
             timeout_ms: 20,
             auth: ClientAuth::default(),
             tls: ClientTls::default(),
+            cluster_nodes: Vec::new(),
         }
     }
 }

@@ -4,6 +4,11 @@
 //! A record is two Redis keys with one hash tag, so a cluster keeps them on one slot: a sorted set
 //! of the item keys (all scores 0, ordered by bytes with `ZRANGEBYLEX`) and a hash of item key →
 //! token-framed value. Puts and deletes are Lua scripts, atomic per record.
+//!
+//! With `redis.cluster_nodes` the same store runs on a Redis Cluster ([`Connection::Cluster`]):
+//! every command of a record names keys of its one slot, and the batch operations, which pipeline
+//! many records on one server, send each record's command on its own instead (the cluster client
+//! multiplexes them per node), since a pipeline must not cross slots there.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +17,9 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::{
     fill_page, frame, unframe, Item, KvStore, Page, Predicate, RecordRead, RecordRef, RecordWrite,
@@ -26,6 +33,8 @@ const BACKEND: &str = "redis";
 const SCAN_BATCH: usize = 256;
 /// Records written or read per pipeline by the batch operations.
 const RECORDS_PER_PIPELINE: usize = 256;
+/// Records of one batch operation in flight at once on a cluster (each its own command).
+const RECORDS_IN_FLIGHT: usize = 64;
 /// Pipelines of one batch operation in flight at once on the multiplexed connection.
 const PIPELINES_IN_FLIGHT: usize = 4;
 
@@ -69,10 +78,52 @@ end
 return #keys
 "#;
 
-/// A Redis server used as the feature store.
+/// A multiplexed, reconnecting connection to one Redis server or to a Redis Cluster.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Whether commands may only be pipelined within one slot.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A Redis server or cluster used as the feature store.
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     timeout: Duration,
     put: Script,
     delete: Script,
@@ -136,8 +187,12 @@ pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
     .map_err(|e| invalid("redis.tls", format!("{:?}: {e}", redact_url(&config.url))))
 }
 
-/// Opens a reconnecting, multiplexed connection with the configured timeouts.
-pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManager> {
+/// Opens a reconnecting, multiplexed connection with the configured timeouts: to the cluster of
+/// `cluster_nodes` when they are set, else to the server at `url`.
+pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<Connection> {
+    if !config.cluster_nodes.is_empty() {
+        return connect_cluster(config).await.map(Connection::Cluster);
+    }
     let client = client(config)?;
     let timeout = Duration::from_millis(config.timeout_ms);
     let manager_config = ConnectionManagerConfig::new()
@@ -155,7 +210,67 @@ pub(crate) async fn connect(config: &RedisConfig) -> StoreResult<ConnectionManag
         backend: BACKEND,
         millis: config.timeout_ms * 4,
     })?
+    .map(Connection::Single)
     .map_err(|e| StoreError::backend(BACKEND, format!("{}: {e}", redact_url(&config.url))))
+}
+
+/// A cluster connection from the seed nodes, with the same credentials and certificates as a
+/// single server's.
+async fn connect_cluster(config: &RedisConfig) -> StoreResult<ClusterConnection> {
+    recsys_shared::tls::install_crypto_provider();
+    let invalid = |field: &'static str, problem: String| StoreError::Invalid { field, problem };
+    let seeds = || {
+        config
+            .cluster_nodes
+            .iter()
+            .map(|n| redact_url(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let mut builder = ClusterClientBuilder::new(config.cluster_nodes.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .retries(2);
+    if let Some(username) = &config.auth.username {
+        builder = builder.username(username);
+    }
+    let password = config
+        .auth
+        .password("redis.auth")
+        .map_err(|problem| invalid("redis.auth.password", problem))?;
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
+    if config.tls.ca_file.is_some() || config.tls.cert_file.is_some() {
+        let read = |field: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))
+        };
+        let client_tls = match config.tls.identity() {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("redis.tls.cert_file", cert)?,
+                client_key: read("redis.tls.key_file", key)?,
+            }),
+            None => None,
+        };
+        let root_cert = match &config.tls.ca_file {
+            Some(ca) => Some(read("redis.tls.ca_file", ca)?),
+            None => None,
+        };
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        });
+    }
+    let client = builder
+        .build()
+        .map_err(|e| invalid("redis.cluster_nodes", format!("{}: {e}", seeds())))?;
+    tokio::time::timeout(timeout * 4, client.get_async_connection())
+        .await
+        .map_err(|_| StoreError::Timeout {
+            backend: BACKEND,
+            millis: config.timeout_ms * 4,
+        })?
+        .map_err(|e| StoreError::backend(BACKEND, format!("cluster {}: {e}", seeds())))
 }
 
 /// `fut` (a Redis call) under `timeout`; errors name `backend` (the store's or the cache's).
@@ -264,6 +379,26 @@ impl KvStore for RedisStore {
             records,
             token,
         } = write;
+        if self.connection.is_cluster() {
+            // Each record its own script call (its keys share one slot), many in flight.
+            let puts: Vec<BoxFuture<'_, StoreResult<()>>> = records
+                .iter()
+                .filter(|(_, items)| !items.is_empty())
+                .map(|(id, items)| {
+                    self.write_items(RecordWrite {
+                        namespace,
+                        id,
+                        items,
+                        token,
+                    })
+                })
+                .collect();
+            return futures::stream::iter(puts)
+                .buffer_unordered(RECORDS_IN_FLIGHT)
+                .try_collect::<Vec<()>>()
+                .await
+                .map(|_| ());
+        }
         // One pipeline per chunk of records: one write and one read on the socket for the chunk,
         // instead of one round trip per record. Each record is still its own atomic script. The
         // script is (re)loaded at the head of every pipeline, so a restarted Redis that lost its
@@ -309,6 +444,36 @@ impl KvStore for RedisStore {
         // The values hash holds every item of a record, so one HGETALL per record answers it; a
         // pipeline per chunk of records makes that one round trip per chunk.
         type Records = StoreResult<Vec<Vec<Item>>>;
+        if self.connection.is_cluster() {
+            // Each record its own HGETALL, many in flight, answers in order.
+            let reads: Vec<BoxFuture<'_, StoreResult<Vec<Item>>>> = ids
+                .iter()
+                .map(|id| {
+                    let mut connection = self.connection.clone();
+                    async move {
+                        let record: BTreeMap<Vec<u8>, Vec<u8>> = self
+                            .run(
+                                redis::cmd("HGETALL")
+                                    .arg(record_keys(namespace, id).1)
+                                    .query_async(&mut connection),
+                            )
+                            .await?;
+                        record
+                            .into_iter()
+                            .map(|(key, stored)| {
+                                let value = unframe(namespace, id, &stored)?.1.to_vec();
+                                Ok(Item { key, value })
+                            })
+                            .collect::<StoreResult<Vec<Item>>>()
+                    }
+                    .boxed()
+                })
+                .collect();
+            return futures::stream::iter(reads)
+                .buffered(RECORDS_IN_FLIGHT)
+                .try_collect()
+                .await;
+        }
         let runs: Vec<BoxFuture<'_, Records>> = ids
             .chunks(RECORDS_PER_PIPELINE)
             .map(|chunk| {

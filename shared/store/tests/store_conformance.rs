@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use recsys_shared::config::{
     CacheBackend, CacheConfig, CassandraConfig, ClientAuth, ClientTls, RedisConfig, StoreConfig,
 };
-use recsys_shared::testkit::RedisServer;
+use recsys_shared::testkit::{RedisCluster, RedisServer};
 use recsys_store::cache::{FeatureReader, Source};
 use recsys_store::features::{
     FeatureStore, FeedbackChange, HiddenItem, HistoryEntry, MemberFeatures, MemberProfile,
@@ -256,6 +256,28 @@ async fn kv_conformance(store: Arc<dyn KvStore>) {
     assert_eq!(invalid(s.get_items(ns, "", all, first).await), "id");
     assert_eq!(invalid(s.delete_items(ns, "", all).await), "id");
     assert_eq!(invalid(s.get_records(ns, &[String::new()]).await), "id");
+
+    // Batches: more records than one pipeline carries, read back in the order asked, a record
+    // never written as empty (on a cluster the records lie on every node).
+    let batch: Vec<(String, Vec<Item>)> = (0..300)
+        .map(|i| {
+            (
+                unique(&format!("batch{i}")),
+                vec![Item::new("k", format!("v{i}")), Item::new("z", "last")],
+            )
+        })
+        .collect();
+    s.put_records(ns, &batch, token(50, 1)).await.unwrap();
+    let mut ids: Vec<String> = batch.iter().rev().map(|(id, _)| id.clone()).collect();
+    ids.insert(7, unique("never"));
+    let read = s.get_records(ns, &ids).await.unwrap();
+    assert_eq!(read.len(), ids.len());
+    assert!(read[7].is_empty());
+    for (id, items) in ids.iter().zip(&read) {
+        if let Some((_, written)) = batch.iter().find(|(b, _)| b == id) {
+            assert_eq!(items, written, "{id}");
+        }
+    }
 }
 
 /// The field an invalid-argument error names.
@@ -554,6 +576,96 @@ async fn embedded_store_survives_reopening() {
 async fn redis_store_conforms() {
     let server = RedisServer::start();
     kv_conformance(redis_store(&server).await).await;
+}
+
+fn cluster_config(cluster: &RedisCluster, timeout_ms: u64) -> RedisConfig {
+    RedisConfig {
+        cluster_nodes: cluster.urls(),
+        timeout_ms,
+        ..RedisConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_store_and_cache_conform() {
+    let cluster = RedisCluster::start(3);
+    let store: Arc<dyn KvStore> = Arc::new(
+        RedisStore::connect(&cluster_config(&cluster, 2000))
+            .await
+            .unwrap(),
+    );
+    kv_conformance(store.clone()).await;
+    let cache = CacheConfig {
+        backend: CacheBackend::Redis,
+        redis: cluster_config(&cluster, 500),
+        ..CacheConfig::default()
+    };
+    feature_conformance(reader(store, cache)).await;
+}
+
+#[tokio::test]
+async fn a_lost_cluster_master_fails_only_its_own_records_and_they_come_back_with_it() {
+    let mut cluster = RedisCluster::start(3);
+    let store = RedisStore::connect(&cluster_config(&cluster, 500))
+        .await
+        .unwrap();
+    let ns = "cluster";
+    // Members spread over every node.
+    let ids: Vec<String> = (0..60).map(|i| unique(&format!("m{i}"))).collect();
+    let owner = |id: &str| cluster.node_of(&format!("kv:{{{ns}:{id}}}:keys"));
+    let owners: Vec<usize> = ids.iter().map(|id| owner(id)).collect();
+    assert!((0..3).all(|n| owners.contains(&n)), "{owners:?}");
+    let records: Vec<(String, Vec<Item>)> = ids
+        .iter()
+        .map(|id| (id.clone(), vec![Item::new("k", id.as_str())]))
+        .collect();
+    store.put_records(ns, &records, token(1, 1)).await.unwrap();
+
+    cluster.kill(0);
+    let lost = ids.iter().zip(&owners).find(|(_, &o)| o == 0).unwrap().0;
+    let kept = ids.iter().zip(&owners).find(|(_, &o)| o == 1).unwrap().0;
+    let error = store
+        .get_items(ns, lost, &Predicate::MatchAll, &PageRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::Backend { .. } | StoreError::Timeout { .. }
+        ),
+        "{error}"
+    );
+    // The other masters' records are still served and written.
+    let page = store
+        .get_items(ns, kept, &Predicate::MatchAll, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![Item::new("k", kept.as_str())]);
+    store
+        .put_items(ns, kept, &[Item::new("k2", "v")], token(2, 1))
+        .await
+        .unwrap();
+
+    // Back (empty: the test's nodes keep nothing on disk), it takes writes and reads again.
+    cluster.restart(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match store
+            .put_items(ns, lost, &[Item::new("k", "again")], token(3, 1))
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let page = store
+        .get_items(ns, lost, &Predicate::MatchAll, &PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![Item::new("k", "again")]);
 }
 
 #[tokio::test]
@@ -863,6 +975,7 @@ async fn redis_over_tls_with_an_acl_user_conforms_and_bad_credentials_name_no_se
             ca_file: Some(certs.path("ca.pem")),
             ..ClientTls::default()
         },
+        cluster_nodes: Vec::new(),
     };
     let store: Arc<dyn KvStore> = Arc::new(RedisStore::connect(&config).await.unwrap());
     kv_conformance(store.clone()).await;

@@ -5,11 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::MemberCache;
 use crate::features::MemberFeatures;
-use crate::{redis_store, StoreError, StoreResult};
+use crate::redis_store::{self, Connection};
+use crate::{StoreError, StoreResult};
 use recsys_shared::config::RedisConfig;
 use recsys_shared::logs::LogEvery;
 use recsys_shared::secrets::redact_url;
@@ -19,7 +21,7 @@ use recsys_shared::secrets::redact_url;
 /// or goes down later only ever costs a miss.
 pub struct RedisCache {
     config: RedisConfig,
-    connection: Mutex<Option<ConnectionManager>>,
+    connection: Mutex<Option<Connection>>,
     connecting: Arc<AtomicU64>,
     epoch: Instant,
     connect_log: LogEvery,
@@ -43,7 +45,7 @@ impl RedisCache {
     }
 
     /// The connection, or an error that starts (at most once a second) a background connect.
-    fn connection(self: &Arc<Self>) -> StoreResult<ConnectionManager> {
+    fn connection(self: &Arc<Self>) -> StoreResult<Connection> {
         if let Some(c) = self.connection.lock().expect("lock").as_ref() {
             return Ok(c.clone());
         }
@@ -141,6 +143,28 @@ impl MemberCache for SharedRedisCache {
         if entries.is_empty() {
             return Ok(());
         }
+        let mut c = self.0.connection()?;
+        if c.is_cluster() {
+            // Members' keys lie on many slots: each SET on its own, many in flight.
+            let sets: Vec<BoxFuture<'_, StoreResult<()>>> = entries
+                .iter()
+                .map(|(user_id, features, ttl)| {
+                    let mut c = c.clone();
+                    let set = redis::cmd("SET")
+                        .arg(RedisCache::key(user_id))
+                        .arg(features.encode())
+                        .arg("PX")
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .clone();
+                    async move { self.0.run(set.query_async::<()>(&mut c)).await }.boxed()
+                })
+                .collect();
+            return futures::stream::iter(sets)
+                .buffer_unordered(64)
+                .try_collect::<Vec<()>>()
+                .await
+                .map(|_| ());
+        }
         // One pipeline: one write and one read on the socket for the whole batch.
         let mut pipe = redis::pipe();
         for (user_id, features, ttl) in entries {
@@ -151,7 +175,6 @@ impl MemberCache for SharedRedisCache {
                 .arg(ttl.as_millis().max(1) as u64)
                 .ignore();
         }
-        let mut c = self.0.connection()?;
         let timeout = redis_store::pipeline_timeout(
             Duration::from_millis(self.0.config.timeout_ms),
             entries.len(),
