@@ -101,6 +101,37 @@ pub enum ClientCommand {
     },
 }
 
+/// The request header a member's id travels in, which balancers hash on to keep a member on one
+/// server (Envoy's `hash_policy`, HAProxy's `balance hdr(...)`).
+pub const MEMBER_HEADER: &str = "x-recsys-member-id";
+
+/// A request for `user` with a deadline, their id in [`MEMBER_HEADER`] (an id no header can
+/// carry, with a control character, goes without it: the server refuses it anyway, by name).
+fn for_member<M>(message: M, user: &str, timeout: Duration) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    if let Ok(value) = user.parse() {
+        request.metadata_mut().insert(MEMBER_HEADER, value);
+    }
+    request
+}
+
+/// The response header a balancer names the answering server in (the netns cluster's HAProxy
+/// sets it), shown so a member's affinity can be seen.
+pub const SERVED_BY_HEADER: &str = "x-recsys-served-by";
+
+fn served_by(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get(SERVED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn by_line(by: &Option<String>) -> String {
+    by.as_ref()
+        .map_or_else(String::new, |server| format!(", served by {server}"))
+}
+
 /// Makes the call and prints the answer.
 pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()> {
     let channel = connect(connection).await?;
@@ -123,6 +154,7 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
         request.set_timeout(timeout);
         request
     }
+
     let failed = |rpc: &str, status: tonic::Status| {
         anyhow::anyhow!(
             "{rpc} at {}: {:?}: {}",
@@ -140,8 +172,8 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
             include_seen,
             exclude,
         } => {
-            let answer = client
-                .rank(with_deadline(
+            let response = client
+                .rank(for_member(
                     RankRequest {
                         user_id: user.clone(),
                         k: *k,
@@ -153,18 +185,23 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
                             _ => None,
                         },
                     },
+                    user,
                     timeout,
                 ))
                 .await
-                .map_err(|s| failed("Rank", s))?
-                .into_inner();
+                .map_err(|s| failed("Rank", s))?;
+            let by = served_by(response.metadata());
+            let answer = response.into_inner();
             let served = served!(answer);
             if connection.json {
                 let mut json = served.json();
+                if let Some(server) = &by {
+                    json["served_by"] = server.as_str().into();
+                }
                 json["items"] = items_json(&answer.items);
                 println!("{json}");
             } else {
-                println!("Rank for {user} — {}", served.line());
+                println!("Rank for {user} — {}{}", served.line(), by_line(&by));
                 print_items(&answer.items);
             }
         }
@@ -174,26 +211,31 @@ pub async fn run(connection: &Connection, command: &ClientCommand) -> Result<()>
             items_per_row,
             country,
         } => {
-            let answer = client
-                .homepage(with_deadline(
+            let response = client
+                .homepage(for_member(
                     HomepageRequest {
                         user_id: user.clone(),
                         rows: *rows,
                         items_per_row: *items_per_row,
                         country: country.clone(),
                     },
+                    user,
                     timeout,
                 ))
                 .await
-                .map_err(|s| failed("Homepage", s))?
-                .into_inner();
+                .map_err(|s| failed("Homepage", s))?;
+            let by = served_by(response.metadata());
+            let answer = response.into_inner();
             let served = served!(answer);
             if connection.json {
                 let mut json = served.json();
+                if let Some(server) = &by {
+                    json["served_by"] = server.as_str().into();
+                }
                 json["rows"] = rows_json(&answer);
                 println!("{json}");
             } else {
-                println!("Homepage of {user} — {}", served.line());
+                println!("Homepage of {user} — {}{}", served.line(), by_line(&by));
                 for row in &answer.rows {
                     println!("\n  {}", row.title);
                     print_items(&row.items);
@@ -376,4 +418,18 @@ fn rows_json(answer: &HomepageResponse) -> serde_json::Value {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod member_header_tests {
+    use super::*;
+
+    #[test]
+    fn a_members_requests_carry_their_id_for_the_balancer() {
+        let request = for_member((), "u0000007", Duration::from_secs(1));
+        assert_eq!(request.metadata().get(MEMBER_HEADER).unwrap(), "u0000007");
+        // An id no header can carry goes without it (the server names what is wrong with it).
+        let request = for_member((), "u1\nu2", Duration::from_secs(1));
+        assert!(request.metadata().get(MEMBER_HEADER).is_none());
+    }
 }

@@ -808,18 +808,36 @@ async fn experiment_runs(
 }
 
 /// The server with `online.retrieval = "ann"`: at `--concurrency` and one request at a time.
+/// Bytes of the `.ann` files (the item and similar-items indexes) of the current version of model
+/// root `root`.
+fn index_files_bytes(root: &Path) -> u64 {
+    let Ok(current) = std::fs::read_to_string(root.join("CURRENT")) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(root.join(current.trim())) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ann"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
 async fn ann_runs(
     args: &BenchArgs,
     n: usize,
     dir: &Path,
     exact: &ServerFigures,
 ) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
+    // With --mapped the f32 factors are mapped too: the configuration the memory target is for.
     let loaded = server_figures(
         args,
         n,
         dir,
         ServerMode {
             ann: true,
+            mapped: args.mapped,
             ..Default::default()
         },
     )
@@ -840,7 +858,21 @@ async fn ann_runs(
         loaded.qps, args.concurrency, loaded.qps / exact.qps, exact.qps, loaded.p99_ms, loaded.errors,
         single.p50_ms, single.p99_ms, loaded.rss_mib, loaded.rss_anon_mib, loaded.rss_file_mib,
     );
+    // The i8 codes with their scales and norms, and the version's index files (item and
+    // similar-items), against which the server's memory is judged.
+    let codes_mib = (n * (args.factors + 8)) as f64 / (1 << 20) as f64;
+    let index_mib = index_files_bytes(&dir.join("models")) as f64 / (1 << 20) as f64;
+    let limit = 1.3 * (codes_mib + index_mib) + 300.0;
+    eprintln!(
+        "ANN server memory{}: RSS {:.0} MiB (peak {:.0}) against 1.3 × (codes {codes_mib:.0} + indexes {index_mib:.0}) + 300 = {limit:.0} MiB: {}",
+        if args.mapped { " with mapped factors" } else { " with held factors" },
+        loaded.rss_mib,
+        loaded.peak_rss_mib,
+        if loaded.rss_mib <= limit { "met" } else { "NOT met" }
+    );
     Ok(vec![
+        ("ann_rss_target_mib", limit.into()),
+        ("ann_peak_rss_mib", loaded.peak_rss_mib.into()),
         ("ann_qps", loaded.qps.into()),
         ("ann_p99_ms", loaded.p99_ms.into()),
         ("ann_errors", (loaded.errors + single.errors).into()),
