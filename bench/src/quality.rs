@@ -89,6 +89,25 @@ fn ours(e: &Evaluation) -> serde_json::Value {
     serde_json::json!({"metrics": e.metrics, "intervals": e.intervals, "evaluated_members": e.evaluated_members})
 }
 
+/// recsys's search on `table` with the benchmark's budget, trials and seed, its files in `work`.
+fn search(
+    args: &QualityBenchArgs,
+    config: &Config,
+    table: &recsys_offline::feature_tables::TrainingTable,
+    work: &Path,
+) -> Result<tuning::TuningResult> {
+    tuning::tune(
+        table,
+        config,
+        &TuneJob {
+            trials: args.trials.unwrap_or(config.offline.tuning.trials),
+            budget: Some(args.budget),
+            seed: args.seed,
+            out: work.join("tuning"),
+        },
+    )
+}
+
 /// Benchmarks one data set.
 fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_json::Value> {
     let work =
@@ -118,16 +137,7 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
 
     let split_dir = work.path().join("split");
     evaluate::export_split(&split_dir, table, &split)?;
-    let tuned = tuning::tune(
-        table,
-        config,
-        &TuneJob {
-            trials: args.trials.unwrap_or(config.offline.tuning.trials),
-            budget: Some(args.budget),
-            seed: args.seed,
-            out: work.path().join("tuning"),
-        },
-    )?;
+    let tuned = search(args, config, table, work.path())?;
     let mut rows: Vec<(String, serde_json::Value)> = vec![
         ("recsys default".into(), ours(&tuned.test_defaults)),
         (
@@ -319,16 +329,7 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
     );
     let work =
         tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
-    let tuned = tuning::tune(
-        &table,
-        config,
-        &TuneJob {
-            trials: args.trials.unwrap_or(config.offline.tuning.trials),
-            budget: Some(args.budget),
-            seed: args.seed,
-            out: work.path().join("tuning"),
-        },
-    )?;
+    let tuned = search(args, config, &table, work.path())?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let seed = config.offline.evaluation.seed;
     let mut rows: Vec<(String, serde_json::Value)> = Vec::new();

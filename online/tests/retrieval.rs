@@ -38,6 +38,29 @@ fn metric(server: &RunningServer, prefix: &str) -> f64 {
     recsys_shared::ops::scrape(server.metrics_addr.port(), prefix)
 }
 
+/// A synthetic iALS version published under `dir` with both item indexes (whatever its size),
+/// and the configuration of a server that scans it exactly, one request at a time.
+fn published_with_indexes(dir: &Path, seed: u64) -> (Config, recsys_shared::artifact::Manifest) {
+    let mut config = config(dir, "features-exact");
+    let always = AnnIndexConfig {
+        min_items: 0,
+        ..Default::default()
+    };
+    let version = synthetic_model_with(
+        Family::Ials,
+        &config.model.root,
+        ITEMS,
+        MEMBERS,
+        K,
+        seed,
+        &always,
+    )
+    .unwrap();
+    let manifest = ModelRoot::new(&config.model.root).verify(&version).unwrap();
+    config.online.batch.enabled = false;
+    (config, manifest)
+}
+
 fn request(member: usize) -> RankRequest {
     RankRequest {
         user_id: format!("m{member}"),
@@ -55,29 +78,11 @@ fn ids(response: &RankResponse) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ann_variant_ranks_inside_the_filters_with_exact_scores_and_reports_its_recall() {
     let dir = tempfile::tempdir().unwrap();
-    let mut exact_config = config(dir.path(), "features-exact");
-    let always = AnnIndexConfig {
-        min_items: 0,
-        ..Default::default()
-    };
-    let version = synthetic_model_with(
-        Family::Ials,
-        &exact_config.model.root,
-        ITEMS,
-        MEMBERS,
-        K,
-        1,
-        &always,
-    )
-    .unwrap();
-    let manifest = ModelRoot::new(&exact_config.model.root)
-        .verify(&version)
-        .unwrap();
+    let (exact_config, manifest) = published_with_indexes(dir.path(), 1);
     assert!(
         manifest.files.contains_key(files::ITEM_INDEX),
         "the index is published and checksummed with the version"
     );
-    exact_config.online.batch.enabled = false;
     let exact = start(&exact_config).await.unwrap();
 
     // The second server's default is exact too; its only experiment sends every member to a
@@ -203,26 +208,8 @@ async fn ann_on_a_version_without_an_index_is_answered_exactly_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn similar_items_come_from_the_similar_items_index_with_exact_cosines() {
     let dir = tempfile::tempdir().unwrap();
-    let mut exact_config = config(dir.path(), "features-exact");
-    let always = AnnIndexConfig {
-        min_items: 0,
-        ..Default::default()
-    };
-    let version = synthetic_model_with(
-        Family::Ials,
-        &exact_config.model.root,
-        ITEMS,
-        MEMBERS,
-        K,
-        3,
-        &always,
-    )
-    .unwrap();
-    let manifest = ModelRoot::new(&exact_config.model.root)
-        .verify(&version)
-        .unwrap();
+    let (exact_config, manifest) = published_with_indexes(dir.path(), 3);
     assert!(manifest.files.contains_key(files::SIMILAR_INDEX));
-    exact_config.online.batch.enabled = false;
     let exact = start(&exact_config).await.unwrap();
     let mut ann_config = config(dir.path(), "features-ann");
     ann_config.online.retrieval = Retrieval::Ann;

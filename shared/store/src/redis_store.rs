@@ -159,13 +159,26 @@ pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
         settings = settings.set_password(password);
     }
     info = info.set_redis_settings(settings);
-    let read = |field: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))
-    };
-    if config.tls.ca_file.is_none() && config.tls.cert_file.is_none() {
-        return redis::Client::open(info)
-            .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url))));
+    match certificates(config)? {
+        None => redis::Client::open(info)
+            .map_err(|e| invalid("redis.url", format!("{:?}: {e}", redact_url(&config.url)))),
+        Some(certificates) => redis::Client::build_with_tls(info, certificates)
+            .map_err(|e| invalid("redis.tls", format!("{:?}: {e}", redact_url(&config.url)))),
     }
+}
+
+/// The CA and client certificate of `[….redis.tls]` read from their PEM files; `None` when
+/// neither is set (a `rediss://` URL then trusts the system's roots). Errors name the field.
+fn certificates(config: &RedisConfig) -> StoreResult<Option<redis::TlsCertificates>> {
+    if config.tls.ca_file.is_none() && config.tls.cert_file.is_none() {
+        return Ok(None);
+    }
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StoreError::Invalid {
+            field,
+            problem: format!("{}: {e}", path.display()),
+        })
+    };
     let client_tls = match config.tls.identity() {
         Some((cert, key)) => Some(redis::ClientTlsConfig {
             client_cert: read("redis.tls.cert_file", cert)?,
@@ -177,14 +190,10 @@ pub(crate) fn client(config: &RedisConfig) -> StoreResult<redis::Client> {
         Some(ca) => Some(read("redis.tls.ca_file", ca)?),
         None => None,
     };
-    redis::Client::build_with_tls(
-        info,
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| invalid("redis.tls", format!("{:?}: {e}", redact_url(&config.url))))
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 /// Opens a reconnecting, multiplexed connection with the configured timeouts: to the cluster of
@@ -241,25 +250,8 @@ async fn connect_cluster(config: &RedisConfig) -> StoreResult<ClusterConnection>
     if let Some(password) = password {
         builder = builder.password(password);
     }
-    if config.tls.ca_file.is_some() || config.tls.cert_file.is_some() {
-        let read = |field: &'static str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))
-        };
-        let client_tls = match config.tls.identity() {
-            Some((cert, key)) => Some(redis::ClientTlsConfig {
-                client_cert: read("redis.tls.cert_file", cert)?,
-                client_key: read("redis.tls.key_file", key)?,
-            }),
-            None => None,
-        };
-        let root_cert = match &config.tls.ca_file {
-            Some(ca) => Some(read("redis.tls.ca_file", ca)?),
-            None => None,
-        };
-        builder = builder.certs(redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        });
+    if let Some(certificates) = certificates(config)? {
+        builder = builder.certs(certificates);
     }
     let client = builder
         .build()
