@@ -294,6 +294,21 @@ fn record_keys(namespace: &str, id: &str) -> (String, String) {
     )
 }
 
+/// A record's values hash (`HGETALL`) as its items, each value unframed.
+fn decode_record(
+    namespace: &str,
+    id: &str,
+    record: BTreeMap<Vec<u8>, Vec<u8>>,
+) -> StoreResult<Vec<Item>> {
+    record
+        .into_iter()
+        .map(|(key, stored)| {
+            let value = unframe(namespace, id, &stored)?.1.to_vec();
+            Ok(Item { key, value })
+        })
+        .collect()
+}
+
 /// `ZRANGEBYLEX` bounds of a range predicate.
 fn lex_bounds(start: Option<&[u8]>, end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
     let low = match start {
@@ -450,13 +465,7 @@ impl KvStore for RedisStore {
                                     .query_async(&mut connection),
                             )
                             .await?;
-                        record
-                            .into_iter()
-                            .map(|(key, stored)| {
-                                let value = unframe(namespace, id, &stored)?.1.to_vec();
-                                Ok(Item { key, value })
-                            })
-                            .collect::<StoreResult<Vec<Item>>>()
+                        decode_record(namespace, id, record)
                     }
                     .boxed()
                 })
@@ -484,15 +493,7 @@ impl KvStore for RedisStore {
                     chunk
                         .iter()
                         .zip(records)
-                        .map(|(id, record)| {
-                            record
-                                .into_iter()
-                                .map(|(key, stored)| {
-                                    let value = unframe(namespace, id, &stored)?.1.to_vec();
-                                    Ok(Item { key, value })
-                                })
-                                .collect::<StoreResult<Vec<Item>>>()
-                        })
+                        .map(|(id, record)| decode_record(namespace, id, record))
                         .collect::<StoreResult<Vec<Vec<Item>>>>()
                 }
                 .boxed()
