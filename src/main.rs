@@ -94,6 +94,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Client { connection, call } => {
+            // A command whose output is read by a pipe ends like any Unix tool when the reader
+            // goes (`recsys client … | head`): by SIGPIPE, quietly, not by a panic on the next
+            // print. Only here: the services keep ignoring it, as Rust sets it up.
+            // SAFETY: restoring a signal's default disposition before any thread is started.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             cli::runtime()?.block_on(client::run(connection, call))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -165,6 +165,25 @@ fn load_store_then_serve_across_processes() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(last_json(&o)["items"].as_array().unwrap().len(), 10);
+    // Its output piped into a reader that has gone (`recsys client … | head -1`): it ends by
+    // SIGPIPE like any Unix tool, without a panic.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_recsys"))
+        .args([
+            "client", "homepage", "--user", "u0000001", "--rows", "5", "--server", &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let o = piped.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(
+        o.status.success() || std::os::unix::process::ExitStatusExt::signal(&o.status) == Some(13),
+        "{:?}: {}",
+        o.status,
+        stderr(&o)
+    );
     let o = recsys(&["client", "rank", "--user", "", "--server", &url], NO_ENV);
     assert_eq!(o.status.code(), Some(1));
     assert!(

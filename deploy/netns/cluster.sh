@@ -217,7 +217,9 @@ up() {
     local env; env="$(recsys_env)"
     say "Ballista: scheduler $(ip_of sched):50050, executors exec1 and exec2"
     # shellcheck disable=SC2086
-    start sched scheduler $env "$RECSYS" ballista scheduler --listen 0.0.0.0:50050 \
+    # The scheduler's own address, not 0.0.0.0: executors report task status to the address it
+    # listens on.
+    start sched scheduler $env "$RECSYS" ballista scheduler --listen "$(ip_of sched):50050" \
         --metrics-listen 0.0.0.0:9450
     wait_port sched 50050
     local e
@@ -243,7 +245,7 @@ up() {
     for h in online1 online2; do wait_port "$h" 9464 60; done
     status
     say "up. The API through the balancer: $RECSYS client homepage --server http://$(ip_of lb):50051 --user ID"
-    say "a host's shell: ip netns exec rs-online1 bash; train: $(recsys_env | cut -c1-40)… $RECSYS offline train …"
+    say "a host's shell: ip netns exec rs-online1 bash; the configuration: $dir/recsys.toml"
 }
 
 status() {
