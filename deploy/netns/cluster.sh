@@ -297,8 +297,10 @@ demo() {
     wait_ready
     say "== homepages through the balancer (each member hashed to one server)"
     local u
-    for u in u0000001 u0000002 u0000003 u0000004; do
-        "$RECSYS" client homepage --server "$lb" --user "$u" --rows 1 --items-per-row 3 | head -1
+    local page
+    for u in u0000001 u0000002 u0000003 u0000004 u0000005 u0000006; do
+        page="$("$RECSYS" client homepage --server "$lb" --user "$u" --rows 1 --items-per-row 3)"
+        echo "${page%%$'\n'*}"
     done
     say "== member u0000007 plays ten titles: events into Kafka on broker, folded in by the workers"
     "$RECSYS" client homepage --server "$lb" --user u0000007 --rows 1 --items-per-row 5
