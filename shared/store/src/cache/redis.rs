@@ -44,6 +44,16 @@ impl RedisCache {
         format!("mf:{user_id}")
     }
 
+    /// `SET mf:<member> <features> PX <ttl>`: one member's entry.
+    fn set(user_id: &str, features: &MemberFeatures, ttl: Duration) -> redis::Cmd {
+        let mut set = redis::cmd("SET");
+        set.arg(Self::key(user_id))
+            .arg(features.encode())
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        set
+    }
+
     /// The connection, or an error that starts (at most once a second) a background connect.
     fn connection(self: &Arc<Self>) -> StoreResult<Connection> {
         if let Some(c) = self.connection.lock().expect("lock").as_ref() {
@@ -128,14 +138,7 @@ impl MemberCache for SharedRedisCache {
     ) -> StoreResult<()> {
         let mut c = self.0.connection()?;
         self.0
-            .run(
-                redis::cmd("SET")
-                    .arg(RedisCache::key(user_id))
-                    .arg(features.encode())
-                    .arg("PX")
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .query_async::<()>(&mut c),
-            )
+            .run(RedisCache::set(user_id, features, ttl).query_async::<()>(&mut c))
             .await
     }
 
@@ -150,12 +153,7 @@ impl MemberCache for SharedRedisCache {
                 .iter()
                 .map(|(user_id, features, ttl)| {
                     let mut c = c.clone();
-                    let set = redis::cmd("SET")
-                        .arg(RedisCache::key(user_id))
-                        .arg(features.encode())
-                        .arg("PX")
-                        .arg(ttl.as_millis().max(1) as u64)
-                        .clone();
+                    let set = RedisCache::set(user_id, features, *ttl);
                     async move { self.0.run(set.query_async::<()>(&mut c)).await }.boxed()
                 })
                 .collect();
@@ -168,11 +166,7 @@ impl MemberCache for SharedRedisCache {
         // One pipeline: one write and one read on the socket for the whole batch.
         let mut pipe = redis::pipe();
         for (user_id, features, ttl) in entries {
-            pipe.cmd("SET")
-                .arg(RedisCache::key(user_id))
-                .arg(features.encode())
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
+            pipe.add_command(RedisCache::set(user_id, features, *ttl))
                 .ignore();
         }
         let timeout = redis_store::pipeline_timeout(
