@@ -90,6 +90,36 @@ impl PairsSplit {
     pub fn test_pairs(&self) -> usize {
         self.test.iter().map(Vec::len).sum()
     }
+
+    /// A validation split of the same shape, from the training pairs alone: `fraction` of each
+    /// member's training pairs (rounded, at least one; members with a single pair keep it) drawn
+    /// at random from `seed` become the member's test items, the rest its training pairs. The
+    /// published test pairs are not looked at, so choosing by it leaks nothing of the test.
+    pub fn hold_out(&self, fraction: f64, seed: u64) -> PairsSplit {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut kept = Vec::with_capacity(self.train.nnz());
+        let mut test = vec![Vec::new(); self.members.len()];
+        for (u, held) in test.iter_mut().enumerate() {
+            let mut items = self.train.row(u).0.to_vec();
+            if items.len() >= 2 {
+                let n =
+                    ((items.len() as f64 * fraction).round() as usize).clamp(1, items.len() - 1);
+                items.shuffle(&mut rng);
+                held.extend_from_slice(&items[..n]);
+                held.sort_unstable();
+                items.drain(..n);
+            }
+            kept.extend(items.into_iter().map(|i| (u as u32, i, 1.0)));
+        }
+        PairsSplit {
+            members: self.members.clone(),
+            items: self.items.clone(),
+            train: SparseMatrix::from_triplets(self.members.len(), self.items.len(), kept),
+            test,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -291,6 +321,45 @@ mod tests {
             .write_all(text.as_bytes())
             .unwrap();
         path
+    }
+
+    #[test]
+    fn a_held_out_split_moves_a_share_of_each_members_training_pairs_to_its_test() {
+        let rows: Vec<(u32, u32, f32)> = (0..50u32)
+            .flat_map(|u| (0..(1 + u % 12)).map(move |i| (u, (u * 7 + i * 3) % 40, 1.0)))
+            .collect();
+        let train = SparseMatrix::from_triplets(50, 40, rows);
+        let split = PairsSplit {
+            members: (0..50).map(|u| format!("u{u}")).collect(),
+            items: (0..40).map(|i| format!("i{i}")).collect(),
+            train: train.clone(),
+            test: vec![vec![999]; 50],
+        };
+        let held = split.hold_out(0.2, 3);
+        assert_eq!(held.train.nnz() + held.test_pairs(), train.nnz());
+        for u in 0..50 {
+            let (all, kept, test) = (train.row(u).0, held.train.row(u).0, &held.test[u]);
+            if all.len() == 1 {
+                assert!(
+                    test.is_empty() && kept == all,
+                    "member {u}: its only pair stays"
+                );
+                continue;
+            }
+            let want = ((all.len() as f64 * 0.2).round() as usize).clamp(1, all.len() - 1);
+            assert_eq!(test.len(), want, "member {u}");
+            // Disjoint, and together the member's training pairs; never the published test.
+            assert!(test
+                .iter()
+                .all(|i| kept.binary_search(i).is_err() && all.contains(i)));
+            assert!(!test.contains(&999));
+        }
+        assert_eq!(
+            held.test,
+            split.hold_out(0.2, 3).test,
+            "the same seed, the same split"
+        );
+        assert_ne!(held.test, split.hold_out(0.2, 4).test);
     }
 
     #[test]
