@@ -10,6 +10,11 @@
 #   deploy/netns/cluster.sh demo [DIR]   on a cluster that is up: data into S3, a model trained on
 #                                        Ballista and published to S3, members into the store,
 #                                        homepages through the balancer, events through Kafka
+#   deploy/netns/cluster.sh kill HOST [DIR]        kill -9 every process of HOST (a host lost)
+#   deploy/netns/cluster.sh start HOST [DIR]       start HOST's processes again
+#   deploy/netns/cluster.sh link HOST down|up [DIR] cut HOST's network link, or restore it
+#
+# tests/cluster.rs runs a whole scenario with faults on this cluster and checks what was lost.
 #
 # DIR defaults to var/netns. Hosts (10.77.0.0/24 on bridge rsbr0, namespaces rs-<host>):
 #   broker  .10  Tansu (Kafka protocol), sqlite storage        store1..3 .21-.23 Redis Cluster
@@ -27,7 +32,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 command="${1:-}"
-dir="$(mkdir -p "${2:-$repo/var/netns}" && cd "${2:-$repo/var/netns}" && pwd)"
+shift || true
+# Fault commands name a host first: kill HOST [DIR], start HOST [DIR], link HOST up|down [DIR].
+target=""
+case "$command" in
+    kill | start) target="${1:-}"; shift || true ;;
+    link) target="${1:-}"; link_state="${2:-}"; shift 2 || true ;;
+esac
+dir="$(mkdir -p "${1:-$repo/var/netns}" && cd "${1:-$repo/var/netns}" && pwd)"
 RECSYS="${RECSYS:-$repo/target/release/recsys}"
 TANSU="${TANSU:-$HOME/.cache/recsys/tansu/bin/tansu}"
 S3S_FS="${S3S_FS:-$HOME/.cache/recsys/s3s-fs/bin/s3s-fs}"
@@ -157,6 +169,11 @@ backend online
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter 250ms fall 2 rise 2
+    # A request whose server went away before answering goes to the other server (Rank,
+    # Homepage and SimilarItems are reads, and applying an event twice changes nothing).
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response
     # Which server answered, for the affinity check.
     http-response set-header x-recsys-served-by %s
     server online1 $(ip_of online1):50051 proto h2 check port 9464
@@ -171,11 +188,7 @@ EOF
 
 start_store() {
     local h
-    for h in store1 store2 store3; do
-        start "$h" redis redis-server --bind "$(ip_of "$h")" --port 6379 --save "" --appendonly no \
-            --cluster-enabled yes --cluster-config-file "$dir/hosts/$h/nodes.conf" \
-            --cluster-node-timeout 1000 --cluster-require-full-coverage no --protected-mode no
-    done
+    for h in store1 store2 store3; do start_host "$h"; done
     for h in store1 store2 store3; do wait_port "$h" 6379; done
     in_host store1 redis-cli --cluster create "$(ip_of store1):6379" "$(ip_of store2):6379" \
         "$(ip_of store3):6379" --cluster-replicas 0 --cluster-yes >"$dir/logs/store.create.log" 2>&1 \
@@ -186,6 +199,56 @@ start_store() {
         sleep 0.1
     done
     die "the Redis Cluster never reported cluster_state:ok"
+}
+
+# Starts HOST's processes (what `up` starts there; `start` after `kill` brings a host back).
+start_host() {
+    local host="$1" env
+    env="$(recsys_env)"
+    # shellcheck disable=SC2086
+    case "$host" in
+        broker)
+            start broker tansu env RUST_LOG=warn "$TANSU" broker \
+                --listener-url "tcp://0.0.0.0:9092" --advertised-listener-url "tcp://$(ip_of broker):9092" \
+                --storage-engine "sqlite://tansu.db"
+            ;;
+        store1 | store2 | store3)
+            start "$host" redis redis-server --bind "$(ip_of "$host")" --port 6379 --save "" --appendonly no \
+                --cluster-enabled yes --cluster-config-file "$dir/hosts/$host/nodes.conf" \
+                --cluster-node-timeout 1000 --cluster-require-full-coverage no --protected-mode no
+            ;;
+        s3)
+            start s3 s3s-fs env RUST_LOG=warn "$S3S_FS" --host 0.0.0.0 --port 9000 \
+                --access-key "$S3_KEY" --secret-key "$(cat "$S3_SECRET_FILE")" "$dir/hosts/s3/data"
+            ;;
+        sched)
+            # The scheduler's own address, not 0.0.0.0: executors report task status to the
+            # address it listens on. A lost executor is noticed within 6 s (heartbeats every 2 s).
+            start sched scheduler $env "$RECSYS" ballista scheduler --listen "$(ip_of sched):50050" \
+                --metrics-listen 0.0.0.0:9450 --executor-timeout-seconds 6
+            ;;
+        exec1 | exec2)
+            start "$host" executor $env "$RECSYS" ballista executor --bind 0.0.0.0 \
+                --advertise-host "$(ip_of "$host")" --scheduler "$(ip_of sched):50050" \
+                --metrics-listen 0.0.0.0:9451 --heartbeat-seconds 2
+            ;;
+        online1 | online2) start "$host" online $env "$RECSYS" online serve ;;
+        worker1 | worker2) start "$host" nearline $env "$RECSYS" nearline run ;;
+        lb) start lb haproxy haproxy -db -f "$dir/haproxy.cfg" ;;
+        *) die "no host $host" ;;
+    esac
+}
+
+# Kills every process of HOST (kill -9: a host lost, not stopped).
+kill_host() {
+    local host="$1" pid_file
+    ip_of "$host" >/dev/null
+    for pid_file in "$dir"/pids/"$host".*; do
+        [ -e "$pid_file" ] || continue
+        kill -9 "$(cat "$pid_file")" 2>/dev/null || true
+        rm -f "$pid_file"
+    done
+    ip netns pids "rs-$host" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 }
 
 up() {
@@ -203,44 +266,23 @@ up() {
     write_haproxy
 
     say "broker (Tansu, sqlite) on $(ip_of broker):9092"
-    start broker tansu env RUST_LOG=warn "$TANSU" broker \
-        --listener-url "tcp://0.0.0.0:9092" --advertised-listener-url "tcp://$(ip_of broker):9092" \
-        --storage-engine "sqlite://tansu.db"
+    start_host broker
     say "store: Redis Cluster on $(ip_of store1), $(ip_of store2), $(ip_of store3)"
     start_store
     say "s3 (s3s-fs) on $(ip_of s3):9000"
-    start s3 s3s-fs env RUST_LOG=warn "$S3S_FS" --host 0.0.0.0 --port 9000 \
-        --access-key "$S3_KEY" --secret-key "$(cat "$S3_SECRET_FILE")" "$dir/hosts/s3/data"
+    start_host s3
     wait_port broker 9092
     wait_port s3 9000
-
-    local env; env="$(recsys_env)"
     say "Ballista: scheduler $(ip_of sched):50050, executors exec1 and exec2"
-    # shellcheck disable=SC2086
-    # The scheduler's own address, not 0.0.0.0: executors report task status to the address it
-    # listens on.
-    start sched scheduler $env "$RECSYS" ballista scheduler --listen "$(ip_of sched):50050" \
-        --metrics-listen 0.0.0.0:9450
+    start_host sched
     wait_port sched 50050
-    local e
-    for e in exec1 exec2; do
-        # shellcheck disable=SC2086
-        start "$e" executor $env "$RECSYS" ballista executor --bind 0.0.0.0 \
-            --advertise-host "$(ip_of "$e")" --scheduler "$(ip_of sched):50050" \
-            --metrics-listen 0.0.0.0:9451
-    done
+    start_host exec1
+    start_host exec2
     say "online servers online1, online2; nearline workers worker1, worker2"
     local h
-    for h in online1 online2; do
-        # shellcheck disable=SC2086
-        start "$h" online $env "$RECSYS" online serve
-    done
-    for h in worker1 worker2; do
-        # shellcheck disable=SC2086
-        start "$h" nearline $env "$RECSYS" nearline run
-    done
+    for h in online1 online2 worker1 worker2; do start_host "$h"; done
     say "balancer (HAProxy) on $(ip_of lb):50051"
-    start lb haproxy haproxy -db -f "$dir/haproxy.cfg"
+    start_host lb
     wait_port lb 50051
     for h in online1 online2; do wait_port "$h" 9464 60; done
     status
@@ -278,6 +320,18 @@ wait_ready() {
         done
         ((i < 600)) || die "$h never became ready (log: $dir/logs/$h.online.log)"
     done
+    # And up at the balancer (two good checks after becoming ready).
+    for ((i = 0; i < 100; i++)); do
+        if [ "$(balancer_up)" = 2 ]; then return 0; fi
+        sleep 0.1
+    done
+    die "the balancer does not see both servers up ($(ip_of lb):8404/stats)"
+}
+
+# How many servers HAProxy has up.
+balancer_up() {
+    (exec 3<>"/dev/tcp/$(ip_of lb)/8404" && printf 'GET /stats;csv HTTP/1.0\r\n\r\n' >&3 && cat <&3) 2>/dev/null |
+        awk -F, '$1 == "online" && $2 ~ /^online[0-9]/ && $18 == "UP"' | wc -l
 }
 
 demo() {
@@ -322,6 +376,15 @@ case "$command" in
     down) down ;;
     status) status ;;
     demo) demo ;;
+    kill) [ -n "$target" ] || die "kill HOST"; kill_host "$target" ;;
+    start) [ -n "$target" ] || die "start HOST"; start_host "$target" ;;
+    link)
+        ip_of "$target" >/dev/null
+        case "$link_state" in
+            up | down) ip link set "rs-$target" "$link_state" ;;
+            *) die "link HOST up|down" ;;
+        esac
+        ;;
     run)
         trap 'trap - EXIT; down' EXIT
         trap 'exit 0' INT TERM
@@ -329,5 +392,5 @@ case "$command" in
         say "running; Ctrl-C tears the cluster down"
         while true; do sleep 3600; done
         ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

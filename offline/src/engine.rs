@@ -59,8 +59,9 @@ pub async fn session(cluster: Option<&BallistaConfig>, threads: usize) -> Result
     }
 }
 
-/// Runs a Ballista scheduler on `bind` until the process ends.
-pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
+/// Runs a Ballista scheduler on `bind` until the process ends; an executor without a heartbeat
+/// for `executor_timeout_seconds` is dead and its tasks run elsewhere.
+pub async fn run_scheduler(bind: SocketAddr, executor_timeout_seconds: u64) -> Result<()> {
     use ballista_scheduler::cluster::BallistaCluster;
     use ballista_scheduler::config::SchedulerConfig;
 
@@ -68,6 +69,10 @@ pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
         external_host: bind.ip().to_string(),
+        executor_timeout_seconds,
+        // Looked for at least three times per timeout (Ballista's default: every 15 s).
+        expire_dead_executor_interval_seconds: (executor_timeout_seconds / 3).clamp(1, 15),
+        no_executors_grace_period_seconds: executor_timeout_seconds,
         ..SchedulerConfig::default()
     }
     .with_override_config_producer(Arc::new(session_config_with_s3_support))
@@ -97,6 +102,8 @@ pub struct ExecutorOptions {
     pub slots: usize,
     /// Shuffle files.
     pub work_dir: Option<std::path::PathBuf>,
+    /// Seconds between heartbeats to the scheduler.
+    pub heartbeat_seconds: u64,
 }
 
 /// Runs a Ballista executor registered with `options.scheduler` until the process ends.
@@ -139,6 +146,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             .work_dir
             .as_ref()
             .map(|p| p.to_string_lossy().to_string()),
+        executor_heartbeat_interval_seconds: options.heartbeat_seconds.max(1),
         ..ExecutorProcessConfig::default()
     };
     if options.slots > 0 {

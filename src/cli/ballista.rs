@@ -18,6 +18,10 @@ pub(crate) enum BallistaCommand {
         /// `/metrics`, `/healthz`, `/readyz`.
         #[arg(long, default_value = "127.0.0.1:9450")]
         metrics_listen: String,
+        /// An executor silent this long is dead: its running tasks go to the others. Keep it
+        /// above two of the executors' `--heartbeat-seconds`.
+        #[arg(long, default_value_t = 180)]
+        executor_timeout_seconds: u64,
     },
     /// A Ballista executor: runs query stages, reading inputs (local paths or object storage with
     /// the `AWS_*` environment) and serving shuffle data over Arrow Flight. Runs until Ctrl-C /
@@ -48,6 +52,9 @@ pub(crate) enum BallistaCommand {
         /// `/metrics`, `/healthz`, `/readyz`.
         #[arg(long, default_value = "127.0.0.1:9451")]
         metrics_listen: String,
+        /// Seconds between heartbeats to the scheduler (how soon a lost executor can be noticed).
+        #[arg(long, default_value_t = 60)]
+        heartbeat_seconds: u64,
     },
 }
 
@@ -66,9 +73,11 @@ pub(crate) async fn run(command: &BallistaCommand) -> Result<()> {
     tracing::info!(%bound, role, "Ballista {role} operations endpoint");
     let process = async {
         match command {
-            BallistaCommand::Scheduler { listen, .. } => {
-                recsys_offline::engine::run_scheduler(*listen).await
-            }
+            BallistaCommand::Scheduler {
+                listen,
+                executor_timeout_seconds,
+                ..
+            } => recsys_offline::engine::run_scheduler(*listen, *executor_timeout_seconds).await,
             BallistaCommand::Executor {
                 scheduler,
                 bind,
@@ -77,6 +86,7 @@ pub(crate) async fn run(command: &BallistaCommand) -> Result<()> {
                 grpc_port,
                 slots,
                 work_dir,
+                heartbeat_seconds,
                 ..
             } => {
                 recsys_offline::engine::run_executor(recsys_offline::engine::ExecutorOptions {
@@ -87,6 +97,7 @@ pub(crate) async fn run(command: &BallistaCommand) -> Result<()> {
                     grpc_port: *grpc_port,
                     slots: *slots,
                     work_dir: work_dir.clone(),
+                    heartbeat_seconds: *heartbeat_seconds,
                 })
                 .await
             }
