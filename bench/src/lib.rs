@@ -8,8 +8,8 @@
 //! - [`training`]: iALS training speed and memory against `implicit`, accuracy on MovieLens.
 //! - [`quality`]: tuned and default quality against `implicit` tuned the same way.
 //! - [`features`]: the feature jobs against DuckDB.
-//! - [`online`]: the scoring kernel against NumPy, and a gRPC load generator; [`ann`]: the item
-//!   index against FAISS.
+//! - [`online`]: the scoring kernel against NumPy, and a gRPC (or REST, through [`http1`]) load
+//!   generator; [`ann`]: the item index against FAISS.
 //! - [`soak`]: overload at twice saturation, the made-up-id flood and the cancel storm.
 //! - [`nearline`]: fold-in throughput with one and two workers, and freshness.
 //!
@@ -18,6 +18,7 @@
 
 pub mod ann;
 pub mod features;
+pub mod http1;
 pub mod nearline;
 pub mod online;
 pub mod quality;

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// print its QPS next to plaintext's.
     #[arg(long)]
     pub tls: bool,
+    /// Also measure Rank through the REST/JSON API one request at a time, next to gRPC one at
+    /// a time (the same server setup and requests).
+    #[arg(long)]
+    pub rest: bool,
     /// Also run the server with a 50/50 experiment over two published versions and impressions
     /// logged to a Tansu broker (started here), print p50 and RSS next to the plain run's, then
     /// kill the broker for `--broker-down-seconds` of load and count failed requests and dropped
@@ -317,6 +321,8 @@ struct ServerFigures {
 #[derive(Default)]
 struct ServerMode<'a> {
     tls: Option<&'a recsys_shared::testkit::TestCertificates>,
+    /// Load through the REST API (`online.rest_listen`) instead of gRPC.
+    rest: bool,
     /// Experiments file, and the brokers impressions go to (none: impressions off).
     experiments: Option<(PathBuf, Option<String>)>,
     /// Killed after the warm-up: the load then runs against a dead broker.
@@ -395,6 +401,7 @@ async fn server(
     }
     let grpc_port = free_port();
     let metrics_port = free_port();
+    let rest_port = free_port();
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(["online", "serve"])
@@ -415,6 +422,12 @@ async fn server(
                 .then_some(("RECSYS__ONLINE__ITEM_FACTORS", "mapped")),
         )
         .envs(mode.ann.then_some(("RECSYS__ONLINE__RETRIEVAL", "ann")))
+        .envs(mode.rest.then(|| {
+            (
+                "RECSYS__ONLINE__REST_LISTEN",
+                format!("127.0.0.1:{rest_port}"),
+            )
+        }))
         .envs(
             mode.batching
                 .map(|on| ("RECSYS__ONLINE__BATCH__ENABLED", on.to_string())),
@@ -485,10 +498,19 @@ async fn server(
                     let mut client = clients[t % clients.len()].clone();
                     let members = args.members;
                     let top = args.top as u64;
+                    let rest = mode
+                        .rest
+                        .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], rest_port)));
                     tokio::spawn(async move {
                         let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
                         let mut latencies = Vec::new();
                         let mut errors = 0u64;
+                        // REST: a keep-alive connection per task (HTTP/1.1 has one request
+                        // in flight per connection).
+                        let mut connection = match rest {
+                            Some(addr) => Some(crate::http1::Connection::open(addr).await),
+                            None => None,
+                        };
                         while Instant::now() < stop {
                             let request = RankRequest {
                                 user_id: format!("m{}", rng.random_range(0..members)),
@@ -497,9 +519,21 @@ async fn server(
                                 ..Default::default()
                             };
                             let started = Instant::now();
-                            match client.rank(request).await {
-                                Ok(_) => latencies.push(started.elapsed().as_micros() as u32),
-                                Err(_) => errors += 1,
+                            let ok = match connection.as_mut() {
+                                None => client.rank(request).await.is_ok(),
+                                Some(Ok(c)) => {
+                                    let body = serde_json::to_vec(&request).expect("encodes");
+                                    matches!(c.post("/v1/rank", &body).await, Ok((200, _)))
+                                }
+                                Some(Err(_)) => false,
+                            };
+                            if ok {
+                                latencies.push(started.elapsed().as_micros() as u32);
+                            } else {
+                                errors += 1;
+                                if let (Some(addr), true) = (rest, errors % 100 == 1) {
+                                    connection = Some(crate::http1::Connection::open(addr).await);
+                                }
                             }
                         }
                         (latencies, errors)
@@ -588,6 +622,35 @@ async fn server_figures(
     mode: ServerMode<'_>,
 ) -> Result<ServerFigures, String> {
     server(args, n, dir, mode).await.map_err(|e| e.to_string())
+}
+
+/// Rank one request at a time over REST against gRPC (target: REST p99 ≤ gRPC p99 + 0.3 ms).
+async fn rest_runs(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
+    let one = |rest| ServerMode {
+        rest,
+        concurrency: Some(1),
+        ..Default::default()
+    };
+    let grpc = server_figures(args, n, dir, one(false)).await?;
+    let rest = server_figures(args, n, dir, one(true)).await?;
+    let extra = rest.p99_ms - grpc.p99_ms;
+    eprintln!(
+        "Rank one request at a time: REST p50 {:.2} ms, p99 {:.2} ms, {} errors; gRPC p50 {:.2} ms, p99 {:.2} ms → REST p99 {extra:+.2} ms (target ≤ +0.3 ms: {})",
+        rest.p50_ms, rest.p99_ms, rest.errors, grpc.p50_ms, grpc.p99_ms,
+        if extra <= 0.3 { "met" } else { "NOT met" }
+    );
+    Ok(vec![
+        ("rest_one_at_a_time_p50_ms", rest.p50_ms.into()),
+        ("rest_one_at_a_time_p99_ms", rest.p99_ms.into()),
+        ("rest_errors", rest.errors.into()),
+        ("grpc_one_at_a_time_p50_ms", grpc.p50_ms.into()),
+        ("grpc_one_at_a_time_p99_ms", grpc.p99_ms.into()),
+        ("rest_p99_extra_ms", extra.into()),
+    ])
 }
 
 /// Batched scans against the path without them (`online.batch.enabled = false`: each request
@@ -1011,6 +1074,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 summary["mapped_rss_file_mib"] = m.rss_file_mib.into();
                 summary["mapped_peak_rss_mib"] = m.peak_rss_mib.into();
                 summary["rss_anon_mib"] = s.rss_anon_mib.into();
+            }
+            if args.rest {
+                for (key, value) in rest_runs(&args, n, &dir).await? {
+                    summary[key] = value;
+                }
             }
             if args.tls {
                 let certs = recsys_shared::testkit::TestCertificates::generate();

@@ -90,7 +90,13 @@ impl Admission {
 
     /// The deadline of a request arriving now with these headers.
     pub fn deadline(&self, headers: &http::HeaderMap) -> Instant {
-        Instant::now() + grpc_timeout(headers).map_or(self.max_request, |t| t.min(self.max_request))
+        self.deadline_after(grpc_timeout(headers))
+    }
+
+    /// The deadline of a request arriving now that asks for `timeout` (capped by
+    /// `online.max_request_ms`).
+    pub fn deadline_after(&self, timeout: Option<Duration>) -> Instant {
+        Instant::now() + timeout.map_or(self.max_request, |t| t.min(self.max_request))
     }
 }
 
@@ -129,11 +135,12 @@ fn status_of(headers: &http::HeaderMap) -> Code {
         .map_or(Code::Ok, Code::from_i32)
 }
 
-fn record(rpc: &str, code: Code, started: Instant) {
+/// Counts one answer of `transport` (`grpc`, `rest`) and its latency from arrival.
+pub(crate) fn record(rpc: &str, code: Code, started: Instant, transport: &str) {
     let code = format!("{code:?}");
-    REQUESTS.with_label_values(&[rpc, &code]).inc();
+    REQUESTS.with_label_values(&[rpc, &code, transport]).inc();
     LATENCY
-        .with_label_values(&[rpc, &code])
+        .with_label_values(&[rpc, &code, transport])
         .observe(started.elapsed().as_secs_f64());
 }
 
@@ -194,7 +201,7 @@ where
         // Refused before it takes a slot or is decoded.
         if let Some(keys) = &self.keys {
             if let Err(status) = keys.check(rpc, request.headers()) {
-                record(rpc, status.code(), started);
+                record(rpc, status.code(), started, "grpc");
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         }
@@ -204,7 +211,7 @@ where
                 match admission.admit(deadline).await {
                     Ok(permit) => Some(permit),
                     Err(status) => {
-                        record(rpc, status.code(), started);
+                        record(rpc, status.code(), started, "grpc");
                         return Ok(status.into_http());
                     }
                 }
@@ -213,7 +220,7 @@ where
             };
             let _in_flight = permit.as_ref().map(|_| InFlight::enter());
             let response = inner.call(request).await?;
-            record(rpc, status_of(response.headers()), started);
+            record(rpc, status_of(response.headers()), started, "grpc");
             Ok(response)
         })
     }
@@ -256,10 +263,10 @@ impl Drop for QueuedGauge {
 }
 
 /// Counts a request in `recsys_rpc_in_flight` while it is held.
-struct InFlight;
+pub(crate) struct InFlight;
 
 impl InFlight {
-    fn enter() -> Self {
+    pub(crate) fn enter() -> Self {
         IN_FLIGHT.inc();
         InFlight
     }

@@ -1,6 +1,7 @@
 //! # recsys-online
 //!
-//! The online tier: the `recsys.v1.Ranking` gRPC service the homepage calls on every page load.
+//! The online tier: the `recsys.v1.Ranking` service the homepage calls on every page load, over
+//! gRPC and REST/JSON.
 //!
 //! - [`catalog`]: the current model held in memory as one immutable value (item factors in one
 //!   contiguous matrix, ids, titles, availability, popularity), loaded and validated in the
@@ -23,6 +24,8 @@
 //!   requests in progress with a bounded queue, load shedding with `RESOURCE_EXHAUSTED` before any
 //!   work, and the request metrics; [`auth`]: API keys with per-key RPCs, checked in that layer;
 //!   [`connections`]: the cap on open connections.
+//! - [`rest`]: the same three RPCs as JSON over HTTP (`online.rest_listen`), through the same
+//!   keys, admission and deadlines, and the OpenAPI document.
 //! - [`server`]: wiring with gRPC health and reflection, HTTP/2 limits and keepalive, and
 //!   [`metrics`] on HTTP.
 //!
@@ -40,6 +43,7 @@ pub mod experiments;
 pub mod impressions;
 pub mod member;
 pub mod metrics;
+pub mod rest;
 pub mod retrieval;
 pub mod rpc;
 pub mod rules;

@@ -9,22 +9,22 @@ use prometheus::{
     IntGauge, IntGaugeVec,
 };
 
-/// Requests by RPC and gRPC status code name.
+/// Requests by RPC, gRPC status code name and transport (`grpc`, `rest`).
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "recsys_rpc_requests_total",
-        "gRPC requests by method and status code",
-        &["rpc", "code"]
+        "Ranking API requests by method, status code and transport",
+        &["rpc", "code", "transport"]
     )
     .expect("registers once")
 });
 
-/// Server-side latency by RPC and status.
+/// Server-side latency by RPC, status and transport.
 pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "recsys_rpc_latency_seconds",
-        "gRPC handler latency by method and status code",
-        &["rpc", "code"],
+        "Ranking API latency from arrival by method, status code and transport",
+        &["rpc", "code", "transport"],
         vec![
             0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.00175, 0.002,
             0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0

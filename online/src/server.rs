@@ -47,6 +47,8 @@ pub const SERVICE_NAME: &str = "recsys.v1.Ranking";
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The REST API's address, when `online.rest_listen` is set.
+    pub rest_addr: Option<SocketAddr>,
     pub ranker: Arc<Ranker>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), OnlineError>>,
@@ -357,6 +359,34 @@ fn server_tls(
 
 /// Starts everything the configuration describes and returns once the ports are bound and the
 /// current model (if any) is loaded.
+/// Serves the REST API on `addr` (over TLS with the gRPC port's certificate when it has one).
+async fn serve_rest(
+    addr: &str,
+    tls: &recsys_shared::config::ServerTlsConfig,
+    state: crate::rest::RestState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, OnlineError> {
+    let app = crate::rest::router(state);
+    let bound = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            // Mutual TLS too when gRPC asks for it: the same clients, the same certificates.
+            let tls = recsys_shared::tls::server_config_verifying(
+                cert,
+                key,
+                tls.client_ca_file.as_deref(),
+            )
+            .map_err(|e| OnlineError::Config(format!("online.tls (REST): {e}")))?;
+            recsys_shared::ops::serve_router_https(addr, tls, app, "REST API", stop).await
+        }
+        _ => recsys_shared::ops::serve_router_http(addr, app, "REST API", stop).await,
+    };
+    bound.map_err(|source| OnlineError::Listen {
+        what: "REST",
+        addr: addr.to_string(),
+        source,
+    })
+}
+
 /// How this server holds each version: the factors as `online.item_factors` says; the item index
 /// whenever a version has one (mapping costs nothing until a search reads it, and an experiment
 /// variant may ask for `ann` even when the default is `exact`).
@@ -549,6 +579,23 @@ pub async fn start_with_reader(
         ),
         keys: keys.map(Arc::new),
     };
+    // The REST API shares the slots, the queue and the keys: one server, one admission.
+    let rest_addr = match &online.rest_listen {
+        Some(addr) => Some(
+            serve_rest(
+                addr,
+                &online.tls,
+                crate::rest::RestState {
+                    ranker: ranker.clone(),
+                    admission: admission.admission.clone(),
+                    keys: admission.keys.clone(),
+                },
+                stopped(shutdown_rx.clone()),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let keepalive_timeout = Duration::from_millis(online.keepalive_timeout_ms);
     let mut builder = tonic::transport::Server::builder();
     let mut certificate = None;
@@ -584,10 +631,12 @@ pub async fn start_with_reader(
             .await
             .map_err(OnlineError::from)
     });
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, "online tier serving recsys.v1.Ranking");
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, rest = ?rest_addr,
+        "online tier serving recsys.v1.Ranking");
     Ok(RunningServer {
         grpc_addr,
         metrics_addr,
+        rest_addr,
         ranker,
         shutdown,
         grpc,

@@ -269,7 +269,7 @@ async fn rank_homepage_and_similar_items_over_grpc() {
     // Metrics and probes.
     let metrics = http_get(server.metrics_addr, "/metrics").await;
     assert!(
-        metrics.contains("recsys_rpc_requests_total{code=\"Ok\",rpc=\"Rank\"}"),
+        metrics.contains("recsys_rpc_requests_total{code=\"Ok\",rpc=\"Rank\",transport=\"grpc\"}"),
         "{metrics}"
     );
     assert!(metrics.contains("recsys_rpc_latency_seconds_bucket"));

@@ -3,6 +3,7 @@
 //! online server has a model, a nearline worker has a model and its consumer is running).
 //!
 //! It serves the process-wide default Prometheus registry; it must not hold any state of its own.
+//! The same HTTP and HTTPS serving carries other routers too (the online tier's REST API).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,27 +24,56 @@ pub async fn serve_http(
     not_ready: &'static str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = router(ready, not_ready);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "metrics endpoint stopped");
-        }
-    });
-    Ok(local)
+    serve_router_http(addr, router(ready, not_ready), "metrics endpoint", shutdown).await
 }
 
-/// [`serve_http`] over TLS: only connections that complete a handshake with `tls` are served
-/// (each handshake runs on its own task with a 5 s limit, so a stalled client holds up no one).
+/// [`serve_http`] over TLS (see [`serve_router_https`]).
 pub async fn serve_https(
     addr: &str,
     tls: Arc<rustls::ServerConfig>,
     ready: Arc<AtomicBool>,
     not_ready: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    serve_router_https(
+        addr,
+        tls,
+        router(ready, not_ready),
+        "metrics endpoint",
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `app` over HTTP/1.1 on `addr` until `shutdown` resolves; returns the bound address.
+/// `what` names it in the log if it stops on an error.
+pub async fn serve_router_http(
+    addr: &str,
+    app: Router,
+    what: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// [`serve_router_http`] over TLS: only connections that complete a handshake with `tls` are
+/// served (each handshake runs on its own task with a 5 s limit, so a stalled client holds up no
+/// one).
+pub async fn serve_router_https(
+    addr: &str,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    what: &'static str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let tcp = TcpListener::bind(addr).await?;
@@ -72,13 +102,12 @@ pub async fn serve_https(
             });
         }
     });
-    let app = router(ready, not_ready);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(TlsListener { rx, local }, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::error!(error = %e, "metrics endpoint stopped");
+            tracing::error!(error = %e, "{what} stopped");
         }
     });
     Ok(local)

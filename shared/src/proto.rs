@@ -13,6 +13,46 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/recsys_descriptor.bin"));
 
+pub mod json {
+    //! What the messages' JSON form needs beyond serde's derives.
+
+    /// `vector_source` by its name (`"store"`, `"cache"`, `"fold_in"`, `"cold_start"`,
+    /// `"unspecified"`) rather than the enum's number.
+    pub mod vector_source {
+        use super::super::v1::VectorSource;
+
+        pub fn serialize<S: serde::Serializer>(value: &i32, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(name(*value))
+        }
+
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+            let text = <String as serde::Deserialize>::deserialize(d)?;
+            [
+                VectorSource::Unspecified,
+                VectorSource::Cache,
+                VectorSource::Store,
+                VectorSource::FoldIn,
+                VectorSource::ColdStart,
+            ]
+            .into_iter()
+            .find(|v| name(*v as i32) == text)
+            .map(|v| v as i32)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown vector source {text:?}")))
+        }
+
+        /// The name of a vector source in JSON.
+        pub fn name(value: i32) -> &'static str {
+            match VectorSource::try_from(value) {
+                Ok(VectorSource::Cache) => "cache",
+                Ok(VectorSource::Store) => "store",
+                Ok(VectorSource::FoldIn) => "fold_in",
+                Ok(VectorSource::ColdStart) => "cold_start",
+                _ => "unspecified",
+            }
+        }
+    }
+}
+
 pub mod codec {
     //! Prost's codec with one change: a message that does not decode (garbage bytes, a string
     //! field that is not UTF-8) is the sender's fault, `INVALID_ARGUMENT`, not `INTERNAL`.

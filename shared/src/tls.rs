@@ -64,15 +64,40 @@ pub fn client_config(
 
 /// A server configuration presenting `cert` (chain) and `key`, all from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config_verifying(cert, key, None)
+}
+
+/// [`server_config`] that, given `client_ca`, accepts only clients presenting a certificate
+/// that CA signed (mutual TLS).
+pub fn server_config_verifying(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     install_crypto_provider();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certificates(cert)?, private_key(key)?)
-    .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certificates(ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(certificates(cert)?, private_key(key)?)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
     Ok(Arc::new(config))
 }
 

@@ -466,25 +466,67 @@ impl Ranker {
 #[derive(Clone)]
 pub struct RankingService(pub Arc<Ranker>);
 
-#[tonic::async_trait]
-impl Ranking for RankingService {
-    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
-        let deadline = deadline_of(&request, self.0.max_request);
-        let request = request.into_inner();
+impl Ranker {
+    /// Rank as every transport answers it: within the deadline, the impression logged.
+    pub(crate) async fn answer_rank(
+        &self,
+        request: RankRequest,
+        deadline: Instant,
+    ) -> Result<RankResponse, RankError> {
         let user_id = request.user_id.clone();
         let (answer, shown) = self
-            .0
-            .within(deadline, self.0.rank(request, deadline))
-            .await
-            .map_err(Status::from)?
+            .within(deadline, self.rank(request, deadline))
+            .await?
             .into_inner();
-        self.0.log_impression(
+        self.log_impression(
             "rank",
             user_id,
             &answer.request_id,
             &answer.experiments,
             shown,
         );
+        Ok(answer)
+    }
+
+    /// Homepage as every transport answers it: within the deadline, the impression logged.
+    pub(crate) async fn answer_homepage(
+        &self,
+        request: HomepageRequest,
+        deadline: Instant,
+    ) -> Result<HomepageResponse, RankError> {
+        let user_id = request.user_id.clone();
+        let (answer, shown) = self
+            .within(deadline, self.homepage(request, deadline))
+            .await?
+            .into_inner();
+        self.log_impression(
+            "homepage",
+            user_id,
+            &answer.request_id,
+            &answer.experiments,
+            shown,
+        );
+        Ok(answer)
+    }
+
+    /// SimilarItems as every transport answers it, within the deadline.
+    pub(crate) async fn answer_similar_items(
+        &self,
+        request: SimilarItemsRequest,
+        deadline: Instant,
+    ) -> Result<SimilarItemsResponse, RankError> {
+        Ok(self
+            .within(deadline, self.similar_items(request, deadline))
+            .await?
+            .into_inner())
+    }
+}
+
+#[tonic::async_trait]
+impl Ranking for RankingService {
+    async fn rank(&self, request: Request<RankRequest>) -> Result<Response<RankResponse>, Status> {
+        let deadline = deadline_of(&request, self.0.max_request);
+        let answer = self.0.answer_rank(request.into_inner(), deadline).await?;
         Ok(Response::new(answer))
     }
 
@@ -493,21 +535,10 @@ impl Ranking for RankingService {
         request: Request<HomepageRequest>,
     ) -> Result<Response<HomepageResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
-        let request = request.into_inner();
-        let user_id = request.user_id.clone();
-        let (answer, shown) = self
+        let answer = self
             .0
-            .within(deadline, self.0.homepage(request, deadline))
-            .await
-            .map_err(Status::from)?
-            .into_inner();
-        self.0.log_impression(
-            "homepage",
-            user_id,
-            &answer.request_id,
-            &answer.experiments,
-            shown,
-        );
+            .answer_homepage(request.into_inner(), deadline)
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -516,13 +547,11 @@ impl Ranking for RankingService {
         request: Request<SimilarItemsRequest>,
     ) -> Result<Response<SimilarItemsResponse>, Status> {
         let deadline = deadline_of(&request, self.0.max_request);
-        self.0
-            .within(
-                deadline,
-                self.0.similar_items(request.into_inner(), deadline),
-            )
-            .await
-            .map_err(Status::from)
+        let answer = self
+            .0
+            .answer_similar_items(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(answer))
     }
 }
 

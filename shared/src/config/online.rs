@@ -16,6 +16,10 @@ pub struct OnlineConfig {
     pub listen: String,
     /// HTTP address of `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9464`.
     pub metrics_listen: String,
+    /// Address of the REST/JSON API (`POST /v1/rank`, `/v1/homepage`, `/v1/similar-items`,
+    /// `GET /openapi.json`): the same checks, keys, limits, TLS and metrics as gRPC. Unset: no
+    /// REST API. Default unset.
+    pub rest_listen: Option<String>,
     /// How often `CURRENT` is checked for a new model. Default 1000 ms.
     pub model_poll_ms: u64,
     /// The experiments file (TOML; see `online::experiments`): which members see which model
@@ -343,6 +347,7 @@ impl Default for OnlineConfig {
         OnlineConfig {
             listen: "127.0.0.1:50051".into(),
             metrics_listen: "127.0.0.1:9464".into(),
+            rest_listen: None,
             model_poll_ms: 1000,
             experiments_file: None,
             load_store_on_swap: true,
@@ -466,6 +471,9 @@ impl OnlineConfig {
         }
         super::check_address("online.listen", &self.listen)?;
         super::check_address("online.metrics_listen", &self.metrics_listen)?;
+        if let Some(rest) = &self.rest_listen {
+            super::check_address("online.rest_listen", rest)?;
+        }
         let tls = &self.tls;
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             return Err("`online.tls.cert_file` and `online.tls.key_file` go together".into());
