@@ -23,16 +23,15 @@ fn config(dir: &Path) -> Config {
     config
 }
 
-/// One HTTP/1.1 exchange: the status and the body as JSON (`Null` when it is not JSON).
-async fn http(
-    server: &RunningServer,
+/// One HTTP/1.1 exchange with `addr`: the status and the body.
+async fn exchange(
+    addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> (u16, Value) {
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = server.rest_addr.expect("the REST API is on");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
@@ -48,7 +47,21 @@ async fn http(
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, body.to_string())
+}
+
+/// One exchange with the server's REST API: the status and the body as JSON (`Null` when it is
+/// not JSON).
+async fn http(
+    server: &RunningServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let addr = server.rest_addr.expect("the REST API is on");
+    let (status, body) = exchange(addr, method, path, headers, body).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 async fn post(server: &RunningServer, path: &str, body: Value) -> (u16, Value) {
@@ -214,7 +227,7 @@ async fn rest_answers_what_grpc_answers_and_refuses_what_grpc_refuses() {
     );
 
     // Counted like gRPC, by transport.
-    let metrics = http_get(server.metrics_addr, "/metrics").await;
+    let (_, metrics) = exchange(server.metrics_addr, "GET", "/metrics", &[], "").await;
     for line in [
         "recsys_rpc_requests_total{code=\"Ok\",rpc=\"Rank\",transport=\"rest\"}",
         "recsys_rpc_requests_total{code=\"Ok\",rpc=\"Rank\",transport=\"grpc\"}",
@@ -224,17 +237,6 @@ async fn rest_answers_what_grpc_answers_and_refuses_what_grpc_refuses() {
         assert!(metrics.contains(line), "{line} missing");
     }
     server.shutdown().await.unwrap();
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
