@@ -362,17 +362,13 @@ impl RedisCluster {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("a directory for the cluster's node files");
-        let buses: Vec<u16> = (0..masters).map(|_| free_port()).collect();
-        let nodes: Vec<RedisServer> = buses
-            .iter()
-            .map(|&bus| {
-                let port = free_port();
-                RedisServer {
-                    port,
-                    child: Some(Self::spawn_node(&dir, port, bus)),
-                }
-            })
-            .collect();
+        let mut nodes: Vec<RedisServer> = Vec::new();
+        let mut buses: Vec<u16> = Vec::new();
+        while nodes.len() < masters {
+            let (node, bus) = Self::start_node(&dir, &nodes, &buses);
+            nodes.push(node);
+            buses.push(bus);
+        }
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -401,29 +397,75 @@ impl RedisCluster {
         cluster
     }
 
+    /// A node on fresh ports (client and bus) that no other node uses. Free ports are only free
+    /// when asked: a test running alongside may take one before the node binds it, and the node
+    /// then exits at once while the port answers for someone else — so a node counts as started
+    /// only when it still runs after its port answers, and is tried again on other ports if not.
+    fn start_node(
+        dir: &std::path::Path,
+        nodes: &[RedisServer],
+        buses: &[u16],
+    ) -> (RedisServer, u16) {
+        for _ in 0..10 {
+            let (port, bus) = (free_port(), free_port());
+            let used = |p: u16| p == port || p == bus;
+            if port == bus || nodes.iter().any(|n| used(n.port)) || buses.iter().any(|&b| used(b)) {
+                continue;
+            }
+            let Ok(mut child) = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(Self::node_args(dir, port, bus))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                panic!("redis-server must be installed (apt install redis-server)");
+            };
+            let listening = wait_for_port(port, Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(200));
+            if listening && matches!(child.try_wait(), Ok(None)) {
+                return (
+                    RedisServer {
+                        port,
+                        child: Some(child),
+                    },
+                    bus,
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("no Redis Cluster node could be started on free ports in 10 tries");
+    }
+
+    fn node_args(dir: &std::path::Path, port: u16, bus: u16) -> Vec<String> {
+        let nodes_file = dir.join(format!("nodes-{port}.conf"));
+        [
+            "--port",
+            &port.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus.to_string(),
+            "--cluster-config-file",
+            &nodes_file.display().to_string(),
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-require-full-coverage",
+            "no",
+            "--dir",
+            &dir.display().to_string(),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
     /// One node: cluster mode with its node file in `dir`; a lost master costs only its own
     /// slots (`cluster-require-full-coverage no`), as a store deployment should be set.
     fn spawn_node(dir: &std::path::Path, port: u16, bus: u16) -> Child {
-        let nodes_file = dir.join(format!("nodes-{port}.conf"));
-        spawn_redis(
-            port,
-            &[
-                "--port",
-                &port.to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus.to_string(),
-                "--cluster-config-file",
-                &nodes_file.display().to_string(),
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-require-full-coverage",
-                "no",
-                "--dir",
-                &dir.display().to_string(),
-            ],
-        )
+        let args = Self::node_args(dir, port, bus);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_redis(port, &args)
     }
 
     /// `kill -9`s node `i`.
