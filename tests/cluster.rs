@@ -5,16 +5,19 @@
 //! the cache), an s3s-fs object store, a Ballista scheduler and two executors, two nearline
 //! workers, two online servers and HAProxy in front of them. On it this test:
 //!
-//! 1. trains on Ballista from S3 with an executor `kill -9`ed once it runs a task (the job either
-//!    finishes on the other executor or fails with nothing published; then it runs again), and
-//!    publishes the model to S3; `load-store` fills the Redis Cluster; both servers load it;
+//! 1. trains on Ballista from S3 and publishes the model to S3; `load-store` fills the Redis
+//!    Cluster; both servers load it and the balancer has both up;
 //! 2. runs clients ranking through the balancer, a producer of member events into Kafka and
-//!    freshness probes (an event on a member's top item, then Rank until the answer changes) the
-//!    whole time, while faults come one at a time: a worker host `kill -9`ed (and back), a store
-//!    master's link down for 10 s, an online host killed (and back), the broker host restarted;
+//!    freshness probes (an event on a member's top item, then Rank until the answer changes),
+//!    while faults come one at a time: a worker host `kill -9`ed (and back), a store master's
+//!    link down for 10 s, an online host killed (and back), the broker host restarted;
 //! 3. stops the events and checks every member's state in the store against folding all events
-//!    in from scratch (nothing lost, nothing twice), and prints the checker's table: requests
-//!    failed per fault window, affinity, freshness.
+//!    in from scratch (nothing lost, nothing twice) — and, as a control, that the check fails
+//!    when told of one event fewer;
+//! 4. with the clients still ranking, trains a new model with an executor `kill -9`ed once it
+//!    runs a task (the job finishes on the other executor, or fails having published nothing and
+//!    runs again), and waits for both servers to swap the new version in;
+//! 5. prints the checker's table: requests failed per fault window, affinity, freshness.
 //!
 //! Needs root (namespaces), haproxy, redis-server, tansu and s3s-fs (`.ci/run` installs them);
 //! without root it says SKIPPED and returns. Latencies are printed, never asserted.
@@ -253,7 +256,17 @@ fn the_cluster_loses_nothing_through_five_faults() {
     cluster.script(&["up"]);
     eprintln!("cluster up in {:.1} s", started.elapsed().as_secs_f64());
 
-    let training = train_with_an_executor_lost(&cluster);
+    synth(&cluster);
+    let out = train(&cluster).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "offline train: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = ModelRoot::new(cluster.models())
+        .current_version()
+        .unwrap()
+        .expect("CURRENT after training");
     let out = cluster
         .recsys_on("sched", &["offline", "load-store"])
         .output()
@@ -274,22 +287,13 @@ fn the_cluster_loses_nothing_through_five_faults() {
         .enable_all()
         .build()
         .unwrap();
-    let report = runtime.block_on(scenario(&cluster));
-    let check = runtime.block_on(check_state(
-        &cluster,
-        &report.events,
-        Duration::from_secs(90),
-    ));
+    let (report, check, control, training) = runtime.block_on(scenario(&cluster, &version));
     print_table(&training, &report, &check, started.elapsed());
     // The checker can fail: told of one event fewer than were produced, it finds the entry that
     // event made in the store.
-    let (last, fewer) = report.events.split_last().unwrap();
-    let control = runtime.block_on(check_state(&cluster, fewer, Duration::ZERO));
     assert!(
         control.extra >= 1 && control.members_equal < control.members,
-        "the checker missed the state of an event it was not told about ({} of {})",
-        last.event_id,
-        last.user_id
+        "the checker missed the state of an event it was not told about"
     );
 
     assert_eq!(check.missing, 0, "events lost: {}", check.first_problem);
@@ -329,17 +333,16 @@ fn the_cluster_loses_nothing_through_five_faults() {
     );
 }
 
-/// What the training under an executor fault did.
+/// What the retraining under an executor fault did.
 struct Training {
     killed: String,
-    first_attempt: String,
+    outcome: String,
+    /// The version served at the end.
     version: String,
 }
 
-/// `offline train` on Ballista, reading S3, publishing to S3; the first executor seen running a
-/// task is `kill -9`ed. The job finishes on the other executor, or fails having published
-/// nothing; then the executor comes back and the job runs again.
-fn train_with_an_executor_lost(cluster: &Cluster) -> Training {
+/// Synthetic data into the bucket (s3s-fs keeps each object as a file).
+fn synth(cluster: &Cluster) {
     let out = Command::new(&cluster.recsys)
         .args([
             "offline",
@@ -361,33 +364,46 @@ fn train_with_an_executor_lost(cluster: &Cluster) -> Training {
         "synth: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let train = |cluster: &Cluster| {
-        cluster
-            .recsys_on(
-                "sched",
-                &[
-                    "offline",
-                    "train",
-                    "--interactions",
-                    "s3://recsys/data/interactions.parquet",
-                    "--items",
-                    "s3://recsys/data/items.parquet",
-                ],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+}
+
+/// `offline train` on host `sched`: Ballista reads S3, the model is published to S3.
+fn train(cluster: &Cluster) -> std::process::Child {
+    cluster
+        .recsys_on(
+            "sched",
+            &[
+                "offline",
+                "train",
+                "--interactions",
+                "s3://recsys/data/interactions.parquet",
+                "--items",
+                "s3://recsys/data/items.parquet",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A new training while the cluster serves, with the first executor seen running one of its
+/// tasks `kill -9`ed: the job finishes on the other executor, or fails having published nothing
+/// (then the executor comes back and the job runs again). Either way CURRENT ends on a version
+/// whose every file matches its manifest.
+fn train_losing_an_executor(cluster: &Cluster, before: &str) -> Training {
+    let logs = ["exec1", "exec2"].map(|e| format!("{e}.executor.log"));
+    let seen = logs.clone().map(|log| cluster.log(&log).len());
     let job = train(cluster);
     let deadline = Instant::now() + Duration::from_secs(120);
     let killed = loop {
-        let running = ["exec1", "exec2"].into_iter().find(|e| {
+        let running = (0..2).find(|&e| {
             cluster
-                .log(&format!("{e}.executor.log"))
-                .contains("Execute task")
+                .log(&logs[e])
+                .get(seen[e]..)
+                .is_some_and(|new| new.contains("Execute task"))
         });
-        if let Some(executor) = running {
+        if let Some(e) = running {
+            let executor = ["exec1", "exec2"][e];
             cluster.script(&["kill", executor]);
             break executor.to_string();
         }
@@ -400,23 +416,31 @@ fn train_with_an_executor_lost(cluster: &Cluster) -> Training {
     };
     let out = job.wait_with_output().unwrap();
     let current = ModelRoot::new(cluster.models()).current_version().unwrap();
-    let first_attempt = if out.status.success() {
+    let outcome = if out.status.success() {
+        assert_ne!(
+            current.as_deref(),
+            Some(before),
+            "a finished job published nothing"
+        );
         "finished on the other executor".to_string()
     } else {
-        // Failed: nothing published, nothing half-written in sight.
-        assert_eq!(current, None, "a failed job moved CURRENT");
+        assert_eq!(
+            current.as_deref(),
+            Some(before),
+            "a failed job moved CURRENT"
+        );
         let error = String::from_utf8_lossy(&out.stderr);
         let last = error
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("");
-        format!("failed cleanly, nothing published ({})", last.trim())
+        format!("failed cleanly, CURRENT unmoved ({})", last.trim())
     };
     cluster.script(&["start", &killed]);
-    let version = match current {
-        Some(v) => v,
-        None => {
+    let version = match current.as_deref() {
+        Some(v) if v != before => v.to_string(),
+        _ => {
             let out = train(cluster).wait_with_output().unwrap();
             assert!(
                 out.status.success(),
@@ -429,13 +453,28 @@ fn train_with_an_executor_lost(cluster: &Cluster) -> Training {
                 .expect("CURRENT after training")
         }
     };
-    // Every file of the version is there and matches its manifest.
     ModelRoot::new(cluster.models()).verify(&version).unwrap();
     Training {
         killed,
-        first_attempt,
+        outcome,
         version,
     }
+}
+
+/// The model version `host`'s server answers with.
+async fn served_version(host: &str) -> Option<String> {
+    let mut client = RankingClient::connect(format!("http://{host}:50051"))
+        .await
+        .ok()?;
+    let answer = client
+        .rank(RankRequest {
+            user_id: "u0000001".into(),
+            k: 1,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    Some(answer.into_inner().model_version)
 }
 
 /// What the clients, the producer and the probes saw.
@@ -483,8 +522,10 @@ impl Report {
     }
 }
 
-/// Traffic and faults: clients, events and probes run throughout; the faults come one at a time.
-async fn scenario(cluster: &Cluster) -> Report {
+/// Traffic and faults: clients rank throughout; events and probes run through the first four
+/// faults, then stop, and the store is checked (and the check's control run); the last fault, an
+/// executor lost in a retraining, comes while the clients still rank.
+async fn scenario(cluster: &Cluster, version: &str) -> (Report, Check, Check, Training) {
     let config = Config::load(Some(&cluster.dir.join("recsys.toml"))).unwrap();
     let topic = config.kafka.events_topic.clone();
     let producer = Arc::new(recsys_nearline::kafka::producer(&config).unwrap());
@@ -497,19 +538,20 @@ async fn scenario(cluster: &Cluster) -> Report {
     let answers = Arc::new(Mutex::new(Vec::new()));
     let events = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_clients = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let running = |stop: &Arc<std::sync::atomic::AtomicBool>| {
         !stop.load(std::sync::atomic::Ordering::Relaxed)
     };
 
     // Clients: four loops, about 100 requests a second through the balancer.
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for c in 0..4u64 {
         let (answers, stop, mut client) = (
             answers.clone(),
-            stop.clone(),
+            stop_clients.clone(),
             RankingClient::new(channel.clone()),
         );
-        tasks.push(tokio::spawn(async move {
+        clients.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(c);
             while running(&stop) {
                 let member = format!("u{:07}", rng.random_range(0..MEMBERS));
@@ -530,6 +572,7 @@ async fn scenario(cluster: &Cluster) -> Report {
         }));
     }
     // Events: about 50 a second, each sent until acknowledged.
+    let mut tasks = Vec::new();
     {
         let (events, stop, producer, topic) = (
             events.clone(),
@@ -684,22 +727,67 @@ async fn scenario(cluster: &Cluster) -> Report {
         servers_up: true,
     });
 
-    at(110).await;
+    at(100).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
     let probes = probes.await.unwrap();
+    let events = std::mem::take(&mut *events.lock().unwrap());
+    let check = check_state(cluster, version, &events, Duration::from_secs(90)).await;
+    let control = check_state(
+        cluster,
+        version,
+        &events[..events.len() - 1],
+        Duration::ZERO,
+    )
+    .await;
+
+    // The last fault: a new model trained while the clients rank, an executor lost mid-job.
+    let start = t0.elapsed();
+    let training = {
+        let (cluster, version) = (cluster.clone(), version.to_string());
+        tokio::task::spawn_blocking(move || train_losing_an_executor(&cluster, &version))
+            .await
+            .unwrap()
+    };
+    // Both servers swap the new version in.
+    let swapped = Instant::now();
+    while served_version("10.77.0.61").await.as_deref() != Some(&training.version)
+        || served_version("10.77.0.62").await.as_deref() != Some(&training.version)
+    {
+        assert!(
+            swapped.elapsed() < Duration::from_secs(60),
+            "the servers did not swap {} in",
+            training.version
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    windows.push(Window {
+        name: "exec killed in a retraining, swap".into(),
+        start,
+        end: t0.elapsed() + SETTLE,
+        servers_up: true,
+    });
+    tokio::time::sleep(SETTLE).await;
+    stop_clients.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
     let duration = t0.elapsed();
     let answers = std::mem::take(&mut *answers.lock().unwrap());
-    let events = std::mem::take(&mut *events.lock().unwrap());
-    Report {
-        answers,
-        windows,
-        events,
-        probes,
-        duration,
-    }
+    (
+        Report {
+            answers,
+            windows,
+            events,
+            probes,
+            duration,
+        },
+        check,
+        control,
+        training,
+    )
 }
 
 /// The store against folding every event in from scratch.
@@ -714,18 +802,20 @@ struct Check {
     waited: Duration,
 }
 
-/// Polls the store for up to `patience` until it equals folding `events` in from scratch.
-async fn check_state(cluster: &Cluster, events: &[Event], patience: Duration) -> Check {
+/// Polls the store for up to `patience` until it equals folding `events` in from scratch with
+/// model `version`.
+async fn check_state(
+    cluster: &Cluster,
+    version: &str,
+    events: &[Event],
+    patience: Duration,
+) -> Check {
     let config = Config::load(Some(&cluster.dir.join("recsys.toml"))).unwrap();
-    let version = ModelRoot::new(cluster.models())
-        .current_version()
-        .unwrap()
-        .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let expected = from_scratch(
         &config,
         &cluster.models(),
-        &version,
+        version,
         scratch.path(),
         events,
         &[],
@@ -793,8 +883,8 @@ fn print_table(training: &Training, report: &Report, check: &Check, total: Durat
     println!();
     println!("== the cluster checker ({:.0} s in all)", secs(total));
     println!(
-        "training on Ballista from S3, {} killed mid-job: {}; published {}",
-        training.killed, training.first_attempt, training.version
+        "retraining on Ballista from S3 while serving, {} killed mid-job: {}; {} published and swapped in by both servers",
+        training.killed, training.outcome, training.version
     );
     println!(
         "{:<40} {:>11} {:>8} {:>6} {:>8} {:>22}",
@@ -841,16 +931,20 @@ fn print_table(training: &Training, report: &Report, check: &Check, total: Durat
         let mut seen: Vec<f64> = probes.iter().filter_map(|ms| **ms).collect();
         seen.sort_by(f64::total_cmp);
         let unseen = probes.len() - seen.len();
-        let freshness = format!(
-            "{:.0} / {:.0} ms{}",
-            percentile(&seen, 0.5),
-            percentile(&seen, 0.99),
-            if unseen > 0 {
-                format!(" ({unseen} >5 s)")
-            } else {
-                String::new()
-            }
-        );
+        let freshness = if probes.is_empty() {
+            "- (no events)".to_string()
+        } else {
+            format!(
+                "{:.0} / {:.0} ms{}",
+                percentile(&seen, 0.5),
+                percentile(&seen, 0.99),
+                if unseen > 0 {
+                    format!(" ({unseen} >5 s)")
+                } else {
+                    String::new()
+                }
+            )
+        };
         println!(
             "{name:<40} {span:>11} {:>8} {:>6} {failing:>8} {freshness:>22}",
             answers.len(),
