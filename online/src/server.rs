@@ -357,8 +357,6 @@ fn server_tls(
     Ok(Some((config, validity)))
 }
 
-/// Starts everything the configuration describes and returns once the ports are bound and the
-/// current model (if any) is loaded.
 /// Serves the REST API on `addr` (over TLS with the gRPC port's certificate when it has one).
 async fn serve_rest(
     addr: &str,
@@ -397,6 +395,8 @@ fn load_options(online: &OnlineConfig) -> LoadOptions {
     }
 }
 
+/// Starts everything the configuration describes and returns once the ports are bound and the
+/// current model (if any) is loaded.
 pub async fn start(config: &Config) -> Result<RunningServer, OnlineError> {
     let kv = recsys_store::open(&config.store).await?;
     let features = FeatureStore::new(kv, config.store.history_cap);
