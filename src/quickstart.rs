@@ -245,6 +245,9 @@ async fn serve_and_stream(
         "      listening on {grpc}; metrics on http://{}/metrics",
         server.metrics_addr
     );
+    if let Some(rest) = server.rest_addr {
+        println!("      REST/JSON on http://{rest}/v1/rank (its OpenAPI document: http://{rest}/openapi.json)");
+    }
     let mut client = RankingClient::connect(format!("http://{grpc}"))
         .await
         .context("connecting to the online server")?;
