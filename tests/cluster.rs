@@ -126,29 +126,27 @@ impl Drop for TearDown {
     }
 }
 
-fn ready(address: &str) -> bool {
+/// The whole answer to `GET path` on `address` (empty when nothing answers).
+fn http_get(address: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(address) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
     let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    if let Ok(mut s) = std::net::TcpStream::connect(address) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+        let _ = s.read_to_string(&mut answer);
+    }
+    answer
+}
+
+fn ready(address: &str) -> bool {
+    let answer = http_get(address, "/readyz");
     answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
 }
 
 /// Whether HAProxy has both servers up (its checks need two good answers after a server became
 /// ready).
 fn balancer_has_both() -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect("10.77.0.70:8404") else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let _ = s.write_all(b"GET /stats;csv HTTP/1.0\r\n\r\n");
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let answer = http_get("10.77.0.70:8404", "/stats;csv");
     ["online1", "online2"].iter().all(|server| {
         answer.lines().any(|l| {
             let fields: Vec<&str> = l.split(',').collect();
