@@ -64,6 +64,10 @@ pub struct QuickstartArgs {
     /// /metrics, /healthz, /readyz address [config: online.metrics_listen].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// REST/JSON API and console address [config: online.rest_listen; the quickstart's default
+    /// 127.0.0.1:8080].
+    #[arg(long)]
+    pub rest_listen: Option<String>,
     /// Exit once the homepages are printed instead of serving until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
@@ -97,6 +101,14 @@ pub fn run(
     if let Some(l) = &args.metrics_listen {
         config.online.metrics_listen = l.clone();
     }
+    if let Some(l) = &args.rest_listen {
+        config.online.rest_listen = Some(l.clone());
+    }
+    let rest_listen = config
+        .online
+        .rest_listen
+        .get_or_insert_with(|| "127.0.0.1:8080".into())
+        .clone();
     config
         .validate()
         .map_err(|problem| anyhow::anyhow!("quickstart options: {problem}"))?;
@@ -104,6 +116,7 @@ pub fn run(
     for (addr, flag) in [
         (&config.online.listen, "--listen"),
         (&config.online.metrics_listen, "--metrics-listen"),
+        (&rest_listen, "--rest-listen"),
     ] {
         if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
             anyhow::bail!(
@@ -247,6 +260,9 @@ async fn serve_and_stream(
     );
     if let Some(rest) = server.rest_addr {
         println!("      REST/JSON on http://{rest}/v1/rank (its OpenAPI document: http://{rest}/openapi.json)");
+        if config.online.console.enabled {
+            println!("      console on http://{rest}/console");
+        }
     }
     let mut client = RankingClient::connect(format!("http://{grpc}"))
         .await
@@ -335,6 +351,12 @@ async fn serve_and_stream(
         "    grpcurl -plaintext -d '{{\"user_id\":\"{member}\",\"rows\":3}}' {grpc} recsys.v1.Ranking/Homepage   # any gRPC client: the server has reflection"
     );
     println!("    curl http://{}/metrics", server.metrics_addr);
+    if let Some(rest) = server.rest_addr {
+        println!("    curl -s -d '{{\"user_id\":\"{member}\",\"k\":5}}' http://{rest}/v1/rank");
+        if config.online.console.enabled {
+            println!("    open http://{rest}/console in a browser (models, experiments, member preview, health)");
+        }
+    }
     if args.exit {
         server.shutdown().await?;
         return Ok(());

@@ -23,6 +23,8 @@ fn quickstart(dir: &std::path::Path) -> String {
             &format!("127.0.0.1:{}", free_port()),
             "--metrics-listen",
             &format!("127.0.0.1:{}", free_port()),
+            "--rest-listen",
+            &format!("127.0.0.1:{}", free_port()),
         ])
         .output()
         .unwrap();
@@ -95,10 +97,8 @@ fn a_busy_port_is_named_with_its_flag_before_any_training() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
-    for (flag, other) in [
-        ("--listen", "--metrics-listen"),
-        ("--metrics-listen", "--listen"),
-    ] {
+    let flags = ["--listen", "--metrics-listen", "--rest-listen"];
+    for flag in flags {
         let o = Command::new(env!("CARGO_BIN_EXE_recsys"))
             .args([
                 "quickstart",
@@ -107,7 +107,12 @@ fn a_busy_port_is_named_with_its_flag_before_any_training() {
                 dir.path().to_str().unwrap(),
             ])
             .args([flag, busy_addr.as_str()])
-            .args([other, &format!("127.0.0.1:{}", free_port())])
+            .args(
+                flags
+                    .iter()
+                    .filter(|f| **f != flag)
+                    .flat_map(|other| [other.to_string(), format!("127.0.0.1:{}", free_port())]),
+            )
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&o.stdout);

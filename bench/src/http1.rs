@@ -1,5 +1,5 @@
-//! A keep-alive HTTP/1.1 client for JSON POSTs, just enough for the REST benchmark: one request
-//! at a time per connection, `content-length` bodies (what the online tier's REST API sends).
+//! A keep-alive HTTP/1.1 client, just enough for the REST and console benchmarks: one request
+//! at a time per connection, `content-length` bodies (what the online tier's HTTP side sends).
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -22,11 +22,31 @@ impl Connection {
 
     /// POSTs `body` (JSON) to `path`; the status and the body of the answer.
     pub async fn post(&mut self, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
+        self.request("POST", path, &[("content-type", "application/json")], body)
+            .await
+    }
+
+    /// GETs `path` with `headers`; the status and the body of the answer.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request("GET", path, headers, &[]).await
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
         let mut request = head.into_bytes();
         request.extend_from_slice(body);
         self.stream.get_mut().write_all(&request).await?;

@@ -17,6 +17,7 @@
 //! processes); no tier depends on it, so the libraries carry neither the test kit nor `clap`.
 
 pub mod ann;
+pub mod console;
 pub mod features;
 pub mod http1;
 pub mod nearline;

@@ -94,6 +94,10 @@ pub struct BenchArgs {
     /// a time (the same server setup and requests).
     #[arg(long)]
     pub rest: bool,
+    /// Also time every console page (`/console`) on a server of this catalog while it serves
+    /// Homepage traffic: server-side render time and page weight (targets ≤ 300 ms, ≤ 200 KB).
+    #[arg(long)]
+    pub console: bool,
     /// Also run the server with a 50/50 experiment over two published versions and impressions
     /// logged to a Tansu broker (started here), print p50 and RSS next to the plain run's, then
     /// kill the broker for `--broker-down-seconds` of load and count failed requests and dropped
@@ -1079,6 +1083,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 for (key, value) in rest_runs(&args, n, &dir).await? {
                     summary[key] = value;
                 }
+            }
+            if args.console {
+                summary["console"] = crate::console::run(&args, &dir.join("models"))
+                    .await
+                    .map_err(|e| format!("console: {e}"))?;
             }
             if args.tls {
                 let certs = recsys_shared::testkit::TestCertificates::generate();

@@ -157,6 +157,15 @@ impl TrainJob {
         )?;
         let catalog_items = catalog.iter().map(|b| b.num_rows() as u64).sum();
 
+        // The gate's verdict is part of the version: the console and `offline versions` show
+        // why a version was (not) published.
+        let (gate_ok, gate) = self.gate(&destination, evaluation.as_ref())?;
+        let publish = gate_ok || self.force;
+        let gate = if publish && !gate_ok {
+            format!("{gate} (overridden by --force)")
+        } else {
+            gate
+        };
         let (name, model) = params.record();
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
@@ -186,11 +195,11 @@ impl TrainJob {
                 catalog_items,
             },
             evaluation: evaluation.clone(),
+            gate: Some(gate.clone()),
             files: Default::default(),
         };
         let manifest = staged.commit(manifest)?;
 
-        let (gate_ok, gate) = self.gate(&destination, evaluation.as_ref())?;
         let metrics = match &evaluation {
             Some(e) => serde_json::json!({
                 "protocol": e.protocol,
@@ -200,7 +209,6 @@ impl TrainJob {
             }),
             None => serde_json::json!({}),
         };
-        let publish = gate_ok || self.force;
         if publish {
             let removed = destination.publish(&manifest.version, config.model.keep_versions)?;
             if !removed.is_empty() {
@@ -212,11 +220,7 @@ impl TrainJob {
             published: publish,
             train_seconds,
             metrics,
-            gate: if publish && !gate_ok {
-                format!("{gate} (overridden by --force)")
-            } else {
-                gate
-            },
+            gate,
             gate_refused: !publish,
         })
     }

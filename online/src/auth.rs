@@ -109,15 +109,7 @@ impl ApiKeys {
                 "an API key is required: `authorization: Bearer <key>` or `x-api-key: <key>`",
             ));
         };
-        let presented = digest(presented.trim().as_bytes());
-        // Every key is compared, so the time does not tell which one (if any) matched.
-        let mut found = None;
-        for key in &self.keys {
-            if same(&key.digest, &presented) {
-                found = Some(key);
-            }
-        }
-        let Some(key) = found else {
+        let Some(key) = self.find(presented) else {
             AUTH_FAILURES.with_label_values(&["unknown_key"]).inc();
             return Err(Status::unauthenticated("the API key is not valid"));
         };
@@ -130,6 +122,40 @@ impl ApiKeys {
         }
         CALLERS.with_label_values(&[&key.name]).inc();
         Ok(Some(&key.name))
+    }
+}
+
+impl ApiKeys {
+    /// The key `presented` is, compared with every configured key so that the time does not
+    /// tell which one (if any) matched.
+    fn find(&self, presented: &str) -> Option<&Key> {
+        let presented = digest(presented.trim().as_bytes());
+        let mut found = None;
+        for key in &self.keys {
+            if same(&key.digest, &presented) {
+                found = Some(key);
+            }
+        }
+        found
+    }
+
+    /// Who holds `presented` and which of `rpcs` it may call, or `None` for an unknown key
+    /// (counted as `unknown_key`). For callers that keep a session rather than checking a
+    /// header on every request (the console's login).
+    pub fn identify(&self, presented: &str, rpcs: &[&str]) -> Option<(String, Vec<bool>)> {
+        let Some(key) = self.find(presented) else {
+            AUTH_FAILURES.with_label_values(&["unknown_key"]).inc();
+            return None;
+        };
+        let may = rpcs
+            .iter()
+            .map(|rpc| {
+                key.rpcs
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(*rpc))
+            })
+            .collect();
+        Some((key.name.clone(), may))
     }
 }
 

@@ -26,10 +26,15 @@
 //!   [`connections`]: the cap on open connections.
 //! - [`rest`]: the same three RPCs as JSON over HTTP (`online.rest_listen`), through the same
 //!   keys, admission and deadlines, and the OpenAPI document.
+//! - [`console`]: the console under `/console` on the REST port — models (promote, roll back),
+//!   experiments, member preview and health from an in-process ring buffer — behind the same
+//!   keys, with a read-only and an operator role.
 //! - [`server`]: wiring with gRPC health and reflection, HTTP/2 limits and keepalive, and
 //!   [`metrics`] on HTTP.
 //!
-//! It must never write model artifacts, and it writes to the feature store only when it owns an
+//! It must never write model artifacts; the one write to a model root is the console moving
+//! `CURRENT` (an operator's promote or roll back, under the root's writer lock, as `recsys
+//! offline rollback` does). It writes to the feature store only when it owns an
 //! embedded one (the bulk load of a new model's members). Its only writes to Kafka are
 //! impressions, and they never wait. It depends on `recsys-shared` and the feature store
 //! `recsys-store` only, never on another tier.
@@ -38,6 +43,7 @@ pub mod admission;
 pub mod auth;
 pub mod catalog;
 pub mod connections;
+pub mod console;
 pub mod error;
 pub mod experiments;
 pub mod impressions;

@@ -224,3 +224,23 @@ pub static ANN_RECALL: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("registers once")
 });
+
+/// Console pages by the time they took to render on the server.
+pub static CONSOLE_RENDER: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "recsys_console_render_seconds",
+        "Server time of a console page, by page",
+        &["page"],
+        vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 1.0]
+    )
+    .expect("registers once")
+});
+
+/// `CURRENT` moved from the console (promote or roll back).
+pub static CONSOLE_PROMOTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "recsys_console_promotions_total",
+        "Times an operator moved CURRENT from the console"
+    )
+    .expect("registers once")
+});

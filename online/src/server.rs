@@ -32,7 +32,7 @@ use crate::metrics::{
     CATALOG_ITEMS, EXPERIMENTS_ACTIVE, EXPERIMENT_RELOADS, MODEL_SWAPS, MODEL_VERSION,
     TLS_NOT_AFTER,
 };
-use crate::rpc::{ExperimentSet, Ranker, RankingService};
+use crate::rpc::{ExperimentSet, ExperimentsRefusal, Ranker, RankingService};
 
 /// Streams a client may reset before the server has accepted them, on one connection, before the
 /// connection is ended as a rapid-reset flood: twice the streams it may have open at once.
@@ -53,6 +53,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), OnlineError>>,
     watcher: JoinHandle<()>,
+    /// The console's health sampler, when the console is on.
+    sampling: Option<JoinHandle<()>>,
     refusals: Arc<AtomicU64>,
     /// The validity of the gRPC port's TLS certificate, when it serves TLS.
     pub certificate: Option<Validity>,
@@ -69,6 +71,9 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<(), OnlineError> {
         let _ = self.shutdown.send(true);
         self.watcher.abort();
+        if let Some(sampling) = &self.sampling {
+            sampling.abort();
+        }
         self.grpc.await.unwrap_or(Ok(()))
     }
 
@@ -249,6 +254,14 @@ impl ExperimentsWatcher {
             Err(e) => {
                 tracing::error!(file = %self.path.display(), error = %e.utf8_error(),
                     "refusing the experiments file: it is not UTF-8 text; the last good one stays in force");
+                self.ranker.set_experiments_file(
+                    &self.path,
+                    Some(ExperimentsRefusal {
+                        text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        error: format!("not UTF-8 text: {}", e.utf8_error()),
+                        at: chrono::Utc::now(),
+                    }),
+                );
                 self.refused = Some(e.into_bytes());
                 EXPERIMENT_RELOADS.with_label_values(&["refused"]).inc();
                 return;
@@ -257,6 +270,7 @@ impl ExperimentsWatcher {
         let Some(text) = text else {
             self.ranker.set_experiments(ExperimentSet::default());
             self.applied = None;
+            self.ranker.set_experiments_file(&self.path, None);
             EXPERIMENT_RELOADS.with_label_values(&["removed"]).inc();
             EXPERIMENTS_ACTIVE.set(0);
             tracing::info!(file = %self.path.display(), "experiments file removed: no experiment in force");
@@ -269,6 +283,7 @@ impl ExperimentsWatcher {
                 tracing::info!(file = %self.path.display(), experiments = active,
                     pinned_versions = ?versions, "experiments in force");
                 self.ranker.set_experiments(set);
+                self.ranker.set_experiments_file(&self.path, None);
                 self.applied = Some(text);
                 self.refused = None;
                 EXPERIMENT_RELOADS.with_label_values(&["applied"]).inc();
@@ -277,6 +292,14 @@ impl ExperimentsWatcher {
             Err(problem) => {
                 tracing::error!(file = %self.path.display(), error = %problem,
                     "refusing the experiments file; the last good one stays in force");
+                self.ranker.set_experiments_file(
+                    &self.path,
+                    Some(ExperimentsRefusal {
+                        text: text.clone(),
+                        error: problem,
+                        at: chrono::Utc::now(),
+                    }),
+                );
                 self.refused = Some(text.into_bytes());
                 EXPERIMENT_RELOADS.with_label_values(&["refused"]).inc();
             }
@@ -311,6 +334,7 @@ impl ExperimentsWatcher {
         }
         Ok(ExperimentSet {
             experiments,
+            text: Some(text.to_string()),
             catalogs,
         })
     }
@@ -362,9 +386,13 @@ async fn serve_rest(
     addr: &str,
     tls: &recsys_shared::config::ServerTlsConfig,
     state: crate::rest::RestState,
+    console: Option<crate::console::ConsoleState>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, OnlineError> {
-    let app = crate::rest::router(state);
+    let mut app = crate::rest::router(state);
+    if let Some(console) = console {
+        app = app.merge(crate::console::router(console));
+    }
     let bound = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             // Mutual TLS too when gRPC asks for it: the same clients, the same certificates.
@@ -461,6 +489,7 @@ pub async fn start_with_reader(
         refused: None,
         settling: Settling::default(),
     };
+    ranker.set_experiments_file(&experiments.path, None);
     experiments.load_now().await;
     if ranker.catalog().is_none() {
         tracing::warn!(root = %config.model.root.display(),
@@ -579,6 +608,26 @@ pub async fn start_with_reader(
         ),
         keys: keys.map(Arc::new),
     };
+    // The console samples its health series from the start, so its plots have a history.
+    let console = match (&online.rest_listen, online.console.enabled) {
+        (Some(_), true) => {
+            let sampler = Arc::new(crate::console::Sampler::new(
+                Duration::from_secs(online.console.sample_seconds),
+                online.console.scrape.clone(),
+            ));
+            Some(crate::console::ConsoleState::new(
+                ranker.clone(),
+                admission.keys.clone(),
+                ModelRoot::new(&config.model.root),
+                config.model.mirrored_from.clone(),
+                sampler,
+                &online.console,
+                online.tls.cert_file.is_some(),
+            ))
+        }
+        _ => None,
+    };
+    let sampling = console.as_ref().map(|c| c.sampler.spawn());
     // The REST API shares the slots, the queue and the keys: one server, one admission.
     let rest_addr = match &online.rest_listen {
         Some(addr) => Some(
@@ -590,6 +639,7 @@ pub async fn start_with_reader(
                     admission: admission.admission.clone(),
                     keys: admission.keys.clone(),
                 },
+                console,
                 stopped(shutdown_rx.clone()),
             )
             .await?,
@@ -641,6 +691,7 @@ pub async fn start_with_reader(
         shutdown,
         grpc,
         watcher,
+        sampling,
         refusals,
         certificate,
     })

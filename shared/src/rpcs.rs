@@ -10,6 +10,8 @@ pub enum RpcPath {
     Exact(&'static str),
     /// A whole service: every path under the prefix.
     Prefix(&'static str),
+    /// Not a gRPC method: a grant checked by the HTTP side (the console's roles).
+    Http,
 }
 
 /// One RPC (or a whole built-in service) of the ranking server.
@@ -48,6 +50,17 @@ pub const RPCS: &[Rpc] = &[
         path: RpcPath::Prefix("/grpc.reflection."),
         ranking: false,
     },
+    // The console's two roles: reading every page, and moving `CURRENT` (promote, roll back).
+    Rpc {
+        name: "ConsoleRead",
+        path: RpcPath::Http,
+        ranking: false,
+    },
+    Rpc {
+        name: "ConsoleOperate",
+        path: RpcPath::Http,
+        ranking: false,
+    },
 ];
 
 /// The RPC a gRPC path belongs to, if any.
@@ -55,6 +68,7 @@ pub fn of_path(path: &str) -> Option<&'static Rpc> {
     RPCS.iter().find(|rpc| match rpc.path {
         RpcPath::Exact(p) => path == p,
         RpcPath::Prefix(p) => path.starts_with(p),
+        RpcPath::Http => false,
     })
 }
 
@@ -84,5 +98,7 @@ mod tests {
         assert!(named("SimilarItems").unwrap().ranking);
         assert!(!named("Reflection").unwrap().ranking);
         assert!(named("rank").is_none());
+        assert!(of_path("ConsoleRead").is_none());
+        assert_eq!(named("ConsoleOperate").unwrap().path, RpcPath::Http);
     }
 }

@@ -71,8 +71,10 @@ pub(crate) async fn mirror_remote_root(
     };
     tracing::info!(root = %remote.url(), cache = %config.model.cache_dir.display(),
         "model root on object storage; mirroring into the cache");
+    let origin = remote.url().to_string();
     let mut mirror = ModelMirror::new(remote, &config.model.cache_dir, config.model.keep_versions);
     mirror.poll().await;
+    config.model.mirrored_from = Some(origin);
     config.model.root = config.model.cache_dir.clone();
     Ok(Some(AbortOnDrop(mirror.spawn(every))))
 }

@@ -105,6 +105,24 @@ pub struct Ranker {
     /// How member vectors find their items unless an experiment variant says otherwise.
     retrieval: Retrieval,
     ann: AnnRetrieval,
+    /// The experiments file's path and its last refusal, for the console.
+    experiments_file: std::sync::Mutex<ExperimentsFile>,
+}
+
+/// What the console shows of the experiments file beside the set in force.
+#[derive(Debug, Clone, Default)]
+pub struct ExperimentsFile {
+    pub path: Option<std::path::PathBuf>,
+    /// The last contents refused since the file in force was applied, why and when.
+    pub refused: Option<ExperimentsRefusal>,
+}
+
+/// A refused experiments file.
+#[derive(Debug, Clone)]
+pub struct ExperimentsRefusal {
+    pub text: String,
+    pub error: String,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A failing item index fails every ANN request: logged once a second, with the count held back.
@@ -134,6 +152,8 @@ impl Eligible {
 #[derive(Default)]
 pub struct ExperimentSet {
     pub experiments: Experiments,
+    /// The file's text, as it was put in force; `None` when no file is.
+    pub text: Option<String>,
     pub catalogs: HashMap<String, Arc<Catalog>>,
 }
 
@@ -186,7 +206,41 @@ impl Ranker {
             scans: None,
             retrieval: Retrieval::Exact,
             ann: AnnRetrieval::new(&AnnSearchConfig::default()),
+            experiments_file: Default::default(),
         }
+    }
+
+    /// The business rules every list goes through.
+    pub fn rules(&self) -> &RulesConfig {
+        &self.rules
+    }
+
+    /// Whether Rank leaves out the member's history when a request does not say.
+    pub fn excludes_seen(&self) -> bool {
+        self.exclude_seen
+    }
+
+    /// The experiments file's path and its last refusal.
+    pub fn experiments_file(&self) -> ExperimentsFile {
+        self.experiments_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the experiments file's path and whether its latest contents were refused
+    /// (`None`: put in force or removed).
+    pub fn set_experiments_file(
+        &self,
+        path: &std::path::Path,
+        refused: Option<ExperimentsRefusal>,
+    ) {
+        let mut file = self
+            .experiments_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        file.path = Some(path.to_path_buf());
+        file.refused = refused;
     }
 
     /// Scores member vectors in batched scans (`online.batch`; off unless `enabled`).
@@ -507,6 +561,20 @@ impl Ranker {
             shown,
         );
         Ok(answer)
+    }
+
+    /// Homepage as the member would see it, for the console's preview: the same answer, but no
+    /// impression logged (a look from the console is not a member's page view).
+    pub(crate) async fn preview_homepage(
+        &self,
+        request: HomepageRequest,
+    ) -> Result<HomepageResponse, RankError> {
+        let deadline = Instant::now() + self.max_request;
+        Ok(self
+            .within(deadline, self.homepage(request, deadline))
+            .await?
+            .into_inner()
+            .0)
     }
 
     /// SimilarItems as every transport answers it, within the deadline.

@@ -25,6 +25,11 @@ pub struct Manifest {
     pub rows: RowCounts,
     /// Absent when training ran with `--skip-eval`.
     pub evaluation: Option<Evaluation>,
+    /// The publish gate's verdict on this version against the model current when it was
+    /// trained (`passed: …`, `refused: …`, `skipped: …`); absent in versions published before
+    /// the verdict was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
     /// sha256 and size of every other file in the version directory.
     pub files: BTreeMap<String, FileEntry>,
 }

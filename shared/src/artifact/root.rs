@@ -421,6 +421,7 @@ pub(crate) mod tests {
             data_window: DataWindow::default(),
             rows: RowCounts::default(),
             evaluation: None,
+            gate: None,
             files: BTreeMap::new(),
         }
     }

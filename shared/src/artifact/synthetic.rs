@@ -225,6 +225,7 @@ pub fn synthetic_model_with(
             catalog_items: items as u64,
         },
         evaluation: None,
+        gate: None,
         files: Default::default(),
     };
     staged.commit(manifest)?;

@@ -33,8 +33,8 @@ pub use offline::{
     TuningConfig,
 };
 pub use online::{
-    AnnSearchConfig, ApiKeyConfig, AuthConfig, ImpressionsConfig, ItemFactorsIn, MaturityConfig,
-    OnlineConfig, Retrieval, RulesConfig, ScanBatchConfig, ServerTlsConfig,
+    AnnSearchConfig, ApiKeyConfig, AuthConfig, ConsoleConfig, ImpressionsConfig, ItemFactorsIn,
+    MaturityConfig, OnlineConfig, Retrieval, RulesConfig, ScanBatchConfig, ServerTlsConfig,
 };
 pub use store::{
     CassandraConfig, ClientAuth, ClientTls, EmbeddedConfig, RedisConfig, StoreBackend, StoreConfig,

@@ -22,6 +22,10 @@ pub struct ModelConfig {
     /// it every third of this while it runs, so a crashed writer blocks others at most this
     /// long). Default 300 s.
     pub lease_seconds: u64,
+    /// Set by the process, never read from the file: the object-storage root that `root` (then
+    /// the cache) mirrors, so that what moves `CURRENT` can say where it must be moved.
+    #[serde(skip)]
+    pub mirrored_from: Option<String>,
 }
 
 impl Default for ModelConfig {
@@ -31,6 +35,7 @@ impl Default for ModelConfig {
             keep_versions: 5,
             cache_dir: PathBuf::from("var/model-cache"),
             lease_seconds: 300,
+            mirrored_from: None,
         }
     }
 }

@@ -17,8 +17,8 @@ pub struct OnlineConfig {
     /// HTTP address of `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9464`.
     pub metrics_listen: String,
     /// Address of the REST/JSON API (`POST /v1/rank`, `/v1/homepage`, `/v1/similar-items`,
-    /// `GET /openapi.json`): the same checks, keys, limits, TLS and metrics as gRPC. Unset: no
-    /// REST API. Default unset.
+    /// `GET /openapi.json`) and the console (`/console`, see `online.console`): the same checks,
+    /// keys, limits, TLS and metrics as gRPC. Unset: neither. Default unset.
     pub rest_listen: Option<String>,
     /// How often `CURRENT` is checked for a new model. Default 1000 ms.
     pub model_poll_ms: u64,
@@ -92,6 +92,37 @@ pub struct OnlineConfig {
     /// variant may choose its own. A version published without an index is scanned exactly.
     pub retrieval: Retrieval,
     pub ann: AnnSearchConfig,
+    /// The console at `/console` on the REST port.
+    pub console: ConsoleConfig,
+}
+
+/// The console (`/console` on `online.rest_listen`): models, experiments, member preview and
+/// health, behind the API keys (`ConsoleRead`, `ConsoleOperate`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve it (when the REST API is on). Default true.
+    pub enabled: bool,
+    /// How long a console login lasts. Default 8 hours.
+    pub session_hours: u64,
+    /// How often the health page's series are sampled into its one-hour ring buffer.
+    /// Default 10 s.
+    pub sample_seconds: u64,
+    /// Other processes' Prometheus endpoints (`http://host:port/metrics`) sampled into the
+    /// health page beside this server's own series: the nearline workers, typically. Default
+    /// none (a quickstart's workers run in this process).
+    pub scrape: Vec<String>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            session_hours: 8,
+            sample_seconds: 10,
+            scrape: Vec::new(),
+        }
+    }
 }
 
 /// How a member's vector finds its items (`online.retrieval`).
@@ -337,8 +368,9 @@ pub struct ApiKeyConfig {
     pub key_file: Option<PathBuf>,
     /// An environment variable holding the key.
     pub key_env: Option<String>,
-    /// The RPCs it may call: `Rank`, `Homepage`, `SimilarItems`, `Health`, `Reflection`.
-    /// Empty: all of them.
+    /// The RPCs it may call: `Rank`, `Homepage`, `SimilarItems`, `Health`, `Reflection`, and
+    /// the console's roles `ConsoleRead` (every page) and `ConsoleOperate` (promote and roll
+    /// back; needs `ConsoleRead` too). Empty: all of them.
     pub rpcs: Vec<String>,
 }
 
@@ -371,6 +403,7 @@ impl Default for OnlineConfig {
             item_factors: ItemFactorsIn::default(),
             retrieval: Retrieval::default(),
             ann: AnnSearchConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -483,6 +516,26 @@ impl OnlineConfig {
                 "`online.tls.client_ca_file` and `online.tls.metrics` need `online.tls.cert_file`"
                     .into(),
             );
+        }
+        let console = &self.console;
+        if !(1..=24 * 30).contains(&console.session_hours) {
+            return Err(format!(
+                "`online.console.session_hours` is {}; it must be between 1 and 720",
+                console.session_hours
+            ));
+        }
+        if !(1..=600).contains(&console.sample_seconds) {
+            return Err(format!(
+                "`online.console.sample_seconds` is {}; it must be between 1 and 600",
+                console.sample_seconds
+            ));
+        }
+        for (i, url) in console.scrape.iter().enumerate() {
+            if !url.starts_with("http://") {
+                return Err(format!(
+                    "`online.console.scrape[{i}]` is {url:?}; an `http://host:port/path` address is expected"
+                ));
+            }
         }
         let auth = &self.auth;
         if auth.enabled && auth.keys.is_empty() {
