@@ -25,7 +25,8 @@
 //!   work, and the request metrics; [`auth`]: API keys with per-key RPCs, checked in that layer;
 //!   [`connections`]: the cap on open connections.
 //! - [`rest`]: the same three RPCs as JSON over HTTP (`online.rest_listen`), through the same
-//!   keys, admission and deadlines, and the OpenAPI document.
+//!   keys, admission and deadlines, and the OpenAPI document; [`ingest`]: a member's events
+//!   over REST, checked with the nearline rules and written to the events topic.
 //! - [`console`]: the console under `/console` on the REST port — models (promote, roll back),
 //!   experiments, member preview and health from an in-process ring buffer — behind the same
 //!   keys, with a read-only and an operator role.
@@ -35,8 +36,9 @@
 //! It must never write model artifacts; the one write to a model root is the console moving
 //! `CURRENT` (an operator's promote or roll back, under the root's writer lock, as `recsys
 //! offline rollback` does). It writes to the feature store only when it owns an
-//! embedded one (the bulk load of a new model's members). Its only writes to Kafka are
-//! impressions, and they never wait. It depends on `recsys-shared` and the feature store
+//! embedded one (the bulk load of a new model's members). Its writes to Kafka are
+//! impressions, which never wait, and the events taken over REST, each acknowledged before it
+//! is answered. It depends on `recsys-shared` and the feature store
 //! `recsys-store` only, never on another tier.
 
 pub mod admission;
@@ -47,6 +49,7 @@ pub mod console;
 pub mod error;
 pub mod experiments;
 pub mod impressions;
+pub mod ingest;
 pub mod member;
 pub mod metrics;
 pub mod rest;

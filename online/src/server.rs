@@ -638,6 +638,7 @@ pub async fn start_with_reader(
                     ranker: ranker.clone(),
                     admission: admission.admission.clone(),
                     keys: admission.keys.clone(),
+                    ingest: crate::ingest::EventIngest::from_config(config)?.map(Arc::new),
                 },
                 console,
                 stopped(shutdown_rx.clone()),

@@ -9,6 +9,7 @@ use std::path::Path;
 use recsys_online::server::{start, RunningServer};
 use recsys_shared::artifact::synthetic::synthetic_model;
 use recsys_shared::config::{ApiKeyConfig, Config};
+use recsys_shared::event::Event;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{
     ExperimentAssignment, HomepageRequest, HomepageResponse, RankRequest, RankResponse, Row,
@@ -355,7 +356,7 @@ async fn the_openapi_document_describes_the_routes_and_messages_served() {
                 .map(move |method| (path.clone(), method.to_uppercase()))
         })
         .collect();
-    assert_eq!(paths.len(), 4);
+    assert_eq!(paths.len(), 5);
     for (path, method) in &paths {
         let body = if method == "POST" { "{}" } else { "" };
         let (status, _) = http(&server, method, path, &[], body).await;
@@ -376,6 +377,13 @@ async fn the_openapi_document_describes_the_routes_and_messages_served() {
         ("ScoredItem", fields::<ScoredItem>()),
         ("Row", fields::<Row>()),
         ("ExperimentAssignment", fields::<ExperimentAssignment>()),
+        ("Event", event_fields()),
+        (
+            "EventAccepted",
+            ["event_id", "topic", "partition", "offset"]
+                .map(String::from)
+                .into(),
+        ),
     ];
     for (schema, fields) in messages {
         assert_eq!(properties(&doc, schema), fields, "schema {schema}");
@@ -398,5 +406,145 @@ async fn the_openapi_document_describes_the_routes_and_messages_served() {
             json!(format!("#/components/schemas/{rpc}Response"))
         );
     }
+    server.shutdown().await.unwrap();
+}
+
+/// Every field of an event's JSON form (a request id set, as it is left out when empty).
+fn event_fields() -> BTreeSet<String> {
+    let event = Event {
+        event_id: "e".into(),
+        user_id: "m1".into(),
+        item_id: "i1".into(),
+        event_type: "play".into(),
+        value: 0.0,
+        ts: 1,
+        request_id: "r".into(),
+    };
+    serde_json::to_value(event)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_taken_over_rest_are_checked_like_the_workers_check_them_and_written_keyed_by_member(
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+
+    let broker = recsys_shared::testkit::TansuBroker::start_in_memory();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.kafka.brokers = broker.brokers();
+    config.online.event_ingest = true;
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", broker.brokers());
+    let admin: AdminClient<_> = client.create().unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(
+                &config.kafka.events_topic,
+                2,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    synthetic_model(&config.model.root, 100, 10, 4, 13).unwrap();
+    let server = start(&config).await.unwrap();
+
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = json!({"event_id": "e-1", "user_id": "m3", "item_id": "i7",
+                       "event_type": "play", "ts": now});
+    let (status, accepted) = post(&server, "/v1/events", event.clone()).await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["event_id"], "e-1");
+    assert_eq!(accepted["topic"], config.kafka.events_topic.as_str());
+
+    // Refused as the workers would dead-letter them, the field named; nothing written.
+    for (change, field, reason) in [
+        (json!({"user_id": " m3"}), "user_id", "invalid_id"),
+        (
+            json!({"item_id": "no-such-item"}),
+            "item_id",
+            "unknown_item",
+        ),
+        (
+            json!({"event_type": "teleport"}),
+            "event_type",
+            "unknown_event_type",
+        ),
+        (json!({"ts": now + 86_400_000}), "ts", "timestamp_skew"),
+        (json!({"event_id": ""}), "event_id", "missing_field"),
+    ] {
+        let mut bad = event.clone();
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let (status, answer) = post(&server, "/v1/events", bad).await;
+        assert_eq!(status, 400, "{change}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{message}");
+    }
+    let (status, answer) = post(
+        &server,
+        "/v1/events",
+        json!({"event_id": "e-2", "colour": 1}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "body");
+
+    // The one event accepted is in the topic, keyed by its member, decodable by the workers.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", "rest-ingest-test")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&config.kafka.events_topic]).unwrap();
+    // Until the first record arrives, then a second more for anything else.
+    let mut deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut records = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(std::time::Duration::from_millis(200)) else {
+            continue;
+        };
+        let content_type = {
+            use rdkafka::message::Headers;
+            message.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "content-type")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            })
+        };
+        records.push((
+            message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).to_string()),
+            recsys_shared::event::decode(message.payload(), content_type.as_deref()),
+            message.partition(),
+            message.offset(),
+        ));
+        if records.len() == 1 {
+            deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        }
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    let (key, decoded, partition, offset) = records.remove(0);
+    assert_eq!(key.as_deref(), Some("m3"));
+    let decoded = decoded.unwrap();
+    assert_eq!(decoded.event_id, "e-1");
+    assert_eq!(decoded.item_id, "i7");
+    assert_eq!(decoded.ts, now);
+    assert_eq!(json!(partition), accepted["partition"]);
+    assert_eq!(json!(offset), accepted["offset"]);
     server.shutdown().await.unwrap();
 }

@@ -30,6 +30,7 @@
 pub mod artifact;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod ids;
 pub mod impression;
 pub mod kafka;

@@ -50,6 +50,12 @@ pub const RPCS: &[Rpc] = &[
         path: RpcPath::Prefix("/grpc.reflection."),
         ranking: false,
     },
+    // A member's event over REST (`POST /v1/events`): writes, so admission caps it too.
+    Rpc {
+        name: "IngestEvent",
+        path: RpcPath::Http,
+        ranking: true,
+    },
     // The console's two roles: reading every page, and moving `CURRENT` (promote, roll back).
     Rpc {
         name: "ConsoleRead",

@@ -1,5 +1,6 @@
 //! The REST/JSON API beside gRPC (`online.rest_listen`): `POST /v1/rank`, `/v1/homepage` and
-//! `/v1/similar-items` take and return the gRPC messages as JSON (the proto field names), and
+//! `/v1/similar-items` take and return the gRPC messages as JSON (the proto field names),
+//! `POST /v1/events` takes a member's event (`online.event_ingest`, see [`crate::ingest`]), and
 //! `GET /openapi.json` describes them.
 //!
 //! A REST call goes through what a gRPC call goes through, in the same order: the API-key check
@@ -30,7 +31,9 @@ use tonic::Code;
 
 use crate::admission::{record, Admission, InFlight};
 use crate::auth::ApiKeys;
+use crate::ingest::EventIngest;
 use crate::rpc::{RankError, Ranker};
+use recsys_shared::event::Event;
 
 /// The OpenAPI 3 document of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -44,6 +47,8 @@ pub struct RestState {
     pub ranker: Arc<Ranker>,
     pub admission: Arc<Admission>,
     pub keys: Option<Arc<ApiKeys>>,
+    /// `POST /v1/events`, when `online.event_ingest` is on.
+    pub ingest: Option<Arc<EventIngest>>,
 }
 
 /// The routes: the three RPCs and the document.
@@ -52,6 +57,7 @@ pub fn router(state: RestState) -> Router {
         .route("/v1/rank", post(rank))
         .route("/v1/homepage", post(homepage))
         .route("/v1/similar-items", post(similar_items))
+        .route("/v1/events", post(event))
         .route(
             "/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
@@ -96,6 +102,32 @@ async fn similar_items(
         &headers,
         &body,
         |request, deadline| async move { ranker.answer_similar_items(request, deadline).await },
+    )
+    .await
+}
+
+async fn event(State(state): State<RestState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(ingest) = state.ingest.clone() else {
+        let started = Instant::now();
+        record("IngestEvent", Code::Unimplemented, started, "rest");
+        return error(
+            Code::Unimplemented,
+            None,
+            "this server does not take events: `online.event_ingest` is off",
+        );
+    };
+    let ranker = state.ranker.clone();
+    call(
+        &state,
+        "IngestEvent",
+        &headers,
+        &body,
+        |event: Event, deadline| async move {
+            let catalog = ranker.catalog();
+            let knows = |item: &str| catalog.as_ref().map(|c| c.index_of(item).is_some());
+            let within = deadline.saturating_duration_since(Instant::now());
+            ingest.ingest(event, knows, within).await
+        },
     )
     .await
 }

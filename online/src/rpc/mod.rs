@@ -72,6 +72,9 @@ pub enum RankError {
     /// `INTERNAL`: the scan failed (logged where it failed).
     #[error("{0}")]
     Internal(String),
+    /// `UNAVAILABLE`: a dependency (the events topic) did not take the request; try again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<RankError> for Status {
@@ -84,6 +87,7 @@ impl From<RankError> for Status {
             RankError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
             RankError::Overloaded(_) => Status::resource_exhausted(message),
             RankError::Internal(_) => Status::internal(message),
+            RankError::Unavailable(_) => Status::unavailable(message),
         }
     }
 }

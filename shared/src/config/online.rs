@@ -20,6 +20,9 @@ pub struct OnlineConfig {
     /// `GET /openapi.json`) and the console (`/console`, see `online.console`): the same checks,
     /// keys, limits, TLS and metrics as gRPC. Unset: neither. Default unset.
     pub rest_listen: Option<String>,
+    /// Take members' events over REST (`POST /v1/events`), checked with the nearline workers'
+    /// rules and written to `kafka.events_topic` (needs `kafka.brokers`). Default false.
+    pub event_ingest: bool,
     /// How often `CURRENT` is checked for a new model. Default 1000 ms.
     pub model_poll_ms: u64,
     /// The experiments file (TOML; see `online::experiments`): which members see which model
@@ -380,6 +383,7 @@ impl Default for OnlineConfig {
             listen: "127.0.0.1:50051".into(),
             metrics_listen: "127.0.0.1:9464".into(),
             rest_listen: None,
+            event_ingest: false,
             model_poll_ms: 1000,
             experiments_file: None,
             load_store_on_swap: true,
