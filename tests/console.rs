@@ -413,10 +413,8 @@ fn the_console_in_a_browser() {
     // Traffic for the health plots, before the browser looks.
     let expected = grpc_homepage(grpc);
     assert!(!expected.is_empty() && !expected[0].is_empty());
-    for _ in 0..5 {
-        grpc_homepage(grpc);
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let traffic = Traffic::start(grpc);
+    std::thread::sleep(Duration::from_secs(3));
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
     std::fs::create_dir_all(&shots).unwrap();
@@ -560,7 +558,56 @@ fn the_console_in_a_browser() {
             .unwrap_or(0);
         assert!(bytes > 10_000, "{page}.png is {bytes} bytes");
     }
+    traffic.stop();
     println!("screenshots in {}", shots.display());
+}
+
+/// Homepage requests for a spread of members every 50 ms, so the health plots have data.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Traffic {
+    fn start(grpc: u16) -> Traffic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let mut client = RankingClient::connect(format!("http://127.0.0.1:{grpc}"))
+                    .await
+                    .unwrap();
+                let mut answered = 0;
+                for n in 0u64.. {
+                    if stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut request = tonic::Request::new(HomepageRequest {
+                        user_id: format!("u{:07}", n % 400),
+                        ..Default::default()
+                    });
+                    request.metadata_mut().insert(
+                        "authorization",
+                        format!("Bearer {OPERATOR_KEY}").parse().unwrap(),
+                    );
+                    if client.homepage(request).await.is_ok() {
+                        answered += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                answered
+            })
+        });
+        Traffic { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answered = self.thread.join().unwrap();
+        assert!(answered > 0, "no Homepage answered during the run");
+    }
 }
 
 fn current(models: &Path) -> String {

@@ -269,14 +269,14 @@ impl Sampler {
         out
     }
 
-    /// The time the samples cover (at least a minute, at most the hour kept), and its label.
+    /// The time the samples cover (at least 10 s, at most the hour kept), and its label.
     fn span(&self) -> (f64, String) {
         let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         let covered = match (buffer.samples.front(), buffer.samples.back()) {
             (Some(first), Some(last)) => last.at.duration_since(first.at).as_secs_f64(),
             _ => 0.0,
         };
-        let span = covered.max(60.0);
+        let span = covered.max(10.0);
         let label = if span >= 120.0 {
             format!("-{:.0}m", span / 60.0)
         } else {
