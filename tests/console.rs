@@ -377,6 +377,22 @@ fn the_console_in_a_browser() {
         ),
     )
     .unwrap();
+    // A take-rate report as `experiment-report --out` saves it, for the experiments page.
+    std::fs::create_dir_all(models.join("reports")).unwrap();
+    let report = recsys_shared::take_rate::ExperimentReport {
+        experiment: "bigger-model".into(),
+        control: "control".into(),
+        variants: vec![
+            variant("control", 0.0412, None),
+            variant("eight-factors", 0.0475, Some((0.153, 3.1e-4))),
+        ],
+        members_in_several_variants: 0,
+    };
+    std::fs::write(
+        models.join("reports/experiment-bigger-model.json"),
+        serde_json::to_string(&report).unwrap(),
+    )
+    .unwrap();
     for (name, key) in [("operator", OPERATOR_KEY), ("viewer", VIEWER_KEY)] {
         std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
     }
@@ -464,6 +480,10 @@ fn the_console_in_a_browser() {
     assert!(
         text.contains("bigger-model") && text.contains("eight-factors"),
         "{text}"
+    );
+    assert!(
+        text.contains("0.0475") && text.contains("+15.3 %"),
+        "the take-rate report: {text}"
     );
     browser.screenshot("experiments");
 
@@ -607,6 +627,25 @@ impl Traffic {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let answered = self.thread.join().unwrap();
         assert!(answered > 0, "no Homepage answered during the run");
+    }
+}
+
+fn variant(
+    name: &str,
+    take_rate: f64,
+    lift: Option<(f64, f64)>,
+) -> recsys_shared::take_rate::VariantFigures {
+    recsys_shared::take_rate::VariantFigures {
+        variant: name.into(),
+        members: 200,
+        impressions: 6000,
+        plays: (6000.0 * take_rate) as u64,
+        take_rate,
+        take_rate_ci95: [take_rate - 0.004, take_rate + 0.004],
+        plays_per_member: 30.0 * take_rate,
+        plays_per_member_ci95: [30.0 * take_rate - 0.1, 30.0 * take_rate + 0.1],
+        lift: lift.map(|l| l.0),
+        p_value: lift.map(|l| l.1),
     }
 }
 

@@ -192,9 +192,15 @@ async fn take_rate_per_variant_from_impressions_and_attributed_plays() {
     let archived = archive(&broker, "events", &events_dir);
     assert_eq!(archived["records"], events.len() as u64, "{archived}");
 
+    let saved = dir
+        .path()
+        .join("reports")
+        .join("experiment-homepage-test.json");
     let report = recsys(&[
         "offline",
         "experiment-report",
+        "--out",
+        saved.to_str().unwrap(),
         "--impressions",
         impressions_dir.to_str().unwrap(),
         "--events",
@@ -224,5 +230,9 @@ async fn take_rate_per_variant_from_impressions_and_attributed_plays() {
     assert!(ci(b).0 > ci(a).1, "B's interval lies above A's: {a} vs {b}");
     assert!(b["lift"].as_f64().unwrap() > 0.5, "{b}");
     assert!(b["p_value"].as_f64().unwrap() < 1e-6, "{b}");
+    // Saved for the console: the same report, readable as the shared contract.
+    let saved: recsys_shared::take_rate::ExperimentReport =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(serde_json::to_value(&saved).unwrap(), report);
     server.shutdown().await.unwrap();
 }

@@ -44,6 +44,7 @@ pub mod progress;
 pub mod proto;
 pub mod rpcs;
 pub mod secrets;
+pub mod take_rate;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

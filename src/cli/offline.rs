@@ -85,6 +85,11 @@ pub(crate) enum OfflineCommand {
         /// The variant the others are compared with [default: `control`, else the first].
         #[arg(long)]
         control: Option<String>,
+        /// Also save the report as JSON here (replaced atomically). Saved as
+        /// `<model root>/reports/experiment-<name>.json`, the console shows it beside the
+        /// experiment.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Point CURRENT at an earlier (or later) published version.
     Rollback {
@@ -676,6 +681,7 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
             experiment,
             event_types,
             control,
+            out,
         } => {
             use recsys_offline::experiment_report::{self, ReportRequest};
             use recsys_offline::input::InputTable;
@@ -688,8 +694,13 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
             };
             let report =
                 runtime()?.block_on(experiment_report::run(&impressions, &events, &request))?;
-            report.print();
-            println!("{}", serde_json::to_string(&report)?);
+            print!("{report}");
+            let json = serde_json::to_string(&report)?;
+            if let Some(out) = out {
+                save_atomically(out, json.as_bytes())
+                    .with_context(|| format!("saving the report to {}", out.display()))?;
+            }
+            println!("{json}");
         }
         OfflineCommand::Rollback { model_root, to } => {
             let mut config = load_config(config_path)?;
@@ -791,4 +802,20 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it, so a reader sees the old
+/// file or the new one, never half of one.
+fn save_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }

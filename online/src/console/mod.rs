@@ -54,6 +54,8 @@ pub struct ConsoleState {
     /// The model root is a mirror of one on object storage: `CURRENT` moves there, not here.
     pub mirrored_from: Option<String>,
     pub sampler: Arc<Sampler>,
+    /// Where the take-rate reports are (`experiment-<name>.json`).
+    pub reports: std::path::PathBuf,
     sessions: Arc<Sessions>,
     /// Cookies only over TLS.
     secure: bool,
@@ -69,7 +71,12 @@ impl ConsoleState {
         config: &ConsoleConfig,
         secure: bool,
     ) -> Self {
+        let reports = config
+            .reports_dir
+            .clone()
+            .unwrap_or_else(|| root.path().join("reports"));
         ConsoleState {
+            reports,
             ranker,
             keys,
             root,

@@ -115,6 +115,9 @@ pub struct ConsoleConfig {
     /// health page beside this server's own series: the nearline workers, typically. Default
     /// none (a quickstart's workers run in this process).
     pub scrape: Vec<String>,
+    /// Where the experiments page finds take-rate reports (`experiment-<name>.json`, saved by
+    /// `recsys offline experiment-report --out`). Default `<model.root>/reports`.
+    pub reports_dir: Option<PathBuf>,
 }
 
 impl Default for ConsoleConfig {
@@ -124,6 +127,7 @@ impl Default for ConsoleConfig {
             session_hours: 8,
             sample_seconds: 10,
             scrape: Vec::new(),
+            reports_dir: None,
         }
     }
 }
