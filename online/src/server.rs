@@ -387,6 +387,7 @@ async fn serve_rest(
     tls: &recsys_shared::config::ServerTlsConfig,
     state: crate::rest::RestState,
     console: Option<crate::console::ConsoleState>,
+    limits: recsys_shared::http_limits::ConnectionLimits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr, OnlineError> {
     let mut app = crate::rest::router(state);
@@ -402,9 +403,9 @@ async fn serve_rest(
                 tls.client_ca_file.as_deref(),
             )
             .map_err(|e| OnlineError::Config(format!("online.tls (REST): {e}")))?;
-            recsys_shared::ops::serve_router_https(addr, tls, app, "REST API", stop).await
+            recsys_shared::ops::serve_router_https(addr, tls, app, "REST API", limits, stop).await
         }
-        _ => recsys_shared::ops::serve_router_http(addr, app, "REST API", stop).await,
+        _ => recsys_shared::ops::serve_router_http(addr, app, "REST API", limits, stop).await,
     };
     bound.map_err(|source| OnlineError::Listen {
         what: "REST",
@@ -641,6 +642,16 @@ pub async fn start_with_reader(
                     ingest: crate::ingest::EventIngest::from_config(config)?.map(Arc::new),
                 },
                 console,
+                // The gRPC port's connection limits, counted apart: a connection must speak
+                // within the opening deadline, and one idle past the keepalive's patience is
+                // closed.
+                recsys_shared::http_limits::ConnectionLimits {
+                    max_connections: online.max_connections,
+                    opening: Duration::from_millis(online.opening_timeout_ms),
+                    idle: Duration::from_millis(
+                        online.keepalive_interval_ms + online.keepalive_timeout_ms,
+                    ),
+                },
                 stopped(shutdown_rx.clone()),
             )
             .await?,

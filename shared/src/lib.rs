@@ -31,6 +31,7 @@ pub mod artifact;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod http_limits;
 pub mod ids;
 pub mod impression;
 pub mod kafka;

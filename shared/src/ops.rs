@@ -5,6 +5,7 @@
 //! It serves the process-wide default Prometheus registry; it must not hold any state of its own.
 //! The same HTTP and HTTPS serving carries other routers too (the online tier's REST API).
 
+use crate::http_limits::{ConnectionLimits, Limited};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,8 +25,23 @@ pub async fn serve_http(
     not_ready: &'static str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
-    serve_router_http(addr, router(ready, not_ready), "metrics endpoint", shutdown).await
+    serve_router_http(
+        addr,
+        router(ready, not_ready),
+        "metrics endpoint",
+        OPS_LIMITS,
+        shutdown,
+    )
+    .await
 }
+
+/// The operations endpoint's connections: scrapers and probes, a handful at a time; a
+/// scraper's keep-alive connection survives a minute between scrapes.
+const OPS_LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 256,
+    opening: std::time::Duration::from_secs(10),
+    idle: std::time::Duration::from_secs(120),
+};
 
 /// [`serve_http`] over TLS (see [`serve_router_https`]).
 pub async fn serve_https(
@@ -40,6 +56,7 @@ pub async fn serve_https(
         tls,
         router(ready, not_ready),
         "metrics endpoint",
+        OPS_LIMITS,
         shutdown,
     )
     .await
@@ -51,12 +68,13 @@ pub async fn serve_router_http(
     addr: &str,
     app: Router,
     what: &'static str,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
+        if let Err(e) = axum::serve(Limited::new(listener, limits), app)
             .with_graceful_shutdown(shutdown)
             .await
         {
@@ -74,6 +92,7 @@ pub async fn serve_router_https(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     what: &'static str,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let tcp = TcpListener::bind(addr).await?;
@@ -103,7 +122,7 @@ pub async fn serve_router_https(
         }
     });
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(TlsListener { rx, local }, app)
+        if let Err(e) = axum::serve(Limited::new(TlsListener { rx, local }, limits), app)
             .with_graceful_shutdown(shutdown)
             .await
         {
