@@ -88,7 +88,9 @@ struct Browser {
 }
 
 impl Browser {
-    fn start(base: String, shots: PathBuf) -> Browser {
+    /// A browser; `javascript: false` starts it with the pages' scripts off (WebDriver's own
+    /// still run).
+    fn start(base: String, shots: PathBuf, javascript: bool) -> Browser {
         let port = free_port();
         let driver = Process(
             Command::new("chromedriver")
@@ -111,7 +113,8 @@ impl Browser {
                 "goog:chromeOptions": {
                     "binary": chromium().unwrap().to_string_lossy(),
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                             "--disable-dev-shm-usage", "--window-size=1280,1000",
+                             format!("--blink-settings=scriptEnabled={javascript}")]
                 },
                 "goog:loggingPrefs": {"browser": "ALL"}
             }}})),
@@ -434,7 +437,7 @@ fn the_console_in_a_browser() {
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
     std::fs::create_dir_all(&shots).unwrap();
-    let browser = Browser::start(format!("http://127.0.0.1:{rest}"), shots.clone());
+    let browser = Browser::start(format!("http://127.0.0.1:{rest}"), shots.clone(), true);
 
     // Without a session every page leads to the sign-in form.
     browser.open("/console/models");
@@ -578,6 +581,21 @@ fn the_console_in_a_browser() {
             .unwrap_or(0);
         assert!(bytes > 10_000, "{page}.png is {bytes} bytes");
     }
+    drop(browser);
+
+    // Without JavaScript: sign-in, the member preview and the plots are all plain HTML.
+    let plain = Browser::start(format!("http://127.0.0.1:{rest}"), shots.clone(), false);
+    plain.sign_in(VIEWER_KEY);
+    plain.open("/console/member");
+    plain.type_into("#member-id", MEMBER);
+    plain.click("#preview", "document.getElementById('summary')");
+    let items = plain.script("return document.querySelectorAll('.items .item').length;");
+    assert!(items.as_u64() > Some(0), "no items without JavaScript");
+    plain.open("/console/health");
+    let lines = plain.script("return document.querySelectorAll('#plot-qps path').length;");
+    assert!(lines.as_u64() > Some(0), "no plot without JavaScript");
+    plain.open("/console/experiments");
+    assert!(plain.text().contains("bigger-model"));
     traffic.stop();
     println!("screenshots in {}", shots.display());
 }

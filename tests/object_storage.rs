@@ -193,8 +193,9 @@ fn train_reads_and_publishes_on_s3_and_the_server_follows_current() {
     );
 
     let cache = tempfile::tempdir().unwrap();
-    let grpc = free_port();
+    let (grpc, rest) = (free_port(), free_port());
     let mut env = lake.env();
+    env.push(("RECSYS__ONLINE__REST_LISTEN", format!("127.0.0.1:{rest}")));
     env.push((
         "RECSYS__MODEL__CACHE_DIR",
         cache.path().to_str().unwrap().to_string(),
@@ -245,6 +246,72 @@ fn train_reads_and_publishes_on_s3_and_the_server_follows_current() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(lake.current().as_deref(), Some(first.as_str()));
     wait_for_version(grpc, &first, Duration::from_secs(30));
+
+    // The console promotes on the bucket too: its confirmation, then the form it posts.
+    let confirm = http(
+        rest,
+        "GET",
+        &format!("/console/models/{second}/promote"),
+        "",
+    );
+    assert!(
+        confirm.contains(&format!("moves from <b>{first}</b>")),
+        "{confirm}"
+    );
+    let field = |name: &str| {
+        let at = confirm
+            .find(&format!("name={name} value="))
+            .unwrap_or_else(|| panic!("no {name} in {confirm}"));
+        confirm[at..]
+            .split_once("value=")
+            .unwrap()
+            .1
+            .trim_start_matches('"')
+            .split(['"', '>'])
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let form = format!("csrf={}&expected={}", field("csrf"), field("expected"));
+    let answer = http(
+        rest,
+        "POST",
+        &format!("/console/models/{second}/promote"),
+        &form,
+    );
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert_eq!(lake.current().as_deref(), Some(second.as_str()));
+    assert!(
+        !lake.s3.object_file("models/.lease").exists(),
+        "the console released its lease"
+    );
+    wait_for_version(grpc, &second, Duration::from_secs(30));
+    // The same form again is stale: CURRENT no longer names what it expected.
+    let answer = http(
+        rest,
+        "POST",
+        &format!("/console/models/{first}/promote"),
+        &form,
+    );
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert_eq!(lake.current().as_deref(), Some(second.as_str()));
+}
+
+/// One HTTP/1.1 exchange with `port` on loopback (a form body when `body` is not empty): the
+/// whole answer.
+fn http(port: u16, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 #[test]

@@ -34,8 +34,8 @@
 //!   [`metrics`] on HTTP.
 //!
 //! It must never write model artifacts; the one write to a model root is the console moving
-//! `CURRENT` (an operator's promote or roll back, under the root's writer lock, as `recsys
-//! offline rollback` does). It writes to the feature store only when it owns an
+//! `CURRENT` (an operator's promote or roll back, as `recsys offline rollback` does it: under the
+//! root's writer lock, or its lease on object storage). It writes to the feature store only when it owns an
 //! embedded one (the bulk load of a new model's members). Its writes to Kafka are
 //! impressions, which never wait, and the events taken over REST, each acknowledged before it
 //! is answered. It depends on `recsys-shared` and the feature store

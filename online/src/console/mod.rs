@@ -15,7 +15,9 @@
 //! carries the session's CSRF token and asks for confirmation first.
 //!
 //! This module owns the pages; it ranks through [`Ranker`] like every transport and moves
-//! `CURRENT` only through `ModelRoot::rollback`, under the root's writer lock.
+//! `CURRENT` only as `recsys offline rollback` does: `ModelRoot::rollback` under the root's
+//! writer lock, or on the object-storage root this server mirrors, `RemoteModelRoot::rollback`
+//! under a lease with a compare-and-swap.
 
 pub mod experiments;
 pub mod health;
@@ -272,10 +274,10 @@ async fn promote_confirm(
         Ok(caller) => caller,
         Err(response) => return *response,
     };
-    blocking("promote", move || {
-        models::confirm(&state, &caller, &version)
-    })
-    .await
+    let timer = CONSOLE_RENDER.with_label_values(&["promote"]).start_timer();
+    let response = models::confirm(&state, &caller, &version).await;
+    timer.observe_duration();
+    response
 }
 
 async fn promote(
@@ -296,10 +298,7 @@ async fn promote(
         );
     }
     let expected = form.get("expected").cloned().unwrap_or_default();
-    blocking("promote", move || {
-        models::promote(&state, &caller, &version, &expected)
-    })
-    .await
+    models::promote(&state, &caller, &version, &expected).await
 }
 
 async fn experiments_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {

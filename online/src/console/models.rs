@@ -1,15 +1,17 @@
 //! The models page: every version in the model root with its family, evaluation (metrics with
 //! their 95 % intervals, the popularity baseline) and the gate's verdict; which one `CURRENT`
 //! names and which one this server serves; one version's curves and activity buckets; and
-//! promote / roll back — a confirmation, then `ModelRoot::rollback` under the writer lock, refused
-//! when `CURRENT` moved since the confirmation was shown (the same compare-and-swap the CLI does
-//! under the lock).
+//! promote / roll back — a confirmation, then `CURRENT` moved as `recsys offline rollback` moves
+//! it, refused when it moved since the confirmation was shown: on a local root under the
+//! writer lock (`ModelRoot::rollback`), on a root this server mirrors from object storage under a
+//! writer lease with the compare-and-swap on `CURRENT`'s ETag (`RemoteModelRoot::rollback`).
 
 use std::fmt::Write;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use recsys_shared::artifact::{Evaluation, Manifest};
+use recsys_shared::artifact::{Evaluation, Manifest, ModelRoot, RemoteModelRoot};
+use recsys_shared::object_storage::RemoteLocation;
 
 use super::page::{self, esc, url, Line, Page};
 use super::session::Caller;
@@ -334,43 +336,65 @@ pub fn detail(state: &ConsoleState, caller: &Caller, version: &str) -> Response 
     page.render(caller)
 }
 
-/// Refused when the root is a mirror: `CURRENT` is moved at the origin, and the mirror follows.
-fn mirrored(state: &ConsoleState) -> Option<Response> {
-    state.mirrored_from.as_ref().map(|origin| {
-        page::error(
-            StatusCode::CONFLICT,
-            &format!(
-                "This server's model root mirrors {origin}; move CURRENT there with \
-                 `recsys offline rollback --to <version> --model-root {origin}`, and every mirror follows."
-            ),
-        )
-    })
+/// Where `CURRENT` is moved: the local root, or the object-storage root it mirrors.
+enum Origin {
+    Local,
+    Remote(RemoteModelRoot),
+}
+
+fn origin(state: &ConsoleState) -> Result<Origin, String> {
+    match &state.mirrored_from {
+        None => Ok(Origin::Local),
+        Some(url) => RemoteLocation::parse(url)
+            .map(|location| Origin::Remote(RemoteModelRoot::new(location)))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// What `CURRENT` names where it is moved.
+async fn current_at(state: &ConsoleState, origin: &Origin) -> Result<Option<String>, String> {
+    let read = match origin {
+        Origin::Local => {
+            let root = state.root.clone();
+            tokio::task::spawn_blocking(move || root.current_version())
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Origin::Remote(remote) => remote.current_version().await,
+    };
+    read.map_err(|e| e.to_string())
 }
 
 /// "Make `version` current?" with what changes.
-pub fn confirm(state: &ConsoleState, caller: &Caller, version: &str) -> Response {
-    if let Some(refused) = mirrored(state) {
-        return refused;
-    }
+pub async fn confirm(state: &ConsoleState, caller: &Caller, version: &str) -> Response {
+    let origin = match origin(state) {
+        Ok(origin) => origin,
+        Err(e) => return page::error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
     let manifest = match state.root.manifest(version) {
         Ok(m) => m,
         Err(e) => return page::error(StatusCode::NOT_FOUND, &e.to_string()),
     };
-    let current = match state.root.current_version() {
+    let current = match current_at(state, &origin).await {
         Ok(current) => current,
-        Err(e) => return page::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return page::error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     if current.as_deref() == Some(version) {
         return Redirect::to("/console/models").into_response();
     }
     let mut page = Page::new(format!("Make {version} current?"), "models");
     let _ = page.html(&format!(
-        "<p>CURRENT moves from <b>{}</b> to <b>{}</b> ({}, {}). Every server and worker following \
+        "<p>CURRENT{} moves from <b>{}</b> to <b>{}</b> ({}, {}). Every server and worker following \
          this root swaps it in within a poll; members' stored vectors of another version are folded \
          in afresh as they are read.</p>\
          <form method=post action=\"/console/models/{}/promote\">{}\
          <input type=hidden name=expected value=\"{}\">\
          <button class=act id=confirm>Yes, make {} current</button> <a href=/console/models>Cancel</a></form>",
+        state
+            .mirrored_from
+            .as_ref()
+            .map(|url| format!(" of <code>{}</code>", esc(url)))
+            .unwrap_or_default(),
         esc(current.as_deref().unwrap_or("none")),
         esc(version),
         esc(manifest.algorithm.family().name()),
@@ -384,37 +408,101 @@ pub fn confirm(state: &ConsoleState, caller: &Caller, version: &str) -> Response
 }
 
 /// Moves `CURRENT` to `version` when it still names `expected` (empty: no version).
-pub fn promote(state: &ConsoleState, caller: &Caller, version: &str, expected: &str) -> Response {
-    if let Some(refused) = mirrored(state) {
-        return refused;
-    }
-    let lock = match state.root.lock() {
-        Ok(lock) => lock,
-        Err(e) => return page::error(StatusCode::CONFLICT, &e.to_string()),
+pub async fn promote(
+    state: &ConsoleState,
+    caller: &Caller,
+    version: &str,
+    expected: &str,
+) -> Response {
+    let moved = match origin(state) {
+        Err(e) => return page::error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Ok(Origin::Local) => {
+            let (root, version, expected) = (
+                state.root.clone(),
+                version.to_string(),
+                expected.to_string(),
+            );
+            tokio::task::spawn_blocking(move || promote_local(&root, &version, &expected))
+                .await
+                .unwrap_or_else(|e| Err(Refused::Failed(format!("the promote panicked: {e}"))))
+        }
+        Ok(Origin::Remote(remote)) => promote_remote(&remote, version, expected).await,
     };
-    let current = match state.root.current_version() {
-        Ok(current) => current,
-        Err(e) => return page::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    if current.as_deref().unwrap_or("") != expected {
-        return page::error(
-            StatusCode::CONFLICT,
-            &format!(
-                "CURRENT moved to {} since the confirmation was shown; nothing was changed.",
-                current.as_deref().unwrap_or("none")
-            ),
-        );
-    }
-    match state.root.rollback(&lock, version) {
+    match moved {
         Ok(previous) => {
             tracing::warn!(caller = %caller.name, to = %version, previous = ?previous,
+                root = state.mirrored_from.as_deref().unwrap_or("local"),
                 "CURRENT moved from the console");
             crate::metrics::CONSOLE_PROMOTIONS.inc();
             Redirect::to("/console/models").into_response()
         }
-        Err(e) => page::error(
+        Err(Refused::Moved(now)) => page::error(
+            StatusCode::CONFLICT,
+            &format!(
+                "CURRENT moved to {} since the confirmation was shown; nothing was changed.",
+                now.as_deref().unwrap_or("none")
+            ),
+        ),
+        Err(Refused::Busy(e)) => page::error(StatusCode::CONFLICT, &e),
+        Err(Refused::Failed(e)) => page::error(
             StatusCode::UNPROCESSABLE_ENTITY,
             &format!("{version} cannot be made current: {e}"),
         ),
     }
+}
+
+/// Why `CURRENT` was not moved.
+enum Refused {
+    /// It names another version than the confirmation showed.
+    Moved(Option<String>),
+    /// Another writer holds the root.
+    Busy(String),
+    /// The version cannot be made current (missing, corrupt) or the root failed.
+    Failed(String),
+}
+
+fn promote_local(
+    root: &ModelRoot,
+    version: &str,
+    expected: &str,
+) -> Result<Option<String>, Refused> {
+    let lock = root.lock().map_err(|e| Refused::Busy(e.to_string()))?;
+    let current = root
+        .current_version()
+        .map_err(|e| Refused::Failed(e.to_string()))?;
+    if current.as_deref().unwrap_or("") != expected {
+        return Err(Refused::Moved(current));
+    }
+    root.rollback(&lock, version)
+        .map_err(|e| Refused::Failed(e.to_string()))
+}
+
+async fn promote_remote(
+    remote: &RemoteModelRoot,
+    version: &str,
+    expected: &str,
+) -> Result<Option<String>, Refused> {
+    let mut lease = remote
+        .lease(std::time::Duration::from_secs(60))
+        .await
+        .map_err(|e| Refused::Busy(e.to_string()))?;
+    let moved = async {
+        let current = remote
+            .current_version()
+            .await
+            .map_err(|e| Refused::Failed(e.to_string()))?;
+        if current.as_deref().unwrap_or("") != expected {
+            return Err(Refused::Moved(current));
+        }
+        // The lease saw CURRENT's ETag when it was taken: the write is refused if it changed.
+        remote
+            .rollback(&mut lease, version)
+            .await
+            .map_err(|e| Refused::Failed(e.to_string()))
+    }
+    .await;
+    if let Err(e) = remote.release(lease).await {
+        tracing::warn!(error = %e, "releasing the model root's lease after a console promote");
+    }
+    moved
 }
