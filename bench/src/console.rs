@@ -8,14 +8,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::http1::Connection;
-use crate::online::{free_port, wait_ready, BenchArgs};
+use crate::process::{free_port, wait_ready};
 
 /// Requests per page.
 const ROUNDS: usize = 30;
 /// Seconds of traffic and health samples before the pages are timed.
 const WARM_SECONDS: u64 = 20;
 
-pub async fn run(args: &BenchArgs, models: &Path) -> Result<serde_json::Value, String> {
+/// Times the pages on a server of `models` whose members are `m0…m{members-1}`.
+pub async fn run(members: usize, models: &Path) -> Result<serde_json::Value, String> {
     let (grpc, metrics, rest) = (free_port(), free_port(), free_port());
     let store = models.with_file_name("features");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -39,7 +40,6 @@ pub async fn run(args: &BenchArgs, models: &Path) -> Result<serde_json::Value, S
             return Err("the server did not become ready".to_string());
         }
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], rest));
-        let members = args.members;
         // Homepage traffic while the pages are timed (and before, so the plots have data).
         let traffic = tokio::spawn(async move {
             let mut connection = Connection::open(addr).await.ok()?;

@@ -9,7 +9,9 @@
 //! - [`quality`]: tuned and default quality against `implicit` tuned the same way.
 //! - [`features`]: the feature jobs against DuckDB.
 //! - [`online`]: the scoring kernel against NumPy, and a gRPC (or REST, through [`http1`]) load
-//!   generator; [`ann`]: the item index against FAISS.
+//!   generator; [`ann`]: the item index against FAISS; [`console`]: the console's pages timed
+//!   and weighed on the same server; [`process`]: the port and readiness helpers of benches that
+//!   start a server.
 //! - [`soak`]: overload at twice saturation, the made-up-id flood and the cancel storm.
 //! - [`nearline`]: fold-in throughput with one and two workers, and freshness.
 //!
@@ -22,6 +24,7 @@ pub mod features;
 pub mod http1;
 pub mod nearline;
 pub mod online;
+pub mod process;
 pub mod quality;
 pub mod soak;
 pub mod training;

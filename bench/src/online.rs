@@ -14,6 +14,8 @@ pub use recsys_shared::artifact::synthetic::{
     clustered_factors, synthetic_model, synthetic_model_of, synthetic_model_with,
 };
 use recsys_shared::config::AnnIndexConfig;
+
+pub(crate) use crate::process::{free_port, wait_ready};
 use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
@@ -352,25 +354,6 @@ pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-pub(crate) async fn wait_ready(metrics: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(metrics).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await;
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await;
-            if buf.starts_with(b"HTTP/1.1 200") {
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 async fn server(
@@ -949,13 +932,6 @@ async fn ann_runs(
     ])
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Runs the benchmark and prints its figures (a table on stderr, one JSON line per size on stdout).
 pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let scratch;
@@ -1085,7 +1061,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 }
             }
             if args.console {
-                summary["console"] = crate::console::run(&args, &dir.join("models"))
+                summary["console"] = crate::console::run(args.members, &dir.join("models"))
                     .await
                     .map_err(|e| format!("console: {e}"))?;
             }
