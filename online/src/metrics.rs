@@ -225,6 +225,18 @@ pub static ANN_RECALL: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("registers once")
 });
 
+/// Recall@k of sampled `SimilarItems` answers from the similar-items index against the exact
+/// nearest items.
+pub static SIMILAR_RECALL: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "recsys_similar_recall_at_k",
+        "Share of the exact k nearest items a SimilarItems answer from the similar-items index \
+         found, for the sampled share (online.ann.recall_sample_rate) found exactly in the background",
+        vec![0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]
+    )
+    .expect("registers once")
+});
+
 /// Console pages by the time they took to render on the server.
 pub static CONSOLE_RENDER: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(

@@ -6,7 +6,9 @@
 //!
 //! Recall is observed in production: a share of ANN requests (`recall_sample_rate`) is also
 //! scanned exactly on a blocking thread after the answer has gone, and the overlap is reported as
-//! `recsys_ann_recall_at_k`. At most [`MAX_CHECKS`] such scans run at once; a sample that finds
+//! `recsys_ann_recall_at_k` (member vectors) and `recsys_similar_recall_at_k` (`SimilarItems`
+//! from the similar-items index; the "because you watched" rows share its index and search but
+//! are not sampled). At most [`MAX_CHECKS`] such scans run at once; a sample that finds
 //! them all busy is skipped, so checking never queues work behind the requests it measures.
 //!
 //! This module decides nothing about which requests use the index (the treatment does) and owns
@@ -21,7 +23,7 @@ use recsys_shared::model::ials::ItemMatrix;
 use recsys_shared::model::top_k::Scored;
 
 use crate::catalog::Catalog;
-use crate::metrics::ANN_RECALL;
+use crate::metrics::{ANN_RECALL, SIMILAR_RECALL};
 
 /// Exact scans checking ANN answers that may run at once.
 pub const MAX_CHECKS: usize = 2;
@@ -94,20 +96,10 @@ impl AnnRetrieval {
         answer: &[Scored],
         allowed: impl Fn(u32) -> bool + Send + Sync + 'static,
     ) {
-        if self.sample_rate <= 0.0 || rand::random::<f64>() >= self.sample_rate {
+        let Some(running) = self.start_check() else {
             return;
-        }
-        if self
-            .checks
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_CHECKS).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return;
-        }
+        };
         let found: Vec<u32> = answer.iter().map(|s| s.index).collect();
-        let running = Running(self.checks.clone());
         tokio::task::spawn_blocking(move || {
             let _running = running;
             if let recsys_shared::model::Scorer::Factors(items) = &catalog.model.scorer {
@@ -117,6 +109,44 @@ impl AnnRetrieval {
                 }
             }
         });
+    }
+}
+
+impl AnnRetrieval {
+    /// With probability `recall_sample_rate`, finds the `k` items most like `seed` exactly in
+    /// the background and reports how much of them `answer` (from the similar-items index, with
+    /// no filter: `SimilarItems`) held, as `recsys_similar_recall_at_k`.
+    pub fn sample_similar_recall(
+        &self,
+        catalog: Arc<Catalog>,
+        seed: u32,
+        k: usize,
+        answer: &[Scored],
+    ) {
+        let Some(running) = self.start_check() else {
+            return;
+        };
+        let found: Vec<u32> = answer.iter().map(|s| s.index).collect();
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            let exact = catalog.model.scorer.similar(seed, k, |_| true);
+            if let Some(recall) = recall(&found, &exact) {
+                SIMILAR_RECALL.observe(recall);
+            }
+        });
+    }
+
+    /// A check's place when this request is sampled and a place is free.
+    fn start_check(&self) -> Option<Running> {
+        if self.sample_rate <= 0.0 || rand::random::<f64>() >= self.sample_rate {
+            return None;
+        }
+        self.checks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CHECKS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Running(self.checks.clone()))
     }
 }
 

@@ -213,6 +213,7 @@ async fn similar_items_come_from_the_similar_items_index_with_exact_cosines() {
     let exact = start(&exact_config).await.unwrap();
     let mut ann_config = config(dir.path(), "features-ann");
     ann_config.online.retrieval = Retrieval::Ann;
+    ann_config.online.ann.recall_sample_rate = 1.0;
     let ann = start(&ann_config).await.unwrap();
     let (mut e, mut a) = (client(&exact).await, client(&ann).await);
     let by_index = "recsys_similar_retrievals_total{fallback=\"\",retrieval=\"ann\"}";
@@ -249,6 +250,20 @@ async fn similar_items_come_from_the_similar_items_index_with_exact_cosines() {
     eprintln!("SimilarItems recall@20 against the exact server: {recall:.4}");
     assert!(recall >= 0.95, "recall@20 {recall}");
     assert!(metric(&ann, by_index) >= before + 40.0);
+
+    // The server's own samples of SimilarItems agree (some skipped while two checks run).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&ann, "recsys_similar_recall_at_k_count") < 5.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no SimilarItems recall sample was reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sampled = metric(&ann, "recsys_similar_recall_at_k_sum")
+        / metric(&ann, "recsys_similar_recall_at_k_count");
+    eprintln!("SimilarItems recall the server sampled: {sampled:.4}");
+    assert!(sampled >= 0.95, "sampled recall {sampled}");
 
     // A homepage's "because you watched" rows search the same index.
     let before = metric(&ann, by_index);

@@ -336,13 +336,25 @@ impl Ranker {
         retrieval: Retrieval,
         allowed: impl Fn(u32) -> bool,
     ) -> Vec<Scored> {
+        self.similar_from(catalog, seed, k, retrieval, allowed).0
+    }
+
+    /// [`Ranker::similar`], and whether the items came from the similar-items index.
+    fn similar_from(
+        &self,
+        catalog: &Catalog,
+        seed: u32,
+        k: usize,
+        retrieval: Retrieval,
+        allowed: impl Fn(u32) -> bool,
+    ) -> (Vec<Scored>, bool) {
         if let (Retrieval::Ann, Scorer::Factors(items)) = (retrieval, &catalog.model.scorer) {
             let fallback = match &catalog.model.similar_index {
                 None => "no_index",
                 Some(index) => match self.ann.similar(index, items, seed, k, &allowed) {
                     Ok(found) => {
                         SIMILAR_RETRIEVALS.with_label_values(&["ann", ""]).inc();
-                        return found;
+                        return (found, true);
                     }
                     Err(why) => {
                         if let Some(held_back) = INDEX_FAILED_LOG.check() {
@@ -356,7 +368,7 @@ impl Ranker {
                 .with_label_values(&["exact", fallback])
                 .inc();
         }
-        catalog.model.scorer.similar(seed, k, allowed)
+        (catalog.model.scorer.similar(seed, k, allowed), false)
     }
 
     /// How member vectors find their items (`online.retrieval`, `online.ann`).
