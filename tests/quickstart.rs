@@ -75,6 +75,11 @@ fn quickstart_trains_serves_and_shows_the_homepage_moving() {
         first.contains("The API has stopped (--exit)") && !first.contains("Try the API"),
         "{first}"
     );
+    // The console and the REST API, on the port it was given.
+    assert!(
+        first.contains("console on http://127.0.0.1:") && first.contains("/v1/rank"),
+        "no console or REST line:\n{first}"
+    );
     assert!(
         dir.path().join("synthetic/models/CURRENT").is_file(),
         "the synthetic source has a directory of its own"
