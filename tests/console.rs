@@ -477,6 +477,7 @@ fn the_console_in_a_browser() {
     browser.screenshot("models");
     browser.open(&format!("/console/models/{second}"));
     assert!(browser.text().contains("recall@"), "{}", browser.text());
+    browser.screenshot("model");
 
     browser.open("/console/experiments");
     let text = browser.text();

@@ -18,7 +18,14 @@ use super::session::Caller;
 use super::ConsoleState;
 
 /// The metrics the versions table shows, in this order, when the evaluation has them.
-const HEADLINE: [&str; 4] = ["recall@20", "ndcg@20", "recall@10", "ndcg@10"];
+const HEADLINE: [&str; 6] = [
+    "recall@20",
+    "ndcg@20",
+    "ndcg@100",
+    "recall@50",
+    "recall@10",
+    "ndcg@10",
+];
 
 /// Versions listed at most (newest first).
 const MAX_LISTED: usize = 50;
