@@ -98,12 +98,7 @@ impl ApiKeys {
         if rpc == "Health" && !self.health_requires_key {
             return Ok(None);
         }
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-        let Some(presented) = presented else {
+        let Some(presented) = presented_key(headers) else {
             AUTH_FAILURES.with_label_values(&["missing"]).inc();
             return Err(Status::unauthenticated(
                 "an API key is required: `authorization: Bearer <key>` or `x-api-key: <key>`",
@@ -157,6 +152,15 @@ impl ApiKeys {
             .collect();
         Some((key.name.clone(), may))
     }
+}
+
+/// The key a call carries: `authorization: Bearer <key>`, else `x-api-key: <key>`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }
 
 /// The token of an `authorization` value in the Bearer scheme, whose name HTTP compares without

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 
+pub use crate::auth::presented_key;
 use crate::auth::ApiKeys;
 
 /// Sessions held at most; the oldest is dropped to make room.
@@ -134,19 +135,6 @@ impl Sessions {
             .unwrap_or_else(|e| e.into_inner())
             .remove(token);
     }
-}
-
-/// The key a request carries, as the API takes it: `authorization: Bearer <key>` or
-/// `x-api-key`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }
 
 /// The value of cookie `name`.
