@@ -132,7 +132,8 @@ impl Ranker {
                     let items = rules::apply(
                         &self.rules,
                         &catalog,
-                        self.similar(&catalog, seed, pool, retrieval, |i| allowed(&used, i)),
+                        self.similar(&catalog, seed, pool, retrieval, |i| allowed(&used, i))
+                            .0,
                         per_row,
                         |_| None,
                         |i| allowed(&used, i),

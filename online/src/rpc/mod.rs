@@ -327,20 +327,8 @@ impl Ranker {
 
     /// The `k` items most like item `seed` among those `allowed`: from the version's
     /// similar-items index with `Retrieval::Ann` when it has one (iALS), else by the scorer's
-    /// own scan.
+    /// own scan; and whether they came from the index.
     fn similar(
-        &self,
-        catalog: &Catalog,
-        seed: u32,
-        k: usize,
-        retrieval: Retrieval,
-        allowed: impl Fn(u32) -> bool,
-    ) -> Vec<Scored> {
-        self.similar_from(catalog, seed, k, retrieval, allowed).0
-    }
-
-    /// [`Ranker::similar`], and whether the items came from the similar-items index.
-    fn similar_from(
         &self,
         catalog: &Catalog,
         seed: u32,

@@ -28,7 +28,7 @@ impl Ranker {
             });
         };
         check_deadline(deadline, "before scoring")?;
-        let (items, from_index) = self.similar_from(&catalog, index, k, self.retrieval, |_| true);
+        let (items, from_index) = self.similar(&catalog, index, k, self.retrieval, |_| true);
         if from_index {
             self.ann
                 .sample_similar_recall(catalog.clone(), index, k, &items);
