@@ -27,4 +27,5 @@ pub mod online;
 pub mod process;
 pub mod quality;
 pub mod soak;
+mod swap;
 pub mod training;

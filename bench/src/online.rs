@@ -92,6 +92,11 @@ pub struct BenchArgs {
     /// print its QPS next to plaintext's.
     #[arg(long)]
     pub tls: bool,
+    /// Also hot-swap a version under load (the served one published again under a new id;
+    /// with `--ann` and `--mapped` as given) and print failed requests, the swap's duration and
+    /// peak RSS during it against the steady RSS (target ≤ 2×).
+    #[arg(long)]
+    pub swap: bool,
     /// Also measure Rank through the REST/JSON API one request at a time, next to gRPC one at
     /// a time (the same server setup and requests).
     #[arg(long)]
@@ -301,6 +306,8 @@ fn kernel(
 }
 
 struct ServerFigures {
+    /// Requests answered.
+    requests: u64,
     qps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -321,6 +328,8 @@ struct ServerFigures {
     /// logging (`recsys_experiment_work_seconds`).
     allocation_us: f64,
     impressions_us: f64,
+    /// With `ServerMode::swap`.
+    swap: Option<crate::swap::SwapFigures>,
 }
 
 /// What the benchmarked server runs with besides the plain setup.
@@ -343,6 +352,9 @@ struct ServerMode<'a> {
     mapped: bool,
     /// `online.retrieval = "ann"`.
     ann: bool,
+    /// Publish the served version again after the warm-up and load until it is swapped in
+    /// (`swap.rs`).
+    swap: bool,
 }
 
 pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -478,11 +490,15 @@ async fn server(
             };
             clients.push(RankingClient::new(channel.connect().await?));
         }
+        // Set to end the load before its seconds are up.
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = |seconds: u64| {
             let stop = Instant::now() + Duration::from_secs(seconds);
+            let ended = ended.clone();
             let tasks: Vec<_> = (0..mode.concurrency.unwrap_or(args.concurrency).max(1))
                 .map(|t| {
                     let mut client = clients[t % clients.len()].clone();
+                    let ended = ended.clone();
                     let members = args.members;
                     let top = args.top as u64;
                     let rest = mode
@@ -498,7 +514,9 @@ async fn server(
                             Some(addr) => Some(crate::http1::Connection::open(addr).await),
                             None => None,
                         };
-                        while Instant::now() < stop {
+                        while Instant::now() < stop
+                            && !ended.load(std::sync::atomic::Ordering::Relaxed)
+                        {
                             let request = RankRequest {
                                 user_id: format!("m{}", rng.random_range(0..members)),
                                 k: top,
@@ -544,7 +562,16 @@ async fn server(
             broker.kill();
         }
         let started = Instant::now();
-        let (mut latencies, errors) = load(mode.seconds.unwrap_or(args.seconds)).await;
+        let (mut latencies, errors, swap) = if mode.swap {
+            let limit = Duration::from_secs(SWAP_LIMIT_SECONDS);
+            let running = load(SWAP_LIMIT_SECONDS + 60);
+            let watched = crate::swap::watch(pid, metrics_port, &models, ended.clone(), limit);
+            let ((latencies, errors), swap) = tokio::join!(running, watched);
+            (latencies, errors, Some(swap?))
+        } else {
+            let (latencies, errors) = load(mode.seconds.unwrap_or(args.seconds)).await;
+            (latencies, errors, None)
+        };
         // Impressions queued behind a dead broker time out and are counted as dropped: wait (at
         // most a minute) for the count to appear and settle.
         let mut drops_after = None;
@@ -572,6 +599,7 @@ async fn server(
             _ => (n * args.weights_per_item * 8) as f64,
         };
         Ok(ServerFigures {
+            requests: latencies.len() as u64,
             qps: latencies.len() as f64 / elapsed,
             p50_ms: percentile(&latencies, 0.50),
             p99_ms: percentile(&latencies, 0.99),
@@ -593,6 +621,7 @@ async fn server(
             drops_after_seconds: drops_after,
             allocation_us: mean_us(metrics_port, "allocation"),
             impressions_us: mean_us(metrics_port, "impressions"),
+            swap,
         })
     }
     .await;
@@ -703,6 +732,56 @@ fn mean_us(metrics_port: u16, part: &str) -> f64 {
     } else {
         0.0
     }
+}
+
+/// The longest a hot swap may take in `--swap` before the run fails.
+const SWAP_LIMIT_SECONDS: u64 = 1800;
+
+/// A version hot-swapped under load at `--concurrency` (with `--ann` / `--mapped` as given: the
+/// configuration a large catalog is served with): failed requests, and peak RSS during the swap
+/// against twice the steady RSS.
+async fn swap_runs(
+    args: &BenchArgs,
+    n: usize,
+    dir: &Path,
+) -> Result<Vec<(&'static str, serde_json::Value)>, String> {
+    let s = server_figures(
+        args,
+        n,
+        dir,
+        ServerMode {
+            swap: true,
+            ann: args.ann,
+            mapped: args.mapped,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let swap = s.swap.expect("a swap run has swap figures");
+    let ratio = swap.peak_rss_mib / swap.steady_rss_mib;
+    eprintln!(
+        "hot swap under load (concurrency {}, retrieval {}, factors {}): {} requests, {} failed; swapped {:.1} s after CURRENT moved (publishing took {:.1} s); RSS steady {:.0} MiB, peak during the swap {:.0} MiB = {ratio:.2}× (target ≤ 2×: {}); p99 {:.2} ms over the run",
+        args.concurrency,
+        if args.ann { "ann" } else { "exact" },
+        if args.mapped { "mapped" } else { "held" },
+        s.requests,
+        s.errors,
+        swap.swap_seconds,
+        swap.publish_seconds,
+        swap.steady_rss_mib,
+        swap.peak_rss_mib,
+        if ratio <= 2.0 { "met" } else { "NOT met" },
+        s.p99_ms,
+    );
+    Ok(vec![
+        ("swap_requests", s.requests.into()),
+        ("swap_errors", s.errors.into()),
+        ("swap_seconds", swap.swap_seconds.into()),
+        ("swap_steady_rss_mib", swap.steady_rss_mib.into()),
+        ("swap_peak_rss_mib", swap.peak_rss_mib.into()),
+        ("swap_peak_ratio", ratio.into()),
+        ("swap_p99_ms", s.p99_ms.into()),
+    ])
 }
 
 /// The delivery timeout of impressions in the experiment runs.
@@ -1054,6 +1133,11 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 summary["mapped_rss_file_mib"] = m.rss_file_mib.into();
                 summary["mapped_peak_rss_mib"] = m.peak_rss_mib.into();
                 summary["rss_anon_mib"] = s.rss_anon_mib.into();
+            }
+            if args.swap {
+                for (key, value) in swap_runs(&args, n, &dir).await? {
+                    summary[key] = value;
+                }
             }
             if args.rest {
                 for (key, value) in rest_runs(&args, n, &dir).await? {

@@ -61,19 +61,49 @@ pub fn add_outer(weight: f32, x: &[f32], m: &mut [f32]) {
 /// The Gram matrix `YᵀY` (row-major, `k × k`) of a row-major `n × k` matrix, accumulated in f64
 /// for accuracy over many rows.
 pub fn gram(rows: &[f32], k: usize) -> Vec<f32> {
-    let mut acc = vec![0.0f64; k * k];
-    let mut block = vec![0.0f32; k * k];
-    // Accumulate blocks of rows in f32 (fast), fold each block into f64 (accurate).
-    for chunk in rows.chunks(k * 256) {
-        block.iter_mut().for_each(|b| *b = 0.0);
-        for row in chunk.chunks_exact(k) {
-            add_outer(1.0, row, &mut block);
-        }
-        for (a, b) in acc.iter_mut().zip(&block) {
-            *a += f64::from(*b);
+    let mut gram = Gram::new(k);
+    gram.add(rows);
+    gram.finish()
+}
+
+/// [`gram`] over rows given in parts: equal to it to the last bit when every part but the last
+/// holds a multiple of [`Gram::BLOCK_ROWS`] rows.
+pub struct Gram {
+    k: usize,
+    acc: Vec<f64>,
+    block: Vec<f32>,
+}
+
+impl Gram {
+    /// Rows accumulated in `f32` before they are folded into `f64`.
+    pub const BLOCK_ROWS: usize = 256;
+
+    pub fn new(k: usize) -> Gram {
+        Gram {
+            k,
+            acc: vec![0.0; k * k],
+            block: vec![0.0; k * k],
         }
     }
-    acc.into_iter().map(|v| v as f32).collect()
+
+    /// Adds the row-major rows `rows` (of `k` values each).
+    pub fn add(&mut self, rows: &[f32]) {
+        // Accumulate blocks of rows in f32 (fast), fold each block into f64 (accurate).
+        for chunk in rows.chunks(self.k * Self::BLOCK_ROWS) {
+            self.block.iter_mut().for_each(|b| *b = 0.0);
+            for row in chunk.chunks_exact(self.k) {
+                add_outer(1.0, row, &mut self.block);
+            }
+            for (a, b) in self.acc.iter_mut().zip(&self.block) {
+                *a += f64::from(*b);
+            }
+        }
+    }
+
+    /// `YᵀY` of every row added.
+    pub fn finish(self) -> Vec<f32> {
+        self.acc.into_iter().map(|v| v as f32).collect()
+    }
 }
 
 /// Dense matrix products on the `gemm` crate's kernels (EASE's inverse, BSPM's filter):
@@ -138,6 +168,19 @@ pub(crate) unsafe fn product(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gram_added_in_parts_of_whole_blocks_equals_it_at_once() {
+        let k = 7;
+        let rows: Vec<f32> = (0..1000 * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut parts = Gram::new(k);
+        parts.add(&rows[..Gram::BLOCK_ROWS * k]);
+        parts.add(&rows[Gram::BLOCK_ROWS * k..3 * Gram::BLOCK_ROWS * k]);
+        parts.add(&rows[3 * Gram::BLOCK_ROWS * k..]);
+        assert_eq!(parts.finish(), gram(&rows, k));
+    }
     use proptest::prelude::*;
 
     proptest! {

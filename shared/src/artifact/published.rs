@@ -9,6 +9,7 @@ use super::{
     write_weights, FactorTable, ItemIds, Manifest, ModelParams, ModelRoot, StagedVersion,
 };
 use crate::config::AnnIndexConfig;
+use crate::kernels;
 use crate::model::ials::ann::{IndexShape, ItemIndex};
 use crate::model::ials::train::AlsModel;
 use crate::model::ials::{FoldIn, ItemMatrix};
@@ -228,11 +229,32 @@ impl PublishedModel {
             ModelParams::Ials(record) => {
                 let raw = dir.join(files::ITEM_FACTORS_RAW);
                 let k = record.factors;
-                let (ids, mut items) =
+                let finite = |first: usize, rows: &[f32], ids: &[String]| match rows
+                    .iter()
+                    .position(|x| !x.is_finite())
+                {
+                    Some(bad) => Err(invalid(format!(
+                        "item {} has a non-finite factor",
+                        ids[first + bad / k.max(1)]
+                    ))),
+                    None => Ok(()),
+                };
+                let (ids, items, gram) =
                     if map_factors && manifest.files.contains_key(files::ITEM_FACTORS_RAW) {
                         let ids = read_factor_ids(&dir.join(files::ITEM_FACTORS), "item_id")?;
-                        let items = ItemMatrix::map(&raw, k)
-                            .map_err(|e| invalid(format!("{}: {e}", files::ITEM_FACTORS_RAW)))?;
+                        // One pass over the mapped rows: checked, summed into YᵀY and quantised
+                        // a chunk at a time, each chunk dropped from memory once read.
+                        let mut gram = kernels::Gram::new(k);
+                        let mut refused = Ok(());
+                        let mut rows_seen = 0;
+                        let items = ItemMatrix::map_visiting(&raw, k, |first, rows| {
+                            rows_seen = first + rows.len() / k.max(1);
+                            if refused.is_ok() && rows_seen <= ids.len() {
+                                refused = finite(first, rows, &ids);
+                                gram.add(rows);
+                            }
+                        })
+                        .map_err(|e| invalid(format!("{}: {e}", files::ITEM_FACTORS_RAW)))?;
                         if items.len() != ids.len() {
                             return Err(invalid(format!(
                                 "{} holds {} rows, {} names {} items",
@@ -242,7 +264,8 @@ impl PublishedModel {
                                 ids.len()
                             )));
                         }
-                        (ids, items)
+                        refused?;
+                        (ids, items, gram.finish())
                     } else {
                         let table = read_factors(&dir.join(files::ITEM_FACTORS), "item_id")?;
                         if table.factors != k {
@@ -251,17 +274,11 @@ impl PublishedModel {
                                 table.factors
                             )));
                         }
-                        (table.ids, ItemMatrix::new(table.vectors, k))
+                        finite(0, &table.vectors, &table.ids)?;
+                        let gram = kernels::gram(&table.vectors, k);
+                        (table.ids, ItemMatrix::new(table.vectors, k), gram)
                     };
-                if let Some(bad) = items.as_slice().iter().position(|x| !x.is_finite()) {
-                    return Err(invalid(format!(
-                        "item {} has a non-finite factor",
-                        ids[bad / k.max(1)]
-                    )));
-                }
-                let fold_in = FoldIn::new(items.as_slice(), k, record.objective);
-                // Loading read every mapped row; from here on only re-scored rows are needed.
-                items.release_mapped_rows();
+                let fold_in = FoldIn::with_gram(k, record.objective, gram);
                 (ids, Scorer::Factors(items), Some(fold_in))
             }
             ModelParams::Ease(_) | ModelParams::ItemKnn(_) | ModelParams::Bspm(_) => {

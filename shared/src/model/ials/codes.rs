@@ -6,8 +6,8 @@
 //! load holds the same four dimensions of eight rows, one `vpmaddubsw` against the member's four
 //! codes broadcast scores all eight, and a tile's eight scores come out in one register with no
 //! horizontal sum. The kernel scores a few tiles for a few members per step (register blocking),
-//! so each load of item codes serves several members of a batch. AVX2 where the build has it,
-//! portable integer code otherwise, the two equal to the last bit. Allocates nothing per row.
+//! so each load of item codes serves several members of a batch. AVX-512 VNNI where the CPU has
+//! it, AVX2 where the build has it, portable integer code otherwise, all equal to the last bit. Allocates nothing per row.
 
 use std::ops::Range;
 
@@ -45,35 +45,46 @@ pub(super) struct ItemCodes {
     width: usize,
     tiles: Vec<i8>,
     scales: Vec<f32>,
-    /// `Σ_j q[i][j]`, for the AVX2 kernel's member offset.
+    /// `Σ_j q[i][j]`, for the x86 kernels' member offset.
     sums: Vec<i32>,
 }
 
 impl ItemCodes {
     /// Quantises row-major `rows × k` factors.
     pub(super) fn new(factors: &[f32], k: usize) -> ItemCodes {
-        let rows = factors.len() / k;
+        let mut codes = ItemCodes::zeroed(factors.len() / k, k);
+        codes.fill(0, factors, k);
+        codes
+    }
+
+    /// Codes for `rows` rows of `k` factors, every row zero until [`ItemCodes::fill`]ed.
+    pub(super) fn zeroed(rows: usize, k: usize) -> ItemCodes {
         let width = k.next_multiple_of(SLICE);
         let padded = rows.next_multiple_of(TILE);
-        let mut tiles = vec![0i8; padded * width];
-        let mut scales = vec![0.0f32; padded];
-        let mut sums = vec![0i32; padded];
-        let mut q = vec![0i8; width];
-        for (i, row) in factors.chunks_exact(k).enumerate() {
-            scales[i] = quantize(row, &mut q[..k]);
-            sums[i] = q.iter().map(|&c| i32::from(c)).sum();
-            let (t, r) = (i / TILE, i % TILE);
-            for (d, slice) in q.chunks_exact(SLICE).enumerate() {
-                let at = t * TILE * width + d * TILE * SLICE + r * SLICE;
-                tiles[at..at + SLICE].copy_from_slice(slice);
-            }
-        }
         ItemCodes {
             rows,
             width,
-            tiles,
-            scales,
-            sums,
+            tiles: vec![0i8; padded * width],
+            scales: vec![0.0f32; padded],
+            sums: vec![0i32; padded],
+        }
+    }
+
+    /// Quantises the row-major rows `factors` (of `k` factors each, as the codes were made
+    /// for) into rows `first..`.
+    pub(super) fn fill(&mut self, first: usize, factors: &[f32], k: usize) {
+        let width = self.width;
+        assert_eq!(k.next_multiple_of(SLICE), width, "rows of another width");
+        let mut q = vec![0i8; width];
+        for (j, row) in factors.chunks_exact(k).enumerate() {
+            let i = first + j;
+            self.scales[i] = quantize(row, &mut q[..k]);
+            self.sums[i] = q.iter().map(|&c| i32::from(c)).sum();
+            let (t, r) = (i / TILE, i % TILE);
+            for (d, slice) in q.chunks_exact(SLICE).enumerate() {
+                let at = t * TILE * width + d * TILE * SLICE + r * SLICE;
+                self.tiles[at..at + SLICE].copy_from_slice(slice);
+            }
         }
     }
 
@@ -111,6 +122,17 @@ impl ItemCodes {
         members: &[&MemberCodes],
         block: &mut ScanBlock<'_>,
     ) {
+        self.scan_with(Kernel::best(), rows, members, block);
+    }
+
+    /// [`ItemCodes::scan`] with the given kernel (one [`Kernel::available`] on this CPU).
+    pub(super) fn scan_with(
+        &self,
+        kernel: Kernel,
+        rows: Range<usize>,
+        members: &[&MemberCodes],
+        block: &mut ScanBlock<'_>,
+    ) {
         let tiles = self.tile_range(rows);
         let ScanBlock {
             scores,
@@ -129,14 +151,17 @@ impl ItemCodes {
                 "a member of the wrong width"
             );
         }
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        {
-            // SAFETY: this build targets AVX2 (`target_feature = "avx2"` above), so every CPU it
+        match kernel {
+            Kernel::Portable => self.scan_portable(tiles, members, block),
+            // SAFETY: this build targets AVX2 (the variant exists only then), so every CPU it
             // runs on has it; the bounds the kernel relies on are asserted above.
-            unsafe { avx2::scan(self, tiles, members, block) };
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+            Kernel::Avx2 => unsafe { avx2::scan(self, tiles, members, block) },
+            // SAFETY: `Kernel::best` chose it only where the CPU has AVX-512 VNNI and VL (tests
+            // ask `Kernel::available`); bounds as above.
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+            Kernel::Vnni => unsafe { vnni::scan(self, tiles, members, block) },
         }
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-        self.scan_portable(tiles, members, block);
     }
 
     fn tile_range(&self, rows: Range<usize>) -> Range<usize> {
@@ -147,9 +172,8 @@ impl ItemCodes {
         rows.start / TILE..rows.end.div_ceil(TILE)
     }
 
-    /// The scan in portable integer code: what the AVX2 kernel must equal bit for bit.
-    #[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
-    pub(super) fn scan_portable(
+    /// The scan in portable integer code: what the x86 kernels must equal bit for bit.
+    fn scan_portable(
         &self,
         tiles: Range<usize>,
         members: &[&MemberCodes],
@@ -195,12 +219,8 @@ pub(super) struct ScanBlock<'a> {
 
 /// A member vector quantised for the scan: 7-bit codes (`m ≈ scale · code`), padded to the item
 /// codes' width with zeros, and the same codes offset into `1..=127` and packed four to a word
-/// for the AVX2 kernel's broadcasts.
+/// for the x86 kernels' broadcasts.
 pub(super) struct MemberCodes {
-    #[cfg_attr(
-        all(target_arch = "x86_64", target_feature = "avx2", not(test)),
-        allow(dead_code)
-    )]
     pub(super) codes: Vec<i8>,
     words: Vec<u32>,
     pub(super) scale: f32,
@@ -244,124 +264,203 @@ impl MemberCodes {
     }
 }
 
+/// The scan's implementations. [`Kernel::best`] is the one this CPU runs; the others stay
+/// callable so that tests hold each to the portable one, bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    /// Integer code the compiler may vectorise: any CPU (on an AVX2 build, only tests run it).
+    #[cfg_attr(
+        all(target_arch = "x86_64", target_feature = "avx2", not(test)),
+        allow(dead_code)
+    )]
+    Portable,
+    /// `vpmaddubsw` + `vpmaddwd`: every x86-64-v3 CPU (this build's baseline).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    Avx2,
+    /// `vpdpbusd` (AVX-512 VNNI on 256-bit registers): one instruction per four codes of eight
+    /// rows where AVX2 needs three, and 32 registers, so eight members share each load. Chosen
+    /// at run time (Intel since Ice Lake, AMD since Zen 4).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub(super) fn best() -> Kernel {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        {
+            // `is_x86_feature_detected!` caches what it reads.
+            if std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                Kernel::Vnni
+            } else {
+                Kernel::Avx2
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        Kernel::Portable
+    }
+
+    /// Every kernel this CPU runs, best last.
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        {
+            all.push(Kernel::Avx2);
+            if Kernel::best() == Kernel::Vnni {
+                all.push(Kernel::Vnni);
+            }
+        }
+        all
+    }
+}
+
+/// One x86 kernel: `step` scores `R` tiles for `M` members, `MEMBERS` members per group, the
+/// products of four codes of eight rows accumulated into a lane per row by `$mac`. The member's
+/// codes are 7-bit and offset by [`MEMBER_OFFSET`] into `1..=127`, so the unsigned operand takes
+/// four of them broadcast and the signed one a slice of eight rows (with `vpmaddubsw`, pairs of
+/// products are at most 2 × 127 × 127: no saturation, so both kernels give the same integers);
+/// the offset's share, `MEMBER_OFFSET · Σ q`, is taken off with the row's stored code sum.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-mod avx2 {
-    //! The AVX2 scan. The member's codes are 7-bit and offset by [`MEMBER_OFFSET`] into
-    //! `1..=127`, so `vpmaddubsw` takes four of them broadcast as its unsigned operand and a slice
-    //! of eight rows as its signed one (pairs of products, at most 2 × 127 × 127: no saturation),
-    //! and `vpmaddwd` widens to one i32 per row. The offset's share, `MEMBER_OFFSET · Σ q`, is
-    //! taken off with the row's stored code sum.
+macro_rules! x86_kernel {
+    ($name:ident, $features:literal, $members:literal, |$acc:ident, $u:ident, $x:ident| $mac:expr) => {
+        mod $name {
+            use std::arch::x86_64::*;
+            use std::ops::Range;
 
-    use std::arch::x86_64::*;
-    use std::ops::Range;
+            use super::{ItemCodes, MemberCodes, ScanBlock, MEMBER_SHIFT, SLICE, TILE};
 
-    use super::{ItemCodes, MemberCodes, ScanBlock, MEMBER_SHIFT, SLICE, TILE};
+            /// Members per step of the kernel, and tiles per step: each slice of a tile is
+            /// loaded once for every member of the step.
+            const MEMBERS: usize = $members;
+            const TILES: usize = 2;
 
-    /// Members per step of the kernel, and tiles per step: 4 × 2 accumulators, each slice of a
-    /// tile loaded once for four members.
-    const MEMBERS: usize = 4;
-    const TILES: usize = 2;
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scan(
-        codes: &ItemCodes,
-        tiles: Range<usize>,
-        members: &[&MemberCodes],
-        block: &mut ScanBlock<'_>,
-    ) {
-        let mut first = 0;
-        while first < members.len() {
-            let group = &members[first..(first + MEMBERS).min(members.len())];
-            let tiles = tiles.clone();
-            // SAFETY (for each call): the caller's asserts bound every index the kernel forms.
-            unsafe {
-                match group.len() {
-                    1 => run::<1>(codes, tiles, group, first, block),
-                    2 => run::<2>(codes, tiles, group, first, block),
-                    3 => run::<3>(codes, tiles, group, first, block),
-                    _ => run::<MEMBERS>(codes, tiles, group, first, block),
+            #[target_feature(enable = $features)]
+            pub(in super::super) unsafe fn scan(
+                codes: &ItemCodes,
+                tiles: Range<usize>,
+                members: &[&MemberCodes],
+                block: &mut ScanBlock<'_>,
+            ) {
+                let mut first = 0;
+                while first < members.len() {
+                    let group = &members[first..(first + MEMBERS).min(members.len())];
+                    let tiles = tiles.clone();
+                    // SAFETY (for each call): the caller's asserts bound every index the
+                    // kernel forms.
+                    unsafe {
+                        match group.len() {
+                            1 => run::<1>(codes, tiles, group, first, block),
+                            2 => run::<2>(codes, tiles, group, first, block),
+                            3 => run::<3>(codes, tiles, group, first, block),
+                            4 if MEMBERS > 4 => run::<4>(codes, tiles, group, first, block),
+                            5 if MEMBERS > 5 => run::<5>(codes, tiles, group, first, block),
+                            6 if MEMBERS > 6 => run::<6>(codes, tiles, group, first, block),
+                            7 if MEMBERS > 7 => run::<7>(codes, tiles, group, first, block),
+                            _ => run::<MEMBERS>(codes, tiles, group, first, block),
+                        }
+                    }
+                    first += group.len();
                 }
             }
-            first += group.len();
-        }
-    }
 
-    /// The members `first..first + M` of the scan.
-    #[target_feature(enable = "avx2")]
-    unsafe fn run<const M: usize>(
-        codes: &ItemCodes,
-        tiles: Range<usize>,
-        members: &[&MemberCodes],
-        first: usize,
-        block: &mut ScanBlock<'_>,
-    ) {
-        let mut t = tiles.start;
-        unsafe {
-            while t + TILES <= tiles.end {
-                step::<M, TILES>(codes, t, tiles.start, members, first, block);
-                t += TILES;
-            }
-            if t < tiles.end {
-                step::<M, 1>(codes, t, tiles.start, members, first, block);
-            }
-        }
-    }
-
-    /// `R` tiles from tile `t` for `M` members. (The loops index the accumulator grid and the
-    /// loaded slices by the same constants, unrolled; iterators would hide that.)
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn step<const M: usize, const R: usize>(
-        codes: &ItemCodes,
-        t: usize,
-        first_tile: usize,
-        members: &[&MemberCodes],
-        first: usize,
-        block: &mut ScanBlock<'_>,
-    ) {
-        let w = codes.width;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); R]; M];
-        // SAFETY: tiles `t..t + R` lie in `codes.tiles` (the caller's tile range is within the
-        // padded rows); each member has `w / SLICE` words (asserted by the caller).
-        unsafe {
-            let tile = codes.tiles.as_ptr().add(t * TILE * w);
-            let words: [*const u32; M] = std::array::from_fn(|m| members[m].words.as_ptr());
-            for d in 0..w / SLICE {
-                let x: [__m256i; R] = std::array::from_fn(|r| {
-                    _mm256_loadu_si256(tile.add(r * TILE * w + d * TILE * SLICE).cast())
-                });
-                for m in 0..M {
-                    let u = _mm256_set1_epi32(*words[m].add(d) as i32);
-                    for r in 0..R {
-                        let pairs = _mm256_maddubs_epi16(u, x[r]);
-                        acc[m][r] = _mm256_add_epi32(acc[m][r], _mm256_madd_epi16(pairs, ones));
+            /// The members `first..first + M` of the scan.
+            #[target_feature(enable = $features)]
+            unsafe fn run<const M: usize>(
+                codes: &ItemCodes,
+                tiles: Range<usize>,
+                members: &[&MemberCodes],
+                first: usize,
+                block: &mut ScanBlock<'_>,
+            ) {
+                let mut t = tiles.start;
+                unsafe {
+                    while t + TILES <= tiles.end {
+                        step::<M, TILES>(codes, t, tiles.start, members, first, block);
+                        t += TILES;
+                    }
+                    if t < tiles.end {
+                        step::<M, 1>(codes, t, tiles.start, members, first, block);
                     }
                 }
             }
-            for r in 0..R {
-                let row = (t + r) * TILE;
-                let g = t + r - first_tile;
-                let sums = _mm256_loadu_si256(codes.sums.as_ptr().add(row).cast());
-                let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(sums);
-                let scales = _mm256_loadu_ps(codes.scales.as_ptr().add(row));
-                for m in 0..M {
-                    let member = first + m;
-                    let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[m][r], offset));
-                    let factor = _mm256_mul_ps(scales, _mm256_set1_ps(members[m].scale));
-                    let scores = _mm256_mul_ps(dots, factor);
-                    let at = block
-                        .scores
-                        .as_mut_ptr()
-                        .add(member * block.stride + g * TILE);
-                    _mm256_storeu_ps(at, scores);
-                    let threshold = _mm256_set1_ps(*block.thresholds.get_unchecked(member));
-                    let above = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(scores, threshold));
-                    *block.flags.get_unchecked_mut(member * block.words + g / 64) |=
-                        u64::from(above != 0) << (g % 64);
+
+            /// `R` tiles from tile `t` for `M` members. (The loops index the accumulator grid
+            /// and the loaded slices by the same constants, unrolled; iterators would hide
+            /// that.)
+            #[target_feature(enable = $features)]
+            #[inline]
+            #[allow(clippy::needless_range_loop)]
+            unsafe fn step<const M: usize, const R: usize>(
+                codes: &ItemCodes,
+                t: usize,
+                first_tile: usize,
+                members: &[&MemberCodes],
+                first: usize,
+                block: &mut ScanBlock<'_>,
+            ) {
+                let w = codes.width;
+                let mut acc = [[_mm256_setzero_si256(); R]; M];
+                // SAFETY: tiles `t..t + R` lie in `codes.tiles` (the caller's tile range is
+                // within the padded rows); each member has `w / SLICE` words (asserted by the
+                // caller).
+                unsafe {
+                    let tile = codes.tiles.as_ptr().add(t * TILE * w);
+                    let words: [*const u32; M] = std::array::from_fn(|m| members[m].words.as_ptr());
+                    for d in 0..w / SLICE {
+                        let x: [__m256i; R] = std::array::from_fn(|r| {
+                            _mm256_loadu_si256(tile.add(r * TILE * w + d * TILE * SLICE).cast())
+                        });
+                        for m in 0..M {
+                            let $u = _mm256_set1_epi32(*words[m].add(d) as i32);
+                            for r in 0..R {
+                                let $acc = acc[m][r];
+                                let $x = x[r];
+                                acc[m][r] = $mac;
+                            }
+                        }
+                    }
+                    for r in 0..R {
+                        let row = (t + r) * TILE;
+                        let g = t + r - first_tile;
+                        let sums = _mm256_loadu_si256(codes.sums.as_ptr().add(row).cast());
+                        let offset = _mm256_slli_epi32::<MEMBER_SHIFT>(sums);
+                        let scales = _mm256_loadu_ps(codes.scales.as_ptr().add(row));
+                        for m in 0..M {
+                            let member = first + m;
+                            let dots = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[m][r], offset));
+                            let factor = _mm256_mul_ps(scales, _mm256_set1_ps(members[m].scale));
+                            let scores = _mm256_mul_ps(dots, factor);
+                            let at = block
+                                .scores
+                                .as_mut_ptr()
+                                .add(member * block.stride + g * TILE);
+                            _mm256_storeu_ps(at, scores);
+                            let threshold = _mm256_set1_ps(*block.thresholds.get_unchecked(member));
+                            let above =
+                                _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(scores, threshold));
+                            *block.flags.get_unchecked_mut(member * block.words + g / 64) |=
+                                u64::from(above != 0) << (g % 64);
+                        }
+                    }
                 }
             }
         }
-    }
+    };
 }
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+x86_kernel!(avx2, "avx2", 4, |acc, u, x| _mm256_add_epi32(
+    acc,
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+));
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+x86_kernel!(
+    vnni,
+    "avx2,avx512f,avx512bw,avx512vl,avx512vnni",
+    8,
+    |acc, u, x| _mm256_dpbusd_epi32(acc, u, x)
+);

@@ -21,6 +21,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+#[cfg(test)]
+use super::codes::Kernel;
 use super::codes::{ItemCodes, MemberCodes, ScanBlock, TILE};
 use crate::kernels::dot as dot_f32;
 use crate::model::top_k::{best_of, select_top, Scored, TopK};
@@ -78,6 +80,10 @@ fn block_rows(members: usize) -> usize {
     (BLOCK_SCORE_BYTES / (4 * members.max(1)) / 64 * 64).clamp(64, 2048)
 }
 
+/// Rows per chunk of a mapped load ([`ItemMatrix::map_visiting`]): a multiple of 1,024, so every
+/// chunk starts on a page of the file whatever the width.
+const MAPPED_CHUNK_ROWS: usize = 64 * 1024;
+
 /// The fewest rows a pass gives one thread: below it, splitting costs more than it saves.
 const MIN_PART_ROWS: usize = 32 * 1024;
 
@@ -107,6 +113,19 @@ impl ItemMatrix {
     /// request re-scores are read. The file must not change while it is mapped (a published
     /// version never does).
     pub fn map(path: &std::path::Path, k: usize) -> std::io::Result<Self> {
+        Self::map_visiting(path, k, |_, _| ())
+    }
+
+    /// [`ItemMatrix::map`], showing `visit` every row — a chunk at a time, with the index of its
+    /// first row — in the one pass that quantises them. Each chunk's pages leave this process's
+    /// memory once visited (they stay in the page cache), so loading never holds more than a
+    /// chunk of the file resident: a server swapping in a large catalog needs the new codes, not
+    /// the new factors, beside the old ones.
+    pub fn map_visiting(
+        path: &std::path::Path,
+        k: usize,
+        mut visit: impl FnMut(usize, &[f32]),
+    ) -> std::io::Result<Self> {
         let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
         if cfg!(target_endian = "big") {
             return Err(invalid("raw factor files are little-endian".into()));
@@ -121,8 +140,36 @@ impl ItemMatrix {
                 map.len()
             )));
         }
+        let map = std::sync::Arc::new(map);
+        let rows = Rows::Mapped(map.clone());
+        let n = rows.len() / k;
+        let mut codes = ItemCodes::zeroed(n, k);
+        let mut norms = Vec::with_capacity(n);
+        for (c, chunk) in rows.chunks(MAPPED_CHUNK_ROWS * k).enumerate() {
+            let first = c * MAPPED_CHUNK_ROWS;
+            visit(first, chunk);
+            norms.extend(chunk.chunks_exact(k).map(|row| dot_f32(row, row).sqrt()));
+            codes.fill(first, chunk, k);
+            // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only drops resident pages,
+            // which read back unchanged from the file, so the slices borrowed from it stay
+            // valid. The offset is a page boundary (`MAPPED_CHUNK_ROWS` rows of 4-byte values).
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first * k * 4,
+                    chunk.len() * 4,
+                )
+            };
+        }
         let _ = map.advise(memmap2::Advice::Random);
-        Ok(Self::from_rows(Rows::Mapped(std::sync::Arc::new(map)), k))
+        drop(map);
+        Ok(ItemMatrix {
+            n,
+            k,
+            codes,
+            factors: rows,
+            norms,
+        })
     }
 
     fn from_rows(factors: Rows, k: usize) -> Self {
@@ -147,21 +194,6 @@ impl ItemMatrix {
     /// Whether the exact rows are mapped from a file rather than held.
     pub fn is_mapped(&self) -> bool {
         matches!(self.factors, Rows::Mapped(_))
-    }
-
-    /// Lets the kernel drop the mapped rows from this process's memory (they stay in the page
-    /// cache and come back on the next read): after loading, which read every row, only the rows
-    /// requests re-score need to be resident. Does nothing for held rows, or while a clone
-    /// shares the mapping.
-    pub fn release_mapped_rows(&mut self) {
-        if let Rows::Mapped(map) = &mut self.factors {
-            if let Some(map) = std::sync::Arc::get_mut(map) {
-                // SAFETY: `&mut self` and the unshared `Arc` mean no borrow of the mapping is
-                // alive; for a shared file mapping MADV_DONTNEED only drops resident pages, which
-                // read back from the (unchanged) file.
-                let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-            }
-        }
     }
 
     #[inline]
@@ -507,14 +539,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("items.f32");
         crate::artifact::write_raw_factors(&path, held.as_slice()).unwrap();
-        let mut mapped = ItemMatrix::map(&path, 32).unwrap();
-        mapped.release_mapped_rows();
+        let mapped = ItemMatrix::map(&path, 32).unwrap();
         assert!(mapped.is_mapped() && !held.is_mapped());
         assert_eq!(mapped.len(), 2_000);
         assert_eq!(
             mapped.as_slice(),
             held.as_slice(),
-            "rows read back after release"
+            "rows read back after loading dropped them"
         );
         assert_eq!(
             mapped.top_k(&user, 50, |i| i % 5 != 0),
@@ -525,6 +556,69 @@ mod tests {
         std::fs::write(&path, [0u8; 4 * 32 + 2]).unwrap();
         let refused = ItemMatrix::map(&path, 32).unwrap_err();
         assert!(refused.to_string().contains("not rows of 32"), "{refused}");
+    }
+
+    /// Resident KiB of this process's mapping of `path` (`/proc/self/smaps`).
+    fn resident_kib(path: &std::path::Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let name = path.to_string_lossy();
+        let mut inside = false;
+        let mut total = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                inside = line.ends_with(name.as_ref());
+            } else if inside && first == "Rss:" {
+                total += line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        total
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_mapped_load_holds_one_chunk_of_the_file_at_a_time() {
+        // 5 chunks of 16-wide rows: 20 MiB of file, 4 MiB per chunk.
+        let (k, n) = (16, 5 * MAPPED_CHUNK_ROWS);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let factors: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.f32");
+        crate::artifact::write_raw_factors(&path, &factors).unwrap();
+        let chunk_kib = (MAPPED_CHUNK_ROWS * k * 4 / 1024) as u64;
+        let mut most = 0;
+        let mut visited = 0;
+        let mapped = ItemMatrix::map_visiting(&path, k, |first, rows| {
+            assert_eq!(first, visited, "chunks in order");
+            assert_eq!(rows, &factors[first * k..first * k + rows.len()]);
+            visited += rows.len() / k;
+            most = most.max(resident_kib(&path));
+        })
+        .unwrap();
+        assert_eq!(visited, n);
+        assert!(most > 0, "the visits read the file through the mapping");
+        assert!(
+            most <= 2 * chunk_kib,
+            "{most} KiB resident while loading, a chunk is {chunk_kib} KiB"
+        );
+        assert!(
+            resident_kib(&path) <= chunk_kib,
+            "loaded: the pages are dropped"
+        );
+        let held = ItemMatrix::new(factors, k);
+        let user: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        assert_eq!(
+            mapped.top_k(&user, 30, |_| true),
+            held.top_k(&user, 30, |_| true)
+        );
+        for i in [0, 1, n / 2, n - 1] {
+            assert_eq!(mapped.norm(i), held.norm(i));
+        }
     }
 
     #[test]
@@ -543,13 +637,13 @@ mod tests {
     fn the_scan_equals_the_integer_dot_product_of_each_row() {
         // Widths that are and are not whole slices, a catalog that ends inside a tile and after
         // an odd number of tiles, member counts that fill the kernel's groups and leave
-        // remainders: the scan (AVX2 when built for it) must equal the row-by-row integer dot
+        // remainders: every kernel this CPU runs must equal the row-by-row integer dot
         // product exactly, and flag exactly the tiles holding a score above the threshold.
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         for (k, n) in [(32, 302), (37, 96), (64, 1_001), (6, 17)] {
             let (m, _) = random_matrix(n, k, k as u64);
             let width = k.next_multiple_of(4);
-            for count in [1, 3, 4, 6, 9] {
+            for count in [1, 3, 4, 6, 9, 13] {
                 let users: Vec<Vec<f32>> = (0..count)
                     .map(|_| (0..k).map(|_| rng.random_range(-1.0..1.0)).collect())
                     .collect();
@@ -559,35 +653,29 @@ mod tests {
                 let thresholds: Vec<f32> = (0..count).map(|c| c as f32 * 0.3 - 0.5).collect();
                 let stride = n.next_multiple_of(TILE);
                 let words = (stride / TILE).div_ceil(64);
-                let mut scores = vec![0.0; count * stride];
-                let mut flags = vec![0u64; count * words];
-                m.codes.scan(
-                    0..n,
-                    &refs,
-                    &mut ScanBlock {
-                        scores: &mut scores,
-                        stride,
-                        thresholds: &thresholds,
-                        flags: &mut flags,
-                        words,
-                    },
-                );
-                let mut portable = vec![0.0; count * stride];
-                let mut portable_flags = vec![0u64; count * words];
-                let tiles = 0..n.div_ceil(TILE);
-                m.codes.scan_portable(
-                    tiles,
-                    &refs,
-                    &mut ScanBlock {
-                        scores: &mut portable,
-                        stride,
-                        thresholds: &thresholds,
-                        flags: &mut portable_flags,
-                        words,
-                    },
-                );
-                assert_eq!(scores, portable, "k {k}, {count} members");
-                assert_eq!(flags, portable_flags, "k {k}, {count} members");
+                let scan = |kernel| {
+                    let mut scores = vec![0.0; count * stride];
+                    let mut flags = vec![0u64; count * words];
+                    m.codes.scan_with(
+                        kernel,
+                        0..n,
+                        &refs,
+                        &mut ScanBlock {
+                            scores: &mut scores,
+                            stride,
+                            thresholds: &thresholds,
+                            flags: &mut flags,
+                            words,
+                        },
+                    );
+                    (scores, flags)
+                };
+                let (scores, flags) = scan(Kernel::Portable);
+                for kernel in Kernel::available() {
+                    let (other, other_flags) = scan(kernel);
+                    assert_eq!(other, scores, "{kernel:?}: k {k}, {count} members");
+                    assert_eq!(other_flags, flags, "{kernel:?}: k {k}, {count} members");
+                }
                 for (c, member) in members.iter().enumerate() {
                     assert!(member.codes.iter().all(|c| (-63..=63).contains(c)));
                     for i in 0..n {
