@@ -76,6 +76,14 @@ pub struct BenchArgs {
     /// `online.retrieval = "ann"` (its version published with the index).
     #[arg(long)]
     pub ann: bool,
+    /// With `--ann`, skip the index-against-FAISS comparison on the kernel's items (an index
+    /// build of its own): only the server runs with ANN retrieval.
+    #[arg(long)]
+    pub ann_server_only: bool,
+    /// Publish the served version without the similar-items index (`SimilarItems` then scans
+    /// exactly): at ten million items it is another build as long as the item index's.
+    #[arg(long)]
+    pub no_similar_index: bool,
     /// efSearch values of the item index measured with `--ann`.
     #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256])]
     pub ann_expansion: Vec<usize>,
@@ -291,7 +299,7 @@ fn kernel(
         }
         eprintln!("{line}");
     }
-    if args.ann {
+    if args.ann && !args.ann_server_only {
         let settings = crate::ann::AnnSettings {
             top: args.top,
             factors: args.factors,
@@ -386,6 +394,7 @@ async fn server(
         let index = AnnIndexConfig {
             enabled: args.ann,
             min_items: 0,
+            similar_items: !args.no_similar_index,
             ..Default::default()
         };
         synthetic_model_with(

@@ -182,6 +182,27 @@ impl ModelWatcher {
         tracing::info!(version = %version, items, family = catalog_family, scorer_mib = scorer_bytes >> 20,
             previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
             took_ms = started.elapsed().as_millis() as u64, "model swapped in");
+        // The load's garbage, and the old version's unless a request still holds it.
+        drop(old);
+        let _ = tokio::task::spawn_blocking(return_freed_memory).await;
+    }
+}
+
+/// How often the served version's mapped item rows (`online.item_factors = "mapped"`) leave the
+/// process's memory: resident memory then holds the rows re-scored lately, not every row ever
+/// re-scored (a version's whole factor file, in time). They stay in the page cache.
+const MAPPED_ROWS_RELEASE: Duration = Duration::from_secs(10);
+
+/// Hands memory freed inside the allocator back to the system. glibc keeps what a load
+/// allocated and freed (decoded files, staging buffers) in its per-thread arenas — about 200 MiB
+/// after loading a million-item version — and returns little of it by itself, so without this a
+/// server's resident memory stays at its loading peak.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` walks glibc's own arenas under their locks; no pointer of ours is
+    // involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -500,10 +521,17 @@ pub async fn start_with_reader(
     let watcher = tokio::spawn(async move {
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut released = Instant::now();
         loop {
             tick.tick().await;
             watcher.refresh().await;
             experiments.refresh().await;
+            if released.elapsed() >= MAPPED_ROWS_RELEASE {
+                if let Some(catalog) = watcher.ranker.catalog() {
+                    catalog.model.release_mapped_rows();
+                }
+                released = Instant::now();
+            }
         }
     });
 

@@ -348,6 +348,14 @@ impl PublishedModel {
         }
     }
 
+    /// Drops the pages of mapped exact item rows from this process's memory (see
+    /// [`ItemMatrix::release_mapped_rows`]); nothing for held rows or item weights.
+    pub fn release_mapped_rows(&self) {
+        if let Scorer::Factors(items) = &self.scorer {
+            items.release_mapped_rows();
+        }
+    }
+
     /// Bytes of the scorer in memory.
     pub fn scorer_bytes(&self) -> usize {
         match &self.scorer {

@@ -157,7 +157,7 @@ impl ItemCodes {
             // runs on has it; the bounds the kernel relies on are asserted above.
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
             Kernel::Avx2 => unsafe { avx2::scan(self, tiles, members, block) },
-            // SAFETY: `Kernel::best` chose it only where the CPU has AVX-512 VNNI and VL (tests
+            // SAFETY: `Kernel::fastest` chose it only where the CPU has AVX-512 VNNI and VL (tests
             // ask `Kernel::available`); bounds as above.
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
             Kernel::Vnni => unsafe { vnni::scan(self, tiles, members, block) },
@@ -268,11 +268,7 @@ impl MemberCodes {
 /// callable so that tests hold each to the portable one, bit for bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kernel {
-    /// Integer code the compiler may vectorise: any CPU (on an AVX2 build, only tests run it).
-    #[cfg_attr(
-        all(target_arch = "x86_64", target_feature = "avx2", not(test)),
-        allow(dead_code)
-    )]
+    /// Integer code the compiler may vectorise: any CPU (on an AVX2 build, when asked for).
     Portable,
     /// `vpmaddubsw` + `vpmaddwd`: every x86-64-v3 CPU (this build's baseline).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -285,8 +281,22 @@ pub(super) enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The kernel scans run with: the fastest this CPU runs, unless `RECSYS_SCAN_KERNEL` names
+    /// a slower one (`avx2`, `portable`) — for comparing kernels on one machine.
     pub(super) fn best() -> Kernel {
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let fastest = Kernel::fastest();
+            match std::env::var("RECSYS_SCAN_KERNEL").as_deref() {
+                Ok("portable") => Kernel::Portable,
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+                Ok("avx2") => Kernel::Avx2,
+                _ => fastest,
+            }
+        })
+    }
+
+    fn fastest() -> Kernel {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             // `is_x86_feature_detected!` caches what it reads.
@@ -309,7 +319,7 @@ impl Kernel {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             all.push(Kernel::Avx2);
-            if Kernel::best() == Kernel::Vnni {
+            if Kernel::fastest() == Kernel::Vnni {
                 all.push(Kernel::Vnni);
             }
         }

@@ -196,6 +196,19 @@ impl ItemMatrix {
         matches!(self.factors, Rows::Mapped(_))
     }
 
+    /// Drops the mapped rows' pages from this process's memory; they stay in the kernel's page
+    /// cache and fault back in on the next read. A server calls this now and then, so that its
+    /// resident memory holds the rows recently re-scored, not every row ever re-scored. Does
+    /// nothing for held rows.
+    pub fn release_mapped_rows(&self) {
+        if let Rows::Mapped(map) = &self.factors {
+            // SAFETY: a shared, read-only mapping of a file that never changes while mapped:
+            // MADV_DONTNEED only drops resident pages, which read back unchanged, so every slice
+            // borrowed from the mapping stays valid.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     #[inline]
     pub fn len(&self) -> usize {
         self.n
@@ -609,6 +622,15 @@ mod tests {
         assert!(
             resident_kib(&path) <= chunk_kib,
             "loaded: the pages are dropped"
+        );
+        // Serving reads rows back in; releasing drops them again.
+        let read: f32 = (0..n).step_by(7).map(|i| mapped.row(i)[0]).sum();
+        assert!(read.is_finite() && resident_kib(&path) > 4 * chunk_kib);
+        mapped.release_mapped_rows();
+        assert!(
+            resident_kib(&path) <= 4,
+            "released: {} KiB",
+            resident_kib(&path)
         );
         let held = ItemMatrix::new(factors, k);
         let user: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
