@@ -110,8 +110,9 @@ impl Applier {
     pub fn check(&self, event: &Event, key: Option<&[u8]>, now_ms: i64) -> Result<(), Rejection> {
         self.rules.validate(event, key, now_ms)?;
         match self.model.get() {
-            Some(model) if !model.knows(&event.item_id) => Err(Rejection::new(
+            Some(model) if !model.knows(&event.item_id) => Err(Rejection::of_field(
                 RejectReason::UnknownItem,
+                "item_id",
                 format!(
                     "`item_id` {:?} is not in model {}",
                     event.item_id, model.version

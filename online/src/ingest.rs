@@ -81,8 +81,9 @@ impl EventIngest {
         let now = chrono::Utc::now().timestamp_millis();
         self.rules.validate(&event, None, now).map_err(invalid)?;
         if knows(&event.item_id) == Some(false) {
-            return Err(invalid(Rejection::new(
+            return Err(invalid(Rejection::of_field(
                 RejectReason::UnknownItem,
+                "item_id",
                 format!("`item_id` {:?} is not in the served model", event.item_id),
             )));
         }
@@ -109,7 +110,8 @@ impl EventIngest {
     }
 }
 
-/// A rejection as the API's error, naming the field its detail starts with.
+/// A rejection as the API's error, naming the event's field at fault (`body` for the event as a
+/// whole).
 fn invalid(rejection: Rejection) -> RankError {
     let field = [
         "event_id",
@@ -121,7 +123,7 @@ fn invalid(rejection: Rejection) -> RankError {
         "ts",
     ]
     .into_iter()
-    .find(|f| rejection.detail.starts_with(&format!("`{f}`")))
+    .find(|&f| rejection.field.as_deref() == Some(f))
     .unwrap_or("body");
     RankError::Invalid {
         field,
@@ -135,8 +137,9 @@ mod tests {
 
     #[test]
     fn a_rejection_names_its_field() {
-        let error = invalid(Rejection::new(
+        let error = invalid(Rejection::of_field(
             RejectReason::InvalidId,
+            "user_id",
             "`user_id`: contains white space",
         ));
         match error {
@@ -146,5 +149,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The field comes from the rejection, not from its text.
+        let whole = invalid(Rejection::new(
+            RejectReason::Undecodable,
+            "`user_id` could not be read",
+        ));
+        assert!(
+            matches!(whole, RankError::Invalid { field: "body", .. }),
+            "{whole:?}"
+        );
     }
 }

@@ -109,13 +109,26 @@ impl RejectReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub reason: RejectReason,
+    /// The field of the record at fault, when one is (`user_id`, `items[2].item_id`, ...).
+    pub field: Option<String>,
     pub detail: String,
 }
 
 impl Rejection {
+    /// A rejection of the record as a whole.
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
         Rejection {
             reason,
+            field: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// A rejection of one field of the record; `detail` says what is wrong with it.
+    pub fn of_field(reason: RejectReason, field: &str, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            field: Some(field.to_string()),
             detail: detail.into(),
         }
     }
@@ -166,14 +179,16 @@ pub fn decode(payload: Option<&[u8]>, content_type: Option<&str>) -> Result<Even
 /// Checks a required id field: present and within the id rules; the rejection names `field`.
 pub fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() {
-        return Err(Rejection::new(
+        return Err(Rejection::of_field(
             RejectReason::MissingField,
+            field,
             format!("`{field}` is missing or empty"),
         ));
     }
     match id_problem(value) {
-        Some(problem) => Err(Rejection::new(
+        Some(problem) => Err(Rejection::of_field(
             RejectReason::InvalidId,
+            field,
             format!("`{field}`: {problem}"),
         )),
         None => Ok(()),
@@ -246,8 +261,9 @@ impl EventRules {
         }
         check_key(key, &event.user_id, "event")?;
         if !self.weights.contains_key(&event.event_type) && !self.is_negative(event) {
-            return Err(Rejection::new(
+            return Err(Rejection::of_field(
                 RejectReason::UnknownEventType,
+                "event_type",
                 format!(
                     "`event_type` {:?} has no weight in offline.features.event_weights (nor is it one of feedback.negative_event_types with feedback enabled)",
                     event.event_type
@@ -255,8 +271,9 @@ impl EventRules {
             ));
         }
         if !event.value.is_finite() {
-            return Err(Rejection::new(
+            return Err(Rejection::of_field(
                 RejectReason::MissingField,
+                "value",
                 "`value` is not a finite number",
             ));
         }
@@ -266,14 +283,16 @@ impl EventRules {
     /// Checks a record's time (`field` names it): present, and within the allowed skew.
     pub fn check_time(&self, field: &str, ts: i64, now_ms: i64) -> Result<(), Rejection> {
         if ts == 0 {
-            return Err(Rejection::new(
+            return Err(Rejection::of_field(
                 RejectReason::MissingField,
+                field,
                 format!("`{field}` is missing (0)"),
             ));
         }
         if ts > now_ms.saturating_add(self.max_future_skew_ms) {
-            return Err(Rejection::new(
+            return Err(Rejection::of_field(
                 RejectReason::TimestampSkew,
+                field,
                 format!(
                     "`{field}` {} is {} ms in the future, more than nearline.max_future_skew_ms = {}",
                     ts,
@@ -283,8 +302,9 @@ impl EventRules {
             ));
         }
         if ts < now_ms.saturating_sub(self.max_past_skew_ms) {
-            return Err(Rejection::new(
+            return Err(Rejection::of_field(
                 RejectReason::TimestampSkew,
+                field,
                 format!(
                     "`{field}` {} is {} ms in the past, more than nearline.max_past_skew_ms = {}",
                     ts,
@@ -470,6 +490,12 @@ mod tests {
             let r = rules.validate(&e, key, now).unwrap_err();
             assert_eq!(r.reason, reason, "{e:?}");
             assert!(r.detail.contains(needle), "{r} should mention {needle}");
+            // A field's rejection names it (and its text starts with it); a key's, none.
+            match (&r.field, reason) {
+                (None, RejectReason::KeyMismatch) => {}
+                (Some(field), _) => assert!(r.detail.starts_with(&format!("`{field}`")), "{r}"),
+                (None, _) => panic!("{r} names no field"),
+            }
         }
     }
 
