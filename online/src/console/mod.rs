@@ -138,6 +138,39 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The caller of a page that needs `ConsoleRead`; a handler taking one is only run for such a
+/// caller (see [`authorise`] for the answer otherwise).
+struct Reader(Caller);
+
+/// The caller of a page that needs `ConsoleOperate` as well.
+struct Operator(Caller);
+
+impl axum::extract::FromRequestParts<ConsoleState> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ConsoleState,
+    ) -> Result<Self, Response> {
+        authorise(state, &parts.headers, false)
+            .map(Reader)
+            .map_err(|r| *r)
+    }
+}
+
+impl axum::extract::FromRequestParts<ConsoleState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ConsoleState,
+    ) -> Result<Self, Response> {
+        authorise(state, &parts.headers, true)
+            .map(Operator)
+            .map_err(|r| *r)
+    }
+}
+
 /// The caller of a page that needs `ConsoleRead` (and `ConsoleOperate` when `operate`), or the
 /// answer instead: the sign-in page for a browser without a session, 401/403 otherwise.
 fn authorise(
@@ -245,35 +278,23 @@ async fn logout(State(state): State<ConsoleState>, headers: HeaderMap) -> Respon
         .into_response()
 }
 
-async fn models_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let caller = match authorise(&state, &headers, false) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
+async fn models_page(State(state): State<ConsoleState>, Reader(caller): Reader) -> Response {
     blocking("models", move || models::list(&state, &caller)).await
 }
 
 async fn model_page(
     State(state): State<ConsoleState>,
     Path(version): Path<String>,
-    headers: HeaderMap,
+    Reader(caller): Reader,
 ) -> Response {
-    let caller = match authorise(&state, &headers, false) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
     blocking("model", move || models::detail(&state, &caller, &version)).await
 }
 
 async fn promote_confirm(
     State(state): State<ConsoleState>,
     Path(version): Path<String>,
-    headers: HeaderMap,
+    Operator(caller): Operator,
 ) -> Response {
-    let caller = match authorise(&state, &headers, true) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
     let timer = CONSOLE_RENDER.with_label_values(&["promote"]).start_timer();
     let response = models::confirm(&state, &caller, &version).await;
     timer.observe_duration();
@@ -283,13 +304,9 @@ async fn promote_confirm(
 async fn promote(
     State(state): State<ConsoleState>,
     Path(version): Path<String>,
-    headers: HeaderMap,
+    Operator(caller): Operator,
     body: axum::body::Bytes,
 ) -> Response {
-    let caller = match authorise(&state, &headers, true) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
     let form = page::form(&body);
     if !caller.csrf_ok(form.get("csrf").map(String::as_str)) {
         return page::error(
@@ -301,23 +318,15 @@ async fn promote(
     models::promote(&state, &caller, &version, &expected).await
 }
 
-async fn experiments_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let caller = match authorise(&state, &headers, false) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
+async fn experiments_page(State(state): State<ConsoleState>, Reader(caller): Reader) -> Response {
     timed("experiments", || experiments::page(&state, &caller))
 }
 
 async fn member_page(
     State(state): State<ConsoleState>,
     uri: axum::http::Uri,
-    headers: HeaderMap,
+    Reader(caller): Reader,
 ) -> Response {
-    let caller = match authorise(&state, &headers, false) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
     let timer = CONSOLE_RENDER.with_label_values(&["member"]).start_timer();
     let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .into_owned()
@@ -334,18 +343,11 @@ async fn member_page(
     response
 }
 
-async fn health_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    let caller = match authorise(&state, &headers, false) {
-        Ok(caller) => caller,
-        Err(response) => return *response,
-    };
+async fn health_page(State(state): State<ConsoleState>, Reader(caller): Reader) -> Response {
     timed("health", || health::page(&state, &caller))
 }
 
-async fn health_plots(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorise(&state, &headers, false) {
-        return *response;
-    }
+async fn health_plots(State(state): State<ConsoleState>, _: Reader) -> Response {
     timed("health_plots", || health::plots(&state))
 }
 
