@@ -188,7 +188,7 @@ impl ModelWatcher {
     }
 }
 
-/// How often the served version's mapped item rows (`online.item_factors = "mapped"`) leave the
+/// How often the held versions' mapped item rows (`online.item_factors = "mapped"`) leave the
 /// process's memory: resident memory then holds the rows re-scored lately, not every row ever
 /// re-scored (a version's whole factor file, in time). They stay in the page cache.
 const MAPPED_ROWS_RELEASE: Duration = Duration::from_secs(10);
@@ -527,7 +527,9 @@ pub async fn start_with_reader(
             watcher.refresh().await;
             experiments.refresh().await;
             if released.elapsed() >= MAPPED_ROWS_RELEASE {
-                if let Some(catalog) = watcher.ranker.catalog() {
+                let ranker = &watcher.ranker;
+                let held = ranker.experiments();
+                for catalog in ranker.catalog().iter().chain(held.catalogs.values()) {
                     catalog.model.release_mapped_rows();
                 }
                 released = Instant::now();
