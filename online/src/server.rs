@@ -184,7 +184,7 @@ impl ModelWatcher {
             took_ms = started.elapsed().as_millis() as u64, "model swapped in");
         // The load's garbage, and the old version's unless a request still holds it.
         drop(old);
-        let _ = tokio::task::spawn_blocking(return_freed_memory).await;
+        let _ = tokio::task::spawn_blocking(recsys_shared::memory::return_freed_memory).await;
     }
 }
 
@@ -192,19 +192,6 @@ impl ModelWatcher {
 /// process's memory: resident memory then holds the rows re-scored lately, not every row ever
 /// re-scored (a version's whole factor file, in time). They stay in the page cache.
 const MAPPED_ROWS_RELEASE: Duration = Duration::from_secs(10);
-
-/// Hands memory freed inside the allocator back to the system. glibc keeps what a load
-/// allocated and freed (decoded files, staging buffers) in its per-thread arenas — about 200 MiB
-/// after loading a million-item version — and returns little of it by itself, so without this a
-/// server's resident memory stays at its loading peak.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` walks glibc's own arenas under their locks; no pointer of ours is
-    // involved.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// Puts the experiments file in force as it changes.
 ///

@@ -37,6 +37,7 @@ pub mod impression;
 pub mod kafka;
 pub mod kernels;
 pub mod logs;
+pub mod memory;
 pub mod model;
 pub mod object_storage;
 pub mod ops;
