@@ -5,7 +5,10 @@
 //! so every score served is exact and only recall is approximate.
 //!
 //! Recall is observed in production: a share of ANN requests (`recall_sample_rate`) is also
-//! scanned exactly on a blocking thread after the answer has gone, and the overlap is reported as
+//! scanned exactly after the answer has gone — on one thread of its own at the lowest priority
+//! (nice 19), so a request that wants the CPU takes it from a check at once and a check stretches
+//! no request's latency, while on a saturated machine checks still progress slowly — and the
+//! overlap is reported as
 //! `recsys_ann_recall_at_k` (member vectors) and `recsys_similar_recall_at_k` (`SimilarItems`
 //! from the similar-items index; the "because you watched" rows share its index and search but
 //! are not sampled). At most [`MAX_CHECKS`] such scans run at once; a sample that finds
@@ -25,8 +28,35 @@ use recsys_shared::model::top_k::Scored;
 use crate::catalog::Catalog;
 use crate::metrics::{ANN_RECALL, SIMILAR_RECALL};
 
-/// Exact scans checking ANN answers that may run at once.
+/// Exact scans checking ANN answers that may be running or waiting at once.
 pub const MAX_CHECKS: usize = 2;
+
+/// The thread the checks run on, one at a time, at the lowest priority.
+static CHECKS: std::sync::LazyLock<rayon::ThreadPool> = std::sync::LazyLock::new(|| {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "recall-check".into())
+        .start_handler(|_| lowest_priority())
+        .build()
+        .expect("starts the recall-check thread")
+});
+
+/// Gives the calling thread the lowest priority (nice 19; on Linux a thread id names one
+/// thread).
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let done = unsafe {
+            let thread = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 19)
+        };
+        if done != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(),
+                "recall checks run at normal priority");
+        }
+    }
+}
 
 /// Searches the item index and re-scores, and samples its recall.
 pub struct AnnRetrieval {
@@ -100,7 +130,7 @@ impl AnnRetrieval {
             return;
         };
         let found: Vec<u32> = answer.iter().map(|s| s.index).collect();
-        tokio::task::spawn_blocking(move || {
+        CHECKS.spawn(move || {
             let _running = running;
             if let recsys_shared::model::Scorer::Factors(items) = &catalog.model.scorer {
                 let exact = items.top_k(&user, k, allowed);
@@ -127,7 +157,7 @@ impl AnnRetrieval {
             return;
         };
         let found: Vec<u32> = answer.iter().map(|s| s.index).collect();
-        tokio::task::spawn_blocking(move || {
+        CHECKS.spawn(move || {
             let _running = running;
             let exact = catalog.model.scorer.similar(seed, k, |_| true);
             if let Some(recall) = recall(&found, &exact) {
@@ -171,6 +201,22 @@ fn recall(found: &[u32], exact: &[Scored]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn checks_run_at_the_lowest_priority() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        CHECKS.spawn(move || {
+            // SAFETY: plain system calls on the calling thread's own id.
+            let nice =
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+            tx.send(nice).unwrap();
+        });
+        assert_eq!(rx.recv().unwrap(), 19);
+        // SAFETY: as above, on the test's own thread.
+        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        assert_eq!(here, 0, "only the check thread is lowered");
+    }
 
     #[test]
     fn recall_is_the_share_of_the_exact_answer_found() {
