@@ -340,12 +340,6 @@ impl ItemIndex {
                 "its ranges hold {indexed} items, the version has {items}"
             )));
         }
-        // Viewing the graphs read every node; a server swapping in a new version should not
-        // hold both versions' whole indexes resident, so the pages leave this process's memory
-        // (they stay in the page cache) and searches fault back in what they visit.
-        // SAFETY: a shared, read-only mapping of a file nothing writes (above): MADV_DONTNEED
-        // only drops resident pages, which read back unchanged.
-        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         Ok(ItemIndex {
             ranges,
             _file: Some(map),

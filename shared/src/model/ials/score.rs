@@ -40,15 +40,12 @@ pub struct ItemMatrix {
     norms: Vec<f32>,
 }
 
-/// The exact rows: held in memory, or mapped from a version's raw factor file — then the rows a
-/// request re-scores are read from the file by position (from the kernel's page cache, into a
-/// buffer of this thread's: nothing of the file becomes resident in the process), and the rows
-/// read through the mapping (fold-ins, exact similar-items scans) are dropped from memory again
-/// now and then.
+/// The exact rows: held in memory, or mapped from a version's raw factor file — then only the
+/// rows a request re-scores are read, and the kernel may drop them from memory again.
 #[derive(Debug, Clone)]
 enum Rows {
     Owned(Vec<f32>),
-    Mapped(std::sync::Arc<memmap2::Mmap>, std::sync::Arc<std::fs::File>),
+    Mapped(std::sync::Arc<memmap2::Mmap>),
 }
 
 impl std::ops::Deref for Rows {
@@ -57,7 +54,7 @@ impl std::ops::Deref for Rows {
     fn deref(&self) -> &[f32] {
         match self {
             Rows::Owned(rows) => rows,
-            Rows::Mapped(map, _) => {
+            Rows::Mapped(map) => {
                 // SAFETY: the mapping starts on a page boundary (aligned for f32), its length is a
                 // multiple of 4 (checked in `ItemMatrix::map`), every bit pattern is an f32, and
                 // the bytes are little-endian f32 on a little-endian target (checked there too).
@@ -69,8 +66,6 @@ impl std::ops::Deref for Rows {
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One exact row read from a mapped version's file.
-    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A batched scan's block of scores (member-major) and its flag words.
     static BLOCK: RefCell<(Vec<f32>, Vec<u64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -146,7 +141,7 @@ impl ItemMatrix {
             )));
         }
         let map = std::sync::Arc::new(map);
-        let rows = Rows::Mapped(map.clone(), std::sync::Arc::new(file));
+        let rows = Rows::Mapped(map.clone());
         let n = rows.len() / k;
         let mut codes = ItemCodes::zeroed(n, k);
         let mut norms = Vec::with_capacity(n);
@@ -198,7 +193,7 @@ impl ItemMatrix {
 
     /// Whether the exact rows are mapped from a file rather than held.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.factors, Rows::Mapped(..))
+        matches!(self.factors, Rows::Mapped(_))
     }
 
     /// Drops the mapped rows' pages from this process's memory; they stay in the kernel's page
@@ -206,7 +201,7 @@ impl ItemMatrix {
     /// resident memory holds the rows recently re-scored, not every row ever re-scored. Does
     /// nothing for held rows.
     pub fn release_mapped_rows(&self) {
-        if let Rows::Mapped(map, _) = &self.factors {
+        if let Rows::Mapped(map) = &self.factors {
             // SAFETY: a shared, read-only mapping of a file that never changes while mapped:
             // MADV_DONTNEED only drops resident pages, which read back unchanged, so every slice
             // borrowed from the mapping stays valid.
@@ -249,7 +244,7 @@ impl ItemMatrix {
     pub fn heap_bytes(&self) -> usize {
         let exact = match &self.factors {
             Rows::Owned(rows) => rows.len() * 4,
-            Rows::Mapped(..) => 0,
+            Rows::Mapped(_) => 0,
         };
         exact + self.codes.heap_bytes() + self.n * 4
     }
@@ -257,26 +252,6 @@ impl ItemMatrix {
     /// Exact score of one item.
     #[inline]
     pub fn score(&self, index: usize, user: &[f32]) -> f32 {
-        if let Rows::Mapped(_, file) = &self.factors {
-            use std::os::unix::fs::FileExt;
-            let read = ROW.with(|buffer| {
-                let mut row = buffer.borrow_mut();
-                row.resize(self.k, 0.0);
-                // SAFETY: any bytes are a valid f32 (the file's are little-endian f32, checked
-                // when mapped), and the byte view covers exactly the row buffer.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u8>(), self.k * 4)
-                };
-                file.read_exact_at(bytes, (index * self.k * 4) as u64)
-                    .ok()
-                    .map(|()| dot_f32(&row, user))
-            });
-            // A failed read (the file cannot fail while mapped, but a read can) falls back to
-            // the mapping.
-            if let Some(score) = read {
-                return score;
-            }
-        }
         dot_f32(self.row(index), user)
     }
 
@@ -648,18 +623,7 @@ mod tests {
             resident_kib(&path) <= chunk_kib,
             "loaded: the pages are dropped"
         );
-        // Re-scoring reads rows by position: nothing of the file becomes resident.
-        let held = ItemMatrix::new(factors, k);
-        let user: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        for i in (0..n).step_by(7) {
-            assert_eq!(mapped.score(i, &user), held.score(i, &user));
-        }
-        assert!(
-            resident_kib(&path) <= 4,
-            "re-scored: {} KiB",
-            resident_kib(&path)
-        );
-        // Reading through the mapping brings rows in; releasing drops them again.
+        // Serving reads rows back in; releasing drops them again.
         let read: f32 = (0..n).step_by(7).map(|i| mapped.row(i)[0]).sum();
         assert!(read.is_finite() && resident_kib(&path) > 4 * chunk_kib);
         mapped.release_mapped_rows();
@@ -668,6 +632,8 @@ mod tests {
             "released: {} KiB",
             resident_kib(&path)
         );
+        let held = ItemMatrix::new(factors, k);
+        let user: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
         assert_eq!(
             mapped.top_k(&user, 30, |_| true),
             held.top_k(&user, 30, |_| true)
