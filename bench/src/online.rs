@@ -15,7 +15,7 @@ pub use recsys_shared::artifact::synthetic::{
 };
 use recsys_shared::config::AnnIndexConfig;
 
-pub(crate) use crate::process::{free_port, wait_ready};
+pub(crate) use crate::process::{free_port, proc_status_kib, wait_ready};
 use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::RankRequest;
@@ -363,17 +363,6 @@ struct ServerMode<'a> {
     /// Publish the served version again after the warm-up and load until it is swapped in
     /// (`swap.rs`).
     swap: bool,
-}
-
-pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 async fn server(

@@ -1,5 +1,5 @@
-//! What the benchmarks that start a `recsys` server process share: a free port to give it, and
-//! waiting until it says it is ready.
+//! What the benchmarks that start a `recsys` server process share: a free port to give it,
+//! waiting until it says it is ready, and reading its memory.
 
 use std::time::{Duration, Instant};
 
@@ -29,4 +29,16 @@ pub async fn wait_ready(metrics: &str, within: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`, `RssAnon:`, ...).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use recsys_shared::artifact::ModelRoot;
 
-use crate::online::proc_status_kib;
+use crate::process::proc_status_kib;
 
 /// What one hot swap under load cost.
 #[derive(Debug, Clone)]
