@@ -19,16 +19,22 @@ impl Texts {
     pub fn new<S: AsRef<str>>(texts: impl IntoIterator<Item = S>) -> Result<Texts, ItemIdsError> {
         let mut out = Texts::default();
         for text in texts {
-            out.bytes.extend_from_slice(text.as_ref().as_bytes());
-            let end = u32::try_from(out.bytes.len()).map_err(|_| ItemIdsError::TooLarge)?;
-            out.ends.push(end);
-        }
-        if out.ends.len() >= u32::MAX as usize {
-            return Err(ItemIdsError::TooLarge);
+            out.push(text.as_ref())?;
         }
         out.bytes.shrink_to_fit();
         out.ends.shrink_to_fit();
         Ok(out)
+    }
+
+    /// Appends the next row's text.
+    pub fn push(&mut self, text: &str) -> Result<(), ItemIdsError> {
+        if self.ends.len() >= u32::MAX as usize - 1 {
+            return Err(ItemIdsError::TooLarge);
+        }
+        self.bytes.extend_from_slice(text.as_bytes());
+        let end = u32::try_from(self.bytes.len()).map_err(|_| ItemIdsError::TooLarge)?;
+        self.ends.push(end);
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -83,8 +89,13 @@ pub enum ItemIdsError {
 impl ItemIds {
     /// The ids of rows `0..`, in order; each must be unique.
     pub fn new<S: AsRef<str>>(ids: impl IntoIterator<Item = S>) -> Result<ItemIds, ItemIdsError> {
+        ItemIds::from_texts(Texts::new(ids)?)
+    }
+
+    /// The ids of rows `0..`, already gathered; each must be unique.
+    pub fn from_texts(texts: Texts) -> Result<ItemIds, ItemIdsError> {
         let mut out = ItemIds {
-            texts: Texts::new(ids)?,
+            texts,
             slots: Vec::new(),
         };
         let capacity = (out.len() * 5 / 4 + 1).next_power_of_two();

@@ -6,7 +6,7 @@
 
 use super::{
     files, read_factor_ids, read_factors, read_weights, write_factors, write_raw_factors,
-    write_weights, FactorTable, ItemIds, Manifest, ModelParams, ModelRoot, StagedVersion,
+    write_weights, FactorTable, ItemIds, Manifest, ModelParams, ModelRoot, StagedVersion, Texts,
 };
 use crate::config::AnnIndexConfig;
 use crate::kernels;
@@ -225,17 +225,19 @@ impl PublishedModel {
             problem,
         };
         let family = manifest.algorithm.family();
+        let texts =
+            |ids: &[String]| Texts::new(ids).map_err(|e| invalid(format!("{e} in the model")));
         let (item_ids, scorer, fold_in) = match &manifest.algorithm.model {
             ModelParams::Ials(record) => {
                 let raw = dir.join(files::ITEM_FACTORS_RAW);
                 let k = record.factors;
-                let finite = |first: usize, rows: &[f32], ids: &[String]| match rows
+                let finite = |first: usize, rows: &[f32], ids: &Texts| match rows
                     .iter()
                     .position(|x| !x.is_finite())
                 {
                     Some(bad) => Err(invalid(format!(
                         "item {} has a non-finite factor",
-                        ids[first + bad / k.max(1)]
+                        ids.get((first + bad / k.max(1)) as u32)
                     ))),
                     None => Ok(()),
                 };
@@ -274,9 +276,10 @@ impl PublishedModel {
                                 table.factors
                             )));
                         }
-                        finite(0, &table.vectors, &table.ids)?;
+                        let ids = texts(&table.ids)?;
+                        finite(0, &table.vectors, &ids)?;
                         let gram = kernels::gram(&table.vectors, k);
-                        (table.ids, ItemMatrix::new(table.vectors, k), gram)
+                        (ids, ItemMatrix::new(table.vectors, k), gram)
                     };
                 let fold_in = FoldIn::with_gram(k, record.objective, gram);
                 (ids, Scorer::Factors(items), Some(fold_in))
@@ -292,7 +295,7 @@ impl PublishedModel {
                 }
                 let (ids, weights) = read_weights(&path)?;
                 (
-                    ids,
+                    texts(&ids)?,
                     Scorer::Weights(ItemWeights::from_matrix(weights)),
                     None,
                 )
@@ -301,8 +304,8 @@ impl PublishedModel {
         if item_ids.is_empty() {
             return Err(invalid("no items".into()));
         }
-        let ids = ItemIds::new(&item_ids).map_err(|e| invalid(format!("{e} in the model")))?;
-        drop(item_ids);
+        let ids =
+            ItemIds::from_texts(item_ids).map_err(|e| invalid(format!("{e} in the model")))?;
         let open_index = |file: &str| -> Result<Option<ItemIndex>> {
             match (options.item_index, &scorer) {
                 (Some(expansion), Scorer::Factors(items)) if manifest.files.contains_key(file) => {

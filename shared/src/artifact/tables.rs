@@ -136,13 +136,21 @@ fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a Arr
 }
 
 fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>> {
+    Ok(string_array(path, batch, name)?
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect())
+}
+
+/// A string column without nulls.
+fn string_array(path: &Path, batch: &RecordBatch, name: &str) -> Result<StringArray> {
     let array = column(path, batch, name)?;
     let array = arrow::compute::cast(array, &DataType::Utf8).map_err(|e| SharedError::Schema {
         path: path.to_path_buf(),
         column: name.to_string(),
         problem: format!("not a string column: {e}"),
     })?;
-    let array = array.as_string::<i32>();
+    let array = array.as_string::<i32>().clone();
     if array.null_count() > 0 {
         return Err(SharedError::Schema {
             path: path.to_path_buf(),
@@ -150,14 +158,11 @@ fn strings(path: &Path, batch: &RecordBatch, name: &str) -> Result<Vec<String>> 
             problem: "contains nulls".to_string(),
         });
     }
-    Ok(array
-        .iter()
-        .map(|s| s.unwrap_or_default().to_string())
-        .collect())
+    Ok(array)
 }
 
 /// Only the ids of a factor table written by [`write_factors`] (the vectors are not decoded).
-pub fn read_factor_ids(path: &Path, id_column: &str) -> Result<Vec<String>> {
+pub fn read_factor_ids(path: &Path, id_column: &str) -> Result<super::Texts> {
     let file = File::open(path).map_err(|e| SharedError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| SharedError::parquet(path, e))?;
@@ -167,10 +172,19 @@ pub fn read_factor_ids(path: &Path, id_column: &str) -> Result<Vec<String>> {
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(|e| SharedError::parquet(path, e))?;
-    let mut ids = Vec::new();
+    // Straight into one buffer: ten million ids as `String`s would cost half a GiB more while a
+    // server loads a version beside the one it serves.
+    let mut ids = super::Texts::default();
     for batch in reader {
         let batch = batch.map_err(|e| SharedError::arrow(path, e))?;
-        ids.extend(strings(path, &batch, id_column)?);
+        for id in string_array(path, &batch, id_column)?.iter() {
+            ids.push(id.unwrap_or_default())
+                .map_err(|e| SharedError::Schema {
+                    path: path.to_path_buf(),
+                    column: id_column.to_string(),
+                    problem: e.to_string(),
+                })?;
+        }
     }
     Ok(ids)
 }
