@@ -7,7 +7,8 @@
 //! codes broadcast scores all eight, and a tile's eight scores come out in one register with no
 //! horizontal sum. The kernel scores a few tiles for a few members per step (register blocking),
 //! so each load of item codes serves several members of a batch. AVX-512 VNNI where the CPU has
-//! it, AVX2 where the build has it, portable integer code otherwise, all equal to the last bit. Allocates nothing per row.
+//! it, AVX2 where the build has it, portable integer code otherwise, all equal to the last bit.
+//! Allocates nothing per row.
 
 use std::ops::Range;
 
@@ -157,10 +158,16 @@ impl ItemCodes {
             // runs on has it; the bounds the kernel relies on are asserted above.
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
             Kernel::Avx2 => unsafe { avx2::scan(self, tiles, members, block) },
-            // SAFETY: `Kernel::fastest` chose it only where the CPU has AVX-512 VNNI and VL (tests
-            // ask `Kernel::available`); bounds as above.
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-            Kernel::Vnni => unsafe { vnni::scan(self, tiles, members, block) },
+            Kernel::Vnni => {
+                assert!(
+                    Kernel::fastest() == Kernel::Vnni,
+                    "the VNNI kernel on a CPU without AVX-512 VNNI"
+                );
+                // SAFETY: the CPU has AVX-512 VNNI and VL (checked just above: `fastest` asks
+                // the CPU, cached); bounds as above.
+                unsafe { vnni::scan(self, tiles, members, block) }
+            }
         }
     }
 
