@@ -21,9 +21,14 @@ impl Texts {
         for text in texts {
             out.push(text.as_ref())?;
         }
-        out.bytes.shrink_to_fit();
-        out.ends.shrink_to_fit();
+        out.shrink_to_fit();
         Ok(out)
+    }
+
+    /// Gives back the room [`Texts::push`] grew ahead of need.
+    pub fn shrink_to_fit(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.ends.shrink_to_fit();
     }
 
     /// Appends the next row's text.

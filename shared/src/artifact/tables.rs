@@ -186,6 +186,7 @@ pub fn read_factor_ids(path: &Path, id_column: &str) -> Result<super::Texts> {
                 })?;
         }
     }
+    ids.shrink_to_fit();
     Ok(ids)
 }
 

@@ -51,13 +51,6 @@ pub(super) struct ItemCodes {
 }
 
 impl ItemCodes {
-    /// Quantises row-major `rows × k` factors.
-    pub(super) fn new(factors: &[f32], k: usize) -> ItemCodes {
-        let mut codes = ItemCodes::zeroed(factors.len() / k, k);
-        codes.fill(0, factors, k);
-        codes
-    }
-
     /// Codes for `rows` rows of `k` factors, every row zero until [`ItemCodes::fill`]ed.
     pub(super) fn zeroed(rows: usize, k: usize) -> ItemCodes {
         let width = k.next_multiple_of(SLICE);

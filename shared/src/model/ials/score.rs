@@ -80,8 +80,8 @@ fn block_rows(members: usize) -> usize {
     (BLOCK_SCORE_BYTES / (4 * members.max(1)) / 64 * 64).clamp(64, 2048)
 }
 
-/// Rows per chunk of a mapped load ([`ItemMatrix::map_visiting`]): a multiple of 1,024, so every
-/// chunk starts on a page of the file whatever the width.
+/// Rows per chunk while loading ([`ItemMatrix::map_visiting`] drops each mapped chunk once read):
+/// a multiple of 1,024, so every chunk starts on a page of the file whatever the width.
 const MAPPED_CHUNK_ROWS: usize = 64 * 1024;
 
 /// The fewest rows a pass gives one thread: below it, splitting costs more than it saves.
@@ -104,7 +104,7 @@ pub fn candidates(k: usize) -> usize {
 impl ItemMatrix {
     /// Lays out row-major `n × k` factors.
     pub fn new(factors: Vec<f32>, k: usize) -> Self {
-        Self::from_rows(Rows::Owned(factors), k)
+        Self::from_rows(Rows::Owned(factors), k, |_, _| ())
     }
 
     /// Maps the raw little-endian `f32` rows of `path` (`n × k`, see
@@ -124,7 +124,7 @@ impl ItemMatrix {
     pub fn map_visiting(
         path: &std::path::Path,
         k: usize,
-        mut visit: impl FnMut(usize, &[f32]),
+        visit: impl FnMut(usize, &[f32]),
     ) -> std::io::Result<Self> {
         let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
         if cfg!(target_endian = "big") {
@@ -140,52 +140,47 @@ impl ItemMatrix {
                 map.len()
             )));
         }
-        let map = std::sync::Arc::new(map);
-        let rows = Rows::Mapped(map.clone());
-        let n = rows.len() / k;
-        let mut codes = ItemCodes::zeroed(n, k);
-        let mut norms = Vec::with_capacity(n);
-        for (c, chunk) in rows.chunks(MAPPED_CHUNK_ROWS * k).enumerate() {
-            let first = c * MAPPED_CHUNK_ROWS;
-            visit(first, chunk);
-            norms.extend(chunk.chunks_exact(k).map(|row| dot_f32(row, row).sqrt()));
-            codes.fill(first, chunk, k);
-            // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only drops resident pages,
-            // which read back unchanged from the file, so the slices borrowed from it stay
-            // valid. The offset is a page boundary (`MAPPED_CHUNK_ROWS` rows of 4-byte values).
-            let _ = unsafe {
-                map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    first * k * 4,
-                    chunk.len() * 4,
-                )
-            };
-        }
         let _ = map.advise(memmap2::Advice::Random);
-        drop(map);
-        Ok(ItemMatrix {
-            n,
+        Ok(Self::from_rows(
+            Rows::Mapped(std::sync::Arc::new(map)),
             k,
-            codes,
-            factors: rows,
-            norms,
-        })
+            visit,
+        ))
     }
 
-    fn from_rows(factors: Rows, k: usize) -> Self {
+    /// Norms and codes of every row, a chunk of [`MAPPED_CHUNK_ROWS`] at a time, each chunk shown
+    /// to `visit` first; mapped rows leave this process's memory chunk by chunk.
+    fn from_rows(factors: Rows, k: usize, mut visit: impl FnMut(usize, &[f32])) -> Self {
         assert!(
             k > 0 && factors.len().is_multiple_of(k),
             "factors are not n × {k}"
         );
         let n = factors.len() / k;
-        let norms = factors
-            .chunks_exact(k)
-            .map(|row| dot_f32(row, row).sqrt())
-            .collect();
+        let mut codes = ItemCodes::zeroed(n, k);
+        let mut norms = Vec::with_capacity(n);
+        for (c, chunk) in factors.chunks(MAPPED_CHUNK_ROWS * k).enumerate() {
+            let first = c * MAPPED_CHUNK_ROWS;
+            visit(first, chunk);
+            norms.extend(chunk.chunks_exact(k).map(|row| dot_f32(row, row).sqrt()));
+            codes.fill(first, chunk, k);
+            if let Rows::Mapped(map) = &factors {
+                // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only drops resident
+                // pages, which read back unchanged from the file, so the slices borrowed from it
+                // stay valid. The offset is a page boundary (`MAPPED_CHUNK_ROWS` rows of 4-byte
+                // values).
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first * k * 4,
+                        chunk.len() * 4,
+                    )
+                };
+            }
+        }
         ItemMatrix {
             n,
             k,
-            codes: ItemCodes::new(&factors, k),
+            codes,
             factors,
             norms,
         }
