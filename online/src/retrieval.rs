@@ -12,7 +12,8 @@
 //! `recsys_ann_recall_at_k` (member vectors) and `recsys_similar_recall_at_k` (`SimilarItems`
 //! from the similar-items index; the "because you watched" rows share its index and search but
 //! are not sampled). At most [`MAX_CHECKS`] such scans are running or waiting at once; a sample
-//! that finds them all taken is skipped, so checking never queues work behind the requests it measures.
+//! that finds them all taken is skipped, so checking never queues work behind the requests it
+//! measures.
 //!
 //! This module decides nothing about which requests use the index (the treatment does) and owns
 //! no index (the catalog's model does).
