@@ -26,6 +26,8 @@ pub struct AnnSettings<'a> {
     pub candidates_per_item: usize,
     /// efSearch values of FAISS's HNSW.
     pub faiss_ef: &'a [usize],
+    /// Whether to build and measure the similar-items index too.
+    pub similar: bool,
     /// The Python interpreter and the directory of `faiss_ann.py`; `None`: no FAISS.
     pub peer: Option<(&'a str, &'a Path)>,
 }
@@ -36,6 +38,8 @@ pub struct AnnPoint {
     pub recall: f64,
     pub filtered_recall: f64,
     pub us_per_query: f64,
+    /// Exact rows read (scored) per query.
+    pub rows_per_query: f64,
 }
 
 /// FAISS's figures for one setting.
@@ -45,6 +49,8 @@ pub struct FaissPoint {
     pub build_s: f64,
     pub recall: f64,
     pub us_per_query: f64,
+    /// Queries per second with every query in one call on all the threads.
+    pub qps_batch: f64,
 }
 
 pub struct AnnFigures {
@@ -53,7 +59,8 @@ pub struct AnnFigures {
     pub mib: f64,
     pub points: Vec<AnnPoint>,
     pub faiss: Vec<FaissPoint>,
-    pub similar: SimilarFigures,
+    /// `None` when not asked for.
+    pub similar: Option<SimilarFigures>,
 }
 
 /// The similar-items index (cosine) against `SimilarItems`' exact scan.
@@ -178,14 +185,19 @@ pub fn measure(
     for &expansion in args.expansions {
         index.set_expansion(expansion);
         let per_range = top * args.candidates_per_item;
+        let rows = std::cell::Cell::new(0usize);
         let search = |q: &[f32], allowed: &dyn Fn(u32) -> bool| {
             index
-                .search(q, top, per_range, allowed, |i| matrix.score(i as usize, q))
+                .search(q, top, per_range, allowed, |i| {
+                    rows.set(rows.get() + 1);
+                    matrix.score(i as usize, q)
+                })
                 .expect("search")
         };
         let started = Instant::now();
         let found: Vec<Vec<Scored>> = queries.iter().map(|q| search(q, &|_| true)).collect();
         let us_per_query = started.elapsed().as_secs_f64() * 1e6 / queries.len() as f64;
+        let rows_per_query = rows.get() as f64 / queries.len() as f64;
         let filtered: Vec<Vec<Scored>> = queries.iter().map(|q| search(q, &french_pg)).collect();
         let hits: usize = found.iter().zip(&exact).map(|(f, e)| overlap(f, e)).sum();
         let filtered_hits: usize = filtered
@@ -198,14 +210,19 @@ pub fn measure(
             recall: hits as f64 / (queries.len() * top) as f64,
             filtered_recall: filtered_hits as f64 / (queries.len() * top) as f64,
             us_per_query,
+            rows_per_query,
         };
         eprintln!(
-            "  recsys ANN efSearch {expansion}: recall@{top} {:.4} (filtered {:.4}), {:.0} µs/query",
-            point.recall, point.filtered_recall, point.us_per_query
+            "  recsys ANN efSearch {expansion}: recall@{top} {:.4} (filtered {:.4}), {:.0} µs/query, {:.0} exact rows read per query",
+            point.recall, point.filtered_recall, point.us_per_query, point.rows_per_query
         );
         points.push(point);
     }
-    let similar = measure_similar(args, dir, matrix, &config)?;
+    let similar = if args.similar {
+        Some(measure_similar(args, dir, matrix, &config)?)
+    } else {
+        None
+    };
     let faiss = match args.peer {
         None => Vec::new(),
         Some((python, peer_dir)) => {
@@ -268,10 +285,17 @@ fn run_faiss(
             build_s: number("build_s")?,
             recall: number("recall")?,
             us_per_query: number("us_per_query")?,
+            qps_batch: number("qps_batch")?,
         };
         eprintln!(
-            "  FAISS {} {}: recall@{} {:.4}, {:.0} µs/query (built in {:.0} s)",
-            point.index, point.param, args.top, point.recall, point.us_per_query, point.build_s
+            "  FAISS {} {}: recall@{} {:.4}, {:.0} µs/query, {:.0} QPS batched (built in {:.0} s)",
+            point.index,
+            point.param,
+            args.top,
+            point.recall,
+            point.us_per_query,
+            point.qps_batch,
+            point.build_s
         );
         points.push(point);
     }
@@ -314,7 +338,34 @@ pub fn report(top: usize, ann: &AnnFigures, exact_us: f64, summary: &mut serde_j
         ),
         None => eprintln!("ANN never reached recall@{} ≥ {TARGET} at the efSearch values tried", top),
     }
-    let similar = &ann.similar;
+    if let Some(similar) = &ann.similar {
+        report_similar(similar, summary);
+    }
+    summary["ann_build_s"] = ann.build_s.into();
+    summary["ann_ranges"] = ann.ranges.into();
+    summary["ann_mib"] = ann.mib.into();
+    summary["ann_points"] = ann
+        .points
+        .iter()
+        .map(|p| {
+            serde_json::json!({"ef": p.expansion, "recall": p.recall,
+                "filtered_recall": p.filtered_recall, "us_per_query": p.us_per_query,
+                "rows_per_query": p.rows_per_query})
+        })
+        .collect();
+    summary["faiss_points"] = ann
+        .faiss
+        .iter()
+        .map(|p| {
+            serde_json::json!({"index": p.index, "param": p.param, "build_s": p.build_s,
+                "recall": p.recall, "us_per_query": p.us_per_query, "qps_batch": p.qps_batch})
+        })
+        .collect();
+}
+
+/// Prints the similar-items index's figures and adds them to `summary`.
+fn report_similar(similar: &SimilarFigures, summary: &mut serde_json::Value) {
+    const TARGET: f64 = 0.95;
     if let Some((ef, recall, us)) = similar.points.iter().find(|p| p.1 >= TARGET) {
         eprintln!(
             "similar items: index built in {:.0} s; at efSearch {ef} recall@{} {recall:.4}, {us:.0} µs/query against the exact scan's {:.0} ({:.1}× faster)",
@@ -336,23 +387,34 @@ pub fn report(top: usize, ann: &AnnFigures, exact_us: f64, summary: &mut serde_j
         .iter()
         .map(|(ef, recall, us)| serde_json::json!({"ef": ef, "recall": recall, "us_per_query": us}))
         .collect();
-    summary["ann_build_s"] = ann.build_s.into();
-    summary["ann_ranges"] = ann.ranges.into();
-    summary["ann_mib"] = ann.mib.into();
-    summary["ann_points"] = ann
-        .points
+}
+
+/// The ANN server's throughput beside FAISS HNSW's, from a size's `summary` (after
+/// [`report`] and the server runs): FAISS at the cheapest efSearch reaching the recall the server
+/// runs at (`expansion`), or at its best recall when none does. FAISS's figure is every query in
+/// one call on all threads, in process — no RPC, no filters, no exact scores.
+pub fn server_against_faiss(summary: &serde_json::Value, expansion: usize) -> Option<String> {
+    let ours = summary["ann_qps"].as_f64()?;
+    let recall = summary["ann_points"]
+        .as_array()?
         .iter()
-        .map(|p| {
-            serde_json::json!({"ef": p.expansion, "recall": p.recall,
-                "filtered_recall": p.filtered_recall, "us_per_query": p.us_per_query})
-        })
-        .collect();
-    summary["faiss_points"] = ann
-        .faiss
+        .find(|p| p["ef"].as_u64() == Some(expansion as u64))?["recall"]
+        .as_f64()?;
+    let hnsw: Vec<&serde_json::Value> = summary["faiss_points"]
+        .as_array()?
         .iter()
-        .map(|p| {
-            serde_json::json!({"index": p.index, "param": p.param, "build_s": p.build_s,
-                "recall": p.recall, "us_per_query": p.us_per_query})
-        })
+        .filter(|p| p["index"] == "hnsw")
         .collect();
+    let recall_of = |p: &serde_json::Value| p["recall"].as_f64().unwrap_or(0.0);
+    let theirs = hnsw.iter().find(|p| recall_of(p) >= recall).or_else(|| {
+        hnsw.iter()
+            .max_by(|a, b| recall_of(a).total_cmp(&recall_of(b)))
+    })?;
+    let qps = theirs["qps_batch"].as_f64()?;
+    Some(format!(
+        "ANN server at recall@100 {recall:.3} (efSearch {expansion}): {ours:.0} QPS; FAISS HNSW efSearch {} at recall {:.3}: {qps:.0} QPS (one call, all threads) → ratio recsys/FAISS {:.2}",
+        theirs["param"],
+        recall_of(theirs),
+        ours / qps
+    ))
 }

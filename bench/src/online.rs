@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 pub use recsys_shared::artifact::synthetic::{
-    clustered_factors, synthetic_model, synthetic_model_of, synthetic_model_with,
+    clustered_factors, synthetic_model, synthetic_model_of, synthetic_model_reusing_index,
+    synthetic_model_with,
 };
 use recsys_shared::config::AnnIndexConfig;
 
@@ -81,7 +82,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ann_server_only: bool,
     /// Publish the served version without the similar-items index (`SimilarItems` then scans
-    /// exactly): at ten million items it is another build as long as the item index's.
+    /// exactly) and skip its measurement: at ten million items it is another build as long as the
+    /// item index's. The served version then reuses the item index `--ann` built over the same
+    /// items.
     #[arg(long)]
     pub no_similar_index: bool,
     /// efSearch values of the item index measured with `--ann`.
@@ -215,7 +218,9 @@ fn kernel(
     dir: &Path,
 ) -> Result<KernelFigures, Box<dyn std::error::Error>> {
     let k = args.factors;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ n as u64);
+    // The served version's seed: the same items, and the queries are its first members, so an
+    // item index built here serves the version too.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let (factors, members) = clustered_factors(&mut rng, n, args.queries, k);
     let queries: Vec<Vec<f32>> = members.chunks(k).map(<[f32]>::to_vec).collect();
     std::fs::create_dir_all(dir)?;
@@ -306,6 +311,7 @@ fn kernel(
             expansions: &args.ann_expansion,
             candidates_per_item: args.ann_candidates_per_item,
             faiss_ef: &args.faiss_ef,
+            similar: !args.no_similar_index,
             peer: (!args.skip_peer).then_some((args.python.as_str(), args.peer_dir.as_path())),
         };
         figures.ann = Some(crate::ann::measure(&settings, dir, &matrix, &queries)?);
@@ -386,15 +392,24 @@ async fn server(
             similar_items: !args.no_similar_index,
             ..Default::default()
         };
-        synthetic_model_with(
-            args.family.family(),
-            &models,
-            n,
-            args.members,
-            width,
-            args.seed,
-            &index,
-        )?;
+        // The index `--ann` built over the kernel's items (the same items) serves the version
+        // too when no similar-items index is wanted: a ten-million-item build is half an hour.
+        let built = dir.join("item_index.ann");
+        if args.ann && args.no_similar_index && args.family == BenchFamily::Ials && built.exists()
+        {
+            eprintln!("  publishing the version with the item index built above");
+            synthetic_model_reusing_index(&models, n, args.members, width, args.seed, &built)?;
+        } else {
+            synthetic_model_with(
+                args.family.family(),
+                &models,
+                n,
+                args.members,
+                width,
+                args.seed,
+                &index,
+            )?;
+        }
     }
     let grpc_port = free_port();
     let metrics_port = free_port();
@@ -1105,6 +1120,10 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             if args.ann && args.family == BenchFamily::Ials {
                 for (key, value) in ann_runs(&args, n, &dir, &s).await? {
                     summary[key] = value;
+                }
+                let expansion = recsys_shared::config::AnnSearchConfig::default().expansion;
+                if let Some(line) = crate::ann::server_against_faiss(&summary, expansion) {
+                    eprintln!("{line}");
                 }
             }
             if args.mapped && args.family == BenchFamily::Ials {

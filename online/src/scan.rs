@@ -14,6 +14,7 @@
 //! variants) share a pass only with their own.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +58,32 @@ struct Job {
 /// The queue and its scan thread; the thread ends when the queue is dropped.
 pub struct ScanQueue {
     sender: SyncSender<Job>,
+    passes: Arc<Passes>,
+}
+
+/// What one queue's thread has scanned (the process-wide histogram sums every queue).
+#[derive(Debug, Default)]
+pub struct Passes {
+    passes: AtomicU64,
+    members: AtomicU64,
+}
+
+impl Passes {
+    /// Passes over the catalog so far.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+
+    /// Member vectors scored in those passes.
+    pub fn members(&self) -> u64 {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, members: usize) {
+        SCAN_BATCH_MEMBERS.observe(members as f64);
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.members.fetch_add(members as u64, Ordering::Relaxed);
+    }
 }
 
 impl ScanQueue {
@@ -67,11 +94,18 @@ impl ScanQueue {
         let max_members = config.max_members.max(1);
         let (sender, receiver) = mpsc::sync_channel(max_members * 64);
         let max_wait = Duration::from_micros(config.max_wait_us);
+        let passes = Arc::new(Passes::default());
+        let counted = passes.clone();
         std::thread::Builder::new()
             .name("recsys-scan".into())
-            .spawn(move || scan_thread(&receiver, max_members, max_wait))
+            .spawn(move || scan_thread(&receiver, max_members, max_wait, &counted))
             .expect("spawns the scan thread");
-        ScanQueue { sender }
+        ScanQueue { sender, passes }
+    }
+
+    /// What this queue's thread has scanned.
+    pub fn passes(&self) -> &Passes {
+        &self.passes
     }
 
     /// The member's `k` best items among `allowed` by the catalog's factor scorer, scored in the
@@ -104,7 +138,12 @@ impl ScanQueue {
     }
 }
 
-fn scan_thread(receiver: &Receiver<Job>, max_members: usize, max_wait: Duration) {
+fn scan_thread(
+    receiver: &Receiver<Job>,
+    max_members: usize,
+    max_wait: Duration,
+    passes: &Passes,
+) {
     loop {
         let Some(jobs) = next_batch(receiver, max_members, max_wait) else {
             return;
@@ -127,7 +166,7 @@ fn scan_thread(receiver: &Receiver<Job>, max_members: usize, max_wait: Duration)
                 .into_iter()
                 .partition(|j| Arc::ptr_eq(&j.catalog, &catalog));
             live = rest;
-            scan(&catalog, same);
+            scan(&catalog, same, passes);
         }
     }
 }
@@ -160,7 +199,7 @@ fn next_batch(
     Some(jobs)
 }
 
-fn scan(catalog: &Catalog, jobs: Vec<Job>) {
+fn scan(catalog: &Catalog, jobs: Vec<Job>, passes: &Passes) {
     let Scorer::Factors(items) = &catalog.model.scorer else {
         for job in jobs {
             let _ = job.reply.send(Err(ScanError::Failed(
@@ -183,7 +222,7 @@ fn scan(catalog: &Catalog, jobs: Vec<Job>) {
     if jobs.is_empty() {
         return;
     }
-    SCAN_BATCH_MEMBERS.observe(jobs.len() as f64);
+    passes.record(jobs.len());
     match std::panic::catch_unwind(AssertUnwindSafe(|| answers(items, &jobs))) {
         Ok(answers) => {
             for (job, answer) in jobs.into_iter().zip(answers) {
@@ -246,8 +285,6 @@ mod tests {
             max_members: 8,
             max_wait_us: 100_000,
         }));
-        let batches_before = SCAN_BATCH_MEMBERS.get_sample_count();
-        let members_before = SCAN_BATCH_MEMBERS.get_sample_sum();
         let deadline = Instant::now() + Duration::from_secs(10);
         let asks: Vec<_> = (0..8u32)
             .map(|m| {
@@ -273,9 +310,10 @@ mod tests {
             assert_eq!(got, alone, "member {m}");
             assert_eq!(got.len(), 5 + m as usize);
         }
-        let batches = SCAN_BATCH_MEMBERS.get_sample_count() - batches_before;
-        let members = SCAN_BATCH_MEMBERS.get_sample_sum() - members_before;
-        assert_eq!(members, 8.0);
+        // This queue's own counts: other tests' queues feed the process-wide histogram at the
+        // same time.
+        let batches = queue.passes().passes();
+        assert_eq!(queue.passes().members(), 8);
         assert!(
             batches < 8,
             "8 requests queued together took {batches} passes"

@@ -188,10 +188,11 @@ impl ModelWatcher {
     }
 }
 
-/// How often the held versions' mapped item rows (`online.item_factors = "mapped"`) leave the
-/// process's memory: resident memory then holds the rows re-scored lately, not every row ever
-/// re-scored (a version's whole factor file, in time). They stay in the page cache.
-const MAPPED_ROWS_RELEASE: Duration = Duration::from_secs(10);
+/// How often the held versions' mapped item rows and item indexes (`online.item_factors =
+/// "mapped"`) leave the process's memory: resident memory then holds the rows re-scored and the
+/// index nodes searched lately, not every one ever read (the version's whole files, in time).
+/// They stay in the page cache.
+const MAPPED_PAGES_RELEASE: Duration = Duration::from_secs(10);
 
 /// Puts the experiments file in force as it changes.
 ///
@@ -513,11 +514,11 @@ pub async fn start_with_reader(
             tick.tick().await;
             watcher.refresh().await;
             experiments.refresh().await;
-            if released.elapsed() >= MAPPED_ROWS_RELEASE {
+            if released.elapsed() >= MAPPED_PAGES_RELEASE {
                 let ranker = &watcher.ranker;
                 let held = ranker.experiments();
                 for catalog in ranker.catalog().iter().chain(held.catalogs.values()) {
-                    catalog.model.release_mapped_rows();
+                    catalog.model.release_mapped_pages();
                 }
                 released = Instant::now();
             }

@@ -17,3 +17,26 @@ pub fn return_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// KiB of the file at `path` resident in this process's mappings (from `/proc/self/smaps`).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn resident_kib(path: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_string_lossy();
+    let mut inside = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.ends_with(name.as_ref());
+        } else if inside && first == "Rss:" {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    total
+}

@@ -324,14 +324,17 @@ impl PublishedModel {
         };
         let item_index = open_index(files::ITEM_INDEX)?;
         let similar_index = open_index(files::SIMILAR_INDEX)?;
-        Ok(PublishedModel {
+        let model = PublishedModel {
             family,
             ids,
             scorer,
             fold_in,
             item_index,
             similar_index,
-        })
+        };
+        // Opening an index read every node of it.
+        model.release_mapped_pages();
+        Ok(model)
     }
 
     /// Items the model scores.
@@ -351,11 +354,18 @@ impl PublishedModel {
         }
     }
 
-    /// Drops the pages of mapped exact item rows from this process's memory (see
-    /// [`ItemMatrix::release_mapped_rows`]); nothing for held rows or item weights.
-    pub fn release_mapped_rows(&self) {
+    /// With mapped exact item rows (`online.item_factors = "mapped"`, the setting that keeps a
+    /// version's files out of resident memory): drops the pages of those rows and of the item
+    /// indexes from this process's memory (see [`ItemMatrix::release_mapped_rows`],
+    /// [`ItemIndex::release_pages`]). Nothing for held rows or item weights.
+    pub fn release_mapped_pages(&self) {
         if let Scorer::Factors(items) = &self.scorer {
-            items.release_mapped_rows();
+            if items.is_mapped() {
+                items.release_mapped_rows();
+                for index in self.item_index.iter().chain(&self.similar_index) {
+                    index.release_pages();
+                }
+            }
         }
     }
 
@@ -451,6 +461,72 @@ mod tests {
                 assert_eq!(model.scorer.score(s.index, taste.input()), s.score);
             }
         }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn mapped_rows_keep_the_item_index_out_of_resident_memory_too() {
+        use crate::artifact::synthetic::{synthetic_model_reusing_index, synthetic_model_with};
+        use crate::memory::resident_kib;
+        let dir = tempfile::tempdir().unwrap();
+        let index = AnnIndexConfig {
+            enabled: true,
+            min_items: 0,
+            similar_items: false,
+            ..Default::default()
+        };
+        let (items, members, k) = (20_000, 10, 16);
+        let built =
+            synthetic_model_with(Family::Ials, dir.path(), items, members, k, 5, &index).unwrap();
+        let root = ModelRoot::new(dir.path());
+        // A second version reusing the first one's index: the same items, so the same answers.
+        let built_index = root.version_dir(&built).join(files::ITEM_INDEX);
+        let reused = tempfile::tempdir().unwrap();
+        let version =
+            synthetic_model_reusing_index(reused.path(), items, members, k, 5, &built_index)
+                .unwrap();
+        let reused_root = ModelRoot::new(reused.path());
+        let manifest = reused_root.verify(&version).unwrap();
+        assert!(manifest.files.contains_key(files::ITEM_INDEX));
+        let path = reused_root.version_dir(&version).join(files::ITEM_INDEX);
+        let load = |map_factors| {
+            let options = LoadOptions {
+                map_factors,
+                item_index: Some(64),
+            };
+            PublishedModel::load_with(&reused_root, &version, &manifest, options).unwrap()
+        };
+        let search = |model: &PublishedModel| {
+            let Scorer::Factors(items) = &model.scorer else {
+                panic!("factors")
+            };
+            let user = vec![0.3; k];
+            model
+                .item_index
+                .as_ref()
+                .unwrap()
+                .search(&user, 20, 20, |_| true, |i| items.score(i as usize, &user))
+                .unwrap()
+        };
+        // Held rows: the index stays resident once opened (opening reads every node).
+        let held = load(false);
+        let held_kib = resident_kib(&path);
+        assert!(held_kib > 64, "held: the index stays ({held_kib} KiB)");
+        let answer = search(&held);
+        drop(held);
+        // Mapped rows: loaded with the index's pages dropped; searches read some back, and the
+        // release drops them again.
+        let mapped = load(true);
+        assert!(
+            resident_kib(&path) <= 8,
+            "{} KiB resident after loading ({held_kib} held)",
+            resident_kib(&path)
+        );
+        assert_eq!(search(&mapped), answer);
+        assert!(resident_kib(&path) > 0, "the search read the index");
+        mapped.release_mapped_pages();
+        assert!(resident_kib(&path) <= 8, "{} KiB", resident_kib(&path));
+        assert_eq!(search(&mapped), answer);
     }
 
     #[test]

@@ -13,10 +13,11 @@ use super::{
 };
 use crate::artifact::published::{write_model, TrainedModel};
 use crate::config::AnnIndexConfig;
+use crate::model::ials::ann::ItemIndex;
 use crate::model::ials::train::AlsModel;
 use crate::model::item_weights::ItemWeights;
 use crate::model::Family;
-use crate::Result;
+use crate::{Result, SharedError};
 
 /// Item and member factors shaped like trained iALS factors rather than uniform noise: items
 /// gather around one of `clusters` tastes (a thousandth of the catalog, at most 1,000: genres,
@@ -105,6 +106,57 @@ pub fn synthetic_model_with(
     seed: u64,
     ann_index: &AnnIndexConfig,
 ) -> Result<String> {
+    publish(
+        family,
+        root,
+        items,
+        members,
+        k,
+        seed,
+        ItemIndexFrom::Build(ann_index),
+    )
+}
+
+/// [`synthetic_model`] published with a copy of `item_index` (hard-linked when it can be) as its
+/// item index, instead of one built here: the index must have been built over this model's item
+/// factors (`clustered_factors` with the same `seed`, `items` and `k`), which a benchmark that
+/// already built one for them uses to save the build. Checked to open for `items` × `k`.
+pub fn synthetic_model_reusing_index(
+    root: &Path,
+    items: usize,
+    members: usize,
+    k: usize,
+    seed: u64,
+    item_index: &Path,
+) -> Result<String> {
+    publish(
+        Family::Ials,
+        root,
+        items,
+        members,
+        k,
+        seed,
+        ItemIndexFrom::File(item_index),
+    )
+}
+
+/// Where a synthetic version's item index comes from.
+enum ItemIndexFrom<'a> {
+    /// Built as the configuration says (or none).
+    Build(&'a AnnIndexConfig),
+    /// A file already built over the same items.
+    File(&'a Path),
+}
+
+fn publish(
+    family: Family,
+    root: &Path,
+    items: usize,
+    members: usize,
+    k: usize,
+    seed: u64,
+    index: ItemIndexFrom<'_>,
+) -> Result<String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let root = ModelRoot::new(root);
     let lock = root.lock()?;
@@ -167,7 +219,24 @@ pub fn synthetic_model_with(
             (TrainedModel::Weights(ItemWeights::from_rows(rows)), params)
         }
     };
-    write_model(&staged, model, item_ids.clone(), ann_index)?;
+    match index {
+        ItemIndexFrom::Build(ann_index) => {
+            write_model(&staged, model, item_ids.clone(), ann_index)?;
+        }
+        ItemIndexFrom::File(path) => {
+            let none = AnnIndexConfig {
+                enabled: false,
+                ..Default::default()
+            };
+            write_model(&staged, model, item_ids.clone(), &none)?;
+            ItemIndex::open(path, items, k, 1, 1)
+                .map_err(|e| SharedError::Training(e.to_string()))?;
+            let to = staged.path(files::ITEM_INDEX);
+            if std::fs::hard_link(path, &to).is_err() {
+                std::fs::copy(path, &to).map_err(|e| SharedError::io(&to, e))?;
+            }
+        }
+    }
     let popularity: Vec<PopularityRow> = item_ids
         .iter()
         .enumerate()

@@ -158,7 +158,8 @@ pub struct AnnSearchConfig {
     /// this explores that many): higher finds more of the true top and costs proportionally more.
     /// Default 64.
     pub expansion: usize,
-    /// Candidates asked of each norm range per item wanted, all scored exactly. Default 1.
+    /// Candidates asked of each norm range per item wanted; those that could rank (by the index's
+    /// own score and its error bound) are scored exactly. Default 1.
     pub candidates_per_item: usize,
     /// Share of ANN requests also scored exactly in the background, to report the recall in
     /// production (`recsys_ann_recall_at_k`). Default 0.01.

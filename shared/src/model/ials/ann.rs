@@ -84,7 +84,7 @@ pub struct ItemIndex {
     /// Longest first. Declared before `_file` so the graphs that view it are dropped first.
     ranges: Vec<NormRange>,
     /// The mapped file the graphs view (`None` when built here).
-    _file: Option<memmap2::Mmap>,
+    file: Option<memmap2::Mmap>,
     items: usize,
     factors: usize,
 }
@@ -184,6 +184,10 @@ impl ItemIndex {
             if let Some(problem) = failed.into_inner().expect("not poisoned") {
                 return Err(AnnError::Index(problem));
             }
+            // Linked by angle, searched by inner product (as an opened index is).
+            graph
+                .change_metric_kind(MetricKind::IP)
+                .map_err(index_error)?;
             ranges.push(NormRange {
                 graph,
                 longest: norms[members[0] as usize],
@@ -191,7 +195,7 @@ impl ItemIndex {
         }
         Ok(ItemIndex {
             ranges,
-            _file: None,
+            file: None,
             items,
             factors,
         })
@@ -342,7 +346,7 @@ impl ItemIndex {
         }
         Ok(ItemIndex {
             ranges,
-            _file: Some(map),
+            file: Some(map),
             items,
             factors,
         })
@@ -353,6 +357,18 @@ impl ItemIndex {
     pub fn set_expansion(&self, expansion: usize) {
         for range in &self.ranges {
             range.graph.change_expansion_search(expansion.max(1));
+        }
+    }
+
+    /// Drops the mapped file's pages from this process's memory (opening reads every node, and
+    /// searches touch more in time); they stay in the kernel's page cache and fault back in as
+    /// searches read them. Nothing for an index built here.
+    pub fn release_pages(&self) {
+        if let Some(map) = &self.file {
+            // SAFETY: a shared, read-only mapping of a file that never changes while mapped
+            // (see `open`): MADV_DONTNEED only drops resident pages, which read back unchanged,
+            // so the graphs' views stay valid.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         }
     }
 
@@ -373,7 +389,7 @@ impl ItemIndex {
     /// Bytes of the graphs and their vectors: the mapped file's length, or what the built graphs
     /// hold.
     pub fn bytes(&self) -> usize {
-        match &self._file {
+        match &self.file {
             Some(map) => map.len(),
             None => self.ranges.iter().map(|r| r.graph.memory_usage()).sum(),
         }
@@ -383,6 +399,12 @@ impl ItemIndex {
     /// of a row with `query`), best first (ties to the lower row); each range is asked for its
     /// `per_range` nearest by the index's own score, the ranges longest first until none left
     /// can beat the k-th best.
+    ///
+    /// Only the candidates that could be among the `k` best are scored exactly: the index's score
+    /// (f16 vectors and query) is within [`approximation_bound`] of the exact one, so a candidate
+    /// whose index score plus that bound falls below the k-th best index score minus its bound
+    /// cannot be in the answer. The answer is the one scoring every candidate exactly would give;
+    /// a search reads about `k` exact rows, not `per_range` per range searched.
     pub fn search(
         &self,
         query: &[f32],
@@ -392,10 +414,17 @@ impl ItemIndex {
         score: impl Fn(u32) -> f32,
     ) -> Result<Vec<Scored>, AnnError> {
         assert_eq!(query.len(), self.factors, "a query of the wrong width");
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         let length = query.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let mut best: Vec<Scored> = Vec::with_capacity(k + per_range);
+        // (row, lowest and highest exact score its index score allows).
+        let mut candidates: Vec<(u32, f32, f32)> = Vec::with_capacity(k + per_range);
+        // The k-th best lowest score: no row scoring below it can be in the answer.
+        let mut floor = f32::NEG_INFINITY;
+        let mut lows: Vec<f32> = Vec::with_capacity(k + per_range);
         for range in &self.ranges {
-            if best.len() >= k && best[k - 1].score >= length * range.longest {
+            if candidates.len() >= k && floor >= length * range.longest {
                 break;
             }
             let count = per_range.max(k).min(range.graph.size());
@@ -403,15 +432,43 @@ impl ItemIndex {
                 .graph
                 .filtered_search(query, count, |key: u64| allowed(key as u32))
                 .map_err(index_error)?;
-            best.extend(matches.keys.into_iter().map(|key| Scored {
-                index: key as u32,
-                score: score(key as u32),
-            }));
-            best.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-            best.truncate(k);
+            let bound = approximation_bound(length, range.longest);
+            for (key, distance) in matches.keys.into_iter().zip(matches.distances) {
+                let approximate = 1.0 - distance;
+                let (low, high) = if approximate.is_finite() {
+                    (approximate - bound, approximate + bound)
+                } else {
+                    (f32::NEG_INFINITY, f32::INFINITY)
+                };
+                candidates.push((key as u32, low, high));
+            }
+            if candidates.len() >= k {
+                lows.clear();
+                lows.extend(candidates.iter().map(|c| c.1));
+                let (_, kth, _) = lows.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                floor = *kth;
+                candidates.retain(|c| c.2 >= floor);
+            }
         }
+        let mut best: Vec<Scored> = candidates
+            .into_iter()
+            .map(|(index, _, _)| Scored {
+                index,
+                score: score(index),
+            })
+            .collect();
+        best.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+        best.truncate(k);
         Ok(best)
     }
+}
+
+/// How far the index's score of a row (query and row both rounded to f16, 2⁻¹¹ relative each,
+/// products summed in f32) may be from the exact inner product, for a query of length `query`
+/// and a row no longer than `longest`: |q·v − q̃·ṽ| ≤ |q||v|(2⁻¹⁰ + 2⁻²²) by Cauchy–Schwarz,
+/// doubled for the f32 sums and the rows too small for f16's normal range.
+pub fn approximation_bound(query: f32, longest: f32) -> f32 {
+    query * longest * (1.0 / 512.0) + 1e-6
 }
 
 impl ItemIndex {
@@ -568,6 +625,60 @@ mod tests {
         let (plain, filtered) = (plain / members as f64, filtered / members as f64);
         assert!(plain >= 0.95, "recall {plain}");
         assert!(filtered >= 0.95, "filtered recall {filtered}");
+    }
+
+    #[test]
+    fn only_candidates_that_could_rank_are_scored_and_the_answer_is_unchanged() {
+        let (items, factors, k, per_range) = (60_000, 16, 20, 200);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (item_factors, members) = clustered_factors(&mut rng, items, 30, factors);
+        let index = ItemIndex::build(&item_factors, factors, SHAPE, 2, |_| {}).unwrap();
+        let matrix = ItemMatrix::new(item_factors, factors);
+        let allowed = |i: u32| i % 4 != 1;
+        let (mut scored, mut found) = (0, 0);
+        for user in members.chunks(factors) {
+            let length = user.iter().map(|x| x * x).sum::<f32>().sqrt();
+            // The index's score of every candidate is within the bound of the exact one.
+            let mut every: Vec<Scored> = Vec::new();
+            for range in &index.ranges {
+                let bound = approximation_bound(length, range.longest);
+                let count = per_range.min(range.graph.size());
+                let matches = range
+                    .graph
+                    .filtered_search(user, count, |key: u64| allowed(key as u32))
+                    .unwrap();
+                for (key, distance) in matches.keys.iter().zip(&matches.distances) {
+                    let exact = matrix.score(*key as usize, user);
+                    let approximate = 1.0 - distance;
+                    assert!(
+                        (approximate - exact).abs() <= bound,
+                        "row {key}: index {approximate}, exact {exact}, bound {bound}"
+                    );
+                    every.push(Scored {
+                        index: *key as u32,
+                        score: exact,
+                    });
+                }
+            }
+            // Scoring every candidate of every range gives the same answer (the search may stop
+            // before the last ranges: none of theirs can rank).
+            every.sort_unstable_by(|a, b| {
+                b.score.total_cmp(&a.score).then(a.index.cmp(&b.index))
+            });
+            every.truncate(k);
+            let calls = std::cell::Cell::new(0);
+            let answer = index
+                .search(user, k, per_range, allowed, |i| {
+                    calls.set(calls.get() + 1);
+                    matrix.score(i as usize, user)
+                })
+                .unwrap();
+            assert_eq!(answer, every);
+            scored += calls.get();
+            found += answer.len();
+        }
+        // Far fewer rows read than the candidates found (a range's 200 each).
+        assert!(scored < 2 * found, "{scored} rows scored for {found} answers");
     }
 
     #[test]

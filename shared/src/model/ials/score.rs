@@ -567,30 +567,10 @@ mod tests {
     }
 
     /// Resident KiB of this process's mapping of `path` (`/proc/self/smaps`).
-    fn resident_kib(path: &std::path::Path) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let name = path.to_string_lossy();
-        let mut inside = false;
-        let mut total = 0;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or("");
-            if first.contains('-') && !first.ends_with(':') {
-                inside = line.ends_with(name.as_ref());
-            } else if inside && first == "Rss:" {
-                total += line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap();
-            }
-        }
-        total
-    }
-
     #[test]
     #[cfg(target_os = "linux")]
     fn a_mapped_load_holds_one_chunk_of_the_file_at_a_time() {
+        use crate::memory::resident_kib;
         // 5 chunks of 16-wide rows: 20 MiB of file, 4 MiB per chunk.
         let (k, n) = (16, 5 * MAPPED_CHUNK_ROWS);
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
