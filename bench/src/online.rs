@@ -395,8 +395,7 @@ async fn server(
         // The index `--ann` built over the kernel's items (the same items) serves the version
         // too when no similar-items index is wanted: a ten-million-item build is half an hour.
         let built = dir.join("item_index.ann");
-        if args.ann && args.no_similar_index && args.family == BenchFamily::Ials && built.exists()
-        {
+        if args.ann && args.no_similar_index && args.family == BenchFamily::Ials && built.exists() {
             eprintln!("  publishing the version with the item index built above");
             synthetic_model_reusing_index(&models, n, args.members, width, args.seed, &built)?;
         } else {

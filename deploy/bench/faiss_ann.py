@@ -58,7 +58,13 @@ def main():
     hnsw = faiss.IndexHNSWFlat(a.k, a.m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = a.ef_construction
     started = time.perf_counter()
-    hnsw.add(items)
+    # In chunks (the same graph as one call) so a long build shows how far it is.
+    chunk = max(100_000, len(items) // 20)
+    for first in range(0, len(items), chunk):
+        hnsw.add(items[first : first + chunk])
+        done = min(first + chunk, len(items))
+        print(f"faiss hnsw: {done} of {len(items)} added, {time.perf_counter() - started:.0f} s",
+              file=sys.stderr, flush=True)
     built["hnsw"] = time.perf_counter() - started
     print(f"faiss hnsw built in {built['hnsw']:.1f} s", file=sys.stderr, flush=True)
     measure(hnsw, "hnsw", [int(x) for x in a.ef.split(",")], lambda ef: setattr(hnsw.hnsw, "efSearch", ef))

@@ -138,12 +138,7 @@ impl ScanQueue {
     }
 }
 
-fn scan_thread(
-    receiver: &Receiver<Job>,
-    max_members: usize,
-    max_wait: Duration,
-    passes: &Passes,
-) {
+fn scan_thread(receiver: &Receiver<Job>, max_members: usize, max_wait: Duration, passes: &Passes) {
     loop {
         let Some(jobs) = next_batch(receiver, max_members, max_wait) else {
             return;

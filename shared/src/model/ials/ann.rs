@@ -662,9 +662,7 @@ mod tests {
             }
             // Scoring every candidate of every range gives the same answer (the search may stop
             // before the last ranges: none of theirs can rank).
-            every.sort_unstable_by(|a, b| {
-                b.score.total_cmp(&a.score).then(a.index.cmp(&b.index))
-            });
+            every.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
             every.truncate(k);
             let calls = std::cell::Cell::new(0);
             let answer = index
@@ -678,7 +676,10 @@ mod tests {
             found += answer.len();
         }
         // Far fewer rows read than the candidates found (a range's 200 each).
-        assert!(scored < 2 * found, "{scored} rows scored for {found} answers");
+        assert!(
+            scored < 2 * found,
+            "{scored} rows scored for {found} answers"
+        );
     }
 
     #[test]
