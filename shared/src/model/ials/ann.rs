@@ -40,7 +40,7 @@ use std::path::Path;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::model::ials::ItemMatrix;
-use crate::model::top_k::Scored;
+use crate::model::top_k::{best_of, Scored};
 
 /// A norm range closes when an item is this much shorter than the range's longest.
 pub const RANGE_RATIO: f32 = 1.3;
@@ -81,7 +81,7 @@ struct NormRange {
 
 /// An item index, built or mapped from a version's file.
 pub struct ItemIndex {
-    /// Longest first. Declared before `_file` so the graphs that view it are dropped first.
+    /// Longest first. Declared before `file` so the graphs that view it are dropped first.
     ranges: Vec<NormRange>,
     /// The mapped file the graphs view (`None` when built here).
     file: Option<memmap2::Mmap>,
@@ -422,7 +422,6 @@ impl ItemIndex {
         let mut candidates: Vec<(u32, f32, f32)> = Vec::with_capacity(k + per_range);
         // The k-th best lowest score: no row scoring below it can be in the answer.
         let mut floor = f32::NEG_INFINITY;
-        let mut lows: Vec<f32> = Vec::with_capacity(k + per_range);
         for range in &self.ranges {
             if candidates.len() >= k && floor >= length * range.longest {
                 break;
@@ -443,23 +442,20 @@ impl ItemIndex {
                 candidates.push((key as u32, low, high));
             }
             if candidates.len() >= k {
-                lows.clear();
-                lows.extend(candidates.iter().map(|c| c.1));
-                let (_, kth, _) = lows.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                floor = *kth;
+                // Their order does not matter: the answer is sorted at the end.
+                candidates.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+                floor = candidates[k - 1].1;
                 candidates.retain(|c| c.2 >= floor);
             }
         }
-        let mut best: Vec<Scored> = candidates
+        let scored = candidates
             .into_iter()
             .map(|(index, _, _)| Scored {
                 index,
                 score: score(index),
             })
             .collect();
-        best.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-        best.truncate(k);
-        Ok(best)
+        Ok(best_of(scored, k))
     }
 }
 
@@ -662,8 +658,7 @@ mod tests {
             }
             // Scoring every candidate of every range gives the same answer (the search may stop
             // before the last ranges: none of theirs can rank).
-            every.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-            every.truncate(k);
+            let every = best_of(every, k);
             let calls = std::cell::Cell::new(0);
             let answer = index
                 .search(user, k, per_range, allowed, |i| {

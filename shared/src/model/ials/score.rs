@@ -566,7 +566,6 @@ mod tests {
         assert!(refused.to_string().contains("not rows of 32"), "{refused}");
     }
 
-    /// Resident KiB of this process's mapping of `path` (`/proc/self/smaps`).
     #[test]
     #[cfg(target_os = "linux")]
     fn a_mapped_load_holds_one_chunk_of_the_file_at_a_time() {
