@@ -772,7 +772,7 @@ async fn swap_runs(
     let swap = s.swap.expect("a swap run has swap figures");
     let ratio = swap.peak_rss_mib / swap.steady_rss_mib;
     eprintln!(
-        "hot swap under load (concurrency {}, retrieval {}, factors {}): {} requests, {} failed; swapped {:.1} s after CURRENT moved (publishing took {:.1} s); RSS steady {:.0} MiB, peak during the swap {:.0} MiB = {ratio:.2}× (target ≤ 2×: {}); p99 {:.2} ms over the run",
+        "hot swap under load (concurrency {}, retrieval {}, factors {}): {} requests, {} failed; swapped {:.1} s after CURRENT moved (publishing took {:.1} s); RSS steady {:.0} MiB, peak during the swap {:.0} MiB = {ratio:.2}× (target ≤ 2×: {}; largest 50 ms sample {:.0} anonymous + {:.0} file-backed MiB); p99 {:.2} ms over the run",
         args.concurrency,
         if args.ann { "ann" } else { "exact" },
         if args.mapped { "mapped" } else { "held" },
@@ -783,6 +783,8 @@ async fn swap_runs(
         swap.steady_rss_mib,
         swap.peak_rss_mib,
         if ratio <= 2.0 { "met" } else { "NOT met" },
+        swap.peak_sample_anon_file_mib.0,
+        swap.peak_sample_anon_file_mib.1,
         s.p99_ms,
     );
     Ok(vec![
@@ -792,6 +794,14 @@ async fn swap_runs(
         ("swap_steady_rss_mib", swap.steady_rss_mib.into()),
         ("swap_peak_rss_mib", swap.peak_rss_mib.into()),
         ("swap_peak_ratio", ratio.into()),
+        (
+            "swap_peak_sample_anon_mib",
+            swap.peak_sample_anon_file_mib.0.into(),
+        ),
+        (
+            "swap_peak_sample_file_mib",
+            swap.peak_sample_anon_file_mib.1.into(),
+        ),
         ("swap_p99_ms", s.p99_ms.into()),
     ])
 }

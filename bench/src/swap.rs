@@ -8,7 +8,7 @@
 //! against RSS sampled every 50 ms.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ pub(crate) struct SwapFigures {
     pub steady_rss_mib: f64,
     /// The most RSS from publishing until the new version served.
     pub peak_rss_mib: f64,
+    /// Anonymous and file-backed RSS of the sample with the most RSS (every 50 ms): what the peak
+    /// is made of.
+    pub peak_sample_anon_file_mib: (f64, f64),
     /// Publishing the new version (hard links, hashes, `CURRENT` moved).
     pub publish_seconds: f64,
     /// From `CURRENT` moved to the server serving the new version.
@@ -71,14 +74,21 @@ pub(crate) async fn watch(
     let steady_rss_mib = rss("VmRSS:");
     // Resets the high-water mark to the current RSS (root, or the owner of the process).
     let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
-    let sampled = Arc::new(AtomicU64::new(0));
+    // The largest sample: (RSS, anonymous, file-backed) KiB.
+    let sampled = Arc::new(std::sync::Mutex::new((0u64, 0u64, 0u64)));
     let sampler = {
         let sampled = sampled.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
-                sampled.fetch_max(kib, Ordering::Relaxed);
+                let kib = |field| proc_status_kib(pid, field).unwrap_or(0);
+                let sample = (kib("VmRSS:"), kib("RssAnon:"), kib("RssFile:"));
+                {
+                    let mut most = sampled.lock().unwrap();
+                    if sample.0 > most.0 {
+                        *most = sample;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -111,10 +121,12 @@ pub(crate) async fn watch(
         // Load on the new version for a moment before the figures are taken.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let hwm = if reset { rss("VmHWM:") } else { 0.0 };
-        let peak = (sampled.load(Ordering::Relaxed) as f64 / 1024.0).max(hwm);
+        let (most, anon, file) = *sampled.lock().unwrap();
+        let peak = (most as f64 / 1024.0).max(hwm);
         Ok(SwapFigures {
             steady_rss_mib,
             peak_rss_mib: peak,
+            peak_sample_anon_file_mib: (anon as f64 / 1024.0, file as f64 / 1024.0),
             publish_seconds,
             swap_seconds,
         })

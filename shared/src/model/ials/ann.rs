@@ -483,7 +483,7 @@ impl ItemIndex {
         if norm == 0.0 {
             return Ok(Vec::new());
         }
-        let query: Vec<f32> = items.row(seed).iter().map(|x| x / norm).collect();
+        let query: Vec<f32> = items.with_row(seed, |row| row.iter().map(|x| x / norm).collect());
         self.search(
             &query,
             k,

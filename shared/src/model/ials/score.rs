@@ -45,7 +45,46 @@ pub struct ItemMatrix {
 #[derive(Debug, Clone)]
 enum Rows {
     Owned(Vec<f32>),
-    Mapped(std::sync::Arc<memmap2::Mmap>),
+    Mapped(std::sync::Arc<MappedRows>),
+}
+
+/// A version's raw factor file: mapped (the load reads it through the mapping a chunk at a time)
+/// and open (a request's re-scored rows are read with `pread`, so they stay in the kernel's page
+/// cache without becoming this process's resident memory).
+#[derive(Debug)]
+struct MappedRows {
+    map: memmap2::Mmap,
+    file: std::fs::File,
+}
+
+impl MappedRows {
+    /// Row `index` (`k` values) into `out`: read from the file, or through the mapping when the
+    /// read fails (it then faults in like any mapped page).
+    fn read_row(&self, index: usize, k: usize, out: &mut [f32]) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            // SAFETY: `out` is `k` initialised f32 values viewed as their `4k` bytes; every bit
+            // pattern is a valid f32, and the file's bytes are little-endian f32 (checked when
+            // mapped) on a little-endian target.
+            let raw =
+                unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), k * 4) };
+            if self.file.read_exact_at(raw, (index * k * 4) as u64).is_ok() {
+                return;
+            }
+        }
+        let rows = Rows::view(&self.map);
+        out.copy_from_slice(&rows[index * k..(index + 1) * k]);
+    }
+}
+
+impl Rows {
+    fn view(map: &memmap2::Mmap) -> &[f32] {
+        // SAFETY: the mapping starts on a page boundary (aligned for f32), its length is a
+        // multiple of 4 (checked in `ItemMatrix::map`), every bit pattern is an f32, and the
+        // bytes are little-endian f32 on a little-endian target (checked there too).
+        unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<f32>(), map.len() / 4) }
+    }
 }
 
 impl std::ops::Deref for Rows {
@@ -54,17 +93,14 @@ impl std::ops::Deref for Rows {
     fn deref(&self) -> &[f32] {
         match self {
             Rows::Owned(rows) => rows,
-            Rows::Mapped(map) => {
-                // SAFETY: the mapping starts on a page boundary (aligned for f32), its length is a
-                // multiple of 4 (checked in `ItemMatrix::map`), every bit pattern is an f32, and
-                // the bytes are little-endian f32 on a little-endian target (checked there too).
-                unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<f32>(), map.len() / 4) }
-            }
+            Rows::Mapped(mapped) => Rows::view(&mapped.map),
         }
     }
 }
 
 thread_local! {
+    /// One mapped row read from the file.
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// A batched scan's block of scores (member-major) and its flag words.
     static BLOCK: RefCell<(Vec<f32>, Vec<u64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -142,7 +178,7 @@ impl ItemMatrix {
         }
         let _ = map.advise(memmap2::Advice::Random);
         Ok(Self::from_rows(
-            Rows::Mapped(std::sync::Arc::new(map)),
+            Rows::Mapped(std::sync::Arc::new(MappedRows { map, file })),
             k,
             visit,
         ))
@@ -163,13 +199,13 @@ impl ItemMatrix {
             visit(first, chunk);
             norms.extend(chunk.chunks_exact(k).map(|row| dot_f32(row, row).sqrt()));
             codes.fill(first, chunk, k);
-            if let Rows::Mapped(map) = &factors {
+            if let Rows::Mapped(mapped) = &factors {
                 // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only drops resident
                 // pages, which read back unchanged from the file, so the slices borrowed from it
                 // stay valid. The offset is a page boundary (`MAPPED_CHUNK_ROWS` rows of 4-byte
                 // values).
                 let _ = unsafe {
-                    map.unchecked_advise_range(
+                    mapped.map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
                         first * k * 4,
                         chunk.len() * 4,
@@ -196,11 +232,15 @@ impl ItemMatrix {
     /// resident memory holds the rows recently re-scored, not every row ever re-scored. Does
     /// nothing for held rows.
     pub fn release_mapped_rows(&self) {
-        if let Rows::Mapped(map) = &self.factors {
+        if let Rows::Mapped(mapped) = &self.factors {
             // SAFETY: a shared, read-only mapping of a file that never changes while mapped:
             // MADV_DONTNEED only drops resident pages, which read back unchanged, so every slice
             // borrowed from the mapping stays valid.
-            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            let _ = unsafe {
+                mapped
+                    .map
+                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            };
         }
     }
 
@@ -244,10 +284,26 @@ impl ItemMatrix {
         exact + self.codes.heap_bytes() + self.n * 4
     }
 
-    /// Exact score of one item.
+    /// Exact score of one item. A mapped row is read from the file rather than through the
+    /// mapping: the few hundred rows a request re-scores then never count in this process's
+    /// resident memory.
     #[inline]
     pub fn score(&self, index: usize, user: &[f32]) -> f32 {
-        dot_f32(self.row(index), user)
+        self.with_row(index, |row| dot_f32(row, user))
+    }
+
+    /// Calls `f` with row `index`: borrowed when held, read from the file into a buffer of this
+    /// thread's when mapped (see [`ItemMatrix::score`]; `f` must not read a row this way itself).
+    pub fn with_row<T>(&self, index: usize, f: impl FnOnce(&[f32]) -> T) -> T {
+        match &self.factors {
+            Rows::Owned(_) => f(self.row(index)),
+            Rows::Mapped(mapped) => ROW.with(|buffer| {
+                let mut row = buffer.borrow_mut();
+                row.resize(self.k, 0.0);
+                mapped.read_row(index, self.k, &mut row);
+                f(&row)
+            }),
+        }
     }
 
     /// Exact scores of every item into `out`.
@@ -424,7 +480,7 @@ impl ItemMatrix {
         if norm == 0.0 {
             return Vec::new();
         }
-        let query: Vec<f32> = self.row(index).iter().map(|x| x / norm).collect();
+        let query: Vec<f32> = self.with_row(index, |row| row.iter().map(|x| x / norm).collect());
         SCORES.with(|buffer| {
             let mut scores = buffer.borrow_mut();
             scores.resize(self.n, 0.0);
@@ -566,6 +622,21 @@ mod tests {
         assert!(refused.to_string().contains("not rows of 32"), "{refused}");
     }
 
+    /// Random `n × k` factors written as a raw factor file in a temporary directory (kept alive
+    /// by the returned guard).
+    #[cfg(target_os = "linux")]
+    fn raw_factor_file(
+        n: usize,
+        k: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> (tempfile::TempDir, std::path::PathBuf, Vec<f32>) {
+        let factors: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.f32");
+        crate::artifact::write_raw_factors(&path, &factors).unwrap();
+        (dir, path, factors)
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn a_mapped_load_holds_one_chunk_of_the_file_at_a_time() {
@@ -573,10 +644,7 @@ mod tests {
         // 5 chunks of 16-wide rows: 20 MiB of file, 4 MiB per chunk.
         let (k, n) = (16, 5 * MAPPED_CHUNK_ROWS);
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let factors: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("items.f32");
-        crate::artifact::write_raw_factors(&path, &factors).unwrap();
+        let (_dir, path, factors) = raw_factor_file(n, k, &mut rng);
         let chunk_kib = (MAPPED_CHUNK_ROWS * k * 4 / 1024) as u64;
         let mut most = 0;
         let mut visited = 0;
@@ -614,6 +682,39 @@ mod tests {
         );
         for i in [0, 1, n / 2, n - 1] {
             assert_eq!(mapped.norm(i), held.norm(i));
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn re_scored_mapped_rows_are_read_from_the_file_not_kept_resident() {
+        use crate::memory::resident_kib;
+        let (k, n) = (32, 2 * MAPPED_CHUNK_ROWS);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (_dir, path, factors) = raw_factor_file(n, k, &mut rng);
+        let mapped = ItemMatrix::map(&path, k).unwrap();
+        mapped.release_mapped_rows();
+        let held = ItemMatrix::new(factors, k);
+        let user: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        // Rows all over the file: through the mapping they would fault in page by page.
+        for i in (0..n).step_by(97) {
+            assert_eq!(mapped.score(i, &user), held.score(i, &user), "row {i}");
+        }
+        assert_eq!(
+            mapped.top_k(&user, 100, |i| i % 3 != 0),
+            held.top_k(&user, 100, |i| i % 3 != 0)
+        );
+        assert!(
+            resident_kib(&path) <= 4,
+            "{} KiB of the file resident after re-scoring",
+            resident_kib(&path)
+        );
+        // The exact cosine scan reads every row (through the mapping); its seed row is read too.
+        for seed in [0, n / 3, n - 1] {
+            assert_eq!(
+                mapped.similar(seed, 10, |_| true),
+                held.similar(seed, 10, |_| true)
+            );
         }
     }
 
