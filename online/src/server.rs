@@ -189,9 +189,10 @@ impl ModelWatcher {
 }
 
 /// How often the held versions' mapped item rows and item indexes (`online.item_factors =
-/// "mapped"`) leave the process's memory: resident memory then holds the rows re-scored and the
-/// index nodes searched lately, not every one ever read (the version's whole files, in time).
-/// They stay in the page cache.
+/// "mapped"`) leave the process's memory: resident memory then holds the index nodes searched
+/// lately (and rows an exact cosine scan read), not every one ever read (the version's whole
+/// files, in time). They stay in the page cache; re-scored rows are read with `pread` and never
+/// enter it.
 const MAPPED_PAGES_RELEASE: Duration = Duration::from_secs(10);
 
 /// Puts the experiments file in force as it changes.

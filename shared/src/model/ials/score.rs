@@ -40,8 +40,9 @@ pub struct ItemMatrix {
     norms: Vec<f32>,
 }
 
-/// The exact rows: held in memory, or mapped from a version's raw factor file — then only the
-/// rows a request re-scores are read, and the kernel may drop them from memory again.
+/// The exact rows: held in memory, or mapped from a version's raw factor file — then the rows a
+/// request re-scores are read from the file ([`MappedRows`]), and only loading and whole-catalog
+/// exact scans read through the mapping.
 #[derive(Debug, Clone)]
 enum Rows {
     Owned(Vec<f32>),
@@ -228,9 +229,9 @@ impl ItemMatrix {
     }
 
     /// Drops the mapped rows' pages from this process's memory; they stay in the kernel's page
-    /// cache and fault back in on the next read. A server calls this now and then, so that its
-    /// resident memory holds the rows recently re-scored, not every row ever re-scored. Does
-    /// nothing for held rows.
+    /// cache and fault back in on the next read. A server calls this now and then, so that the
+    /// rows a whole-catalog exact scan read through the mapping (an exact `SimilarItems`, say)
+    /// do not stay resident. Does nothing for held rows.
     pub fn release_mapped_rows(&self) {
         if let Rows::Mapped(mapped) = &self.factors {
             // SAFETY: a shared, read-only mapping of a file that never changes while mapped:
