@@ -23,11 +23,10 @@ for family in ${FAMILIES:-ials item-knn ease bspm}; do
     echo "== $family" >&2
     extra=()
     [ "$family" = ease ] && extra=(--lambda "$lambda")
-    /usr/bin/time -f '%M' -o "$out.rss" \
+    /usr/bin/time -f '%M' -o "$out.rss.$family" \
         "$recsys" offline evaluate --train "$split/train.csv" --test "$split/test.csv" \
         --family "$family" "${extra[@]}" | tail -n1 >>"$out"
-    echo "   peak RSS $(($(cat "$out.rss") / 1024)) MiB" >&2
-    cp "$out.rss" "$out.rss.$family"
+    echo "   peak RSS $(($(cat "$out.rss.$family") / 1024)) MiB" >&2
 done
 if [ "${PEER:-1}" != 0 ]; then
     for method in ${PEER_METHOD:-cholesky}; do
