@@ -1,10 +1,10 @@
 //! `recsys quickstart`: the whole platform in one process on embedded defaults, no services.
 //!
 //! It runs each tier's real code, wired the way the separate processes wire it: the offline job
-//! (synthetic data or MovieLens → DataFusion features → evaluation → iALS → publish), the bulk load
-//! of the model's members into the embedded store, the online gRPC server on that store behind
-//! the in-process cache, and the nearline apply path fed by a local channel instead of Kafka
-//! (the same admit → fold-in → write path after decoding). The homepage is read through a real
+//! (synthetic data or MovieLens → DataFusion features → evaluation → the configured family, `auto`
+//! by default → publish), the bulk load of the model's members into the embedded store, the
+//! online gRPC server on that store behind the in-process cache, and the nearline apply path fed
+//! by a local channel instead of Kafka (the same admit → update → write path after decoding). The homepage is read through a real
 //! gRPC client before and after a sample member's events, so what is printed is what a caller
 //! of the API would see.
 
@@ -24,6 +24,7 @@ use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::TrainJob;
 use recsys_shared::artifact::{files, read_history, ModelRoot};
 use recsys_shared::config::{CacheBackend, Config, StoreBackend};
+use recsys_shared::model::{Family, MemberState};
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{
     HomepageRequest, HomepageResponse, RankRequest, SimilarItemsRequest, VectorSource,
@@ -166,7 +167,7 @@ pub fn run(
 
     step(
         2,
-        "Offline job: DataFusion features → held-out evaluation → iALS → publish",
+        "Offline job: DataFusion features → held-out evaluation → fit → publish",
     );
     let outcome = TrainJob {
         interactions: data.join("interactions.parquet"),
@@ -179,8 +180,11 @@ pub fn run(
     }
     .run()?;
     println!(
-        "      published {} (fit {:.1} s); gate: {}",
-        outcome.version, outcome.train_seconds, outcome.gate
+        "      published {} ({}, fit {:.1} s); gate: {}",
+        outcome.version,
+        outcome.family.title(),
+        outcome.train_seconds,
+        outcome.gate
     );
     print_evaluation(&outcome.metrics);
 
@@ -192,6 +196,7 @@ pub fn run(
         args,
         &config,
         &outcome.version,
+        outcome.family,
         started,
         shutdown,
     ))
@@ -226,6 +231,7 @@ async fn serve_and_stream(
     args: &QuickstartArgs,
     config: &Config,
     version: &str,
+    family: Family,
     started: Instant,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
@@ -279,10 +285,14 @@ async fn serve_and_stream(
     step(
         5,
         &format!(
-            "Nearline: {} events of member {member} on {} titles like {:?}, through the fold-in",
+            "Nearline: {} events of member {member} on {} titles like {:?}, {}",
             args.events,
             interest.len(),
-            interest[0].1
+            interest[0].1,
+            match family.member_state() {
+                MemberState::Vector => "through the fold-in",
+                MemberState::History => "into the history the model scores",
+            }
         ),
     );
     let model = ModelHandle::new();
@@ -321,8 +331,8 @@ async fn serve_and_stream(
     step(6, &format!("Homepage of {member}, before and after"));
     let after = homepage(&mut client, &member).await?;
     let top_after = top_picks(&mut client, &member).await?;
-    print_homepage("before", &before, &related);
-    print_homepage("after", &after, &related);
+    print_homepage("before", &before, &related, family);
+    print_homepage("after", &after, &related, family);
     let share = |top: &[String]| top.iter().filter(|i| related.contains(*i)).count();
     println!(
         "\n      titles like the played ones (marked *, not played themselves) among the top 20 unseen picks: {} before, {} after",
@@ -412,8 +422,8 @@ async fn top_picks(client: &mut RankingClient<Channel>, member: &str) -> Result<
     Ok(ranked.items.into_iter().map(|i| i.item_id).collect())
 }
 
-/// A taste the member does not have yet: the trending title the member's vector ranks lowest
-/// and its nearest neighbours in the item factors, to be played (seed first, `(item_id, title)`);
+/// A taste the member does not have yet: the trending title the member's ranking puts lowest
+/// and the items most like it (`SimilarItems`), to be played (seed first, `(item_id, title)`);
 /// and the next neighbours, not played, which the ranking should move toward.
 async fn new_interest(
     client: &mut RankingClient<Channel>,
@@ -483,7 +493,7 @@ fn sample_events(member: &str, interest: &[(String, String)], n: usize) -> Vec<E
         .collect()
 }
 
-fn print_homepage(label: &str, page: &HomepageResponse, marked: &HashSet<String>) {
+fn print_homepage(label: &str, page: &HomepageResponse, marked: &HashSet<String>, family: Family) {
     let source = VectorSource::try_from(page.vector_source)
         .map(|s| {
             s.as_str_name()
@@ -492,8 +502,13 @@ fn print_homepage(label: &str, page: &HomepageResponse, marked: &HashSet<String>
         })
         .unwrap_or_else(|_| "unknown".into());
     println!(
-        "\n  ── {label} (model {}, vector from {source}{}) ──",
+        "\n  ── {label} (model {}, {} {} from {source}{}) ──",
         page.model_version,
+        family.title(),
+        match family.member_state() {
+            MemberState::Vector => "vector",
+            MemberState::History => "history",
+        },
         if page.degraded { ", degraded" } else { "" }
     );
     for row in &page.rows {

@@ -85,6 +85,8 @@ impl Cluster {
             ("RECSYS_LOG".into(), "warn".into()),
             // A small model: the scenario is about the cluster, not quality (the test binary
             // is a debug build).
+            // The exact ALS fold-in is what the faults are checked against.
+            ("RECSYS__OFFLINE__FAMILY".into(), "ials".into()),
             ("RECSYS__OFFLINE__ALS__FACTORS".into(), "32".into()),
             ("RECSYS__OFFLINE__ALS__ITERATIONS".into(), "6".into()),
         ]

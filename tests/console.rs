@@ -324,6 +324,8 @@ fn train(data: &Path, models: &Path, factors: &str) -> String {
         items.to_str().unwrap(),
         "--model-root",
         models.to_str().unwrap(),
+        "--family",
+        "ials",
         "--factors",
         factors,
         "--iterations",

@@ -70,6 +70,8 @@ impl Lake {
             &items,
             "--model-root",
             models,
+            "--family",
+            "ials",
             "--factors",
             "8",
             "--iterations",

@@ -49,6 +49,8 @@ impl Fixture {
                 .leak(),
             "--model-root",
             self.root().to_str().unwrap().to_owned().leak(),
+            "--family",
+            "ials",
             "--factors",
             "16",
             "--iterations",
@@ -440,7 +442,15 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
     let interactions_path = interactions.to_str().unwrap();
     let evaluate = |protocol: &[&str]| {
         let mut args = vec!["offline", "evaluate", "--interactions", interactions_path];
-        args.extend(["--factors", "16", "--iterations", "6", "--protocol"]);
+        args.extend([
+            "--family",
+            "ials",
+            "--factors",
+            "16",
+            "--iterations",
+            "6",
+            "--protocol",
+        ]);
         args.extend_from_slice(protocol);
         let o = recsys(&args, NO_ENV);
         assert!(o.status.success(), "{}", stderr(&o));

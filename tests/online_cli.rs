@@ -29,7 +29,8 @@ fn train(dir: &Path) -> String {
     ];
     args.extend(["--items", items.to_str().unwrap()]);
     args.extend(["--model-root", models.to_str().unwrap()]);
-    args.extend(["--factors", "8", "--iterations", "3", "--skip-eval"]);
+    args.extend(["--family", "ials", "--factors", "8", "--iterations", "3"]);
+    args.push("--skip-eval");
     let o = recsys(&args, NO_ENV);
     assert!(o.status.success(), "{}", stderr(&o));
     last_json(&o)["version"].as_str().unwrap().to_string()

@@ -1,8 +1,9 @@
 //! `recsys online bench --ann`: the item index (`model::ials::ann`) against FAISS on the kernel's
 //! own items and queries — build time, recall@top against the exact answers, µs per query one at
-//! a time — with FAISS's `IndexHNSWFlat` (inner product, the same links per node and
-//! efConstruction, the same threads) and IVF-PQ run by `deploy/bench/faiss_ann.py` in the same
-//! invocation. Filtered recall uses the synthetic catalog's own filters (a French member who may
+//! a time — with FAISS's `IndexHNSWFlat` (the same links per node and efConstruction, the same
+//! threads; by inner product, and by L2 over the items lifted one dimension so that L2 ranks by
+//! inner product) and IVF-PQ run by `deploy/bench/faiss_ann.py` in the same invocation; FAISS's
+//! HNSW is whichever of its two graphs is cheaper at the recall compared. Filtered recall uses the synthetic catalog's own filters (a French member who may
 //! not see R-rated titles: every 10th item is US-only, every 7th from i3 rated R). Then the
 //! similar-items index (the same graphs over unit rows) against `SimilarItems`' exact cosine scan,
 //! top 20 for 200 seed items.
@@ -26,6 +27,8 @@ pub struct AnnSettings<'a> {
     pub candidates_per_item: usize,
     /// efSearch values of FAISS's HNSW.
     pub faiss_ef: &'a [usize],
+    /// The FAISS indexes built (`faiss_ann.py --indexes`).
+    pub faiss_indexes: &'a [String],
     /// Whether to build and measure the similar-items index too.
     pub similar: bool,
     /// The Python interpreter and the directory of `faiss_ann.py`; `None`: no FAISS.
@@ -263,7 +266,7 @@ fn run_faiss(
             &args.top.to_string(),
         ])
         .args(["--threads", &threads.to_string(), "--ef", &efs.join(",")])
-        .arg("--ivf-pq")
+        .args(["--indexes", &args.faiss_indexes.join(",")])
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("{python} {}: {e}", script.display()))?;
@@ -312,20 +315,44 @@ pub fn at_recall<T>(points: &[T], recall: f64, of: impl Fn(&T) -> f64) -> Option
     points.iter().find(|p| of(p) >= recall)
 }
 
+/// Whether a FAISS index is one of its HNSW graphs (inner product, or L2 over lifted items).
+fn is_hnsw(index: &str) -> bool {
+    index == "hnsw" || index == "hnsw_mips"
+}
+
+/// FAISS's HNSW at `recall`: of each graph's cheapest setting reaching it, the one with the
+/// fewer µs per query.
+fn faiss_hnsw_at(points: &[FaissPoint], recall: f64) -> Option<&FaissPoint> {
+    ["hnsw", "hnsw_mips"]
+        .iter()
+        .filter_map(|name| {
+            let graph: Vec<&FaissPoint> = points.iter().filter(|p| p.index == *name).collect();
+            at_recall(&graph, recall, |p| p.recall).copied()
+        })
+        .min_by(|a, b| a.us_per_query.total_cmp(&b.us_per_query))
+}
+
 /// Prints the ANN figures beside FAISS's and the exact scan's, and adds them to `summary`.
 pub fn report(top: usize, ann: &AnnFigures, exact_us: f64, summary: &mut serde_json::Value) {
     const TARGET: f64 = 0.95;
     let ours = at_recall(&ann.points, TARGET, |p| p.filtered_recall.min(p.recall));
-    let hnsw: Vec<_> = ann.faiss.iter().filter(|p| p.index == "hnsw").collect();
-    let theirs = at_recall(&hnsw, TARGET, |p| p.recall);
-    let faiss_build = hnsw.first().map(|p| p.build_s);
+    let theirs = faiss_hnsw_at(&ann.faiss, TARGET);
+    // The build compared: the graph reaching the target, else the quicker one built.
+    let faiss_build = theirs
+        .or_else(|| {
+            ann.faiss
+                .iter()
+                .filter(|p| is_hnsw(&p.index))
+                .min_by(|a, b| a.build_s.total_cmp(&b.build_s))
+        })
+        .map(|p| (p.index.as_str(), p.build_s));
     eprintln!(
         "ANN: item index built in {:.0} s ({} norm ranges, {:.0} MiB); FAISS HNSW built in {} → build time ratio recsys/FAISS {}",
         ann.build_s,
         ann.ranges,
         ann.mib,
-        faiss_build.map_or("n/a".into(), |b| format!("{b:.0} s")),
-        faiss_build.map_or("n/a".into(), |b| format!("{:.2}", ann.build_s / b)),
+        faiss_build.map_or("n/a".into(), |(name, b)| format!("{b:.0} s ({name})")),
+        faiss_build.map_or("n/a".into(), |(_, b)| format!("{:.2}", ann.build_s / b)),
     );
     match ours {
         Some(p) => eprintln!(
@@ -335,7 +362,8 @@ pub fn report(top: usize, ann: &AnnFigures, exact_us: f64, summary: &mut serde_j
             p.us_per_query,
             exact_us / p.us_per_query,
             theirs.map_or("never reached it".to_string(), |f| format!(
-                "efSearch {}: {:.0} µs/query → ratio recsys/FAISS {:.2}",
+                "{} efSearch {}: {:.0} µs/query → ratio recsys/FAISS {:.2}",
+                f.index,
                 f.param,
                 f.us_per_query,
                 p.us_per_query / f.us_per_query
@@ -395,8 +423,9 @@ fn report_similar(similar: &SimilarFigures, summary: &mut serde_json::Value) {
 }
 
 /// The ANN server's throughput beside FAISS HNSW's, from a size's `summary` (after
-/// [`report`] and the server runs): FAISS at the cheapest efSearch reaching the recall the server
-/// runs at (`expansion`), or at its best recall when none does. FAISS's figure is every query in
+/// [`report`] and the server runs): FAISS at the setting of either graph with the most
+/// throughput among those reaching the recall the server runs at (`expansion`), or at its best
+/// recall when none does. FAISS's figure is every query in
 /// one call on all threads, in process — no RPC, no filters, no exact scores.
 pub fn server_against_faiss(summary: &serde_json::Value, expansion: usize) -> Option<String> {
     let ours = summary["ann_qps"].as_f64()?;
@@ -408,18 +437,73 @@ pub fn server_against_faiss(summary: &serde_json::Value, expansion: usize) -> Op
     let hnsw: Vec<&serde_json::Value> = summary["faiss_points"]
         .as_array()?
         .iter()
-        .filter(|p| p["index"] == "hnsw")
+        .filter(|p| p["index"].as_str().is_some_and(is_hnsw))
         .collect();
     let recall_of = |p: &serde_json::Value| p["recall"].as_f64().unwrap_or(0.0);
-    let theirs = hnsw.iter().find(|p| recall_of(p) >= recall).or_else(|| {
-        hnsw.iter()
-            .max_by(|a, b| recall_of(a).total_cmp(&recall_of(b)))
-    })?;
+    let qps_of = |p: &serde_json::Value| p["qps_batch"].as_f64().unwrap_or(0.0);
+    let theirs = hnsw
+        .iter()
+        .filter(|p| recall_of(p) >= recall)
+        .max_by(|a, b| qps_of(a).total_cmp(&qps_of(b)))
+        .or_else(|| {
+            hnsw.iter()
+                .max_by(|a, b| recall_of(a).total_cmp(&recall_of(b)))
+        })?;
     let qps = theirs["qps_batch"].as_f64()?;
     Some(format!(
-        "ANN server at recall@100 {recall:.3} (efSearch {expansion}): {ours:.0} QPS; FAISS HNSW efSearch {} at recall {:.3}: {qps:.0} QPS (one call, all threads) → ratio recsys/FAISS {:.2}",
+        "ANN server at recall@100 {recall:.3} (efSearch {expansion}): {ours:.0} QPS; FAISS {} efSearch {} at recall {:.3}: {qps:.0} QPS (one call, all threads) → ratio recsys/FAISS {:.2}",
+        theirs["index"].as_str().unwrap_or("?"),
         theirs["param"],
         recall_of(theirs),
         ours / qps
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(index: &str, param: u64, recall: f64, us: f64, qps: f64) -> FaissPoint {
+        FaissPoint {
+            index: index.into(),
+            param,
+            build_s: 1.0,
+            recall,
+            us_per_query: us,
+            qps_batch: qps,
+        }
+    }
+
+    #[test]
+    fn faiss_hnsw_is_the_cheaper_graph_at_the_recall_compared() {
+        let points = vec![
+            point("hnsw", 128, 0.44, 200.0, 9_000.0),
+            point("hnsw", 1024, 0.56, 1_300.0, 1_500.0),
+            point("hnsw_mips", 128, 0.90, 150.0, 12_000.0),
+            point("hnsw_mips", 256, 0.96, 300.0, 6_000.0),
+            point("hnsw_mips", 512, 0.99, 600.0, 3_000.0),
+            point("ivf_pq", 16, 0.97, 100.0, 20_000.0),
+        ];
+        // The inner-product graph never reaches 0.95; IVF-PQ is not an HNSW graph.
+        let at = faiss_hnsw_at(&points, 0.95).unwrap();
+        assert_eq!((at.index.as_str(), at.param), ("hnsw_mips", 256));
+        let at = faiss_hnsw_at(&points, 0.5).unwrap();
+        assert_eq!((at.index.as_str(), at.param), ("hnsw_mips", 128));
+        assert!(faiss_hnsw_at(&points, 0.999).is_none());
+
+        let mut summary = serde_json::json!({
+            "ann_qps": 2_000.0,
+            "ann_points": [{"ef": 64, "recall": 0.98}],
+        });
+        summary["faiss_points"] = points
+            .iter()
+            .map(|p| {
+                serde_json::json!({"index": p.index, "param": p.param, "recall": p.recall,
+                    "qps_batch": p.qps_batch})
+            })
+            .collect();
+        let line = server_against_faiss(&summary, 64).unwrap();
+        assert!(line.contains("FAISS hnsw_mips efSearch 512"), "{line}");
+        assert!(line.contains("ratio recsys/FAISS 0.67"), "{line}");
+    }
 }

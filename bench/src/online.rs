@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// efSearch values of FAISS's HNSW with `--ann`.
     #[arg(long, value_delimiter = ',', default_values_t = [128usize, 256, 512, 1024])]
     pub faiss_ef: Vec<usize>,
+    /// FAISS indexes built with `--ann`: `hnsw` (inner product), `hnsw_mips` (L2 over the items
+    /// with one dimension added, the usual reduction of inner products to L2), `ivf_pq`.
+    #[arg(long, value_delimiter = ',', default_values_t = ["hnsw".to_string(), "hnsw_mips".to_string(), "ivf_pq".to_string()])]
+    pub faiss_indexes: Vec<String>,
     /// Do not run the NumPy and FAISS peers.
     #[arg(long)]
     pub skip_peer: bool,
@@ -311,6 +315,7 @@ fn kernel(
             expansions: &args.ann_expansion,
             candidates_per_item: args.ann_candidates_per_item,
             faiss_ef: &args.faiss_ef,
+            faiss_indexes: &args.faiss_indexes,
             similar: !args.no_similar_index,
             peer: (!args.skip_peer).then_some((args.python.as_str(), args.peer_dir.as_path())),
         };

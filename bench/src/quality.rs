@@ -6,7 +6,8 @@
 //! split of `recsys offline evaluate` (seed 42) is taken and exported, and four models are scored
 //! on its test members with 95 % bootstrap intervals:
 //!
-//! - **recsys default**: `[offline.als]` as configured;
+//! - **recsys default**: the configured family (`offline.family`, `auto` by default) with its
+//!   section as configured;
 //! - **recsys tuned**: `recsys offline tune` across the families of `offline.tuning.families`
 //!   (validation members from the training side only), then one fit with the chosen family and
 //!   setting;
@@ -93,11 +94,14 @@ fn ours(e: &Evaluation) -> serde_json::Value {
 }
 
 /// recsys's search on `table` with the benchmark's budget, trials and seed, its files in `work`.
+/// `final_fits`: whether the tuner also fits its choice and the defaults and scores them on the
+/// strong-generalization test members (a benchmark's own split scores its own way instead).
 fn search(
     args: &QualityBenchArgs,
     config: &Config,
     table: &recsys_offline::feature_tables::TrainingTable,
     work: &Path,
+    final_fits: bool,
 ) -> Result<tuning::TuningResult> {
     tuning::tune(
         table,
@@ -107,6 +111,7 @@ fn search(
             budget: Some(args.budget),
             seed: args.seed,
             out: work.join("tuning"),
+            final_fits,
         },
     )
 }
@@ -140,18 +145,27 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
 
     let split_dir = work.path().join("split");
     evaluate::export_split(&split_dir, table, &split)?;
-    let tuned = search(args, config, table, work.path())?;
+    let tuned = search(args, config, table, work.path(), true)?;
+    let missing = || OfflineError::Usage("the tuner scored no final fit".into());
+    let tuned_test = tuned.test.as_ref().ok_or_else(missing)?;
+    let defaults_test = tuned.test_defaults.as_ref().ok_or_else(missing)?;
+    let default_family =
+        recsys_offline::family::FamilyParams::from_config(&config.offline, table.item_ids.len())
+            .family();
     let mut rows: Vec<(String, serde_json::Value)> = vec![
-        ("recsys default".into(), ours(&tuned.test_defaults)),
+        (
+            format!("recsys default ({})", default_family.name()),
+            ours(defaults_test),
+        ),
         (
             format!("recsys tuned ({})", tuned.family.name()),
-            ours(&tuned.test),
+            ours(tuned_test),
         ),
     ];
     let mut per_family = serde_json::Map::new();
     for family in Family::ALL {
         if *family == tuned.family {
-            per_family.insert(family.name().into(), ours(&tuned.test));
+            per_family.insert(family.name().into(), ours(tuned_test));
             continue;
         }
         let Some(params) = tuned.best_of(*family, &config.offline) else {
@@ -164,8 +178,8 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
     let mut result = serde_json::json!({
         "data": source.display().to_string(),
         "members": table.user_ids.len(), "items": table.item_ids.len(), "pairs": table.pairs.len(),
-        "recsys_default": ours(&tuned.test_defaults),
-        "recsys_tuned": ours(&tuned.test),
+        "recsys_default": ours(defaults_test),
+        "recsys_tuned": ours(tuned_test),
         "recsys_tuned_family": tuned.family,
         "recsys_tuned_setting": tuned.chosen.map_or_else(
             || serde_json::to_value(tuned.best).expect("serialisable"),
@@ -332,7 +346,7 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
     );
     let work =
         tempfile::tempdir().map_err(|e| OfflineError::Peer(format!("temporary directory: {e}")))?;
-    let tuned = search(args, config, &table, work.path())?;
+    let tuned = search(args, config, &table, work.path(), false)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let seed = config.offline.evaluation.seed;
     let mut rows: Vec<(String, serde_json::Value)> = Vec::new();
@@ -345,7 +359,10 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
         .iter()
         .filter_map(|family| {
             if *family == tuned.family {
-                Some(FamilyParams::from_config(&chosen_offline))
+                Some(FamilyParams::from_config(
+                    &chosen_offline,
+                    split.items.len(),
+                ))
             } else {
                 tuned.best_of(*family, &config.offline)
             }
@@ -389,9 +406,10 @@ fn one_split(args: &QualityBenchArgs, config: &Config, dir: &Path) -> Result<ser
             candidates.push((format!("recsys {}", family.name()), params));
         }
     }
+    let default = FamilyParams::from_config(&config.offline, split.items.len());
     candidates.push((
-        format!("recsys default ({})", config.offline.family.name()),
-        FamilyParams::from_config(&config.offline),
+        format!("recsys default ({})", default.family().name()),
+        default,
     ));
     for (name, params) in candidates {
         if let FamilyParams::Ease(p) = &params {

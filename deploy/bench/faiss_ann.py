@@ -6,6 +6,12 @@ truth.u32 (q × top exact answers by inner product), and prints one JSON line pe
 the build seconds, recall@top against the exact answers, µs per query one at a time (one thread)
 and queries per second for all queries in one call on `--threads` threads.
 
+Indexes (`--indexes`): `hnsw`, IndexHNSWFlat with the inner-product metric; `hnsw_mips`, the
+same graph in L2 over the items with one dimension added so that the nearest by L2 is the largest
+inner product (Bachrach et al. 2014: an item x becomes [x, sqrt(M² − |x|²)] with M the largest
+norm, a query q becomes [q, 0]), the usual way to search inner products with HNSW when the items'
+norms differ; `ivf_pq`, IndexIVFPQ (nlist √n, 32 sub-quantisers, inner product).
+
     python3 deploy/bench/faiss_ann.py DIR --k 64 --top 100 --threads 2
 """
 import argparse
@@ -26,7 +32,7 @@ def main():
     p.add_argument("--m", type=int, default=16, help="HNSW links per node")
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--ef", default="128,256,512", help="HNSW efSearch values")
-    p.add_argument("--ivf-pq", action="store_true", help="also IVF-PQ (nlist √n, 32 sub-quantisers)")
+    p.add_argument("--indexes", default="hnsw,hnsw_mips,ivf_pq", help="which indexes, comma-separated")
     p.add_argument("--nprobe", default="16,64,128")
     a = p.parse_args()
     import faiss
@@ -39,7 +45,7 @@ def main():
         hits = sum(len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth))
         return hits / truth.size
 
-    def measure(index, name, params, set_param):
+    def measure(index, name, params, set_param, queries=queries):
         for value in params:
             set_param(value)
             faiss.omp_set_num_threads(1)
@@ -53,24 +59,45 @@ def main():
             print(json.dumps({"index": name, "param": value, "build_s": built[name], "recall": recall(found),
                               "us_per_query": one, "qps_batch": qps}), flush=True)
 
-    built = {}
-    faiss.omp_set_num_threads(a.threads)
-    hnsw = faiss.IndexHNSWFlat(a.k, a.m, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = a.ef_construction
-    started = time.perf_counter()
-    # In chunks (the same graph as one call) so a long build shows how far it is.
-    chunk = max(100_000, len(items) // 20)
-    for first in range(0, len(items), chunk):
-        hnsw.add(items[first : first + chunk])
-        done = min(first + chunk, len(items))
-        print(f"faiss hnsw: {done} of {len(items)} added, {time.perf_counter() - started:.0f} s",
-              file=sys.stderr, flush=True)
-    built["hnsw"] = time.perf_counter() - started
-    print(f"faiss hnsw built in {built['hnsw']:.1f} s", file=sys.stderr, flush=True)
-    measure(hnsw, "hnsw", [int(x) for x in a.ef.split(",")], lambda ef: setattr(hnsw.hnsw, "efSearch", ef))
-    del hnsw
+    def hnsw(name, vectors, metric):
+        faiss.omp_set_num_threads(a.threads)
+        index = faiss.IndexHNSWFlat(vectors.shape[1], a.m, metric)
+        index.hnsw.efConstruction = a.ef_construction
+        started = time.perf_counter()
+        # In chunks (the same graph as one call) so a long build shows how far it is.
+        chunk = max(100_000, len(vectors) // 20)
+        for first in range(0, len(vectors), chunk):
+            index.add(vectors[first : first + chunk])
+            done = min(first + chunk, len(vectors))
+            print(f"faiss {name}: {done} of {len(vectors)} added, {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr, flush=True)
+        built[name] = time.perf_counter() - started
+        print(f"faiss {name} built in {built[name]:.1f} s", file=sys.stderr, flush=True)
+        return index
 
-    if a.ivf_pq:
+    built = {}
+    wanted = set(a.indexes.split(","))
+    efs = [int(x) for x in a.ef.split(",")]
+    if "hnsw" in wanted:
+        index = hnsw("hnsw", items, faiss.METRIC_INNER_PRODUCT)
+        measure(index, "hnsw", efs, lambda ef: setattr(index.hnsw, "efSearch", ef))
+        del index
+
+    if "hnsw_mips" in wanted:
+        # The added dimension is computed as part of the build, and timed with it.
+        started = time.perf_counter()
+        norms = np.einsum("ij,ij->i", items, items)
+        extra = np.sqrt(np.maximum(norms.max() - norms, 0.0)).astype("<f4")
+        lifted = np.hstack([items, extra[:, None]])
+        lift_s = time.perf_counter() - started
+        index = hnsw("hnsw_mips", lifted, faiss.METRIC_L2)
+        built["hnsw_mips"] += lift_s
+        del lifted
+        lifted_queries = np.hstack([queries, np.zeros((len(queries), 1), dtype="<f4")])
+        measure(index, "hnsw_mips", efs, lambda ef: setattr(index.hnsw, "efSearch", ef), lifted_queries)
+        del index
+
+    if "ivf_pq" in wanted:
         faiss.omp_set_num_threads(a.threads)
         nlist = int(np.sqrt(len(items)))
         quantizer = faiss.IndexFlatIP(a.k)

@@ -29,9 +29,22 @@ pub enum FamilyParams {
 }
 
 impl FamilyParams {
-    /// The configured family (`offline.family`) with its section's parameters.
-    pub fn from_config(config: &OfflineConfig) -> Self {
-        match config.family {
+    /// The configured family (`offline.family`) with its section's parameters, for a catalog of
+    /// `items` items (what `auto` chooses by; it says what it chose and why in the log).
+    pub fn from_config(config: &OfflineConfig, items: usize) -> Self {
+        let (family, why) =
+            config
+                .family
+                .resolve(items, config.auto_ease_max_items, ease::fits_in_memory);
+        if let Some(why) = why {
+            tracing::info!(family = family.name(), items, "{why}");
+        }
+        Self::of(family, config)
+    }
+
+    /// `family` with its section's parameters in `config`.
+    pub fn of(family: Family, config: &OfflineConfig) -> Self {
+        match family {
             Family::Ials => FamilyParams::Ials(config.als.clone()),
             Family::Ease => FamilyParams::Ease(config.ease),
             Family::ItemKnn => FamilyParams::ItemKnn(config.item_knn),
@@ -88,6 +101,15 @@ impl FamilyParams {
     }
 
     /// Worker threads of the fit (`offline.als.threads` for every family; 0 = every core).
+    /// The threads the configuration gives a job (`offline.als.threads`; 0: every core),
+    /// whichever family it fits.
+    pub fn config_threads(config: &OfflineConfig) -> usize {
+        match config.als.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn threads(&self, config_threads: usize) -> usize {
         match (self, config_threads) {
             (FamilyParams::Ials(p), _) if p.threads > 0 => p.threads,

@@ -50,7 +50,7 @@ impl HistoryParams {
 
     /// Puts these parameters and their family in force in `offline`.
     pub fn apply(&self, offline: &mut OfflineConfig) {
-        offline.family = self.family();
+        offline.family = self.family().into();
         match self {
             HistoryParams::Ease(p) => offline.ease = *p,
             HistoryParams::ItemKnn(p) => offline.item_knn = *p,
@@ -236,7 +236,7 @@ mod tests {
         );
         let mut offline = OfflineConfig::default();
         params.apply(&mut offline);
-        assert_eq!(offline.family, Family::ItemKnn);
+        assert_eq!(offline.family, Family::ItemKnn.into());
         assert_eq!(offline.item_knn.neighbours, 7);
     }
 }

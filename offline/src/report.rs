@@ -756,12 +756,13 @@ mod tests {
             budget: None,
             seed: 1,
             out: tuning_dir.clone(),
+            final_fits: true,
         };
         let tuned = crate::tuning::tune(&clustered_table(), &config, &job).unwrap();
         let root = ModelRoot::new(dir.path());
         let v = synthetic_model(dir.path(), 50, 10, 4, 1).unwrap();
         let mut manifest = root.manifest(&v).unwrap();
-        manifest.evaluation = Some(tuned.test.clone());
+        manifest.evaluation = tuned.test.clone();
         manifest.algorithm.tuning = Some(tuned.provenance(&tuning_dir));
         std::fs::write(
             root.version_dir(&v).join("manifest.json"),

@@ -42,6 +42,8 @@ pub struct TrainJob {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainOutcome {
     pub version: String,
+    /// The family trained (what `offline.family = "auto"` chose).
+    pub family: recsys_shared::model::Family,
     pub published: bool,
     /// Seconds of the final fit alone.
     pub train_seconds: f64,
@@ -101,8 +103,7 @@ impl TrainJob {
         let mut destination = Destination::open(&config.model)?;
         let interactions = InputTable::discover(&self.interactions)?;
         let items = InputTable::discover(&self.items)?;
-        let params = FamilyParams::from_config(&config.offline);
-        let threads = params.threads(config.offline.als.threads);
+        let threads = FamilyParams::config_threads(&config.offline);
         let feature_job = FeatureJob {
             config: &config.offline.features,
             as_of_ms: self.as_of_ms,
@@ -121,6 +122,7 @@ impl TrainJob {
             seconds = started.elapsed().as_secs_f64(),
             "training table built"
         );
+        let params = FamilyParams::from_config(&config.offline, table.item_ids.len());
 
         let evaluation = if self.skip_eval {
             None
@@ -217,6 +219,7 @@ impl TrainJob {
         }
         Ok(TrainOutcome {
             version,
+            family: params.family(),
             published: publish,
             train_seconds,
             metrics,
@@ -302,8 +305,8 @@ pub fn evaluate_only(
     config: &Config,
     export_split: Option<&std::path::Path>,
 ) -> Result<Evaluation> {
-    let params = FamilyParams::from_config(&config.offline);
     let features = training_features(interactions, config)?;
+    let params = FamilyParams::from_config(&config.offline, features.training.item_ids.len());
     let (evaluation, split) =
         evaluate_with_progress(&features.training, &params, &config.offline.evaluation)?;
     if let Some(dir) = export_split {

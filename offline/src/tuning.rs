@@ -138,10 +138,13 @@ pub struct TuningResult {
     pub budget_exhausted: bool,
     /// Seconds spent choosing: the search and the re-check.
     pub search_seconds: f64,
-    /// The final fit with the chosen setting, on the test members of `offline evaluate`.
-    pub test: Evaluation,
+    /// The final fit with the chosen setting, on the test members of `offline evaluate`
+    /// (`None` when the job asked for no final fits: [`TuneJob::final_fits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Evaluation>,
     /// The same fit with the configured family and its section as configured, for comparison.
-    pub test_defaults: Evaluation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_defaults: Option<Evaluation>,
     /// The family chosen: the best validation score across the families searched.
     #[serde(default)]
     pub family: Family,
@@ -251,7 +254,7 @@ impl TuningResult {
         match &self.chosen {
             Some(history) => history.apply(offline),
             None => {
-                offline.family = Family::Ials;
+                offline.family = Family::Ials.into();
                 offline.als = self.best.apply(&offline.als);
                 if let Some(iterations) = self.final_iterations {
                     offline.als.iterations = iterations;
@@ -292,7 +295,7 @@ impl TuningResult {
                 .iter()
                 .find(|r| r.trial == self.best_trial && r.setting == self.best)
                 .map(|r| r.mean_score),
-            "test": self.test.metrics,
+            "test": self.test.as_ref().map(|t| &t.metrics),
         })
     }
 }
@@ -312,6 +315,10 @@ pub struct TuneJob {
     pub seed: u64,
     /// Directory of `tuning.json` and `trials.jsonl`.
     pub out: PathBuf,
+    /// Fit the chosen setting and the defaults on the whole training side and score them on the
+    /// test members (`test`, `test_defaults`); a caller that scores its own way (a benchmark's
+    /// own split) turns this off and saves both fits.
+    pub final_fits: bool,
 }
 
 /// Parses `90s`, `10m`, `1h`, `1h30m` or plain seconds.
@@ -726,7 +733,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         }
     };
     eprintln!(
-        "tuning: {} chosen ({} {:.4} on {} validation members; {}) after {search_seconds:.0} s; final fit on the training side...",
+        "tuning: {} chosen ({} {:.4} on {} validation members; {}) after {search_seconds:.0} s{}",
         chosen.family().name(),
         space.metric,
         family_best[chosen.family().name()],
@@ -736,14 +743,24 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             .map(|(f, s)| format!("{f} {s:.4}"))
             .collect::<Vec<_>>()
             .join(", "),
+        if job.final_fits {
+            "; final fit on the training side..."
+        } else {
+            ""
+        },
     );
-    let (test_eval, _) = evaluate::evaluate_family(table, &chosen, evaluation, |_| {})?;
-    let (test_defaults, _) = evaluate::evaluate_family(
-        table,
-        &FamilyParams::from_config(&config.offline),
-        evaluation,
-        |_| {},
-    )?;
+    let (test_eval, test_defaults) = if job.final_fits {
+        let (test, _) = evaluate::evaluate_family(table, &chosen, evaluation, |_| {})?;
+        let (defaults, _) = evaluate::evaluate_family(
+            table,
+            &FamilyParams::from_config(&config.offline, table.item_ids.len()),
+            evaluation,
+            |_| {},
+        )?;
+        (Some(test), Some(defaults))
+    } else {
+        (None, None)
+    };
     let result = TuningResult {
         metric: space.metric.clone(),
         seed: job.seed,
@@ -1031,7 +1048,7 @@ mod tests {
         assert_eq!(result.family_best[result.family.name()], top, "{result:?}");
         let mut offline = config.offline.clone();
         result.apply(&mut offline);
-        assert_eq!(offline.family, result.family);
+        assert_eq!(offline.family, result.family.into());
         match result.chosen {
             Some(history) => {
                 assert_eq!(history.family(), result.family);
@@ -1115,7 +1132,7 @@ mod tests {
         let mut offline = config.offline.clone();
         result.apply(&mut offline);
         assert_eq!(offline.als.iterations, chosen);
-        assert_eq!(offline.family, Family::Ials);
+        assert_eq!(offline.family, Family::Ials.into());
     }
 
     #[test]
@@ -1203,6 +1220,7 @@ mod tests {
             budget: None,
             seed: 3,
             out: dir.to_path_buf(),
+            final_fits: true,
         }
     }
 
@@ -1306,7 +1324,10 @@ mod tests {
         assert!(!original.recheck.is_empty());
         assert_eq!(original.recheck, altered.recheck);
         // ... while the test figures of the final fit do.
-        assert_ne!(original.test.metrics, altered.test.metrics);
+        assert_ne!(
+            original.test.unwrap().metrics,
+            altered.test.unwrap().metrics
+        );
     }
 
     #[test]
@@ -1319,6 +1340,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let result = tune(&table, &config, &job(dir.path())).unwrap();
         for e in [&result.test, &result.test_defaults] {
+            let e = e.as_ref().expect("final fits scored");
             assert_eq!(e.protocol, "strong-generalization");
             assert!(e.metrics.contains_key(&result.metric));
         }

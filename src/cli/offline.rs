@@ -13,7 +13,7 @@ use recsys_offline::synth::{SynthSpec, SynthWorld};
 use recsys_offline::train::{evaluate_only, TrainJob};
 use recsys_offline::tuning::{TuneJob, TuningResult};
 use recsys_shared::artifact::{ModelRoot, RemoteModelRoot};
-use recsys_shared::config::{Config, MemberWeighting, Protocol};
+use recsys_shared::config::{Config, FamilyChoice, MemberWeighting, Protocol};
 use recsys_shared::model::Family;
 
 use super::{load_config, mirror_remote_root, remote_root, runtime, validated};
@@ -189,9 +189,11 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Train with the setting a `recsys offline tune` run chose (its tuning.json or directory);
-    /// recorded in the manifest. ALS flags given as well override it.
+    /// recorded in the manifest. Family and ALS flags given as well override it.
     #[arg(long)]
     params_from: Option<PathBuf>,
+    #[command(flatten)]
+    family: FamilyArgs,
     #[command(flatten)]
     als: AlsArgs,
 }
@@ -226,7 +228,8 @@ pub(crate) struct TuneArgs {
 /// The family and the parameters of the two history families.
 #[derive(Args)]
 pub(crate) struct FamilyArgs {
-    /// The model family [config: offline.family, default ials].
+    /// The model family; auto: EASE up to offline.auto_ease_max_items items, iALS beyond
+    /// [config: offline.family, default auto].
     #[arg(long, value_enum)]
     family: Option<FamilyArg>,
     /// EASE's λ [config: offline.ease.lambda, default 100].
@@ -268,6 +271,7 @@ pub(crate) enum MemberWeightingArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum FamilyArg {
+    Auto,
     Ials,
     Ease,
     ItemKnn,
@@ -279,10 +283,11 @@ impl FamilyArgs {
         let offline = &mut config.offline;
         if let Some(f) = self.family {
             offline.family = match f {
-                FamilyArg::Ials => Family::Ials,
-                FamilyArg::Ease => Family::Ease,
-                FamilyArg::ItemKnn => Family::ItemKnn,
-                FamilyArg::Bspm => Family::Bspm,
+                FamilyArg::Auto => FamilyChoice::Auto,
+                FamilyArg::Ials => Family::Ials.into(),
+                FamilyArg::Ease => Family::Ease.into(),
+                FamilyArg::ItemKnn => Family::ItemKnn.into(),
+                FamilyArg::Bspm => Family::Bspm.into(),
             };
         }
         if let Some(v) = self.lambda {
@@ -530,6 +535,7 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                 None => None,
             };
             args.als.apply(&mut config);
+            args.family.apply(&mut config);
             if let Some(seed) = args.seed {
                 config.offline.als.seed = seed;
             }
@@ -566,8 +572,8 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
             if let (Some(train), Some(test)) = (&args.train, &args.test) {
                 let config = validated(config)?;
                 let offline = &config.offline;
-                let params = FamilyParams::from_config(offline);
                 let split = PairsSplit::read(train, test)?;
+                let params = FamilyParams::from_config(offline, split.items.len());
                 let threads = params.threads(offline.als.threads);
                 let result =
                     evaluate_split(&split, &params, args.k, threads, offline.evaluation.seed)?;
@@ -617,21 +623,24 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                 budget: args.budget,
                 seed: args.seed,
                 out: out.clone(),
+                final_fits: true,
             };
             let result = recsys_offline::tuning::tune_log(&args.interactions, &config, &job)?;
             if let Some(warning) = result.budget_warning() {
                 tracing::warn!("{warning}");
             }
-            eprintln!(
-                "tuned ({} chosen) {} on the test members: {:.4} (defaults {:.4}); recall@20 {:.4} (defaults {:.4}); written to {}",
-                result.family.name(),
-                result.metric,
-                result.test.metrics[&result.metric],
-                result.test_defaults.metrics[&result.metric],
-                result.test.metrics["recall@20"],
-                result.test_defaults.metrics["recall@20"],
-                out.display()
-            );
+            if let (Some(test), Some(defaults)) = (&result.test, &result.test_defaults) {
+                eprintln!(
+                    "tuned ({} chosen) {} on the test members: {:.4} (defaults {:.4}); recall@20 {:.4} (defaults {:.4}); written to {}",
+                    result.family.name(),
+                    result.metric,
+                    test.metrics[&result.metric],
+                    defaults.metrics[&result.metric],
+                    test.metrics["recall@20"],
+                    defaults.metrics["recall@20"],
+                    out.display()
+                );
+            }
             println!(
                 "{}",
                 serde_json::json!({
@@ -645,9 +654,9 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
                     "families_cut": result.families_cut,
                     "families_skipped": result.families_skipped,
                     "validation": result.validation,
-                    "test": result.test.metrics,
-                    "test_intervals": result.test.intervals,
-                    "test_defaults": result.test_defaults.metrics,
+                    "test": result.test.as_ref().map(|t| &t.metrics),
+                    "test_intervals": result.test.as_ref().map(|t| &t.intervals),
+                    "test_defaults": result.test_defaults.as_ref().map(|t| &t.metrics),
                     // A trial is one drawn setting; each is scored at every rung it reaches.
                     "trials": result.settings_tried(),
                     "scored_rungs": result.trials.len(),

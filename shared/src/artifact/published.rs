@@ -225,6 +225,37 @@ impl PublishedModel {
             problem,
         };
         let family = manifest.algorithm.family();
+        // The item indexes first, and with mapped rows their pages dropped at once: opening an
+        // index reads every node of it, so opened after the item rows and ids it would be
+        // resident beside them, and a hot swap's peak would be the old version plus the new
+        // one's index *and* its rows; opened first, it is the old plus the larger of the two.
+        let (item_index, similar_index) = match (&manifest.algorithm.model, options.item_index) {
+            (ModelParams::Ials(record), Some(expansion)) => {
+                let open = |file: &str| -> Result<Option<ItemIndex>> {
+                    if !manifest.files.contains_key(file) {
+                        return Ok(None);
+                    }
+                    let path = dir.join(file);
+                    let index = ItemIndex::items_in(&path)
+                        .and_then(|items| {
+                            ItemIndex::open(
+                                &path,
+                                items,
+                                record.factors,
+                                expansion,
+                                INDEX_SEARCH_SLOTS,
+                            )
+                        })
+                        .map_err(|e| invalid(e.to_string()))?;
+                    if map_factors {
+                        index.release_pages();
+                    }
+                    Ok(Some(index))
+                };
+                (open(files::ITEM_INDEX)?, open(files::SIMILAR_INDEX)?)
+            }
+            _ => (None, None),
+        };
         let texts =
             |ids: &[String]| Texts::new(ids).map_err(|e| invalid(format!("{e} in the model")));
         let (item_ids, scorer, fold_in) = match &manifest.algorithm.model {
@@ -306,24 +337,18 @@ impl PublishedModel {
         }
         let ids =
             ItemIds::from_texts(item_ids).map_err(|e| invalid(format!("{e} in the model")))?;
-        let open_index = |file: &str| -> Result<Option<ItemIndex>> {
-            match (options.item_index, &scorer) {
-                (Some(expansion), Scorer::Factors(items)) if manifest.files.contains_key(file) => {
-                    ItemIndex::open(
-                        &dir.join(file),
-                        items.len(),
-                        items.factors(),
-                        expansion,
-                        INDEX_SEARCH_SLOTS,
-                    )
-                    .map(Some)
-                    .map_err(|e| invalid(e.to_string()))
-                }
-                _ => Ok(None),
+        for (file, index) in [
+            (files::ITEM_INDEX, &item_index),
+            (files::SIMILAR_INDEX, &similar_index),
+        ] {
+            if let Some(index) = index.as_ref().filter(|i| i.len() != ids.len()) {
+                return Err(invalid(format!(
+                    "{file}: {} items, the version has {}",
+                    index.len(),
+                    ids.len()
+                )));
             }
-        };
-        let item_index = open_index(files::ITEM_INDEX)?;
-        let similar_index = open_index(files::SIMILAR_INDEX)?;
+        }
         let model = PublishedModel {
             family,
             ids,
@@ -332,7 +357,7 @@ impl PublishedModel {
             item_index,
             similar_index,
         };
-        // Opening an index read every node of it.
+        // The rows read while loading, and index pages touched since.
         model.release_mapped_pages();
         Ok(model)
     }
@@ -527,6 +552,43 @@ mod tests {
         mapped.release_mapped_pages();
         assert!(resident_kib(&path) <= 8, "{} KiB", resident_kib(&path));
         assert_eq!(search(&mapped), answer);
+    }
+
+    #[test]
+    fn an_item_index_of_another_catalog_is_refused_naming_both_counts() {
+        use crate::artifact::synthetic::{synthetic_model_reusing_index, synthetic_model_with};
+        let dir = tempfile::tempdir().unwrap();
+        let index = AnnIndexConfig {
+            enabled: true,
+            min_items: 0,
+            similar_items: false,
+            ..Default::default()
+        };
+        let built = synthetic_model_with(Family::Ials, dir.path(), 300, 10, 8, 5, &index).unwrap();
+        let built_index = ModelRoot::new(dir.path())
+            .version_dir(&built)
+            .join(files::ITEM_INDEX);
+        let other = tempfile::tempdir().unwrap();
+        let version =
+            synthetic_model_reusing_index(other.path(), 299, 10, 8, 5, &built_index).unwrap();
+        let root = ModelRoot::new(other.path());
+        let manifest = root.verify(&version).unwrap();
+        for map_factors in [false, true] {
+            let options = LoadOptions {
+                map_factors,
+                item_index: Some(64),
+            };
+            let error = PublishedModel::load_with(&root, &version, &manifest, options)
+                .err()
+                .expect("an index of 300 items under a version of 299")
+                .to_string();
+            assert!(
+                error.contains(files::ITEM_INDEX) && error.contains("300") && error.contains("299"),
+                "{error}"
+            );
+        }
+        // Without the index asked for, the version loads.
+        PublishedModel::load(&root, &version, &manifest).unwrap();
     }
 
     #[test]

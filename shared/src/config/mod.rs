@@ -29,8 +29,8 @@ pub use model::ModelConfig;
 pub use nearline::NearlineConfig;
 pub use offline::{
     AlsConfig, AnnIndexConfig, BallistaConfig, BspmConfig, EaseConfig, Engine, EvaluationConfig,
-    FeatureConfig, ItemKnnConfig, MemberWeighting, OfflineConfig, Protocol, PublishConfig,
-    TuningConfig,
+    FamilyChoice, FeatureConfig, ItemKnnConfig, MemberWeighting, OfflineConfig, Protocol,
+    PublishConfig, TuningConfig,
 };
 pub use online::{
     AnnSearchConfig, ApiKeyConfig, AuthConfig, ConsoleConfig, ImpressionsConfig, ItemFactorsIn,
@@ -280,6 +280,7 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Family;
 
     /// The error loading the defaults with `pairs` in the environment gives.
     fn refused(pairs: &[(&str, &str)]) -> String {
@@ -320,6 +321,51 @@ mod tests {
         assert_eq!(config.offline.als.iterations, 3);
         assert_eq!(config.offline.features.event_weights["purchase"], 2.5);
         assert_eq!(config.model.root, PathBuf::from("/elsewhere"));
+    }
+
+    #[test]
+    fn the_default_family_is_auto_ease_on_a_catalog_it_fits_ials_beyond() {
+        let config = Config::load_with_env(None, env(&[])).unwrap();
+        let offline = &config.offline;
+        assert_eq!(offline.family, FamilyChoice::Auto);
+        let limit = offline.auto_ease_max_items;
+        assert_eq!(limit, 50_000);
+        let fits = |_: usize| true;
+        assert_eq!(offline.family.resolve(limit, limit, fits).0, Family::Ease);
+        let (family, why) = offline.family.resolve(limit + 1, limit, fits);
+        assert_eq!(family, Family::Ials);
+        assert!(why.unwrap().contains("offline.auto_ease_max_items"));
+        // Within the limit but not within the memory available: iALS, saying why.
+        let (family, why) = offline.family.resolve(1_000, limit, |_| false);
+        assert_eq!(family, Family::Ials);
+        assert!(why.unwrap().contains("memory"));
+        // A family named is the family trained, whatever the catalog.
+        let named = Config::load_with_env(
+            None,
+            env(&[
+                ("RECSYS__OFFLINE__FAMILY", "item_knn"),
+                ("RECSYS__OFFLINE__AUTO_EASE_MAX_ITEMS", "10"),
+            ]),
+        )
+        .unwrap()
+        .offline;
+        assert_eq!(named.auto_ease_max_items, 10);
+        assert_eq!(
+            named.family.resolve(1_000_000, 10, |_| false),
+            (Family::ItemKnn, None)
+        );
+        assert_eq!(FamilyChoice::from(Family::Bspm).name(), "bspm");
+        // Written as the name, read back as the choice.
+        for choice in [FamilyChoice::Auto, FamilyChoice::Named(Family::ItemKnn)] {
+            let text = serde_json::to_string(&choice).unwrap();
+            assert_eq!(text, format!("\"{}\"", choice.name()));
+            assert_eq!(serde_json::from_str::<FamilyChoice>(&text).unwrap(), choice);
+        }
+        let unknown = refused(&[("RECSYS__OFFLINE__FAMILY", "slim")]);
+        assert!(
+            unknown.contains("\"slim\"") && unknown.contains("auto or one of ials"),
+            "{unknown}"
+        );
     }
 
     #[test]

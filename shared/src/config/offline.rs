@@ -7,17 +7,24 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{first_problem, range_ok, within};
+use crate::model::Family;
 
 /// The offline tier: feature jobs, training, evaluation and the publish gate.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OfflineConfig {
     /// Where the feature jobs' SQL runs. Default `local`.
     pub engine: Engine,
     pub ballista: BallistaConfig,
     pub features: FeatureConfig,
-    /// The model family trained: `ials`, `ease`, `item_knn` or `bspm`. Default `ials`.
-    pub family: crate::model::Family,
+    /// The model family trained: `auto`, `ials`, `ease`, `item_knn` or `bspm`. Default `auto`:
+    /// EASE up to `auto_ease_max_items` items (when its dense training fits in memory), iALS
+    /// beyond.
+    pub family: FamilyChoice,
+    /// With `family = "auto"`, the largest catalog EASE is trained on; iALS beyond. EASE's
+    /// training holds a dense items × items matrix: 50,000 items take about 11 GiB and a quarter
+    /// of an hour on two cores. Default 50,000.
+    pub auto_ease_max_items: usize,
     pub als: AlsConfig,
     pub ease: EaseConfig,
     pub item_knn: ItemKnnConfig,
@@ -26,6 +33,26 @@ pub struct OfflineConfig {
     pub publish: PublishConfig,
     pub tuning: TuningConfig,
     pub ann_index: AnnIndexConfig,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig {
+            engine: Engine::default(),
+            ballista: BallistaConfig::default(),
+            features: FeatureConfig::default(),
+            family: FamilyChoice::default(),
+            auto_ease_max_items: 50_000,
+            als: AlsConfig::default(),
+            ease: EaseConfig::default(),
+            item_knn: ItemKnnConfig::default(),
+            bspm: BspmConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            publish: PublishConfig::default(),
+            tuning: TuningConfig::default(),
+            ann_index: AnnIndexConfig::default(),
+        }
+    }
 }
 
 /// The approximate nearest-neighbour index an iALS version is published with, for servers with
@@ -326,6 +353,102 @@ impl Default for AlsConfig {
             seed: 42,
             compute_loss: true,
         }
+    }
+}
+
+/// The family `offline train` and `offline evaluate` fit (`offline.family`): one named, or
+/// `auto`, which picks by the catalog's size. Written as the family's name or `"auto"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum FamilyChoice {
+    /// EASE, the family best over both benchmark data sets (first on MovieLens, second on
+    /// Gowalla), for catalogs up to `offline.auto_ease_max_items` whose dense training fits in
+    /// the memory available; iALS, which trains on any catalog, beyond.
+    #[default]
+    Auto,
+    Named(Family),
+}
+
+impl TryFrom<String> for FamilyChoice {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        if name == "auto" {
+            return Ok(FamilyChoice::Auto);
+        }
+        Family::ALL
+            .iter()
+            .find(|f| f.name() == name)
+            .map(|f| FamilyChoice::Named(*f))
+            .ok_or_else(|| {
+                let known: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown family {name:?}: auto or one of {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+impl From<FamilyChoice> for String {
+    fn from(choice: FamilyChoice) -> String {
+        choice.name().to_string()
+    }
+}
+
+impl FamilyChoice {
+    /// The family named, or `None` for `auto`.
+    pub fn fixed(self) -> Option<Family> {
+        match self {
+            FamilyChoice::Auto => None,
+            FamilyChoice::Named(family) => Some(family),
+        }
+    }
+
+    /// The family fitted on a catalog of `items` items, with why when `auto` chose it.
+    /// `ease_fits` says whether EASE's dense training on that many items fits in memory.
+    pub fn resolve(
+        self,
+        items: usize,
+        ease_max_items: usize,
+        ease_fits: impl FnOnce(usize) -> bool,
+    ) -> (Family, Option<String>) {
+        if let Some(family) = self.fixed() {
+            return (family, None);
+        }
+        let why = if items > ease_max_items {
+            format!(
+                "offline.family = auto: iALS, as the catalog's {items} items are more than \
+                 offline.auto_ease_max_items ({})",
+                ease_max_items
+            )
+        } else if !ease_fits(items) {
+            format!(
+                "offline.family = auto: iALS, as EASE's dense {items} × {items} matrix does not \
+                 fit in the memory available"
+            )
+        } else {
+            return (
+                Family::Ease,
+                Some(format!(
+                    "offline.family = auto: EASE, as the catalog's {items} items are at most \
+                     offline.auto_ease_max_items ({})",
+                    ease_max_items
+                )),
+            );
+        };
+        (Family::Ials, Some(why))
+    }
+
+    /// The name in configuration.
+    pub fn name(self) -> &'static str {
+        self.fixed().map_or("auto", Family::name)
+    }
+}
+
+impl From<Family> for FamilyChoice {
+    fn from(family: Family) -> Self {
+        FamilyChoice::Named(family)
     }
 }
 

@@ -176,6 +176,16 @@ impl Family {
         }
     }
 
+    /// The name as people write it, for what a person reads.
+    pub fn title(self) -> &'static str {
+        match self {
+            Family::Ials => "iALS",
+            Family::Ease => "EASE",
+            Family::ItemKnn => "item-kNN",
+            Family::Bspm => "BSPM",
+        }
+    }
+
     /// How this family represents a member between events.
     pub fn member_state(self) -> MemberState {
         match self {

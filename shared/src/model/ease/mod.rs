@@ -120,6 +120,12 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Whether EASE's dense training on `n` items fits in the memory available now (what the fit
+/// itself checks before allocating).
+pub fn fits_in_memory(n: usize) -> bool {
+    check_memory(n, available_memory()).is_ok()
+}
+
 /// Refuses a catalog whose dense matrix (plus a tenth for the pruned rows and the rest) does not
 /// fit in `available` bytes, before anything is allocated, naming both sizes.
 fn check_memory(n: usize, available: Option<u64>) -> Result<()> {

@@ -257,6 +257,23 @@ impl ItemIndex {
         file.sync_all().map_err(|e| bad(e.to_string()))
     }
 
+    /// The items the index at `path` says it holds (its header alone is read), for opening it
+    /// before the version's item rows are loaded.
+    pub fn items_in(path: &Path) -> Result<usize, AnnError> {
+        let bad = |problem: String| AnnError::File {
+            path: path.display().to_string(),
+            problem,
+        };
+        let mut header = [0u8; HEADER];
+        File::open(path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+            .map_err(|e| bad(e.to_string()))?;
+        if &header[..MAGIC.len()] != MAGIC {
+            return Err(bad("not an item index of this format".into()));
+        }
+        Ok(u64::from_le_bytes(header[16..24].try_into().expect("8")) as usize)
+    }
+
     /// Maps the index at `path` (its graphs and vectors stay in the page cache, not on the heap),
     /// checked against the version it belongs to: `items` rows of `factors`. Searches explore
     /// `expansion` candidates per range (efSearch; see [`ItemIndex::set_expansion`]); up to
