@@ -148,7 +148,9 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
     let tuned = search(args, config, table, work.path(), true)?;
     let missing = || OfflineError::Usage("the tuner scored no final fit".into());
     let tuned_test = tuned.test.as_ref().ok_or_else(missing)?;
-    let defaults_test = tuned.test_defaults.as_ref().ok_or_else(missing)?;
+    let defaults_test = tuned.test_defaults.as_ref().ok_or_else(|| {
+        OfflineError::Usage("the configured family could not be fitted (the log says why)".into())
+    })?;
     let default_family =
         recsys_offline::family::FamilyParams::from_config(&config.offline, table.item_ids.len())
             .family();

@@ -751,13 +751,17 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
     );
     let (test_eval, test_defaults) = if job.final_fits {
         let (test, _) = evaluate::evaluate_family(table, &chosen, evaluation, |_| {})?;
-        let (defaults, _) = evaluate::evaluate_family(
-            table,
-            &FamilyParams::from_config(&config.offline, table.item_ids.len()),
-            evaluation,
-            |_| {},
-        )?;
-        (Some(test), Some(defaults))
+        // Only for comparison: defaults that cannot train cost the comparison, not the search.
+        let defaults = FamilyParams::from_config(&config.offline, table.item_ids.len());
+        let defaults = match evaluate::evaluate_family(table, &defaults, evaluation, |_| {}) {
+            Ok((defaults, _)) => Some(defaults),
+            Err(e) => {
+                tracing::warn!(family = defaults.family().name(), error = %e,
+                    "the configured family could not be fitted for comparison");
+                None
+            }
+        };
+        (Some(test), defaults)
     } else {
         (None, None)
     };
@@ -1144,6 +1148,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let result = tune(&table, &config, &job(dir.path())).unwrap();
         assert_eq!(result.family, Family::Ials);
+        // The configured family (auto: EASE on this catalog) cannot train either: the search's
+        // choice is still scored, the comparison with the defaults left out.
+        assert!(result.test.is_some());
+        assert!(result.test_defaults.is_none());
         assert_eq!(result.families_skipped.len(), 1);
         assert_eq!(result.families_skipped[0].family, Family::Ease);
         assert!(

@@ -629,15 +629,23 @@ pub(crate) fn run(command: &OfflineCommand, config_path: Option<&Path>) -> Resul
             if let Some(warning) = result.budget_warning() {
                 tracing::warn!("{warning}");
             }
-            if let (Some(test), Some(defaults)) = (&result.test, &result.test_defaults) {
+            if let Some(test) = &result.test {
+                let defaults = |metric: &str| {
+                    result
+                        .test_defaults
+                        .as_ref()
+                        .map_or("not fitted".to_string(), |d| {
+                            format!("{:.4}", d.metrics[metric])
+                        })
+                };
                 eprintln!(
-                    "tuned ({} chosen) {} on the test members: {:.4} (defaults {:.4}); recall@20 {:.4} (defaults {:.4}); written to {}",
+                    "tuned ({} chosen) {} on the test members: {:.4} (defaults {}); recall@20 {:.4} (defaults {}); written to {}",
                     result.family.name(),
                     result.metric,
                     test.metrics[&result.metric],
-                    defaults.metrics[&result.metric],
+                    defaults(&result.metric),
                     test.metrics["recall@20"],
-                    defaults.metrics["recall@20"],
+                    defaults("recall@20"),
                     out.display()
                 );
             }

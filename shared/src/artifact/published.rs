@@ -556,23 +556,30 @@ mod tests {
 
     #[test]
     fn an_item_index_of_another_catalog_is_refused_naming_both_counts() {
-        use crate::artifact::synthetic::{synthetic_model_reusing_index, synthetic_model_with};
-        let dir = tempfile::tempdir().unwrap();
+        use crate::artifact::synthetic::synthetic_model_with;
         let index = AnnIndexConfig {
             enabled: true,
             min_items: 0,
             similar_items: false,
             ..Default::default()
         };
-        let built = synthetic_model_with(Family::Ials, dir.path(), 300, 10, 8, 5, &index).unwrap();
-        let built_index = ModelRoot::new(dir.path())
+        let larger = tempfile::tempdir().unwrap();
+        let built =
+            synthetic_model_with(Family::Ials, larger.path(), 300, 10, 8, 5, &index).unwrap();
+        let larger_index = ModelRoot::new(larger.path())
             .version_dir(&built)
             .join(files::ITEM_INDEX);
-        let other = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let version =
-            synthetic_model_reusing_index(other.path(), 299, 10, 8, 5, &built_index).unwrap();
-        let root = ModelRoot::new(other.path());
+            synthetic_model_with(Family::Ials, dir.path(), 299, 10, 8, 5, &index).unwrap();
+        let root = ModelRoot::new(dir.path());
         let manifest = root.verify(&version).unwrap();
+        // The version's own index replaced by the larger catalog's (a copy gone wrong).
+        std::fs::copy(
+            &larger_index,
+            root.version_dir(&version).join(files::ITEM_INDEX),
+        )
+        .unwrap();
         for map_factors in [false, true] {
             let options = LoadOptions {
                 map_factors,
