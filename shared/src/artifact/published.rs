@@ -585,10 +585,10 @@ mod tests {
                 map_factors,
                 item_index: Some(64),
             };
-            let error = PublishedModel::load_with(&root, &version, &manifest, options)
-                .err()
-                .expect("an index of 300 items under a version of 299")
-                .to_string();
+            let Err(error) = PublishedModel::load_with(&root, &version, &manifest, options) else {
+                panic!("an index of 300 items under a version of 299 loaded");
+            };
+            let error = error.to_string();
             assert!(
                 error.contains(files::ITEM_INDEX) && error.contains("300") && error.contains("299"),
                 "{error}"
