@@ -13,6 +13,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 mod common;
 use common::{last_json, recsys, stderr, synth, NO_ENV};
 
+/// The fixture's model: iALS (what these tests look at: factors, fold-in), 16 factors, 6
+/// iterations.
+const SMALL_IALS: [&str; 6] = ["--family", "ials", "--factors", "16", "--iterations", "6"];
+
 struct Fixture {
     dir: tempfile::TempDir,
 }
@@ -49,13 +53,8 @@ impl Fixture {
                 .leak(),
             "--model-root",
             self.root().to_str().unwrap().to_owned().leak(),
-            "--family",
-            "ials",
-            "--factors",
-            "16",
-            "--iterations",
-            "6",
         ];
+        args.extend(SMALL_IALS);
         args.extend_from_slice(extra);
         recsys(&args, env)
     }
@@ -442,15 +441,8 @@ fn evaluate_reports_both_protocols_and_exports_the_split() {
     let interactions_path = interactions.to_str().unwrap();
     let evaluate = |protocol: &[&str]| {
         let mut args = vec!["offline", "evaluate", "--interactions", interactions_path];
-        args.extend([
-            "--family",
-            "ials",
-            "--factors",
-            "16",
-            "--iterations",
-            "6",
-            "--protocol",
-        ]);
+        args.extend(SMALL_IALS);
+        args.push("--protocol");
         args.extend_from_slice(protocol);
         let o = recsys(&args, NO_ENV);
         assert!(o.status.success(), "{}", stderr(&o));
