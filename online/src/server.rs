@@ -167,6 +167,10 @@ impl ModelWatcher {
         let old = self.ranker.swap(Arc::new(catalog));
         if let Some(old) = &old {
             let _ = MODEL_VERSION.remove_label_values(&[&old.version]);
+            // Its index pages and rows leave now: requests still on it read back the few they
+            // need, and the new version's searches do not fill memory beside a whole old index
+            // until the next periodic release.
+            old.model.release_mapped_pages();
         }
         MODEL_VERSION.with_label_values(&[version]).set(1);
         CATALOG_ITEMS.set(items as i64);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use recsys_online::server::{start, RunningServer};
 use recsys_shared::artifact::synthetic::synthetic_model_with;
 use recsys_shared::artifact::{files, ModelRoot};
-use recsys_shared::config::{AnnIndexConfig, Config, Retrieval};
+use recsys_shared::config::{AnnIndexConfig, Config, ItemFactorsIn, Retrieval};
 use recsys_shared::model::Family;
 use recsys_shared::proto::v1::ranking_client::RankingClient;
 use recsys_shared::proto::v1::{HomepageRequest, RankRequest, RankResponse, SimilarItemsRequest};
@@ -292,4 +292,60 @@ async fn similar_items_come_from_the_similar_items_index_with_exact_cosines() {
 
 fn ids_of(items: &[recsys_shared::proto::v1::ScoredItem]) -> Vec<String> {
     items.iter().map(|i| i.item_id.clone()).collect()
+}
+
+/// The fault: a swapped-out version that a request still held kept every index page its searches
+/// had read resident until the next periodic release (10 s), beside the new version's pages — a
+/// hot swap's peak was the old index and the new one, not one of them.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_out_version_leaves_its_index_pages_at_once() {
+    use recsys_shared::memory::resident_kib;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, manifest) = published_with_indexes(dir.path(), 5);
+    config.online.retrieval = Retrieval::Ann;
+    config.online.item_factors = ItemFactorsIn::Mapped;
+    // The next version, published elsewhere first so that moving to it takes no time.
+    let staging = dir.path().join("staging");
+    let always = AnnIndexConfig {
+        min_items: 0,
+        similar_items: false,
+        ..Default::default()
+    };
+    let next = synthetic_model_with(Family::Ials, &staging, ITEMS, MEMBERS, K, 6, &always).unwrap();
+    let root = ModelRoot::new(&config.model.root);
+    let old_index = root.version_dir(&manifest.version).join(files::ITEM_INDEX);
+
+    let started = Instant::now();
+    let server = start(&config).await.unwrap();
+    // A request in flight holds the serving version while its searches read the index.
+    let held = server.ranker.catalog().expect("serving");
+    assert_eq!(held.version, manifest.version);
+    let mut c = client(&server).await;
+    for member in 0..50 {
+        c.rank(request(member)).await.unwrap();
+    }
+    assert!(resident_kib(&old_index) > 8, "the searches read the index");
+
+    std::fs::rename(
+        ModelRoot::new(&staging).version_dir(&next),
+        root.version_dir(&next),
+    )
+    .unwrap();
+    root.set_current(&root.lock().unwrap(), &next).unwrap();
+    while server.ranker.catalog().is_none_or(|c| c.version != next) {
+        assert!(started.elapsed() < Duration::from_secs(9), "not swapped in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resident = resident_kib(&old_index);
+    // Before the periodic release, which would drop the pages with or without the swap.
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "too slow to tell the swap's release from the periodic one"
+    );
+    assert!(
+        resident <= 8,
+        "{resident} KiB of the old index resident after the swap"
+    );
+    drop(held);
 }

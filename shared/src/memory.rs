@@ -18,9 +18,10 @@ pub fn return_freed_memory() {
     }
 }
 
-/// KiB of the file at `path` resident in this process's mappings (from `/proc/self/smaps`).
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) fn resident_kib(path: &std::path::Path) -> u64 {
+/// KiB of the file at `path` resident in this process's mappings (from `/proc/self/smaps`): for
+/// tests (this crate's, and with feature `testkit` other crates').
+#[cfg(all(any(test, feature = "testkit"), target_os = "linux"))]
+pub fn resident_kib(path: &std::path::Path) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let name = path.to_string_lossy();
     let mut inside = false;
