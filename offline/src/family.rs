@@ -100,22 +100,25 @@ impl FamilyParams {
         }
     }
 
-    /// Worker threads of the fit (`offline.als.threads` for every family; 0 = every core).
     /// The threads the configuration gives a job (`offline.als.threads`; 0: every core),
     /// whichever family it fits.
     pub fn config_threads(config: &OfflineConfig) -> usize {
-        match config.als.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        every_core_if_zero(config.als.threads)
     }
 
+    /// Worker threads of the fit (`offline.als.threads` for every family; 0 = every core).
     pub fn threads(&self, config_threads: usize) -> usize {
-        match (self, config_threads) {
-            (FamilyParams::Ials(p), _) if p.threads > 0 => p.threads,
-            (_, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            (_, n) => n,
+        match self {
+            FamilyParams::Ials(p) if p.threads > 0 => p.threads,
+            _ => every_core_if_zero(config_threads),
         }
+    }
+}
+
+fn every_core_if_zero(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
