@@ -151,9 +151,7 @@ fn one(args: &QualityBenchArgs, config: &Config, source: &Path) -> Result<serde_
     let defaults_test = tuned.test_defaults.as_ref().ok_or_else(|| {
         OfflineError::Usage("the configured family could not be fitted (the log says why)".into())
     })?;
-    let default_family =
-        recsys_offline::family::FamilyParams::from_config(&config.offline, table.item_ids.len())
-            .family();
+    let default_family = tuned.defaults_family.ok_or_else(missing)?;
     let mut rows: Vec<(String, serde_json::Value)> = vec![
         (
             format!("recsys default ({})", default_family.name()),

@@ -43,7 +43,7 @@ impl FamilyParams {
     }
 
     /// `family` with its section's parameters in `config`.
-    pub fn of(family: Family, config: &OfflineConfig) -> Self {
+    fn of(family: Family, config: &OfflineConfig) -> Self {
         match family {
             Family::Ials => FamilyParams::Ials(config.als.clone()),
             Family::Ease => FamilyParams::Ease(config.ease),

@@ -145,6 +145,9 @@ pub struct TuningResult {
     /// The same fit with the configured family and its section as configured, for comparison.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_defaults: Option<Evaluation>,
+    /// The family of `test_defaults` (what `offline.family` resolved to on this data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults_family: Option<Family>,
     /// The family chosen: the best validation score across the families searched.
     #[serde(default)]
     pub family: Family,
@@ -749,21 +752,22 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
             ""
         },
     );
-    let (test_eval, test_defaults) = if job.final_fits {
+    let (test_eval, test_defaults, defaults_family) = if job.final_fits {
         let (test, _) = evaluate::evaluate_family(table, &chosen, evaluation, |_| {})?;
         // Only for comparison: defaults that cannot train cost the comparison, not the search.
         let defaults = FamilyParams::from_config(&config.offline, table.item_ids.len());
+        let family = defaults.family();
         let defaults = match evaluate::evaluate_family(table, &defaults, evaluation, |_| {}) {
             Ok((defaults, _)) => Some(defaults),
             Err(e) => {
-                tracing::warn!(family = defaults.family().name(), error = %e,
+                tracing::warn!(family = family.name(), error = %e,
                     "the configured family could not be fitted for comparison");
                 None
             }
         };
-        (Some(test), defaults)
+        (Some(test), defaults, Some(family))
     } else {
-        (None, None)
+        (None, None, None)
     };
     let result = TuningResult {
         metric: space.metric.clone(),
@@ -779,6 +783,7 @@ pub fn tune(table: &TrainingTable, config: &Config, job: &TuneJob) -> Result<Tun
         search_seconds,
         test: test_eval,
         test_defaults,
+        defaults_family,
         family: chosen.family(),
         chosen: chosen_history,
         family_trials,
@@ -1152,6 +1157,7 @@ mod tests {
         // choice is still scored, the comparison with the defaults left out.
         assert!(result.test.is_some());
         assert!(result.test_defaults.is_none());
+        assert_eq!(result.defaults_family, Some(Family::Ease));
         assert_eq!(result.families_skipped.len(), 1);
         assert_eq!(result.families_skipped[0].family, Family::Ease);
         assert!(
