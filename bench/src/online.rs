@@ -337,6 +337,8 @@ struct ServerFigures {
     /// Of `rss_mib`: anonymous memory, and resident pages of mapped files.
     rss_anon_mib: f64,
     rss_file_mib: f64,
+    /// Of `rss_file_mib`: each mapped file's resident pages, largest first.
+    rss_by_file: Vec<(String, f64)>,
     limit_mib: f64,
     /// Impressions sent and dropped (experiment runs).
     impressions_sent: f64,
@@ -626,6 +628,7 @@ async fn server(
             peak_rss_mib: proc_status_kib(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
             rss_anon_mib: proc_status_kib(pid, "RssAnon:").unwrap_or(0) as f64 / 1024.0,
             rss_file_mib: proc_status_kib(pid, "RssFile:").unwrap_or(0) as f64 / 1024.0,
+            rss_by_file: crate::process::resident_files_mib(pid),
             limit_mib: 2.0 * factor_bytes / (1 << 20) as f64 + 200.0,
             impressions_sent: recsys_shared::ops::scrape(
                 metrics_port,
@@ -777,7 +780,7 @@ async fn swap_runs(
     let swap = s.swap.expect("a swap run has swap figures");
     let ratio = swap.peak_rss_mib / swap.steady_rss_mib;
     eprintln!(
-        "hot swap under load (concurrency {}, retrieval {}, factors {}): {} requests, {} failed; swapped {:.1} s after CURRENT moved (publishing took {:.1} s); RSS steady {:.0} MiB, peak during the swap {:.0} MiB = {ratio:.2}× (target ≤ 2×: {}; largest 50 ms sample {:.0} anonymous + {:.0} file-backed MiB); p99 {:.2} ms over the run",
+        "hot swap under load (concurrency {}, retrieval {}, factors {}): {} requests, {} failed; swapped {:.1} s after CURRENT moved (publishing took {:.1} s); RSS steady {:.0} MiB (mean of the 10 s before; {:.0}–{:.0}), peak during the swap {:.0} MiB = {ratio:.2}× (target ≤ 2×: {}; largest 50 ms sample {:.0} anonymous + {:.0} file-backed MiB); p99 {:.2} ms over the run",
         args.concurrency,
         if args.ann { "ann" } else { "exact" },
         if args.mapped { "mapped" } else { "held" },
@@ -786,6 +789,8 @@ async fn swap_runs(
         swap.swap_seconds,
         swap.publish_seconds,
         swap.steady_rss_mib,
+        swap.steady_range_mib.0,
+        swap.steady_range_mib.1,
         swap.peak_rss_mib,
         if ratio <= 2.0 { "met" } else { "NOT met" },
         swap.peak_sample_anon_file_mib.0,
@@ -980,6 +985,16 @@ fn index_files_bytes(root: &Path) -> u64 {
         .sum()
 }
 
+/// The largest few of a server's resident mapped files, for a line of output.
+fn by_file(files: &[(String, f64)]) -> String {
+    files
+        .iter()
+        .take(4)
+        .map(|(name, mib)| format!("{name} {mib:.0} MiB"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn ann_runs(
     args: &BenchArgs,
     n: usize,
@@ -1013,6 +1028,10 @@ async fn ann_runs(
         "server with ANN retrieval: {:.0} QPS at concurrency {} ({:.1}× the exact batched scan's {:.0}), p99 {:.2} ms, {} errors; one at a time p50 {:.2} ms, p99 {:.2} ms; RSS {:.0} MiB ({:.0} anonymous + {:.0} file pages)",
         loaded.qps, args.concurrency, loaded.qps / exact.qps, exact.qps, loaded.p99_ms, loaded.errors,
         single.p50_ms, single.p99_ms, loaded.rss_mib, loaded.rss_anon_mib, loaded.rss_file_mib,
+    );
+    eprintln!(
+        "  its resident file pages by file: {}",
+        by_file(&loaded.rss_by_file)
     );
     // The i8 codes with their scales and norms, and the version's index files (item and
     // similar-items), against which the server's memory is judged.
@@ -1156,6 +1175,10 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 eprintln!(
                     "server with mapped factors: {:.0} QPS at concurrency {}, p50 {:.2} ms, p99 {:.2} ms, {} errors; RSS {:.0} MiB = {:.0} anonymous + {:.0} of mapped file pages (peak {:.0}); held factors: {:.0} anonymous; the i8 codes, scales and norms are {codes_mib:.0} MiB",
                     m.qps, args.concurrency, m.p50_ms, m.p99_ms, m.errors, m.rss_mib, m.rss_anon_mib, m.rss_file_mib, m.peak_rss_mib, s.rss_anon_mib,
+                );
+                eprintln!(
+                    "  its resident file pages by file: {}",
+                    by_file(&m.rss_by_file)
                 );
                 summary["mapped_qps"] = m.qps.into();
                 summary["mapped_p99_ms"] = m.p99_ms.into();

@@ -21,6 +21,8 @@ use crate::process::proc_status_kib;
 pub(crate) struct SwapFigures {
     /// RSS with the first version served, under load, just before publishing.
     pub steady_rss_mib: f64,
+    /// The least and the most RSS sampled over the steady window.
+    pub steady_range_mib: (f64, f64),
     /// The most RSS from publishing until the new version served.
     pub peak_rss_mib: f64,
     /// Anonymous and file-backed RSS of the sample with the most RSS (every 50 ms): what the peak
@@ -33,6 +35,10 @@ pub(crate) struct SwapFigures {
 }
 
 /// Publishes the version `CURRENT` names again under a new id and moves `CURRENT` to it.
+/// How long the steady RSS is sampled before the swap: the server's period of releasing mapped
+/// pages (`online/src/server.rs`).
+const STEADY_WINDOW: Duration = Duration::from_secs(10);
+
 pub(crate) fn republish(root: &Path) -> Result<String, String> {
     let root = ModelRoot::new(root);
     let lock = root.lock().map_err(|e| e.to_string())?;
@@ -71,7 +77,19 @@ pub(crate) async fn watch(
         .await
         .map_err(|e| e.to_string())?;
     let rss = |field| proc_status_kib(pid, field).unwrap_or(0) as f64 / 1024.0;
-    let steady_rss_mib = rss("VmRSS:");
+    // The steady RSS is the mean over one period of the server's release of mapped pages: it
+    // rises as searches read index pages and falls at each release, so one sample could be
+    // taken anywhere between the two.
+    let mut steady = Vec::new();
+    let window = Instant::now();
+    while window.elapsed() < STEADY_WINDOW {
+        steady.push(rss("VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let steady_rss_mib = steady.iter().sum::<f64>() / steady.len().max(1) as f64;
+    let steady_range_mib = steady.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
     // Resets the high-water mark to the current RSS (root, or the owner of the process).
     let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
     // The largest sample: (RSS, anonymous, file-backed) KiB.
@@ -125,6 +143,7 @@ pub(crate) async fn watch(
         let peak = (most as f64 / 1024.0).max(hwm);
         Ok(SwapFigures {
             steady_rss_mib,
+            steady_range_mib,
             peak_rss_mib: peak,
             peak_sample_anon_file_mib: (anon as f64 / 1024.0, file as f64 / 1024.0),
             publish_seconds,

@@ -199,6 +199,21 @@ impl ModelWatcher {
 /// enter it.
 const MAPPED_PAGES_RELEASE: Duration = Duration::from_secs(10);
 
+/// Every `period`, drops the mapped pages of every version the ranker holds (the served one and
+/// the experiments') from this process's memory.
+async fn release_mapped_pages(ranker: Arc<Ranker>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let held = ranker.experiments();
+        for catalog in ranker.catalog().iter().chain(held.catalogs.values()) {
+            catalog.model.release_mapped_pages();
+        }
+    }
+}
+
 /// Puts the experiments file in force as it changes.
 ///
 /// A file is parsed and validated, and every model version its variants name is loaded and
@@ -511,23 +526,21 @@ pub async fn start_with_reader(
             "no servable model yet; answering UNAVAILABLE until one is published");
     }
     let poll = Duration::from_millis(config.online.model_poll_ms);
+    // The release runs beside the follower, not after it: while a new version loads (a minute
+    // at ten million items) the served one's searches keep reading index pages, and they must
+    // keep leaving, or the swap's peak holds the whole old index beside the new version.
+    let release = release_mapped_pages(ranker.clone(), MAPPED_PAGES_RELEASE);
     let watcher = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut released = Instant::now();
-        loop {
-            tick.tick().await;
-            watcher.refresh().await;
-            experiments.refresh().await;
-            if released.elapsed() >= MAPPED_PAGES_RELEASE {
-                let ranker = &watcher.ranker;
-                let held = ranker.experiments();
-                for catalog in ranker.catalog().iter().chain(held.catalogs.values()) {
-                    catalog.model.release_mapped_pages();
-                }
-                released = Instant::now();
+        let follow = async {
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                watcher.refresh().await;
+                experiments.refresh().await;
             }
-        }
+        };
+        tokio::join!(follow, release);
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -353,9 +353,19 @@ impl ItemIndex {
                 .change_metric_kind(MetricKind::IP)
                 .map_err(|e| bad(format!("range {r}: {e}")))?;
             graph.change_expansion_search(expansion.max(1));
+            // Viewing a graph reads every node of it (usearch looks up each node's key); its
+            // pages leave as soon as it is open, so opening holds one range at a time, not the
+            // whole file (a hot swap opens the new index beside the served version).
+            // SAFETY: as for `release_pages`: a read-only mapping of a file that never changes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
             indexed += graph.size();
             ranges.push(NormRange { graph, longest });
         }
+        // Pages a range's faults mapped beyond its own span (the kernel maps around a fault).
+        // SAFETY: as above.
+        let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         if indexed != items {
             return Err(bad(format!(
                 "its ranges hold {indexed} items, the version has {items}"
@@ -611,6 +621,17 @@ mod tests {
         drop(built);
         let index = ItemIndex::open(&path, items, factors, 128, 4).unwrap();
         assert!(index.ranges() >= 2);
+        // Opening read every node, a range at a time, and left none of them in this process's
+        // memory: a swap opens the new index beside the served version.
+        #[cfg(target_os = "linux")]
+        {
+            let file_kib = std::fs::metadata(&path).unwrap().len() / 1024;
+            let resident = crate::memory::resident_kib(&path);
+            assert!(
+                resident * 10 < file_kib,
+                "{resident} of the index's {file_kib} KiB resident after opening"
+            );
+        }
         let matrix = ItemMatrix::new(item_factors, factors);
         let (mut plain, mut filtered) = (0.0, 0.0);
         for user in members.chunks(factors) {
