@@ -34,11 +34,11 @@ pub(crate) struct SwapFigures {
     pub swap_seconds: f64,
 }
 
-/// Publishes the version `CURRENT` names again under a new id and moves `CURRENT` to it.
 /// How long the steady RSS is sampled before the swap: the server's period of releasing mapped
 /// pages (`online/src/server.rs`).
 const STEADY_WINDOW: Duration = Duration::from_secs(10);
 
+/// Publishes the version `CURRENT` names again under a new id and moves `CURRENT` to it.
 pub(crate) fn republish(root: &Path) -> Result<String, String> {
     let root = ModelRoot::new(root);
     let lock = root.lock().map_err(|e| e.to_string())?;

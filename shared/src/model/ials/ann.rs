@@ -274,7 +274,8 @@ impl ItemIndex {
         Ok(u64::from_le_bytes(header[16..24].try_into().expect("8")) as usize)
     }
 
-    /// Maps the index at `path` (its graphs and vectors stay in the page cache, not on the heap),
+    /// Maps the index at `path` (its graphs and vectors stay in the page cache, not on the heap;
+    /// opening reads every node, a range at a time, and leaves none resident in this process),
     /// checked against the version it belongs to: `items` rows of `factors`. Searches explore
     /// `expansion` candidates per range (efSearch; see [`ItemIndex::set_expansion`]); up to
     /// `threads` of them may run at once.
