@@ -388,8 +388,8 @@ impl ItemIndex {
         }
     }
 
-    /// Drops the mapped file's pages from this process's memory (opening reads every node, and
-    /// searches touch more in time); they stay in the kernel's page cache and fault back in as
+    /// Drops the mapped file's pages from this process's memory (searches touch more in time);
+    /// they stay in the kernel's page cache and fault back in as
     /// searches read them. Nothing for an index built here.
     pub fn release_pages(&self) {
         if let Some(map) = &self.file {
