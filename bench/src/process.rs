@@ -43,34 +43,15 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// MiB of each file mapped into process `pid` that is resident in it (`/proc/PID/smaps`), by the
-/// file's name, largest first: which of a version's files the resident file pages are.
+/// MiB of each file mapped into process `pid` that is resident in it, by the file's name,
+/// largest first: which of a version's files the resident file pages are.
 pub fn resident_files_mib(pid: u32) -> Vec<(String, f64)> {
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return Vec::new();
-    };
-    let mut by_file: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut file: Option<String> = None;
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            file = line
-                .split_whitespace()
-                .nth(5)
-                .filter(|p| p.starts_with('/'))
-                .map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
-        } else if first == "Rss:" {
-            if let (Some(name), Some(kib)) =
-                (&file, fields.next().and_then(|v| v.parse::<u64>().ok()))
-            {
-                *by_file.entry(name.clone()).or_default() += kib;
-            }
-        }
-    }
-    let mut files: Vec<(String, f64)> = by_file
+    let mut files: Vec<(String, f64)> = recsys_shared::memory::resident_kib_by_file(Some(pid))
         .into_iter()
-        .map(|(name, kib)| (name, kib as f64 / 1024.0))
+        .map(|(path, kib)| {
+            let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+            (name, kib as f64 / 1024.0)
+        })
         .collect();
     files.sort_by(|a, b| b.1.total_cmp(&a.1));
     files

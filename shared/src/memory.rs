@@ -22,22 +22,36 @@ pub fn return_freed_memory() {
 /// tests (this crate's, and with feature `testkit` other crates').
 #[cfg(all(any(test, feature = "testkit"), target_os = "linux"))]
 pub fn resident_kib(path: &std::path::Path) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let name = path.to_string_lossy();
-    let mut inside = false;
-    let mut total = 0;
+    resident_kib_by_file(None)
+        .iter()
+        .filter(|(file, _)| file.ends_with(name.as_ref()))
+        .map(|(_, kib)| kib)
+        .sum()
+}
+
+/// KiB resident of each file mapped into process `pid` (this one when `None`), by path, from
+/// `/proc/PID/smaps`; empty when it cannot be read. For tests and benchmarks.
+#[cfg(all(any(test, feature = "testkit"), target_os = "linux"))]
+pub fn resident_kib_by_file(pid: Option<u32>) -> std::collections::BTreeMap<String, u64> {
+    let proc = pid.map_or("self".to_string(), |pid| pid.to_string());
+    let smaps = std::fs::read_to_string(format!("/proc/{proc}/smaps")).unwrap_or_default();
+    let mut by_file = std::collections::BTreeMap::new();
+    let mut file: Option<&str> = None;
     for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
-            inside = line.ends_with(name.as_ref());
-        } else if inside && first == "Rss:" {
-            total += line
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse::<u64>()
-                .unwrap();
+            // A mapping's header: address, permissions, offset, device, inode, then the path of
+            // a file mapping (the only field with a slash).
+            file = line.find('/').map(|at| &line[at..]);
+        } else if first == "Rss:" {
+            if let (Some(path), Some(kib)) =
+                (file, fields.next().and_then(|v| v.parse::<u64>().ok()))
+            {
+                *by_file.entry(path.to_string()).or_insert(0) += kib;
+            }
         }
     }
-    total
+    by_file
 }
