@@ -35,7 +35,7 @@ pub(crate) struct SwapFigures {
 }
 
 /// How long the steady RSS is sampled before the swap: the server's period of releasing mapped
-/// pages (`online/src/server.rs`).
+/// rows (`online/src/server.rs`).
 const STEADY_WINDOW: Duration = Duration::from_secs(10);
 
 /// Publishes the version `CURRENT` names again under a new id and moves `CURRENT` to it.
@@ -77,9 +77,9 @@ pub(crate) async fn watch(
         .await
         .map_err(|e| e.to_string())?;
     let rss = |field| proc_status_kib(pid, field).unwrap_or(0) as f64 / 1024.0;
-    // The steady RSS is the mean over one period of the server's release of mapped pages: it
-    // rises as searches read index pages and falls at each release, so one sample could be
-    // taken anywhere between the two.
+    // The steady RSS is the mean over one period of the server's release of mapped rows: if
+    // exact scans read rows, it rises with them and falls at each release, so one sample could
+    // be taken anywhere between the two.
     let mut steady = Vec::new();
     let window = Instant::now();
     while window.elapsed() < STEADY_WINDOW {

@@ -164,12 +164,12 @@ impl ModelWatcher {
         let items = catalog.len();
         let scorer_bytes = catalog.scorer_bytes();
         let catalog_family = catalog.model.family.name();
-        let old = self.ranker.swap(Arc::new(catalog));
+        let catalog = Arc::new(catalog);
+        let old = self.ranker.swap(catalog.clone());
         if let Some(old) = &old {
             let _ = MODEL_VERSION.remove_label_values(&[&old.version]);
             // Its index pages and rows leave now: requests still on it read back the few they
-            // need, and the new version's searches do not fill memory beside a whole old index
-            // until the next periodic release.
+            // need, and the new version's searches do not fill memory beside a whole old index.
             old.model.release_mapped_pages();
         }
         MODEL_VERSION.with_label_values(&[version]).set(1);
@@ -186,22 +186,27 @@ impl ModelWatcher {
         tracing::info!(version = %version, items, family = catalog_family, scorer_mib = scorer_bytes >> 20,
             previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
             took_ms = started.elapsed().as_millis() as u64, "model swapped in");
-        // The load's garbage, and the old version's unless a request still holds it.
+        // The load's garbage, and the old version's unless a request still holds it; then the
+        // new version's item indexes whole, now that the old one's pages have left.
         drop(old);
-        let _ = tokio::task::spawn_blocking(recsys_shared::memory::return_freed_memory).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            recsys_shared::memory::return_freed_memory();
+            catalog.model.make_indexes_resident();
+        })
+        .await;
     }
 }
 
-/// How often the held versions' mapped item rows and item indexes (`online.item_factors =
-/// "mapped"`) leave the process's memory: resident memory then holds the index nodes searched
-/// lately (and rows an exact cosine scan read), not every one ever read (the version's whole
-/// files, in time). They stay in the page cache; re-scored rows are read with `pread` and never
-/// enter it.
-const MAPPED_PAGES_RELEASE: Duration = Duration::from_secs(10);
+/// How often the held versions' mapped item rows (`online.item_factors = "mapped"`) leave the
+/// process's memory: resident memory then holds the rows an exact cosine scan read lately, not
+/// every one ever read (the version's whole file, in time). They stay in the page cache;
+/// re-scored rows are read with `pread` and never enter it. The item indexes' pages stay (see
+/// [`recsys_shared::artifact::PublishedModel::release_mapped_rows`]): at most the index's file.
+const MAPPED_ROWS_RELEASE: Duration = Duration::from_secs(10);
 
-/// Every `period`, drops the mapped pages of every version the ranker holds (the served one and
-/// the experiments') from this process's memory.
-async fn release_mapped_pages(ranker: Arc<Ranker>, period: Duration) {
+/// Every `period`, drops the mapped item rows of every version the ranker holds (the served one
+/// and the experiments') from this process's memory.
+async fn release_mapped_rows(ranker: Arc<Ranker>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -209,7 +214,7 @@ async fn release_mapped_pages(ranker: Arc<Ranker>, period: Duration) {
         tick.tick().await;
         let held = ranker.experiments();
         for catalog in ranker.catalog().iter().chain(held.catalogs.values()) {
-            catalog.model.release_mapped_pages();
+            catalog.model.release_mapped_rows();
         }
     }
 }
@@ -350,7 +355,10 @@ impl ExperimentsWatcher {
                     let owned = version.clone();
                     let load = self.load;
                     let loaded = tokio::task::spawn_blocking(move || {
-                        Catalog::load_with(&root, &owned, load)
+                        let catalog = Catalog::load_with(&root, &owned, load)?;
+                        // Served from now on, beside the main version (nothing leaves).
+                        catalog.model.make_indexes_resident();
+                        Ok::<_, OnlineError>(catalog)
                     })
                     .await
                     .map_err(|e| format!("{field}: loading {version:?} panicked: {e}"))?;
@@ -526,10 +534,9 @@ pub async fn start_with_reader(
             "no servable model yet; answering UNAVAILABLE until one is published");
     }
     let poll = Duration::from_millis(config.online.model_poll_ms);
-    // The release runs beside the follower, not after it: while a new version loads (a minute
-    // at ten million items) the served one's searches keep reading index pages, and they must
-    // keep leaving, or the swap's peak holds the whole old index beside the new version.
-    let release = release_mapped_pages(ranker.clone(), MAPPED_PAGES_RELEASE);
+    // The release runs beside the follower, not after it: a new version loads for a minute at
+    // ten million items, and the served one's rows an exact scan reads meanwhile must leave.
+    let release = release_mapped_rows(ranker.clone(), MAPPED_ROWS_RELEASE);
     let watcher = tokio::spawn(async move {
         let follow = async {
             let mut tick = tokio::time::interval(poll);

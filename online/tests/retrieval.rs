@@ -295,8 +295,9 @@ fn ids_of(items: &[recsys_shared::proto::v1::ScoredItem]) -> Vec<String> {
 }
 
 /// The fault: a swapped-out version that a request still held kept every index page its searches
-/// had read resident until the next periodic release (10 s), beside the new version's pages — a
-/// hot swap's peak was the old index and the new one, not one of them.
+/// had read resident, beside the new version's pages — a hot swap's peak was the old index and
+/// the new one, not one of them. (The periodic release drops mapped rows only, never an index's
+/// pages, so only the swap's own release can have dropped them.)
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swapped_out_version_leaves_its_index_pages_at_once() {
@@ -334,18 +335,119 @@ async fn a_swapped_out_version_leaves_its_index_pages_at_once() {
     .unwrap();
     root.set_current(&root.lock().unwrap(), &next).unwrap();
     while server.ranker.catalog().is_none_or(|c| c.version != next) {
-        assert!(started.elapsed() < Duration::from_secs(9), "not swapped in");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not swapped in"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let resident = resident_kib(&old_index);
-    // Before the periodic release, which would drop the pages with or without the swap.
-    assert!(
-        started.elapsed() < Duration::from_secs(9),
-        "too slow to tell the swap's release from the periodic one"
-    );
     assert!(
         resident <= 8,
         "{resident} KiB of the old index resident after the swap"
     );
     drop(held);
+    // The version in service holds its whole index, not what searches happened to read.
+    let new_index = root.version_dir(&next).join(files::ITEM_INDEX);
+    let file_kib = std::fs::metadata(&new_index).unwrap().len() / 1024;
+    while resident_kib(&new_index) < file_kib {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of {file_kib} KiB of the served index resident",
+            resident_kib(&new_index)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fault: the periodic release of mapped rows ran after the model follower's poll, so while
+/// a new version loaded (a minute at ten million items) nothing left — rows the served version's
+/// exact cosine scans read stayed resident beside the version being loaded. Here the load blocks
+/// on a FIFO in place of one of the next version's files, for as long as the test holds it.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_rows_leave_while_the_next_version_loads() {
+    use recsys_shared::artifact::synthetic::synthetic_model;
+    use recsys_shared::memory::resident_kib;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), "features-mapped");
+    config.online.item_factors = ItemFactorsIn::Mapped;
+    config.online.batch.enabled = false;
+    // No item index at this size: SimilarItems scans every row through the mapping.
+    let served = synthetic_model(&config.model.root, ITEMS, MEMBERS, K, 8).unwrap();
+    let root = ModelRoot::new(&config.model.root);
+    let rows = root.version_dir(&served).join(files::ITEM_FACTORS_RAW);
+    let next = synthetic_model(&dir.path().join("staging"), ITEMS, MEMBERS, K, 9).unwrap();
+    let server = start(&config).await.unwrap();
+    let mut c = client(&server).await;
+
+    // The next version, one of its files a FIFO: loading it blocks on reading that file.
+    std::fs::rename(
+        ModelRoot::new(dir.path().join("staging")).version_dir(&next),
+        root.version_dir(&next),
+    )
+    .unwrap();
+    let fifo = root.version_dir(&next).join(files::ITEM_FACTORS_RAW);
+    std::fs::remove_file(&fifo).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // CURRENT by hand: `set_current` would read the FIFO itself.
+    std::fs::write(config.model.root.join("CURRENT"), format!("{next}\n")).unwrap();
+    // Once the loader has the FIFO open, a writer can open it too; held open and silent, it
+    // keeps the load waiting; dropped, the load reads a short file and refuses the version.
+    let started = Instant::now();
+    let writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(writer) => break writer,
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the server never began loading {next}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // While it loads, an exact scan of the served version reads its rows through the mapping…
+    let similar = c
+        .similar_items(SimilarItemsRequest {
+            item_id: "i3".into(),
+            k: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(similar.items.len(), 10);
+    let read = resident_kib(&rows);
+    assert!(read > 0, "the scan read the rows");
+    // …and the periodic release (every 10 s) drops them before the load is over.
+    let scanned = Instant::now();
+    while resident_kib(&rows) > 0 {
+        assert!(
+            scanned.elapsed() < Duration::from_secs(25),
+            "{} of {read} KiB of the served rows still resident while {next} loads",
+            resident_kib(&rows)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        server.ranker.catalog().map(|c| c.version.clone()),
+        Some(served),
+        "the load was still waiting"
+    );
+    // A plain file over the FIFO first, so that no later attempt blocks on it; then the waiting
+    // load reads the end of its FIFO and refuses the version.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"not the factors").unwrap();
+    std::fs::rename(&plain, &fifo).unwrap();
+    drop(writer);
 }

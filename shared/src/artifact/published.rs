@@ -375,18 +375,33 @@ impl PublishedModel {
         }
     }
 
-    /// With mapped exact item rows (`online.item_factors = "mapped"`, the setting that keeps a
-    /// version's files out of resident memory): drops the pages of those rows and of the item
-    /// indexes from this process's memory (see [`ItemMatrix::release_mapped_rows`],
-    /// [`ItemIndex::release_pages`]). Nothing for held rows or item weights.
-    pub fn release_mapped_pages(&self) {
+    /// With mapped exact item rows (`online.item_factors = "mapped"`): drops the pages of those
+    /// rows from this process's memory (see [`ItemMatrix::release_mapped_rows`]) — the rows an
+    /// exact cosine scan read through the mapping. The item indexes' pages stay: searches read
+    /// them all the time, and a version in service holds them whole
+    /// ([`PublishedModel::make_indexes_resident`]). Nothing for held rows or item weights.
+    pub fn release_mapped_rows(&self) {
         if let Scorer::Factors(items) = &self.scorer {
-            if items.is_mapped() {
-                items.release_mapped_rows();
-                for index in self.item_index.iter().chain(&self.similar_index) {
-                    index.release_pages();
-                }
-            }
+            items.release_mapped_rows();
+        }
+    }
+
+    /// Makes the item indexes' pages resident ([`ItemIndex::make_resident`]): for a version that
+    /// has just gone into service, once the version it replaced has let go of its own.
+    pub fn make_indexes_resident(&self) {
+        for index in self.item_index.iter().chain(&self.similar_index) {
+            index.make_resident();
+        }
+    }
+
+    /// Drops every mapped page of this version from this process's memory: the mapped rows'
+    /// (above) and the item indexes' ([`ItemIndex::release_pages`]), held rows or mapped. For a
+    /// version that stops serving, so that its pages do not stay resident beside the next one's
+    /// while requests still on it finish; they read back the few pages they need.
+    pub fn release_mapped_pages(&self) {
+        self.release_mapped_rows();
+        for index in self.item_index.iter().chain(&self.similar_index) {
+            index.release_pages();
         }
     }
 
@@ -546,9 +561,31 @@ mod tests {
             resident_kib(&path)
         );
         assert_eq!(search(&mapped), answer);
-        assert!(resident_kib(&path) > 0, "the search read the index");
+        let searched_kib = resident_kib(&path);
+        assert!(searched_kib > 0, "the search read the index");
+        // The periodic release drops the rows an exact scan read, not the index's pages.
+        let factors = reused_root
+            .version_dir(&version)
+            .join(files::ITEM_FACTORS_RAW);
+        let Scorer::Factors(items) = &mapped.scorer else {
+            panic!("factors")
+        };
+        items.similar(0, 10, |_| true);
+        assert!(resident_kib(&factors) > 0, "the scan read the rows");
+        mapped.release_mapped_rows();
+        assert_eq!(resident_kib(&factors), 0, "rows released");
+        assert_eq!(resident_kib(&path), searched_kib, "index pages kept");
+        // A version leaving drops both.
+        items.similar(0, 10, |_| true);
         mapped.release_mapped_pages();
+        assert_eq!(resident_kib(&factors), 0);
         assert!(resident_kib(&path) <= 8, "{} KiB", resident_kib(&path));
+        assert_eq!(search(&mapped), answer);
+        // In service, the whole index is resident, not what searches happened to fault in.
+        mapped.make_indexes_resident();
+        let file_kib = std::fs::metadata(&path).unwrap().len() / 1024;
+        let whole = resident_kib(&path);
+        assert!(whole >= file_kib, "{whole} KiB of {file_kib} resident");
         assert_eq!(search(&mapped), answer);
     }
 
