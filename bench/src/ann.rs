@@ -24,6 +24,8 @@ pub struct AnnSettings<'a> {
     pub factors: usize,
     /// efSearch values of the item index.
     pub expansions: &'a [usize],
+    /// Candidates kept while linking an item (efConstruction, `offline.ann_index.expansion_add`).
+    pub expansion_add: usize,
     pub candidates_per_item: usize,
     /// efSearch values of FAISS's HNSW.
     pub faiss_ef: &'a [usize],
@@ -157,6 +159,7 @@ pub fn measure(
     let config = AnnIndexConfig {
         min_items: 0,
         threads,
+        expansion_add: args.expansion_add,
         ..Default::default()
     };
     eprintln!(

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// efSearch values of the item index measured with `--ann`.
     #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256])]
     pub ann_expansion: Vec<usize>,
+    /// Candidates kept while linking an item into the index `--ann` builds (efConstruction,
+    /// `offline.ann_index.expansion_add`; FAISS's HNSW is built with 128).
+    #[arg(long, default_value_t = AnnIndexConfig::default().expansion_add)]
+    pub ann_expansion_add: usize,
     /// Candidates per item asked of each norm range with `--ann` (`online.ann.candidates_per_item`).
     #[arg(long, default_value_t = 1)]
     pub ann_candidates_per_item: usize,
@@ -313,6 +317,7 @@ fn kernel(
             top: args.top,
             factors: args.factors,
             expansions: &args.ann_expansion,
+            expansion_add: args.ann_expansion_add,
             candidates_per_item: args.ann_candidates_per_item,
             faiss_ef: &args.faiss_ef,
             faiss_indexes: &args.faiss_indexes,

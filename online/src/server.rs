@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use recsys_shared::artifact::published::LoadOptions;
 use recsys_shared::artifact::{CurrentFollower, LoadFailure, ModelRoot};
-use recsys_shared::config::{Config, ItemFactorsIn, OnlineConfig, StoreBackend};
+use recsys_shared::config::{Config, ItemFactorsIn, OnlineConfig, Retrieval, StoreBackend};
 use recsys_shared::proto::v1::ranking_server::RankingServer;
 use recsys_shared::proto::FILE_DESCRIPTOR_SET;
 use recsys_shared::tls::Validity;
@@ -103,6 +103,8 @@ struct ModelWatcher {
     refusals: Arc<AtomicU64>,
     /// `online.item_factors`, and the item index's search width.
     load: LoadOptions,
+    /// `online.retrieval`.
+    retrieval: Retrieval,
 }
 
 impl ModelWatcher {
@@ -189,9 +191,12 @@ impl ModelWatcher {
         // The load's garbage, and the old version's unless a request still holds it; then the
         // new version's item indexes whole, now that the old one's pages have left.
         drop(old);
+        let searched = indexes_searched(self.retrieval, &self.ranker.experiments().experiments);
         let _ = tokio::task::spawn_blocking(move || {
             recsys_shared::memory::return_freed_memory();
-            catalog.model.make_indexes_resident();
+            if searched {
+                catalog.model.make_indexes_resident();
+            }
         })
         .await;
     }
@@ -233,6 +238,8 @@ struct ExperimentsWatcher {
     ranker: Arc<Ranker>,
     /// `online.item_factors`, and the item index's search width.
     load: LoadOptions,
+    /// `online.retrieval`.
+    retrieval: Retrieval,
     /// The text in force; `None` when no file is.
     applied: Option<String>,
     /// The contents last refused.
@@ -354,10 +361,13 @@ impl ExperimentsWatcher {
                     let root = self.root.clone();
                     let owned = version.clone();
                     let load = self.load;
+                    let searched = indexes_searched(self.retrieval, &experiments);
                     let loaded = tokio::task::spawn_blocking(move || {
                         let catalog = Catalog::load_with(&root, &owned, load)?;
                         // Served from now on, beside the main version (nothing leaves).
-                        catalog.model.make_indexes_resident();
+                        if searched {
+                            catalog.model.make_indexes_resident();
+                        }
                         Ok::<_, OnlineError>(catalog)
                     })
                     .await
@@ -454,6 +464,19 @@ async fn serve_rest(
 /// How this server holds each version: the factors as `online.item_factors` says; the item index
 /// whenever a version has one (mapping costs nothing until a search reads it, and an experiment
 /// variant may ask for `ann` even when the default is `exact`).
+/// Whether requests search item indexes — `online.retrieval = "ann"`, or an experiment variant
+/// asking for it — and so whether a version's indexes are made resident whole when it goes into
+/// service. A server that scans exactly leaves them in the page cache, holding none of their
+/// pages (a variant that asks for ANN later reads in what its searches touch).
+fn indexes_searched(retrieval: Retrieval, experiments: &Experiments) -> bool {
+    retrieval == Retrieval::Ann
+        || experiments
+            .experiments
+            .iter()
+            .flat_map(|e| &e.variants)
+            .any(|v| v.retrieval == Some(Retrieval::Ann))
+}
+
 fn load_options(online: &OnlineConfig) -> LoadOptions {
     LoadOptions {
         map_factors: online.item_factors == ItemFactorsIn::Mapped,
@@ -512,6 +535,7 @@ pub async fn start_with_reader(
         ready: ready.clone(),
         refusals: refusals.clone(),
         load: load_options(&config.online),
+        retrieval: config.online.retrieval,
     };
     watcher.refresh().await;
     let mut experiments = ExperimentsWatcher {
@@ -523,6 +547,7 @@ pub async fn start_with_reader(
         root: ModelRoot::new(&config.model.root),
         ranker: ranker.clone(),
         load: load_options(&config.online),
+        retrieval: config.online.retrieval,
         applied: None,
         refused: None,
         settling: Settling::default(),

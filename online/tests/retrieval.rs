@@ -451,3 +451,41 @@ async fn mapped_rows_leave_while_the_next_version_loads() {
     std::fs::rename(&plain, &fifo).unwrap();
     drop(writer);
 }
+
+/// A server that scans exactly holds none of a version's item index (it searches none), while an
+/// ANN server holds the whole of it once the version is in service.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_server_that_searches_the_index_holds_it() {
+    use recsys_shared::memory::resident_kib;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, manifest) = published_with_indexes(dir.path(), 7);
+    config.online.item_factors = ItemFactorsIn::Mapped;
+    let index = ModelRoot::new(&config.model.root)
+        .version_dir(&manifest.version)
+        .join(files::ITEM_INDEX);
+    let file_kib = std::fs::metadata(&index).unwrap().len() / 1024;
+
+    let exact = start(&config).await.unwrap();
+    let mut c = client(&exact).await;
+    for member in 0..20 {
+        c.rank(request(member)).await.unwrap();
+    }
+    let held = resident_kib(&index);
+    assert!(held <= 8, "{held} KiB of the index held by an exact server");
+    drop(c);
+    exact.shutdown().await.unwrap();
+
+    config.online.retrieval = Retrieval::Ann;
+    let ann = start(&config).await.unwrap();
+    let started = Instant::now();
+    while resident_kib(&index) < file_kib {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {file_kib} KiB of the index held by an ANN server",
+            resident_kib(&index)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ann.shutdown().await.unwrap();
+}
