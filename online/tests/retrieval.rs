@@ -348,13 +348,21 @@ async fn a_swapped_out_version_leaves_its_index_pages_at_once() {
     );
     drop(held);
     // The version in service holds its whole index, not what searches happened to read.
-    let new_index = root.version_dir(&next).join(files::ITEM_INDEX);
-    let file_kib = std::fs::metadata(&new_index).unwrap().len() / 1024;
-    while resident_kib(&new_index) < file_kib {
+    wait_until_whole(&root.version_dir(&next).join(files::ITEM_INDEX)).await;
+}
+
+/// Waits (up to 30 s) until the whole of `index`'s file is resident in this process.
+#[cfg(target_os = "linux")]
+async fn wait_until_whole(index: &Path) {
+    use recsys_shared::memory::resident_kib;
+    let file_kib = std::fs::metadata(index).unwrap().len() / 1024;
+    let started = Instant::now();
+    while resident_kib(index) < file_kib {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} of {file_kib} KiB of the served index resident",
-            resident_kib(&new_index)
+            started.elapsed() < Duration::from_secs(30),
+            "{} of {file_kib} KiB of {} resident",
+            resident_kib(index),
+            index.display()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -464,7 +472,6 @@ async fn only_a_server_that_searches_the_index_holds_it() {
     let index = ModelRoot::new(&config.model.root)
         .version_dir(&manifest.version)
         .join(files::ITEM_INDEX);
-    let file_kib = std::fs::metadata(&index).unwrap().len() / 1024;
 
     let exact = start(&config).await.unwrap();
     let mut c = client(&exact).await;
@@ -478,14 +485,6 @@ async fn only_a_server_that_searches_the_index_holds_it() {
 
     config.online.retrieval = Retrieval::Ann;
     let ann = start(&config).await.unwrap();
-    let started = Instant::now();
-    while resident_kib(&index) < file_kib {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} of {file_kib} KiB of the index held by an ANN server",
-            resident_kib(&index)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_whole(&index).await;
     ann.shutdown().await.unwrap();
 }
