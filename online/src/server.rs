@@ -461,9 +461,6 @@ async fn serve_rest(
     })
 }
 
-/// How this server holds each version: the factors as `online.item_factors` says; the item index
-/// whenever a version has one (mapping costs nothing until a search reads it, and an experiment
-/// variant may ask for `ann` even when the default is `exact`).
 /// Whether requests search item indexes — `online.retrieval = "ann"`, or an experiment variant
 /// asking for it — and so whether a version's indexes are made resident whole when it goes into
 /// service. A server that scans exactly leaves them in the page cache, holding none of their
@@ -477,6 +474,9 @@ fn indexes_searched(retrieval: Retrieval, experiments: &Experiments) -> bool {
             .any(|v| v.retrieval == Some(Retrieval::Ann))
 }
 
+/// How this server holds each version: the factors as `online.item_factors` says; the item index
+/// whenever a version has one (mapping costs nothing until a search reads it, and an experiment
+/// variant may ask for `ann` even when the default is `exact`).
 fn load_options(online: &OnlineConfig) -> LoadOptions {
     LoadOptions {
         map_factors: online.item_factors == ItemFactorsIn::Mapped,
