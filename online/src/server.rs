@@ -353,6 +353,7 @@ impl ExperimentsWatcher {
         let held = self.ranker.experiments();
         let current = self.ranker.catalog();
         let mut catalogs = HashMap::new();
+        let searched = indexes_searched(self.retrieval, &experiments);
         for (version, field) in experiments.model_versions() {
             let catalog = match (held.catalogs.get(&version), &current) {
                 (Some(catalog), _) => catalog.clone(),
@@ -361,7 +362,6 @@ impl ExperimentsWatcher {
                     let root = self.root.clone();
                     let owned = version.clone();
                     let load = self.load;
-                    let searched = indexes_searched(self.retrieval, &experiments);
                     let loaded = tokio::task::spawn_blocking(move || {
                         let catalog = Catalog::load_with(&root, &owned, load)?;
                         // Served from now on, beside the main version (nothing leaves).
