@@ -141,6 +141,12 @@ pub struct BenchArgs {
     /// Scratch directory [default: a temporary one].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Measure the kernel (and with `--ann` the item index) on a published iALS version's own
+    /// factors instead of synthetic ones: its `item_factors.f32` is the catalog and the first
+    /// `--queries` rows of its `user_factors.parquet` the members. `--items` and `--factors` are
+    /// read from the version; needs `--skip-server` (the servers publish synthetic versions).
+    #[arg(long, value_name = "VERSION_DIR", requires = "skip_server")]
+    pub trained: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -171,6 +177,48 @@ pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i] as f64 / 1000.0
+}
+
+/// A published iALS version's item factors (row-major) and the first `queries` member vectors.
+fn trained_factors(
+    version: &Path,
+    queries: usize,
+) -> Result<(Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
+    use recsys_shared::artifact::files;
+    let members =
+        recsys_shared::artifact::read_factors(&version.join(files::USER_FACTORS), "user_id")?;
+    let items = std::fs::read(version.join(files::ITEM_FACTORS_RAW)).map_err(|e| {
+        format!(
+            "{}: {e} (an iALS version has it)",
+            version.join(files::ITEM_FACTORS_RAW).display()
+        )
+    })?;
+    let items: Vec<f32> = items
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let k = members.factors;
+    let take = queries.min(members.ids.len());
+    Ok((items, members.vectors[..take * k].to_vec()))
+}
+
+/// `--items` and `--factors` of a `--trained` version: its item count and factor width.
+fn trained_shape(version: &Path) -> Result<(usize, usize), Box<dyn std::error::Error>> {
+    let members = recsys_shared::artifact::read_factors(
+        &version.join(recsys_shared::artifact::files::USER_FACTORS),
+        "user_id",
+    )?;
+    let bytes = std::fs::metadata(version.join(recsys_shared::artifact::files::ITEM_FACTORS_RAW))?
+        .len() as usize;
+    let k = members.factors;
+    if k == 0 || !bytes.is_multiple_of(4 * k) {
+        return Err(format!(
+            "{}: {bytes} bytes of item factors are not rows of the members' {k} factors",
+            version.display()
+        )
+        .into());
+    }
+    Ok((bytes / (4 * k), k))
 }
 
 struct KernelFigures {
@@ -228,8 +276,13 @@ fn kernel(
     let k = args.factors;
     // The served version's seed: the same items, and the queries are its first members, so an
     // item index built here serves the version too.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let (factors, members) = clustered_factors(&mut rng, n, args.queries, k);
+    let (factors, members) = match &args.trained {
+        Some(version) => trained_factors(version, args.queries)?,
+        None => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+            clustered_factors(&mut rng, n, args.queries, k)
+        }
+    };
     let queries: Vec<Vec<f32>> = members.chunks(k).map(<[f32]>::to_vec).collect();
     std::fs::create_dir_all(dir)?;
     write_f32(&dir.join("items.f32"), &factors)?;
@@ -1073,7 +1126,16 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
             scratch.clone()
         }
     };
-    let args = Arc::new(args.clone());
+    let mut args = args.clone();
+    if let Some(version) = &args.trained {
+        let (items, factors) = trained_shape(version).map_err(|e| e.to_string())?;
+        eprintln!(
+            "trained factors from {}: {items} items × {factors} factors",
+            version.display()
+        );
+        (args.items, args.factors) = (vec![items], factors);
+    }
+    let args = Arc::new(args);
     for &n in &args.items {
         let dir = work.join(format!("n{n}"));
         let mut summary = if args.family != BenchFamily::Ials {
@@ -1246,4 +1308,35 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recsys_shared::artifact::{files, write_factors, write_raw_factors, FactorTable};
+
+    #[test]
+    fn a_trained_version_gives_its_own_items_and_first_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let items: Vec<f32> = (0..5 * 4).map(|i| i as f32 * 0.5).collect();
+        write_raw_factors(&dir.path().join(files::ITEM_FACTORS_RAW), &items).unwrap();
+        let members = FactorTable {
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            vectors: (0..3 * 4).map(|i| -(i as f32)).collect(),
+            factors: 4,
+        };
+        write_factors(&dir.path().join(files::USER_FACTORS), "user_id", &members).unwrap();
+
+        assert_eq!(trained_shape(dir.path()).unwrap(), (5, 4));
+        let (got_items, got_members) = trained_factors(dir.path(), 2).unwrap();
+        assert_eq!(got_items, items);
+        assert_eq!(got_members, members.vectors[..8]);
+        // More queries than members: every member, no more.
+        assert_eq!(trained_factors(dir.path(), 10).unwrap().1, members.vectors);
+
+        // Item rows of another width than the members' are refused, naming the version.
+        write_raw_factors(&dir.path().join(files::ITEM_FACTORS_RAW), &items[..18]).unwrap();
+        let err = trained_shape(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not rows of the members' 4 factors"), "{err}");
+    }
 }

@@ -24,7 +24,7 @@ pub(crate) enum OnlineCommand {
         metrics_listen: Option<String>,
     },
     /// Load generator and scoring benchmark against NumPy (prints figures and ratios).
-    Bench(recsys_bench::online::BenchArgs),
+    Bench(Box<recsys_bench::online::BenchArgs>),
     /// Overload and fault benchmark: open-loop load at twice saturation for minutes (admitted
     /// p99, shed latency, RSS, panics), then a flood of made-up ids and a cancel storm against a
     /// frozen Redis store (RSS before and after).

@@ -86,8 +86,16 @@ impl TopK {
                 bits &= bits - 1;
                 let start = (run * RUN).min(scores.len());
                 let end = (start + RUN).min(scores.len());
+                // Which of the run beat the threshold, without a branch per score: most of a
+                // flagged run does not.
+                let mut above = 0u32;
                 for (j, &score) in scores[start..end].iter().enumerate() {
-                    self.push(first + (start + j) as u32, score, allowed);
+                    above |= u32::from(score > self.threshold) << j;
+                }
+                while above != 0 {
+                    let j = above.trailing_zeros() as usize;
+                    above &= above - 1;
+                    self.push(first + (start + j) as u32, scores[start + j], allowed);
                 }
             }
         }
@@ -102,6 +110,11 @@ impl TopK {
                 self.threshold = self.pool[self.k - 1].score;
             }
         }
+    }
+
+    /// The best `k` offered, in no order.
+    pub fn into_pool(self) -> Vec<Scored> {
+        best_unordered(self.pool, self.k)
     }
 
     /// The best `k` offered, best first.
@@ -129,9 +142,19 @@ fn sort_best_first(items: &mut [Scored]) {
 }
 
 /// The best `k` of `items`, best first.
-pub fn best_of(mut items: Vec<Scored>, k: usize) -> Vec<Scored> {
+pub fn best_of(items: Vec<Scored>, k: usize) -> Vec<Scored> {
+    let mut items = best_unordered(items, k);
     sort_best_first(&mut items);
-    items.truncate(k);
+    items
+}
+
+/// The best `k` of `items`, in no order (a selection, no sort).
+pub fn best_unordered(mut items: Vec<Scored>, k: usize) -> Vec<Scored> {
+    if k == 0 {
+        items.clear();
+    } else {
+        keep_best(&mut items, k);
+    }
     items
 }
 

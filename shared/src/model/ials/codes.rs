@@ -6,11 +6,16 @@
 //! load holds the same four dimensions of eight rows, one `vpmaddubsw` against the member's four
 //! codes broadcast scores all eight, and a tile's eight scores come out in one register with no
 //! horizontal sum. The kernel scores a few tiles for a few members per step (register blocking),
-//! so each load of item codes serves several members of a batch. AVX-512 VNNI where the CPU has
-//! it, AVX2 where the build has it, portable integer code otherwise, all equal to the last bit.
+//! so each load of item codes serves several members of a batch. AMX where the CPU has it and a
+//! batch has a few members (`codes/amx.rs`: the tiles are already the layout its multiply reads),
+//! AVX-512 VNNI where the CPU has it, AVX2 where the build has it, portable integer code
+//! otherwise, all equal to the last bit.
 //! Allocates nothing per row.
 
 use std::ops::Range;
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod amx;
 
 /// Rows per tile.
 pub(super) const TILE: usize = 8;
@@ -116,7 +121,13 @@ impl ItemCodes {
         members: &[&MemberCodes],
         block: &mut ScanBlock<'_>,
     ) {
-        self.scan_with(Kernel::best(), rows, members, block);
+        let kernel = match Kernel::best() {
+            // One member's pass is bound by memory, whichever kernel multiplies.
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+            Kernel::Amx if members.len() < amx::MIN_MEMBERS => Kernel::Vnni,
+            kernel => kernel,
+        };
+        self.scan_with(kernel, rows, members, block);
     }
 
     /// [`ItemCodes::scan`] with the given kernel (one [`Kernel::available`] on this CPU).
@@ -154,12 +165,27 @@ impl ItemCodes {
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
             Kernel::Vnni => {
                 assert!(
-                    Kernel::fastest() == Kernel::Vnni,
+                    matches!(Kernel::fastest(), Kernel::Vnni | Kernel::Amx),
                     "the VNNI kernel on a CPU without AVX-512 VNNI"
                 );
                 // SAFETY: the CPU has AVX-512 VNNI and VL (checked just above: `fastest` asks
-                // the CPU, cached); bounds as above.
+                // the CPU, cached; AMX is chosen only with them); bounds as above.
                 unsafe { vnni::scan(self, tiles, members, block) }
+            }
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+            Kernel::Amx => {
+                assert!(
+                    Kernel::fastest() == Kernel::Amx,
+                    "the AMX kernel on a CPU without AMX"
+                );
+                if amx::fits(self.width) {
+                    // SAFETY: the CPU has AMX-INT8, AVX-512 VNNI and the tile state (checked
+                    // just above: `fastest` asks, cached); the width fits; bounds as above.
+                    unsafe { amx::scan(self, tiles, members, block) }
+                } else {
+                    // SAFETY: every AMX CPU this kernel is chosen on has VNNI (`amx::usable`).
+                    unsafe { vnni::scan(self, tiles, members, block) }
+                }
             }
         }
     }
@@ -278,11 +304,16 @@ pub(super) enum Kernel {
     /// at run time (Intel since Ice Lake, AMD since Zen 4).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     Vnni,
+    /// `tdpbssd` (AMX-INT8): sixteen members by eight items, 64 dimensions, in one instruction
+    /// (`codes/amx.rs`). Chosen at run time (Intel Xeon since Sapphire Rapids) for scans of a
+    /// few members or more whose width is a multiple of 64; VNNI otherwise.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    Amx,
 }
 
 impl Kernel {
     /// The kernel scans run with: the fastest this CPU runs, unless `RECSYS_SCAN_KERNEL` names
-    /// a slower one (`avx2`, `portable`) — for comparing kernels on one machine.
+    /// a slower one (`vnni`, `avx2`, `portable`) — for comparing kernels on one machine.
     pub(super) fn best() -> Kernel {
         static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *CHOSEN.get_or_init(|| {
@@ -291,6 +322,8 @@ impl Kernel {
                 Ok("portable") => Kernel::Portable,
                 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
                 Ok("avx2") => Kernel::Avx2,
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+                Ok("vnni") if fastest == Kernel::Amx => Kernel::Vnni,
                 _ => fastest,
             }
         })
@@ -300,7 +333,9 @@ impl Kernel {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             // `is_x86_feature_detected!` caches what it reads.
-            if std::arch::is_x86_feature_detected!("avx512vnni")
+            if amx::usable() {
+                Kernel::Amx
+            } else if std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512vl")
             {
                 Kernel::Vnni
@@ -319,8 +354,11 @@ impl Kernel {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
         {
             all.push(Kernel::Avx2);
-            if Kernel::fastest() == Kernel::Vnni {
+            if matches!(Kernel::fastest(), Kernel::Vnni | Kernel::Amx) {
                 all.push(Kernel::Vnni);
+            }
+            if Kernel::fastest() == Kernel::Amx {
+                all.push(Kernel::Amx);
             }
         }
         all
@@ -354,22 +392,36 @@ macro_rules! x86_kernel {
                 members: &[&MemberCodes],
                 block: &mut ScanBlock<'_>,
             ) {
+                // SAFETY: the caller's.
+                unsafe { scan_from(codes, tiles.clone(), tiles.start, members, block) }
+            }
+
+            /// [`scan`] of the tiles `tiles`, written to the block as the tiles of a scan that
+            /// began at tile `first_tile` (at most `tiles.start`).
+            #[target_feature(enable = $features)]
+            pub(in super::super) unsafe fn scan_from(
+                codes: &ItemCodes,
+                tiles: Range<usize>,
+                first_tile: usize,
+                members: &[&MemberCodes],
+                block: &mut ScanBlock<'_>,
+            ) {
                 let mut first = 0;
                 while first < members.len() {
                     let group = &members[first..(first + MEMBERS).min(members.len())];
-                    let tiles = tiles.clone();
+                    let (t, f) = (tiles.clone(), first_tile);
                     // SAFETY (for each call): the caller's asserts bound every index the
                     // kernel forms.
                     unsafe {
                         match group.len() {
-                            1 => run::<1>(codes, tiles, group, first, block),
-                            2 => run::<2>(codes, tiles, group, first, block),
-                            3 => run::<3>(codes, tiles, group, first, block),
-                            4 if MEMBERS > 4 => run::<4>(codes, tiles, group, first, block),
-                            5 if MEMBERS > 5 => run::<5>(codes, tiles, group, first, block),
-                            6 if MEMBERS > 6 => run::<6>(codes, tiles, group, first, block),
-                            7 if MEMBERS > 7 => run::<7>(codes, tiles, group, first, block),
-                            _ => run::<MEMBERS>(codes, tiles, group, first, block),
+                            1 => run::<1>(codes, t, f, group, first, block),
+                            2 => run::<2>(codes, t, f, group, first, block),
+                            3 => run::<3>(codes, t, f, group, first, block),
+                            4 if MEMBERS > 4 => run::<4>(codes, t, f, group, first, block),
+                            5 if MEMBERS > 5 => run::<5>(codes, t, f, group, first, block),
+                            6 if MEMBERS > 6 => run::<6>(codes, t, f, group, first, block),
+                            7 if MEMBERS > 7 => run::<7>(codes, t, f, group, first, block),
+                            _ => run::<MEMBERS>(codes, t, f, group, first, block),
                         }
                     }
                     first += group.len();
@@ -381,6 +433,7 @@ macro_rules! x86_kernel {
             unsafe fn run<const M: usize>(
                 codes: &ItemCodes,
                 tiles: Range<usize>,
+                first_tile: usize,
                 members: &[&MemberCodes],
                 first: usize,
                 block: &mut ScanBlock<'_>,
@@ -388,11 +441,11 @@ macro_rules! x86_kernel {
                 let mut t = tiles.start;
                 unsafe {
                     while t + TILES <= tiles.end {
-                        step::<M, TILES>(codes, t, tiles.start, members, first, block);
+                        step::<M, TILES>(codes, t, first_tile, members, first, block);
                         t += TILES;
                     }
                     if t < tiles.end {
-                        step::<M, 1>(codes, t, tiles.start, members, first, block);
+                        step::<M, 1>(codes, t, first_tile, members, first, block);
                     }
                 }
             }

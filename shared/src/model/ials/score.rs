@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::codes::Kernel;
 use super::codes::{ItemCodes, MemberCodes, ScanBlock, TILE};
 use crate::kernels::dot as dot_f32;
-use crate::model::top_k::{best_of, select_top, Scored, TopK};
+use crate::model::top_k::{best_of, best_unordered, select_top, Scored, TopK};
 
 /// Item factors laid out for scoring.
 #[derive(Debug, Clone)]
@@ -370,8 +370,9 @@ impl ItemMatrix {
             .map(|q| MemberCodes::new(q.user, width))
             .collect();
         // The catalog is cut into parts of at least `MIN_PART_ROWS`, one per thread of the
-        // pool; each part keeps every member's own candidate pool, and the pools are merged by
-        // exact score — the same cut for a batch of one, so batching never changes an answer.
+        // pool; each part keeps every member's own candidate pool, and the parts' pools are
+        // merged by approximate score into the pool one scan of the whole catalog would keep —
+        // the same cut for a batch of one, so batching never changes an answer.
         let parts = self
             .n
             .div_ceil(MIN_PART_ROWS)
@@ -387,13 +388,14 @@ impl ItemMatrix {
         let mut merged: Vec<Vec<Scored>> = vec![Vec::new(); queries.len()];
         for part in pools {
             for (all, pool) in merged.iter_mut().zip(part) {
-                all.extend(pool.into_best());
+                all.extend(pool.into_pool());
             }
         }
         queries
-            .iter()
+            .par_iter()
             .zip(merged)
             .map(|(query, pool)| {
+                let pool = best_unordered(pool, candidates(query.k));
                 let exact: Vec<Scored> = pool
                     .into_iter()
                     .map(|s| Scored {
@@ -424,10 +426,14 @@ impl ItemMatrix {
         }
         let members: Vec<&MemberCodes> = active.iter().map(|&q| &codes[q]).collect();
         let block = block_rows(members.len());
+        // A member's scores start a cache line past a multiple of 4 KiB from the previous
+        // member's: rows a power of two apart would all fall in the same sets of the L1 cache,
+        // and the scan writes a tile's scores for every member of the batch at once.
+        let stride = block + 16;
         let words = (block / TILE).div_ceil(64);
         BLOCK.with(|buffers| {
             let (scores, flags) = &mut *buffers.borrow_mut();
-            scores.resize(members.len() * block, 0.0);
+            scores.resize(members.len() * stride, 0.0);
             flags.resize(members.len() * words, 0);
             let mut thresholds = vec![0.0f32; members.len()];
             let mut start = range.start;
@@ -439,7 +445,7 @@ impl ItemMatrix {
                 flags.fill(0);
                 let mut written = ScanBlock {
                     scores,
-                    stride: block,
+                    stride,
                     thresholds: &thresholds,
                     flags,
                     words,
@@ -447,7 +453,7 @@ impl ItemMatrix {
                 self.codes.scan(start..end, &members, &mut written);
                 for (m, &q) in active.iter().enumerate() {
                     pools[q].offer_flagged(
-                        &scores[m * block..m * block + (end - start)],
+                        &scores[m * stride..m * stride + (end - start)],
                         start as u32,
                         &flags[m * words..(m + 1) * words],
                         queries[q].allowed,
@@ -738,10 +744,17 @@ mod tests {
         // remainders: every kernel this CPU runs must equal the row-by-row integer dot
         // product exactly, and flag exactly the tiles holding a score above the threshold.
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for (k, n) in [(32, 302), (37, 96), (64, 1_001), (6, 17)] {
+        for (k, n) in [
+            (32, 302),
+            (37, 96),
+            (64, 1_001),
+            (6, 17),
+            (128, 203),
+            (64, 48),
+        ] {
             let (m, _) = random_matrix(n, k, k as u64);
             let width = k.next_multiple_of(4);
-            for count in [1, 3, 4, 6, 9, 13] {
+            for count in [1, 3, 4, 6, 9, 13, 16, 17, 32, 33] {
                 let users: Vec<Vec<f32>> = (0..count)
                     .map(|_| (0..k).map(|_| rng.random_range(-1.0..1.0)).collect())
                     .collect();
@@ -751,12 +764,12 @@ mod tests {
                 let thresholds: Vec<f32> = (0..count).map(|c| c as f32 * 0.3 - 0.5).collect();
                 let stride = n.next_multiple_of(TILE);
                 let words = (stride / TILE).div_ceil(64);
-                let scan = |kernel| {
+                let scan = |kernel, rows: std::ops::Range<usize>| {
                     let mut scores = vec![0.0; count * stride];
                     let mut flags = vec![0u64; count * words];
                     m.codes.scan_with(
                         kernel,
-                        0..n,
+                        rows,
                         &refs,
                         &mut ScanBlock {
                             scores: &mut scores,
@@ -768,11 +781,16 @@ mod tests {
                     );
                     (scores, flags)
                 };
-                let (scores, flags) = scan(Kernel::Portable);
+                let (scores, flags) = scan(Kernel::Portable, 0..n);
+                // A scan from the second tile too: its tiles are counted from where it starts.
+                let (later, later_flags) = scan(Kernel::Portable, TILE..n);
                 for kernel in Kernel::available() {
-                    let (other, other_flags) = scan(kernel);
+                    let (other, other_flags) = scan(kernel, 0..n);
                     assert_eq!(other, scores, "{kernel:?}: k {k}, {count} members");
                     assert_eq!(other_flags, flags, "{kernel:?}: k {k}, {count} members");
+                    let (other, other_flags) = scan(kernel, TILE..n);
+                    assert_eq!(other, later, "{kernel:?} from a tile: k {k}, {count}");
+                    assert_eq!(other_flags, later_flags, "{kernel:?} from a tile: k {k}");
                 }
                 for (c, member) in members.iter().enumerate() {
                     assert!(member.codes.iter().all(|c| (-63..=63).contains(c)));
