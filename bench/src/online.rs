@@ -179,46 +179,49 @@ pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-/// A published iALS version's item factors (row-major) and the first `queries` member vectors.
-fn trained_factors(
-    version: &Path,
-    queries: usize,
-) -> Result<(Vec<f32>, Vec<f32>), Box<dyn std::error::Error>> {
-    use recsys_shared::artifact::files;
-    let members =
-        recsys_shared::artifact::read_factors(&version.join(files::USER_FACTORS), "user_id")?;
-    let items = std::fs::read(version.join(files::ITEM_FACTORS_RAW)).map_err(|e| {
-        format!(
-            "{}: {e} (an iALS version has it)",
-            version.join(files::ITEM_FACTORS_RAW).display()
-        )
-    })?;
-    let items: Vec<f32> = items
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let k = members.factors;
-    let take = queries.min(members.ids.len());
-    Ok((items, members.vectors[..take * k].to_vec()))
+/// A published iALS version's own factors, for `--trained`.
+struct TrainedFactors {
+    /// Row-major item factors.
+    items: Vec<f32>,
+    /// The first `--queries` member vectors, row-major.
+    members: Vec<f32>,
+    factors: usize,
 }
 
-/// `--items` and `--factors` of a `--trained` version: its item count and factor width.
-fn trained_shape(version: &Path) -> Result<(usize, usize), Box<dyn std::error::Error>> {
-    let members = recsys_shared::artifact::read_factors(
-        &version.join(recsys_shared::artifact::files::USER_FACTORS),
-        "user_id",
-    )?;
-    let bytes = std::fs::metadata(version.join(recsys_shared::artifact::files::ITEM_FACTORS_RAW))?
-        .len() as usize;
-    let k = members.factors;
-    if k == 0 || !bytes.is_multiple_of(4 * k) {
-        return Err(format!(
-            "{}: {bytes} bytes of item factors are not rows of the members' {k} factors",
-            version.display()
-        )
-        .into());
+impl TrainedFactors {
+    /// Reads the item factors and the first `queries` member vectors of `version`; refuses item
+    /// rows of another width than the members'.
+    fn read(version: &Path, queries: usize) -> Result<TrainedFactors, Box<dyn std::error::Error>> {
+        use recsys_shared::artifact::files;
+        let members =
+            recsys_shared::artifact::read_factors(&version.join(files::USER_FACTORS), "user_id")?;
+        let path = version.join(files::ITEM_FACTORS_RAW);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("{}: {e} (an iALS version has it)", path.display()))?;
+        let k = members.factors;
+        if k == 0 || !bytes.len().is_multiple_of(4 * k) {
+            return Err(format!(
+                "{}: {} bytes of item factors are not rows of the members' {k} factors",
+                path.display(),
+                bytes.len()
+            )
+            .into());
+        }
+        let items = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let take = queries.min(members.ids.len());
+        Ok(TrainedFactors {
+            items,
+            members: members.vectors[..take * k].to_vec(),
+            factors: k,
+        })
     }
-    Ok((bytes / (4 * k), k))
+
+    fn item_count(&self) -> usize {
+        self.items.len() / self.factors
+    }
 }
 
 struct KernelFigures {
@@ -268,16 +271,18 @@ fn write_f32(path: &Path, values: &[f32]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
+/// The kernel's figures on `n` synthetic items, or on `trained` factors when given.
 fn kernel(
     args: &BenchArgs,
     n: usize,
     dir: &Path,
+    trained: Option<TrainedFactors>,
 ) -> Result<KernelFigures, Box<dyn std::error::Error>> {
     let k = args.factors;
     // The served version's seed: the same items, and the queries are its first members, so an
     // item index built here serves the version too.
-    let (factors, members) = match &args.trained {
-        Some(version) => trained_factors(version, args.queries)?,
+    let (factors, members) = match trained {
+        Some(trained) => (trained.items, trained.members),
         None => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
             clustered_factors(&mut rng, n, args.queries, k)
@@ -1127,13 +1132,17 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
         }
     };
     let mut args = args.clone();
+    let mut trained = None;
     if let Some(version) = &args.trained {
-        let (items, factors) = trained_shape(version).map_err(|e| e.to_string())?;
+        let factors = TrainedFactors::read(version, args.queries).map_err(|e| e.to_string())?;
         eprintln!(
-            "trained factors from {}: {items} items × {factors} factors",
-            version.display()
+            "trained factors from {}: {} items × {} factors",
+            version.display(),
+            factors.item_count(),
+            factors.factors
         );
-        (args.items, args.factors) = (vec![items], factors);
+        (args.items, args.factors) = (vec![factors.item_count()], factors.factors);
+        trained = Some(factors);
     }
     let args = Arc::new(args);
     for &n in &args.items {
@@ -1153,7 +1162,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error + Sen
                 "== {n} items × {} factors, top {} ==",
                 args.factors, args.top
             );
-            let kernel = kernel(&args, n, &dir).map_err(|e| e.to_string())?;
+            let kernel = kernel(&args, n, &dir, trained.take()).map_err(|e| e.to_string())?;
             let ratio = kernel.numpy_us.map(|np| kernel.recsys_us / np);
             let batched_ratio = kernel.numpy_batched_us.map(|np| kernel.batched_us / np);
             let us = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.1} µs/query"));
@@ -1327,16 +1336,21 @@ mod tests {
         };
         write_factors(&dir.path().join(files::USER_FACTORS), "user_id", &members).unwrap();
 
-        assert_eq!(trained_shape(dir.path()).unwrap(), (5, 4));
-        let (got_items, got_members) = trained_factors(dir.path(), 2).unwrap();
-        assert_eq!(got_items, items);
-        assert_eq!(got_members, members.vectors[..8]);
+        let got = TrainedFactors::read(dir.path(), 2).unwrap();
+        assert_eq!((got.item_count(), got.factors), (5, 4));
+        assert_eq!(got.items, items);
+        assert_eq!(got.members, members.vectors[..8]);
         // More queries than members: every member, no more.
-        assert_eq!(trained_factors(dir.path(), 10).unwrap().1, members.vectors);
+        let every = TrainedFactors::read(dir.path(), 10).unwrap();
+        assert_eq!(every.members, members.vectors);
 
-        // Item rows of another width than the members' are refused, naming the version.
+        // Item rows of another width than the members' are refused, naming the file.
         write_raw_factors(&dir.path().join(files::ITEM_FACTORS_RAW), &items[..18]).unwrap();
-        let err = trained_shape(dir.path()).unwrap_err().to_string();
+        let err = TrainedFactors::read(dir.path(), 2)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not rows of the members' 4 factors"), "{err}");
+        assert!(err.contains(files::ITEM_FACTORS_RAW), "{err}");
     }
 }
