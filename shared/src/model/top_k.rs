@@ -118,10 +118,8 @@ impl TopK {
     }
 
     /// The best `k` offered, best first.
-    pub fn into_best(mut self) -> Vec<Scored> {
-        keep_best(&mut self.pool, self.k);
-        sort_best_first(&mut self.pool);
-        self.pool
+    pub fn into_best(self) -> Vec<Scored> {
+        best_of(self.pool, self.k)
     }
 }
 
