@@ -26,6 +26,8 @@ pub struct AnnSettings<'a> {
     pub expansions: &'a [usize],
     /// Candidates kept while linking an item (efConstruction, `offline.ann_index.expansion_add`).
     pub expansion_add: usize,
+    /// The same for the similar-items index (`offline.ann_index.similar_expansion_add`).
+    pub similar_expansion_add: usize,
     pub candidates_per_item: usize,
     /// efSearch values of FAISS's HNSW.
     pub faiss_ef: &'a [usize],
@@ -160,6 +162,7 @@ pub fn measure(
         min_items: 0,
         threads,
         expansion_add: args.expansion_add,
+        similar_expansion_add: args.similar_expansion_add,
         ..Default::default()
     };
     eprintln!(
@@ -250,6 +253,24 @@ pub fn measure(
     })
 }
 
+/// `faiss_ann.py`'s options: the same top, threads and graph shape (links per node and
+/// efConstruction) as the index it is compared with.
+fn faiss_options(args: &AnnSettings<'_>, threads: usize) -> Vec<String> {
+    let efs: Vec<String> = args.faiss_ef.iter().map(usize::to_string).collect();
+    [
+        ("--k", args.factors.to_string()),
+        ("--top", args.top.to_string()),
+        ("--threads", threads.to_string()),
+        ("--ef", efs.join(",")),
+        ("--m", AnnIndexConfig::default().connectivity.to_string()),
+        ("--ef-construction", args.expansion_add.to_string()),
+        ("--indexes", args.faiss_indexes.join(",")),
+    ]
+    .into_iter()
+    .flat_map(|(name, value)| [name.to_string(), value])
+    .collect()
+}
+
 fn run_faiss(
     args: &AnnSettings<'_>,
     python: &str,
@@ -258,18 +279,10 @@ fn run_faiss(
     threads: usize,
 ) -> Result<Vec<FaissPoint>, String> {
     let script = peer_dir.join("faiss_ann.py");
-    let efs: Vec<String> = args.faiss_ef.iter().map(usize::to_string).collect();
     let out = Command::new(python)
         .arg(&script)
         .arg(dir)
-        .args([
-            "--k",
-            &args.factors.to_string(),
-            "--top",
-            &args.top.to_string(),
-        ])
-        .args(["--threads", &threads.to_string(), "--ef", &efs.join(",")])
-        .args(["--indexes", &args.faiss_indexes.join(",")])
+        .args(faiss_options(args, threads))
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("{python} {}: {e}", script.display()))?;
@@ -475,6 +488,32 @@ mod tests {
             us_per_query: us,
             qps_batch: qps,
         }
+    }
+
+    #[test]
+    fn faiss_builds_its_graph_with_our_expansion_add() {
+        let indexes = ["hnsw".to_string()];
+        let args = AnnSettings {
+            top: 100,
+            factors: 64,
+            expansions: &[64],
+            expansion_add: 48,
+            similar_expansion_add: 128,
+            candidates_per_item: 1,
+            faiss_ef: &[128, 1024],
+            faiss_indexes: &indexes,
+            similar: false,
+            peer: None,
+        };
+        let options = faiss_options(&args, 2).join(" ");
+        assert!(options.contains("--ef-construction 48"), "{options}");
+        let links = AnnIndexConfig::default().connectivity;
+        assert!(options.contains(&format!("--m {links} ")), "{options}");
+        assert!(options.contains("--ef 128,1024"), "{options}");
+        assert!(
+            options.contains("--k 64 --top 100 --threads 2"),
+            "{options}"
+        );
     }
 
     #[test]

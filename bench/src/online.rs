@@ -91,9 +91,13 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256])]
     pub ann_expansion: Vec<usize>,
     /// Candidates kept while linking an item into the index `--ann` builds (efConstruction,
-    /// `offline.ann_index.expansion_add`; FAISS's HNSW is built with 128).
+    /// `offline.ann_index.expansion_add`; FAISS's HNSW is built with the same).
     #[arg(long, default_value_t = AnnIndexConfig::default().expansion_add)]
     pub ann_expansion_add: usize,
+    /// Candidates kept while linking an item into the similar-items index `--ann` builds
+    /// (`offline.ann_index.similar_expansion_add`).
+    #[arg(long, default_value_t = AnnIndexConfig::default().similar_expansion_add)]
+    pub ann_similar_expansion_add: usize,
     /// Candidates per item asked of each norm range with `--ann` (`online.ann.candidates_per_item`).
     #[arg(long, default_value_t = 1)]
     pub ann_candidates_per_item: usize,
@@ -376,6 +380,7 @@ fn kernel(
             factors: args.factors,
             expansions: &args.ann_expansion,
             expansion_add: args.ann_expansion_add,
+            similar_expansion_add: args.ann_similar_expansion_add,
             candidates_per_item: args.ann_candidates_per_item,
             faiss_ef: &args.faiss_ef,
             faiss_indexes: &args.faiss_indexes,
@@ -460,6 +465,8 @@ async fn server(
             enabled: args.ann,
             min_items: 0,
             similar_items: !args.no_similar_index,
+            expansion_add: args.ann_expansion_add,
+            similar_expansion_add: args.ann_similar_expansion_add,
             ..Default::default()
         };
         // The index `--ann` built over the kernel's items (the same items) serves the version

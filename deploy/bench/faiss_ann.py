@@ -30,7 +30,7 @@ def main():
     p.add_argument("--top", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--m", type=int, default=16, help="HNSW links per node")
-    p.add_argument("--ef-construction", type=int, default=128)
+    p.add_argument("--ef-construction", type=int, default=64, help="HNSW efConstruction (recsys bench passes its own)")
     p.add_argument("--ef", default="128,256,512", help="HNSW efSearch values")
     p.add_argument("--indexes", default="hnsw,hnsw_mips,ivf_pq", help="which indexes, comma-separated")
     p.add_argument("--nprobe", default="16,64,128")

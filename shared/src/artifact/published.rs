@@ -134,6 +134,7 @@ pub fn build_item_index(
         item_factors,
         factors,
         config,
+        config.expansion_add,
         |f, k, shape, threads, progress| ItemIndex::build(f, k, shape, threads, progress),
     )
 }
@@ -150,6 +151,7 @@ pub fn build_similar_index(
         item_factors,
         factors,
         config,
+        config.similar_expansion_add,
         |f, k, shape, threads, progress| ItemIndex::build_unit(f, k, shape, threads, progress),
     )
 }
@@ -159,6 +161,7 @@ fn build_with_progress(
     item_factors: &[f32],
     factors: usize,
     config: &AnnIndexConfig,
+    expansion_add: usize,
     build: impl FnOnce(
         &[f32],
         usize,
@@ -179,7 +182,7 @@ fn build_with_progress(
         factors,
         IndexShape {
             connectivity: config.connectivity,
-            expansion_add: config.expansion_add,
+            expansion_add,
         },
         threads,
         &|linked| {

@@ -571,6 +571,16 @@ mod tests {
                 "1000000",
                 "online.max_in_flight",
             ),
+            (
+                "RECSYS__OFFLINE__ANN_INDEX__EXPANSION_ADD",
+                "8",
+                "offline.ann_index.expansion_add",
+            ),
+            (
+                "RECSYS__OFFLINE__ANN_INDEX__SIMILAR_EXPANSION_ADD",
+                "8",
+                "offline.ann_index.similar_expansion_add",
+            ),
         ] {
             let e = refused(&[(var, value)]);
             assert!(e.contains(field), "{var}={value}: {e}");

@@ -68,8 +68,13 @@ pub struct AnnIndexConfig {
     /// Links per item in the graph (HNSW's M): more finds more of the true top at a higher cost
     /// in memory (8 bytes per link) and build time. Default 16.
     pub connectivity: usize,
-    /// Candidates kept while linking an item (efConstruction). Default 128.
+    /// Candidates kept while linking an item (efConstruction): more costs build time linearly
+    /// and buys little recall once the graph is well linked. Default 64.
     pub expansion_add: usize,
+    /// Candidates kept while linking an item into the similar-items index: one graph over the
+    /// whole catalog (unit rows have one norm), which needs wider linking than the item index's
+    /// norm ranges for the same recall. Default 128.
+    pub similar_expansion_add: usize,
     /// Threads that build it; 0 means every core. Default 0.
     pub threads: usize,
     /// Also publish the similar-items index (the same graphs over the factors scaled to length
@@ -85,7 +90,8 @@ impl Default for AnnIndexConfig {
             enabled: true,
             min_items: 100_000,
             connectivity: 16,
-            expansion_add: 128,
+            expansion_add: 64,
+            similar_expansion_add: 128,
             threads: 0,
             similar_items: true,
         }
@@ -650,6 +656,11 @@ impl OfflineConfig {
         within(
             "offline.ann_index.expansion_add",
             self.ann_index.expansion_add,
+            self.ann_index.connectivity..=4096,
+        )?;
+        within(
+            "offline.ann_index.similar_expansion_add",
+            self.ann_index.similar_expansion_add,
             self.ann_index.connectivity..=4096,
         )?;
         within("offline.tuning.eta", self.tuning.eta, 2..=10)?;
