@@ -187,13 +187,27 @@ fn insertion_order<'a>(
 
 impl ItemIndex {
     /// Builds the graphs over `item_factors` (row `i` is key `i`) on `threads` threads, calling
-    /// `progress` with the rows linked so far now and then.
+    /// `progress` with the rows linked so far now and then. Each norm range's items are linked in
+    /// [`insertion_order`].
     pub fn build(
         item_factors: &[f32],
         factors: usize,
         shape: IndexShape,
         threads: usize,
         progress: impl Fn(usize) + Sync,
+    ) -> Result<ItemIndex, AnnError> {
+        Self::link(item_factors, factors, shape, threads, progress, true)
+    }
+
+    /// The graphs of [`ItemIndex::build`]; `grouped`: each range's items linked in
+    /// [`insertion_order`], or else in norm order.
+    fn link(
+        item_factors: &[f32],
+        factors: usize,
+        shape: IndexShape,
+        threads: usize,
+        progress: impl Fn(usize) + Sync,
+        grouped: bool,
     ) -> Result<ItemIndex, AnnError> {
         let items = item_factors.len() / factors.max(1);
         let row = |i: u32| &item_factors[i as usize * factors..(i as usize + 1) * factors];
@@ -205,7 +219,11 @@ impl ItemIndex {
         let mut ranges = Vec::new();
         for range in norm_ranges(&norms) {
             let longest = norms[range[0] as usize];
-            let members = insertion_order(&range, row, factors);
+            let members = if grouped {
+                insertion_order(&range, row, factors)
+            } else {
+                range
+            };
             let graph = Index::new(&options(factors, shape)).map_err(index_error)?;
             graph
                 .reserve_capacity_and_threads(members.len(), threads)
@@ -266,7 +284,9 @@ impl ItemIndex {
                 row.iter_mut().for_each(|x| *x /= norm);
             }
         }
-        Self::build(&unit, factors, shape, threads, progress)
+        // In norm order: the unit rows form one graph over the whole catalog, which grouped
+        // insertion leaves less well linked (recall@20 0.976 against 0.990 at a million items).
+        Self::link(&unit, factors, shape, threads, progress, false)
     }
 
     /// Writes the index to `path` (synced).
