@@ -187,8 +187,8 @@ fn insertion_order<'a>(
 
 impl ItemIndex {
     /// Builds the graphs over `item_factors` (row `i` is key `i`) on `threads` threads, calling
-    /// `progress` with the rows linked so far now and then. Each norm range's items are linked in
-    /// [`insertion_order`].
+    /// `progress` with the rows linked so far now and then. Each norm range's items are linked
+    /// seeds first, then grouped by direction (`insertion_order`).
     pub fn build(
         item_factors: &[f32],
         factors: usize,
