@@ -206,17 +206,16 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn checks_run_at_the_lowest_priority() {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let own_nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        // The tests may themselves run niced (`nice cargo test`): the test's thread keeps
+        // whatever it started with.
+        let before = own_nice();
         let (tx, rx) = std::sync::mpsc::channel();
-        CHECKS.spawn(move || {
-            // SAFETY: plain system calls on the calling thread's own id.
-            let nice =
-                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-            tx.send(nice).unwrap();
-        });
+        CHECKS.spawn(move || tx.send(own_nice()).unwrap());
         assert_eq!(rx.recv().unwrap(), 19);
-        // SAFETY: as above, on the test's own thread.
-        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        assert_eq!(here, 0, "only the check thread is lowered");
+        assert_eq!(own_nice(), before, "only the check thread is lowered");
     }
 
     #[test]
